@@ -1,0 +1,5 @@
+"""`python -m pysidecar` is the `pysidecar` command."""
+
+from pysidecar.cli import main
+
+raise SystemExit(main())

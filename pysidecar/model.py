@@ -1,0 +1,217 @@
+"""The xDS-shaped model every part of pysidecar reads: listeners, filter chains, clusters.
+
+Promises:
+- Plain frozen dataclasses, no I/O, no asyncio: a config front end (Envoy YAML, Istio YAML)
+  builds a `Bootstrap`; the proxy, the admin dump, the Envoy exporter and `proxy-config` only
+  read it. A reload builds a new `Bootstrap` and swaps it whole.
+- Names and defaults are Envoy's (and Istio's where a sidecar differs), so that a field here
+  can be looked up in Envoy's API reference under the same name.
+- Durations are float seconds; 0 means "disabled" exactly where Envoy says so.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+# Envoy's cluster connect_timeout default is 5s; Istio's sidecar sets 10s (MeshConfig.connectTimeout).
+DEFAULT_CONNECT_TIMEOUT = 10.0
+# tcp_proxy idle_timeout: Envoy's and Istio's default is one hour.
+DEFAULT_TCP_IDLE_TIMEOUT = 3600.0
+
+PASSTHROUGH_CLUSTER = "PassthroughCluster"
+BLACKHOLE_CLUSTER = "BlackHoleCluster"
+INBOUND_PASSTHROUGH_CLUSTER = "InboundPassthroughCluster"
+
+VIRTUAL_OUTBOUND = "virtualOutbound"
+VIRTUAL_INBOUND = "virtualInbound"
+
+
+@dataclass(frozen=True, slots=True)
+class SocketAddress:
+    address: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+    @property
+    def listener_name(self) -> str:
+        """Istio's listener naming: `<ip>_<port>`."""
+        return f"{self.address}_{self.port}"
+
+
+class TrafficDirection(enum.Enum):
+    UNSPECIFIED = "UNSPECIFIED"
+    INBOUND = "INBOUND"
+    OUTBOUND = "OUTBOUND"
+
+
+class ClusterType(enum.Enum):
+    STATIC = "STATIC"
+    STRICT_DNS = "STRICT_DNS"
+    LOGICAL_DNS = "LOGICAL_DNS"
+    ORIGINAL_DST = "ORIGINAL_DST"
+
+
+class LbPolicy(enum.Enum):
+    ROUND_ROBIN = "ROUND_ROBIN"
+    RANDOM = "RANDOM"
+    LEAST_REQUEST = "LEAST_REQUEST"
+    # ORIGINAL_DST clusters use CLUSTER_PROVIDED: the connection's destination is the host.
+    CLUSTER_PROVIDED = "CLUSTER_PROVIDED"
+
+
+class OutboundTrafficPolicy(enum.Enum):
+    ALLOW_ANY = "ALLOW_ANY"
+    REGISTRY_ONLY = "REGISTRY_ONLY"
+
+
+@dataclass(frozen=True, slots=True)
+class LbEndpoint:
+    address: SocketAddress
+    load_balancing_weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    name: str
+    type: ClusterType = ClusterType.STATIC
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    lb_policy: LbPolicy = LbPolicy.ROUND_ROBIN
+    endpoints: tuple[LbEndpoint, ...] = ()
+    # upstream_bind_config.source_address: InboundPassthroughCluster binds to 127.0.0.6 / ::6.
+    upstream_bind_address: str | None = None
+    # DNS clusters re-resolve at this rate (Envoy's dns_refresh_rate, default 5s).
+    dns_refresh_rate: float = 5.0
+    # Istio stamps alt_stat_name; stats use it when set.
+    alt_stat_name: str | None = None
+
+    @property
+    def stat_name(self) -> str:
+        return self.alt_stat_name or self.name
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedCluster:
+    name: str
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class TcpProxy:
+    """envoy.filters.network.tcp_proxy."""
+
+    stat_prefix: str
+    cluster: str | None = None
+    weighted_clusters: tuple[WeightedCluster, ...] = ()
+    idle_timeout: float = DEFAULT_TCP_IDLE_TIMEOUT
+
+    @property
+    def cluster_names(self) -> tuple[str, ...]:
+        if self.cluster is not None:
+            return (self.cluster,)
+        return tuple(w.name for w in self.weighted_clusters)
+
+
+# The network filters a filter chain can end in. The HTTP connection manager joins this union
+# when the HTTP data path lands.
+NetworkFilter = TcpProxy
+
+
+@dataclass(frozen=True, slots=True)
+class CidrRange:
+    address_prefix: str
+    prefix_len: int
+
+    def __str__(self) -> str:
+        return f"{self.address_prefix}/{self.prefix_len}"
+
+
+@dataclass(frozen=True, slots=True)
+class FilterChainMatch:
+    """Envoy's filter_chain_match; an empty field matches anything."""
+
+    destination_port: int | None = None
+    prefix_ranges: tuple[CidrRange, ...] = ()
+    server_names: tuple[str, ...] = ()
+    transport_protocol: str = ""
+    application_protocols: tuple[str, ...] = ()
+
+    @property
+    def needs_inspection(self) -> bool:
+        """Whether matching needs bytes from the connection (TLS / HTTP sniffing)."""
+        return bool(self.server_names or self.transport_protocol or self.application_protocols)
+
+
+@dataclass(frozen=True, slots=True)
+class FilterChain:
+    name: str
+    filters: tuple[NetworkFilter, ...]
+    filter_chain_match: FilterChainMatch = field(default_factory=FilterChainMatch)
+
+    @property
+    def terminal_filter(self) -> NetworkFilter:
+        return self.filters[-1]
+
+
+class ListenerFilter(enum.Enum):
+    ORIGINAL_DST = "envoy.filters.listener.original_dst"
+    TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
+    HTTP_INSPECTOR = "envoy.filters.listener.http_inspector"
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    name: str
+    address: SocketAddress
+    filter_chains: tuple[FilterChain, ...] = ()
+    default_filter_chain: FilterChain | None = None
+    use_original_dst: bool = False
+    bind_to_port: bool = True
+    listener_filters: tuple[ListenerFilter, ...] = ()
+    traffic_direction: TrafficDirection = TrafficDirection.UNSPECIFIED
+    # Envoy's per_connection_buffer_limit_bytes default: 1 MiB. The watermark we pause at.
+    per_connection_buffer_limit_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Admin:
+    address: SocketAddress = SocketAddress("127.0.0.1", 15000)
+
+
+@dataclass(frozen=True, slots=True)
+class MeshConfig:
+    """The part of Istio's MeshConfig a sidecar's data plane acts on."""
+
+    outbound_traffic_policy: OutboundTrafficPolicy = OutboundTrafficPolicy.ALLOW_ANY
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    hold_application_until_proxy_starts: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Bootstrap:
+    """A whole configuration: what Envoy's bootstrap plus its xDS resources describe."""
+
+    listeners: tuple[Listener, ...] = ()
+    clusters: tuple[Cluster, ...] = ()
+    admin: Admin | None = None
+    # Istio ports a sidecar serves besides the listeners: Prometheus stats and readiness.
+    stats_address: SocketAddress | None = None
+    readiness_address: SocketAddress | None = None
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    # Where this config came from (files), for error messages and /config_dump.
+    sources: tuple[str, ...] = ()
+
+    def cluster(self, name: str) -> Cluster | None:
+        for c in self.clusters:
+            if c.name == name:
+                return c
+        return None
+
+    def listener(self, name: str) -> Listener | None:
+        for lis in self.listeners:
+            if lis.name == name:
+                return lis
+        return None

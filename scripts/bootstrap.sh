@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs everything pysidecar's demo, tests and bench need on a Debian machine, as root.
+# Idempotent and quiet when nothing is missing: it is called by every entry script.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+venv="$here/.venv"
+
+need_apt=()
+for pair in iptables:iptables ip:iproute2 nginx:nginx-light wrk:wrk curl:curl \
+            h2load:nghttp2-client iperf3:iperf3 setpriv:util-linux pkill:procps \
+            taskset:util-linux; do
+  cmd=${pair%%:*}; pkg=${pair#*:}
+  command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+# Debian's own interpreter: the proxy runs as uid 1337, which must be able to read it
+# (an interpreter under /root, as pyenv installs it, is not readable by that uid).
+py=/usr/bin/python3
+[ -x "$py" ] || need_apt+=(python3)
+"$py" -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "bootstrap: apt-get install ${need_apt[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+# nginx-light enables the default site on install; the lab starts its own nginx instances.
+systemctl disable --now nginx >/dev/null 2>&1 || true
+
+stamp="$venv/.installed"
+if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
+  echo "bootstrap: creating $venv" >&2
+  "$py" -m venv "$venv"
+  "$venv/bin/pip" install -q -e "$here[dev]" >"$venv/pip-install.log" 2>&1 \
+    || { cat "$venv/pip-install.log" >&2; exit 1; }
+  touch "$stamp"
+fi
+chmod -R o+rX "$here" 2>/dev/null || true
