@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 DEFAULT_CONNECT_TIMEOUT = 10.0
 # tcp_proxy idle_timeout: Envoy's and Istio's default is one hour.
 DEFAULT_TCP_IDLE_TIMEOUT = 3600.0
+# Envoy's per_connection_buffer_limit_bytes default: 1 MiB. The watermark reading pauses at.
+DEFAULT_BUFFER_LIMIT = 1024 * 1024
 
 PASSTHROUGH_CLUSTER = "PassthroughCluster"
 BLACKHOLE_CLUSTER = "BlackHoleCluster"
@@ -81,8 +83,9 @@ class Cluster:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     lb_policy: LbPolicy = LbPolicy.ROUND_ROBIN
     endpoints: tuple[LbEndpoint, ...] = ()
-    # upstream_bind_config.source_address: InboundPassthroughCluster binds to 127.0.0.6 / ::6.
-    upstream_bind_address: str | None = None
+    # upstream_bind_config.source_address (+ extra_source_addresses): InboundPassthroughCluster
+    # binds to 127.0.0.6 for IPv4 upstreams and ::6 for IPv6; the one matching the family is used.
+    upstream_bind_addresses: tuple[str, ...] = ()
     # DNS clusters re-resolve at this rate (Envoy's dns_refresh_rate, default 5s).
     dns_refresh_rate: float = 5.0
     # Istio stamps alt_stat_name; stats use it when set.
@@ -172,13 +175,15 @@ class Listener:
     bind_to_port: bool = True
     listener_filters: tuple[ListenerFilter, ...] = ()
     traffic_direction: TrafficDirection = TrafficDirection.UNSPECIFIED
-    # Envoy's per_connection_buffer_limit_bytes default: 1 MiB. The watermark we pause at.
-    per_connection_buffer_limit_bytes: int = 1024 * 1024
+    # Envoy's additional_addresses: Istio adds [::] to the wildcard listeners on dual-stack pods.
+    additional_addresses: tuple[SocketAddress, ...] = ()
+    per_connection_buffer_limit_bytes: int = DEFAULT_BUFFER_LIMIT
 
 
 @dataclass(frozen=True, slots=True)
 class Admin:
     address: SocketAddress = SocketAddress("127.0.0.1", 15000)
+    access_log_path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

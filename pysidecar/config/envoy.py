@@ -1,0 +1,387 @@
+"""Envoy v3 bootstrap YAML → `Bootstrap`: the subset of Envoy's API pysidecar runs.
+
+Promises:
+- Accepts `static_resources.listeners` / `clusters`, `admin`, `node`, with the fields listed in
+  each parser below, in snake_case or camelCase. Any other field is a `ConfigError` naming the
+  file and the YAML path: a field we would not act on is never silently dropped.
+- Network filters are looked up by their `typed_config` `@type` (or, without one, by name) in
+  `NETWORK_FILTERS`, so each filter's parser lives beside the filter's other code.
+- Cross references are checked at load: listener and cluster names are unique, and no two
+  listeners bind the same address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+
+from pysidecar.config.node import ConfigError, Node, load_documents
+from pysidecar.model import (
+    DEFAULT_BUFFER_LIMIT,
+    DEFAULT_TCP_IDLE_TIMEOUT,
+    Admin,
+    Bootstrap,
+    CidrRange,
+    Cluster,
+    ClusterType,
+    FilterChain,
+    FilterChainMatch,
+    LbEndpoint,
+    LbPolicy,
+    Listener,
+    ListenerFilter,
+    NetworkFilter,
+    SocketAddress,
+    TcpProxy,
+    TrafficDirection,
+    WeightedCluster,
+)
+
+TCP_PROXY_TYPE = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+
+LISTENER_FILTER_TYPES: dict[str, ListenerFilter] = {
+    "envoy.extensions.filters.listener.original_dst.v3.OriginalDst": ListenerFilter.ORIGINAL_DST,
+    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector": ListenerFilter.TLS_INSPECTOR,
+    "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector": ListenerFilter.HTTP_INSPECTOR,
+}
+LISTENER_FILTER_NAMES: dict[str, ListenerFilter] = {f.value: f for f in ListenerFilter} | {
+    "envoy.listener.original_dst": ListenerFilter.ORIGINAL_DST,
+    "envoy.listener.tls_inspector": ListenerFilter.TLS_INSPECTOR,
+    "envoy.listener.http_inspector": ListenerFilter.HTTP_INSPECTOR,
+}
+
+
+def socket_address(node: Node) -> SocketAddress:
+    """An `address` message: only `socket_address` over TCP is supported."""
+    sa = node.fields("socket_address").require("socket_address")
+    f = sa.fields("address", "port_value", "protocol", "ipv4_compat")
+    if (proto := f.get("protocol")) is not None:
+        proto.enum(["TCP"])
+    host = f.require("address").string()
+    port = f.get("port_value")
+    return SocketAddress(host, port.port() if port is not None else 0)
+
+
+def _filter_type(f_node: Node, known_names: dict[str, str]) -> tuple[str, Node]:
+    """A filter's type URL: from its typed_config, else from a well-known filter name."""
+    f = f_node.fields("name", "typed_config")
+    name = f.require("name").string()
+    tc = f.get("typed_config")
+    if tc is not None:
+        return tc.type_url(), tc
+    if name in known_names:
+        return known_names[name], f_node.child("typed_config", {})
+    f_node.fail(f"filter {name!r} has no typed_config and its name is not a known filter")
+
+
+# -- network filters -------------------------------------------------------------------------
+
+
+def tcp_proxy(node: Node) -> TcpProxy:
+    f = node.fields(
+        "@type", "stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts"
+    )
+    if (attempts := f.get("max_connect_attempts")) is not None:
+        attempts.integer(1, 1)  # we make one connect attempt, as Envoy's default does
+    stat_prefix = f.require("stat_prefix").string()
+    cluster = f.get("cluster")
+    weighted = f.get("weighted_clusters")
+    if (cluster is None) == (weighted is None):
+        node.fail("expected exactly one of 'cluster' or 'weighted_clusters'")
+    weights: list[WeightedCluster] = []
+    if weighted is not None:
+        for c in weighted.fields("clusters").require("clusters").items():
+            cf = c.fields("name", "weight")
+            weights.append(WeightedCluster(cf.require("name").string(), cf.require("weight").integer(0)))
+        if not weights or sum(w.weight for w in weights) == 0:
+            weighted.fail("expected at least one cluster with a weight above 0")
+    idle = f.get("idle_timeout")
+    return TcpProxy(
+        stat_prefix=stat_prefix,
+        cluster=cluster.string() if cluster is not None else None,
+        weighted_clusters=tuple(weights),
+        idle_timeout=idle.duration() if idle is not None else DEFAULT_TCP_IDLE_TIMEOUT,
+    )
+
+
+# @type → parser. Other filters (the HTTP connection manager) register themselves here.
+NETWORK_FILTERS: dict[str, Callable[[Node], NetworkFilter]] = {TCP_PROXY_TYPE: tcp_proxy}
+NETWORK_FILTER_NAMES: dict[str, str] = {
+    "envoy.filters.network.tcp_proxy": TCP_PROXY_TYPE,
+    "envoy.tcp_proxy": TCP_PROXY_TYPE,
+}
+
+
+def network_filter(node: Node) -> NetworkFilter:
+    type_name, config = _filter_type(node, NETWORK_FILTER_NAMES)
+    parser = NETWORK_FILTERS.get(type_name)
+    if parser is None:
+        node.fail(
+            f"unsupported network filter type {type_name!r}; supported: "
+            + ", ".join(sorted(NETWORK_FILTERS))
+        )
+    return parser(config)
+
+
+# -- listeners -------------------------------------------------------------------------------
+
+
+def cidr_range(node: Node) -> CidrRange:
+    f = node.fields("address_prefix", "prefix_len")
+    prefix = f.require("address_prefix").string()
+    plen = f.get("prefix_len")
+    length = plen.integer(0, 128) if plen is not None else (128 if ":" in prefix else 32)
+    try:
+        ipaddress.ip_network(f"{prefix}/{length}", strict=False)
+    except ValueError as e:
+        node.fail(f"expected an IP prefix: {e}")
+    return CidrRange(prefix, length)
+
+
+def filter_chain_match(node: Node) -> FilterChainMatch:
+    f = node.fields(
+        "destination_port",
+        "prefix_ranges",
+        "server_names",
+        "transport_protocol",
+        "application_protocols",
+    )
+    return FilterChainMatch(
+        destination_port=f.opt("destination_port", lambda n: n.integer(1, 65535), None),
+        prefix_ranges=tuple(cidr_range(n) for n in f.list("prefix_ranges")),
+        server_names=tuple(n.string() for n in f.list("server_names")),
+        transport_protocol=f.opt("transport_protocol", lambda n: n.enum(["raw_buffer", "tls"]), ""),
+        application_protocols=tuple(n.string() for n in f.list("application_protocols")),
+    )
+
+
+def filter_chain(node: Node, default_name: str) -> FilterChain:
+    f = node.fields("name", "filter_chain_match", "filters")
+    filters_node = f.require("filters")
+    filters = tuple(network_filter(n) for n in filters_node.items())
+    if not filters:
+        filters_node.fail("expected at least one network filter")
+    match = f.get("filter_chain_match")
+    name = f.get("name")
+    return FilterChain(
+        name=name.string() if name is not None else default_name,
+        filters=filters,
+        filter_chain_match=filter_chain_match(match) if match is not None else FilterChainMatch(),
+    )
+
+
+def listener_filter(node: Node) -> ListenerFilter:
+    f = node.fields("name", "typed_config")
+    tc = f.get("typed_config")
+    if tc is not None:
+        type_name = tc.type_url()
+        known = LISTENER_FILTER_TYPES.get(type_name)
+        if known is None:
+            tc.fail(f"unsupported listener filter type {type_name!r}")
+        return known
+    name = f.require("name").string()
+    if name not in LISTENER_FILTER_NAMES:
+        node.fail(f"unsupported listener filter {name!r}")
+    return LISTENER_FILTER_NAMES[name]
+
+
+def listener(node: Node, index: int) -> Listener:
+    f = node.fields(
+        "name",
+        "address",
+        "filter_chains",
+        "default_filter_chain",
+        "use_original_dst",
+        "bind_to_port",
+        "listener_filters",
+        "traffic_direction",
+        "per_connection_buffer_limit_bytes",
+        "continue_on_listener_filters_timeout",
+        "listener_filters_timeout",
+        "additional_addresses",
+    )
+    address = socket_address(f.require("address"))
+    additional = tuple(
+        socket_address(n.fields("address").require("address")) for n in f.list("additional_addresses")
+    )
+    name_node = f.get("name")
+    name = name_node.string() if name_node is not None else address.listener_name
+    chains = tuple(filter_chain(n, f"{name}-chain-{i}") for i, n in enumerate(f.list("filter_chains")))
+    default = f.get("default_filter_chain")
+    default_chain = filter_chain(default, f"{name}-default") if default is not None else None
+    if not chains and default_chain is None:
+        node.fail("expected at least one of 'filter_chains' or 'default_filter_chain'")
+    # Accepted for compatibility: we always continue when listener filters time out.
+    f.opt("continue_on_listener_filters_timeout", Node.boolean, True)
+    f.opt("listener_filters_timeout", Node.duration, 0.0)
+    return Listener(
+        name=name,
+        address=address,
+        filter_chains=chains,
+        default_filter_chain=default_chain,
+        additional_addresses=additional,
+        use_original_dst=f.opt("use_original_dst", Node.boolean, False),
+        bind_to_port=f.opt("bind_to_port", Node.boolean, True),
+        listener_filters=tuple(listener_filter(n) for n in f.list("listener_filters")),
+        traffic_direction=f.opt(
+            "traffic_direction",
+            lambda n: TrafficDirection(n.enum([d.value for d in TrafficDirection])),
+            TrafficDirection.UNSPECIFIED,
+        ),
+        per_connection_buffer_limit_bytes=f.opt(
+            "per_connection_buffer_limit_bytes",
+            lambda n: n.integer(1024),
+            DEFAULT_BUFFER_LIMIT,
+        ),
+    )
+
+
+# -- clusters --------------------------------------------------------------------------------
+
+
+def load_assignment(node: Node) -> tuple[LbEndpoint, ...]:
+    f = node.fields("cluster_name", "endpoints")
+    out: list[LbEndpoint] = []
+    for locality in f.list("endpoints"):
+        lf = locality.fields("lb_endpoints", "locality", "load_balancing_weight", "priority")
+        for lb in lf.list("lb_endpoints"):
+            ef = lb.fields("endpoint", "load_balancing_weight")
+            ep = ef.require("endpoint").fields("address", "hostname")
+            weight = ef.get("load_balancing_weight")
+            out.append(
+                LbEndpoint(
+                    socket_address(ep.require("address")),
+                    weight.integer(1) if weight is not None else 1,
+                )
+            )
+    return tuple(out)
+
+
+def cluster(node: Node) -> Cluster:
+    f = node.fields(
+        "name",
+        "type",
+        "connect_timeout",
+        "lb_policy",
+        "load_assignment",
+        "upstream_bind_config",
+        "dns_refresh_rate",
+        "dns_lookup_family",
+        "alt_stat_name",
+    )
+    name = f.require("name").string()
+    ctype = f.opt("type", lambda n: ClusterType(n.enum([t.value for t in ClusterType])), ClusterType.STATIC)
+    lb = f.get("lb_policy")
+    policy = LbPolicy(lb.enum([p.value for p in LbPolicy])) if lb is not None else LbPolicy.ROUND_ROBIN
+    if ctype is ClusterType.ORIGINAL_DST:
+        if lb is not None and policy not in (LbPolicy.CLUSTER_PROVIDED,):
+            lb.fail("an ORIGINAL_DST cluster needs lb_policy CLUSTER_PROVIDED")
+        policy = LbPolicy.CLUSTER_PROVIDED
+    elif policy is LbPolicy.CLUSTER_PROVIDED:
+        node.fail("lb_policy CLUSTER_PROVIDED is only for ORIGINAL_DST clusters")
+    la = f.get("load_assignment")
+    endpoints = load_assignment(la) if la is not None else ()
+    if ctype is ClusterType.ORIGINAL_DST and endpoints:
+        node.fail("an ORIGINAL_DST cluster takes no load_assignment")
+    if ctype is ClusterType.LOGICAL_DNS and len(endpoints) > 1:
+        node.fail("a LOGICAL_DNS cluster takes exactly one endpoint")
+    if ctype is ClusterType.STATIC:
+        for i, ep in enumerate(endpoints):
+            try:
+                ipaddress.ip_address(ep.address.address)
+            except ValueError:
+                node.child("load_assignment", None).fail(
+                    f"endpoint {i}: a STATIC cluster needs IP addresses, got {ep.address.address!r}"
+                    " (use STRICT_DNS or LOGICAL_DNS for names)"
+                )
+    bind: tuple[str, ...] = ()
+    if (ub := f.get("upstream_bind_config")) is not None:
+        uf = ub.fields("source_address", "extra_source_addresses")
+        addrs = [uf.require("source_address")]
+        for extra in uf.list("extra_source_addresses"):
+            addrs.append(extra.fields("address").require("address"))
+        for a in addrs:
+            af = a.fields("address", "port_value", "protocol")
+            bind += (af.require("address").string(),)
+    if (family := f.get("dns_lookup_family")) is not None:
+        family.enum(["AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL"])
+    connect = f.get("connect_timeout")
+    refresh = f.get("dns_refresh_rate")
+    alt = f.get("alt_stat_name")
+    return Cluster(
+        name=name,
+        type=ctype,
+        # Plain Envoy's default connect_timeout is 5 s; Istio's sidecar always sets it.
+        connect_timeout=connect.duration() if connect is not None else 5.0,
+        lb_policy=policy,
+        endpoints=endpoints,
+        upstream_bind_addresses=bind,
+        dns_refresh_rate=refresh.duration() if refresh is not None else 5.0,
+        alt_stat_name=alt.string() if alt is not None else None,
+    )
+
+
+# -- bootstrap -------------------------------------------------------------------------------
+
+
+def admin(node: Node) -> Admin:
+    f = node.fields("address", "access_log_path", "access_log", "profile_path")
+    f.list("access_log")
+    path = f.get("access_log_path")
+    return Admin(
+        address=socket_address(f.require("address")),
+        access_log_path=path.string() if path is not None else None,
+    )
+
+
+def bootstrap(root: Node) -> Bootstrap:
+    f = root.fields("static_resources", "admin", "node")
+    if (node_info := f.get("node")) is not None:
+        node_info.fields("id", "cluster", "metadata", "locality")
+    listeners: list[Listener] = []
+    clusters: list[Cluster] = []
+    if (static := f.get("static_resources")) is not None:
+        sf = static.fields("listeners", "clusters")
+        listeners = [listener(n, i) for i, n in enumerate(sf.list("listeners"))]
+        clusters = [cluster(n) for n in sf.list("clusters")]
+    adm = f.get("admin")
+    result = Bootstrap(
+        listeners=tuple(listeners),
+        clusters=tuple(clusters),
+        admin=admin(adm) if adm is not None else None,
+        sources=(root.file,),
+    )
+    check_references(result, root)
+    return result
+
+
+def check_references(b: Bootstrap, root: Node) -> None:
+    """Names unique, bound addresses unique: what Envoy refuses at load."""
+    seen: dict[str, str] = {}
+    bound: dict[tuple[str, int], str] = {}
+    for i, lis in enumerate(b.listeners):
+        where = root.child("static_resources", None).child("listeners", None).child(i, None)
+        if lis.name in seen:
+            where.fail(f"duplicate listener name {lis.name!r}")
+        seen[lis.name] = lis.name
+        if not lis.bind_to_port:
+            continue
+        for addr in (lis.address, *lis.additional_addresses):
+            key = (addr.address, addr.port)
+            if key in bound:
+                where.fail(f"address {addr} is already bound by listener {bound[key]!r}")
+            bound[key] = lis.name
+    names: set[str] = set()
+    for i, c in enumerate(b.clusters):
+        if c.name in names:
+            root.child("static_resources", None).child("clusters", None).child(i, None).fail(
+                f"duplicate cluster name {c.name!r}"
+            )
+        names.add(c.name)
+
+
+def load_file(path: str) -> Bootstrap:
+    docs = load_documents(path)
+    if len(docs) != 1:
+        raise ConfigError(path, "", f"expected one YAML document (an Envoy bootstrap), got {len(docs)}")
+    return bootstrap(docs[0])

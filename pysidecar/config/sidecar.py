@@ -1,0 +1,129 @@
+"""The standard Istio sidecar skeleton: virtualOutbound 15001, virtualInbound 15006, catch-alls.
+
+Promises:
+- `standard_sidecar(mesh)` returns what istiod always sends a sidecar, with istiod's names:
+  listeners `virtualOutbound` (0.0.0.0:15001, use_original_dst, chains
+  `virtualOutbound-blackhole` for destination port 15001 and `virtualOutbound-catchall-tcp`)
+  and `virtualInbound` (0.0.0.0:15006, chains by destination port, catch-all to
+  `InboundPassthroughCluster` from 127.0.0.6 / ::6); clusters `PassthroughCluster`,
+  `InboundPassthroughCluster`, `BlackHoleCluster`; admin 127.0.0.1:15000, stats :15090,
+  readiness :15021.
+- The outbound catch-all follows `mesh.outbound_traffic_policy`: PassthroughCluster for
+  ALLOW_ANY, BlackHoleCluster for REGISTRY_ONLY.
+- `with_resources` merges extra listeners and clusters (from Envoy YAML or compiled Istio
+  resources) into the skeleton; a later definition of a name replaces the skeleton's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from pysidecar.model import (
+    BLACKHOLE_CLUSTER,
+    INBOUND_PASSTHROUGH_CLUSTER,
+    PASSTHROUGH_CLUSTER,
+    VIRTUAL_INBOUND,
+    VIRTUAL_OUTBOUND,
+    Admin,
+    Bootstrap,
+    Cluster,
+    ClusterType,
+    FilterChain,
+    FilterChainMatch,
+    LbPolicy,
+    Listener,
+    ListenerFilter,
+    MeshConfig,
+    OutboundTrafficPolicy,
+    SocketAddress,
+    TcpProxy,
+    TrafficDirection,
+)
+
+OUTBOUND_PORT = 15001
+INBOUND_PORT = 15006
+ADMIN_PORT = 15000
+STATS_PORT = 15090
+READINESS_PORT = 15021
+
+
+def _tcp_chain(name: str, cluster: str, port: int | None = None) -> FilterChain:
+    return FilterChain(
+        name=name,
+        filters=(TcpProxy(stat_prefix=cluster, cluster=cluster),),
+        filter_chain_match=FilterChainMatch(destination_port=port),
+    )
+
+
+def standard_sidecar(mesh: MeshConfig | None = None) -> Bootstrap:
+    mesh = mesh or MeshConfig()
+    catchall = (
+        PASSTHROUGH_CLUSTER
+        if mesh.outbound_traffic_policy is OutboundTrafficPolicy.ALLOW_ANY
+        else BLACKHOLE_CLUSTER
+    )
+    outbound = Listener(
+        name=VIRTUAL_OUTBOUND,
+        address=SocketAddress("0.0.0.0", OUTBOUND_PORT),
+        additional_addresses=(SocketAddress("::", OUTBOUND_PORT),),
+        use_original_dst=True,
+        traffic_direction=TrafficDirection.OUTBOUND,
+        filter_chains=(
+            # A connection whose original destination is 15001 itself would loop forever.
+            _tcp_chain(f"{VIRTUAL_OUTBOUND}-blackhole", BLACKHOLE_CLUSTER, OUTBOUND_PORT),
+            _tcp_chain(f"{VIRTUAL_OUTBOUND}-catchall-tcp", catchall),
+        ),
+    )
+    inbound = Listener(
+        name=VIRTUAL_INBOUND,
+        address=SocketAddress("0.0.0.0", INBOUND_PORT),
+        additional_addresses=(SocketAddress("::", INBOUND_PORT),),
+        traffic_direction=TrafficDirection.INBOUND,
+        listener_filters=(
+            ListenerFilter.ORIGINAL_DST,
+            ListenerFilter.TLS_INSPECTOR,
+            ListenerFilter.HTTP_INSPECTOR,
+        ),
+        filter_chains=(
+            _tcp_chain(f"{VIRTUAL_INBOUND}-blackhole", BLACKHOLE_CLUSTER, INBOUND_PORT),
+            _tcp_chain(INBOUND_PASSTHROUGH_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER),
+        ),
+    )
+    clusters = (
+        Cluster(
+            name=PASSTHROUGH_CLUSTER,
+            type=ClusterType.ORIGINAL_DST,
+            lb_policy=LbPolicy.CLUSTER_PROVIDED,
+            connect_timeout=mesh.connect_timeout,
+        ),
+        Cluster(
+            name=INBOUND_PASSTHROUGH_CLUSTER,
+            type=ClusterType.ORIGINAL_DST,
+            lb_policy=LbPolicy.CLUSTER_PROVIDED,
+            connect_timeout=mesh.connect_timeout,
+            # Source 127.0.0.6 is what ISTIO_OUTPUT's first rule exempts from capture.
+            upstream_bind_addresses=("127.0.0.6", "::6"),
+        ),
+        Cluster(name=BLACKHOLE_CLUSTER, type=ClusterType.STATIC, connect_timeout=mesh.connect_timeout),
+    )
+    return Bootstrap(
+        listeners=(outbound, inbound),
+        clusters=clusters,
+        admin=Admin(SocketAddress("127.0.0.1", ADMIN_PORT)),
+        stats_address=SocketAddress("0.0.0.0", STATS_PORT),
+        readiness_address=SocketAddress("0.0.0.0", READINESS_PORT),
+        mesh=mesh,
+        sources=("<embedded standard sidecar>",),
+    )
+
+
+def with_resources(
+    base: Bootstrap, listeners: tuple[Listener, ...], clusters: tuple[Cluster, ...]
+) -> Bootstrap:
+    extra_l = {x.name for x in listeners}
+    extra_c = {x.name for x in clusters}
+    return replace(
+        base,
+        listeners=tuple(x for x in base.listeners if x.name not in extra_l) + listeners,
+        clusters=tuple(x for x in base.clusters if x.name not in extra_c) + clusters,
+    )

@@ -1,0 +1,155 @@
+"""The cluster manager: each configured cluster's live hosts, balancer and stats, per worker.
+
+Promises:
+- STATIC clusters use their endpoints as given; STRICT_DNS resolves every endpoint name and
+  uses all the addresses; LOGICAL_DNS uses the first address of its one name; both re-resolve
+  every `dns_refresh_rate` in the background and keep the last good answer on failure.
+  Names resolve through the system resolver, so /etc/hosts (and a lab's /etc/netns/<ns>/hosts)
+  applies.
+- ORIGINAL_DST clusters have no hosts of their own: the connection's original destination is the
+  host (Envoy's CLUSTER_PROVIDED balancing).
+- `update(clusters)` keeps the runtime (hosts, balancer state, DNS task) of every cluster whose
+  definition did not change, so a reload does not disturb traffic to unchanged clusters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from collections.abc import Iterable
+
+from pysidecar.model import Cluster, ClusterType, SocketAddress
+from pysidecar.observe.stats import ClusterStats, StatsStore
+from pysidecar.proxy.lb import Host, LoadBalancer, load_balancer
+
+log = logging.getLogger(__name__)
+
+
+class ClusterRuntime:
+    __slots__ = ("_dns_task", "balancer", "config", "hosts", "stats")
+
+    def __init__(self, config: Cluster, stats: ClusterStats) -> None:
+        self.config = config
+        self.stats = stats
+        self.balancer: LoadBalancer = load_balancer(config.lb_policy)
+        self.hosts: list[Host] = []
+        self._dns_task: asyncio.Task[None] | None = None
+        if config.type is ClusterType.STATIC:
+            self._set_hosts(
+                Host(e.address.address, e.address.port, e.load_balancing_weight) for e in config.endpoints
+            )
+
+    @property
+    def original_dst(self) -> bool:
+        return self.config.type is ClusterType.ORIGINAL_DST
+
+    def choose_host(self, original_dst: SocketAddress | None) -> tuple[str, int] | None:
+        if self.config.type is ClusterType.ORIGINAL_DST:
+            return (original_dst.address, original_dst.port) if original_dst is not None else None
+        host = self.balancer.choose(self.hosts)
+        return host.key if host is not None else None
+
+    def bind_address_for(self, upstream_ip: str) -> str | None:
+        """The upstream_bind_config source address of the upstream's address family, if any."""
+        if not self.config.upstream_bind_addresses:
+            return None
+        v6 = ":" in upstream_ip
+        for addr in self.config.upstream_bind_addresses:
+            if (":" in addr) == v6:
+                return addr
+        return None
+
+    def _set_hosts(self, hosts: Iterable[Host]) -> None:
+        self.hosts = list(hosts)
+        self.stats.membership_total = len(self.hosts)
+        self.stats.membership_healthy = len(self.hosts)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.config.type in (ClusterType.STRICT_DNS, ClusterType.LOGICAL_DNS):
+            self._dns_task = loop.create_task(self._resolve_forever(loop))
+
+    def stop(self) -> None:
+        if self._dns_task is not None:
+            self._dns_task.cancel()
+            self._dns_task = None
+
+    async def resolve_once(self, loop: asyncio.AbstractEventLoop) -> None:
+        found: list[Host] = []
+        endpoints = self.config.endpoints
+        if self.config.type is ClusterType.LOGICAL_DNS:
+            endpoints = endpoints[:1]
+        for ep in endpoints:
+            addrs = await _resolve(loop, ep.address.address, ep.address.port)
+            if self.config.type is ClusterType.LOGICAL_DNS:
+                addrs = addrs[:1]
+            found.extend(Host(a, ep.address.port, ep.load_balancing_weight) for a in addrs)
+        if found or not self.hosts:
+            self._set_hosts(found)
+
+    async def _resolve_forever(self, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            try:
+                await self.resolve_once(loop)
+            except Exception:  # a resolver failure keeps the last good hosts
+                log.exception("cluster %s: DNS resolution failed", self.config.name)
+            await asyncio.sleep(self.config.dns_refresh_rate)
+
+
+async def _resolve(loop: asyncio.AbstractEventLoop, name: str, port: int) -> list[str]:
+    try:
+        ipaddress.ip_address(name)
+        return [name]
+    except ValueError:
+        pass
+    try:
+        infos = await loop.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        log.warning("DNS lookup of %s failed: %s", name, e)
+        return []
+    out: list[str] = []
+    for family, *_rest, sockaddr in infos:
+        ip = str(sockaddr[0])
+        if family in (socket.AF_INET, socket.AF_INET6) and ip not in out:
+            out.append(ip)
+    return out
+
+
+class ClusterManager:
+    def __init__(self, stats: StatsStore, loop: asyncio.AbstractEventLoop) -> None:
+        self._stats = stats
+        self._loop = loop
+        self.clusters: dict[str, ClusterRuntime] = {}
+
+    def get(self, name: str) -> ClusterRuntime | None:
+        return self.clusters.get(name)
+
+    def update(self, clusters: Iterable[Cluster]) -> None:
+        fresh: dict[str, ClusterRuntime] = {}
+        for c in clusters:
+            old = self.clusters.get(c.name)
+            if old is not None and old.config == c:
+                fresh[c.name] = old
+                continue
+            runtime = ClusterRuntime(c, self._stats.cluster(c.stat_name))
+            runtime.start(self._loop)
+            fresh[c.name] = runtime
+        for name, old in self.clusters.items():
+            if fresh.get(name) is not old:
+                old.stop()
+        self.clusters = fresh
+
+    async def warm(self) -> None:
+        """Resolve DNS clusters once before serving, as Envoy's cluster warming does."""
+        pending = [
+            c.resolve_once(self._loop)
+            for c in self.clusters.values()
+            if c.config.type in (ClusterType.STRICT_DNS, ClusterType.LOGICAL_DNS)
+        ]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def stop(self) -> None:
+        for c in self.clusters.values():
+            c.stop()

@@ -1,0 +1,241 @@
+"""`pysidecar run`: the main process. Loads the config, starts the workers, serves admin.
+
+Promises:
+- A config error is reported with file, YAML path and what was expected, and the command exits
+  with status 2 before anything is bound.
+- `--concurrency N` worker processes (default 2, like Istio's sidecar) each bind every listener
+  with SO_REUSEPORT. A worker that cannot bind stops the start-up (exit 1); a worker that dies
+  later is replaced.
+- The main process serves admin (127.0.0.1:15000 by default), Prometheus stats (:15090) and
+  readiness (:15021) when the config names them; stats are merged over the workers on request.
+- SIGTERM / SIGINT / POST /quitquitquit: workers stop accepting, drain open connections for up
+  to --drain-time-s, and the command exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import multiprocessing
+import multiprocessing.process
+import os
+import signal
+import socket
+import sys
+import time
+
+import uvloop
+
+from pysidecar.config.loader import load
+from pysidecar.config.node import ConfigError
+from pysidecar.model import Bootstrap
+from pysidecar.observe import http_server
+from pysidecar.observe.admin import admin_routes, readiness_routes
+from pysidecar.observe.stats import Kind, merge
+from pysidecar.proxy.control import ControlClient, Message
+
+log = logging.getLogger("pysidecar")
+
+# Istio's terminationDrainDuration default.
+DEFAULT_DRAIN_TIME = 5.0
+LOG_FORMAT = "[%(asctime)s][%(process)d][%(levelname)s][%(name)s] %(message)s"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c", "--config-path", "--config", dest="config", action="append", default=[],
+        metavar="PATH", help="Envoy v3 bootstrap YAML (default: the embedded standard sidecar)",
+    )  # fmt: skip
+    parser.add_argument("--concurrency", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument(
+        "--drain-time-s", type=float, default=DEFAULT_DRAIN_TIME, dest="drain_time",
+        help="how long open connections may finish after SIGTERM (default 5)",
+    )  # fmt: skip
+    parser.add_argument(
+        "-l", "--log-level", default="info",
+        choices=["trace", "debug", "info", "warning", "warn", "error", "critical", "off"],
+    )  # fmt: skip
+
+
+def _python_level(name: str) -> int:
+    return {
+        "trace": logging.DEBUG,
+        "warn": logging.WARNING,
+        "off": logging.CRITICAL + 10,
+    }.get(name, getattr(logging, name.upper(), logging.INFO))
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=_python_level(level), format=LOG_FORMAT, stream=sys.stderr, force=True)
+
+
+def worker_main(bootstrap: Bootstrap, index: int, drain_time: float, sock: socket.socket, level: str) -> None:
+    """Entry point of a worker process (spawned, so it starts from a clean interpreter)."""
+    from pysidecar.proxy.worker import Worker
+
+    setup_logging(level)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides on Ctrl-C
+
+    async def run() -> int:
+        return await Worker(bootstrap, index, drain_time).run(sock)
+
+    sys.exit(uvloop.run(run()))
+
+
+class Supervisor:
+    """The main process's state; implements admin's ProxyState."""
+
+    def __init__(self, bootstrap: Bootstrap, args: argparse.Namespace) -> None:
+        self.bootstrap = bootstrap
+        self.args = args
+        self.concurrency: int = max(1, args.concurrency)
+        self.started = time.time()
+        self.healthy = True
+        self._ctx = multiprocessing.get_context("spawn")
+        self._procs: dict[int, multiprocessing.process.BaseProcess] = {}
+        self._clients: dict[int, ControlClient] = {}
+        self._ready: set[int] = set()
+        self._ever_ready: set[int] = set()
+        self._stopping = False
+        self._done: asyncio.Future[int] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- ProxyState ----------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.healthy and not self._stopping and len(self._ready) == self.concurrency
+
+    async def merged_stats(self) -> dict[str, tuple[Kind, object]]:
+        snaps = await asyncio.gather(
+            *(c.request("stats") for c in self._clients.values()), return_exceptions=True
+        )
+        good: list[dict[str, tuple[Kind, object]]] = [s for s in snaps if isinstance(s, dict)]
+        merged = merge(good)
+        merged["server.concurrency"] = ("gauge", self.concurrency)
+        merged["server.live"] = ("gauge", 1 if self.ready else 0)
+        merged["server.uptime"] = ("gauge", int(time.time() - self.started))
+        return merged
+
+    async def reset_counters(self) -> None:
+        await asyncio.gather(*(c.request("reset_counters") for c in self._clients.values()))
+
+    async def drain_listeners(self) -> None:
+        await asyncio.gather(*(c.request("drain") for c in self._clients.values()))
+        self._ready.clear()
+
+    def quit(self) -> None:
+        asyncio.get_running_loop().call_soon(self.shutdown)
+
+    def set_healthy(self, healthy: bool) -> None:
+        self.healthy = healthy
+
+    # -- workers -----------------------------------------------------------------------------
+    async def _start_worker(self, index: int) -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        proc = self._ctx.Process(
+            target=worker_main,
+            args=(self.bootstrap, index, self.args.drain_time, theirs, self.args.log_level),
+            name=f"pysidecar-worker-{index}",
+        )
+        proc.start()
+        theirs.close()
+        self._procs[index] = proc
+        reader, writer = await asyncio.open_connection(sock=ours)
+        self._clients[index] = ControlClient(reader, writer, self._on_event)
+        loop.add_reader(proc.sentinel, self._on_exit, index, proc)
+
+    def _on_event(self, msg: Message) -> None:
+        if msg.get("op") == "ready":
+            self._ready.add(int(msg["worker"]))
+            self._ever_ready.add(int(msg["worker"]))
+            if len(self._ready) == self.concurrency:
+                log.info("all %d workers ready", self.concurrency)
+
+    def _on_exit(self, index: int, proc: multiprocessing.process.BaseProcess) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(proc.sentinel)
+        proc.join(0)
+        self._ready.discard(index)
+        client = self._clients.pop(index, None)
+        if client is not None:
+            client.close()
+        if self._procs.get(index) is proc:
+            del self._procs[index]
+        if self._stopping:
+            if not self._procs and self._done is not None and not self._done.done():
+                self._done.set_result(0)
+            return
+        if index not in self._ever_ready:
+            log.error("worker %d exited with status %s before it was ready", index, proc.exitcode)
+            self.shutdown(exit_code=1)
+            return
+        log.error("worker %d exited with status %s; starting a new one", index, proc.exitcode)
+        self._tasks.add(task := loop.create_task(self._start_worker(index)))
+        task.add_done_callback(self._tasks.discard)
+
+    def shutdown(self, exit_code: int = 0) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self._exit_code = exit_code
+        log.info("shutting down: draining for up to %.1fs", self.args.drain_time)
+        for proc in self._procs.values():
+            if proc.pid is not None:
+                os.kill(proc.pid, signal.SIGTERM)
+        if not self._procs and self._done is not None and not self._done.done():
+            self._done.set_result(0)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        self._exit_code = 0
+        loop.add_signal_handler(signal.SIGTERM, self.shutdown)
+        loop.add_signal_handler(signal.SIGINT, self.shutdown)
+        servers: list[asyncio.AbstractServer] = []
+        try:
+            for i in range(self.concurrency):
+                await self._start_worker(i)
+            b = self.bootstrap
+            if b.admin is not None:
+                servers.append(await http_server.serve(b.admin.address.address, b.admin.address.port, admin_routes(self)))
+            if b.readiness_address is not None:
+                a = b.readiness_address
+                servers.append(await http_server.serve(a.address, a.port, readiness_routes(self)))
+        except OSError as e:
+            log.error("cannot start: %s", e)
+            self.shutdown(exit_code=1)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._done), timeout=None)
+        finally:
+            for s in servers:
+                s.close()
+        await self._reap()
+        return self._exit_code
+
+    async def _reap(self) -> None:
+        deadline = time.monotonic() + self.args.drain_time + 5.0
+        for proc in list(self._procs.values()):
+            while proc.is_alive() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if proc.is_alive():
+                proc.kill()
+            proc.join(1)
+
+
+def main(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    try:
+        bootstrap = load(args.config)
+    except ConfigError as e:
+        print(f"pysidecar: configuration error: {e}", file=sys.stderr)
+        return 2
+    log.info(
+        "pysidecar starting: %d listeners, %d clusters from %s, concurrency %d",
+        len(bootstrap.listeners), len(bootstrap.clusters), ", ".join(bootstrap.sources), args.concurrency,
+    )  # fmt: skip
+    result: int = uvloop.run(Supervisor(bootstrap, args).run())
+    return result
+
+

@@ -1,0 +1,178 @@
+"""A worker process: its own uvloop, its own listening sockets (SO_REUSEPORT), its own stats.
+
+Promises:
+- Every listener with bind_to_port (and its additional_addresses) is bound in every worker with
+  SO_REUSEPORT, so the kernel spreads accepted connections over the workers, as Envoy's
+  workers do. An additional IPv6 address on a host without IPv6 is skipped with a warning; any
+  other bind failure stops the worker with exit status 1 before it reports ready.
+- `apply(bootstrap)` swaps the config: a new snapshot for new connections, sockets bound and
+  closed to match the new listener set, clusters updated in place. Open connections keep
+  the snapshot they started with.
+- SIGTERM (or a "drain" request) stops accepting, lets open connections finish for up to the
+  drain time, closes what is left and exits 0.
+- The main process talks to the worker over the control channel: "stats", "reset_counters",
+  "config", "drain", "ping".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import random
+import signal
+import socket
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pysidecar.model import Bootstrap, Listener, SocketAddress
+from pysidecar.observe.stats import StatsStore
+from pysidecar.proxy.cluster_manager import ClusterManager
+from pysidecar.proxy.connection import ActiveConnection
+from pysidecar.proxy.control import ControlProtocol, Message
+from pysidecar.proxy.listener_table import ListenerTable
+
+log = logging.getLogger(__name__)
+
+# Listen backlog: the kernel caps it at net.core.somaxconn.
+BACKLOG = 4096
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The config a connection is accepted under."""
+
+    bootstrap: Bootstrap
+    table: ListenerTable
+    bound: dict[str, Listener]
+
+    @classmethod
+    def of(cls, bootstrap: Bootstrap) -> Snapshot:
+        return cls(bootstrap, ListenerTable.build(bootstrap), {x.name: x for x in bootstrap.listeners})
+
+
+def bind_socket(address: SocketAddress) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address.address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address.address, address.port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class Worker:
+    def __init__(self, bootstrap: Bootstrap, index: int, drain_time: float) -> None:
+        self.index = index
+        self.drain_time = drain_time
+        self.loop = asyncio.get_running_loop()
+        self.stats = StatsStore()
+        self.clusters = ClusterManager(self.stats, self.loop)
+        self.rng = random.Random()
+        self.connections: set[Any] = set()
+        self.snapshot = Snapshot.of(bootstrap)
+        self._servers: dict[tuple[str, int], asyncio.Server] = {}
+        self._stopping = asyncio.Event()
+        self.control: ControlProtocol | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- config ------------------------------------------------------------------------------
+    async def apply(self, bootstrap: Bootstrap) -> None:
+        self.clusters.update(bootstrap.clusters)
+        await self.clusters.warm()
+        self.snapshot = Snapshot.of(bootstrap)
+        wanted: dict[tuple[str, int], tuple[Listener, bool]] = {}
+        for lis in bootstrap.listeners:
+            if not lis.bind_to_port:
+                continue
+            wanted[(lis.address.address, lis.address.port)] = (lis, True)
+            for extra in lis.additional_addresses:
+                wanted[(extra.address, extra.port)] = (lis, False)
+        for key in list(self._servers):
+            if key not in wanted:
+                self._servers.pop(key).close()
+        for key, (lis, required) in wanted.items():
+            if key in self._servers:
+                continue
+            try:
+                sock = bind_socket(SocketAddress(*key))
+            except OSError as e:
+                if not required and e.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                    log.warning("listener %s: skipping [%s]:%d: %s", lis.name, key[0], key[1], e.strerror)
+                    continue
+                raise OSError(e.errno, f"listener {lis.name}: cannot bind {key[0]}:{key[1]}: {e.strerror}") from e
+            self._servers[key] = await self.loop.create_server(
+                self._factory(lis.name), sock=sock, backlog=BACKLOG
+            )
+
+    def _factory(self, listener_name: str) -> Any:
+        def make() -> ActiveConnection:
+            snap = self.snapshot
+            return ActiveConnection(self, snap.bound[listener_name])
+
+        return make
+
+    # -- control -----------------------------------------------------------------------------
+    def handle(self, msg: Message) -> Any:
+        op = msg.get("op")
+        if op == "stats":
+            return self.stats.snapshot()
+        if op == "reset_counters":
+            self.stats.reset_counters()
+            return True
+        if op == "config":
+            self._tasks.add(task := self.loop.create_task(self.apply(msg["bootstrap"])))
+            task.add_done_callback(self._tasks.discard)
+            return True
+        if op == "drain":
+            self.stop_accepting()
+            return True
+        if op == "ping":
+            return {"worker": self.index, "connections": len(self.connections)}
+        raise ValueError(f"unknown control op {op!r}")
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def stop_accepting(self) -> None:
+        for server in self._servers.values():
+            server.close()
+        self._servers.clear()
+
+    async def drain(self) -> None:
+        self.stop_accepting()
+        deadline = self.loop.time() + self.drain_time
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.close()
+        self.clusters.stop()
+
+    async def run(self, control_sock: socket.socket | None) -> int:
+        self.loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
+        self.loop.add_signal_handler(signal.SIGINT, self._stopping.set)
+        if control_sock is not None:
+            _, proto = await self.loop.connect_accepted_socket(
+                lambda: ControlProtocol(self.handle, self._stopping.set), sock=control_sock
+            )
+            self.control = proto
+        try:
+            await self.apply(self.snapshot.bootstrap)
+        except OSError as e:
+            log.error("worker %d: %s", self.index, e)
+            return 1
+        if self.control is not None:
+            self.control.send({"op": "ready", "worker": self.index, "pid": os.getpid()})
+        log.info("worker %d ready (pid %d)", self.index, os.getpid())
+        await self._stopping.wait()
+        await self.drain()
+        return 0
