@@ -75,6 +75,12 @@ class ActiveConnection(asyncio.Protocol):
                 self.listener.per_connection_buffer_limit_bytes,
                 self.closed,
             )
+            record = session.info
+            record.listener_name = self.listener.name
+            record.downstream_local_address = str(info.destination)
+            peer = transport.get_extra_info("peername")
+            if peer:
+                record.downstream_remote_address = str(SocketAddress(str(peer[0]), int(peer[1])))
             self.worker.connections.add(session)
             transport.set_protocol(session)
             session.start(transport, initial, self.worker.clusters, self.worker.rng)

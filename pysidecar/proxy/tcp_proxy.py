@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Callable
 from typing import cast
 
 from pysidecar.model import SocketAddress, TcpProxy, WeightedCluster
 from pysidecar.observe.stats import ClusterStats, TcpProxyStats
+from pysidecar.observe.stream_info import StreamInfo
 from pysidecar.proxy.cluster_manager import ClusterManager, ClusterRuntime
 
 # Response flags, Envoy's spelling, for the access log.
@@ -32,6 +32,13 @@ NO_HEALTHY_UPSTREAM = "UH"
 UPSTREAM_CONNECT_FAILURE = "UF"
 NO_CLUSTER_FOUND = "NC"
 STREAM_IDLE_TIMEOUT = "SI"  # Envoy reports tcp_proxy idle timeouts with this flag too
+
+
+def _fmt(addr: tuple[str, int] | None) -> str | None:
+    if not addr:
+        return None
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def pick_weighted(clusters: tuple[WeightedCluster, ...], rng: random.Random) -> str:
@@ -62,18 +69,16 @@ class TcpProxySession(asyncio.Protocol):
         "destination",
         "downstream",
         "downstream_eof",
-        "flags",
+        "info",
         "limit",
         "loop",
         "on_close",
         "rx_bytes",
-        "start_time",
         "stats",
         "tx_bytes",
         "upstream",
         "upstream_eof",
         "upstream_host",
-        "upstream_local",
     )
 
     def __init__(
@@ -96,8 +101,7 @@ class TcpProxySession(asyncio.Protocol):
         self.cluster: ClusterRuntime | None = None
         self.cluster_stats: ClusterStats | None = None
         self.upstream_host: tuple[str, int] | None = None
-        self.upstream_local: tuple[str, int] | None = None
-        self.flags: list[str] = []
+        self.info = StreamInfo()
         self.rx_bytes = 0  # from downstream
         self.tx_bytes = 0  # to downstream
         self.downstream_eof = False
@@ -109,7 +113,6 @@ class TcpProxySession(asyncio.Protocol):
         self._connect_task: asyncio.Task[None] | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
         self._idle_seen = -1
-        self.start_time = time.time()
 
     # -- start ---------------------------------------------------------------------------
     def start(
@@ -129,7 +132,7 @@ class TcpProxySession(asyncio.Protocol):
         cluster = clusters.get(name)
         if cluster is None:
             self.stats.downstream_cx_no_route += 1
-            self.flags.append(NO_CLUSTER_FOUND)
+            self.info.response_flags.append(NO_CLUSTER_FOUND)
             self.close()
             return
         self.cluster = cluster
@@ -137,10 +140,12 @@ class TcpProxySession(asyncio.Protocol):
         host = cluster.choose_host(self.destination)
         if host is None:
             cluster.stats.upstream_cx_none_healthy += 1
-            self.flags.append(NO_HEALTHY_UPSTREAM)
+            self.info.response_flags.append(NO_HEALTHY_UPSTREAM)
             self.close()
             return
         self.upstream_host = host
+        self.info.upstream_cluster = cluster.config.name
+        self.info.upstream_host = _fmt(host)
         self._connect_task = self.loop.create_task(self._connect(cluster, host))
 
     async def _connect(self, cluster: ClusterRuntime, host: tuple[str, int]) -> None:
@@ -164,12 +169,12 @@ class TcpProxySession(asyncio.Protocol):
                 return
             stats.upstream_cx_connect_timeout += 1
             stats.upstream_cx_connect_fail += 1
-            self.flags.append(UPSTREAM_CONNECT_FAILURE)
+            self.info.response_flags.append(UPSTREAM_CONNECT_FAILURE)
             self.close()
             return
         except OSError:
             stats.upstream_cx_connect_fail += 1
-            self.flags.append(UPSTREAM_CONNECT_FAILURE)
+            self.info.response_flags.append(UPSTREAM_CONNECT_FAILURE)
             self.close()
             return
         finally:
@@ -185,7 +190,7 @@ class TcpProxySession(asyncio.Protocol):
         assert stats is not None
         stats.upstream_cx_active += 1
         self.upstream = transport
-        self.upstream_local = transport.get_extra_info("sockname")
+        self.info.upstream_local_address = _fmt(transport.get_extra_info("sockname"))
         transport.set_write_buffer_limits(high=self.limit)
         if self._pending:
             transport.writelines(self._pending)
@@ -300,6 +305,10 @@ class TcpProxySession(asyncio.Protocol):
             self.upstream.close()
         if self.downstream is not None:
             self.downstream.close()
+        info = self.info
+        info.bytes_received = self.rx_bytes
+        info.bytes_sent = self.tx_bytes
+        info.finish()
         self.on_close(self)
 
 
