@@ -11,8 +11,9 @@ Promises:
 - No lab namespace has a route off the machine: the only routes are the on-link 198.18.0.0/15
   (and 2001:2::/64); nothing is ever attached to the root namespace or changed in it.
 - Every creation step registers its undo *before* it runs, and `close()` runs the undos in
-  reverse (processes, then pods, then the switch, then temp dir and marker), continuing past
-  failures and raising one LabError listing them at the end; close() is idempotent.
+  reverse (processes, then pods, then the switch, then the temp dir), continuing past
+  failures and raising one LabError listing them at the end; close() is idempotent. The
+  owner marker goes last and only when all else went, so leftovers stay findable.
 - A lab's id is unique on the machine (its marker directory is created exclusively), so
   concurrent labs never collide, and a crashed lab is found by `cleanup_stale`.
 """
@@ -30,10 +31,12 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from pysidecar.lab import addressing, procs, registry
-from pysidecar.lab.netns import ETC_NETNS_DIR, LabError, ip
+from pysidecar.lab.netns import ETC_NETNS_DIR, LabError, ip, list_namespaces
 from pysidecar.lab.pod import Pod
 
 BRIDGE = "br0"
+IPV4_PREFIXLEN = addressing.IPV4_NET.prefixlen  # on-link for every pod: no routes needed
+IPV6_PREFIXLEN = addressing.IPV6_NET.prefixlen
 ID_ATTEMPTS = 16
 
 
@@ -68,10 +71,8 @@ class Lab:
             except FileExistsError:
                 shutil.rmtree(logdir, ignore_errors=True)
                 continue
-            # Registered first, so undone last: the marker outlives everything it vouches for.
-            self._push(
-                "remove marker", functools.partial(shutil.rmtree, registry.marker_dir(labid))
-            )
+            # The marker is removed by close() only after every undo succeeded, so whatever a
+            # failed close leaves behind can still be found by cleanup_stale.
             self._push(
                 "remove logdir", functools.partial(shutil.rmtree, logdir, ignore_errors=True)
             )
@@ -87,23 +88,17 @@ class Lab:
 
     def _create_switch(self) -> None:
         sw = self.switch_ns
-        self._push(f"delete switch {sw}", lambda: registry.remove_namespace(sw))
-        ip("netns", "add", sw)
+        self._add_namespace(sw)
         # No STP (ports forward at once) and no multicast snooping (IPv6 ND just floods).
-        ip(
-            "-n",
-            sw,
-            "link",
-            "add",
-            BRIDGE,
-            "type",
-            "bridge",
-            "stp_state",
-            "0",
-            "mcast_snooping",
-            "0",
-        )
+        ip(*f"-n {sw} link add {BRIDGE} type bridge stp_state 0 mcast_snooping 0".split())
         ip("-n", sw, "link", "set", BRIDGE, "up")
+
+    def _add_namespace(self, ns: str) -> None:
+        # Refuse a name that exists already: the undo below must only ever delete our own.
+        if ns in list_namespaces():
+            raise LabError(f"network namespace {ns} already exists (stale? see cleanup_stale)")
+        self._push(f"delete namespace {ns}", lambda: registry.remove_namespace(ns))
+        ip("netns", "add", ns)
 
     def add_pod(
         self,
@@ -139,43 +134,21 @@ class Lab:
 
         ns = f"{self.prefix}-{name}"
         veth = f"v{index}-{name}"[:15]  # IFNAMSIZ - 1
-        self._push(f"delete pod {ns}", lambda: registry.remove_namespace(ns))
-        ip("netns", "add", ns)
+        self._add_namespace(ns)
         etc = os.path.join(ETC_NETNS_DIR, ns)
         os.makedirs(etc, exist_ok=True)
         with open(os.path.join(etc, "resolv.conf"), "w") as f:
             f.write(addressing.RESOLV_CONF)
+        sw, v4len, v6len = self.switch_ns, IPV4_PREFIXLEN, IPV6_PREFIXLEN
         # Both ends are born inside lab namespaces: the switch end here, eth0 moved to the pod.
-        ip(
-            "-n",
-            self.switch_ns,
-            "link",
-            "add",
-            veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns,
-        )
-        ip("-n", self.switch_ns, "link", "set", veth, "master", BRIDGE, "up")
-        ip("-n", ns, "link", "set", "lo", "up")
-        ip("-n", ns, "addr", "add", f"{v4}/{addressing.IPV4_NET.prefixlen}", "dev", "eth0")
+        ip(*f"-n {sw} link add {veth} type veth peer name eth0 netns {ns}".split())
+        ip(*f"-n {sw} link set {veth} master {BRIDGE} up".split())
+        ip(*f"-n {ns} link set lo up".split())
+        ip(*f"-n {ns} addr add {v4}/{v4len} dev eth0".split())
         if v6:
             # nodad: usable at once, no 1-2 s of "tentative" after link up.
-            ip(
-                "-n",
-                ns,
-                "addr",
-                "add",
-                f"{v6}/{addressing.IPV6_NET.prefixlen}",
-                "dev",
-                "eth0",
-                "nodad",
-            )
-        ip("-n", ns, "link", "set", "eth0", "up")
+            ip(*f"-n {ns} addr add {v6}/{v6len} dev eth0 nodad".split())
+        ip(*f"-n {ns} link set eth0 up".split())
 
         pod = Pod(self, name, ns, v4, v6, hostnames)
         self.pods[name] = pod
@@ -245,7 +218,9 @@ class Lab:
                 undo()
             except Exception as e:
                 errors.append(f"{what}: {e}")
-        if errors:
+        if not errors:
+            shutil.rmtree(registry.marker_dir(self.prefix), ignore_errors=True)
+        if errors:  # the marker stays: cleanup_stale retries once this process is gone
             raise LabError(f"lab {self.prefix} left things behind:\n  " + "\n  ".join(errors))
 
     def _close_at_exit(self) -> None:

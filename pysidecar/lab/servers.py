@@ -31,6 +31,7 @@ import random
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from http import HTTPStatus
+from typing import NamedTuple
 
 READ_SIZE = 64 * 1024
 SOURCE_PERIOD = 65521  # prime: a lost or repeated chunk of any power-of-two size shows up
@@ -216,6 +217,13 @@ async def read_body(
     return await reader.readexactly(int(length))
 
 
+class Streamed(NamedTuple):
+    """A response body sent piece by piece, with its length known up front."""
+
+    length: int
+    chunks: Iterator[bytes]
+
+
 class HttpApp:
     """The endpoints; `respond` returns (status, headers, body) for one request."""
 
@@ -226,7 +234,7 @@ class HttpApp:
 
     async def respond(
         self, req: Request, peer: tuple[str, int], local: tuple[str, int]
-    ) -> tuple[int, list[tuple[str, str]], bytes]:
+    ) -> tuple[int, list[tuple[str, str]], bytes | Streamed]:
         path = req.target.split("?", 1)[0]
         parts = [p for p in path.split("/") if p]
         text = [("content-type", "text/plain")]
@@ -249,7 +257,12 @@ class HttpApp:
                 titled[key] = f"{titled[key]},{v}" if key in titled else v
             return 200, *_json({"headers": titled, "raw": [list(h) for h in req.headers]})
         if head == "bytes" and arg.isdigit():
-            return 200, [("content-type", "application/octet-stream")], source_bytes(int(arg))
+            n = int(arg)  # streamed: /bytes/1000000000 must not need a GiB of memory
+            return (
+                200,
+                [("content-type", "application/octet-stream")],
+                Streamed(n, iter_source_bytes(n)),
+            )
         if head == "ip":
             return 200, *_json({"origin": peer[0], "port": peer[1], "local": list(local)})
         if head == "anything":
@@ -265,7 +278,10 @@ class HttpApp:
         return 404, text, b"not found\n"
 
     def head_bytes(self, status: int, headers: list[tuple[str, str]], length: int | None) -> bytes:
-        reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Unknown"
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = "Unknown"
         lines = [f"HTTP/1.1 {status} {reason}", "server: pysidecar-lab"]
         if self.name:
             lines.append(f"x-served-by: {self.name}")
@@ -295,9 +311,15 @@ class HttpApp:
                 elif req.version == "HTTP/1.0":
                     headers = [*headers, ("connection", "keep-alive")]
                 no_body = status in (204, 304) or 100 <= status < 200
-                writer.write(self.head_bytes(status, headers, None if status == 204 else len(body)))
+                length = body.length if isinstance(body, Streamed) else len(body)
+                writer.write(self.head_bytes(status, headers, None if status == 204 else length))
                 if req.method != "HEAD" and not no_body:
-                    writer.write(body)
+                    if isinstance(body, Streamed):
+                        for piece in body.chunks:
+                            writer.write(piece)
+                            await writer.drain()
+                    else:
+                        writer.write(body)
                 await writer.drain()
                 if not keep:
                     break
