@@ -17,6 +17,8 @@ from typing import Protocol, cast
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("pysidecar.proxy.main", "run the sidecar proxy (Envoy or Istio YAML, or embedded defaults)"),
     "init": ("pysidecar.interception.cli", "install Istio's iptables interception rules (istio-iptables flags)"),
+    "demo": ("pysidecar.demo", "watch the sidecar intercept real traffic in throw-away lab pods"),
+    "lab": ("pysidecar.lab.cli", "lab pods to explore by hand: lab up | shell POD | list | down"),
 }
 
 

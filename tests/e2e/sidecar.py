@@ -88,3 +88,11 @@ def send_pattern(s: socket.socket, size: int, seed: int = 7) -> str:
         left -= len(piece)
     s.shutdown(socket.SHUT_WR)
     return digest.hexdigest()
+
+
+def closed_without_data(s: socket.socket) -> bool:
+    """True when the peer closed (FIN or reset) without sending a single byte."""
+    try:
+        return recv_all(s) == b""
+    except ConnectionResetError:
+        return True

@@ -1,0 +1,145 @@
+"""The Envoy bootstrap front end: what it accepts, and how it refuses what it doesn't."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pysidecar.config.envoy import load_file
+from pysidecar.config.node import ConfigError
+from pysidecar.model import ClusterType, LbPolicy, ListenerFilter, SocketAddress, TcpProxy
+
+GOOD = """
+admin:
+  access_log_path: /dev/null
+  address:
+    socket_address: { address: 127.0.0.1, port_value: 9901 }
+static_resources:
+  listeners:
+  - name: listener_0
+    address:
+      socket_address: { address: 0.0.0.0, port_value: 8080 }
+    listener_filters:
+    - name: envoy.filters.listener.tls_inspector
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector
+    filter_chains:
+    - filter_chain_match:
+        server_names: ["a.example", "*.b.example"]
+        transport_protocol: tls
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tls
+          idle_timeout: 30s
+          weighted_clusters:
+            clusters:
+            - {name: v1, weight: 40}
+            - {name: v2, weight: 60}
+  - name: 10.96.0.5_3306
+    address:
+      socketAddress: { address: 10.96.0.5, portValue: 3306 }
+    bindToPort: false
+    filterChains:
+    - filters:
+      - name: envoy.tcp_proxy
+        typedConfig:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          statPrefix: mysql
+          cluster: v1
+  clusters:
+  - name: v1
+    connect_timeout: 0.25s
+    type: STRICT_DNS
+    lb_policy: LEAST_REQUEST
+    load_assignment:
+      cluster_name: v1
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: v1.lab, port_value: 80}}}
+  - name: v2
+    type: STATIC
+    load_assignment:
+      cluster_name: v2
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 198.18.0.5, port_value: 80}}}
+          load_balancing_weight: 3
+  - name: orig
+    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    connect_timeout: 10s
+    upstream_bind_config:
+      source_address: {address: 127.0.0.6, port_value: 0}
+"""
+
+
+def _write(tmp_path: Path, text: str) -> str:
+    p = tmp_path / "envoy.yaml"
+    p.write_text(textwrap.dedent(text))
+    return str(p)
+
+
+def test_accepts_the_supported_subset_in_both_spellings(tmp_path: Path) -> None:
+    b = load_file(_write(tmp_path, GOOD))
+    assert b.admin is not None and b.admin.address == SocketAddress("127.0.0.1", 9901)
+    l0, mysql = b.listeners
+    assert l0.listener_filters == (ListenerFilter.TLS_INSPECTOR,)
+    chain = l0.filter_chains[0]
+    assert chain.filter_chain_match.server_names == ("a.example", "*.b.example")
+    tcp = chain.terminal_filter
+    assert isinstance(tcp, TcpProxy) and tcp.idle_timeout == 30.0
+    assert [(w.name, w.weight) for w in tcp.weighted_clusters] == [("v1", 40), ("v2", 60)]
+    assert mysql.bind_to_port is False and mysql.address == SocketAddress("10.96.0.5", 3306)
+    v1, v2, orig = b.clusters
+    assert (v1.type, v1.lb_policy, v1.connect_timeout) == (ClusterType.STRICT_DNS, LbPolicy.LEAST_REQUEST, 0.25)
+    assert v2.endpoints[0].load_balancing_weight == 3
+    assert orig.lb_policy is LbPolicy.CLUSTER_PROVIDED and orig.upstream_bind_addresses == ("127.0.0.6",)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "path", "expected"),
+    [
+        ("stat_prefix: tls", "stat_prefx: tls", "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.stat_prefx", "unknown or unsupported field 'stat_prefx'"),
+        ("port_value: 8080", "port_value: 80800", "static_resources.listeners[0].address.socket_address.port_value", "<= 65535"),
+        ("type: STRICT_DNS", "type: EDS", "static_resources.clusters[0].type", "expected one of STATIC, STRICT_DNS"),
+        ("connect_timeout: 0.25s", "connect_timeout: soon", "static_resources.clusters[0].connect_timeout", "expected a duration"),
+        ("address: 198.18.0.5", "address: v2.lab", "static_resources.clusters[1].load_assignment", "a STATIC cluster needs IP addresses"),
+        ("TlsInspector", "TlsInspectorr", "static_resources.listeners[0].listener_filters[0].typed_config", "unsupported listener filter type"),
+        ("v3.TcpProxy\n          stat_prefix: tls", "v3.RedisProxy\n          stat_prefix: tls", "static_resources.listeners[0].filter_chains[0].filters[0]", "unsupported network filter type"),
+        ("transport_protocol: tls", "transport_protocol: quic", "static_resources.listeners[0].filter_chains[0].filter_chain_match.transport_protocol", "expected one of raw_buffer, tls"),
+        ("  - name: v2\n", "  - name: v1\n", "static_resources.clusters[1]", "duplicate cluster name 'v1'"),
+    ],
+)
+def test_errors_name_file_yaml_path_and_expectation(
+    tmp_path: Path, old: str, new: str, path: str, expected: str
+) -> None:
+    assert old in GOOD
+    file = _write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(ConfigError) as err:
+        load_file(file)
+    assert err.value.file == file
+    assert err.value.path == path
+    assert expected in err.value.message
+    assert str(err.value).startswith(f"{file}: {path}: ")
+
+
+def test_invalid_yaml_names_line(tmp_path: Path) -> None:
+    file = _write(tmp_path, "static_resources:\n  listeners: [\n")
+    with pytest.raises(ConfigError, match=r"line \d+, column \d+: invalid YAML"):
+        load_file(file)
+
+
+def test_run_with_a_typo_exits_2_before_binding(tmp_path: Path) -> None:
+    file = _write(tmp_path, GOOD.replace("use_original_dst", "x").replace("bindToPort: false", "bindToPrt: false"))
+    r = subprocess.run(
+        [sys.executable, "-m", "pysidecar", "run", "-c", file], capture_output=True, text=True, timeout=30
+    )
+    assert r.returncode == 2
+    assert "static_resources.listeners[1].bindToPrt" in r.stderr
+    assert file in r.stderr
