@@ -1,0 +1,187 @@
+"""tcp_proxy's promises under stress: IPv6, timeouts, backpressure, worker loss."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from pysidecar.lab import Lab
+from tests.e2e.sidecar import (
+    closed_without_data,
+    connect,
+    recv_all,
+    send_pattern,
+    start_sidecar,
+    stats,
+    write_config,
+)
+
+pytestmark = pytest.mark.e2e
+
+MiB = 1024 * 1024
+
+
+def one_listener(port: int, cluster_yaml: str, idle: str = "3600s") -> str:
+    """A bootstrap with a plain listener on `port` doing tcp_proxy to cluster `up`."""
+    return f"""
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 15000}}}}
+static_resources:
+  listeners:
+  - name: front
+    address: {{socket_address: {{address: 0.0.0.0, port_value: {port}}}}}
+    per_connection_buffer_limit_bytes: 65536
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: front
+          cluster: up
+          idle_timeout: {idle}
+  clusters:
+{cluster_yaml}
+"""
+
+
+def static_cluster(ip: str, port: int, connect_timeout: str = "5s") -> str:
+    return f"""
+  - name: up
+    type: STATIC
+    connect_timeout: {connect_timeout}
+    load_assignment:
+      cluster_name: up
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {port}}}}}}}
+"""
+
+
+def test_ipv6_outbound_and_inbound(lab: Lab) -> None:
+    app = lab.add_pod("app", ipv6=True)
+    ext = lab.add_pod("ext", ipv6=True)
+    peer = lab.add_pod("peer", ipv6=True)
+    ext.spawn_server("sink", 9000)
+    app.spawn_server("http", 8080)
+    start_sidecar(app)
+    assert "ISTIO_REDIRECT" in app.run(["ip6tables-save", "-t", "nat"], check=True).stdout
+    assert ext.ip6 is not None and app.ip6 is not None
+
+    s = connect(app, ext.ip6, 9000)
+    sent = send_pattern(s, 4 * MiB)
+    assert recv_all(s).decode() == f"{4 * MiB} {sent}\n"
+    s.close()
+    st = stats(app)
+    assert st["cluster.PassthroughCluster.upstream_cx_total"] == 1
+    assert st["listener.0.0.0.0_15001.downstream_cx_total"] == 1  # handled on [::]:15001 too
+
+    r = peer.run(["curl", "-sf", "-g", f"http://[{app.ip6}]:8080/ip"], check=True)
+    assert json.loads(r.stdout)["origin"] == "::6"
+
+
+def test_idle_timeout_closes_a_quiet_connection(lab: Lab) -> None:
+    app = lab.add_pod("app")
+    ext = lab.add_pod("ext", address="198.19.0.10")
+    ext.spawn_server("echo", 9002)
+    config = write_config(lab, "idle.yaml", one_listener(7000, static_cluster("198.19.0.10", 9002), idle="1s"))
+    start_sidecar(app, config=config, intercept=False, ready_port=7000)
+    s = connect(app, "127.0.0.1", 7000)
+    s.sendall(b"still here\n")
+    assert s.recv(100) == b"still here\n"
+    started = time.monotonic()
+    assert closed_without_data(s)
+    assert time.monotonic() - started < 10
+    s.close()
+    assert stats(app)["tcp.front.idle_timeout"] == 1
+
+
+def test_connect_timeout_closes_downstream_and_counts(lab: Lab) -> None:
+    app = lab.add_pod("app")
+    # Nobody has 198.19.0.99: the SYN goes unanswered until the connect timeout fires.
+    config = write_config(
+        lab, "ct.yaml", one_listener(7000, static_cluster("198.19.0.99", 80, connect_timeout="0.5s"))
+    )
+    start_sidecar(app, config=config, intercept=False, ready_port=7000)
+    s = connect(app, "127.0.0.1", 7000)
+    s.sendall(b"hello")
+    assert closed_without_data(s)
+    s.close()
+    st = stats(app)
+    assert st["cluster.up.upstream_cx_connect_timeout"] == 1
+    assert st["cluster.up.upstream_cx_connect_fail"] == 1
+
+
+def test_backpressure_bounds_what_the_proxy_buffers(lab: Lab) -> None:
+    app = lab.add_pod("app")
+    ext = lab.add_pod("ext", address="198.19.0.10")
+    config = write_config(lab, "bp.yaml", one_listener(7000, static_cluster("198.19.0.10", 9009)))
+    # An upstream that never reads: the kernel completes the handshake, nobody drains the data.
+    with ext.netns():
+        stuck = socket.create_server(("0.0.0.0", 9009))
+    start_sidecar(app, config=config, intercept=False, ready_port=7000)
+    s = connect(app, "127.0.0.1", 7000)
+    s.settimeout(2.0)
+    sent = 0
+    block = b"x" * 65536
+    try:
+        while sent < 512 * MiB:
+            sent += s.send(block)
+    except TimeoutError:
+        pass
+    # Kernel buffers on both legs plus the proxy's 64 KiB watermark: far below what we offered.
+    assert sent < 64 * MiB, f"the proxy kept reading: {sent} bytes accepted"
+    st = stats(app)
+    assert st["tcp.front.downstream_flow_control_paused_reading_total"] >= 1
+    s.close()
+    stuck.close()
+
+
+def test_a_killed_worker_is_replaced(lab: Lab) -> None:
+    app = lab.add_pod("app")
+    ext = lab.add_pod("ext", address="198.19.0.10")
+    ext.spawn_server("echo", 9002)
+    proxy = start_sidecar(app)
+    workers = _descendants(proxy.pid)
+    assert len(workers) >= 2, workers
+    os.kill(workers[-1], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        r = app.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:15021/healthz/ready"])
+        if r.stdout == "200" and len(_descendants(proxy.pid)) >= 2 and workers[-1] not in _descendants(proxy.pid):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("no replacement worker became ready")
+    for _ in range(4):  # both workers serve
+        s = connect(app, "198.19.0.10", 9002)
+        s.sendall(b"ok\n")
+        assert s.recv(10) == b"ok\n"
+        s.close()
+    assert proxy.poll() is None
+
+
+def _descendants(pid: int) -> list[int]:
+    """Worker processes: descendants of `pid` running `multiprocessing.spawn`."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            kids = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            continue
+        for k in map(int, kids):
+            todo.append(k)
+            try:
+                cmd = Path(f"/proc/{k}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"multiprocessing" in cmd and b"resource_tracker" not in cmd:
+                out.append(k)
+    return sorted(out)
