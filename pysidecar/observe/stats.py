@@ -8,7 +8,8 @@ Promises:
   alt_stat_name brings the `;` delimiter its tag extraction relies on:
   `cluster.outbound|80||httpbin.org;.upstream_rq_200`).
 - `StatsStore.snapshot()` is the worker's state as {full name: (kind, value)}; snapshots of
-  several workers are merged by `merge` (counters and gauges add up).
+  several workers are merged by `merge` (counters and gauges add up, except gauges every
+  worker keeps a copy of, declared SharedGauge, which merge by max).
 - Histograms keep Envoy's default bucket bounds and merge the same way.
 """
 
@@ -51,6 +52,11 @@ class Histogram:
 # Markers for the declaration tables: the data path sees plain ints (and Histograms).
 Counter = Annotated[int, "counter"]
 Gauge = Annotated[int, "gauge"]
+# A gauge every worker holds a copy of (cluster membership): merged by max, not summed.
+SharedGauge = Annotated[int, "gauge"]
+
+# Stat names (last component) declared SharedGauge in any block; `merge` takes their max.
+SHARED_GAUGES: set[str] = set()
 
 
 class _Declared(type):
@@ -59,7 +65,8 @@ class _Declared(type):
     def __new__(mcls, name: str, bases: tuple[type, ...], ns: dict[str, Any]) -> _Declared:
         ann: dict[str, str] = {k: str(v) for k, v in ns.get("__annotations__", {}).items()}
         ns["COUNTERS"] = tuple(k for k, v in ann.items() if v == "Counter")
-        ns["GAUGES"] = tuple(k for k, v in ann.items() if v == "Gauge")
+        ns["GAUGES"] = tuple(k for k, v in ann.items() if v in ("Gauge", "SharedGauge"))
+        SHARED_GAUGES.update(k for k, v in ann.items() if v == "SharedGauge")
         ns["HISTOGRAMS"] = tuple(k for k, v in ann.items() if v == "Histogram")
         ns["__slots__"] = ns["COUNTERS"] + ns["GAUGES"] + ns["HISTOGRAMS"] + (
             ("scope",) if not bases else ()
@@ -130,8 +137,8 @@ class ClusterStats(StatsBlock):
     upstream_cx_tx_bytes_total: Counter
     upstream_cx_overflow: Counter
     upstream_cx_active: Gauge
-    membership_healthy: Gauge
-    membership_total: Gauge
+    membership_healthy: SharedGauge
+    membership_total: SharedGauge
     upstream_cx_connect_ms: Histogram
 
 
@@ -197,6 +204,8 @@ def merge(snapshots: Iterable[dict[str, tuple[Kind, object]]]) -> dict[str, tupl
                 _, pcounts, pn, ptotal = cast(HistogramState, prev[1])
                 summed = [x + y for x, y in zip(counts, pcounts, strict=True)]
                 out[name] = (kind, (b, summed, n + pn, total + ptotal))
+            elif name.rpartition(".")[2] in SHARED_GAUGES:
+                out[name] = (kind, max(cast(int, prev[1]), cast(int, value)))
             else:
                 out[name] = (kind, cast(int, prev[1]) + cast(int, value))
     return out

@@ -35,16 +35,17 @@ def start_sidecar(
     args = ["run", "--concurrency", str(concurrency), *(["-c", config] if config else []), *extra]
     proc = pod.spawn_proxy(args)
     pod.wait_port(ready_port, timeout=20, proc=proc)
-    if ready_port == 15021:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            r = pod.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:15021/healthz/ready"])
-            if r.stdout == "200":
-                break
-            time.sleep(0.05)
-        else:
-            raise TimeoutError(f"sidecar in {pod.name} never became ready")
-    return proc
+    # Every worker up: :15021 for the standard sidecar, else the admin's /ready.
+    url = "http://127.0.0.1:15021/healthz/ready" if ready_port == 15021 else "http://127.0.0.1:15000/ready"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        r = pod.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url])
+        if r.stdout == "200":
+            return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise TimeoutError(f"sidecar in {pod.name} never became ready ({url})")
 
 
 def stats(pod: Pod, admin: str = "127.0.0.1:15000") -> dict[str, int]:

@@ -185,3 +185,57 @@ def _descendants(pid: int) -> list[int]:
             if b"multiprocessing" in cmd and b"resource_tracker" not in cmd:
                 out.append(k)
     return sorted(out)
+
+
+@pytest.mark.parametrize("kind", ["STRICT_DNS", "LOGICAL_DNS"])
+def test_dns_clusters_resolve_lab_names(lab: Lab, kind: str) -> None:
+    app = lab.add_pod("app")
+    ext = lab.add_pod("ext", hostnames=["echo.lab"], address="198.19.0.10")
+    ext.spawn_server("echo", 9002)
+    cluster = f"""
+  - name: up
+    type: {kind}
+    connect_timeout: 2s
+    dns_refresh_rate: 1s
+    load_assignment:
+      cluster_name: up
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: echo.lab, port_value: 9002}}}}}}
+"""
+    config = write_config(lab, "dns.yaml", one_listener(7000, cluster))
+    start_sidecar(app, config=config, intercept=False, ready_port=7000)
+    for _ in range(3):
+        s = connect(app, "127.0.0.1", 7000)
+        s.sendall(b"via dns\n")
+        assert s.recv(100) == b"via dns\n"
+        s.close()
+    st = stats(app)
+    assert st["cluster.up.membership_total"] == 1  # each worker's copy, not their sum
+    assert st["cluster.up.upstream_cx_total"] == 3
+
+
+def test_round_robin_spreads_over_endpoints(lab: Lab) -> None:
+    app = lab.add_pod("app")
+    a = lab.add_pod("a", address="198.19.0.10")
+    b = lab.add_pod("b", address="198.19.0.11")
+    a.spawn_server("http", 80, "--name", "a")
+    b.spawn_server("http", 80, "--name", "b")
+    cluster = """
+  - name: up
+    type: STATIC
+    lb_policy: ROUND_ROBIN
+    load_assignment:
+      cluster_name: up
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 198.19.0.10, port_value: 80}}}
+        - endpoint: {address: {socket_address: {address: 198.19.0.11, port_value: 80}}}
+"""
+    config = write_config(lab, "rr.yaml", one_listener(7000, cluster))
+    start_sidecar(app, config=config, intercept=False, ready_port=7000, concurrency=1)
+    seen = []
+    for _ in range(6):
+        r = app.run(["curl", "-s", "-D", "-", "-o", "/dev/null", "http://127.0.0.1:7000/"], check=True)
+        seen.append(next(x.split(":")[1].strip() for x in r.stdout.splitlines() if x.lower().startswith("x-served-by")))
+    assert seen.count("a") == 3 and seen.count("b") == 3

@@ -64,3 +64,14 @@ def test_stats_blocks_snapshot_and_merge() -> None:
     assert kind == "histogram" and n == 2 and total == 703.0 and sum(counts) == 2
     a.reset_counters()
     assert a.snapshot()["cluster.x.upstream_cx_total"] == ("counter", 0)
+
+
+def test_membership_is_merged_by_max_not_summed() -> None:
+    a, b = StatsStore(), StatsStore()
+    a.cluster("x").membership_total = 3
+    b.cluster("x").membership_total = 3
+    a.cluster("x").upstream_cx_active = 1
+    b.cluster("x").upstream_cx_active = 2
+    merged = merge([a.snapshot(), b.snapshot()])
+    assert merged["cluster.x.membership_total"] == ("gauge", 3)
+    assert merged["cluster.x.upstream_cx_active"] == ("gauge", 3)
