@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("pysidecar.proxy.main", "run the sidecar proxy (Envoy or Istio YAML, or embedded defaults)"),
     "init": ("pysidecar.interception.cli", "install Istio's iptables interception rules (istio-iptables flags)"),
     "demo": ("pysidecar.demo", "watch the sidecar intercept real traffic in throw-away lab pods"),
+    "inject": ("pysidecar.inject.cli", "add the sidecar and its init container to Kubernetes YAML (like istioctl kube-inject)"),
+    "wait": ("pysidecar.inject.wait", "wait until the sidecar is ready (:15021/healthz/ready); the postStart hook"),
     "lab": ("pysidecar.lab.cli", "lab pods to explore by hand: lab up | shell POD | list | down"),
 }
 
