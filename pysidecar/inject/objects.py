@@ -12,8 +12,10 @@ Promises:
   is written half-way, the caller gets either all of the output or the error.
 - Only the pod template's metadata is read for annotations, as Istio's injector reads only the
   pod's; the one exception is `sidecar.istio.io/inject` opting out on the workload's own
-  metadata, honoured because opting out is always safe. `warnings` collects traffic annotations found on a workload's own metadata instead,
-  where they have no effect.
+  metadata, honoured because opting out is always safe.
+- `warnings` collects what is legal but probably not meant: sidecar annotations on a workload's
+  own metadata (where they have no effect) and Jobs whose sidecar would keep them from
+  completing.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 import yaml
 
 from pysidecar.inject.annotations import AnnotationError
-from pysidecar.inject.containers import Obj
+from pysidecar.inject.containers import Obj, load_template
 from pysidecar.inject.pod import INJECT, InjectError, Settings, inject_pod, wanted
 
 # kind -> keys from the object to its pod template (an object with metadata and spec)
@@ -57,7 +59,8 @@ def _pod_template(obj: Obj, path: tuple[str, ...]) -> Obj:
         node = node.get(key) if isinstance(node, dict) else None
     if not isinstance(node, dict):
         raise InjectError(f"has no pod template at .{'.'.join(path)}")
-    node.setdefault("metadata", {})
+    if node.get("metadata") is None:
+        node["metadata"] = {}
     if not isinstance(node["metadata"], dict) or not isinstance(node.get("spec"), dict):
         raise InjectError(f"the pod template at .{'.'.join(path) or '<root>'} has no spec")
     if node["metadata"].get("annotations") is None:
@@ -101,7 +104,15 @@ def inject_object(obj: Any, settings: Settings, where: str, warnings: list[str])
         if name not in (template["metadata"].get("annotations") or {}):
             warnings.append(f"{where}: annotation {name} on the {kind}'s own metadata is ignored; "
                             f"put it on the pod template (.{'.'.join(path)}.metadata.annotations)")  # fmt: skip
+    if injected and kind in ("Job", "CronJob") and _proxy_is_a_container(template["spec"]):
+        warnings.append(f"{where}: the sidecar keeps running after the job's containers finish, so "
+                        "the Job never completes; inject with --native-sidecar (Kubernetes 1.29+) "
+                        "or have the job POST http://127.0.0.1:15000/quitquitquit when done")  # fmt: skip
     return out if injected else obj
+
+
+def _proxy_is_a_container(spec: Obj) -> bool:
+    return any(c.get("name") == load_template().sidecar_name for c in spec.get("containers") or [])
 
 
 def inject_documents(documents: list[Any], settings: Settings, warnings: list[str]) -> list[Any]:

@@ -323,3 +323,19 @@ def test_existing_istio_proxy_container_without_status_is_an_error() -> None:
     obj["spec"]["containers"].append({"name": "istio-proxy", "image": "x"})
     with pytest.raises(ValueError, match="istio-proxy"):
         inject([obj])
+
+
+@pytest.mark.parametrize(("kind", "native", "warned"), [
+    ("Job", False, True), ("CronJob", False, True), ("Job", True, False), ("Deployment", False, False)])  # fmt: skip
+def test_jobs_without_native_sidecar_warn(kind: str, native: bool, warned: bool) -> None:
+    warnings: list[str] = []
+    inject_text(yaml.safe_dump(workload(kind)), Settings(native_sidecar=native), warnings=warnings)
+    assert any("never completes" in w for w in warnings) == warned
+
+
+def test_null_metadata_and_annotations_are_fine() -> None:
+    obj = workload("Deployment")
+    obj["spec"]["template"]["metadata"] = None
+    (out,) = inject([obj])
+    assert "istio-proxy" in names(pod_of(out)["spec"]["containers"])
+    assert_valid([out])

@@ -106,3 +106,17 @@ def test_bad_value_names_the_annotation(name: str, value: str) -> None:
 @pytest.mark.parametrize("value", ["*", "", "10.0.0.1/8", "fd00::/8, 192.168.0.0/16"])
 def test_good_include_ranges(value: str) -> None:
     validate({T + "includeOutboundIPRanges": value})
+
+
+@pytest.mark.parametrize("annotations", [a for _, a, _ in GOLDEN], ids=[name for name, _, _ in GOLDEN])
+def test_pysidecar_init_accepts_what_the_injector_passes(annotations: dict[str, str]) -> None:
+    """The contract between inject and init: every generated arg list parses in `pysidecar init`."""
+    from pysidecar.cli import build_parser
+    from pysidecar.interception.cli import BOOL_FLAGS, STRING_FLAGS
+    from pysidecar.interception.options import options_from_sources
+
+    argv = ["init", *init_args(annotations)]
+    ns = build_parser(argv).parse_args(argv)
+    flags = {name: getattr(ns, name, None) for name in [s.dest for s in STRING_FLAGS] + [b[0] for b in BOOL_FLAGS]}
+    opts = options_from_sources(flags, {})
+    assert opts.inbound_capture_port == 15006
