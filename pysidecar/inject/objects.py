@@ -131,9 +131,22 @@ def load_documents(text: str, source: str) -> list[Any]:
         raise InjectError(f"{source}: not valid YAML: {exc}") from None
 
 
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper writing multi-line strings (ConfigMap data, scripts) as `|` blocks."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    # The emitter falls back to a quoted style by itself when a block cannot hold the value.
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
 def dump_documents(documents: list[Any]) -> str:
-    return yaml.safe_dump_all(documents, sort_keys=False, explicit_start=True,
-                              default_flow_style=False, width=1000)  # fmt: skip
+    return yaml.dump_all(documents, Dumper=_Dumper, sort_keys=False, explicit_start=True,
+                         default_flow_style=False, width=1000)  # fmt: skip
 
 
 def inject_text(text: str, settings: Settings, source: str = "<input>",

@@ -11,6 +11,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from pysidecar.cli import main as cli_main
 from pysidecar.inject.objects import inject_text
@@ -339,3 +342,10 @@ def test_null_metadata_and_annotations_are_fine() -> None:
     (out,) = inject([obj])
     assert "istio-proxy" in names(pod_of(out)["spec"]["containers"])
     assert_valid([out])
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=20), st.text(max_size=80), max_size=5))
+def test_untouched_objects_survive_the_round_trip(data: dict[str, str]) -> None:
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": data}
+    assert list(yaml.safe_load_all(inject_text(yaml.safe_dump(cm), Settings()))) == [cm]
