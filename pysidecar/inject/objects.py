@@ -127,6 +127,11 @@ def inject_documents(documents: list[Any], settings: Settings, warnings: list[st
 def load_documents(text: str, source: str) -> list[Any]:
     try:
         return list(yaml.safe_load_all(text))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = "; ".join(part for part in (exc.context, exc.problem) if part)
+        raise InjectError(f"{source}: not valid YAML{where}: {what}") from None
     except yaml.YAMLError as exc:
         raise InjectError(f"{source}: not valid YAML: {exc}") from None
 
