@@ -1,29 +1,35 @@
-"""Envoy's admin endpoints on 127.0.0.1:15000, plus Istio's readiness port (:15021).
+"""Envoy's admin endpoints on 127.0.0.1:15000, Istio's stats port (:15090) and readiness (:15021).
 
 Promises:
-- GET `/stats` (text `name: value`, `?filter=<regex>`, `?format=json`), `/ready` (`LIVE`, 200
-  once serving, `PRE_INITIALIZING` 503 before), `/server_info`, `/config_dump`, `/listeners`,
-  `/clusters`; POST-only `/quitquitquit`, `/reset_counters`, `/drain_listeners`,
-  `/healthcheck/fail`, `/healthcheck/ok`: a GET on them answers 400 like Envoy's admin.
-- Stats shown are the sum over all workers at the moment of the request.
-- `:15021/healthz/ready` answers 200 when the config is loaded and every worker's listeners
-  are up, else 503.
+- GET `/stats` (text `name: value`, `?filter=<regex>`, `?format=json|prometheus`, `?usedonly`),
+  `/stats/prometheus` (Istio's tag extraction, `observe.prometheus`), `/ready` (`LIVE` 200
+  once serving, `PRE_INITIALIZING` 503 before), `/server_info`, `/config_dump` (Envoy's
+  envoy.admin.v3 dump of the loaded model), `/listeners` and `/clusters` (Envoy's text, or
+  `?format=json`). POST-only `/quitquitquit`, `/logging?level=`, `/reset_counters`,
+  `/drain_listeners`, `/healthcheck/fail`, `/healthcheck/ok`: any other method answers 400.
+- Stats and host counters shown are the sum over all workers at the moment of the request.
+- `:15090` serves `/stats/prometheus` only; `:15021/healthz/ready` answers 200 when the config
+  is loaded and every worker's listeners are up, else 503.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import json
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, cast
+from typing import Protocol
 
 from pysidecar import __version__
 from pysidecar.model import Bootstrap
+from pysidecar.observe import admin_views, prometheus
+from pysidecar.observe.config_dump import config_dump
+from pysidecar.observe.host_stats import HostSnapshot
 from pysidecar.observe.http_server import Handler, Request, Response
-from pysidecar.observe.stats import HistogramState, Kind
+from pysidecar.observe.stats import Kind
+
+JSON = "application/json"
+LOG_LEVELS = ("trace", "debug", "info", "warning", "warn", "error", "critical", "off")
 
 
 class ProxyState(Protocol):
@@ -37,104 +43,139 @@ class ProxyState(Protocol):
 
     async def merged_stats(self) -> dict[str, tuple[Kind, object]]: ...
 
+    async def host_stats(self) -> HostSnapshot: ...
+
     async def reset_counters(self) -> None: ...
 
     async def drain_listeners(self) -> None: ...
+
+    async def set_log_level(self, level: str) -> None: ...
 
     def quit(self) -> None: ...
 
     def set_healthy(self, healthy: bool) -> None: ...
 
 
-def to_jsonable(value: Any) -> Any:
-    """A model object as Envoy-shaped JSON: dataclass fields, enums by value, tuples as lists."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
-    return value
-
-
-def _post_only(action: Callable[[], Awaitable[str]]) -> Handler:
+def _post_only(action: Callable[[Request], Awaitable[Response]]) -> Handler:
     async def handler(req: Request) -> Response:
         if req.method != "POST":
             return Response(400, "This endpoint requires POST\n")
-        return Response(200, await action())
+        return await action(req)
 
     return handler
 
 
-def _stat_value(kind: Kind, value: object) -> object:
-    if kind == "histogram":
-        buckets, counts, n, total = cast(HistogramState, value)
-        return {"count": n, "sum": total, "buckets": dict(zip([*map(str, buckets), "+Inf"], counts, strict=True))}
-    return value
+def _json(body: object) -> Response:
+    return Response(200, json.dumps(body, indent=1) + "\n", JSON)
+
+
+def prometheus_handler(state: ProxyState) -> Handler:
+    async def handler(req: Request) -> Response:
+        merged = await state.merged_stats()
+        if req.arg("usedonly") is not None:
+            merged = admin_views.used_only(merged)
+        return Response(200, prometheus.render(merged), prometheus.CONTENT_TYPE)
+
+    return handler
 
 
 def admin_routes(state: ProxyState) -> dict[str, Handler]:
+    prom = prometheus_handler(state)
+
     async def stats(req: Request) -> Response:
+        if req.arg("format") == "prometheus":
+            return await prom(req)
         merged = await state.merged_stats()
-        pattern = req.arg("filter")
+        if req.arg("usedonly") is not None:
+            merged = admin_views.used_only(merged)
         names = sorted(merged)
+        pattern = req.arg("filter")
         if pattern:
             try:
                 rx = re.compile(pattern)
             except re.error as e:
-                return Response(400, f"invalid regex: {e}\n")
+                return Response(400, f"Invalid re2 regex: {e}\n")
             names = [n for n in names if rx.search(n)]
         if req.arg("format") == "json":
-            body = {"stats": [{"name": n, "value": _stat_value(*merged[n])} for n in names]}
-            return Response(200, json.dumps(body, indent=1), "application/json")
-        lines = [f"{n}: {_stat_value(*merged[n])}" for n in names]
-        return Response(200, "\n".join(lines) + "\n")
+            return _json({"stats": [{"name": n, "value": admin_views.stat_value(*merged[n])} for n in names]})
+        return Response(200, admin_views.stats_lines(names, merged))
 
     async def ready(req: Request) -> Response:
         return Response(200, "LIVE\n") if state.ready else Response(503, "PRE_INITIALIZING\n")
 
     async def server_info(req: Request) -> Response:
-        info = {
-            "version": f"pysidecar/{__version__}",
-            "state": "LIVE" if state.ready else "PRE_INITIALIZING",
-            "uptime_current_epoch": f"{int(time.time() - state.started)}s",
-        }
-        return Response(200, json.dumps(info, indent=1), "application/json")
+        uptime = int(time.time() - state.started)
+        return _json(
+            {
+                "version": f"pysidecar/{__version__}",
+                "state": "LIVE" if state.ready else "PRE_INITIALIZING",
+                "uptime_current_epoch": f"{uptime}s",
+                "uptime_all_epochs": f"{uptime}s",
+                "command_line_options": {"config_path": ",".join(state.bootstrap.sources)},
+            }
+        )
 
-    async def config_dump(req: Request) -> Response:
-        return Response(200, json.dumps(to_jsonable(state.bootstrap), indent=1), "application/json")
+    async def dump(req: Request) -> Response:
+        return _json(config_dump(state.bootstrap, state.started))
 
-    async def quit_() -> str:
+    async def listeners(req: Request) -> Response:
+        if req.arg("format") == "json":
+            return _json(admin_views.listeners_json(state.bootstrap))
+        return Response(200, admin_views.listeners_text(state.bootstrap))
+
+    async def clusters(req: Request) -> Response:
+        hosts = await state.host_stats()
+        if req.arg("format") == "json":
+            return _json(admin_views.clusters_json(state.bootstrap, hosts))
+        return Response(200, admin_views.clusters_text(state.bootstrap, hosts))
+
+    async def quit_(req: Request) -> Response:
         state.quit()
-        return "OK\n"
+        return Response(200, "OK\n")
 
-    async def reset() -> str:
+    async def logging_(req: Request) -> Response:
+        level = req.arg("level")
+        if level is None or level not in LOG_LEVELS:
+            return Response(400, f"usage: /logging?level=<{'|'.join(LOG_LEVELS)}>\n")
+        await state.set_log_level(level)
+        return Response(200, f"active loggers:\n  pysidecar: {level}\n")
+
+    async def reset(req: Request) -> Response:
         await state.reset_counters()
-        return "OK\n"
+        return Response(200, "OK\n")
 
-    async def drain() -> str:
+    async def drain(req: Request) -> Response:
         await state.drain_listeners()
-        return "OK\n"
+        return Response(200, "OK\n")
 
-    async def fail() -> str:
+    async def fail(req: Request) -> Response:
         state.set_healthy(False)
-        return "OK\n"
+        return Response(200, "OK\n")
 
-    async def ok() -> str:
+    async def ok(req: Request) -> Response:
         state.set_healthy(True)
-        return "OK\n"
+        return Response(200, "OK\n")
 
     return {
         "/stats": stats,
+        "/stats/prometheus": prom,
         "/ready": ready,
         "/server_info": server_info,
-        "/config_dump": config_dump,
+        "/config_dump": dump,
+        "/listeners": listeners,
+        "/clusters": clusters,
         "/quitquitquit": _post_only(quit_),
+        "/logging": _post_only(logging_),
         "/reset_counters": _post_only(reset),
         "/drain_listeners": _post_only(drain),
         "/healthcheck/fail": _post_only(fail),
         "/healthcheck/ok": _post_only(ok),
     }
+
+
+def stats_routes(state: ProxyState) -> dict[str, Handler]:
+    """Istio's :15090: Prometheus scrapes /stats/prometheus and nothing else is served."""
+    return {"/stats/prometheus": prometheus_handler(state)}
 
 
 def readiness_routes(state: ProxyState) -> dict[str, Handler]:

@@ -10,6 +10,7 @@ can never disagree. Field names follow Envoy's access log command operators
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -42,6 +43,10 @@ class StreamInfo:
     requested_server_name: str | None = None
     route_name: str | None = None
     listener_name: str | None = None
+    # Headers for %REQ(X)% / %RESP(X)% beyond the named fields above (keys lower-case); the HTTP
+    # path may leave them None: the common headers have fields of their own.
+    request_headers: Mapping[str, str] | None = None
+    response_headers: Mapping[str, str] | None = None
 
     @property
     def duration_ms(self) -> int | None:

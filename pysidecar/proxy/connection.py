@@ -92,6 +92,13 @@ class ActiveConnection(asyncio.Protocol):
             self.stats.downstream_cx_active -= 1
             self.stats.downstream_cx_destroy += 1
         self.worker.connections.discard(session)
+        if isinstance(session, TcpProxySession):
+            info = session.info
+            if info.upstream_cluster is None and session.cluster is not None:
+                # tcp_proxy names the cluster once it has a host; BlackHoleCluster never has one,
+                # yet Istio's log line and metrics name it.
+                info.upstream_cluster = session.cluster.config.name
+            self.worker.stream_complete(info)
 
     def data_received(self, data: bytes) -> None:  # pragma: no cover - replaced at dispatch
         raise AssertionError("data before dispatch")

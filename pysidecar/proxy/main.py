@@ -8,6 +8,9 @@ Promises:
   later is replaced.
 - The main process serves admin (127.0.0.1:15000 by default), Prometheus stats (:15090) and
   readiness (:15021) when the config names them; stats are merged over the workers on request.
+- `--access-log PATH` (a file or /dev/stdout) turns Envoy's access log on in every worker,
+  `--access-log-format text|json|<format>` picks Istio's text or JSON line or a format of
+  Envoy's command operators; a bad format is a configuration error (status 2).
 - SIGTERM / SIGINT / POST /quitquitquit: workers stop accepting, drain open connections for up
   to --drain-time-s, and the command exits 0.
 """
@@ -31,7 +34,10 @@ from pysidecar.config.loader import load
 from pysidecar.config.node import ConfigError
 from pysidecar.model import Bootstrap
 from pysidecar.observe import http_server
-from pysidecar.observe.admin import admin_routes, readiness_routes
+from pysidecar.observe.access_format import FormatError
+from pysidecar.observe.access_log import AccessLogConfig
+from pysidecar.observe.admin import admin_routes, readiness_routes, stats_routes
+from pysidecar.observe.host_stats import HostSnapshot, merge_hosts
 from pysidecar.observe.stats import Kind, merge
 from pysidecar.proxy.control import ControlClient, Message
 
@@ -56,6 +62,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "-l", "--log-level", default="info",
         choices=["trace", "debug", "info", "warning", "warn", "error", "critical", "off"],
     )  # fmt: skip
+    parser.add_argument(
+        "--access-log", metavar="PATH", default=None,
+        help="write Envoy's access log to PATH (a file, or /dev/stdout); off by default",
+    )  # fmt: skip
+    parser.add_argument(
+        "--access-log-format", metavar="FORMAT", default=None,
+        help="text (Istio's default line), json (Istio's keys), or a format of %%OPERATORS%%",
+    )  # fmt: skip
 
 
 def _python_level(name: str) -> int:
@@ -70,7 +84,14 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(level=_python_level(level), format=LOG_FORMAT, stream=sys.stderr, force=True)
 
 
-def worker_main(bootstrap: Bootstrap, index: int, drain_time: float, sock: socket.socket, level: str) -> None:
+def worker_main(
+    bootstrap: Bootstrap,
+    index: int,
+    drain_time: float,
+    sock: socket.socket,
+    level: str,
+    access_log: AccessLogConfig | None = None,
+) -> None:
     """Entry point of a worker process (spawned, so it starts from a clean interpreter)."""
     from pysidecar.proxy.worker import Worker
 
@@ -78,7 +99,7 @@ def worker_main(bootstrap: Bootstrap, index: int, drain_time: float, sock: socke
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides on Ctrl-C
 
     async def run() -> int:
-        return await Worker(bootstrap, index, drain_time).run(sock)
+        return await Worker(bootstrap, index, drain_time, access_log).run(sock)
 
     sys.exit(uvloop.run(run()))
 
@@ -117,8 +138,19 @@ class Supervisor:
         merged["server.uptime"] = ("gauge", int(time.time() - self.started))
         return merged
 
+    async def host_stats(self) -> HostSnapshot:
+        snaps = await asyncio.gather(
+            *(c.request("clusters") for c in self._clients.values()), return_exceptions=True
+        )
+        return merge_hosts(s for s in snaps if isinstance(s, dict))
+
     async def reset_counters(self) -> None:
         await asyncio.gather(*(c.request("reset_counters") for c in self._clients.values()))
+
+    async def set_log_level(self, level: str) -> None:
+        setup_logging(level)
+        self.args.log_level = level  # workers started later inherit it
+        await asyncio.gather(*(c.request("logging", level=level) for c in self._clients.values()))
 
     async def drain_listeners(self) -> None:
         await asyncio.gather(*(c.request("drain") for c in self._clients.values()))
@@ -136,7 +168,14 @@ class Supervisor:
         ours, theirs = socket.socketpair()
         proc = self._ctx.Process(
             target=worker_main,
-            args=(self.bootstrap, index, self.args.drain_time, theirs, self.args.log_level),
+            args=(
+                self.bootstrap,
+                index,
+                self.args.drain_time,
+                theirs,
+                self.args.log_level,
+                getattr(self.args, "access_log_config", None),
+            ),
             name=f"pysidecar-worker-{index}",
         )
         proc.start()
@@ -200,6 +239,9 @@ class Supervisor:
             b = self.bootstrap
             if b.admin is not None:
                 servers.append(await http_server.serve(b.admin.address.address, b.admin.address.port, admin_routes(self)))
+            if b.stats_address is not None:
+                a = b.stats_address
+                servers.append(await http_server.serve(a.address, a.port, stats_routes(self)))
             if b.readiness_address is not None:
                 a = b.readiness_address
                 servers.append(await http_server.serve(a.address, a.port, readiness_routes(self)))
@@ -231,6 +273,13 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"pysidecar: configuration error: {e}", file=sys.stderr)
         return 2
+    access_log = AccessLogConfig.from_flags(args.access_log, args.access_log_format)
+    try:
+        access_log.formatter()  # compiled again in each worker; here to fail before binding
+    except FormatError as e:
+        print(f"pysidecar: configuration error: --access-log-format: {e}", file=sys.stderr)
+        return 2
+    args.access_log_config = access_log if access_log.path else None
     log.info(
         "pysidecar starting: %d listeners, %d clusters from %s, concurrency %d",
         len(bootstrap.listeners), len(bootstrap.clusters), ", ".join(bootstrap.sources), args.concurrency,

@@ -10,8 +10,11 @@ Promises:
   the snapshot they started with.
 - SIGTERM (or a "drain" request) stops accepting, lets open connections finish for up to the
   drain time, closes what is left and exits 0.
-- The main process talks to the worker over the control channel: "stats", "reset_counters",
-  "config", "drain", "ping".
+- The main process talks to the worker over the control channel: "stats", "clusters" (per-host
+  counters), "reset_counters", "config", "drain", "ping".
+- `stream_complete(info)` is called once per finished TCP connection / HTTP request: Istio's
+  standard metrics and the per-host counters, then the access log line when the log is on
+  (off, it costs one attribute test).
 """
 
 from __future__ import annotations
@@ -26,8 +29,13 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pysidecar.model import Bootstrap, Listener, SocketAddress
+from pysidecar.model import Bootstrap, Listener, SocketAddress, TrafficDirection
+from pysidecar.observe import workload
+from pysidecar.observe.access_log import AccessLog, AccessLogConfig
+from pysidecar.observe.host_stats import HostSnapshot, HostStats
+from pysidecar.observe.istio_metrics import IstioRecorder
 from pysidecar.observe.stats import StatsStore
+from pysidecar.observe.stream_info import StreamInfo
 from pysidecar.proxy.cluster_manager import ClusterManager
 from pysidecar.proxy.connection import ActiveConnection
 from pysidecar.proxy.control import ControlProtocol, Message
@@ -50,10 +58,15 @@ class Snapshot:
     bootstrap: Bootstrap
     table: ListenerTable
     bound: dict[str, Listener]
+    # Listener names whose traffic is inbound: Istio's metrics report them as "destination".
+    inbound: frozenset[str]
 
     @classmethod
     def of(cls, bootstrap: Bootstrap) -> Snapshot:
-        return cls(bootstrap, ListenerTable.build(bootstrap), {x.name: x for x in bootstrap.listeners})
+        inbound = frozenset(
+            x.name for x in bootstrap.listeners if x.traffic_direction is TrafficDirection.INBOUND
+        )
+        return cls(bootstrap, ListenerTable.build(bootstrap), {x.name: x for x in bootstrap.listeners}, inbound)
 
 
 def bind_socket(address: SocketAddress) -> socket.socket:
@@ -73,11 +86,18 @@ def bind_socket(address: SocketAddress) -> socket.socket:
 
 
 class Worker:
-    def __init__(self, bootstrap: Bootstrap, index: int, drain_time: float) -> None:
+    def __init__(
+        self, bootstrap: Bootstrap, index: int, drain_time: float, access_log: AccessLogConfig | None = None
+    ) -> None:
         self.index = index
         self.drain_time = drain_time
         self.loop = asyncio.get_running_loop()
         self.stats = StatsStore()
+        self.istio = IstioRecorder(self.stats, workload.load())
+        self.hosts = HostStats()
+        self.access_log = (
+            AccessLog(access_log, self.loop) if access_log is not None and access_log.path else None
+        )
         self.clusters = ClusterManager(self.stats, self.loop)
         self.rng = random.Random()
         self.connections: set[Any] = set()
@@ -123,13 +143,32 @@ class Worker:
 
         return make
 
+    # -- observability -----------------------------------------------------------------------
+    def stream_complete(self, info: StreamInfo) -> None:
+        """A TCP connection or HTTP request is finished: metrics, host counters, access log."""
+        self.istio.record(info, info.listener_name in self.snapshot.inbound)
+        self.hosts.record(info)
+        log = self.access_log
+        if log is not None:
+            log.log(info)
+
+    def host_snapshot(self) -> HostSnapshot:
+        configured = {
+            name: [f"[{h.address}]:{h.port}" if ":" in h.address else f"{h.address}:{h.port}" for h in c.hosts]
+            for name, c in self.clusters.clusters.items()
+        }
+        return self.hosts.snapshot(configured)
+
     # -- control -----------------------------------------------------------------------------
     def handle(self, msg: Message) -> Any:
         op = msg.get("op")
         if op == "stats":
             return self.stats.snapshot()
+        if op == "clusters":
+            return self.host_snapshot()
         if op == "reset_counters":
             self.stats.reset_counters()
+            self.hosts.reset()
             return True
         if op == "config":
             self._tasks.add(task := self.loop.create_task(self.apply(msg["bootstrap"])))
@@ -137,6 +176,11 @@ class Worker:
             return True
         if op == "drain":
             self.stop_accepting()
+            return True
+        if op == "logging":
+            from pysidecar.proxy.main import setup_logging
+
+            setup_logging(str(msg["level"]))
             return True
         if op == "ping":
             return {"worker": self.index, "connections": len(self.connections)}
@@ -156,6 +200,9 @@ class Worker:
         for conn in list(self.connections):
             conn.close()
         self.clusters.stop()
+        if self.access_log is not None:
+            self.access_log.close()
+            self.access_log = None
 
     async def run(self, control_sock: socket.socket | None) -> int:
         self.loop.add_signal_handler(signal.SIGTERM, self._stopping.set)

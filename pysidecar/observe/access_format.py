@@ -1,0 +1,267 @@
+"""Access log formatting: Envoy's command operators over a finished StreamInfo, compiled once.
+
+Promises:
+- `compile_text(fmt)` / `compile_json(fields)` turn a format into a function StreamInfo → line.
+  The format is parsed at config load into a tuple of getters; formatting a line runs the
+  getters and joins, with no parsing per request. An unknown operator is a `FormatError` at load.
+- Operators (Envoy's spelling): START_TIME[(strftime, with %3f %6f %9f)], REQ(A?B)[:N],
+  RESP(A?B)[:N], PROTOCOL, RESPONSE_CODE, RESPONSE_FLAGS, RESPONSE_CODE_DETAILS,
+  CONNECTION_TERMINATION_DETAILS, UPSTREAM_TRANSPORT_FAILURE_REASON, BYTES_RECEIVED, BYTES_SENT,
+  DURATION, UPSTREAM_HOST, UPSTREAM_CLUSTER, UPSTREAM_CLUSTER_RAW, UPSTREAM_LOCAL_ADDRESS,
+  UPSTREAM_REMOTE_ADDRESS, DOWNSTREAM_LOCAL_ADDRESS, DOWNSTREAM_REMOTE_ADDRESS (and their
+  _WITHOUT_PORT forms), REQUESTED_SERVER_NAME, ROUTE_NAME, HOSTNAME.
+- Text: an unset value prints `-`; a TCP connection reads `"- - -" 0 UH ...` like Istio's.
+  JSON: one object per line, keys sorted (as Envoy's Struct output is); a value that is exactly
+  one operator keeps its type (numbers stay numbers, unset is null), otherwise it is a string.
+- ISTIO_TEXT_FORMAT and ISTIO_JSON_FIELDS are Istio's defaults (MeshConfig accessLogFile with
+  no accessLogFormat).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+from collections.abc import Callable, Mapping
+
+from pysidecar.observe.stream_info import StreamInfo
+
+Value = str | int | None
+Getter = Callable[[StreamInfo], Value]
+Formatter = Callable[[StreamInfo], str]
+
+ISTIO_TEXT_FORMAT = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+    "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% "
+    '"%UPSTREAM_TRANSPORT_FAILURE_REASON%" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% '
+    '%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" '
+    '"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER_RAW% '
+    "%UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% "
+    "%REQUESTED_SERVER_NAME% %ROUTE_NAME%\n"
+)
+
+ISTIO_JSON_FIELDS: dict[str, str] = {
+    "start_time": "%START_TIME%",
+    "route_name": "%ROUTE_NAME%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "protocol": "%PROTOCOL%",
+    "response_code": "%RESPONSE_CODE%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "response_code_details": "%RESPONSE_CODE_DETAILS%",
+    "connection_termination_details": "%CONNECTION_TERMINATION_DETAILS%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "duration": "%DURATION%",
+    "upstream_service_time": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    "x_forwarded_for": "%REQ(X-FORWARDED-FOR)%",
+    "user_agent": "%REQ(USER-AGENT)%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "authority": "%REQ(:AUTHORITY)%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER_RAW%",
+    "upstream_local_address": "%UPSTREAM_LOCAL_ADDRESS%",
+    "downstream_local_address": "%DOWNSTREAM_LOCAL_ADDRESS%",
+    "downstream_remote_address": "%DOWNSTREAM_REMOTE_ADDRESS%",
+    "requested_server_name": "%REQUESTED_SERVER_NAME%",
+    "upstream_transport_failure_reason": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+}
+
+_OPERATOR = re.compile(r"%([A-Z_]+)(?:\(([^)]*)\))?(?::(\d+))?%")
+
+
+class FormatError(ValueError):
+    pass
+
+
+# -- values -----------------------------------------------------------------------------------
+
+_last_second = -1
+_last_prefix = ""
+
+
+def iso_time(t: float) -> str:
+    """Envoy's default START_TIME: `2020-11-25T21:26:18.409Z`. The second is cached: many lines
+    share it."""
+    global _last_second, _last_prefix
+    sec = int(t)
+    if sec != _last_second:
+        _last_second, _last_prefix = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    return f"{_last_prefix}.{int((t - sec) * 1000):03d}Z"
+
+
+def _strftime_getter(fmt: str) -> Getter:
+    def get(info: StreamInfo) -> Value:
+        t = info.start_time
+        frac = t - int(t)
+        out = fmt.replace("%3f", f"{int(frac * 1e3):03d}").replace("%6f", f"{int(frac * 1e6):06d}")
+        out = out.replace("%9f", f"{int(frac * 1e9):09d}").replace("%f", f"{int(frac * 1e9):09d}")
+        return time.strftime(out, time.gmtime(t))
+
+    return get
+
+
+def _without_port(address: str | None) -> str | None:
+    if address is None:
+        return None
+    host = address.rsplit(":", 1)[0]
+    return host[1:-1] if host.startswith("[") else host
+
+
+# Headers the StreamInfo keeps in fields of their own.
+_REQUEST_FIELDS: dict[str, Getter] = {
+    ":method": lambda i: i.method,
+    ":path": lambda i: i.path,
+    "x-envoy-original-path": lambda i: i.original_path,
+    ":authority": lambda i: i.authority,
+    "host": lambda i: i.authority,
+    "user-agent": lambda i: i.user_agent,
+    "x-request-id": lambda i: i.request_id,
+    "x-forwarded-for": lambda i: i.x_forwarded_for,
+    ":protocol": lambda i: i.protocol,
+}
+_RESPONSE_FIELDS: dict[str, Getter] = {
+    "x-envoy-upstream-service-time": lambda i: (
+        None if i.upstream_service_time_ms is None else str(i.upstream_service_time_ms)
+    ),
+}
+
+
+def _header_getter(name: str, response: bool) -> Getter:
+    known = (_RESPONSE_FIELDS if response else _REQUEST_FIELDS).get(name)
+    if known is not None:
+        return known
+
+    def get(info: StreamInfo) -> Value:
+        headers = info.response_headers if response else info.request_headers
+        return None if headers is None else headers.get(name)
+
+    return get
+
+
+def _headers_getter(arg: str | None, response: bool) -> Getter:
+    """REQ(A?B): header A, or B when A is absent."""
+    if not arg:
+        raise FormatError(f"{'RESP' if response else 'REQ'} needs a header name")
+    names = [n.strip().lower() for n in arg.split("?", 1)]
+    first = _header_getter(names[0], response)
+    if len(names) == 1:
+        return first
+    second = _header_getter(names[1], response)
+
+    def get(info: StreamInfo) -> Value:
+        value = first(info)
+        return value if value is not None else second(info)
+
+    return get
+
+
+_HOSTNAME = socket.gethostname()
+
+_SIMPLE: dict[str, Getter] = {
+    "PROTOCOL": lambda i: i.protocol,
+    "RESPONSE_CODE": lambda i: i.response_code,
+    "RESPONSE_FLAGS": lambda i: i.response_flags_text,
+    "RESPONSE_CODE_DETAILS": lambda i: i.response_code_details,
+    "CONNECTION_TERMINATION_DETAILS": lambda i: i.connection_termination_details,
+    "UPSTREAM_TRANSPORT_FAILURE_REASON": lambda i: i.upstream_transport_failure_reason,
+    "BYTES_RECEIVED": lambda i: i.bytes_received,
+    "BYTES_SENT": lambda i: i.bytes_sent,
+    "DURATION": lambda i: i.duration_ms,
+    "UPSTREAM_HOST": lambda i: i.upstream_host,
+    "UPSTREAM_REMOTE_ADDRESS": lambda i: i.upstream_host,
+    "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": lambda i: _without_port(i.upstream_host),
+    # Envoy's UPSTREAM_CLUSTER prints the alt_stat_name; the record holds the real name only.
+    "UPSTREAM_CLUSTER": lambda i: i.upstream_cluster,
+    "UPSTREAM_CLUSTER_RAW": lambda i: i.upstream_cluster,
+    "UPSTREAM_LOCAL_ADDRESS": lambda i: i.upstream_local_address,
+    "DOWNSTREAM_LOCAL_ADDRESS": lambda i: i.downstream_local_address,
+    "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": lambda i: _without_port(i.downstream_local_address),
+    "DOWNSTREAM_REMOTE_ADDRESS": lambda i: i.downstream_remote_address,
+    "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": lambda i: _without_port(i.downstream_remote_address),
+    "REQUESTED_SERVER_NAME": lambda i: i.requested_server_name,
+    "ROUTE_NAME": lambda i: i.route_name,
+    "HOSTNAME": lambda i: _HOSTNAME,
+}
+
+
+def _truncated(getter: Getter, limit: int) -> Getter:
+    def get(info: StreamInfo) -> Value:
+        value = getter(info)
+        return value[:limit] if isinstance(value, str) else value
+
+    return get
+
+
+def operator(command: str, arg: str | None = None, limit: int | None = None) -> Getter:
+    """The getter of one command operator, e.g. operator("REQ", ":METHOD")."""
+    if command == "START_TIME":
+        getter: Getter = _strftime_getter(arg) if arg else (lambda i: iso_time(i.start_time))
+    elif command in ("REQ", "RESP"):
+        getter = _headers_getter(arg, command == "RESP")
+    elif command in _SIMPLE and arg is None:
+        getter = _SIMPLE[command]
+    else:
+        raise FormatError(f"unknown access log command operator %{command}%")
+    return _truncated(getter, limit) if limit is not None else getter
+
+
+def parse(fmt: str) -> list[str | Getter]:
+    """Literal text and getters, in order."""
+    parts: list[str | Getter] = []
+    pos = 0
+    for m in _OPERATOR.finditer(fmt):
+        if m.start() > pos:
+            parts.append(fmt[pos : m.start()])
+        limit = int(m.group(3)) if m.group(3) else None
+        parts.append(operator(m.group(1), m.group(2), limit))
+        pos = m.end()
+    if pos < len(fmt):
+        parts.append(fmt[pos:])
+    return parts
+
+
+# -- formatters -------------------------------------------------------------------------------
+
+
+def _text(value: Value) -> str:
+    return "-" if value is None else str(value)
+
+
+def _literal(text: str) -> Callable[[StreamInfo], str]:
+    return lambda _info: text
+
+
+def _as_text(getter: Getter) -> Callable[[StreamInfo], str]:
+    return lambda info: _text(getter(info))
+
+
+def compile_text(fmt: str) -> Formatter:
+    """A text format; a line always ends in a newline (added when the format has none)."""
+    if not fmt.endswith("\n"):
+        fmt += "\n"
+    parts = tuple(_literal(p) if isinstance(p, str) else _as_text(p) for p in parse(fmt))
+
+    def format_line(info: StreamInfo) -> str:
+        return "".join([p(info) for p in parts])
+
+    return format_line
+
+
+def _json_value(fmt: str) -> Getter:
+    parts = parse(fmt)
+    if len(parts) == 1 and not isinstance(parts[0], str):
+        return parts[0]  # one operator: keeps its type
+    texts = tuple(_literal(p) if isinstance(p, str) else _as_text(p) for p in parts)
+    return lambda info: "".join([t(info) for t in texts])
+
+
+def compile_json(fields: Mapping[str, str]) -> Formatter:
+    items = tuple((key, _json_value(fields[key])) for key in sorted(fields))
+    dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+    def format_line(info: StreamInfo) -> str:
+        return dumps({key: get(info) for key, get in items}) + "\n"
+
+    return format_line
