@@ -8,7 +8,7 @@ venv="$here/.venv"
 need_apt=()
 for pair in iptables:iptables ip:iproute2 nginx:nginx-light wrk:wrk curl:curl \
             h2load:nghttp2-client iperf3:iperf3 setpriv:util-linux pkill:procps \
-            taskset:util-linux; do
+            taskset:util-linux promtool:prometheus nc:netcat-openbsd openssl:openssl; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
@@ -23,8 +23,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq >/dev/null
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
-# nginx-light enables the default site on install; the lab starts its own nginx instances.
-systemctl disable --now nginx >/dev/null 2>&1 || true
+# Debian enables these services on install; the lab and the tests start their own instances.
+systemctl disable --now nginx prometheus prometheus-node-exporter >/dev/null 2>&1 || true
 
 stamp="$venv/.installed"
 if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
