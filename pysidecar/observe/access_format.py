@@ -85,19 +85,18 @@ def iso_time(t: float) -> str:
     """Envoy's default START_TIME: `2020-11-25T21:26:18.409Z`. The second is cached: many lines
     share it."""
     global _last_second, _last_prefix
-    sec = int(t)
+    sec, micros = divmod(round(t * 1e6), 1_000_000)  # whole microseconds: 0.409 stays .409
     if sec != _last_second:
         _last_second, _last_prefix = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-    return f"{_last_prefix}.{int((t - sec) * 1000):03d}Z"
+    return f"{_last_prefix}.{micros // 1000:03d}Z"
 
 
 def _strftime_getter(fmt: str) -> Getter:
     def get(info: StreamInfo) -> Value:
-        t = info.start_time
-        frac = t - int(t)
-        out = fmt.replace("%3f", f"{int(frac * 1e3):03d}").replace("%6f", f"{int(frac * 1e6):06d}")
-        out = out.replace("%9f", f"{int(frac * 1e9):09d}").replace("%f", f"{int(frac * 1e9):09d}")
-        return time.strftime(out, time.gmtime(t))
+        sec, micros = divmod(round(info.start_time * 1e6), 1_000_000)
+        out = fmt.replace("%3f", f"{micros // 1000:03d}").replace("%6f", f"{micros:06d}")
+        out = out.replace("%9f", f"{micros * 1000:09d}").replace("%f", f"{micros * 1000:09d}")
+        return time.strftime(out, time.gmtime(sec))
 
     return get
 

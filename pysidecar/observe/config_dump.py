@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import time
 from typing import Any
 
 from pysidecar.model import (
@@ -30,6 +29,7 @@ from pysidecar.model import (
     SocketAddress,
     TcpProxy,
 )
+from pysidecar.observe.access_format import iso_time
 
 Json = dict[str, Any]
 ADMIN_TYPE = "type.googleapis.com/envoy.admin.v3."
@@ -55,10 +55,6 @@ def duration(seconds: float) -> str:
     if seconds == int(seconds):
         return f"{int(seconds)}s"
     return f"{seconds:.3f}s"
-
-
-def timestamp(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
 
 
 def _empty(value: Any) -> bool:
@@ -202,7 +198,7 @@ def route_configs(b: Bootstrap) -> list[Json]:
 
 
 def config_dump(b: Bootstrap, last_updated: float) -> Json:
-    stamp = timestamp(last_updated)
+    stamp = iso_time(last_updated)
     listeners = [listener(x) for x in b.listeners]
     clusters = [cluster(c) for c in b.clusters]
     static_resources: Json = {

@@ -52,7 +52,8 @@ class StreamInfo:
     def duration_ms(self) -> int | None:
         if self.end_time is None:
             return None
-        return int((self.end_time - self.start_time) * 1000)
+        # Whole microseconds first, so float noise (3.9999996 ms) does not lose a millisecond.
+        return round((self.end_time - self.start_time) * 1e6) // 1000
 
     @property
     def response_flags_text(self) -> str:
