@@ -2,24 +2,150 @@
 
 Promises:
 - No path: the embedded standard sidecar (`config.sidecar.standard_sidecar`).
-- A file holding an Envoy v3 bootstrap: exactly that config, nothing added.
-- Anything unreadable, malformed or unsupported raises `ConfigError` naming the file and the
-  YAML path; nothing is half-loaded.
+- `-c` takes files and directories (read recursively, `*.yaml` / `*.yml` / `*.json`, hidden
+  names skipped, in sorted order), each file holding one or more YAML documents.
+- A single Envoy v3 bootstrap (and nothing else): exactly that config, nothing added. Its
+  `dynamic_resources.lds_config` / `cds_config` with a `path_config_source` (or `path`) load the
+  listeners / clusters from those files (Envoy's file-based xDS), which are then watched too.
+- Istio documents (mesh config, the `istio` ConfigMap, ServiceEntry, VirtualService,
+  DestinationRule, Sidecar, Kubernetes Service / EndpointSlice / Endpoints) are compiled onto
+  the standard sidecar by `config.istio.compile`.
+- Anything unreadable, malformed or unsupported raises `ConfigError` naming the file, the YAML
+  path and (for Istio) the resource; nothing is half-loaded.
+- `watched_files(paths, bootstrap)` lists what a reload has to look at.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from dataclasses import replace
 
 from pysidecar.config import envoy
-from pysidecar.config.node import ConfigError
+from pysidecar.config.istio.compile import compile_config
+from pysidecar.config.istio.documents import collect
+from pysidecar.config.istio.mesh import is_mesh_document
+from pysidecar.config.node import ConfigError, Node, load_documents
 from pysidecar.config.sidecar import standard_sidecar
-from pysidecar.model import Bootstrap
+from pysidecar.model import Bootstrap, Cluster, Listener
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+ENVOY_BOOTSTRAP_KEYS = frozenset(
+    {"static_resources", "dynamic_resources", "admin", "node", "staticResources", "dynamicResources"}
+)
+LISTENER_TYPE = "envoy.config.listener.v3.Listener"
+CLUSTER_TYPE = "envoy.config.cluster.v3.Cluster"
+
+
+def config_files(paths: Sequence[str]) -> list[str]:
+    """The files `-c` names: files as given, directories walked in sorted order."""
+    out: list[str] = []
+    for path in paths:
+        if not os.path.isdir(path):
+            if not os.path.exists(path):
+                raise ConfigError(path, "", "no such file or directory")
+            out.append(path)
+            continue
+        for root, dirs, files in os.walk(path, followlinks=True):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            out.extend(
+                os.path.join(root, f) for f in sorted(files) if f.endswith(CONFIG_SUFFIXES) and not f.startswith(".")
+            )
+    return list(dict.fromkeys(out))
+
+
+def _is_envoy_bootstrap(value: object) -> bool:
+    return isinstance(value, dict) and "kind" not in value and bool(ENVOY_BOOTSTRAP_KEYS & set(value))
+
+
+def _is_xds_file(value: object) -> bool:
+    """An Envoy file-based xDS resource file (lds.yaml / cds.yaml): loaded via its bootstrap."""
+    return isinstance(value, dict) and "resources" in value and "kind" not in value
 
 
 def load(paths: Sequence[str]) -> Bootstrap:
     if not paths:
         return standard_sidecar()
-    if len(paths) > 1:
-        raise ConfigError(paths[1], "", "only one Envoy bootstrap file can be given")
-    return envoy.load_file(paths[0])
+    docs = [d for f in config_files(paths) for d in load_documents(f)]
+    envoy_docs = [d for d in docs if _is_envoy_bootstrap(d.value) and not is_mesh_document(d.value)]
+    istio_docs = [d for d in docs if d not in envoy_docs and not _is_xds_file(d.value)]
+    if envoy_docs:
+        if len(envoy_docs) > 1:
+            envoy_docs[1].fail(f"a second Envoy bootstrap (the first is {envoy_docs[0].file})")
+        if istio_docs:
+            istio_docs[0].fail(
+                f"Istio resources cannot be mixed with an Envoy bootstrap ({envoy_docs[0].file}); "
+                "give one or the other"
+            )
+        return envoy_bootstrap(envoy_docs[0])
+    if not istio_docs:
+        raise ConfigError(paths[0], "", "no configuration documents found")
+    return compile_config(collect(istio_docs))
+
+
+# -- Envoy file-based dynamic resources ------------------------------------------------------
+
+
+def _xds_path(node: Node, bootstrap_file: str) -> str:
+    f = node.fields("path_config_source", "path", "resource_api_version", "initial_fetch_timeout")
+    if (pcs := f.get("path_config_source")) is not None:
+        pf = pcs.fields("path", "watched_directory")
+        path = pf.require("path").string()
+    elif (p := f.get("path")) is not None:
+        path = p.string()
+    else:
+        node.fail("only file-based config sources (path_config_source) are supported")
+    if not os.path.isabs(path) and not os.path.exists(path):
+        # Envoy resolves against its working directory; next to the bootstrap is the other
+        # place people keep these files, so look there too.
+        path = os.path.join(os.path.dirname(bootstrap_file), path)
+    return path
+
+
+def _resources(path: str, want: str) -> list[Node]:
+    docs = load_documents(path)
+    if len(docs) != 1:
+        raise ConfigError(path, "", f"expected one YAML document with 'resources', got {len(docs)}")
+    f = docs[0].fields("version_info", "resources", "type_url", "nonce")
+    out: list[Node] = []
+    for r in f.list("resources"):
+        type_name = r.type_url()
+        if type_name != want:
+            r.fail(f"expected @type {want}, got {type_name}")
+        body = {k: v for k, v in r.value.items() if k != "@type"}
+        out.append(Node(body, r.file, r.path))
+    return out
+
+
+def envoy_bootstrap(doc: Node) -> Bootstrap:
+    value = dict(doc.value)
+    dyn = value.pop("dynamic_resources", None) or value.pop("dynamicResources", None)
+    b = envoy.bootstrap(Node(value, doc.file, doc.path))
+    if dyn is None:
+        return b
+    f = doc.child("dynamic_resources", dyn).fields("lds_config", "cds_config", "ads_config")
+    if (ads := f.get("ads_config")) is not None:
+        ads.fail("ADS (a gRPC management server) is not supported; use path_config_source files")
+    listeners: list[Listener] = list(b.listeners)
+    clusters: list[Cluster] = list(b.clusters)
+    sources = list(b.sources)
+    if (lds := f.get("lds_config")) is not None:
+        path = _xds_path(lds, doc.file)
+        listeners += [envoy.listener(n, i) for i, n in enumerate(_resources(path, LISTENER_TYPE))]
+        sources.append(path)
+    if (cds := f.get("cds_config")) is not None:
+        path = _xds_path(cds, doc.file)
+        clusters += [envoy.cluster(n) for n in _resources(path, CLUSTER_TYPE)]
+        sources.append(path)
+    result = replace(b, listeners=tuple(listeners), clusters=tuple(clusters), sources=tuple(sources))
+    envoy.check_references(result, doc)
+    for check in envoy.BOOTSTRAP_CHECKS:
+        check(result, doc)
+    return result
+
+
+def watched_files(paths: Sequence[str], bootstrap: Bootstrap) -> list[str]:
+    """Every file a reload depends on: what `-c` names now, plus the xDS files loaded."""
+    found = config_files(paths) if paths else []
+    extra = [s for s in bootstrap.sources if os.path.exists(s)]
+    return list(dict.fromkeys(found + extra))

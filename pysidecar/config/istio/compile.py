@@ -1,0 +1,340 @@
+"""istiod's sidecar config generator in miniature: `IstioConfig` → `Bootstrap`.
+
+Promises:
+- The standard sidecar skeleton (virtualOutbound / virtualInbound, catch-all clusters) plus,
+  for every visible service port:
+  - HTTP ports: the shared wildcard listener `0.0.0.0_<port>` (bind_to_port false) with an
+    HTTP chain (raw_buffer, http/1.1 | h2c) → HCM with route config "<port>" and a fallback
+    chain to PassthroughCluster (ALLOW_ANY) or BlackHoleCluster (REGISTRY_ONLY);
+  - TCP / TLS / sniffed ports with a VIP: `<vip>_<port>` → tcp_proxy to the service cluster
+    (sniffed ports also get an HTTP chain with route config "<host>:<port>");
+  - TLS / HTTPS ports without a VIP: `0.0.0.0_<port>` with one chain per host by SNI
+    (`server_names`) → tcp_proxy, and the Passthrough / BlackHole fallback chain;
+  - TCP ports without a VIP: `0.0.0.0_<port>` → tcp_proxy to the first such service.
+- VirtualService tcp and tls routes pick the tcp_proxy's clusters; http routes fill the
+  virtual hosts (`routes`). Clusters come from `clusters.build_clusters`.
+- `validate` refuses what istiod would accept but can never work: a destination subset no
+  DestinationRule defines. Errors name file, YAML path and resource.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass, field, replace
+
+from pysidecar.config.istio import routes as rt
+from pysidecar.config.istio.clusters import build_clusters
+from pysidecar.config.istio.destination_rule import DestinationRule
+from pysidecar.config.istio.documents import IstioConfig
+from pysidecar.config.istio.registry import Protocol, Service, ServicePort, outbound_cluster_name
+from pysidecar.config.istio.sidecar_scope import Sidecar, host_matches
+from pysidecar.config.istio.virtual_service import (
+    MESH_GATEWAY,
+    L4Route,
+    RouteDestination,
+    VirtualService,
+)
+from pysidecar.config.node import ConfigError
+from pysidecar.config.sidecar import standard_sidecar, with_resources
+from pysidecar.model import (
+    BLACKHOLE_CLUSTER,
+    PASSTHROUGH_CLUSTER,
+    Bootstrap,
+    CidrRange,
+    FilterChain,
+    FilterChainMatch,
+    Listener,
+    ListenerFilter,
+    MeshConfig,
+    OutboundTrafficPolicy,
+    SocketAddress,
+    TcpProxy,
+    TrafficDirection,
+    WeightedCluster,
+)
+
+log = logging.getLogger(__name__)
+
+HTTP_MATCH = FilterChainMatch(transport_protocol="raw_buffer", application_protocols=("http/1.1", "h2c"))
+INSPECTORS = (ListenerFilter.TLS_INSPECTOR, ListenerFilter.HTTP_INSPECTOR)
+PASSTHROUGH_CHAIN = "PassthroughFilterChain"
+
+
+@dataclass
+class _WildcardPort:
+    """What the shared `0.0.0.0_<port>` listener collects from every service on the port."""
+
+    http: list[rt.HostRoutes] = field(default_factory=list)
+    sni: list[tuple[tuple[str, ...], TcpProxy]] = field(default_factory=list)
+    cidr: list[tuple[tuple[CidrRange, ...], TcpProxy]] = field(default_factory=list)
+    tcp: TcpProxy | None = None
+    tcp_owner: str = ""
+
+
+# -- scope -----------------------------------------------------------------------------------
+
+
+def _sidecar(cfg: IstioConfig) -> Sidecar | None:
+    plain = [s for s in cfg.sidecars if not s.has_workload_selector]
+    for s in cfg.sidecars:
+        if s.has_workload_selector:
+            log.warning("%s: %s: workloadSelector Sidecar ignored", s.meta.file, s.meta.ref)
+    for extra in plain[1:]:
+        log.warning("%s: %s ignored: %s applies", extra.meta.file, extra.meta.ref, plain[0].meta.ref)
+    return plain[0] if plain else None
+
+
+def effective_mesh(cfg: IstioConfig) -> MeshConfig:
+    mesh = cfg.mesh or MeshConfig()
+    scope = _sidecar(cfg)
+    if scope is not None and scope.outbound_traffic_policy is not None:
+        mesh = replace(mesh, outbound_traffic_policy=scope.outbound_traffic_policy)
+    return mesh
+
+
+def visible_services(cfg: IstioConfig, scope: Sidecar | None) -> list[Service]:
+    """One service per hostname (the first defined wins, as istiod's oldest-first), filtered by
+    the Sidecar's egress hosts."""
+    by_host: dict[str, Service] = {}
+    for svc in cfg.services:
+        if scope is not None and not scope.sees(svc.namespace, svc.hostname):
+            continue
+        first = by_host.setdefault(svc.hostname, svc)
+        if first is not svc:
+            log.warning("%s: host %s also defined by %s; the first definition is used", svc.ref, svc.hostname, first.ref)
+    return list(by_host.values())
+
+
+def destination_rules(cfg: IstioConfig) -> dict[str, DestinationRule]:
+    out: dict[str, DestinationRule] = {}
+    for dr in cfg.destination_rules:
+        first = out.setdefault(dr.host, dr)
+        if first is not dr:
+            log.warning("%s: %s: host %s already has %s; ignored", dr.meta.file, dr.meta.ref, dr.host, first.meta.ref)
+    return out
+
+
+def _rule_for(host: str, rules: dict[str, DestinationRule]) -> DestinationRule | None:
+    if host in rules:
+        return rules[host]
+    matches = [h for h in rules if host_matches(h, host)]
+    return rules[max(matches, key=len)] if matches else None
+
+
+# -- validation ------------------------------------------------------------------------------
+
+
+def validate(cfg: IstioConfig, rules: dict[str, DestinationRule]) -> None:
+    """Cross-resource checks: every destination subset is defined by a DestinationRule."""
+    for v in cfg.virtual_services:
+        dests: list[RouteDestination] = [d for h in v.http for d in h.route]
+        dests += [d for r in (*v.tcp, *v.tls) for d in r.route]
+        for d in dests:
+            subset = d.destination.subset
+            if not subset:
+                continue
+            dr = _rule_for(d.destination.host, rules)
+            if dr is not None and dr.subset(subset) is not None:
+                continue
+            known = ", ".join(s.name for s in dr.subsets) if dr is not None else ""
+            why = (
+                f"unknown subset {subset!r} for host {d.destination.host!r}: "
+                + (f"{dr.meta.ref} defines {known or 'no subsets'}" if dr is not None else "no DestinationRule for the host")
+            )
+            raise ConfigError(v.meta.file, f"{d.path}.destination.subset", f"{v.meta.ref}: {why}")
+
+
+# -- listeners -------------------------------------------------------------------------------
+
+
+def _for_host(vss: list[VirtualService], host: str) -> list[VirtualService]:
+    return [v for v in vss if any(host_matches(h, host) for h in v.hosts)]
+
+
+def _tcp_proxy(dests: tuple[RouteDestination, ...], services: dict[str, Service], port: int) -> TcpProxy:
+    if len(dests) == 1:
+        cluster = rt.destination_cluster(dests[0].destination, services, port)
+        return TcpProxy(stat_prefix=cluster, cluster=cluster)
+    weighted = tuple(
+        WeightedCluster(rt.destination_cluster(d.destination, services, port), d.weight) for d in dests if d.weight
+    )
+    return TcpProxy(stat_prefix=weighted[0].name, weighted_clusters=weighted)
+
+
+def _l4_routes(routes: tuple[L4Route, ...], port: int) -> list[L4Route]:
+    """The tcp/tls routes that apply to a port on the mesh gateway."""
+    out: list[L4Route] = []
+    for r in routes:
+        ok = [m for m in r.match if (not m.port or m.port == port) and (not m.gateways or MESH_GATEWAY in m.gateways)]
+        if not r.match or ok:
+            out.append(replace(r, match=tuple(ok)))
+    return out
+
+
+def _service_tcp(svc: Service, port: ServicePort, vss: list[VirtualService], services: dict[str, Service]) -> TcpProxy:
+    for v in _for_host(vss, svc.hostname):
+        for r in _l4_routes(v.tcp, port.number):
+            return _tcp_proxy(r.route, services, port.number)
+    cluster = outbound_cluster_name(port.number, svc.hostname)
+    return TcpProxy(stat_prefix=cluster, cluster=cluster)
+
+
+def _service_tls(
+    svc: Service, port: ServicePort, vss: list[VirtualService], services: dict[str, Service]
+) -> list[tuple[tuple[str, ...], TcpProxy]]:
+    out: list[tuple[tuple[str, ...], TcpProxy]] = []
+    for v in _for_host(vss, svc.hostname):
+        for r in _l4_routes(v.tls, port.number):
+            sni = tuple(h for m in r.match for h in m.sni_hosts)
+            out.append((sni, _tcp_proxy(r.route, services, port.number)))
+    if not out:
+        cluster = outbound_cluster_name(port.number, svc.hostname)
+        out.append(((svc.hostname,), TcpProxy(stat_prefix=cluster, cluster=cluster)))
+    return out
+
+
+def _http_routes(svc_host: str, svc: Service | None, port: int, vss: list[VirtualService], services: dict[str, Service]) -> rt.HostRoutes:
+    for v in _for_host(vss, svc_host):
+        if v.http:
+            found = rt.virtual_service_routes(v, services, port)
+            if found:
+                return rt.HostRoutes(svc_host, svc, found)
+    return rt.HostRoutes(svc_host, svc, (rt.default_route(svc_host, port),))
+
+
+def _listener(name: str, address: str, port: int, chains: list[FilterChain]) -> Listener:
+    inspect = any(c.filter_chain_match.needs_inspection for c in chains)
+    return Listener(
+        name=name,
+        address=SocketAddress(address, port),
+        filter_chains=tuple(chains),
+        bind_to_port=False,
+        traffic_direction=TrafficDirection.OUTBOUND,
+        listener_filters=INSPECTORS if inspect else (),
+    )
+
+
+def _tcp_chain(name: str, proxy: TcpProxy, match: FilterChainMatch | None = None) -> FilterChain:
+    return FilterChain(name=name, filters=(proxy,), filter_chain_match=match or FilterChainMatch())
+
+
+def _http_chain(name: str, route_name: str, port: int, hosts: list[rt.HostRoutes], policy: OutboundTrafficPolicy | None) -> FilterChain:
+    rc = rt.route_configuration(route_name, port, hosts, policy)
+    return FilterChain(
+        name=name, filters=(rt.connection_manager(f"outbound_{name}", rc),), filter_chain_match=HTTP_MATCH
+    )
+
+
+def _vips(svc: Service) -> tuple[list[str], tuple[CidrRange, ...]]:
+    ips: list[str] = []
+    cidrs: list[CidrRange] = []
+    for a in svc.addresses:
+        net = ipaddress.ip_network(a, strict=False)
+        if net.num_addresses == 1:
+            ips.append(str(net.network_address))
+        else:
+            cidrs.append(CidrRange(str(net.network_address), net.prefixlen))
+    return ips, tuple(cidrs)
+
+
+def build_listeners(services: list[Service], vss: list[VirtualService], mesh: MeshConfig) -> tuple[Listener, ...]:
+    by_host = {s.hostname: s for s in services}
+    wild: dict[int, _WildcardPort] = {}
+    vip_listeners: dict[str, Listener] = {}
+    for svc in services:
+        ips, cidrs = _vips(svc)
+        for port in svc.ports:
+            p = port.number
+            if port.protocol is Protocol.UDP:
+                continue
+            if port.protocol.is_http:
+                wild.setdefault(p, _WildcardPort()).http.append(_http_routes(svc.hostname, svc, p, vss, by_host))
+                continue
+            tcp = _service_tcp(svc, port, vss, by_host)
+            for ip in ips:
+                name = f"{ip}_{p}"
+                chains = [_tcp_chain(name, tcp)]
+                if port.protocol is Protocol.UNSUPPORTED:
+                    route_name = f"{svc.hostname}:{p}"
+                    chains.insert(0, _http_chain(name, route_name, p, [_http_routes(svc.hostname, svc, p, vss, by_host)], None))
+                if name in vip_listeners:
+                    log.warning("%s: listener %s already defined; port %d ignored", svc.ref, name, p)
+                    continue
+                vip_listeners[name] = _listener(name, ip, p, chains)
+            if ips:
+                continue
+            w = wild.setdefault(p, _WildcardPort())
+            if cidrs:
+                w.cidr.append((cidrs, tcp))
+            elif port.protocol.is_tls:
+                w.sni.extend(_service_tls(svc, port, vss, by_host))
+            else:
+                if port.protocol is Protocol.UNSUPPORTED:
+                    w.http.append(_http_routes(svc.hostname, svc, p, vss, by_host))
+                if w.tcp is None:
+                    w.tcp, w.tcp_owner = tcp, svc.ref
+                else:
+                    log.warning("%s: TCP port %d without a VIP is already taken by %s", svc.ref, p, w.tcp_owner)
+    listeners = list(vip_listeners.values())
+    for p in sorted(wild):
+        listeners.append(_wildcard_listener(p, wild[p], services, vss, mesh))
+    return tuple(listeners)
+
+
+def _wildcard_listener(
+    port: int, w: _WildcardPort, services: list[Service], vss: list[VirtualService], mesh: MeshConfig
+) -> Listener:
+    name = f"0.0.0.0_{port}"
+    policy = mesh.outbound_traffic_policy
+    chains: list[FilterChain] = []
+    if w.http:
+        hosts = list(w.http)
+        if port == 80:
+            hosts += _vs_only_hosts(services, vss)
+        chains.append(_http_chain(name, str(port), port, hosts, policy))
+    for i, (sni, proxy) in enumerate(w.sni):
+        chains.append(_tcp_chain(f"{name}-tls-{i}", proxy, FilterChainMatch(server_names=sni)))
+    for i, (ranges, proxy) in enumerate(w.cidr):
+        chains.append(_tcp_chain(f"{name}-cidr-{i}", proxy, FilterChainMatch(prefix_ranges=ranges)))
+    if w.tcp is not None:
+        chains.append(_tcp_chain(f"{name}-tcp", w.tcp))
+    else:
+        catchall = PASSTHROUGH_CLUSTER if policy is OutboundTrafficPolicy.ALLOW_ANY else BLACKHOLE_CLUSTER
+        chains.append(_tcp_chain(PASSTHROUGH_CHAIN, TcpProxy(stat_prefix=catchall, cluster=catchall)))
+    return _listener(name, "0.0.0.0", port, chains)
+
+
+def _vs_only_hosts(services: list[Service], vss: list[VirtualService]) -> list[rt.HostRoutes]:
+    """istiod's port-80 quirk: VirtualService hosts with no service still get a virtual host."""
+    known = {s.hostname for s in services}
+    by_host = {s.hostname: s for s in services}
+    out: list[rt.HostRoutes] = []
+    for v in vss:
+        for h in v.hosts:
+            if h in known or "*" in h or not v.http:
+                continue
+            found = rt.virtual_service_routes(v, by_host, 80)
+            if found:
+                out.append(rt.HostRoutes(h, None, found))
+                known.add(h)
+    return out
+
+
+# -- the whole config ------------------------------------------------------------------------
+
+
+def compile_config(cfg: IstioConfig) -> Bootstrap:
+    rules = destination_rules(cfg)
+    validate(cfg, rules)
+    scope = _sidecar(cfg)
+    mesh = effective_mesh(cfg)
+    services = visible_services(cfg, scope)
+    vss = [v for v in cfg.virtual_services if v.for_mesh]
+    if scope is not None:
+        vss = [v for v in vss if any(scope.sees(v.meta.namespace, h) for h in v.hosts)]
+    resolved_rules = {s.hostname: dr for s in services if (dr := _rule_for(s.hostname, rules)) is not None}
+    clusters = build_clusters(services, resolved_rules, mesh)
+    listeners = build_listeners(services, vss, mesh)
+    base = standard_sidecar(mesh)
+    return replace(with_resources(base, listeners, clusters), sources=cfg.files or base.sources)

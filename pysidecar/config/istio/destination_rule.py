@@ -1,0 +1,170 @@
+"""DestinationRule → subsets and the traffic policy a sidecar applies to a host's clusters.
+
+Promises:
+- `host`, `subsets` (name, labels, trafficPolicy), `trafficPolicy.loadBalancer.simple`,
+  `connectionPool` (tcp.maxConnections, tcp.connectTimeout, http.http1MaxPendingRequests,
+  http.http2MaxRequests, http.maxRetries, http.idleTimeout) and `outlierDetection`
+  (consecutive5xxErrors, consecutiveGatewayErrors, interval, baseEjectionTime,
+  maxEjectionPercent) are parsed and checked; subset names are unique.
+- `workloadSelector` is ignored with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pysidecar.config.istio.meta import ObjectMeta, envelope, located, resolve_host, string_map
+from pysidecar.config.node import Node
+from pysidecar.model import LbPolicy
+
+log = logging.getLogger(__name__)
+
+# Istio's simple load balancers → Envoy's lb_policy. PASSTHROUGH is an ORIGINAL_DST cluster.
+SIMPLE_LB = {
+    "UNSPECIFIED": LbPolicy.LEAST_REQUEST,
+    "LEAST_REQUEST": LbPolicy.LEAST_REQUEST,
+    "LEAST_CONN": LbPolicy.LEAST_REQUEST,
+    "ROUND_ROBIN": LbPolicy.ROUND_ROBIN,
+    "RANDOM": LbPolicy.RANDOM,
+    "PASSTHROUGH": LbPolicy.CLUSTER_PROVIDED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionPool:
+    max_connections: int | None = None
+    connect_timeout: float | None = None
+    http1_max_pending_requests: int | None = None
+    http2_max_requests: int | None = None
+    max_retries: int | None = None
+    idle_timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    consecutive_5xx_errors: int | None = None
+    consecutive_gateway_errors: int | None = None
+    interval: float = 10.0
+    base_ejection_time: float = 30.0
+    max_ejection_percent: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficPolicy:
+    lb_policy: LbPolicy | None = None
+    connection_pool: ConnectionPool | None = None
+    outlier_detection: OutlierDetection | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Subset:
+    name: str
+    labels: tuple[tuple[str, str], ...]
+    traffic_policy: TrafficPolicy | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationRule:
+    meta: ObjectMeta
+    host: str
+    subsets: tuple[Subset, ...] = ()
+    traffic_policy: TrafficPolicy | None = None
+
+    def subset(self, name: str) -> Subset | None:
+        return next((s for s in self.subsets if s.name == name), None)
+
+
+def _count(n: Node) -> int:
+    return n.integer(0)
+
+
+def connection_pool(node: Node) -> ConnectionPool:
+    f = node.fields("tcp", "http")
+    tcp = f.get("tcp")
+    tf = tcp.fields("max_connections", "connect_timeout", "tcp_keepalive", "max_connection_duration", "idle_timeout") if tcp else None
+    http = f.get("http")
+    hf = (
+        http.fields(
+            "http1_max_pending_requests", "http2_max_requests", "max_requests_per_connection",
+            "max_retries", "idle_timeout", "h2_upgrade_policy", "use_client_protocol",
+            "max_concurrent_streams",
+        )
+        if http
+        else None
+    )  # fmt: skip
+    return ConnectionPool(
+        max_connections=tf.opt("max_connections", _count, None) if tf else None,
+        connect_timeout=tf.opt("connect_timeout", Node.duration, None) if tf else None,
+        http1_max_pending_requests=hf.opt("http1_max_pending_requests", _count, None) if hf else None,
+        http2_max_requests=hf.opt("http2_max_requests", _count, None) if hf else None,
+        max_retries=hf.opt("max_retries", _count, None) if hf else None,
+        idle_timeout=hf.opt("idle_timeout", Node.duration, None) if hf else None,
+    )
+
+
+def outlier_detection(node: Node) -> OutlierDetection:
+    f = node.fields(
+        "consecutive_5xx_errors", "consecutive_errors", "consecutive_gateway_errors",
+        "consecutive_local_origin_failures", "split_external_local_origin_errors", "interval",
+        "base_ejection_time", "max_ejection_percent", "min_health_percent",
+    )  # fmt: skip
+    default = OutlierDetection()
+    five = f.opt("consecutive_5xx_errors", _count, None)
+    if five is None:
+        five = f.opt("consecutive_errors", _count, None)
+    return OutlierDetection(
+        consecutive_5xx_errors=five,
+        consecutive_gateway_errors=f.opt("consecutive_gateway_errors", _count, None),
+        interval=f.opt("interval", Node.duration, default.interval),
+        base_ejection_time=f.opt("base_ejection_time", Node.duration, default.base_ejection_time),
+        max_ejection_percent=f.opt("max_ejection_percent", lambda n: n.integer(0, 100), default.max_ejection_percent),
+    )
+
+
+def traffic_policy(node: Node) -> TrafficPolicy:
+    f = node.fields("load_balancer", "connection_pool", "outlier_detection", "tls", "port_level_settings", "tunnel", "proxy_protocol")
+    lb: LbPolicy | None = None
+    if (lbn := f.get("load_balancer")) is not None:
+        lf = lbn.fields("simple", "consistent_hash", "locality_lb_setting", "warmup_duration_secs", "warmup")
+        if (ch := lf.get("consistent_hash")) is not None:
+            ch.fail("consistentHash load balancing is not supported by pysidecar")
+        if (simple := lf.get("simple")) is not None:
+            lb = SIMPLE_LB[simple.enum(list(SIMPLE_LB))]
+    if (tls := f.get("tls")) is not None:
+        mode = tls.fields(
+            "mode", "client_certificate", "private_key", "ca_certificates", "credential_name",
+            "subject_alt_names", "sni", "insecure_skip_verify", "ca_crl",
+        ).opt("mode", lambda n: n.enum(["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"]), "DISABLE")  # fmt: skip
+        if mode not in ("DISABLE", "ISTIO_MUTUAL"):
+            tls.fail(f"tls mode {mode} (TLS origination) is not supported by pysidecar")
+    if f.get("port_level_settings") is not None:
+        log.warning("%s: %s: portLevelSettings ignored", node.file, node.path)
+    return TrafficPolicy(
+        lb_policy=lb,
+        connection_pool=f.opt("connection_pool", connection_pool, None),
+        outlier_detection=f.opt("outlier_detection", outlier_detection, None),
+    )
+
+
+def destination_rule(doc: Node) -> DestinationRule:
+    meta, top = envelope(doc, "spec")
+    with located(meta):
+        spec = top.require("spec")
+        f = spec.fields("host", "subsets", "traffic_policy", "export_to", "workload_selector")
+        if f.get("workload_selector") is not None:
+            log.warning("%s: %s: workloadSelector ignored", meta.file, meta.ref)
+        subsets: list[Subset] = []
+        for n in f.list("subsets"):
+            sf = n.fields("name", "labels", "traffic_policy")
+            name = sf.require("name").string()
+            if any(s.name == name for s in subsets):
+                sf.require("name").fail(f"duplicate subset name {name!r}")
+            subsets.append(Subset(name, string_map(sf.get("labels")), sf.opt("traffic_policy", traffic_policy, None)))
+        f.list("export_to")
+        return DestinationRule(
+            meta=meta,
+            host=resolve_host(f.require("host").string(), meta.namespace),
+            subsets=tuple(subsets),
+            traffic_policy=f.opt("traffic_policy", traffic_policy, None),
+        )

@@ -1,0 +1,124 @@
+"""Sort parsed YAML documents by kind into one `IstioConfig`.
+
+Promises:
+- Accepts networking.istio.io v1alpha3 / v1beta1 / v1 ServiceEntry, VirtualService,
+  DestinationRule, Sidecar; Kubernetes Service, EndpointSlice, Endpoints, Pod; the `istio`
+  ConfigMap; a kind-less MeshConfig document; `kind: List` (its items).
+- Kinds a sidecar has no use for (Gateway, Deployment, PeerAuthentication, ...) are skipped
+  with a warning naming file and resource; a wrong apiVersion for a known kind is an error.
+- Two mesh configs are an error naming both files.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from pysidecar.config.istio import kube
+from pysidecar.config.istio.destination_rule import DestinationRule, destination_rule
+from pysidecar.config.istio.mesh import (
+    configmap_mesh,
+    is_istio_configmap,
+    is_mesh_document,
+    mesh_config,
+)
+from pysidecar.config.istio.registry import Service
+from pysidecar.config.istio.service_entry import service_entry
+from pysidecar.config.istio.sidecar_scope import Sidecar, sidecar
+from pysidecar.config.istio.virtual_service import VirtualService, virtual_service
+from pysidecar.config.node import Node
+from pysidecar.model import MeshConfig
+
+log = logging.getLogger(__name__)
+
+NETWORKING_VERSIONS = ("v1alpha3", "v1beta1", "v1")
+NETWORKING_KINDS = ("ServiceEntry", "VirtualService", "DestinationRule", "Sidecar")
+
+
+@dataclass(frozen=True, slots=True)
+class IstioConfig:
+    mesh: MeshConfig | None = None
+    services: tuple[Service, ...] = ()
+    virtual_services: tuple[VirtualService, ...] = ()
+    destination_rules: tuple[DestinationRule, ...] = ()
+    sidecars: tuple[Sidecar, ...] = ()
+    files: tuple[str, ...] = ()
+
+
+@dataclass
+class _Collector:
+    mesh: MeshConfig | None = None
+    mesh_file: str = ""
+    services: list[Service] = field(default_factory=list)
+    endpoint_sets: list[kube.EndpointSet] = field(default_factory=list)
+    pods: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    virtual_services: list[VirtualService] = field(default_factory=list)
+    destination_rules: list[DestinationRule] = field(default_factory=list)
+    sidecars: list[Sidecar] = field(default_factory=list)
+
+    def set_mesh(self, doc: Node, mesh: MeshConfig) -> None:
+        if self.mesh is not None:
+            doc.fail(f"a second mesh config (the first is in {self.mesh_file})")
+        self.mesh, self.mesh_file = mesh, doc.file
+
+    def add(self, doc: Node) -> None:
+        value = doc.value
+        if not isinstance(value, dict):
+            doc.fail("expected a mapping (a Kubernetes object or a MeshConfig)")
+        if is_mesh_document(value):
+            self.set_mesh(doc, mesh_config(doc))
+            return
+        kind = str(value.get("kind", ""))
+        api = str(value.get("apiVersion", ""))
+        if kind == "List":
+            items = doc.fields("api_version", "kind", "metadata", "items").list("items")
+            for item in items:
+                self.add(item)
+            return
+        if kind in NETWORKING_KINDS:
+            group, _, version = api.partition("/")
+            if group != "networking.istio.io" or version not in NETWORKING_VERSIONS:
+                doc.child("apiVersion", api).fail(
+                    f"{kind} needs apiVersion networking.istio.io/{{{','.join(NETWORKING_VERSIONS)}}}, got {api!r}"
+                )
+        if kind == "ServiceEntry":
+            self.services.extend(service_entry(doc))
+        elif kind == "VirtualService":
+            self.virtual_services.append(virtual_service(doc))
+        elif kind == "DestinationRule":
+            self.destination_rules.append(destination_rule(doc))
+        elif kind == "Sidecar":
+            self.sidecars.append(sidecar(doc))
+        elif kind == "Service" and api == "v1":
+            self.services.append(kube.service(doc))
+        elif kind == "EndpointSlice" and api.startswith("discovery.k8s.io/"):
+            self.endpoint_sets.append(kube.endpoint_slice(doc))
+        elif kind == "Endpoints" and api == "v1":
+            self.endpoint_sets.append(kube.endpoints(doc))
+        elif kind == "Pod" and api == "v1":
+            found = kube.pod_labels(doc)
+            if found is not None:
+                self.pods[found[0]] = found[1]
+        elif is_istio_configmap(value):
+            self.set_mesh(doc, configmap_mesh(doc))
+        else:
+            md = value.get("metadata")
+            name = md.get("name", "?") if isinstance(md, dict) else "?"
+            log.warning("%s: %s %s ignored: not a kind a sidecar acts on", doc.file, kind or "<no kind>", name)
+
+    def result(self, files: tuple[str, ...]) -> IstioConfig:
+        return IstioConfig(
+            mesh=self.mesh,
+            services=tuple(kube.attach_endpoints(self.services, self.endpoint_sets, self.pods)),
+            virtual_services=tuple(self.virtual_services),
+            destination_rules=tuple(self.destination_rules),
+            sidecars=tuple(self.sidecars),
+            files=files,
+        )
+
+
+def collect(docs: list[Node]) -> IstioConfig:
+    c = _Collector()
+    for doc in docs:
+        c.add(doc)
+    return c.result(tuple(dict.fromkeys(d.file for d in docs)))

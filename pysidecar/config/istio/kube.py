@@ -1,0 +1,197 @@
+"""Kubernetes Service + EndpointSlice / Endpoints (+ Pod labels): the in-mesh registry.
+
+Promises:
+- A Service becomes `<name>.<namespace>.svc.cluster.local` with its clusterIP as VIP and
+  resolution STATIC (istiod's EDS), headless (`clusterIP: None`) → NONE (passthrough),
+  `type: ExternalName` → DNS to the external name. UDP/SCTP ports are skipped, as istiod does.
+- Port protocol: `appProtocol`, else the port name prefix (`http-web` → HTTP), else sniffed.
+- Endpoints come from EndpointSlices (label `kubernetes.io/service-name`) or the legacy
+  Endpoints object of the same name; only ready addresses serve. A Pod document lends its
+  labels to the endpoint with its IP, so DestinationRule subsets can select them.
+- Fields of the objects we do not act on (status, selectors, node ports) are accepted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from pysidecar.config.istio.meta import DOMAIN_SUFFIX, envelope, located, string_map
+from pysidecar.config.istio.registry import (
+    Endpoint,
+    Protocol,
+    Resolution,
+    Service,
+    ServicePort,
+    port_protocol,
+)
+from pysidecar.config.node import Node
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+SERVICE_SPEC_FIELDS = (
+    "type",
+    "cluster_i_p",
+    "cluster_i_ps",
+    "ports",
+    "selector",
+    "external_name",
+    "session_affinity",
+    "session_affinity_config",
+    "ip_families",
+    "ip_family_policy",
+    "internal_traffic_policy",
+    "external_traffic_policy",
+    "publish_not_ready_addresses",
+    "load_balancer_i_p",
+    "load_balancer_class",
+    "load_balancer_source_ranges",
+    "allocate_load_balancer_node_ports",
+    "external_i_ps",
+    "health_check_node_port",
+    "traffic_distribution",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSet:
+    """The endpoints one EndpointSlice or Endpoints object gives a service."""
+
+    service: str  # name.namespace
+    endpoints: tuple[Endpoint, ...]
+
+
+def hostname(name: str, namespace: str) -> str:
+    return f"{name}.{namespace}.svc.{DOMAIN_SUFFIX}"
+
+
+def _service_port(node: Node) -> ServicePort | None:
+    f = node.fields("name", "port", "target_port", "protocol", "app_protocol", "node_port")
+    if f.opt("protocol", Node.string, "TCP").upper() != "TCP":
+        return None
+    name = f.opt("name", Node.string, "")
+    target = f.get("target_port")
+    target_port: int | None = None
+    target_name: str | None = None
+    if target is not None:
+        if isinstance(target.value, int):
+            target_port = target.integer(1, 65535)
+        else:
+            target_name = target.string()
+    return ServicePort(
+        name=name,
+        number=f.require("port").integer(1, 65535),
+        protocol=port_protocol(name, app_protocol=f.opt("app_protocol", Node.string, "")),
+        target_port=target_port,
+        target_port_name=target_name,
+    )
+
+
+def service(doc: Node) -> Service:
+    meta, top = envelope(doc, "spec")
+    with located(meta):
+        f = top.require("spec").fields(*SERVICE_SPEC_FIELDS)
+        kind = f.opt("type", lambda n: n.enum(["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"]), "ClusterIP")
+        ports = tuple(p for p in (_service_port(n) for n in f.list("ports")) if p is not None)
+        cluster_ip = f.opt("cluster_i_p", Node.string, "")
+        endpoints: tuple[Endpoint, ...] = ()
+        if kind == "ExternalName":
+            external = f.require("external_name").string()
+            resolution = Resolution.DNS
+            endpoints = (Endpoint(external),)
+            addresses: tuple[str, ...] = ()
+        elif cluster_ip in ("None", ""):
+            resolution = Resolution.NONE
+            addresses = ()
+        else:
+            resolution = Resolution.STATIC
+            addresses = (cluster_ip,)
+        return Service(
+            hostname=hostname(meta.name, meta.namespace),
+            namespace=meta.namespace,
+            ports=ports,
+            resolution=resolution,
+            addresses=addresses,
+            endpoints=endpoints,
+            mesh_external=False,
+            kubernetes=True,
+            ref=meta.ref,
+        )
+
+
+def _ports(nodes: list[Node]) -> tuple[tuple[str, int], ...]:
+    out: list[tuple[str, int]] = []
+    for n in nodes:
+        pf = n.fields("name", "port", "protocol", "app_protocol")
+        if pf.opt("protocol", Node.string, "TCP").upper() != "TCP" or "port" not in pf:
+            continue
+        out.append((pf.opt("name", Node.string, ""), pf.require("port").integer(1, 65535)))
+    return tuple(out)
+
+
+def endpoint_slice(doc: Node) -> EndpointSet:
+    meta, top = envelope(doc, "address_type", "endpoints", "ports")
+    with located(meta):
+        labels = dict(meta.labels)
+        owner = labels.get(SERVICE_NAME_LABEL)
+        if owner is None:
+            doc.fail(f"an EndpointSlice needs the label {SERVICE_NAME_LABEL!r}")
+        ports = _ports(top.list("ports"))
+        out: list[Endpoint] = []
+        for ep in top.list("endpoints"):
+            ef = ep.fields(
+                "addresses", "conditions", "target_ref", "node_name", "zone", "hints", "hostname", "deprecated_topology"
+            )
+            ready = True
+            if (cond := ef.get("conditions")) is not None:
+                cf = cond.fields("ready", "serving", "terminating")
+                ready = cf.opt("ready", Node.boolean, True)
+            if ready:
+                out.extend(Endpoint(a.string(), ports) for a in ef.list("addresses"))
+        return EndpointSet(f"{owner}.{meta.namespace}", tuple(out))
+
+
+def endpoints(doc: Node) -> EndpointSet:
+    meta, top = envelope(doc, "subsets")
+    with located(meta):
+        out: list[Endpoint] = []
+        for subset in top.list("subsets"):
+            sf = subset.fields("addresses", "not_ready_addresses", "ports")
+            ports = _ports(sf.list("ports"))
+            for a in sf.list("addresses"):
+                af = a.fields("ip", "hostname", "node_name", "target_ref")
+                out.append(Endpoint(af.require("ip").string(), ports))
+            sf.list("not_ready_addresses")
+        return EndpointSet(f"{meta.name}.{meta.namespace}", tuple(out))
+
+
+def pod_labels(doc: Node) -> tuple[str, tuple[tuple[str, str], ...]] | None:
+    """(pod IP, labels) from a Pod document, when it has an IP."""
+    if not isinstance(doc.value, dict):
+        doc.fail("expected a mapping")
+    status = doc.value.get("status") or {}
+    ip = status.get("podIP") if isinstance(status, dict) else None
+    md = doc.value.get("metadata") or {}
+    if not ip or not isinstance(md, dict):
+        return None
+    return str(ip), string_map(doc.child("metadata", md).child("labels", md.get("labels")))
+
+
+def attach_endpoints(
+    services: list[Service], sets: list[EndpointSet], pods: dict[str, tuple[tuple[str, str], ...]]
+) -> list[Service]:
+    """Kubernetes services with their endpoints (from every slice naming them) and pod labels."""
+    by_service: dict[str, list[Endpoint]] = {}
+    for s in sets:
+        by_service.setdefault(s.service, []).extend(s.endpoints)
+    out: list[Service] = []
+    for svc in services:
+        if not svc.kubernetes or svc.resolution is Resolution.DNS:
+            out.append(svc)
+            continue
+        key = svc.hostname.removesuffix(f".svc.{DOMAIN_SUFFIX}")
+        eps = tuple(replace(e, labels=pods.get(e.address, e.labels)) for e in by_service.get(key, []))
+        out.append(replace(svc, endpoints=eps))
+    return out
+
+
+__all__ = ["EndpointSet", "Protocol", "attach_endpoints", "endpoint_slice", "endpoints", "pod_labels", "service"]

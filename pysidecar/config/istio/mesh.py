@@ -1,0 +1,173 @@
+"""MeshConfig: a plain mesh config document, or the `istio` ConfigMap with `data.mesh` as text.
+
+Promises:
+- Acts on `outboundTrafficPolicy.mode` (ALLOW_ANY | REGISTRY_ONLY), `connectTimeout` and
+  `defaultConfig.holdApplicationUntilProxyStarts`; the access log settings (`accessLogFile`,
+  `accessLogEncoding`, `accessLogFormat`) are checked. Other MeshConfig fields istiod knows are
+  accepted and ignored (they concern the control plane); an unknown field is an error.
+- Errors inside a ConfigMap's `data.mesh` name the ConfigMap's file and `data.mesh.<inner path>`;
+  a YAML syntax error there names the line inside the embedded text.
+- `is_mesh_document(value)` tells a kind-less MeshConfig document from an Envoy bootstrap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from pysidecar.config.istio.meta import envelope
+from pysidecar.config.node import ConfigError, Node
+from pysidecar.model import MeshConfig, OutboundTrafficPolicy
+
+# MeshConfig fields we accept without acting on them: they steer istiod, not the data plane.
+IGNORED_FIELDS = (
+    "enable_tracing",
+    "default_providers",
+    "extension_providers",
+    "root_namespace",
+    "trust_domain",
+    "trust_domain_aliases",
+    "enable_prometheus_merge",
+    "enable_auto_mtls",
+    "default_service_export_to",
+    "default_virtual_service_export_to",
+    "default_destination_rule_export_to",
+    "local_ity_lb_setting",
+    "locality_lb_setting",
+    "dns_refresh_rate",
+    "ingress_class",
+    "ingress_service",
+    "ingress_controller_mode",
+    "ingress_selector",
+    "protocol_detection_timeout",
+    "tcp_keepalive",
+    "h2_upgrade_policy",
+    "inbound_cluster_stat_name",
+    "outbound_cluster_stat_name",
+    "service_settings",
+    "config_sources",
+    "certificates",
+    "ca_certificates",
+    "discovery_selectors",
+    "path_normalization",
+    "default_http_retry_policy",
+    "mesh_mtls",
+    "tls_defaults",
+    "enable_envoy_access_log_service",
+    "envoy_access_log_service",
+    "envoy_metrics_service",
+    "verify_certificate_at_client",
+    "service_scope_configs",
+)
+
+PROXY_CONFIG_FIELDS = (
+    "hold_application_until_proxy_starts",
+    "config_path",
+    "binary_path",
+    "service_cluster",
+    "drain_duration",
+    "discovery_address",
+    "stats_udp_address",
+    "proxy_admin_port",
+    "control_plane_auth_policy",
+    "custom_config_file",
+    "stat_name_length",
+    "concurrency",
+    "proxy_bootstrap_template_path",
+    "intercept_mode",
+    "tracing",
+    "envoy_access_log_service",
+    "envoy_metrics_service",
+    "proxy_metadata",
+    "status_port",
+    "extra_stat_tags",
+    "termination_drain_duration",
+    "mesh_id",
+    "readiness_probe",
+    "proxy_stats_matcher",
+    "tracing_service_name",
+    "gateway_topology",
+    "private_key_provider",
+    "image",
+    "proxy_headers",
+    "file_flush_interval",
+    "file_flush_min_size_kb",
+    "sds_refresh_interval",
+    "ca_certificates_pem",
+)
+
+MESH_FIELDS = (
+    "outbound_traffic_policy",
+    "connect_timeout",
+    "default_config",
+    "access_log_file",
+    "access_log_encoding",
+    "access_log_format",
+    *IGNORED_FIELDS,
+)
+
+
+def is_mesh_document(value: Any) -> bool:
+    """A kind-less document whose keys look like MeshConfig (rather than an Envoy bootstrap)."""
+    if not isinstance(value, dict) or "kind" in value:
+        return False
+    camel = {"outboundTrafficPolicy", "defaultConfig", "connectTimeout", "accessLogFile"}
+    snake = {"outbound_traffic_policy", "default_config", "access_log_file"}
+    return bool(set(value) & (camel | snake))
+
+
+def mesh_config(node: Node) -> MeshConfig:
+    f = node.fields(*MESH_FIELDS)
+    mode = OutboundTrafficPolicy.ALLOW_ANY
+    if (otp := f.get("outbound_traffic_policy")) is not None:
+        of = otp.fields("mode", "egress_proxy")
+        if (egress := of.get("egress_proxy")) is not None:
+            egress.fail("egressProxy is not supported (it needs istiod's alpha egress routing)")
+        mode = of.opt(
+            "mode",
+            lambda n: OutboundTrafficPolicy(n.enum([m.value for m in OutboundTrafficPolicy])),
+            OutboundTrafficPolicy.ALLOW_ANY,
+        )
+    hold = False
+    if (dc := f.get("default_config")) is not None:
+        df = dc.fields(*PROXY_CONFIG_FIELDS)
+        hold = df.opt("hold_application_until_proxy_starts", Node.boolean, False)
+        if (conc := df.get("concurrency")) is not None:
+            conc.integer(0)
+    if (enc := f.get("access_log_encoding")) is not None:
+        enc.enum(["TEXT", "JSON"])
+    for name in ("access_log_file", "access_log_format"):
+        if (n := f.get(name)) is not None:
+            n.string()
+    default = MeshConfig()
+    return MeshConfig(
+        outbound_traffic_policy=mode,
+        connect_timeout=f.opt("connect_timeout", Node.duration, default.connect_timeout),
+        hold_application_until_proxy_starts=hold,
+    )
+
+
+def is_istio_configmap(value: Any) -> bool:
+    if not isinstance(value, dict) or value.get("kind") != "ConfigMap":
+        return False
+    md = value.get("metadata") or {}
+    name = str(md.get("name", "")) if isinstance(md, dict) else ""
+    return name == "istio" or (name.startswith("istio-") and "mesh" in (value.get("data") or {}))
+
+
+def configmap_mesh(doc: Node) -> MeshConfig:
+    """The `istio` ConfigMap: MeshConfig is the YAML text under data.mesh."""
+    _meta, top = envelope(doc, "data", "binary_data", "immutable")
+    data = top.get("data")
+    if data is None or not isinstance(data.value, dict) or "mesh" not in data.value:
+        return MeshConfig()
+    text_node = data.child("mesh", data.value["mesh"])
+    text = text_node.string()
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1} of the embedded YAML)" if mark else ""
+        raise ConfigError(doc.file, text_node.path + where, f"invalid YAML: {e}") from e
+    return mesh_config(Node(parsed, doc.file, text_node.path))
