@@ -352,6 +352,8 @@ def bootstrap(root: Node) -> Bootstrap:
         sources=(root.file,),
     )
     check_references(result, root)
+    for check in BOOTSTRAP_CHECKS:
+        check(result, root)
     return result
 
 
@@ -380,8 +382,17 @@ def check_references(b: Bootstrap, root: Node) -> None:
         names.add(c.name)
 
 
+# Checks other modules add (the HTTP connection manager's validate_clusters), run after
+# check_references on every loaded bootstrap.
+BOOTSTRAP_CHECKS: list[Callable[[Bootstrap, Node], None]] = []
+
+
 def load_file(path: str) -> Bootstrap:
     docs = load_documents(path)
     if len(docs) != 1:
         raise ConfigError(path, "", f"expected one YAML document (an Envoy bootstrap), got {len(docs)}")
     return bootstrap(docs[0])
+
+
+# The HTTP connection manager registers itself in NETWORK_FILTERS on import.
+from pysidecar.config import envoy_hcm  # noqa: E402,F401

@@ -14,6 +14,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from pysidecar.model.http import HttpConnectionManager
+
 # Envoy's cluster connect_timeout default is 5s; Istio's sidecar sets 10s (MeshConfig.connectTimeout).
 DEFAULT_CONNECT_TIMEOUT = 10.0
 # tcp_proxy idle_timeout: Envoy's and Istio's default is one hour.
@@ -118,9 +120,8 @@ class TcpProxy:
         return tuple(w.name for w in self.weighted_clusters)
 
 
-# The network filters a filter chain can end in. The HTTP connection manager joins this union
-# when the HTTP data path lands.
-NetworkFilter = TcpProxy
+# The network filters a filter chain can end in.
+NetworkFilter = TcpProxy | HttpConnectionManager
 
 
 @dataclass(frozen=True, slots=True)

@@ -142,6 +142,110 @@ class ClusterStats(StatsBlock):
     upstream_cx_connect_ms: Histogram
 
 
+class HttpConnManagerStats(StatsBlock):
+    """`http.<stat_prefix>.`: the HTTP connection manager and its router (no_route, ...)."""
+
+    downstream_cx_total: Counter
+    downstream_cx_destroy: Counter
+    downstream_cx_http1_total: Counter
+    downstream_cx_http2_total: Counter
+    downstream_cx_protocol_error: Counter
+    downstream_cx_rx_bytes_total: Counter
+    downstream_cx_tx_bytes_total: Counter
+    downstream_cx_idle_timeout: Counter
+    downstream_cx_upgrades_total: Counter
+    downstream_rq_total: Counter
+    downstream_rq_http1_total: Counter
+    downstream_rq_1xx: Counter
+    downstream_rq_2xx: Counter
+    downstream_rq_3xx: Counter
+    downstream_rq_4xx: Counter
+    downstream_rq_5xx: Counter
+    downstream_rq_completed: Counter
+    downstream_rq_timeout: Counter
+    downstream_rq_header_timeout: Counter
+    downstream_rq_rx_reset: Counter
+    downstream_rq_tx_reset: Counter
+    downstream_rq_ws_on_non_ws_route: Counter
+    downstream_flow_control_paused_reading_total: Counter
+    downstream_flow_control_resumed_reading_total: Counter
+    no_route: Counter
+    no_cluster: Counter
+    rq_direct_response: Counter
+    rq_total: Counter
+    downstream_cx_active: Gauge
+    downstream_cx_http1_active: Gauge
+    downstream_cx_upgrades_active: Gauge
+    downstream_rq_active: Gauge
+    downstream_rq_time: Histogram
+    downstream_cx_length_ms: Histogram
+
+
+class _OpenBlock:
+    """A base without __slots__: gives a block a __dict__ for a table sized by the traffic."""
+
+
+class ClusterHttpStats(StatsBlock, _OpenBlock):
+    """`cluster.<name>.upstream_rq_*`: requests through a cluster; `upstream_rq_<code>` per
+    status code seen (Envoy creates those on first use, so they live in a dict)."""
+
+    upstream_rq_total: Counter
+    upstream_rq_completed: Counter
+    upstream_rq_1xx: Counter
+    upstream_rq_2xx: Counter
+    upstream_rq_3xx: Counter
+    upstream_rq_4xx: Counter
+    upstream_rq_5xx: Counter
+    upstream_rq_timeout: Counter
+    upstream_rq_per_try_timeout: Counter
+    upstream_rq_retry: Counter
+    upstream_rq_retry_success: Counter
+    upstream_rq_retry_limit_exceeded: Counter
+    upstream_rq_pending_total: Counter
+    upstream_rq_pending_failure_eject: Counter
+    upstream_rq_rx_reset: Counter
+    upstream_rq_tx_reset: Counter
+    upstream_cx_http1_total: Counter
+    upstream_cx_idle_timeout: Counter
+    upstream_rq_active: Gauge
+    upstream_rq_pending_active: Gauge
+    upstream_rq_time: Histogram
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(scope)
+        self.codes: dict[int, int] = {}
+
+    def count_code(self, code: int) -> None:
+        self.codes[code] = self.codes.get(code, 0) + 1
+
+    def items(self) -> Iterator[tuple[str, Kind, object]]:
+        yield from super().items()
+        for code, n in sorted(self.codes.items()):
+            yield f"{self.scope}upstream_rq_{code}", "counter", n
+
+    def reset_counters(self) -> None:
+        super().reset_counters()
+        self.codes = dict.fromkeys(self.codes, 0)
+
+
+class HttpInspectorStats(StatsBlock):
+    read_error: Counter
+    http10_found: Counter
+    http11_found: Counter
+    http2_found: Counter
+    http_not_found: Counter
+
+
+class TlsInspectorStats(StatsBlock):
+    client_hello_too_large: Counter
+    tls_found: Counter
+    tls_not_found: Counter
+    alpn_found: Counter
+    alpn_not_found: Counter
+    sni_found: Counter
+    sni_not_found: Counter
+
+
 def listener_scope(address: str) -> str:
     """`listener.0.0.0.0_15001.`: Envoy names listener stats by address."""
     return f"listener.{address}."
@@ -178,6 +282,18 @@ class StatsStore:
 
     def tcp(self, stat_prefix: str) -> TcpProxyStats:
         return self.block(TcpProxyStats, tcp_scope(stat_prefix))
+
+    def http(self, stat_prefix: str) -> HttpConnManagerStats:
+        return self.block(HttpConnManagerStats, f"http.{stat_prefix}.")
+
+    def cluster_http(self, name: str) -> ClusterHttpStats:
+        return self.block(ClusterHttpStats, cluster_scope(name))
+
+    def http_inspector(self) -> HttpInspectorStats:
+        return self.block(HttpInspectorStats, "http_inspector.")
+
+    def tls_inspector(self) -> TlsInspectorStats:
+        return self.block(TlsInspectorStats, "tls_inspector.")
 
     def snapshot(self) -> dict[str, tuple[Kind, object]]:
         out: dict[str, tuple[Kind, object]] = {}

@@ -6,6 +6,14 @@ Promises:
   filter chain, and switches the transport's protocol to the chain's network filter. The
   listener's stats (downstream_cx_total / _active / _destroy, no_filter_chain_match) count it
   on the listener that finally handles it, as Envoy does.
+- Sniffing (listener filters tls_inspector / http_inspector) runs only when the handling
+  listener has those filters and one of its chains can only be chosen with what they find;
+  otherwise the chain is chosen at accept, without waiting for a byte. Sniffing reads until
+  the inspectors can decide, the peer closes, or the listener filters timeout (Envoy's 15 s
+  default) passes, then continues with what it has (continue_on_listener_filters_timeout):
+  a server-first protocol waits that long, as on Envoy, and is then proxied as TCP.
+- The h2c preface is reported as not-HTTP to chain matching until an HTTP/2 codec exists, so
+  such connections take the listener's TCP chain.
 - The decision is made on the config snapshot current at accept time; the connection keeps
   it until it closes, whatever reloads happen meanwhile.
 """
@@ -17,8 +25,13 @@ import logging
 from typing import TYPE_CHECKING, cast
 
 from pysidecar.model import Listener, ListenerFilter, SocketAddress, TcpProxy
+from pysidecar.model.http import HttpConnectionManager
 from pysidecar.observe.stats import ListenerStats
-from pysidecar.proxy.listener_table import ConnectionInfo, select_filter_chain
+from pysidecar.proxy.http.compiled import compiled
+from pysidecar.proxy.http.conn_manager import HttpConnection
+from pysidecar.proxy.http.pool import pools_for
+from pysidecar.proxy.inspect import MAX_CLIENT_HELLO, TOO_LARGE, Inspection, TlsHello, decide
+from pysidecar.proxy.listener_table import ConnectionInfo, needs_inspection, select_filter_chain
 from pysidecar.proxy.original_dst import original_dst
 from pysidecar.proxy.tcp_proxy import TcpProxySession
 
@@ -27,11 +40,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Envoy's listener_filters_timeout default; Istio continues on timeout, and so do we.
+LISTENER_FILTERS_TIMEOUT = 15.0
+# HTTP/2 (h2c) has no codec yet: such connections are matched as not-HTTP.
+HTTP2_SUPPORTED = False
+
 
 class ActiveConnection(asyncio.Protocol):
     """The protocol every listener socket starts a connection with."""
 
-    __slots__ = ("bound", "listener", "stats", "transport", "worker")
+    __slots__ = (
+        "bound",
+        "destination",
+        "listener",
+        "snapshot",
+        "sniff_buf",
+        "sniff_timer",
+        "stats",
+        "transport",
+        "worker",
+    )
 
     def __init__(self, worker: Worker, bound: Listener) -> None:
         self.worker = worker
@@ -39,6 +67,10 @@ class ActiveConnection(asyncio.Protocol):
         self.listener = bound
         self.stats: ListenerStats | None = None
         self.transport: asyncio.Transport | None = None
+        self.snapshot: Snapshot | None = None
+        self.destination: SocketAddress | None = None
+        self.sniff_buf = b""
+        self.sniff_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -55,7 +87,82 @@ class ActiveConnection(asyncio.Protocol):
         self.stats = stats
         stats.downstream_cx_total += 1
         stats.downstream_cx_active += 1
+        filters = listener.listener_filters
+        sniff_tls = ListenerFilter.TLS_INSPECTOR in filters
+        sniff_http = ListenerFilter.HTTP_INSPECTOR in filters
+        if (sniff_tls or sniff_http) and needs_inspection(listener):
+            self.snapshot = snapshot
+            self.destination = destination
+            self.sniff_timer = self.worker.loop.call_later(LISTENER_FILTERS_TIMEOUT, self._sniff_timeout)
+            return
         self.dispatch(snapshot, ConnectionInfo(destination), b"")
+
+    # -- sniffing (listener filters) ---------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        self.sniff_buf += data
+        self._inspect(eof=len(self.sniff_buf) >= MAX_CLIENT_HELLO)
+
+    def eof_received(self) -> bool:
+        proto = self._inspect(eof=True)
+        eof = getattr(proto, "eof_received", None)
+        return bool(eof()) if eof is not None else False
+
+    def _sniff_timeout(self) -> None:
+        self.sniff_timer = None
+        self._inspect(eof=True)
+
+    def _inspect(self, eof: bool) -> asyncio.BaseProtocol | None:
+        """Decide when the inspectors can; returns the protocol that took the connection over."""
+        filters = self.listener.listener_filters
+        found = decide(
+            self.sniff_buf,
+            ListenerFilter.TLS_INSPECTOR in filters,
+            ListenerFilter.HTTP_INSPECTOR in filters,
+            eof,
+        )
+        if found is None or self.transport is None or self.snapshot is None:
+            return None
+        if self.sniff_timer is not None:
+            self.sniff_timer.cancel()
+            self.sniff_timer = None
+        self._count(found)
+        protocols = found.application_protocols
+        if protocols == ("h2c",) and not HTTP2_SUPPORTED:
+            protocols = ()
+        assert self.destination is not None
+        info = ConnectionInfo(self.destination, found.transport_protocol, found.server_name, protocols)
+        initial, self.sniff_buf = self.sniff_buf, b""
+        self.dispatch(self.snapshot, info, initial)
+        return self.transport.get_protocol()
+
+    def _count(self, found: Inspection) -> None:
+        filters = self.listener.listener_filters
+        if ListenerFilter.TLS_INSPECTOR in filters:
+            t = self.worker.stats.tls_inspector()
+            if isinstance(found.tls, TlsHello):
+                t.tls_found += 1
+                if found.tls.server_name:
+                    t.sni_found += 1
+                else:
+                    t.sni_not_found += 1
+                if found.tls.alpn:
+                    t.alpn_found += 1
+                else:
+                    t.alpn_not_found += 1
+            else:
+                t.tls_not_found += 1
+                if found.tls == TOO_LARGE:
+                    t.client_hello_too_large += 1
+        if ListenerFilter.HTTP_INSPECTOR in filters and found.transport_protocol != "tls":
+            h = self.worker.stats.http_inspector()
+            if found.http == "http/1.1":
+                h.http11_found += 1
+            elif found.http == "http/1.0":
+                h.http10_found += 1
+            elif found.http == "h2c":
+                h.http2_found += 1
+            else:
+                h.http_not_found += 1
 
     def dispatch(self, snapshot: Snapshot, info: ConnectionInfo, initial: bytes) -> None:
         transport = self.transport
@@ -85,6 +192,24 @@ class ActiveConnection(asyncio.Protocol):
             transport.set_protocol(session)
             session.start(transport, initial, self.worker.clusters, self.worker.rng)
             return
+        if isinstance(network_filter, HttpConnectionManager):
+            conn = HttpConnection(
+                self.worker,
+                pools_for(self.worker, self.worker.loop),
+                compiled(network_filter, self.listener.traffic_direction),
+                info.destination,
+                self.listener.per_connection_buffer_limit_bytes,
+                self.closed,
+            )
+            conn.listener_name = self.listener.name
+            conn.local_address = str(info.destination)
+            peer = transport.get_extra_info("peername")
+            if peer:
+                conn.peer = str(SocketAddress(str(peer[0]), int(peer[1])))
+            self.worker.connections.add(conn)
+            transport.set_protocol(conn)
+            conn.start(transport, initial)
+            return
         raise AssertionError(f"no data path for network filter {type(network_filter).__name__}")
 
     def closed(self, session: object) -> None:
@@ -100,9 +225,9 @@ class ActiveConnection(asyncio.Protocol):
                 info.upstream_cluster = session.cluster.config.name
             self.worker.stream_complete(info)
 
-    def data_received(self, data: bytes) -> None:  # pragma: no cover - replaced at dispatch
-        raise AssertionError("data before dispatch")
-
     def connection_lost(self, exc: Exception | None) -> None:
         # Only reached when the connection ends before a network filter took it over.
+        if self.sniff_timer is not None:
+            self.sniff_timer.cancel()
+            self.sniff_timer = None
         self.closed(None)

@@ -1,0 +1,544 @@
+"""Envoy YAML → `HttpConnectionManager`: the HTTP connection manager's parser and checks.
+
+Promises:
+- Registers `envoy.filters.network.http_connection_manager` in `config.envoy.NETWORK_FILTERS`
+  (importing this module is enough; `config.envoy` imports it at its end).
+- Accepts the fields listed in each parser below (snake_case or camelCase); any other field,
+  an HTTP filter other than the router (and the small Lua subset), a router that is missing or
+  not last, or a regex that does not compile is a `ConfigError` naming the file and YAML path.
+- A static `route_config` whose routes name a cluster the bootstrap does not define is refused
+  at load, as Envoy's `validate_clusters` (default true for inline route configs) does.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pysidecar.config import envoy
+from pysidecar.config.node import Fields, Node
+from pysidecar.model import Bootstrap
+from pysidecar.model.http import (
+    ClusterWeight,
+    CodecType,
+    Decorator,
+    DirectResponse,
+    HeaderAppendAction,
+    HeaderMatcher,
+    HeaderMutations,
+    HeaderValueOption,
+    HttpConnectionManager,
+    HttpFilter,
+    LuaHeaderAdd,
+    RegexRewrite,
+    RetryPolicy,
+    Route,
+    RouteAction,
+    RouteConfiguration,
+    RouteMatch,
+    VirtualHost,
+)
+
+HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
+LUA_TYPE = "envoy.extensions.filters.http.lua.v3.Lua"
+HTTP_FILTER_NAMES = {
+    "envoy.filters.http.router": ROUTER_TYPE,
+    "envoy.router": ROUTER_TYPE,
+    "envoy.filters.http.lua": LUA_TYPE,
+    "envoy.lua": LUA_TYPE,
+}
+
+# The retry_on conditions Envoy knows for HTTP routes; the router acts on all of them.
+RETRY_ON = frozenset(
+    {
+        "5xx",
+        "gateway-error",
+        "reset",
+        "reset-before-request",
+        "connect-failure",
+        "envoy-ratelimited",
+        "retriable-4xx",
+        "refused-stream",
+        "retriable-status-codes",
+        "retriable-headers",
+        "http3-post-connect-failure",
+        # gRPC conditions: meaningful only with HTTP/2 upstreams; accepted as Istio sends them.
+        "cancelled",
+        "deadline-exceeded",
+        "internal",
+        "resource-exhausted",
+        "unavailable",
+    }
+)
+
+
+# -- small shapes ----------------------------------------------------------------------------
+
+
+def regex(node: Node) -> str:
+    """A RegexMatcher: `{google_re2: {...}, regex: "..."}`, checked to compile."""
+    f = node.fields("google_re2", "regex")
+    if (g := f.get("google_re2")) is not None:
+        g.fields("max_program_size")
+    pattern_node = f.require("regex")
+    pattern = pattern_node.string()
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        pattern_node.fail(f"invalid regex {pattern!r}: {e}")
+    return pattern
+
+
+def header_value_option(node: Node) -> HeaderValueOption:
+    f = node.fields("header", "append", "append_action", "keep_empty_value")
+    hf = f.require("header").fields("key", "value", "raw_value")
+    key = hf.require("key").string().lower()
+    if not key or key.startswith(":") or key == "host":
+        hf.require("key").fail(
+            f"cannot add header {key!r}: pseudo headers and host are not mutable"
+        )
+    value = hf.get("value") or hf.get("raw_value")
+    action = HeaderAppendAction.APPEND_IF_EXISTS_OR_ADD
+    if (append := f.get("append")) is not None:
+        action = (
+            HeaderAppendAction.APPEND_IF_EXISTS_OR_ADD
+            if append.boolean()
+            else HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
+        )
+    if (aa := f.get("append_action")) is not None:
+        if "append" in f:
+            aa.fail("set either 'append' or 'append_action', not both")
+        action = HeaderAppendAction(aa.enum([a.value for a in HeaderAppendAction]))
+    f.opt("keep_empty_value", Node.boolean, False)
+    return HeaderValueOption(key, value.string() if value is not None else "", action)
+
+
+MUTATION_FIELDS = (
+    "request_headers_to_add",
+    "request_headers_to_remove",
+    "response_headers_to_add",
+    "response_headers_to_remove",
+)
+
+
+def mutations(f: Fields) -> HeaderMutations:
+    return HeaderMutations(
+        request_headers_to_add=tuple(
+            header_value_option(n) for n in f.list("request_headers_to_add")
+        ),
+        request_headers_to_remove=tuple(
+            n.string().lower() for n in f.list("request_headers_to_remove")
+        ),
+        response_headers_to_add=tuple(
+            header_value_option(n) for n in f.list("response_headers_to_add")
+        ),
+        response_headers_to_remove=tuple(
+            n.string().lower() for n in f.list("response_headers_to_remove")
+        ),
+    )
+
+
+def header_matcher(node: Node) -> HeaderMatcher:
+    f = node.fields(
+        "name", "exact_match", "prefix_match", "suffix_match", "contains_match",
+        "safe_regex_match", "present_match", "invert_match", "string_match",
+    )  # fmt: skip
+    name = f.require("name").string().lower()
+    kinds: dict[str, str | bool | None] = {}
+    if (sm := f.get("string_match")) is not None:
+        sf = sm.fields("exact", "prefix", "suffix", "contains", "safe_regex", "ignore_case")
+        if sf.opt("ignore_case", Node.boolean, False):
+            sm.fail("ignore_case is not supported")
+        for k in ("exact", "prefix", "suffix", "contains"):
+            if (v := sf.get(k)) is not None:
+                kinds[k] = v.string()
+        if (rx := sf.get("safe_regex")) is not None:
+            kinds["safe_regex"] = regex(rx)
+    for k in ("exact", "prefix", "suffix", "contains"):
+        if (v := f.get(f"{k}_match")) is not None:
+            kinds[k] = v.string()
+    if (rx := f.get("safe_regex_match")) is not None:
+        kinds["safe_regex"] = regex(rx)
+    if (pm := f.get("present_match")) is not None:
+        kinds["present_match"] = pm.boolean()
+    if len(kinds) > 1:
+        node.fail("expected at most one match kind")
+    return HeaderMatcher(
+        name=name,
+        exact=_str(kinds.get("exact")),
+        prefix=_str(kinds.get("prefix")),
+        suffix=_str(kinds.get("suffix")),
+        contains=_str(kinds.get("contains")),
+        safe_regex=_str(kinds.get("safe_regex")),
+        # No match kind at all means "present" in Envoy.
+        present_match=bool(kinds["present_match"])
+        if "present_match" in kinds
+        else (None if kinds else True),
+        invert_match=f.opt("invert_match", Node.boolean, False),
+    )
+
+
+def _str(v: str | bool | None) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def route_match(node: Node) -> RouteMatch:
+    f = node.fields(
+        "prefix", "path", "safe_regex", "path_separated_prefix", "headers", "case_sensitive"
+    )
+    kinds = [k for k in ("prefix", "path", "safe_regex", "path_separated_prefix") if k in f]
+    if len(kinds) != 1:
+        node.fail("expected exactly one of prefix, path, safe_regex, path_separated_prefix")
+    sep = f.get("path_separated_prefix")
+    if sep is not None and (not sep.string().startswith("/") or sep.string().endswith("/")):
+        sep.fail("expected a prefix starting with '/' and not ending with '/'")
+    return RouteMatch(
+        prefix=f.opt("prefix", Node.string, None),
+        path=f.opt("path", Node.string, None),
+        safe_regex=f.opt("safe_regex", regex, None),
+        path_separated_prefix=sep.string() if sep is not None else None,
+        headers=tuple(header_matcher(n) for n in f.list("headers")),
+        case_sensitive=f.opt("case_sensitive", Node.boolean, True),
+    )
+
+
+def retry_policy(node: Node) -> RetryPolicy:
+    f = node.fields(
+        "retry_on", "num_retries", "per_try_timeout", "retriable_status_codes", "retry_back_off",
+        "retry_host_predicate", "host_selection_retry_max_attempts", "per_try_idle_timeout",
+    )  # fmt: skip
+    on: tuple[str, ...] = ()
+    if (ro := f.get("retry_on")) is not None:
+        on = tuple(p.strip() for p in ro.string().split(",") if p.strip())
+        for cond in on:
+            if cond not in RETRY_ON:
+                ro.fail(
+                    f"unknown retry_on condition {cond!r}; expected some of: {', '.join(sorted(RETRY_ON))}"
+                )
+    for pred in f.list("retry_host_predicate"):
+        pred.fields("name", "typed_config")  # previous_hosts: we pick hosts afresh anyway
+    f.opt("host_selection_retry_max_attempts", lambda n: n.integer(0), 1)
+    base, cap = 0.025, None
+    if (bo := f.get("retry_back_off")) is not None:
+        bf = bo.fields("base_interval", "max_interval")
+        base = bf.require("base_interval").duration()
+        if base <= 0:
+            bf.require("base_interval").fail("expected a duration above 0")
+        cap = bf.opt("max_interval", Node.duration, None)
+        if cap is not None and cap < base:
+            bf.require("max_interval").fail("expected max_interval >= base_interval")
+    f.opt("per_try_idle_timeout", Node.duration, 0.0)
+    return RetryPolicy(
+        retry_on=on,
+        num_retries=f.opt("num_retries", lambda n: n.integer(0), 1),
+        per_try_timeout=f.opt("per_try_timeout", Node.duration, 0.0),
+        retriable_status_codes=tuple(n.integer(100, 599) for n in f.list("retriable_status_codes")),
+        base_interval=base,
+        max_interval=cap,
+    )
+
+
+def route_action(node: Node) -> RouteAction:
+    f = node.fields(
+        "cluster", "weighted_clusters", "timeout", "idle_timeout", "retry_policy", "prefix_rewrite",
+        "regex_rewrite", "host_rewrite_literal", "cluster_not_found_response_code",
+        "max_grpc_timeout", "max_stream_duration",
+    )  # fmt: skip
+    cluster = f.get("cluster")
+    weighted = f.get("weighted_clusters")
+    if (cluster is None) == (weighted is None):
+        node.fail("expected exactly one of 'cluster' or 'weighted_clusters'")
+    weights: list[ClusterWeight] = []
+    if weighted is not None:
+        wf = weighted.fields("clusters", "total_weight", "runtime_key_prefix")
+        for c in wf.list("clusters"):
+            cf = c.fields("name", "weight", *MUTATION_FIELDS)
+            weights.append(
+                ClusterWeight(
+                    cf.require("name").string(), cf.require("weight").integer(0), mutations(cf)
+                )
+            )
+        if not weights or sum(w.weight for w in weights) == 0:
+            weighted.fail("expected at least one cluster with a weight above 0")
+        if (tw := wf.get("total_weight")) is not None and tw.integer(1) != sum(
+            w.weight for w in weights
+        ):
+            tw.fail(
+                f"total_weight {tw.value} is not the sum of the weights ({sum(w.weight for w in weights)})"
+            )
+    if (mgt := f.get("max_grpc_timeout")) is not None:
+        mgt.duration()
+    if (msd := f.get("max_stream_duration")) is not None:
+        msd.fields("max_stream_duration", "grpc_timeout_header_max")
+    rewrite: RegexRewrite | None = None
+    if (rr := f.get("regex_rewrite")) is not None:
+        rf = rr.fields("pattern", "substitution")
+        rewrite = RegexRewrite(regex(rf.require("pattern")), rf.require("substitution").string())
+    if rewrite is not None and "prefix_rewrite" in f:
+        node.fail("set either 'prefix_rewrite' or 'regex_rewrite', not both")
+    cnf = f.get("cluster_not_found_response_code")
+    return RouteAction(
+        cluster=cluster.string() if cluster is not None else None,
+        weighted_clusters=tuple(weights),
+        timeout=f.opt("timeout", Node.duration, 15.0),
+        idle_timeout=f.opt("idle_timeout", Node.duration, 0.0),
+        retry_policy=f.opt("retry_policy", retry_policy, None),
+        prefix_rewrite=f.opt("prefix_rewrite", Node.string, None),
+        regex_rewrite=rewrite,
+        host_rewrite_literal=f.opt("host_rewrite_literal", Node.string, None),
+        cluster_not_found_response_code=(
+            {"SERVICE_UNAVAILABLE": 503, "NOT_FOUND": 404, "INTERNAL_SERVER_ERROR": 500}[
+                cnf.enum(["SERVICE_UNAVAILABLE", "NOT_FOUND", "INTERNAL_SERVER_ERROR"])
+            ]
+            if cnf is not None
+            else 503
+        ),
+    )
+
+
+def direct_response(node: Node) -> DirectResponse:
+    f = node.fields("status", "body")
+    body = ""
+    if (b := f.get("body")) is not None:
+        bf = b.fields("inline_string", "inline_bytes", "filename")
+        if "filename" in bf:
+            bf.require("filename").fail("a body from a file is not supported; use inline_string")
+        body = bf.opt("inline_string", Node.string, "") or bf.opt("inline_bytes", Node.string, "")
+    return DirectResponse(f.require("status").integer(200, 599), body)
+
+
+def route(node: Node, index: int) -> Route:
+    f = node.fields(
+        "name", "match", "route", "direct_response", "decorator", "typed_per_filter_config",
+        *MUTATION_FIELDS,
+    )  # fmt: skip
+    if ("route" in f) == ("direct_response" in f):
+        node.fail("expected exactly one of 'route' or 'direct_response'")
+    if (tpfc := f.get("typed_per_filter_config")) is not None and tpfc.value:
+        tpfc.fail("per-filter route config is not supported")
+    dec = f.get("decorator")
+    return Route(
+        match=route_match(f.require("match")),
+        name=f.opt("name", Node.string, ""),
+        route=f.opt("route", route_action, None),
+        direct_response=f.opt("direct_response", direct_response, None),
+        decorator=Decorator(dec.fields("operation", "propagate").require("operation").string())
+        if dec is not None
+        else None,
+        mutations=mutations(f),
+    )
+
+
+def virtual_host(node: Node) -> VirtualHost:
+    f = node.fields(
+        "name", "domains", "routes", "retry_policy", "include_request_attempt_count",
+        "include_attempt_count_in_response", *MUTATION_FIELDS,
+    )  # fmt: skip
+    domains_node = f.require("domains")
+    domains = tuple(n.string().lower() for n in domains_node.items())
+    if not domains:
+        domains_node.fail("expected at least one domain")
+    for i, d in enumerate(domains):
+        if ("*" in d and not (d == "*" or d.startswith("*") or d.endswith("*"))) or d.count(
+            "*"
+        ) > 1:
+            domains_node.child(i, d).fail(
+                f"a wildcard must be the whole domain, its start or its end: {d!r}"
+            )
+    f.opt("include_attempt_count_in_response", Node.boolean, False)
+    return VirtualHost(
+        name=f.require("name").string(),
+        domains=domains,
+        routes=tuple(route(n, i) for i, n in enumerate(f.list("routes"))),
+        mutations=mutations(f),
+        retry_policy=f.opt("retry_policy", retry_policy, None),
+        include_request_attempt_count=f.opt("include_request_attempt_count", Node.boolean, False),
+    )
+
+
+def route_configuration(node: Node) -> RouteConfiguration:
+    f = node.fields(
+        "name", "virtual_hosts", "validate_clusters", "ignore_port_in_host_matching",
+        "max_direct_response_body_size_bytes", *MUTATION_FIELDS,
+    )  # fmt: skip
+    hosts = tuple(virtual_host(n) for n in f.list("virtual_hosts"))
+    seen: dict[str, str] = {}
+    for i, vh in enumerate(hosts):
+        for d in vh.domains:
+            if d in seen:
+                f.require("virtual_hosts").child(i, None).fail(
+                    f"domain {d!r} is already in virtual host {seen[d]!r}"
+                )
+            seen[d] = vh.name
+    f.opt("max_direct_response_body_size_bytes", lambda n: n.integer(0), 4096)
+    return RouteConfiguration(
+        name=f.opt("name", Node.string, ""),
+        virtual_hosts=hosts,
+        mutations=mutations(f),
+        validate_clusters=f.opt("validate_clusters", Node.boolean, True),
+        ignore_port_in_host_matching=f.opt("ignore_port_in_host_matching", Node.boolean, False),
+    )
+
+
+# -- HTTP filters ----------------------------------------------------------------------------
+
+_LUA_FUNCTION = re.compile(
+    r"function\s+(envoy_on_request|envoy_on_response)\s*\(\s*(\w+)\s*\)(.*?)\bend\b", re.S
+)
+_LUA_ADD = re.compile(r"""^(\w+):headers\(\):add\(\s*(["'])(.*?)\2\s*,\s*(["'])(.*?)\4\s*\)$""")
+
+
+def lua_adds(node: Node, code: str) -> tuple[LuaHeaderAdd, ...]:
+    """The supported Lua subset: functions whose every statement is `h:headers():add("k","v")`."""
+    adds: list[LuaHeaderAdd] = []
+    rest = _LUA_FUNCTION.sub("", code)
+    if rest.strip() and not all(
+        line.strip().startswith("--") for line in rest.strip().splitlines()
+    ):
+        node.fail("only envoy_on_request / envoy_on_response functions are supported in Lua")
+    for fn, handle, body in _LUA_FUNCTION.findall(code):
+        for line in body.splitlines():
+            stmt = line.strip().rstrip(";")
+            if not stmt or stmt.startswith("--"):
+                continue
+            m = _LUA_ADD.match(stmt)
+            if m is None or m.group(1) != handle:
+                node.fail(
+                    f"unsupported Lua statement {stmt!r}: only "
+                    f'{handle}:headers():add("name", "value") is supported'
+                )
+            adds.append(LuaHeaderAdd(fn == "envoy_on_response", m.group(3).lower(), m.group(5)))
+    return tuple(adds)
+
+
+def http_filter(node: Node) -> HttpFilter:
+    type_name, config = envoy._filter_type(node, HTTP_FILTER_NAMES)
+    name = node.fields("name", "typed_config").require("name").string()
+    if type_name == ROUTER_TYPE:
+        rf = config.fields("@type", "suppress_envoy_headers", "start_child_span", "dynamic_stats")
+        if rf.opt("suppress_envoy_headers", Node.boolean, False):
+            rf.require("suppress_envoy_headers").fail("suppress_envoy_headers is not supported")
+        return HttpFilter(name, type_name)
+    if type_name == LUA_TYPE:
+        lf = config.fields("@type", "inline_code", "default_source_code")
+        code_node = lf.get("inline_code")
+        if code_node is None:
+            config.fail("only Lua filters with inline_code are supported")
+        return HttpFilter(name, type_name, lua_adds(code_node, code_node.string()))
+    node.fail(
+        f"unsupported HTTP filter type {type_name!r}; supported: {ROUTER_TYPE}, {LUA_TYPE} "
+        "(headers():add only)"
+    )
+
+
+def http_filters(node: Node) -> tuple[HttpFilter, ...]:
+    items = node.items()
+    filters = tuple(http_filter(n) for n in items)
+    routers = [i for i, f in enumerate(filters) if f.type_url == ROUTER_TYPE]
+    if not routers:
+        node.fail("expected the router filter (envoy.filters.http.router) as the last HTTP filter")
+    if routers != [len(filters) - 1]:
+        items[routers[0]].fail("the router filter must be the last HTTP filter, and only once")
+    return filters
+
+
+# -- the connection manager ------------------------------------------------------------------
+
+
+def http_connection_manager(node: Node) -> HttpConnectionManager:
+    f = node.fields(
+        "@type", "stat_prefix", "codec_type", "route_config", "http_filters", "server_name",
+        "tracing", "request_headers_timeout", "stream_idle_timeout", "request_timeout",
+        "common_http_protocol_options", "max_request_headers_kb", "upgrade_configs",
+        "use_remote_address", "normalize_path", "merge_slashes", "path_with_escaped_slashes_action",
+        "request_id_extension", "generate_request_id", "proxy_100_continue", "http_protocol_options",
+        "server_header_transformation", "delayed_close_timeout", "drain_timeout",
+    )  # fmt: skip
+    if "rds" in (node.value or {}):
+        node.fail("rds is not supported: give an inline route_config")
+    route_node = f.require("route_config")
+    if (ura := f.get("use_remote_address")) is not None and ura.boolean():
+        ura.fail("use_remote_address: true is not supported (a sidecar keeps it false)")
+    if (gri := f.get("generate_request_id")) is not None and not gri.boolean():
+        gri.fail("generate_request_id: false is not supported")
+    if (sht := f.get("server_header_transformation")) is not None:
+        sht.enum(["OVERWRITE"])
+    if (pe := f.get("path_with_escaped_slashes_action")) is not None:
+        pe.enum(["KEEP_UNCHANGED", "IMPLEMENTATION_SPECIFIC_DEFAULT"])
+    for flag in ("normalize_path", "merge_slashes"):
+        f.opt(flag, Node.boolean, False)
+    if (rid := f.get("request_id_extension")) is not None:
+        tc = rid.fields("typed_config").require("typed_config")
+        if tc.type_url() != "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig":
+            tc.fail("only the uuid request id extension is supported")
+    idle = 3600.0
+    if (cpo := f.get("common_http_protocol_options")) is not None:
+        cf = cpo.fields("idle_timeout", "max_headers_count", "headers_with_underscores_action")
+        idle = cf.opt("idle_timeout", Node.duration, 3600.0)
+        cf.opt("max_headers_count", lambda n: n.integer(1), 100)
+    if (hpo := f.get("http_protocol_options")) is not None:
+        hpo.fields("accept_http_10")
+    f.opt("request_timeout", Node.duration, 0.0)
+    f.opt("delayed_close_timeout", Node.duration, 1.0)
+    f.opt("drain_timeout", Node.duration, 5.0)
+    upgrades: list[str] = []
+    for u in f.list("upgrade_configs"):
+        uf = u.fields("upgrade_type", "enabled")
+        if uf.opt("enabled", Node.boolean, True):
+            upgrades.append(uf.require("upgrade_type").string().lower())
+    if (tr := f.get("tracing")) is not None:
+        tr.fields(
+            "client_sampling", "random_sampling", "overall_sampling", "custom_tags", "provider",
+            "max_path_tag_length", "verbose", "spawn_upstream_span",
+        )  # fmt: skip
+    codec = f.opt(
+        "codec_type", lambda n: CodecType(n.enum([c.value for c in CodecType])), CodecType.AUTO
+    )
+    if codec is CodecType.HTTP2:
+        f.require("codec_type").fail("codec_type HTTP2 is not supported yet (HTTP/1.1 only)")
+    return HttpConnectionManager(
+        stat_prefix=f.require("stat_prefix").string(),
+        route_config=route_configuration(route_node),
+        codec_type=codec,
+        http_filters=http_filters(f.require("http_filters")),
+        server_name=f.opt("server_name", Node.string, "envoy"),
+        tracing="tracing" in f,
+        request_headers_timeout=f.opt("request_headers_timeout", Node.duration, 10.0),
+        stream_idle_timeout=f.opt("stream_idle_timeout", Node.duration, 300.0),
+        idle_timeout=idle,
+        max_request_headers_kb=f.opt("max_request_headers_kb", lambda n: n.integer(1, 8192), 60),
+        upgrade_types=tuple(upgrades),
+        proxy_100_continue=f.opt("proxy_100_continue", Node.boolean, False),
+    )
+
+
+def check_route_clusters(b: Bootstrap, root: Node) -> None:
+    """Envoy's validate_clusters: every cluster a static route names must exist."""
+    known = {c.name for c in b.clusters}
+    listeners = root.child("static_resources", None).child("listeners", None)
+    for li, lis in enumerate(b.listeners):
+        chains = [(f"filter_chains[{ci}]", c) for ci, c in enumerate(lis.filter_chains)]
+        if lis.default_filter_chain is not None:
+            chains.append(("default_filter_chain", lis.default_filter_chain))
+        for where, chain in chains:
+            for fi, nf in enumerate(chain.filters):
+                if (
+                    not isinstance(nf, HttpConnectionManager)
+                    or not nf.route_config.validate_clusters
+                ):
+                    continue
+                for vi, vh in enumerate(nf.route_config.virtual_hosts):
+                    for ri, r in enumerate(vh.routes):
+                        for name in r.route.cluster_names if r.route is not None else ():
+                            if name not in known:
+                                listeners.child(li, None).child(
+                                    f"{where}.filters[{fi}].typed_config.route_config."
+                                    f"virtual_hosts[{vi}].routes[{ri}].route",
+                                    None,
+                                ).fail(f"unknown cluster {name!r} (validate_clusters)")
+
+
+envoy.NETWORK_FILTERS[HCM_TYPE] = http_connection_manager
+envoy.NETWORK_FILTER_NAMES["envoy.filters.network.http_connection_manager"] = HCM_TYPE
+envoy.NETWORK_FILTER_NAMES["envoy.http_connection_manager"] = HCM_TYPE
+envoy.BOOTSTRAP_CHECKS.append(check_route_clusters)

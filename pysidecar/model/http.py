@@ -1,0 +1,270 @@
+"""The HTTP part of the model: envoy.filters.network.http_connection_manager and its routes.
+
+Promises:
+- Frozen dataclasses named after Envoy's v3 API messages and fields (HttpConnectionManager,
+  RouteConfiguration, VirtualHost, Route, RouteMatch, RouteAction, RetryPolicy, ...), so each
+  field can be looked up in Envoy's reference under the same name. No I/O.
+- Defaults are plain Envoy's (route timeout 15 s, one retry when a retry_policy is present,
+  backoff 25 ms / 250 ms); Istio's front end sets Istio's values explicitly.
+- Regexes are kept as source text; the router compiles them once per config
+  (`proxy.http.router`), and the front end has already checked they compile.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+# Plain Envoy's route timeout when a route does not set one (Istio always sets 0s).
+DEFAULT_ROUTE_TIMEOUT = 15.0
+# Envoy's retry backoff: base_interval 25 ms, max_interval 10x base.
+DEFAULT_RETRY_BASE_INTERVAL = 0.025
+# HCM request_headers_timeout: Envoy's default is 0 (off); a sidecar facing untrusted clients
+# needs a bound on slow header senders, so ours defaults to 10 s (configurable by the field).
+DEFAULT_REQUEST_HEADERS_TIMEOUT = 10.0
+# max_request_headers_kb: Envoy's default 60 KiB, answered with 431 when exceeded.
+DEFAULT_MAX_REQUEST_HEADERS_KB = 60
+# common_http_protocol_options.idle_timeout: Envoy's default one hour.
+DEFAULT_HTTP_IDLE_TIMEOUT = 3600.0
+
+
+class HeaderAppendAction(enum.Enum):
+    APPEND_IF_EXISTS_OR_ADD = "APPEND_IF_EXISTS_OR_ADD"
+    ADD_IF_ABSENT = "ADD_IF_ABSENT"
+    OVERWRITE_IF_EXISTS_OR_ADD = "OVERWRITE_IF_EXISTS_OR_ADD"
+    OVERWRITE_IF_EXISTS = "OVERWRITE_IF_EXISTS"
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderValueOption:
+    """One header to add; `key` is kept lower-case (HTTP/1 header names are case-insensitive)."""
+
+    key: str
+    value: str
+    append_action: HeaderAppendAction = HeaderAppendAction.APPEND_IF_EXISTS_OR_ADD
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMutations:
+    """The four header lists a route, a virtual host and a route configuration each carry."""
+
+    request_headers_to_add: tuple[HeaderValueOption, ...] = ()
+    request_headers_to_remove: tuple[str, ...] = ()
+    response_headers_to_add: tuple[HeaderValueOption, ...] = ()
+    response_headers_to_remove: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.request_headers_to_add
+            or self.request_headers_to_remove
+            or self.response_headers_to_add
+            or self.response_headers_to_remove
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMatcher:
+    """config.route.v3.HeaderMatcher: exactly one of the match kinds, or present_match."""
+
+    name: str
+    exact: str | None = None
+    prefix: str | None = None
+    suffix: str | None = None
+    contains: str | None = None
+    safe_regex: str | None = None
+    present_match: bool | None = None
+    invert_match: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class QueryParameterMatcher:
+    """config.route.v3.QueryParameterMatcher: one of exact / prefix / safe_regex, or present."""
+
+    name: str
+    exact: str | None = None
+    prefix: str | None = None
+    safe_regex: str | None = None
+    present_match: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """Exactly one of prefix / path / safe_regex (path_separated_prefix is a prefix that must
+    end at a `/` or the end of the path)."""
+
+    prefix: str | None = None
+    path: str | None = None
+    safe_regex: str | None = None
+    path_separated_prefix: str | None = None
+    headers: tuple[HeaderMatcher, ...] = ()
+    case_sensitive: bool = True
+    # Added by the Istio front end (VirtualService match.queryParams); empty matches anything.
+    query_parameters: tuple[QueryParameterMatcher, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    retry_on: tuple[str, ...] = ()
+    num_retries: int = 1
+    per_try_timeout: float = 0.0
+    retriable_status_codes: tuple[int, ...] = ()
+    base_interval: float = DEFAULT_RETRY_BASE_INTERVAL
+    max_interval: float | None = None  # None: 10x base_interval, as Envoy
+
+    @property
+    def max_backoff(self) -> float:
+        return self.max_interval if self.max_interval is not None else 10 * self.base_interval
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterWeight:
+    name: str
+    weight: int
+    mutations: HeaderMutations = field(default_factory=HeaderMutations)
+
+
+@dataclass(frozen=True, slots=True)
+class RegexRewrite:
+    pattern: str
+    substitution: str
+
+
+@dataclass(frozen=True, slots=True)
+class RouteAction:
+    cluster: str | None = None
+    weighted_clusters: tuple[ClusterWeight, ...] = ()
+    timeout: float = DEFAULT_ROUTE_TIMEOUT
+    idle_timeout: float = 0.0
+    retry_policy: RetryPolicy | None = None
+    prefix_rewrite: str | None = None
+    regex_rewrite: RegexRewrite | None = None
+    host_rewrite_literal: str | None = None
+    # Envoy's cluster_not_found_response_code: SERVICE_UNAVAILABLE (503) by default.
+    cluster_not_found_response_code: int = 503
+
+    @property
+    def cluster_names(self) -> tuple[str, ...]:
+        if self.cluster is not None:
+            return (self.cluster,)
+        return tuple(w.name for w in self.weighted_clusters)
+
+
+@dataclass(frozen=True, slots=True)
+class DirectResponse:
+    status: int
+    body: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RedirectAction:
+    """config.route.v3.RedirectAction (VirtualService `redirect`); empty fields keep the
+    request's value."""
+
+    host_redirect: str = ""
+    path_redirect: str = ""
+    port_redirect: int = 0
+    scheme_redirect: str = ""
+    response_code: int = 301
+
+
+@dataclass(frozen=True, slots=True)
+class FaultInjection:
+    """envoy.filters.http.fault per-route config (VirtualService `fault`): a fixed delay and/or
+    an abort, each applied to the given percentage of requests."""
+
+    delay: float | None = None
+    delay_percent: float = 100.0
+    abort_status: int | None = None
+    abort_percent: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class Decorator:
+    operation: str
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    match: RouteMatch
+    name: str = ""
+    route: RouteAction | None = None
+    direct_response: DirectResponse | None = None
+    decorator: Decorator | None = None
+    mutations: HeaderMutations = field(default_factory=HeaderMutations)
+    # Added by the Istio front end: VirtualService redirect and fault injection.
+    redirect: RedirectAction | None = None
+    fault: FaultInjection | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualHost:
+    name: str
+    domains: tuple[str, ...]
+    routes: tuple[Route, ...] = ()
+    mutations: HeaderMutations = field(default_factory=HeaderMutations)
+    retry_policy: RetryPolicy | None = None
+    include_request_attempt_count: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfiguration:
+    name: str = ""
+    virtual_hosts: tuple[VirtualHost, ...] = ()
+    mutations: HeaderMutations = field(default_factory=HeaderMutations)
+    validate_clusters: bool = True
+    ignore_port_in_host_matching: bool = False
+
+
+class CodecType(enum.Enum):
+    AUTO = "AUTO"
+    HTTP1 = "HTTP1"
+    HTTP2 = "HTTP2"
+
+
+@dataclass(frozen=True, slots=True)
+class LuaHeaderAdd:
+    """The one Lua shape supported: `<handle>:headers():add("k", "v")` in envoy_on_request /
+    envoy_on_response."""
+
+    response: bool
+    key: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class HttpFilter:
+    """An HTTP filter of the chain. `router` is always last; `lua` keeps its header adds."""
+
+    name: str
+    type_url: str
+    lua_adds: tuple[LuaHeaderAdd, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConnectionManager:
+    """envoy.filters.network.http_connection_manager."""
+
+    stat_prefix: str
+    route_config: RouteConfiguration
+    codec_type: CodecType = CodecType.AUTO
+    http_filters: tuple[HttpFilter, ...] = ()
+    server_name: str = "envoy"
+    # `tracing` present (even `{}`): enables x-envoy-decorator-operation on outbound listeners.
+    tracing: bool = False
+    request_headers_timeout: float = DEFAULT_REQUEST_HEADERS_TIMEOUT
+    stream_idle_timeout: float = 300.0
+    idle_timeout: float = DEFAULT_HTTP_IDLE_TIMEOUT
+    max_request_headers_kb: int = DEFAULT_MAX_REQUEST_HEADERS_KB
+    upgrade_types: tuple[str, ...] = ()  # upgrade_configs[].upgrade_type, lower-case
+    # Envoy's proxy_100_continue: false → Envoy answers `100 Continue` itself.
+    proxy_100_continue: bool = False
+
+    @property
+    def cluster_names(self) -> tuple[str, ...]:
+        names: list[str] = []
+        for vh in self.route_config.virtual_hosts:
+            for r in vh.routes:
+                if r.route is not None:
+                    names.extend(r.route.cluster_names)
+        return tuple(dict.fromkeys(names))

@@ -1,0 +1,64 @@
+"""HTTP/1.1 wire encoding: status lines, header blocks, chunk framing, the Date header.
+
+Promises:
+- `encode_head` / `encode_request_head` build a whole head in one bytes object (one write).
+- Status lines carry the standard reason phrase for the code, whatever the upstream sent,
+  as Envoy's codec does; unknown codes get "Unknown".
+- `http_date()` is the IMF-fixdate of the current second, computed at most once per second.
+"""
+
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+
+Headers = list[tuple[bytes, bytes]]
+
+_STATUS_LINES: dict[int, bytes] = {}
+for _s in HTTPStatus:
+    _STATUS_LINES[_s.value] = f"HTTP/1.1 {_s.value} {_s.phrase}\r\n".encode()
+
+CHUNK_END = b"0\r\n\r\n"
+CRLF = b"\r\n"
+
+
+def status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = _STATUS_LINES[status] = f"HTTP/1.1 {status} Unknown\r\n".encode()
+    return line
+
+
+def encode_head(status: int, headers: Headers) -> bytes:
+    parts = [status_line(status)]
+    for n, v in headers:
+        parts += (n, b": ", v, CRLF)
+    parts.append(CRLF)
+    return b"".join(parts)
+
+
+def encode_request_head(method: bytes, target: bytes, headers: Headers) -> bytes:
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    for n, v in headers:
+        parts += (n, b": ", v, CRLF)
+    parts.append(CRLF)
+    return b"".join(parts)
+
+
+def chunk(data: bytes) -> list[bytes]:
+    """One chunk of a chunked body, as pieces for writelines (no copy of the data)."""
+    return [b"%x\r\n" % len(data), data, CRLF]
+
+
+_date_cache: list[object] = [0, b""]
+
+
+def http_date() -> bytes:
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = formatdate(now, usegmt=True).encode()
+    value = _date_cache[1]
+    assert isinstance(value, bytes)
+    return value

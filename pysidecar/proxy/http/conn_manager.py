@@ -1,0 +1,461 @@
+"""envoy.filters.network.http_connection_manager over HTTP/1.1: the downstream connection.
+
+Promises:
+- Parses requests with httptools as bytes arrive; each request becomes an `ActiveStream`.
+  Requests are answered in order: a pipelined request waits (reading paused) until the one
+  before it has its whole response written, as Envoy's HTTP/1 codec does.
+- Keep-alive unless the client asks otherwise (HTTP/1.0 without keep-alive, `connection:
+  close`) or the connection must close (a reply sent before the request was read).
+- Bad traffic is answered and closed without disturbing any other connection: a malformed
+  request or a Content-Length / Transfer-Encoding conflict → 400, headers over
+  max_request_headers_kb → 431, headers not complete within request_headers_timeout → 408;
+  an unexpected exception → 500 (or a reset once a response started), never a worker crash.
+- Flow control: reading from the client pauses while a pipelined request waits, while the
+  upstream cannot take more, or while a body waits for a connect beyond the buffer limit;
+  the upstream pauses while the client cannot take more.
+- After a 101 response the connection is a byte tunnel to the upstream connection.
+- Every finished stream is recorded in one place (`_record`): HCM stats, its StreamInfo
+  finished, and `worker.stream_complete(info)` when the worker has it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import httptools
+
+from pysidecar.model import SocketAddress
+from pysidecar.observe.stats import HttpConnManagerStats
+from pysidecar.observe.stream_info import StreamInfo
+from pysidecar.proxy.http import local_reply as lr
+from pysidecar.proxy.http.compiled import CompiledHcm
+from pysidecar.proxy.http.pool import PoolManager, UpstreamConnection
+from pysidecar.proxy.http.stream import ActiveStream
+
+if TYPE_CHECKING:
+    from pysidecar.proxy.worker import Worker
+
+log = logging.getLogger(__name__)
+
+# Why reading from the client is paused; reading resumes when no reason is left.
+PAUSE_PIPELINE, PAUSE_UPSTREAM, PAUSE_BODY = 1, 2, 4
+
+
+class _HeadersTooLarge(Exception):
+    """Raised from a parser callback when the request head passes max_request_headers_kb."""
+
+
+class HttpConnection(asyncio.Protocol):
+    __slots__ = (
+        "_record_cb",
+        "active",
+        "buffer_limit",
+        "cfg",
+        "closing",
+        "destination",
+        "draining",
+        "head_size",
+        "headers_timer",
+        "idle_timer",
+        "listener_name",
+        "local_address",
+        "loop",
+        "on_close",
+        "parser",
+        "parsing",
+        "paused",
+        "paused_upstream",
+        "peer",
+        "pools",
+        "queue",
+        "started_at",
+        "stats",
+        "transport",
+        "tunnel",
+        "upgrade_rest",
+        "worker",
+    )
+
+    def __init__(
+        self,
+        worker: Worker,
+        pools: PoolManager,
+        cfg: CompiledHcm,
+        destination: SocketAddress,
+        buffer_limit: int,
+        on_close: Callable[[HttpConnection], None],
+    ) -> None:
+        self.worker = worker
+        self.loop = worker.loop
+        self.pools = pools
+        self.cfg = cfg
+        self.stats: HttpConnManagerStats = worker.stats.http(cfg.config.stat_prefix)
+        self.destination = destination
+        self.buffer_limit = buffer_limit
+        self.on_close = on_close
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.parsing: ActiveStream | None = None
+        self.active: ActiveStream | None = None
+        self.queue: deque[ActiveStream] = deque()
+        self.tunnel: ActiveStream | None = None
+        self.upgrade_rest = b""
+        self.closing = False
+        self.draining = False
+        self.paused = 0
+        self.paused_upstream: UpstreamConnection | None = None
+        self.head_size = 0
+        self.headers_timer: asyncio.TimerHandle | None = None
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.listener_name: str | None = None
+        self.local_address: str | None = None
+        self.peer: str | None = None
+        self.started_at = 0.0
+        self._record_cb: Callable[[StreamInfo], Any] | None = getattr(
+            worker, "stream_complete", None
+        )
+
+    # == lifecycle ============================================================================
+    def start(self, transport: asyncio.Transport, initial: bytes) -> None:
+        """Take over an accepted connection (its protocol was switched to this one)."""
+        self.transport = transport
+        transport.set_write_buffer_limits(high=self.buffer_limit)
+        self.started_at = self.loop.time()
+        s = self.stats
+        s.downstream_cx_total += 1
+        s.downstream_cx_http1_total += 1
+        s.downstream_cx_active += 1
+        s.downstream_cx_http1_active += 1
+        self._arm_idle()
+        if initial:
+            self.data_received(initial)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # pragma: no cover
+        raise AssertionError("HttpConnection is attached with set_protocol")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        for t in (self.headers_timer, self.idle_timer):
+            if t is not None:
+                t.cancel()
+        streams = [s for s in (self.active, *self.queue) if s is not None]
+        self.active = None
+        self.queue.clear()
+        for st in streams:
+            st.downstream_reset()
+        s = self.stats
+        s.downstream_cx_active -= 1
+        s.downstream_cx_http1_active -= 1
+        s.downstream_cx_destroy += 1
+        if self.tunnel is not None:
+            s.downstream_cx_upgrades_active -= 1
+        s.downstream_cx_length_ms.record((self.loop.time() - self.started_at) * 1000)
+        self.on_close(self)
+
+    def eof_received(self) -> bool:
+        """A client's half-close: answer what was asked, then close; close at once if idle."""
+        streams = [s for s in (self.active, self.parsing, *self.queue) if s is not None]
+        if not streams or (self.tunnel is not None and self.tunnel.upstream is None):
+            return False
+        if self.tunnel is not None:
+            up = self.tunnel.upstream
+            if up is not None and up.transport is not None and up.transport.can_write_eof():
+                up.transport.write_eof()
+            return True
+        if self.parsing is not None and not self.parsing.started:
+            self.parsing = None  # an unfinished request head: nothing to answer
+        for st in streams:
+            st.close_after = True
+        return self.active is not None
+
+    def close(self) -> None:
+        """Close now (drain's end); open streams are reset by connection_lost."""
+        if self.transport is not None:
+            self.transport.close()
+
+    def close_when_flushed(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()  # asyncio writes what is buffered, then closes
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    # == bytes in =============================================================================
+    def data_received(self, data: bytes) -> None:
+        self.stats.downstream_cx_rx_bytes_total += len(data)
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.downstream_tunnel_data(data)
+            return
+        if self.closing:
+            return
+        if self.upgrade_rest:  # bytes after an upgrade request, before the upstream's 101
+            self.upgrade_rest += data
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self.upgrade_rest = data[int(e.args[0]) :]
+        except httptools.HttpParserCallbackError as e:
+            if isinstance(e.__context__, _HeadersTooLarge):
+                self._protocol_error(431, "http1.headers_too_large")
+            else:
+                self._internal_error(e.__context__ or e)
+        except httptools.HttpParserError as e:
+            self._protocol_error(400, _codec_details(e))
+        except Exception as e:  # a bug must cost this connection only, never the worker
+            self._internal_error(e)
+
+    def write(self, data: bytes) -> None:
+        self.stats.downstream_cx_tx_bytes_total += len(data)
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        self.stats.downstream_cx_tx_bytes_total += sum(len(p) for p in parts)
+        assert self.transport is not None
+        self.transport.writelines(parts)
+
+    # -- httptools callbacks ---------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        st = ActiveStream(self)
+        info = st.info
+        info.listener_name = self.listener_name
+        info.downstream_local_address = self.local_address
+        info.downstream_remote_address = self.peer
+        self.parsing = st
+        self.head_size = 0
+        timeout = self.cfg.config.request_headers_timeout
+        if timeout > 0 and self.headers_timer is None:
+            self.headers_timer = self.loop.call_later(timeout, self._on_headers_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        st = self.parsing
+        assert st is not None
+        st.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
+        st = self.parsing
+        assert st is not None
+        st.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        if self.headers_timer is not None:
+            self.headers_timer.cancel()
+            self.headers_timer = None
+        st = self.parsing
+        assert st is not None
+        p = self.parser
+        st.method = p.get_method()
+        st.http10 = p.get_http_version() == "1.0"
+        st.keep_alive = p.should_keep_alive()
+        st.upgrade = p.should_upgrade()
+        st.head_request = st.method == b"HEAD"
+        if st.upgrade:
+            st.close_after = True  # the parser stops at an upgrade: nothing follows on it
+        s = self.stats
+        s.downstream_rq_total += 1
+        s.downstream_rq_http1_total += 1
+        s.downstream_rq_active += 1
+        if self.active is None:
+            self.active = st
+            self._start(st)
+        else:
+            self.queue.append(st)
+            self.pause_reading(PAUSE_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        st = self.parsing
+        if st is not None and body:
+            st.decode_body(body)
+
+    def on_message_complete(self) -> None:
+        st = self.parsing
+        self.parsing = None
+        if st is not None:
+            st.decode_complete()
+
+    def _count_head(self, n: int) -> None:
+        self.head_size += n
+        if self.head_size > self.cfg.header_limit:
+            raise _HeadersTooLarge()
+
+    # == streams ==============================================================================
+    def _start(self, st: ActiveStream) -> None:
+        try:
+            st.start()
+            if st.request_done:
+                st.arm_route_timer()
+        except Exception as e:
+            self._internal_error(e, st)
+
+    def stream_done(self, st: ActiveStream) -> None:
+        """Called by a stream when its response is over, and again when its request is."""
+        if st.info.end_time is None:
+            self._record(st)
+        if st is not self.active or not (st.request_done or st.close_after):
+            return
+        self.active = None
+        self.pause_clear(PAUSE_UPSTREAM | PAUSE_BODY)
+        if st.close_after:
+            self.close_when_flushed()
+            return
+        # Pipelined requests, in order; a loop (not recursion) since each may finish at once.
+        while self.queue and self.active is None and not self.closing:
+            nxt = self.queue.popleft()
+            self.active = nxt
+            self._start(nxt)
+        if not self.queue:
+            self.pause_clear(PAUSE_PIPELINE)
+        if self.active is None:
+            self._arm_idle()
+
+    def _record(self, st: ActiveStream) -> None:
+        """The one place a finished request is accounted: stats, StreamInfo, the worker hook."""
+        info = st.info
+        info.finish()
+        s = self.stats
+        s.downstream_rq_active -= 1
+        s.downstream_rq_completed += 1
+        code = info.response_code // 100
+        if code == 2:
+            s.downstream_rq_2xx += 1
+        elif code == 5:
+            s.downstream_rq_5xx += 1
+        elif code == 4:
+            s.downstream_rq_4xx += 1
+        elif code == 3:
+            s.downstream_rq_3xx += 1
+        elif code == 1:
+            s.downstream_rq_1xx += 1
+        assert info.end_time is not None
+        s.downstream_rq_time.record((info.end_time - info.start_time) * 1000)
+        cb = self._record_cb
+        if cb is not None:
+            try:
+                cb(info)
+            except Exception:  # an access log bug must not break the data path
+                log.exception("stream_complete failed")
+
+    def start_tunnel(self, st: ActiveStream) -> None:
+        self.tunnel = st
+        self.stats.downstream_cx_upgrades_total += 1
+        self.stats.downstream_cx_upgrades_active += 1
+        if st.timer is not None:  # an upgraded stream has no response end to time
+            st.timer.cancel()
+            st.timer = None
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        rest, self.upgrade_rest = self.upgrade_rest, b""
+        if rest:
+            st.downstream_tunnel_data(rest)
+
+    # == flow control ===========================================================================
+    def pause_reading(self, reason: int = PAUSE_UPSTREAM) -> None:
+        if not self.paused and self.transport is not None:
+            self.transport.pause_reading()
+            self.stats.downstream_flow_control_paused_reading_total += 1
+        self.paused |= reason
+
+    def resume_reading(self, reason: int = PAUSE_UPSTREAM) -> None:
+        self.pause_clear(reason)
+
+    def pause_clear(self, reasons: int) -> None:
+        if not self.paused & reasons:
+            return
+        self.paused &= ~reasons
+        if not self.paused and self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+            self.stats.downstream_flow_control_resumed_reading_total += 1
+
+    def pause_writing(self) -> None:
+        st = self.tunnel or self.active
+        up = st.upstream if st is not None else None
+        if up is not None and up.transport is not None:
+            up.transport.pause_reading()
+            self.paused_upstream = up
+
+    def resume_writing(self) -> None:
+        up = self.paused_upstream
+        self.paused_upstream = None
+        if up is not None and up.transport is not None and not up.closed:
+            up.transport.resume_reading()
+
+    # == timers and errors ======================================================================
+    def _arm_idle(self) -> None:
+        timeout = self.cfg.config.idle_timeout
+        if timeout > 0 and self.idle_timer is None:
+            self.idle_timer = self.loop.call_later(timeout, self._on_idle)
+
+    def _on_idle(self) -> None:
+        self.idle_timer = None
+        if self.active is None and self.parsing is None and self.tunnel is None:
+            self.stats.downstream_cx_idle_timeout += 1
+            self.close_when_flushed()
+        else:
+            self._arm_idle()
+
+    def _on_headers_timeout(self) -> None:
+        self.headers_timer = None
+        self.stats.downstream_rq_header_timeout += 1
+        if self.active is None:
+            self._reply_and_close(408, b"request header timeout", "request_header_timeout", None)
+        else:
+            self.abort()
+
+    def _protocol_error(self, status: int, details: str) -> None:
+        self.stats.downstream_cx_protocol_error += 1
+        if self.active is not None and self.active.response_started:
+            self.abort()  # a reply cannot be put in the middle of another response
+            return
+        self._reply_and_close(status, b"", details, lr.DPE)
+
+    def _internal_error(self, exc: BaseException, st: ActiveStream | None = None) -> None:
+        log.error("http connection error: %r", exc, exc_info=exc)
+        st = st or self.active
+        if st is not None and st.response_started:
+            self.abort()
+            return
+        self._reply_and_close(500, b"", "internal_error", None)
+
+    def _reply_and_close(self, status: int, body: bytes, details: str, flag: str | None) -> None:
+        """A local reply outside any routed stream (codec errors, timeouts), then close."""
+        if self.active is not None:
+            self.active.drop_upstream()
+        st = self.active or self.parsing or ActiveStream(self)
+        if self.active is None:
+            self.stats.downstream_rq_active += 1  # _record takes it back
+        self.active = st
+        self.parsing = None
+        self.closing = True
+        info = st.info
+        info.protocol = info.protocol or "HTTP/1.1"
+        if flag is not None:
+            info.response_flags.append(flag)
+        info.response_code = status
+        info.response_code_details = details
+        info.bytes_sent = len(body)
+        if self.transport is not None:
+            self.write(lr.local_reply(status, body, self.cfg.server, ((b"connection", b"close"),)))
+        st.response_done = True
+        st.request_done = True
+        st.close_after = True
+        self._record(st)
+        self.active = None
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _codec_details(e: Exception) -> str:
+    """Envoy-style details for a parse error: `http1.codec_error` plus llhttp's reason."""
+    return "http1.codec_error{" + str(e).replace(" ", "_") + "}"

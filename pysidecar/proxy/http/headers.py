@@ -1,0 +1,146 @@
+"""Header lists and the operations Envoy performs on them, as pure functions.
+
+Promises:
+- A header list is `list[tuple[bytes, bytes]]` with lower-case names, in wire order: what the
+  codec hands over and what it writes. HTTP/1 names are case-insensitive and Envoy's HTTP/1
+  codec writes them lower-case, so we do too.
+- `compile_ops(levels)` flattens header mutations (route, virtual host, route config, most
+  specific first, as Envoy applies them) into ready-to-run tuples once per config;
+  `apply_ops` runs them: each level removes, then adds with its append_action.
+- `strip_request` / `strip_response` drop hop-by-hop headers and the x-envoy-* control
+  headers a client must not be able to set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from pysidecar.model.http import HeaderAppendAction, HeaderMutations
+
+Headers = list[tuple[bytes, bytes]]
+# One operation: (op, name, value); op is one of the constants below.
+HeaderOp = tuple[int, bytes, bytes]
+HeaderOps = tuple[HeaderOp, ...]
+
+REMOVE, APPEND, ADD_IF_ABSENT, OVERWRITE_OR_ADD, OVERWRITE_IF_EXISTS = range(5)
+_ACTION = {
+    HeaderAppendAction.APPEND_IF_EXISTS_OR_ADD: APPEND,
+    HeaderAppendAction.ADD_IF_ABSENT: ADD_IF_ABSENT,
+    HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD: OVERWRITE_OR_ADD,
+    HeaderAppendAction.OVERWRITE_IF_EXISTS: OVERWRITE_IF_EXISTS,
+}
+
+# RFC 9110 §7.6.1 connection-specific headers, never forwarded (upgrade is re-added for
+# upgrade requests by the connection manager).
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"upgrade",
+        b"te",
+        b"trailer",
+    }
+)
+# Envoy's internal control headers: honoured only from trusted callers, which a sidecar's
+# application is not; stripped from requests before routing.
+ENVOY_CONTROL = frozenset(
+    {
+        b"x-envoy-retry-on",
+        b"x-envoy-retry-grpc-on",
+        b"x-envoy-max-retries",
+        b"x-envoy-upstream-rq-timeout-ms",
+        b"x-envoy-upstream-rq-per-try-timeout-ms",
+        b"x-envoy-expected-rq-timeout-ms",
+        b"x-envoy-retriable-status-codes",
+        b"x-envoy-retriable-header-names",
+        b"x-envoy-force-trace",
+        b"x-envoy-hedge-on-per-try-timeout",
+        b"x-envoy-upstream-alt-stat-name",
+        b"x-envoy-upstream-rq-timeout-alt-response",
+        b"x-envoy-original-path",
+        b"x-envoy-internal",
+        b"x-envoy-decorator-operation",
+        b"x-envoy-attempt-count",
+    }
+)
+# The response headers Envoy computes itself; an upstream's copies are replaced.
+RESPONSE_OWN = frozenset({b"x-envoy-upstream-service-time"})
+
+
+def compile_ops(levels: Iterable[HeaderMutations]) -> tuple[HeaderOps, HeaderOps]:
+    req: list[HeaderOp] = []
+    resp: list[HeaderOp] = []
+    for m in levels:
+        req.extend((REMOVE, n.encode("latin-1"), b"") for n in m.request_headers_to_remove)
+        req.extend(
+            (_ACTION[h.append_action], h.key.encode("latin-1"), h.value.encode("latin-1"))
+            for h in m.request_headers_to_add
+        )
+        resp.extend((REMOVE, n.encode("latin-1"), b"") for n in m.response_headers_to_remove)
+        resp.extend(
+            (_ACTION[h.append_action], h.key.encode("latin-1"), h.value.encode("latin-1"))
+            for h in m.response_headers_to_add
+        )
+    return tuple(req), tuple(resp)
+
+
+def apply_ops(headers: Headers, ops: HeaderOps) -> Headers:
+    """Run header operations in order; returns the (possibly new) list."""
+    for op, name, value in ops:
+        if op == APPEND:
+            headers.append((name, value))
+            continue
+        present = any(n == name for n, _ in headers)
+        if op == REMOVE:
+            if present:
+                headers = [h for h in headers if h[0] != name]
+        elif op == ADD_IF_ABSENT:
+            if not present:
+                headers.append((name, value))
+        elif op == OVERWRITE_OR_ADD:
+            headers = replace_header(headers, name, value) if present else [*headers, (name, value)]
+        elif op == OVERWRITE_IF_EXISTS and present:
+            headers = replace_header(headers, name, value)
+    return headers
+
+
+def replace_header(headers: Headers, name: bytes, value: bytes) -> Headers:
+    """Every `name` header replaced by one `name: value`, at the first one's position."""
+    out: Headers = []
+    done = False
+    for h in headers:
+        if h[0] == name:
+            if not done:
+                out.append((name, value))
+                done = True
+        else:
+            out.append(h)
+    if not done:
+        out.append((name, value))
+    return out
+
+
+def get(headers: Headers, name: bytes) -> bytes | None:
+    for n, v in headers:
+        if n == name:
+            return v
+    return None
+
+
+def strip_request(headers: Headers) -> Headers:
+    return [h for h in headers if h[0] not in HOP_BY_HOP and h[0] not in ENVOY_CONTROL]
+
+
+def strip_response(headers: Headers) -> Headers:
+    return [h for h in headers if h[0] not in HOP_BY_HOP and h[0] not in RESPONSE_OWN]
+
+
+def connection_tokens(headers: Headers) -> set[bytes]:
+    """The lower-case tokens of every Connection header (`close`, `keep-alive`, `upgrade`)."""
+    out: set[bytes] = set()
+    for n, v in headers:
+        if n == b"connection":
+            out.update(t.strip().lower() for t in v.split(b","))
+    return out

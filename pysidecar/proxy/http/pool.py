@@ -1,0 +1,339 @@
+"""Upstream HTTP/1.1 connections and their per-host pools (one pool per cluster and host).
+
+Promises:
+- `HostPool.acquire(stream)` hands the stream an idle keep-alive connection at once, or starts
+  one connect (the cluster's connect_timeout bounding it) and calls `stream.upstream_ready`
+  or `stream.upstream_connect_failed` when it settles. A connection whose stream went away
+  meanwhile joins the idle list instead of being wasted.
+- A connection returns to the idle list only after a complete response that allowed
+  keep-alive to a completely written request; anything else closes it. Idle connections
+  closed by the upstream leave the list when their close arrives.
+- An `UpstreamConnection` parses responses with httptools and forwards each event to the one
+  stream attached to it; it never buffers a body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from pysidecar.observe.stats import ClusterHttpStats, ClusterStats
+from pysidecar.proxy.cluster_manager import ClusterRuntime
+from pysidecar.proxy.http.retry import CONNECT_FAILURE, CONNECT_TIMEOUT, CONNECTION_TERMINATION
+
+if TYPE_CHECKING:
+    from pysidecar.proxy.http.stream import ActiveStream
+
+
+class _HeadDone(Exception):
+    """Raised from on_headers_complete to stop the parser after a response to HEAD."""
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "closed",
+        "head_keep_alive",
+        "headers",
+        "informational",
+        "parser",
+        "pool",
+        "request_done",
+        "response_started",
+        "stream",
+        "transport",
+        "upgraded",
+    )
+
+    def __init__(self, pool: HostPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.stream: ActiveStream | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.closed = False
+        self.informational = False
+        self.request_done = False
+        self.response_started = False
+        self.upgraded = False
+        self.head_keep_alive = False
+
+    # -- the pool's side -----------------------------------------------------------------
+    def attach(self, stream: ActiveStream) -> None:
+        self.stream = stream
+        self.request_done = False
+        self.response_started = False
+
+    def detach_and_close(self) -> None:
+        """The stream gives up on this connection (timeout, reset, downstream gone)."""
+        self.stream = None
+        self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+        self.pool.cx_stats.upstream_cx_tx_bytes_total += len(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        assert self.transport is not None
+        self.transport.writelines(parts)
+        self.pool.cx_stats.upstream_cx_tx_bytes_total += sum(len(p) for p in parts)
+
+    # -- asyncio Protocol ----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = t = cast(asyncio.Transport, transport)
+        t.set_write_buffer_limits(high=self.pool.buffer_limit)
+        stats = self.pool.cx_stats
+        stats.upstream_cx_active += 1
+
+    def data_received(self, data: bytes) -> None:
+        self.pool.cx_stats.upstream_cx_rx_bytes_total += len(data)
+        stream = self.stream
+        if self.upgraded:
+            if stream is not None:
+                stream.upstream_tunnel_data(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self.upgraded = True
+            rest = data[int(e.args[0]) :]
+            if stream is not None and rest:
+                stream.upstream_tunnel_data(rest)
+        except httptools.HttpParserCallbackError as e:
+            if not isinstance(e.__context__, _HeadDone):
+                raise
+            # A response to HEAD ends with its head; a fresh parser reads the next one.
+            self.parser = httptools.HttpResponseParser(self)
+            self._message_complete(self.head_keep_alive)
+        except httptools.HttpParserError:
+            self._reset(CONNECTION_TERMINATION)
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too: HTTP/1.1 has no use for a half-open upstream
+
+    def pause_writing(self) -> None:
+        if self.stream is not None:
+            self.stream.upstream_pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.stream is not None:
+            self.stream.upstream_resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        was_closed = self.closed
+        self.closed = True
+        stats = self.pool.cx_stats
+        stats.upstream_cx_active -= 1
+        stats.upstream_cx_destroy += 1
+        self.pool.forget(self)
+        stream = self.stream
+        if stream is None or (was_closed and not self.upgraded):
+            return
+        if self.upgraded:
+            self.stream = None
+            stream.upstream_tunnel_closed()
+        elif self.response_started and not self._framed():
+            # A response without Content-Length or chunking ends at the upstream's close.
+            self._message_complete(False)
+        else:
+            self._reset(CONNECTION_TERMINATION)
+
+    # -- httptools callbacks -------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.headers = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self.informational = True  # 100 Continue & co: the client got ours already
+            return
+        stream = self.stream
+        self.response_started = True
+        if stream is None:
+            return
+        stream.upstream_headers(status, self.headers)
+        if self.stream is stream and stream.head_request and status != 101:
+            self.head_keep_alive = self.parser.should_keep_alive()
+            raise _HeadDone()
+
+    def on_body(self, body: bytes) -> None:
+        if body and not self.informational and self.stream is not None:
+            self.stream.upstream_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.informational:
+            self.informational = False
+            return
+        if not self.upgraded:
+            self._message_complete(self.parser.should_keep_alive())
+
+    # -- internals -----------------------------------------------------------------------
+    def _framed(self) -> bool:
+        for n, v in self.headers:
+            if n == b"content-length" or (n == b"transfer-encoding" and b"chunked" in v.lower()):
+                return True
+        return False
+
+    def _message_complete(self, keep_alive: bool) -> None:
+        stream = self.stream
+        self.stream = None
+        self.response_started = False
+        if keep_alive and self.request_done and not self.closed:
+            self.pool.release(self)
+        else:
+            self.close()
+        if stream is not None:
+            stream.upstream_complete()
+
+    def _reset(self, reason: str) -> None:
+        stream = self.stream
+        self.stream = None
+        self.close()
+        if stream is not None:
+            stream.upstream_reset(reason, None)
+
+
+class HostPool:
+    """Connections to one host of one cluster."""
+
+    __slots__ = ("buffer_limit", "cluster", "cx_stats", "host", "idle", "loop", "rq_stats")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        cluster: ClusterRuntime,
+        rq_stats: ClusterHttpStats,
+        host: tuple[str, int],
+        buffer_limit: int,
+    ) -> None:
+        self.loop = loop
+        self.cluster = cluster
+        self.cx_stats: ClusterStats = cluster.stats
+        self.rq_stats = rq_stats
+        self.host = host
+        self.buffer_limit = buffer_limit
+        self.idle: list[UpstreamConnection] = []
+
+    def acquire(self, stream: ActiveStream) -> UpstreamConnection | None:
+        """An idle connection attached to `stream`, or None after starting a connect."""
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.closed:
+                conn.attach(stream)
+                return conn
+        self._connect(stream)
+        return None
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if conn.transport is not None:
+            conn.transport.resume_reading()  # it may have been paused for a slow client
+        self.idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        if conn in self.idle:
+            self.idle.remove(conn)
+
+    def _connect(self, stream: ActiveStream) -> None:
+        stats = self.cx_stats
+        stats.upstream_cx_total += 1
+        self.rq_stats.upstream_cx_http1_total += 1
+        conn = UpstreamConnection(self)
+        conn.stream = stream
+        stream.connecting = conn
+        bind = self.cluster.bind_address_for(self.host[0])
+        started = self.loop.time()
+        fut = asyncio.ensure_future(
+            self.loop.create_connection(
+                lambda: conn, self.host[0], self.host[1], local_addr=(bind, 0) if bind else None
+            )
+        )
+        timer = self.loop.call_later(self.cluster.config.connect_timeout, fut.cancel)
+        fut.add_done_callback(self._settled(conn, timer, started))
+
+    def _settled(
+        self, conn: UpstreamConnection, timer: asyncio.TimerHandle, started: float
+    ) -> Callable[[asyncio.Future[tuple[asyncio.Transport, UpstreamConnection]]], None]:
+        def done(fut: asyncio.Future[tuple[asyncio.Transport, UpstreamConnection]]) -> None:
+            timer.cancel()
+            stream = conn.stream
+            wanted = stream is not None and stream.connecting is conn
+            if fut.cancelled():
+                self.cx_stats.upstream_cx_connect_timeout += 1
+                self.cx_stats.upstream_cx_connect_fail += 1
+                if wanted:
+                    assert stream is not None
+                    stream.upstream_connect_failed(CONNECT_TIMEOUT, None)
+                return
+            exc = fut.exception()
+            if exc is not None:
+                self.cx_stats.upstream_cx_connect_fail += 1
+                if wanted:
+                    assert stream is not None
+                    stream.upstream_connect_failed(CONNECT_FAILURE, _transport_failure(exc))
+                return
+            self.cx_stats.upstream_cx_connect_ms.record((self.loop.time() - started) * 1000.0)
+            if wanted:
+                assert stream is not None
+                stream.upstream_ready(conn)
+            else:
+                conn.stream = None
+                self.release(conn)
+
+        return done
+
+
+def _transport_failure(exc: BaseException) -> str | None:
+    """Envoy's transport failure reason for a failed connect: `delayed connect error: 111`."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"delayed connect error: {exc.errno}"
+    if isinstance(exc, OSError):
+        # uvloop reports some failures without errno; the message still names the cause.
+        for code in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+            if os.strerror(code).lower() in str(exc).lower():
+                return f"delayed connect error: {code}"
+    return None
+
+
+class PoolManager:
+    """A worker's pools, keyed by (cluster name, host); a changed cluster gets fresh pools."""
+
+    __slots__ = ("loop", "pools")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pools: dict[tuple[str, tuple[str, int]], HostPool] = {}
+
+    def pool(
+        self, cluster: ClusterRuntime, rq_stats: ClusterHttpStats, host: tuple[str, int], limit: int
+    ) -> HostPool:
+        key = (cluster.config.name, host)
+        p = self.pools.get(key)
+        if p is None or p.cluster is not cluster:
+            p = self.pools[key] = HostPool(self.loop, cluster, rq_stats, host, limit)
+        return p
+
+
+_managers: weakref.WeakKeyDictionary[object, PoolManager] = weakref.WeakKeyDictionary()
+
+
+def pools_for(worker: object, loop: asyncio.AbstractEventLoop) -> PoolManager:
+    """The worker's pool manager, made on first use (pools live as long as the worker)."""
+    found = _managers.get(worker)
+    if found is None:
+        found = _managers[worker] = PoolManager(loop)
+    return found

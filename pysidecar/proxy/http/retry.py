@@ -1,0 +1,52 @@
+"""Retry decisions and backoff: Envoy's router retry state as pure functions.
+
+Promises:
+- `retriable_reset(policy, reason)` / `retriable_status(policy, status)` answer whether an
+  attempt that ended that way may be retried under `retry_on` (Envoy's semantics: `5xx` and
+  `gateway-error` and `reset` cover resets, connect failures and per-try timeouts;
+  `connect-failure` only connect failures; `retriable-status-codes` the listed codes;
+  `retriable-4xx` 409). Whether retries are left is the caller's count against num_retries.
+- `backoff(retry, policy, rng)` is Envoy's fully jittered exponential backoff: a uniform draw
+  from [0, min((2^retry - 1) * base, max)) seconds, retry counted from 1.
+"""
+
+from __future__ import annotations
+
+import random
+
+from pysidecar.model.http import RetryPolicy
+
+# Why an attempt ended without a response (Envoy's stream reset reasons we can produce).
+CONNECT_FAILURE = "connect_failure"
+CONNECT_TIMEOUT = "connect_timeout"
+CONNECTION_TERMINATION = "connection_termination"
+PER_TRY_TIMEOUT = "per_try_timeout"
+
+_CONNECT = frozenset({CONNECT_FAILURE, CONNECT_TIMEOUT})
+
+
+def retriable_reset(policy: RetryPolicy, reason: str) -> bool:
+    on = policy.retry_on
+    if "5xx" in on or "gateway-error" in on or "reset" in on:
+        return True
+    if reason in _CONNECT and "connect-failure" in on:
+        return True
+    # refused-stream is HTTP/2's REFUSED_STREAM: a request the upstream never started. An
+    # HTTP/1.1 connect failure is the same situation, and Istio's default policy relies on it.
+    return reason in _CONNECT and "refused-stream" in on
+
+
+def retriable_status(policy: RetryPolicy, status: int) -> bool:
+    on = policy.retry_on
+    if status >= 500 and "5xx" in on:
+        return True
+    if status in (502, 503, 504) and "gateway-error" in on:
+        return True
+    if status == 409 and "retriable-4xx" in on:
+        return True
+    return "retriable-status-codes" in on and status in policy.retriable_status_codes
+
+
+def backoff(retry: int, policy: RetryPolicy, rng: random.Random) -> float:
+    ceiling = min((2**retry - 1) * policy.base_interval, policy.max_backoff)
+    return float(rng.random() * ceiling)

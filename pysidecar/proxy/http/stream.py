@@ -1,0 +1,660 @@
+"""One HTTP request through the router: route, upstream attempts, retries, timeouts, response.
+
+Promises:
+- `ActiveStream.start()` routes the request (virtual host, route, cluster) or answers it
+  locally (404 NR, 503 NC/UH, direct_response, 403 for an unconfigured upgrade); otherwise it
+  builds the upstream head once (Envoy's request headers, route header mutations, rewrites)
+  and runs attempts against the cluster's per-host pools.
+- Bodies stream both ways without being gathered: request chunks go upstream as they arrive
+  (buffered only while connecting, bounded by the listener's buffer limit, and kept for a
+  retry only while under that limit); response chunks go downstream as they arrive, re-framed
+  as chunked when the upstream did not give a length.
+- Timeouts and retries are Envoy's: the route timeout (from the end of the request) covers
+  every attempt → 504 `upstream request timeout` (UT); per_try_timeout ends one attempt;
+  retries follow retry_on with jittered backoff; a connect failure that is not retried gives
+  503 with Envoy's body (UF, plus URX once retries ran out).
+- Exactly one StreamInfo is filled per request, and the connection is told once, through
+  `HttpConnection.stream_done`, when the stream is over.
+- Timers are loop handles, never tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import TYPE_CHECKING
+
+from pysidecar.observe.stats import ClusterHttpStats
+from pysidecar.observe.stream_info import StreamInfo
+from pysidecar.proxy.cluster_manager import ClusterRuntime
+from pysidecar.proxy.http import local_reply as lr
+from pysidecar.proxy.http.codec import CHUNK_END, CRLF, encode_head, encode_request_head, http_date
+from pysidecar.proxy.http.headers import (
+    Headers,
+    apply_ops,
+    connection_tokens,
+    get,
+    replace_header,
+    strip_request,
+    strip_response,
+)
+from pysidecar.proxy.http.pool import HostPool, UpstreamConnection
+from pysidecar.proxy.http.retry import PER_TRY_TIMEOUT, backoff, retriable_reset, retriable_status
+from pysidecar.proxy.http.router import CompiledRoute
+
+if TYPE_CHECKING:
+    from pysidecar.model.http import RetryPolicy
+    from pysidecar.proxy.http.conn_manager import HttpConnection
+
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+def _fmt(host: tuple[str, int]) -> str:
+    return f"[{host[0]}]:{host[1]}" if ":" in host[0] else f"{host[0]}:{host[1]}"
+
+
+class ActiveStream:
+    __slots__ = (
+        "attempt",
+        "attempt_started",
+        "body_bytes",
+        "body_parts",
+        "chunked_in",
+        "chunked_out",
+        "close_after",
+        "cluster",
+        "conn",
+        "connecting",
+        "head_request",
+        "headers",
+        "http10",
+        "info",
+        "keep_alive",
+        "method",
+        "paused_for_body",
+        "per_try_timer",
+        "policy",
+        "pool",
+        "request_done",
+        "response_done",
+        "response_ops",
+        "response_started",
+        "retain",
+        "retried",
+        "retries_left",
+        "retry_timer",
+        "route",
+        "rq_stats",
+        "started",
+        "timed_out",
+        "timer",
+        "tunnel",
+        "up_headers",
+        "up_target",
+        "upgrade",
+        "upstream",
+        "url",
+    )
+
+    def __init__(self, conn: HttpConnection) -> None:
+        self.conn = conn
+        self.url = b""
+        self.method = b""
+        self.headers: Headers = []
+        self.http10 = False
+        self.keep_alive = True
+        self.upgrade = False
+        self.head_request = False
+        self.info = StreamInfo()
+        self.started = False
+        self.request_done = False
+        self.response_started = False
+        self.response_done = False
+        self.body_parts: list[bytes] = []
+        self.body_bytes = 0
+        self.retain = True
+        self.paused_for_body = False
+        self.chunked_in = False
+        self.chunked_out = False
+        self.close_after = False
+        self.route: CompiledRoute | None = None
+        self.cluster: ClusterRuntime | None = None
+        self.rq_stats: ClusterHttpStats | None = None
+        self.pool: HostPool | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.connecting: UpstreamConnection | None = None
+        self.up_headers: Headers = []
+        self.up_target = b""
+        self.response_ops: tuple[tuple[int, bytes, bytes], ...] = ()
+        self.policy: RetryPolicy | None = None
+        self.attempt = 0
+        self.retries_left = 0
+        self.retried = False
+        self.attempt_started = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.per_try_timer: asyncio.TimerHandle | None = None
+        self.retry_timer: asyncio.TimerHandle | None = None
+        self.timed_out = False
+        self.tunnel = False
+
+    # == downstream events ===================================================================
+    def start(self) -> None:
+        """Route the request and start the first attempt (or answer it locally)."""
+        self.started = True
+        conn = self.conn
+        cfg = conn.cfg
+        info = self.info
+        headers = self.headers
+        url = self.url
+        target = url
+        host_b = get(headers, b"host") or b""
+        if url[:7].lower() == b"http://":  # absolute-form: the URL's authority wins
+            rest = url[7:]
+            slash = rest.find(b"/")
+            host_b, target = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+        path = target.decode("latin-1")
+        host = host_b.decode("latin-1")
+        info.protocol = "HTTP/1.0" if self.http10 else "HTTP/1.1"
+        info.method = self.method.decode("latin-1")
+        info.path = path
+        info.authority = host or None
+        ua = get(headers, b"user-agent")
+        info.user_agent = ua.decode("latin-1") if ua is not None else None
+        rid = get(headers, b"x-request-id")
+        if rid is None:
+            rid = str(uuid.uuid4()).encode()
+            headers.append((b"x-request-id", rid))
+        info.request_id = rid.decode("latin-1")
+        tokens = connection_tokens(headers)
+        upgrade_value = get(headers, b"upgrade") if self.upgrade else None
+        if b"close" in tokens:
+            self.close_after = True
+        expect = get(headers, b"expect")
+        te = get(headers, b"transfer-encoding")
+        self.chunked_in = te is not None and b"chunked" in te.lower()
+        clean = strip_request(headers)
+
+        vh = cfg.table.virtual_host(host)
+        route = (
+            vh.select(path, _as_dict(clean) if vh.needs_headers else None)
+            if vh is not None
+            else None
+        )
+        if route is None:
+            conn.stats.no_route += 1
+            self._local(404, b"", lr.NR, "route_not_found")
+            return
+        self.route = route
+        info.route_name = route.route.name or None
+        self.response_ops = route.response_ops
+        direct = route.route.direct_response
+        if direct is not None:
+            conn.stats.rq_direct_response += 1
+            self._local(
+                direct.status, direct.body.encode(), None, "direct_response", route.response_ops
+            )
+            return
+        action = route.action
+        assert action is not None and vh is not None
+        name, wi = route.pick_cluster(conn.worker.rng)
+        cluster = conn.worker.clusters.get(name)
+        if cluster is None:
+            conn.stats.no_cluster += 1
+            info.upstream_cluster = name
+            self._local(action.cluster_not_found_response_code, b"", lr.NC, "cluster_not_found")
+            return
+        if upgrade_value is not None and upgrade_value.lower() not in cfg.upgrades:
+            conn.stats.downstream_rq_ws_on_non_ws_route += 1
+            self._local(403, b"", None, "upgrade_failed")
+            return
+        self.cluster = cluster
+        self.rq_stats = conn.worker.stats.cluster_http(cluster.config.stat_name)
+        info.upstream_cluster = cluster.config.name
+
+        # -- the upstream request head, built once for every attempt -------------------------
+        req_ops = route.request_ops
+        if wi >= 0:
+            req_ops, self.response_ops = route.weighted_ops[wi]
+        rewritten = route.rewrite_path(path)
+        up_host = action.host_rewrite_literal.encode() if action.host_rewrite_literal else host_b
+        up: Headers = [(b"host", up_host)]
+        up.extend(
+            h
+            for h in clean
+            if h[0] != b"host" and (h[0] != b"expect" or cfg.config.proxy_100_continue)
+        )
+        if (
+            expect is not None
+            and expect.lower() == b"100-continue"
+            and not cfg.config.proxy_100_continue
+        ):
+            conn.write(CONTINUE_100)
+        if req_ops:
+            up = apply_ops(up, req_ops)
+        if cfg.lua_request:
+            up = apply_ops(up, cfg.lua_request)
+        if get(up, b"x-forwarded-proto") is None:
+            up.append((b"x-forwarded-proto", b"http"))
+        policy = action.retry_policy or vh.vhost.retry_policy
+        self.policy = policy
+        self.retries_left = policy.num_retries if policy is not None else 0
+        expected = action.timeout
+        if (
+            policy is not None
+            and policy.per_try_timeout > 0
+            and (expected == 0 or policy.per_try_timeout < expected)
+        ):
+            expected = policy.per_try_timeout
+        if expected > 0:
+            up.append((b"x-envoy-expected-rq-timeout-ms", str(int(expected * 1000)).encode()))
+        if rewritten is not None:
+            up.append((b"x-envoy-original-path", target))
+            target = rewritten.encode("latin-1")
+            info.original_path = path
+        if cfg.decorate and route.route.decorator is not None:
+            up.append((b"x-envoy-decorator-operation", route.route.decorator.operation.encode()))
+        if upgrade_value is not None:
+            up.append((b"connection", b"upgrade"))
+            up.append((b"upgrade", upgrade_value))
+        if self.chunked_in:
+            up.append((b"transfer-encoding", b"chunked"))
+        self.up_headers = up
+        self.up_target = target
+        self.start_attempt()
+
+    def decode_body(self, data: bytes) -> None:
+        n = len(data)
+        self.info.bytes_received += n
+        if self.response_done:
+            return  # answered already; the rest of the body is read and dropped
+        up = self.upstream
+        if up is not None and self.started:
+            up.writelines([b"%x\r\n" % n, data, CRLF]) if self.chunked_in else up.write(data)
+            if self.retain:
+                self.body_parts.append(data)
+                self.body_bytes += n
+                if self.body_bytes > self.conn.buffer_limit:
+                    self.retain = False  # too big to replay: no retry for this request
+                    self.body_parts = []
+            return
+        self.body_parts.append(data)
+        self.body_bytes += n
+        if self.body_bytes > self.conn.buffer_limit and not self.paused_for_body:
+            self.retain = False
+            self.paused_for_body = True
+            self.conn.pause_reading()
+
+    def decode_complete(self) -> None:
+        self.request_done = True
+        if self.response_done or not self.started:
+            if self.response_done:
+                self.conn.stream_done(self)
+            return
+        up = self.upstream
+        if up is not None:
+            self._request_sent(up)
+        self.arm_route_timer()
+
+    def arm_route_timer(self) -> None:
+        """The route timeout runs from the end of the request, over every attempt."""
+        route = self.route
+        if route is None or route.action is None or route.action.timeout <= 0:
+            return
+        if self.timer is None and not self.tunnel and not self.response_done:
+            self.timer = self.conn.loop.call_later(route.action.timeout, self._on_timeout)
+
+    def downstream_reset(self) -> None:
+        """The client went away before the stream finished."""
+        if self.response_done:
+            return
+        self.info.response_flags.append(lr.DC)
+        self.conn.stats.downstream_rq_rx_reset += 1
+        self.drop_upstream()
+        self._finish()
+
+    # == attempts ===========================================================================
+    def start_attempt(self) -> None:
+        self.retry_timer = None
+        cluster = self.cluster
+        assert cluster is not None and self.rq_stats is not None
+        host = cluster.choose_host(self.conn.destination)
+        if host is None:
+            cluster.stats.upstream_cx_none_healthy += 1
+            self._local(503, lr.NO_HEALTHY_UPSTREAM_BODY, lr.UH, "no_healthy_upstream")
+            return
+        self.attempt += 1
+        self.info.upstream_host = _fmt(host)
+        stats = self.rq_stats
+        stats.upstream_rq_total += 1
+        stats.upstream_rq_active += 1
+        self.attempt_started = self.conn.loop.time()
+        self.pool = pool = self.conn.pools.pool(cluster, stats, host, self.conn.buffer_limit)
+        conn = pool.acquire(self)
+        if conn is not None:
+            self.upstream_ready(conn)
+        else:
+            stats.upstream_rq_pending_total += 1
+
+    def upstream_ready(self, up: UpstreamConnection) -> None:
+        self.connecting = None
+        self.upstream = up
+        up.attach(self)
+        if up.transport is not None:
+            sock = up.transport.get_extra_info("sockname")
+            if sock:
+                self.info.upstream_local_address = _fmt((str(sock[0]), int(sock[1])))
+        headers = self.up_headers
+        if self.route is not None and self.route.vhost.vhost.include_request_attempt_count:
+            headers = [*headers, (b"x-envoy-attempt-count", str(self.attempt).encode())]
+        parts = [encode_request_head(self.method, self.up_target, headers)]
+        if self.chunked_in:
+            for p in self.body_parts:
+                parts += (b"%x\r\n" % len(p), p, CRLF)
+        else:
+            parts.extend(self.body_parts)
+        if not self.retain:
+            self.body_parts = []
+        up.writelines(parts)
+        if self.paused_for_body:
+            self.paused_for_body = False
+            self.conn.resume_reading()
+        if self.request_done:
+            self._request_sent(up)
+
+    def _request_sent(self, up: UpstreamConnection) -> None:
+        if self.chunked_in:
+            up.write(CHUNK_END)
+        up.request_done = True
+        policy = self.policy
+        if policy is not None and policy.per_try_timeout > 0:
+            self.per_try_timer = self.conn.loop.call_later(
+                policy.per_try_timeout, self._on_per_try_timeout
+            )
+
+    def upstream_connect_failed(self, reason: str, failure: str | None) -> None:
+        self.connecting = None
+        self._end_attempt()
+        self.info.upstream_transport_failure_reason = failure
+        self._reset_before_response(reason, failure)
+
+    def upstream_reset(self, reason: str, failure: str | None) -> None:
+        self.upstream = None
+        self._end_attempt()
+        if self.response_started:
+            # Mid-body: nothing more can be said to the client; close it (Envoy's UC).
+            self.rq_stats.upstream_rq_rx_reset += 1  # type: ignore[union-attr]
+            self.info.response_flags.append(lr.UC)
+            self.close_after = True
+            self.conn.abort()
+            self._finish()
+            return
+        self._reset_before_response(reason, failure)
+
+    def _reset_before_response(self, reason: str, failure: str | None) -> None:
+        if self.response_done:
+            return
+        policy = self.policy
+        retriable = policy is not None and retriable_reset(policy, reason)
+        if retriable and self._retry():
+            return
+        flags = self.info.response_flags
+        flags.append(lr.UF if reason in ("connect_failure", "connect_timeout") else lr.UC)
+        if retriable and self.retried:
+            flags.append(lr.URX)
+            self.rq_stats.upstream_rq_retry_limit_exceeded += 1  # type: ignore[union-attr]
+        self.info.response_code_details = lr.reset_details(reason, failure)
+        self._local(
+            503,
+            lr.reset_body(reason, failure, self.retried),
+            None,
+            lr.reset_details(reason, failure),
+        )
+
+    def _retry(self) -> bool:
+        """Schedule another attempt when the policy, the count and the body allow it."""
+        policy = self.policy
+        if (
+            policy is None
+            or self.retries_left <= 0
+            or self.timed_out
+            or not (self.retain or not self.body_parts)
+            or not self.request_done
+        ):
+            return False
+        self.retries_left -= 1
+        self.retried = True
+        self.rq_stats.upstream_rq_retry += 1  # type: ignore[union-attr]
+        delay = backoff(self.attempt, policy, self.conn.worker.rng)
+        self.retry_timer = self.conn.loop.call_later(delay, self.start_attempt)
+        return True
+
+    def _end_attempt(self) -> None:
+        if self.per_try_timer is not None:
+            self.per_try_timer.cancel()
+            self.per_try_timer = None
+        if self.rq_stats is not None:
+            self.rq_stats.upstream_rq_active -= 1
+
+    def drop_upstream(self) -> None:
+        for t in (self.timer, self.per_try_timer, self.retry_timer):
+            if t is not None:
+                t.cancel()
+        self.timer = self.per_try_timer = self.retry_timer = None
+        up = self.upstream
+        self.upstream = None
+        if up is not None:
+            self._end_attempt()
+            up.detach_and_close()
+        c = self.connecting
+        self.connecting = None
+        if c is not None:
+            self._end_attempt()
+            c.stream = None  # the pool keeps the connection when it completes
+
+    def _on_per_try_timeout(self) -> None:
+        self.per_try_timer = None
+        self.rq_stats.upstream_rq_per_try_timeout += 1  # type: ignore[union-attr]
+        up = self.upstream
+        self.upstream = None
+        if up is not None:
+            up.detach_and_close()
+        self._end_attempt()
+        if self.response_started:
+            self.info.response_flags.append(lr.UT)
+            self.conn.abort()
+            self._finish()
+            return
+        policy = self.policy
+        if policy is not None and retriable_reset(policy, PER_TRY_TIMEOUT) and self._retry():
+            return
+        self.info.response_flags.append(lr.UT)
+        if policy is not None and self.retried:
+            self.info.response_flags.append(lr.URX)
+        self._local(504, lr.UPSTREAM_TIMEOUT_BODY, None, "response_timeout")
+
+    def _on_timeout(self) -> None:
+        self.timer = None
+        self.timed_out = True
+        if self.rq_stats is not None:
+            self.rq_stats.upstream_rq_timeout += 1
+        self.drop_upstream()
+        self.info.response_flags.append(lr.UT)
+        if self.response_started:
+            self.conn.abort()
+            self._finish()
+            return
+        self._local(504, lr.UPSTREAM_TIMEOUT_BODY, None, "response_timeout")
+
+    # == upstream response ===================================================================
+    def upstream_headers(self, status: int, headers: Headers) -> None:
+        stats = self.rq_stats
+        assert stats is not None
+        stats.count_code(status)
+        _count_class(stats, status)
+        if self.per_try_timer is not None:
+            self.per_try_timer.cancel()
+            self.per_try_timer = None
+        policy = self.policy
+        if policy is not None and status != 101 and retriable_status(policy, status):
+            up = self.upstream
+            if self._retry():
+                self.upstream = None
+                self._end_attempt()
+                if up is not None:
+                    up.detach_and_close()
+                return
+            if self.retried:
+                self.info.response_flags.append(lr.URX)
+        if self.retried and status < 500:
+            stats.upstream_rq_retry_success += 1
+        conn = self.conn
+        cfg = conn.cfg
+        info = self.info
+        self.response_started = True
+        info.response_code = status
+        info.response_code_details = "via_upstream"
+        elapsed = int((conn.loop.time() - self.attempt_started) * 1000)
+        info.upstream_service_time_ms = elapsed
+        out = strip_response(headers)
+        out.append((b"x-envoy-upstream-service-time", str(elapsed).encode()))
+        if self.response_ops:
+            out = apply_ops(out, self.response_ops)
+        if cfg.lua_response:
+            out = apply_ops(out, cfg.lua_response)
+        no_body = self.head_request or status in _NO_BODY_STATUS
+        if status == 101:
+            out.append((b"connection", b"upgrade"))
+            up_value = get(headers, b"upgrade")
+            if up_value is not None:
+                out.append((b"upgrade", up_value))
+            self.tunnel = True
+        elif not no_body and get(out, b"content-length") is None:
+            if self.http10:
+                self.close_after = True  # HTTP/1.0 has no chunking: the close ends the body
+            else:
+                self.chunked_out = True
+                out.append((b"transfer-encoding", b"chunked"))
+        if get(out, b"date") is None:
+            out.append((b"date", http_date()))
+        out = replace_header(out, b"server", cfg.server)
+        if status != 101 and (self.close_after or not self.keep_alive or conn.draining):
+            self.close_after = True
+            out.append((b"connection", b"close"))
+        conn.write(encode_head(status, out))
+        if self.tunnel:
+            conn.start_tunnel(self)
+
+    def upstream_body(self, data: bytes) -> None:
+        self.info.bytes_sent += len(data)
+        if self.chunked_out:
+            self.conn.writelines([b"%x\r\n" % len(data), data, CRLF])
+        else:
+            self.conn.write(data)
+
+    def upstream_complete(self) -> None:
+        self.upstream = None
+        self._end_attempt()
+        if self.rq_stats is not None:
+            self.rq_stats.upstream_rq_completed += 1
+            self.rq_stats.upstream_rq_time.record(
+                (self.conn.loop.time() - self.attempt_started) * 1000
+            )
+        if self.response_done:
+            return
+        if self.chunked_out:
+            self.conn.write(CHUNK_END)
+        self._finish()
+
+    def upstream_pause_writing(self) -> None:
+        self.conn.pause_reading()
+
+    def upstream_resume_writing(self) -> None:
+        self.conn.resume_reading()
+
+    # -- websocket and other upgrades: a byte tunnel after 101 ---------------------------------
+    def upstream_tunnel_data(self, data: bytes) -> None:
+        self.info.bytes_sent += len(data)
+        self.conn.write(data)
+
+    def upstream_tunnel_closed(self) -> None:
+        self.upstream = None
+        self._end_attempt()
+        self.close_after = True
+        self.conn.close_when_flushed()
+        self._finish()
+
+    def downstream_tunnel_data(self, data: bytes) -> None:
+        self.info.bytes_received += len(data)
+        up = self.upstream
+        if up is not None:
+            up.write(data)
+
+    # == endings ============================================================================
+    def _local(
+        self,
+        status: int,
+        body: bytes,
+        flag: str | None,
+        details: str,
+        ops: tuple[tuple[int, bytes, bytes], ...] = (),
+    ) -> None:
+        """Answer the request ourselves (Envoy's sendLocalReply) and finish the stream."""
+        conn = self.conn
+        info = self.info
+        self.drop_upstream()
+        if flag is not None:
+            info.response_flags.append(flag)
+        info.response_code = status
+        info.response_code_details = details
+        if not self.keep_alive or conn.draining:
+            self.close_after = True
+        extra: list[tuple[bytes, bytes]] = []
+        if ops:
+            extra = apply_ops(extra, ops)
+        if self.close_after:
+            extra.append((b"connection", b"close"))
+        data = lr.local_reply(
+            status, body, conn.cfg.server, tuple(extra), head_only=self.head_request
+        )
+        info.bytes_sent += 0 if self.head_request else len(body)
+        conn.write(data)
+        self.response_started = True
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.response_done:
+            return
+        self.response_done = True
+        for t in (self.timer, self.per_try_timer, self.retry_timer):
+            if t is not None:
+                t.cancel()
+        self.timer = self.per_try_timer = self.retry_timer = None
+        if self.paused_for_body:
+            self.paused_for_body = False
+            self.conn.resume_reading()
+        self.conn.stream_done(self)
+
+
+def _count_class(stats: ClusterHttpStats, status: int) -> None:
+    cls = status // 100
+    if cls == 2:
+        stats.upstream_rq_2xx += 1
+    elif cls == 5:
+        stats.upstream_rq_5xx += 1
+    elif cls == 4:
+        stats.upstream_rq_4xx += 1
+    elif cls == 3:
+        stats.upstream_rq_3xx += 1
+    else:
+        stats.upstream_rq_1xx += 1
+
+
+def _as_dict(headers: Headers) -> dict[str, str]:
+    """Header matchers see one value per name; repeated headers join with ',' as in Envoy."""
+    out: dict[str, str] = {}
+    for n, v in headers:
+        name = n.decode("latin-1")
+        value = v.decode("latin-1")
+        out[name] = f"{out[name]},{value}" if name in out else value
+    return out
