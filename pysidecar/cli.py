@@ -20,7 +20,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pysidecar.demo", "watch the sidecar intercept real traffic in throw-away lab pods"),
     "inject": ("pysidecar.inject.cli", "add the sidecar and its init container to Kubernetes YAML (like istioctl kube-inject)"),
     "wait": ("pysidecar.inject.wait", "wait until the sidecar is ready (:15021/healthz/ready); the postStart hook"),
+    "envoy-config": ("pysidecar.config.export", "write the config as an Envoy v3 bootstrap (to run real Envoy on it)"),
     "lab": ("pysidecar.lab.cli", "lab pods to explore by hand: lab up | shell POD | list | down"),
+    "proxy-config": ("pysidecar.observe.proxy_config", "show a running proxy's listeners, routes, clusters, endpoints like istioctl"),
 }
 
 

@@ -1,0 +1,223 @@
+"""`istioctl proxy-config`-shaped views of an Envoy config dump. Pure functions over JSON.
+
+Promises:
+- `listener_rows(dump, port)`: one row per filter chain, columns ADDRESS PORT MATCH DESTINATION,
+  with istioctl's wording: MATCH `ALL`, or `SNI: a,b; Trans: tls; App: http/1.1,h2c;
+  Addr: 10.0.0.0/8:80` (`Addr: *:15001` for a port alone); DESTINATION `Route: <name>`,
+  `Inline Route: /*`, `Cluster: outbound|...`, a catch-all cluster by its bare name
+  (`PassthroughCluster`), or `Non-HTTP/Non-TCP`.
+- `route_rows`, `cluster_rows`, `endpoint_rows`: istioctl's routes, clusters and endpoints
+  tables (NAME VHOST NAME DOMAINS MATCH VIRTUAL SERVICE / SERVICE FQDN PORT SUBSET DIRECTION
+  TYPE DESTINATION RULE / ENDPOINT STATUS OUTLIER CHECK CLUSTER).
+- `table(header, rows)` aligns columns as Go's tabwriter does for istioctl (one space between
+  columns, no trailing padding). `resources(dump, kind)` and `camel(value)` give `-o json|yaml`
+  the raw resources with istioctl's camelCase keys.
+- Listeners and clusters are read from both static and dynamic (`active_state`) sections, so a
+  real Envoy's dump reads the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+Json = dict[str, Any]
+Row = tuple[str, ...]
+ADMIN_TYPE = "type.googleapis.com/envoy.admin.v3."
+
+LISTENER_HEADER: Row = ("ADDRESS", "PORT", "MATCH", "DESTINATION")
+ROUTE_HEADER: Row = ("NAME", "VHOST NAME", "DOMAINS", "MATCH", "VIRTUAL SERVICE")
+CLUSTER_HEADER: Row = ("SERVICE FQDN", "PORT", "SUBSET", "DIRECTION", "TYPE", "DESTINATION RULE")
+ENDPOINT_HEADER: Row = ("ENDPOINT", "STATUS", "OUTLIER CHECK", "CLUSTER")
+
+
+def _section(dump: Json, kind: str) -> Json:
+    for config in dump.get("configs", []):
+        if config.get("@type") == ADMIN_TYPE + kind:
+            return dict(config)
+    return {}
+
+
+def resources(dump: Json, kind: str) -> list[Json]:
+    """The listeners / clusters / route configs of a dump, static ones first."""
+    key, static, dynamic = {
+        "listeners": ("listener", "static_listeners", "dynamic_listeners"),
+        "clusters": ("cluster", "static_clusters", "dynamic_active_clusters"),
+        "routes": ("route_config", "static_route_configs", "dynamic_route_configs"),
+    }[kind]
+    section = _section(dump, {"listeners": "ListenersConfigDump", "clusters": "ClustersConfigDump",
+                              "routes": "RoutesConfigDump"}[kind])  # fmt: skip
+    out: list[Json] = []
+    for entry in [*section.get(static, []), *section.get(dynamic, [])]:
+        holder = entry.get("active_state", entry)
+        if key in holder:
+            out.append(holder[key])
+    return out
+
+
+# -- listeners --------------------------------------------------------------------------------
+
+
+def describe_match(match: Json | None) -> str:
+    if not match:
+        return "ALL"
+    conds: list[str] = []
+    if match.get("server_names"):
+        conds.append("SNI: " + ",".join(match["server_names"]))
+    if match.get("transport_protocol"):
+        conds.append("Trans: " + match["transport_protocol"])
+    if match.get("application_protocols"):
+        conds.append("App: " + ",".join(match["application_protocols"]))
+    port = f":{match['destination_port']}" if "destination_port" in match else ""
+    ranges = [f"{r['address_prefix']}/{r.get('prefix_len', 0)}" for r in match.get("prefix_ranges", [])]
+    if ranges:
+        conds.append(f"Addr: {','.join(ranges)}{port}")
+    elif port:
+        conds.append(f"Addr: *{port}")
+    return "; ".join(conds) or "ALL"
+
+
+def _cluster_name(cluster: str) -> str:
+    # istioctl prints the catch-alls (PassthroughCluster, BlackHoleCluster, ...) bare.
+    return cluster if "Cluster" in cluster else f"Cluster: {cluster}"
+
+
+def match_summary(match: Json) -> str:
+    if match.get("prefix"):
+        return f"{match['prefix']}*"
+    if match.get("path"):
+        return str(match["path"])
+    regex = match.get("safe_regex")
+    if regex:
+        return f"regex {regex.get('regex', regex) if isinstance(regex, dict) else regex}"
+    return "/*"
+
+
+def _inline_route(rc: Json) -> str:
+    vhosts = rc.get("virtual_hosts", [])
+    if len(vhosts) == 1 and vhosts[0].get("domains") == ["*"] and len(vhosts[0].get("routes", [])) == 1:
+        route = vhosts[0]["routes"][0]
+        cluster = (route.get("route") or {}).get("cluster")
+        if cluster and route.get("match", {}).get("prefix", "/") == "/":
+            return _cluster_name(cluster)
+    parts = []
+    for vh in vhosts:
+        routes = ", ".join(match_summary(r.get("match", {})) for r in vh.get("routes", []))
+        domains = vh.get("domains", [])
+        parts.append(routes if domains == ["*"] else f"{'/'.join(domains)} {routes}")
+    return "Inline Route: " + "; ".join(parts)
+
+
+def describe_destination(filters: Sequence[Json]) -> str:
+    for f in filters:
+        cfg = f.get("typed_config", {})
+        if f.get("name") == "envoy.filters.network.http_connection_manager":
+            if "rds" in cfg:
+                return f"Route: {cfg['rds'].get('route_config_name', '')}"
+            rc = cfg.get("route_config")
+            if rc is None:
+                return "HTTP"
+            return f"Route: {rc['name']}" if rc.get("name") else _inline_route(rc)
+        if f.get("name") == "envoy.filters.network.tcp_proxy":
+            if "cluster" in cfg:
+                return _cluster_name(cfg["cluster"])
+            weighted = cfg.get("weighted_clusters", {}).get("clusters", [])
+            if weighted:
+                return "WeightedCluster: " + ",".join(w["name"] for w in weighted)
+    return "Non-HTTP/Non-TCP"
+
+
+def listener_rows(dump: Json, port: int | None = None) -> list[Row]:
+    rows: list[tuple[int, str, int, Row]] = []
+    for x in resources(dump, "listeners"):
+        sa = x.get("address", {}).get("socket_address", {})
+        address, lport = str(sa.get("address", "")), int(sa.get("port_value", 0))
+        if port is not None and lport != port:
+            continue
+        chains = [*x.get("filter_chains", []), *([x["default_filter_chain"]] if "default_filter_chain" in x else [])]
+        for i, chain in enumerate(chains):
+            row = (address, str(lport), describe_match(chain.get("filter_chain_match")),
+                   describe_destination(chain.get("filters", [])))  # fmt: skip
+            rows.append((lport, address, i, row))
+    return [r for *_key, r in sorted(rows)]
+
+
+# -- routes, clusters, endpoints --------------------------------------------------------------
+
+
+def _best_domain(domains: Sequence[str]) -> str:
+    """istioctl's pick: the shortest name that is not an IP address."""
+    names = [d for d in domains if d and not d[0].isdigit()]
+    return min(names, key=len) if names else (domains[0] if domains else "")
+
+
+def route_rows(dump: Json, name: str | None = None) -> list[Row]:
+    rows: list[Row] = []
+    for rc in resources(dump, "routes"):
+        if name is not None and rc.get("name") != name:
+            continue
+        for vh in rc.get("virtual_hosts", []):
+            domains = vh.get("domains", [])
+            domain = _best_domain(domains)
+            if len(domains) > 1:
+                domain += f" + {len(domains) - 1} more..."
+            for r in vh.get("routes", []):
+                vs = "404" if (r.get("direct_response") or {}).get("status") == 404 else ""
+                rows.append((str(rc.get("name", "")), str(vh.get("name", "")), domain,
+                             match_summary(r.get("match", {})), vs))  # fmt: skip
+    return rows
+
+
+_ISTIO_CLUSTER = re.compile(r"^(inbound|outbound)\|(\d*)\|([^|]*)\|(.*)$")
+
+
+def cluster_rows(dump: Json, fqdn: str | None = None) -> list[Row]:
+    rows: list[Row] = []
+    for c in resources(dump, "clusters"):
+        name = str(c.get("name", ""))
+        kind = str(c.get("type", "EDS"))
+        m = _ISTIO_CLUSTER.match(name)
+        row = (m.group(4), m.group(2) or "-", m.group(3) or "-", m.group(1), kind, "") if m else (name, "-", "-", "-", kind, "")
+        if fqdn is None or row[0] == fqdn:
+            rows.append(row)
+    return rows
+
+
+def endpoint_rows(clusters_json: Json, cluster: str | None = None) -> list[Row]:
+    """From admin /clusters?format=json (endpoints live there, not in the config dump)."""
+    rows: list[Row] = []
+    for c in clusters_json.get("cluster_statuses", []):
+        if cluster is not None and c.get("name") != cluster:
+            continue
+        for h in c.get("host_statuses", []):
+            sa = h.get("address", {}).get("socket_address", {})
+            host = f"{sa.get('address')}:{sa.get('port_value')}"
+            status = h.get("health_status", {}).get("eds_health_status", "HEALTHY")
+            rows.append((host, status, "OK", str(c.get("name"))))
+    return rows
+
+
+# -- output -----------------------------------------------------------------------------------
+
+
+def table(header: Row, rows: Sequence[Row]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [" ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
+    return "\n".join(lines) + "\n"
+
+
+def _camel_key(key: str) -> str:
+    if key.startswith("@") or "_" not in key:
+        return key
+    head, *rest = key.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+def camel(value: Any) -> Any:
+    """istioctl's -o json|yaml spelling: camelCase keys (`use_original_dst` → `useOriginalDst`)."""
+    if isinstance(value, dict):
+        return {_camel_key(str(k)): camel(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [camel(v) for v in value]
+    return value

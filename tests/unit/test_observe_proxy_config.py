@@ -1,0 +1,131 @@
+"""`pysidecar proxy-config`: istioctl-shaped tables from fixed config dumps."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import yaml
+
+from pysidecar.config.sidecar import standard_sidecar
+from pysidecar.model import Bootstrap, Cluster, FilterChain, Listener, SocketAddress, TcpProxy
+from pysidecar.observe import proxy_config_tables as t
+from pysidecar.observe.config_dump import config_dump
+from pysidecar.observe.proxy_config import render
+
+# A dynamic (xDS) listener as a real Istio sidecar's Envoy dumps it: port 80 with an HTTP
+# chain by RDS and a TCP catch-all.
+ISTIO_PORT_80 = {
+    "name": "0.0.0.0_80",
+    "address": {"socket_address": {"address": "0.0.0.0", "port_value": 80}},
+    "filter_chains": [
+        {
+            "filter_chain_match": {"transport_protocol": "raw_buffer", "application_protocols": ["http/1.1", "h2c"]},
+            "filters": [
+                {
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {"rds": {"route_config_name": "80"}},
+                }
+            ],
+        }
+    ],
+    "default_filter_chain": {
+        "filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {"cluster": "PassthroughCluster"}}]
+    },
+    "bind_to_port": False,
+}
+ROUTE_80 = {
+    "name": "80",
+    "virtual_hosts": [
+        {"name": "httpbin.org:80", "domains": ["httpbin.org"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "outbound|80||httpbin.org"}}]},
+        {"name": "block_all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 502}}]},
+    ],
+}
+
+
+def _dump() -> dict:
+    base = standard_sidecar()
+    kube_dns = Listener(
+        name="10.96.0.10_53",
+        address=SocketAddress("10.96.0.10", 53),
+        bind_to_port=False,
+        filter_chains=(
+            FilterChain("", (TcpProxy("outbound|53||kube-dns.kube-system.svc.cluster.local", "outbound|53||kube-dns.kube-system.svc.cluster.local"),)),
+        ),
+    )
+    dns_cluster = Cluster("outbound|53||kube-dns.kube-system.svc.cluster.local")
+    b = Bootstrap((*base.listeners, kube_dns), (*base.clusters, dns_cluster), base.admin)
+    dump = config_dump(b, 0.0)
+    for config in dump["configs"]:
+        if config["@type"].endswith("ListenersConfigDump"):
+            config["dynamic_listeners"] = [{"name": "0.0.0.0_80", "active_state": {"listener": ISTIO_PORT_80}}]
+        if config["@type"].endswith("RoutesConfigDump"):
+            config["dynamic_route_configs"] = [{"route_config": ROUTE_80}]
+    return dump
+
+
+def test_listener_table_reads_like_istioctl() -> None:
+    assert t.table(t.LISTENER_HEADER, t.listener_rows(_dump())) == (
+        "ADDRESS    PORT  MATCH                                DESTINATION\n"
+        "10.96.0.10 53    ALL                                  Cluster: outbound|53||kube-dns.kube-system.svc.cluster.local\n"
+        "0.0.0.0    80    Trans: raw_buffer; App: http/1.1,h2c Route: 80\n"
+        "0.0.0.0    80    ALL                                  PassthroughCluster\n"
+        "0.0.0.0    15001 Addr: *:15001                        BlackHoleCluster\n"
+        "0.0.0.0    15001 ALL                                  PassthroughCluster\n"
+        "0.0.0.0    15006 Addr: *:15006                        BlackHoleCluster\n"
+        "0.0.0.0    15006 ALL                                  InboundPassthroughCluster\n"
+    )
+
+
+def test_listener_port_filter() -> None:
+    rows = t.listener_rows(_dump(), port=15001)
+    assert [r[2] for r in rows] == ["Addr: *:15001", "ALL"]
+
+
+def test_match_descriptions() -> None:
+    assert t.describe_match(None) == "ALL"
+    assert t.describe_match({"transport_protocol": "tls", "destination_port": 8080}) == "Trans: tls; Addr: *:8080"
+    inbound_tls = {
+        "transport_protocol": "tls",
+        "application_protocols": ["istio-http/1.0", "istio-h2"],
+        "prefix_ranges": [{"address_prefix": "0.0.0.0", "prefix_len": 0}],
+    }
+    assert t.describe_match(inbound_tls) == "Trans: tls; App: istio-http/1.0,istio-h2; Addr: 0.0.0.0/0"
+    assert t.describe_match({"server_names": ["a.com", "b.com"]}) == "SNI: a.com,b.com"
+
+
+def test_destinations() -> None:
+    hcm = "envoy.filters.network.http_connection_manager"
+    inline = {"virtual_hosts": [{"domains": ["*"], "routes": [{"match": {"prefix": "/stats/prometheus"}}]}]}
+    assert t.describe_destination([{"name": hcm, "typed_config": {"route_config": inline}}]) == "Inline Route: /stats/prometheus*"
+    assert t.describe_destination([{"name": hcm, "typed_config": {"route_config": {"name": "local_route"}}}]) == "Route: local_route"
+    assert t.describe_destination([]) == "Non-HTTP/Non-TCP"
+
+
+def test_route_cluster_endpoint_tables() -> None:
+    dump = _dump()
+    assert t.route_rows(dump) == [("80", "httpbin.org:80", "httpbin.org", "/*", ""), ("80", "block_all", "*", "/*", "")]
+    rows = t.cluster_rows(dump)
+    assert ("BlackHoleCluster", "-", "-", "-", "STATIC", "") in rows
+    assert ("PassthroughCluster", "-", "-", "-", "ORIGINAL_DST", "") in rows
+    assert ("kube-dns.kube-system.svc.cluster.local", "53", "-", "outbound", "STATIC", "") in rows
+    clusters = {"cluster_statuses": [{"name": "svc", "host_statuses": [
+        {"address": {"socket_address": {"address": "198.19.0.10", "port_value": 80}}, "health_status": {"eds_health_status": "HEALTHY"}}]}]}  # fmt: skip
+    assert t.table(t.ENDPOINT_HEADER, t.endpoint_rows(clusters)) == (
+        "ENDPOINT       STATUS  OUTLIER CHECK CLUSTER\n198.19.0.10:80 HEALTHY OK            svc\n"
+    )
+
+
+def _args(**kw: object) -> argparse.Namespace:
+    base = {"output": "short", "port": None, "name": None, "fqdn": None, "cluster": None}
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_yaml_and_json_output_use_istioctl_camel_case() -> None:
+    out = yaml.safe_load(render("listeners", _args(output="yaml", port=15001), _dump()))
+    assert len(out) == 1
+    assert out[0]["useOriginalDst"] is True and out[0]["trafficDirection"] == "OUTBOUND"
+    assert out[0]["filterChains"][0]["filterChainMatch"] == {"destinationPort": 15001}
+    assert out[0]["filterChains"][0]["filters"][0]["typedConfig"]["@type"].endswith("TcpProxy")
+    routes = json.loads(render("routes", _args(output="json", name="80"), _dump()))
+    assert routes[0]["virtualHosts"][1]["routes"][0]["directResponse"] == {"status": 502}
