@@ -1,0 +1,177 @@
+"""Observability end to end: a scripted mix of traffic through a lab pod's sidecar (2 workers),
+then :15090 counters, the access log and readiness must tell exactly what happened."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pysidecar.lab import Lab, Pod
+from tests.e2e.sidecar import closed_without_data, connect, recv_all, send_pattern, write_config
+from tests.e2e.test_tcp_path import registry_only
+
+pytestmark = pytest.mark.e2e
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def _code(pod: Pod, url: str) -> str:
+    return pod.run(["curl", "-s", "-o", "/dev/null", "-m", "2", "-w", "%{http_code}", url]).stdout
+
+
+def _access_log(lab: Lab) -> str:
+    path = os.path.join(lab.logdir, "access.log")
+    with open(path, "w"):
+        pass
+    os.chmod(path, 0o666)  # the proxy runs as uid 1337
+    return path
+
+
+def _lines(path: str, want: int, timeout: float = 10) -> list[str]:
+    """The log's lines once `want` are there (lines are flushed once a second)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(path) as f:
+            lines = f.read().splitlines()
+        if len(lines) >= want or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
+
+
+def _scrape(pod: Pod, url: str) -> Samples:
+    text = pod.run(["curl", "-sf", url], check=True).stdout
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def _value(samples: Samples, name: str, **labels: str) -> float:
+    """Sum of `name` over the series whose labels include `labels`. (prometheus-client's parser
+    spells a counter's samples with `_total`, whether the exposition had it or not.)"""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n in (name, name + "_total") and want <= ls)
+
+
+def _ext(lab: Lab) -> Pod:
+    ext = lab.add_pod("ext", address="198.19.0.10")
+    ext.spawn_server("sink", 9000)
+    ext.spawn_server("echo", 9002)
+    return ext
+
+
+def test_passthrough_counters_access_log_and_readiness(lab: Lab) -> None:
+    app = lab.add_pod("app")
+    _ext(lab)
+    log = _access_log(lab)
+    app.install_interception()
+    proxy = app.spawn_proxy(["run", "--concurrency", "2", "--access-log", log])
+
+    # While the workers start: readiness answers 503 (or nothing yet), then 200 for good.
+    seen: list[tuple[str, str]] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        pair = (_code(app, "http://127.0.0.1:15021/healthz/ready"), _code(app, "http://127.0.0.1:15000/ready"))
+        seen.append(pair)
+        if pair == ("200", "200"):
+            break
+        assert proxy.poll() is None, lab.logs()
+    assert seen[-1] == ("200", "200"), seen
+    for codes in zip(*seen, strict=True):
+        # nothing listening, then 503 while the workers start (admin binds first), then 200
+        assert re.fullmatch("(000)*(503)+(200)+", "".join(codes)), seen
+
+    # Scripted TCP traffic through 15001 → PassthroughCluster.
+    sizes = [1000, 5000, 64 * 1024, 3, 250_000]
+    for size in sizes:
+        s = connect(app, "198.19.0.10", 9000)
+        digest = send_pattern(s, size)
+        assert recv_all(s).decode() == f"{size} {digest}\n"
+        s.close()
+    echoed = 0
+    for payload in (b"hello\n", b"x" * 10_000):
+        s = connect(app, "198.19.0.10", 9002)
+        s.sendall(payload)
+        s.shutdown(1)
+        assert recv_all(s) == payload
+        echoed += len(payload)
+        s.close()
+    n = len(sizes) + 2
+    sent = sum(sizes) + echoed
+
+    lines = _lines(log, n)
+    prom = _scrape(app, "http://127.0.0.1:15090/stats/prometheus")
+    assert _value(prom, "envoy_listener_downstream_cx_total", listener_address="0.0.0.0_15001") == n
+    assert _value(prom, "envoy_tcp_downstream_cx_total", tcp_prefix="PassthroughCluster") == n
+    assert _value(prom, "envoy_tcp_downstream_cx_rx_bytes_total", tcp_prefix="PassthroughCluster") == sent
+    received = _value(prom, "envoy_tcp_downstream_cx_tx_bytes_total", tcp_prefix="PassthroughCluster")
+    assert echoed <= received <= echoed + 100 * len(sizes)  # the sink answers a line each
+    assert _value(prom, "envoy_cluster_upstream_cx_total", cluster_name="PassthroughCluster") == n
+    istio = {"reporter": "source", "destination_service_name": "PassthroughCluster"}
+    assert _value(prom, "istio_tcp_connections_opened_total", **istio) == n
+    assert _value(prom, "istio_tcp_connections_closed_total", **istio) == n
+    assert _value(prom, "istio_tcp_received_bytes_total", **istio) == sent
+    assert _value(prom, "istio_tcp_sent_bytes_total", **istio) == received
+    assert _value(prom, "envoy_server_concurrency") == 2
+
+    # One line per connection, Istio's TCP shape, no flags.
+    assert len(lines) == n, lines
+    for line in lines:
+        assert '"- - -" 0 - - - "-" ' in line, line
+        assert " PassthroughCluster " in line and '"198.19.0.10:900' in line
+    assert sorted(int(x.split('"-" ', 1)[1].split()[0]) for x in lines) == sorted([*sizes, 6, 10_000])
+
+    # The same numbers on the admin port, which also has the per-host view.
+    admin = _scrape(app, "http://127.0.0.1:15000/stats/prometheus")
+    assert _value(admin, "envoy_tcp_downstream_cx_total", tcp_prefix="PassthroughCluster") == n
+    clusters = app.run(["curl", "-sf", "http://127.0.0.1:15000/clusters"], check=True).stdout
+    assert "PassthroughCluster::198.19.0.10:9000::cx_total::5" in clusters.splitlines()
+    assert "PassthroughCluster::198.19.0.10:9002::cx_total::2" in clusters.splitlines()
+    assert _code(app, "http://127.0.0.1:15000/quitquitquit") == "400"  # GET on a POST-only path
+    r = app.run([sys.executable, "-m", "pysidecar", "proxy-config", "listeners", "--port", "15001"], check=True)
+    assert r.stdout.splitlines()[1].split() == ["0.0.0.0", "15001", "Addr:", "*:15001", "BlackHoleCluster"]
+
+
+def test_registry_only_blocks_are_counted_and_logged(lab: Lab) -> None:
+    app = lab.add_pod("app")
+    _ext(lab)
+    log = _access_log(lab)
+    config = write_config(lab, "registry-only.yaml", registry_only())
+    app.install_interception()
+    proxy = app.spawn_proxy(["run", "--concurrency", "2", "-c", config, "--access-log", log, "--access-log-format", "json"])
+    app.wait_port(15000, timeout=20, proc=proxy)
+    deadline = time.monotonic() + 20
+    while _code(app, "http://127.0.0.1:15000/ready") != "200":
+        assert time.monotonic() < deadline and proxy.poll() is None, lab.logs()
+        time.sleep(0.05)
+
+    blocked = [9000, 9002, 80, 443]
+    for port in blocked:
+        s = connect(app, "198.19.0.10", port)
+        try:
+            s.sendall(b"hello\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        else:
+            assert closed_without_data(s)
+        s.close()
+
+    records = [json.loads(x) for x in _lines(log, len(blocked))]
+    assert len(records) == len(blocked)
+    assert {r["response_flags"] for r in records} == {"UH"}
+    assert {r["upstream_cluster"] for r in records} == {"BlackHoleCluster"}
+    assert sorted(r["downstream_local_address"] for r in records) == sorted(f"198.19.0.10:{p}" for p in blocked)
+    assert all(r["upstream_host"] is None and r["bytes_sent"] == 0 for r in records)
+    prom = _scrape(app, "http://127.0.0.1:15000/stats/prometheus")
+    assert _value(prom, "envoy_cluster_upstream_cx_none_healthy", cluster_name="BlackHoleCluster") == len(blocked)
+    assert _value(prom, "envoy_cluster_upstream_cx_total", cluster_name="BlackHoleCluster") == 0
+    assert _value(prom, "envoy_tcp_downstream_cx_total", tcp_prefix="BlackHoleCluster") == len(blocked)
+    flags = {"destination_service_name": "BlackHoleCluster", "response_flags": "UH"}
+    assert _value(prom, "istio_tcp_connections_closed_total", **flags) == len(blocked)
