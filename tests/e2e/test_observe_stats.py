@@ -175,3 +175,101 @@ def test_registry_only_blocks_are_counted_and_logged(lab: Lab) -> None:
     assert _value(prom, "envoy_tcp_downstream_cx_total", tcp_prefix="BlackHoleCluster") == len(blocked)
     flags = {"destination_service_name": "BlackHoleCluster", "response_flags": "UH"}
     assert _value(prom, "istio_tcp_connections_closed_total", **flags) == len(blocked)
+
+
+HTTP_LISTENER = """
+  - name: 0.0.0.0_80
+    address: {socket_address: {address: 0.0.0.0, port_value: 80}}
+    bind_to_port: false
+    traffic_direction: OUTBOUND
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: "outbound_0.0.0.0_80;"
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+          route_config:
+            name: "80"
+            virtual_hosts:
+            - name: ext.lab:80
+              domains: ["ext.lab", "198.19.0.10"]
+              routes:
+              - match: {prefix: /status}
+                route: {cluster: "outbound|80||ext.lab", timeout: 0s}
+            - name: dead.lab:80
+              domains: ["dead.lab"]
+              routes:
+              - match: {prefix: /}
+                route: {cluster: "outbound|80||dead.lab", timeout: 0s}
+"""
+HTTP_CLUSTERS = """
+  - name: "outbound|80||ext.lab"
+    alt_stat_name: "outbound|80||ext.lab;"
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: "outbound|80||ext.lab"
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 198.19.0.10, port_value: 80}}}
+  - name: "outbound|80||dead.lab"
+    alt_stat_name: "outbound|80||dead.lab;"
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: "outbound|80||dead.lab"
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 198.19.0.10, port_value: 81}}}
+"""
+
+
+def test_http_requests_by_code_class_across_workers(lab: Lab) -> None:
+    app = lab.add_pod("app")
+    ext = lab.add_pod("ext", address="198.19.0.10", hostnames=["ext.lab", "dead.lab"])
+    ext.spawn_server("http", 80)
+    log = _access_log(lab)
+    config = write_config(lab, "http.yaml", registry_only(HTTP_LISTENER, HTTP_CLUSTERS))
+    app.install_interception()
+    proxy = app.spawn_proxy(["run", "--concurrency", "2", "-c", config, "--access-log", log])
+    app.wait_port(15000, timeout=20, proc=proxy)
+    deadline = time.monotonic() + 20
+    while _code(app, "http://127.0.0.1:15000/ready") != "200":
+        assert time.monotonic() < deadline and proxy.poll() is None, lab.logs()
+        time.sleep(0.05)
+
+    script = {"http://ext.lab/status/200": 6, "http://ext.lab/status/404": 3, "http://ext.lab/nothing-here": 2,
+              "http://dead.lab/": 2}  # fmt: skip
+    got: dict[str, list[str]] = {}
+    for url, times in script.items():
+        for _ in range(times):
+            # a new connection per request, so both workers take some
+            got.setdefault(url, []).append(_code(app, url))
+    assert got == {
+        "http://ext.lab/status/200": ["200"] * 6,
+        "http://ext.lab/status/404": ["404"] * 3,
+        "http://ext.lab/nothing-here": ["404"] * 2,  # no route: NR
+        "http://dead.lab/": ["503"] * 2,  # connection refused: UF
+    }
+    prom = _scrape(app, "http://127.0.0.1:15000/stats/prometheus")
+    hcm = {"http_conn_manager_prefix": "outbound_0.0.0.0_80"}
+    assert _value(prom, "envoy_http_downstream_rq", response_code_class="2xx", **hcm) == 6
+    assert _value(prom, "envoy_http_downstream_rq", response_code_class="4xx", **hcm) == 5
+    assert _value(prom, "envoy_http_downstream_rq", response_code_class="5xx", **hcm) == 2
+    assert _value(prom, "envoy_cluster_upstream_rq", response_code="200", cluster_name="outbound|80||ext.lab") == 6
+    assert _value(prom, "envoy_cluster_upstream_rq", response_code="404", cluster_name="outbound|80||ext.lab") == 3
+    requests = {"reporter": "source", "destination_service": "ext.lab"}
+    assert _value(prom, "istio_requests_total", response_code="200", **requests) == 6
+    assert _value(prom, "istio_requests_total", response_code="404", response_flags="-", **requests) == 3
+    assert _value(prom, "istio_requests_total", response_code="503", response_flags="UF") == 2
+    assert _value(prom, "istio_requests_total", response_code="404", response_flags="NR") == 2
+    assert _value(prom, "istio_request_duration_milliseconds_count", **requests) == 9
+
+    lines = _lines(log, 13)
+    assert len(lines) == 13, lines
+    assert sum('"GET /status/200 HTTP/1.1" 200 - via_upstream' in x for x in lines) == 6
+    assert sum('"GET /nothing-here HTTP/1.1" 404 NR route_not_found' in x for x in lines) == 2
+    assert sum('"GET / HTTP/1.1" 503 UF' in x and "outbound|80||dead.lab" in x for x in lines) == 2
