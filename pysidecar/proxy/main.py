@@ -32,6 +32,7 @@ import uvloop
 
 from pysidecar.config.loader import load
 from pysidecar.config.node import ConfigError
+from pysidecar.config.watch import ConfigWatcher, ReloadState
 from pysidecar.model import Bootstrap
 from pysidecar.observe import http_server
 from pysidecar.observe.access_format import FormatError
@@ -121,6 +122,8 @@ class Supervisor:
         self._stopping = False
         self._done: asyncio.Future[int] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Hot reload of the -c files: counters and the last rejection, for stats and the admin.
+        self.reload = ReloadState()
 
     # -- ProxyState ----------------------------------------------------------------------------
     @property
@@ -136,6 +139,7 @@ class Supervisor:
         merged["server.concurrency"] = ("gauge", self.concurrency)
         merged["server.live"] = ("gauge", 1 if self.ready else 0)
         merged["server.uptime"] = ("gauge", int(time.time() - self.started))
+        merged.update(self.reload.stats())
         return merged
 
     async def host_stats(self) -> HostSnapshot:
@@ -161,6 +165,18 @@ class Supervisor:
 
     def set_healthy(self, healthy: bool) -> None:
         self.healthy = healthy
+
+    @property
+    def last_config_error(self) -> str | None:
+        """The last rejected reload (file, YAML path, what was wrong), None once a reload succeeds."""
+        return self.reload.last_error
+
+    async def apply_config(self, bootstrap: Bootstrap) -> None:
+        """A reloaded config: every worker swaps to it; workers started later get it too."""
+        self.bootstrap = bootstrap
+        await asyncio.gather(
+            *(c.request("config", bootstrap=bootstrap) for c in self._clients.values()), return_exceptions=True
+        )
 
     # -- workers -----------------------------------------------------------------------------
     async def _start_worker(self, index: int) -> None:
@@ -236,6 +252,9 @@ class Supervisor:
         try:
             for i in range(self.concurrency):
                 await self._start_worker(i)
+            if self.args.config:
+                watcher = ConfigWatcher(self.args.config, self.bootstrap, self.apply_config, self.reload)
+                self._tasks.add(loop.create_task(watcher.run()))
             b = self.bootstrap
             if b.admin is not None:
                 servers.append(await http_server.serve(b.admin.address.address, b.admin.address.port, admin_routes(self)))
