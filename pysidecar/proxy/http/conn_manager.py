@@ -24,6 +24,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import httptools
@@ -418,7 +419,8 @@ class HttpConnection(asyncio.Protocol):
         if self.active is not None and self.active.response_started:
             self.abort()  # a reply cannot be put in the middle of another response
             return
-        self._reply_and_close(status, b"", details, lr.DPE)
+        # Envoy's codec errors answer with the reason phrase as body ("Bad Request").
+        self._reply_and_close(status, HTTPStatus(status).phrase.encode(), details, lr.DPE)
 
     def _internal_error(self, exc: BaseException, st: ActiveStream | None = None) -> None:
         log.error("http connection error: %r", exc, exc_info=exc)
@@ -426,7 +428,7 @@ class HttpConnection(asyncio.Protocol):
         if st is not None and st.response_started:
             self.abort()
             return
-        self._reply_and_close(500, b"", "internal_error", None)
+        self._reply_and_close(500, b"Internal Server Error", "internal_error", None)
 
     def _reply_and_close(self, status: int, body: bytes, details: str, flag: str | None) -> None:
         """A local reply outside any routed stream (codec errors, timeouts), then close."""
@@ -446,7 +448,10 @@ class HttpConnection(asyncio.Protocol):
         info.response_code_details = details
         info.bytes_sent = len(body)
         if self.transport is not None:
-            self.write(lr.local_reply(status, body, self.cfg.server, ((b"connection", b"close"),)))
+            reply = lr.local_reply(
+                status, body, self.cfg.server, (), self.cfg.lua_response, close=True
+            )
+            self.write(reply)
         st.response_done = True
         st.request_done = True
         st.close_after = True

@@ -1,9 +1,9 @@
 """Local replies: the responses the proxy writes itself, byte for byte as Envoy does.
 
 Promises:
-- `local_reply(status, body, server, extra)` is a whole HTTP/1.1 response: status line with
-  the standard reason phrase, `content-length`, `content-type: text/plain` when there is a
-  body, `date`, `server`, then any extra headers (`connection: close`, `x-envoy-overloaded`).
+- `local_reply(...)` is a whole HTTP/1.1 response in Envoy's header order: status line with
+  the standard reason phrase, the route's response headers, `content-length` and
+  `content-type: text/plain` when there is a body, the filters' additions, `date`, `server`.
 - The bodies and response code details of each case (no route, no healthy upstream, connect
   failure, timeout, ...) are the constants below, copied from Envoy's behaviour.
 """
@@ -11,6 +11,7 @@ Promises:
 from __future__ import annotations
 
 from pysidecar.proxy.http.codec import encode_head, http_date
+from pysidecar.proxy.http.headers import HeaderOps, apply_ops
 
 # Envoy's local reply bodies.
 UPSTREAM_TIMEOUT_BODY = b"upstream request timeout"
@@ -31,16 +32,14 @@ RESET_WORDS = {
 }
 
 
-def reset_body(reason: str, transport_failure: str | None, retried: bool) -> bytes:
-    """`upstream connect error or disconnect/reset before headers. reset reason: ...`."""
-    words = RESET_WORDS.get(reason, reason)
-    text = RESET_BODY_PREFIX + (
-        "retried and the latest reset reason: " if retried else "reset reason: "
-    )
-    text += words
-    if transport_failure:
-        text += f", transport failure reason: {transport_failure}"
-    return text.encode()
+def reset_body(reason: str, retried: bool) -> bytes:
+    """`upstream connect error or disconnect/reset before headers. reset reason: ...`.
+
+    Envoy 1.40 (the oracle) ends the body at the reset reason; the transport failure reason
+    (`delayed connect error: 111`) that older Istio proxies appended stays in the details.
+    """
+    lead = "retried and the latest reset reason: " if retried else "reset reason: "
+    return (RESET_BODY_PREFIX + lead + RESET_WORDS.get(reason, reason)).encode()
 
 
 def reset_details(reason: str, transport_failure: str | None) -> str:
@@ -55,14 +54,28 @@ def local_reply(
     status: int,
     body: bytes,
     server: bytes,
-    extra: tuple[tuple[bytes, bytes], ...] = (),
+    route_ops: HeaderOps = (),
+    filter_ops: HeaderOps = (),
+    close: bool = False,
     head_only: bool = False,
 ) -> bytes:
-    headers: list[tuple[bytes, bytes]] = [(b"content-length", str(len(body)).encode())]
+    """A whole local reply, headers in Envoy 1.40's order (checked against it): the route's
+    response headers, content-length and content-type when there is a body, the HTTP filters'
+    additions, date, server, then `content-length: 0` for an empty body (for HEAD, Envoy
+    announces an empty body as chunked instead), then `connection: close`."""
+    headers: list[tuple[bytes, bytes]] = apply_ops([], route_ops) if route_ops else []
     if body:
+        headers.append((b"content-length", str(len(body)).encode()))
         headers.append((b"content-type", b"text/plain"))
+    if filter_ops:
+        headers = apply_ops(headers, filter_ops)
     headers.append((b"date", http_date()))
     headers.append((b"server", server))
-    headers.extend(extra)
+    if not body:
+        headers.append(
+            (b"transfer-encoding", b"chunked") if head_only else (b"content-length", b"0")
+        )
+    if close:
+        headers.append((b"connection", b"close"))
     head = encode_head(status, headers)
     return head if head_only else head + body

@@ -191,9 +191,7 @@ class ActiveStream:
         direct = route.route.direct_response
         if direct is not None:
             conn.stats.rq_direct_response += 1
-            self._local(
-                direct.status, direct.body.encode(), None, "direct_response", route.response_ops
-            )
+            self._local(direct.status, direct.body.encode(), None, "direct_response")
             return
         action = route.action
         assert action is not None and vh is not None
@@ -406,7 +404,7 @@ class ActiveStream:
         self.info.response_code_details = lr.reset_details(reason, failure)
         self._local(
             503,
-            lr.reset_body(reason, failure, self.retried),
+            lr.reset_body(reason, self.retried),
             None,
             lr.reset_details(reason, failure),
         )
@@ -591,14 +589,7 @@ class ActiveStream:
             up.write(data)
 
     # == endings ============================================================================
-    def _local(
-        self,
-        status: int,
-        body: bytes,
-        flag: str | None,
-        details: str,
-        ops: tuple[tuple[int, bytes, bytes], ...] = (),
-    ) -> None:
+    def _local(self, status: int, body: bytes, flag: str | None, details: str) -> None:
         """Answer the request ourselves (Envoy's sendLocalReply) and finish the stream."""
         conn = self.conn
         info = self.info
@@ -609,13 +600,14 @@ class ActiveStream:
         info.response_code_details = details
         if not self.keep_alive or conn.draining:
             self.close_after = True
-        extra: list[tuple[bytes, bytes]] = []
-        if ops:
-            extra = apply_ops(extra, ops)
-        if self.close_after:
-            extra.append((b"connection", b"close"))
         data = lr.local_reply(
-            status, body, conn.cfg.server, tuple(extra), head_only=self.head_request
+            status,
+            body,
+            conn.cfg.server,
+            self.response_ops,
+            conn.cfg.lua_response,
+            close=self.close_after,
+            head_only=self.head_request,
         )
         info.bytes_sent += 0 if self.head_request else len(body)
         conn.write(data)
