@@ -1,0 +1,111 @@
+"""The HTTP connection manager from Envoy YAML: what loads, and errors naming file and path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pysidecar.config.envoy import load_file
+from pysidecar.config.node import ConfigError
+from pysidecar.model.http import HttpConnectionManager
+
+SEED = Path(__file__).resolve().parents[1] / "conformance" / "scenarios" / "seed002.yaml"
+
+
+def render(**overrides: str) -> str:
+    text = SEED.read_text()
+    for key in ("ADMIN_ADDR", "LISTEN_ADDR", "V1_ADDR", "V2_ADDR", "DEAD_ADDR", "LAB_ADDR"):
+        text = text.replace("${" + key + "}", "127.0.0.1")
+    for key in ("ADMIN_PORT", "LISTEN_PORT", "V1_PORT", "V2_PORT", "DEAD_PORT", "LAB_PORT"):
+        text = text.replace("${" + key + "}", "1")
+    for old, new in overrides.items():
+        assert old in text
+        text = text.replace(old, new)
+    return text
+
+
+def load(tmp_path: Path, text: str) -> HttpConnectionManager:
+    p = tmp_path / "envoy.yaml"
+    p.write_text(text)
+    hcm = load_file(str(p)).listeners[0].filter_chains[0].filters[0]
+    assert isinstance(hcm, HttpConnectionManager)
+    return hcm
+
+
+def error(tmp_path: Path, text: str) -> ConfigError:
+    with pytest.raises(ConfigError) as e:
+        load(tmp_path, text)
+    assert e.value.file.endswith("envoy.yaml")
+    return e.value
+
+
+def test_seed_loads(tmp_path: Path) -> None:
+    hcm = load(tmp_path, render())
+    rc = hcm.route_config
+    assert hcm.stat_prefix == "ingress_http" and rc.name == "jtroute"
+    assert [h.key for h in rc.mutations.response_headers_to_add] == ["myname", "age"]
+    assert rc.virtual_hosts[0].routes[0].route is not None
+    assert rc.virtual_hosts[0].routes[0].route.regex_rewrite is not None
+    assert hcm.http_filters[0].lua_adds[0].key == "location"
+    assert hcm.route_config.virtual_hosts[0].routes[1].route.timeout == 3.0  # type: ignore[union-attr]
+
+
+def test_unknown_cluster_is_refused(tmp_path: Path) -> None:
+    e = error(tmp_path, render(**{"route: {cluster: refused}": "route: {cluster: nosuch}"}))
+    assert "nosuch" in e.message and "routes[2].route" in e.path
+
+
+def test_bad_regex(tmp_path: Path) -> None:
+    e = error(tmp_path, render(**{'regex: "^/abc/(.*?)$"': 'regex: "^/abc/(.*?$"'}))
+    assert e.path.endswith("regex_rewrite.pattern.regex")
+
+
+def test_unknown_http_filter(tmp_path: Path) -> None:
+    e = error(
+        tmp_path,
+        render(
+            **{
+                "envoy.extensions.filters.http.lua.v3.Lua": "envoy.extensions.filters.http.cors.v3.Cors"
+            }
+        ),
+    )
+    assert e.path.endswith("http_filters[0]") and "unsupported HTTP filter" in e.message
+
+
+def test_router_must_be_last(tmp_path: Path) -> None:
+    text = render()
+    head, sep, tail = text.partition("          http_filters:\n")
+    lua, _, router = tail.partition("          - name: envoy.filters.http.router\n")
+    swapped = (
+        head
+        + sep
+        + "          - name: envoy.filters.http.router\n"
+        + router.split("  clusters:")[0]
+        + lua
+    )
+    swapped += "  clusters:" + router.split("  clusters:", 1)[1]
+    e = error(tmp_path, swapped)
+    assert "last" in e.message
+
+
+def test_unsupported_lua(tmp_path: Path) -> None:
+    e = error(tmp_path, render(**{'headers():add("location", "China")': 'headers():remove("x")'}))
+    assert "unsupported Lua statement" in e.message
+
+
+def test_unknown_field(tmp_path: Path) -> None:
+    e = error(tmp_path, render(**{"codec_type: AUTO": "codec_typo: AUTO"}))
+    assert e.path.endswith("typed_config.codec_typo")
+
+
+def test_retry_on_checked(tmp_path: Path) -> None:
+    e = error(
+        tmp_path,
+        render(
+            **{
+                "route: {cluster: refused}": "route: {cluster: refused, retry_policy: {retry_on: 5xx,bogus}}"
+            }
+        ),
+    )
+    assert "bogus" in e.message
