@@ -6,7 +6,9 @@ Promises:
   every field the model carries, inline route configurations, Istio's retry host predicate,
   fault filter config per route, and the sidecar's own ports (:15090 Prometheus stats,
   :15021 readiness) as listeners onto the admin, the way Istio's bootstrap serves them.
-- Only the model is read, so Envoy YAML, Istio YAML and the embedded sidecar export alike.
+- Only the model is read, so Envoy YAML, Istio YAML and the embedded sidecar export alike; the
+  pieces the admin's /config_dump already writes in Envoy's shape (addresses, filter chain
+  matches) are shared with it.
 - `pysidecar envoy-config -c PATH... [-o FILE]` prints (or writes) the YAML; a config error
   exits 2 with the file, YAML path and resource, as `pysidecar run` does.
 """
@@ -26,7 +28,6 @@ from pysidecar.model import (
     Cluster,
     ClusterType,
     FilterChain,
-    FilterChainMatch,
     LbEndpoint,
     Listener,
     NetworkFilter,
@@ -46,6 +47,8 @@ from pysidecar.model.http import (
     RouteMatch,
     VirtualHost,
 )
+from pysidecar.observe.config_dump import filter_chain_match
+from pysidecar.observe.config_dump import socket_address as address
 
 T = "type.googleapis.com/"
 TCP_PROXY = T + "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
@@ -66,10 +69,6 @@ STATS_CLUSTER = "prometheus_stats"
 def duration(seconds: float) -> str:
     text = f"{seconds:.9f}".rstrip("0").rstrip(".")
     return f"{text or '0'}s"
-
-
-def address(a: SocketAddress) -> dict[str, Any]:
-    return {"socket_address": {"address": a.address, "port_value": a.port}}
 
 
 # -- routes ----------------------------------------------------------------------------------
@@ -276,21 +275,6 @@ def network_filter(f: NetworkFilter) -> dict[str, Any]:
             cfg["weighted_clusters"] = {"clusters": [{"name": w.name, "weight": w.weight} for w in f.weighted_clusters]}
         return {"name": "envoy.filters.network.tcp_proxy", "typed_config": cfg}
     return {"name": "envoy.filters.network.http_connection_manager", "typed_config": http_connection_manager(f)}
-
-
-def filter_chain_match(m: FilterChainMatch) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if m.destination_port is not None:
-        out["destination_port"] = m.destination_port
-    if m.prefix_ranges:
-        out["prefix_ranges"] = [{"address_prefix": r.address_prefix, "prefix_len": r.prefix_len} for r in m.prefix_ranges]
-    if m.server_names:
-        out["server_names"] = list(m.server_names)
-    if m.transport_protocol:
-        out["transport_protocol"] = m.transport_protocol
-    if m.application_protocols:
-        out["application_protocols"] = list(m.application_protocols)
-    return out
 
 
 def filter_chain(c: FilterChain) -> dict[str, Any]:
