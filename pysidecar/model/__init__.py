@@ -194,6 +194,10 @@ class MeshConfig:
     outbound_traffic_policy: OutboundTrafficPolicy = OutboundTrafficPolicy.ALLOW_ANY
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     hold_application_until_proxy_starts: bool = False
+    # accessLogFile / accessLogEncoding / accessLogFormat: "" (Istio's default) means no log.
+    access_log_file: str = ""
+    access_log_encoding: str = "TEXT"
+    access_log_format: str = ""
 
 
 @dataclass(frozen=True, slots=True)

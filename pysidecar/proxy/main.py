@@ -293,6 +293,14 @@ def main(args: argparse.Namespace) -> int:
         print(f"pysidecar: configuration error: {e}", file=sys.stderr)
         return 2
     access_log = AccessLogConfig.from_flags(args.access_log, args.access_log_format)
+    mesh = bootstrap.mesh
+    if args.access_log is None and mesh.access_log_file:
+        # The flags win; without them, Istio's MeshConfig accessLogFile turns the log on.
+        access_log = AccessLogConfig(
+            mesh.access_log_file,
+            "JSON" if mesh.access_log_encoding == "JSON" else "TEXT",
+            mesh.access_log_format or None,
+        )
     try:
         access_log.formatter()  # compiled again in each worker; here to fail before binding
     except FormatError as e:

@@ -19,6 +19,8 @@ import yaml
 from pysidecar.config.istio.meta import envelope
 from pysidecar.config.node import ConfigError, Node
 from pysidecar.model import MeshConfig, OutboundTrafficPolicy
+from pysidecar.observe.access_format import FormatError
+from pysidecar.observe.access_log import AccessLogConfig
 
 # MeshConfig fields we accept without acting on them: they steer istiod, not the data plane.
 IGNORED_FIELDS = (
@@ -135,16 +137,20 @@ def mesh_config(node: Node) -> MeshConfig:
         hold = df.opt("hold_application_until_proxy_starts", Node.boolean, False)
         if (conc := df.get("concurrency")) is not None:
             conc.integer(0)
-    if (enc := f.get("access_log_encoding")) is not None:
-        enc.enum(["TEXT", "JSON"])
-    for name in ("access_log_file", "access_log_format"):
-        if (n := f.get(name)) is not None:
-            n.string()
+    encoding = f.opt("access_log_encoding", lambda n: n.enum(["TEXT", "JSON"]), "TEXT")
+    log_format = f.opt("access_log_format", Node.string, "")
+    try:
+        AccessLogConfig("-", "JSON" if encoding == "JSON" else "TEXT", log_format or None).formatter()
+    except FormatError as e:
+        (f.get("access_log_format") or node).fail(str(e))
     default = MeshConfig()
     return MeshConfig(
         outbound_traffic_policy=mode,
         connect_timeout=f.opt("connect_timeout", Node.duration, default.connect_timeout),
         hold_application_until_proxy_starts=hold,
+        access_log_file=f.opt("access_log_file", Node.string, ""),
+        access_log_encoding=encoding,
+        access_log_format=log_format,
     )
 
 
