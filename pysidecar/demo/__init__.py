@@ -1,0 +1,21 @@
+"""`pysidecar demo`: the sidecar intercepting real traffic, step by step, in throw-away lab pods.
+
+Promises:
+- Builds lab pods (network namespaces, 198.18.0.0/15 addresses, fake names such as httpbin.org
+  and edition.cnn.com that resolve only inside the lab; nothing reaches a real host), installs
+  Istio's iptables rules with `pysidecar init`, runs `pysidecar run` as uid 1337 on Istio YAML,
+  and replays seed 000 (egress: ALLOW_ANY, REGISTRY_ONLY 502, a hot ServiceEntry, a 3 s
+  VirtualService timeout → 504) and seed 002 (the 6:4 split, inbound interception adding a
+  response header, the listener table), checking each step's expectation and printing the
+  counters, Istio metrics and access-log lines the step produced.
+- Exit 0 only when every step's expectation held; see `runner` for the other statuses.
+- Everything it creates is removed on exit, on failure, on Ctrl-C and on SIGTERM.
+- Finishes in well under a minute (the 3 s timeout is the longest wait).
+
+Modules: `configs` (the YAML), `world` (pods, proxies, observation), `steps` (the steps),
+`runner` (output, exit status, cleanup).
+"""
+
+from pysidecar.demo.runner import add_arguments, main
+
+__all__ = ["add_arguments", "main"]

@@ -1,0 +1,177 @@
+"""The YAML the demo feeds the sidecar: the seed tutorials' own resources, with lab names.
+
+Istio resources go into the client's `-c` directory one file each, the way a ConfigMap volume
+would hold them, so adding or rewriting a file is a hot reload (no restart). The seed-002
+inbound config is an Envoy v3 bootstrap for the second proxy (pod `myapp`).
+
+Every address here is a lab address (198.18.0.0/15) or loopback; the host names resolve only
+inside the lab's /etc/netns hosts files.
+"""
+
+from __future__ import annotations
+
+# Seed 000: `kubectl get configmap istio -n istio-system -o yaml | sed 's/mode: .../'`. The
+# sidecar reads the same ConfigMap shape.
+MESH = """\
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |-
+    outboundTrafficPolicy:
+      mode: {mode}
+"""
+
+# The seed deploys samples/sleep: its Service (port 80, `http`) is what gives every sidecar in
+# the mesh an HTTP listener 0.0.0.0_80, and with it the `block_all` 502 under REGISTRY_ONLY
+# (without any HTTP service on port 80, Istio's sidecar just closes the connection).
+SLEEP_SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: sleep
+  labels: {app: sleep, service: sleep}
+spec:
+  clusterIP: 198.19.255.20
+  ports:
+  - port: 80
+    name: http
+  selector: {app: sleep}
+"""
+
+# Seed 000, "配置ServiceEntry---访问一个外部的HTTP服务", verbatim.
+SE_HTTPBIN = """\
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata:
+  name: httpbin-ext
+spec:
+  hosts:
+  - httpbin.org
+  ports:
+  - number: 80
+    name: http
+    protocol: HTTP
+  resolution: DNS
+  location: MESH_EXTERNAL
+"""
+
+# Seed 000, "管理到外部服务的流量": a 3 s timeout for httpbin.org, verbatim.
+VS_HTTPBIN_TIMEOUT = """\
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: httpbin-ext
+spec:
+  hosts:
+    - httpbin.org
+  http:
+  - timeout: 3s
+    route:
+      - destination:
+          host: httpbin.org
+        weight: 100
+"""
+
+# Seed 002's 6:4 split (nginx v1 / v2 behind one name) in Istio's terms: one ServiceEntry with
+# an endpoint per version, a DestinationRule naming the subsets, a VirtualService weighting them.
+MYNGX_SPLIT = """\
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata:
+  name: myngx
+spec:
+  hosts:
+  - myngx.example
+  ports:
+  - number: 80
+    name: http
+    protocol: HTTP
+  resolution: STATIC
+  location: MESH_EXTERNAL
+  endpoints:
+  - address: {v1}
+    labels: {{version: v1}}
+  - address: {v2}
+    labels: {{version: v2}}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata:
+  name: myngx
+spec:
+  host: myngx.example
+  subsets:
+  - name: v1
+    labels: {{version: v1}}
+  - name: v2
+    labels: {{version: v2}}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: myngx
+spec:
+  hosts:
+  - myngx.example
+  http:
+  - route:
+    - destination: {{host: myngx.example, subset: v2}}
+      weight: 60
+    - destination: {{host: myngx.example, subset: v1}}
+      weight: 40
+"""
+
+# Seed 002, chapter 4 "入口流量拦截": the pod's Envoy takes what PREROUTING redirected to 15006,
+# adds `myname: chengzw` to every response (route-level response_headers_to_add, as in the
+# seed's network-filter example) and hands the request to the app on 127.0.0.1:80.
+INBOUND_ENVOY = """\
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: 15000}}
+static_resources:
+  listeners:
+  - name: inbound_15006
+    address: {socket_address: {address: 0.0.0.0, port_value: 15006}}
+    traffic_direction: INBOUND
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: inbound_http
+          codec_type: AUTO
+          route_config:
+            name: myapp
+            response_headers_to_add:
+            - header: {key: myname, value: chengzw}
+            virtual_hosts:
+            - name: myapp
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/"}
+                route: {cluster: myapp_local}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  clusters:
+  - name: myapp_local
+    connect_timeout: 1s
+    type: STATIC
+    load_assignment:
+      cluster_name: myapp_local
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 80}}}}]}]
+"""
+
+# Seed 002's one inbound rule (the pod has no outbound interception at all).
+INBOUND_RULE = [
+    "iptables", "-t", "nat", "-A", "PREROUTING", "!", "-d", "127.0.0.1/32",
+    "-p", "tcp", "--dport", "80", "-j", "REDIRECT", "--to-ports", "15006",
+]  # fmt: skip
+
+
+def mesh(mode: str) -> str:
+    return MESH.replace("{mode}", mode)
+
+
+def myngx_split(v1: str, v2: str) -> str:
+    return MYNGX_SPLIT.format(v1=v1, v2=v2)

@@ -1,0 +1,365 @@
+"""The demo's steps: seed 000 (egress) and seed 002 (Envoy) replayed against lab pods.
+
+Each step says what it shows, does what the tutorial does (the same curl, the same YAML), and
+checks the tutorial's outcome with `expect`; a step that does not see it raises `Unexpected`
+and the demo reports the step as failed, never papering over it. A step also promises how many
+access-log lines each proxy writes for it (`Step.log_lines`, checked by the runner) and names the
+counters worth showing (`Step.counters`, regexes over the admin's stat names).
+
+Steps run in order and build on each other: the mesh config and the resources written by one
+stay for the next, as they would in a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from pysidecar.demo import configs
+from pysidecar.demo.world import World, expect
+
+Out = Callable[[str], None]
+T = TypeVar("T")
+
+SETTLE = 1.0
+
+SPLIT_REQUESTS = 100
+SPLIT_V2_SHARE = 0.6
+SPLIT_SIGMAS = 4  # a correct 60/40 split falls outside 4 standard deviations ~1 run in 15000
+
+
+@dataclass(frozen=True)
+class Step:
+    title: str
+    explain: str
+    run: Callable[[World, Out], None]
+    counters: tuple[str, ...] = ()  # regexes: changed counters matching them are shown
+    proxies: tuple[str, ...] = ("client",)  # whose stats / metrics / access log to show
+    # Access-log lines each proxy must write for the step (at least; retries may add some).
+    log_lines: tuple[tuple[str, int], ...] = ()
+
+
+def _shell(cmd: str, out: Out, text: str) -> None:
+    """Show a command and its output as a terminal would."""
+    out(f"$ {cmd}")
+    for line in text.rstrip("\n").splitlines():
+        out(f"  {line}")
+
+
+def _tcp_shown(got: bytes | None) -> str:
+    if got is None:
+        return "(reset: closed by the sidecar, nothing back)"
+    return got.decode("utf-8", "replace") if got else "(closed by the sidecar, nothing back)"
+
+
+def _head(w: World, pod_name: str, url: str) -> tuple[str, list[str]]:
+    """(status line, header lines) of `curl -sI url` in the pod."""
+    pod = w.lab.pod(pod_name)
+    lines = w.curl(pod, "-I", url).replace("\r", "").splitlines()
+    return (lines[0] if lines else "", [x for x in lines[1:] if x])
+
+
+def _apply(w: World, out: Out, name: str, text: str) -> None:
+    """Write `name` into the sidecar's config directory, show it, wait for the hot reload."""
+    _shell(f"cat > {name} <<EOF   # in the sidecar's -c directory", out, f"{text}EOF")
+    took = w.reload(name, text)
+    out(f"(the proxy reloaded in {took:.1f}s, no restart)")
+
+
+def _settle(probe: Callable[[], T], ok: Callable[[T], bool], timeout: float = SETTLE) -> T:
+    """`probe()` until `ok` says the new config shows, or `timeout`; the last result.
+
+    The reload counter moves when the main process has compiled the files, a moment before
+    the workers swap; one quick retry covers that window without a blind sleep.
+    """
+    deadline = time.monotonic() + timeout
+    result = probe()
+    while not ok(result) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        result = probe()
+    return result
+
+
+# -- 1 -------------------------------------------------------------------------------------
+
+
+def rules(w: World, out: Out) -> None:
+    r = w.client.run(["iptables-save", "-t", "nat"], check=True)
+    lines = [x for x in r.stdout.splitlines() if x.startswith(("-A", ":ISTIO"))]
+    _shell("iptables-save -t nat   # in the client pod", out, "\n".join(lines))
+    expect(any("--to-ports 15001" in x for x in lines), "ISTIO_REDIRECT: outbound TCP to 15001")
+    expect(any("--to-ports 15006" in x for x in lines), "ISTIO_IN_REDIRECT: inbound TCP to 15006")
+    expect(any("--uid-owner 1337" in x for x in lines), "the proxy's uid 1337 exempt (no loop)")
+
+
+# -- 2 -------------------------------------------------------------------------------------
+
+
+def allow_any(w: World, out: Out) -> None:
+    code, body = w.status(w.client, "http://httpbin.org/")
+    _shell("curl http://httpbin.org/", out, body)
+    expect(
+        code == "200" and "hello from httpbin.org" in body,
+        f"200 from httpbin.org, got {code} {body!r}",
+    )
+    code, body = w.status(w.client, "http://edition.cnn.com/")
+    _shell("curl http://edition.cnn.com/", out, body)
+    expect(
+        code == "200" and "edition.cnn.com" in body,
+        f"200 from edition.cnn.com, got {code} {body!r}",
+    )
+    got = w.tcp_exchange(w.client, w.httpbin, 7, b"ping\n")
+    _shell("echo ping | nc httpbin.org 7   # plain TCP to the echo server", out, _tcp_shown(got))
+    expect(got == b"ping\n", f"the echo server's b'ping\\n' back, got {got!r}")
+
+
+# -- 3 -------------------------------------------------------------------------------------
+
+
+def registry_only(w: World, out: Out) -> None:
+    _apply(w, out, "mesh.yaml", configs.mesh("REGISTRY_ONLY"))
+    status, headers = _settle(
+        lambda: _head(w, "client", "http://httpbin.org/"), lambda r: "502" in r[0]
+    )
+    _shell("curl -I http://httpbin.org/", out, "\n".join([status, *headers]))
+    expect(status == "HTTP/1.1 502 Bad Gateway", f"HTTP/1.1 502 Bad Gateway, got {status!r}")
+    expect("server: envoy" in (h.lower() for h in headers), f"server: envoy, got {headers}")
+    got = w.tcp_exchange(w.client, w.httpbin, 7, b"ping\n")
+    _shell("echo ping | nc httpbin.org 7", out, _tcp_shown(got))
+    expect(not got, f"the connection closed without data (BlackHoleCluster), got {got!r}")
+
+
+# -- 4 -------------------------------------------------------------------------------------
+
+SIDECAR_HEADERS = re.compile(r"^(x-envoy-|x-b3-|x-request-id|x-forwarded-)", re.IGNORECASE)
+
+
+def service_entry(w: World, out: Out) -> None:
+    _apply(w, out, "httpbin-se.yaml", configs.SE_HTTPBIN)
+    code, body = _settle(
+        lambda: w.status(w.client, "http://httpbin.org/headers"), lambda r: r[0] == "200"
+    )
+    try:
+        headers: dict[str, str] = json.loads(body)["headers"]
+    except (ValueError, KeyError):
+        headers = {}
+    added = {k: v for k, v in headers.items() if SIDECAR_HEADERS.match(k)}
+    _shell(
+        "curl http://httpbin.org/headers   # the request headers the server saw; sidecar-added:",
+        out,
+        json.dumps(added, indent=1),
+    )
+    expect(code == "200", f"200 from httpbin.org now, got {code} {body[:200]!r}")
+    op = headers.get("X-Envoy-Decorator-Operation")
+    expect(op == "httpbin.org:80/*", f"X-Envoy-Decorator-Operation: httpbin.org:80/*, got {op!r}")
+    status, _ = _head(w, "client", "http://edition.cnn.com/")
+    _shell("curl -I http://edition.cnn.com/   # not registered", out, status)
+    expect(status == "HTTP/1.1 502 Bad Gateway", f"edition.cnn.com still 502, got {status!r}")
+
+
+# -- 5 -------------------------------------------------------------------------------------
+
+
+def timeout(w: World, out: Out) -> None:
+    _apply(w, out, "httpbin-vs.yaml", configs.VS_HTTPBIN_TIMEOUT)
+    # The route's timeout also shows as a request header (seed 000 lists it among the
+    # sidecar-added ones); seeing it means the workers run the new config.
+    _, body = _settle(
+        lambda: w.status(w.client, "http://httpbin.org/headers"),
+        lambda r: '"X-Envoy-Expected-Rq-Timeout-Ms": "3000"' in r[1],
+    )
+    line = next((x.strip() for x in body.splitlines() if "Expected-Rq-Timeout" in x), "(none)")
+    _shell("curl -s http://httpbin.org/headers | grep Timeout", out, line)
+    t0 = time.monotonic()
+    code, body = w.status(w.client, "http://httpbin.org/delay/5")
+    elapsed = time.monotonic() - t0
+    _shell(
+        'time curl -s -w "\\n%{http_code}\\n" http://httpbin.org/delay/5',
+        out,
+        f"{body}\n{code}\nreal {elapsed:.3f}s",
+    )
+    expect(code == "504", f"504 (the route's 3 s timeout), got {code}")
+    expect(body == "upstream request timeout", f"body 'upstream request timeout', got {body!r}")
+    expect(2.5 <= elapsed <= 4.5, f"the answer after ~3 s, got {elapsed:.2f}s")
+
+
+# -- 6 -------------------------------------------------------------------------------------
+
+
+def split(w: World, out: Out) -> None:
+    _apply(w, out, "myngx.yaml", configs.myngx_split(w.ngxv1.ip, w.ngxv2.ip))
+    # The first request doubles as the check that the workers run the new config (before,
+    # myngx.example is unknown: 502); it counts as one of the SPLIT_REQUESTS.
+    _, first = _settle(lambda: w.status(w.client, "http://myngx.example/"), lambda r: r[0] == "200")
+    # One curl, many URLs: one keep-alive connection, each request routed on its own.
+    rest = w.curl(w.client, *["http://myngx.example/"] * (SPLIT_REQUESTS - 1), timeout=30)
+    counts = Counter((first + rest).split())
+    v1, v2 = counts.get("v1", 0), counts.get("v2", 0)
+    mean = SPLIT_REQUESTS * SPLIT_V2_SHARE
+    sigma = math.sqrt(SPLIT_REQUESTS * SPLIT_V2_SHARE * (1 - SPLIT_V2_SHARE))
+    low, high = math.ceil(mean - SPLIT_SIGMAS * sigma), math.floor(mean + SPLIT_SIGMAS * sigma)
+    _shell(
+        f"for i in $(seq {SPLIT_REQUESTS}); do curl http://myngx.example/; done | sort | uniq -c",
+        out,
+        f"{v1:4d} v1\n{v2:4d} v2",
+    )
+    out(f"v2 expected {mean:.0f} ± {SPLIT_SIGMAS} sd ({low}..{high}) of {SPLIT_REQUESTS}")
+    expect(v1 + v2 == SPLIT_REQUESTS, f"{SPLIT_REQUESTS} answers, all v1 or v2, got {dict(counts)}")
+    expect(low <= v2 <= high, f"v2 in {low}..{high}, got {v2}")
+
+
+# -- 7 -------------------------------------------------------------------------------------
+
+
+def inbound(w: World, out: Out) -> None:
+    out("a) the client pod's Istio sidecar (15006 → InboundPassthroughCluster):")
+    code, body = w.status(w.nettool, f"http://{w.client.ip}:8080/ip")
+    _shell(f"curl http://{w.client.ip}:8080/ip   # from nettool", out, body)
+    try:
+        origin = json.loads(body).get("origin")
+    except ValueError:
+        origin = None
+    expect(
+        code == "200" and origin == "127.0.0.6",
+        f"the app to see the proxy's 127.0.0.6, got {code} {body!r}",
+    )
+    out("b) seed 002's myapp: one PREROUTING rule to 15006, an Envoy config adding `myname`:")
+    _shell(
+        "iptables -t nat -S PREROUTING   # in myapp",
+        out,
+        w.myapp.run(["iptables", "-t", "nat", "-S", "PREROUTING"]).stdout,
+    )
+    r = w.nettool.run(["curl", "-s", "-i", "-m", "10", "http://myapp/"], timeout=15)
+    text = r.stdout.replace("\r", "")
+    _shell("curl -i http://myapp/   # from nettool", out, text)
+    head = text.split("\n\n", 1)[0].lower().splitlines()
+    expect(bool(head) and head[0].startswith("http/1.1 200"), f"200 from myapp, got {head[:1]}")
+    expect(
+        "myname: chengzw" in head, f"the sidecar's `myname: chengzw` response header, got {head}"
+    )
+    expect("server: envoy" in head, f"server: envoy, got {head}")
+
+
+# -- 8 -------------------------------------------------------------------------------------
+
+
+def listeners(w: World, out: Out) -> None:
+    r = w.client.run([sys.executable, "-m", "pysidecar", "proxy-config", "listeners"], timeout=20)
+    _shell(
+        "pysidecar proxy-config listeners   # in the client pod, like istioctl's",
+        out,
+        r.stdout or r.stderr,
+    )
+    expect(r.returncode == 0, f"proxy-config to exit 0, got {r.returncode}: {r.stderr.strip()}")
+    rows = [x.split() for x in r.stdout.splitlines()[1:]]
+    expect(
+        any(x[:2] == ["0.0.0.0", "80"] and "Route:" in x for x in rows),
+        "0.0.0.0 80 … Route: 80 (the HTTP chain of the sniffed port)",
+    )
+    expect(any(x[:2] == ["0.0.0.0", "15001"] for x in rows), "the 15001 virtualOutbound rows")
+    expect(any(x[:2] == ["0.0.0.0", "15006"] for x in rows), "the 15006 virtualInbound rows")
+    r = w.client.run(
+        [sys.executable, "-m", "pysidecar", "proxy-config", "routes", "--name", "80"], timeout=20
+    )
+    _shell("pysidecar proxy-config routes --name 80", out, r.stdout or r.stderr)
+    expect(
+        r.returncode == 0, f"proxy-config routes to exit 0, got {r.returncode}: {r.stderr.strip()}"
+    )
+    expect("block_all" in r.stdout, "the block_all virtual host (REGISTRY_ONLY) in route 80")
+
+
+STEPS: list[Step] = [
+    Step(
+        "The interception rules",
+        "`pysidecar init` (the init container's job) installed Istio's nat rules: outbound TCP "
+        "goes to 15001, inbound to 15006; the proxy's own uid 1337 is exempt.",
+        rules,
+    ),
+    Step(
+        "ALLOW_ANY: unknown hosts pass through (seed 000)",
+        "The mesh config says ALLOW_ANY. httpbin.org and edition.cnn.com are not in the registry, "
+        "so the sidecar forwards to the original destination: PassthroughCluster (HTTP on port 80 "
+        "through the `allow_any` route, other TCP through virtualOutbound's catch-all).",
+        allow_any,
+        counters=(r"^cluster\.PassthroughCluster\.upstream_(cx|rq)_total$",),
+        log_lines=(("client", 3),),
+    ),
+    Step(
+        "REGISTRY_ONLY: 502 for HTTP, closed for TCP (seed 000)",
+        "Switch the mesh config's outboundTrafficPolicy to REGISTRY_ONLY by rewriting mesh.yaml "
+        "in the sidecar's config directory (hot reload). Unknown HTTP hosts now hit the "
+        "`block_all` virtual host (502); other TCP goes to BlackHoleCluster.",
+        registry_only,
+        counters=(
+            r"^listener_manager\.lds\.update_success$",
+            r"\.rq_direct_response$",
+            r"^cluster\.BlackHoleCluster\.upstream_cx_none_healthy$",
+        ),
+        log_lines=(("client", 2),),
+    ),
+    Step(
+        "A ServiceEntry registers httpbin.org, hot (seed 000)",
+        "Add the seed's ServiceEntry as a new file: no restart. httpbin.org gets a virtual host on "
+        "route 80 and the cluster outbound|80||httpbin.org; the sidecar adds its request headers. "
+        "edition.cnn.com is still unknown.",
+        service_entry,
+        counters=(
+            r"^listener_manager\.lds\.update_success$",
+            r"^cluster\.outbound\|80\|\|httpbin\.org\.upstream_rq_(total|200)$",
+            r"\.rq_direct_response$",
+        ),
+        log_lines=(("client", 2),),
+    ),
+    Step(
+        "VirtualService timeout 3s → 504 (seed 000)",
+        "The seed's VirtualService gives httpbin.org's route a 3 s timeout; /delay/5 answers after "
+        "5 s, so the sidecar answers 504 `upstream request timeout` after 3 s.",
+        timeout,
+        counters=(
+            r"^listener_manager\.lds\.update_success$",
+            r"^cluster\.outbound\|80\|\|httpbin\.org\.upstream_rq_timeout$",
+        ),
+        log_lines=(("client", 2),),
+    ),
+    Step(
+        "The 6:4 weighted split (seed 002)",
+        "Seed 002 splits traffic between nginx v2 and v1 6:4 with weighted_clusters; in Istio's "
+        "terms that is a VirtualService with weights 60/40 over two DestinationRule subsets.",
+        split,
+        counters=(
+            r"^listener_manager\.lds\.update_success$",
+            r"^cluster\.outbound\|80\|v[12]\|myngx\.example\.upstream_rq_total$",
+        ),
+        log_lines=(("client", SPLIT_REQUESTS),),
+    ),
+    Step(
+        "Inbound interception adds a response header (seed 002)",
+        "A pod without a sidecar (nettool) calls into intercepted pods. Istio YAML cannot add a "
+        "response header on the inbound path with this compiler (istiod would need an "
+        "EnvoyFilter; inbound traffic is passed through as is), so part b runs seed 002's own "
+        "inbound Envoy config (response_headers_to_add myname: chengzw) in a second proxy, in "
+        "pod myapp.",
+        inbound,
+        counters=(
+            r"^cluster\.InboundPassthroughCluster\.upstream_cx_total$",
+            r"^cluster\.myapp_local\.upstream_rq_total$",
+        ),
+        proxies=("client", "myapp"),
+        log_lines=(("client", 1), ("myapp", 1)),
+    ),
+    Step(
+        "The listener table, as `istioctl proxy-config listeners` prints it (seed 002)",
+        "What the client's sidecar runs now: virtualOutbound 15001, virtualInbound 15006, the "
+        "sniffed 0.0.0.0_80 (HTTP → route 80, else BlackHoleCluster), and route 80's virtual "
+        "hosts.",
+        listeners,
+        proxies=(),
+    ),
+]
