@@ -307,7 +307,8 @@ STEPS: list[Step] = [
     Step(
         "A ServiceEntry registers httpbin.org, hot (seed 000)",
         "Add the seed's ServiceEntry as a new file: no restart. httpbin.org gets a virtual host on "
-        "route 80 and the cluster outbound|80||httpbin.org; the sidecar adds its request headers. "
+        "route 80 and the cluster outbound|80||httpbin.org; the sidecar adds its request headers "
+        "(the seed also shows X-B3-* trace headers: pysidecar does no tracing, so none here). "
         "edition.cnn.com is still unknown.",
         service_entry,
         counters=(
