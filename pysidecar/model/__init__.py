@@ -78,6 +78,47 @@ class LbEndpoint:
     load_balancing_weight: int = 1
 
 
+# Envoy's circuit breaker thresholds when a cluster sets none; Istio always writes its own
+# (4294967295 each, ISTIO_UNLIMITED below) unless a DestinationRule's connectionPool says less.
+DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_MAX_PENDING_REQUESTS = 1024
+DEFAULT_MAX_REQUESTS = 1024
+DEFAULT_MAX_RETRIES = 3
+ISTIO_UNLIMITED = 4294967295
+# common_lb_config.healthy_panic_threshold: below this % of healthy hosts, balance over all.
+DEFAULT_PANIC_THRESHOLD = 50.0
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreakers:
+    """circuit_breakers.thresholds[] at priority DEFAULT (the only priority our routes use).
+
+    Envoy shares these counts across its worker threads; pysidecar's workers are processes, so
+    each worker enforces the limits on its own traffic (N workers admit up to N x the limit)."""
+
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_pending_requests: int = DEFAULT_MAX_PENDING_REQUESTS
+    max_requests: int = DEFAULT_MAX_REQUESTS
+    max_retries: int = DEFAULT_MAX_RETRIES
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    """Cluster outlier_detection, consecutive-error kinds only (no success-rate ejection).
+
+    Defaults are Envoy's: 5 consecutive 5xx enforced at 100 %, consecutive gateway failures
+    counted but not enforced (enforcing 0), 10 s sweeps, 30 s base ejection, 300 s cap, 10 %."""
+
+    consecutive_5xx: int = 5
+    consecutive_gateway_failure: int = 5
+    enforcing_consecutive_5xx: int = 100
+    enforcing_consecutive_gateway_failure: int = 0
+    interval: float = 10.0
+    base_ejection_time: float = 30.0
+    max_ejection_time: float = 300.0
+    max_ejection_percent: int = 10
+
+
 @dataclass(frozen=True, slots=True)
 class Cluster:
     name: str
@@ -92,6 +133,9 @@ class Cluster:
     dns_refresh_rate: float = 5.0
     # Istio stamps alt_stat_name; stats use it when set.
     alt_stat_name: str | None = None
+    circuit_breakers: CircuitBreakers = field(default_factory=CircuitBreakers)
+    outlier_detection: OutlierDetection | None = None
+    healthy_panic_threshold: float = DEFAULT_PANIC_THRESHOLD
 
     @property
     def stat_name(self) -> str:

@@ -166,6 +166,10 @@ class RedirectAction:
     port_redirect: int = 0
     scheme_redirect: str = ""
     response_code: int = 301
+    # Envoy's other RedirectAction fields (not produced by Istio, accepted from Envoy YAML).
+    https_redirect: bool = False
+    prefix_rewrite: str | None = None
+    strip_query: bool = False
 
 
 @dataclass(frozen=True, slots=True)

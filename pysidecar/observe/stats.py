@@ -203,6 +203,8 @@ class ClusterHttpStats(StatsBlock, _OpenBlock):
     upstream_rq_retry_limit_exceeded: Counter
     upstream_rq_pending_total: Counter
     upstream_rq_pending_failure_eject: Counter
+    upstream_rq_pending_overflow: Counter
+    upstream_rq_retry_overflow: Counter
     upstream_rq_rx_reset: Counter
     upstream_rq_tx_reset: Counter
     upstream_cx_http1_total: Counter
@@ -325,3 +327,27 @@ def merge(snapshots: Iterable[dict[str, tuple[Kind, object]]]) -> dict[str, tupl
             else:
                 out[name] = (kind, cast(int, prev[1]) + cast(int, value))
     return out
+
+
+class OutlierDetectionStats(StatsBlock):
+    """`cluster.<name>.outlier_detection.`: Envoy's outlier detection stats (consecutive kinds)."""
+
+    ejections_enforced_total: Counter
+    ejections_overflow: Counter
+    ejections_total: Counter
+    ejections_detected_consecutive_5xx: Counter
+    ejections_enforced_consecutive_5xx: Counter
+    ejections_detected_consecutive_gateway_failure: Counter
+    ejections_enforced_consecutive_gateway_failure: Counter
+    ejections_active: Gauge
+
+
+class FaultStats(StatsBlock):
+    """`http.<stat_prefix>.fault.`: envoy.filters.http.fault."""
+
+    delays_injected: Counter
+    aborts_injected: Counter
+
+
+def outlier_detection_stats(store: StatsStore, stat_name: str) -> OutlierDetectionStats:
+    return store.block(OutlierDetectionStats, cluster_scope(stat_name) + "outlier_detection.")

@@ -8,6 +8,9 @@ Promises:
   applies.
 - ORIGINAL_DST clusters have no hosts of their own: the connection's original destination is the
   host (Envoy's CLUSTER_PROVIDED balancing).
+- Each runtime carries the cluster's circuit breaker and, when configured, its outlier
+  detector (both per worker: see `proxy.circuit_breaker`); the balancer picks from
+  `lb_hosts`, the hosts outlier detection has not ejected (or all of them in panic).
 - `update(clusters)` keeps the runtime (hosts, balancer state, DNS task) of every cluster whose
   definition did not change, so a reload does not disturb traffic to unchanged clusters.
 """
@@ -18,23 +21,49 @@ import asyncio
 import ipaddress
 import logging
 import socket
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
 
 from pysidecar.model import Cluster, ClusterType, SocketAddress
-from pysidecar.observe.stats import ClusterStats, StatsStore
+from pysidecar.observe.stats import ClusterStats, StatsStore, outlier_detection_stats
+from pysidecar.proxy.circuit_breaker import CircuitBreaker
 from pysidecar.proxy.lb import Host, LoadBalancer, load_balancer
+from pysidecar.proxy.outlier import OutlierDetector, lb_hosts
 
 log = logging.getLogger(__name__)
 
 
 class ClusterRuntime:
-    __slots__ = ("_dns_task", "balancer", "config", "hosts", "stats")
+    __slots__ = (
+        "_dns_task",
+        "_sweep",
+        "balancer",
+        "breaker",
+        "config",
+        "hosts",
+        "lb_hosts",
+        "outlier",
+        "stats",
+    )
 
-    def __init__(self, config: Cluster, stats: ClusterStats) -> None:
+    def __init__(
+        self, config: Cluster, stats: ClusterStats, store: StatsStore | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.config = config
         self.stats = stats
         self.balancer: LoadBalancer = load_balancer(config.lb_policy)
         self.hosts: list[Host] = []
+        self.lb_hosts: Sequence[Host] = self.hosts
+        self.breaker = CircuitBreaker(config.circuit_breakers)
+        self.outlier: OutlierDetector | None = None
+        if config.outlier_detection is not None:
+            self.outlier = OutlierDetector(
+                config.outlier_detection,
+                outlier_detection_stats(store or StatsStore(), config.stat_name),
+                clock,
+                self._rebalance,
+            )
+        self._sweep: asyncio.TimerHandle | None = None
         self._dns_task: asyncio.Task[None] | None = None
         if config.type is ClusterType.STATIC:
             self._set_hosts(
@@ -48,7 +77,7 @@ class ClusterRuntime:
     def choose_host(self, original_dst: SocketAddress | None) -> tuple[str, int] | None:
         if self.config.type is ClusterType.ORIGINAL_DST:
             return (original_dst.address, original_dst.port) if original_dst is not None else None
-        host = self.balancer.choose(self.hosts)
+        host = self.balancer.choose(self.lb_hosts)
         return host.key if host is not None else None
 
     def bind_address_for(self, upstream_ip: str) -> str | None:
@@ -64,13 +93,38 @@ class ClusterRuntime:
     def _set_hosts(self, hosts: Iterable[Host]) -> None:
         self.hosts = list(hosts)
         self.stats.membership_total = len(self.hosts)
-        self.stats.membership_healthy = len(self.hosts)
+        if self.outlier is not None:
+            self.outlier.set_hosts(h.key for h in self.hosts)
+        self._rebalance()
+
+    def _rebalance(self) -> None:
+        """Recompute the balancing set after hosts or ejections changed (never per request)."""
+        od = self.outlier
+        if od is None:
+            self.lb_hosts = self.hosts
+            self.stats.membership_healthy = len(self.hosts)
+            return
+        healthy = [h for h in self.hosts if not od.is_ejected(h.key)]
+        self.stats.membership_healthy = len(healthy)
+        self.lb_hosts = lb_hosts(self.hosts, healthy, self.config.healthy_panic_threshold)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.config.type in (ClusterType.STRICT_DNS, ClusterType.LOGICAL_DNS):
             self._dns_task = loop.create_task(self._resolve_forever(loop))
+        od = self.outlier
+        if od is not None:
+            interval = od.config.interval
+
+            def sweep() -> None:
+                od.sweep()
+                self._sweep = loop.call_later(interval, sweep)
+
+            self._sweep = loop.call_later(interval, sweep)
 
     def stop(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         if self._dns_task is not None:
             self._dns_task.cancel()
             self._dns_task = None
@@ -132,7 +186,7 @@ class ClusterManager:
             if old is not None and old.config == c:
                 fresh[c.name] = old
                 continue
-            runtime = ClusterRuntime(c, self._stats.cluster(c.stat_name))
+            runtime = ClusterRuntime(c, self._stats.cluster(c.stat_name), self._stats, self._loop.time)
             runtime.start(self._loop)
             fresh[c.name] = runtime
         for name, old in self.clusters.items():

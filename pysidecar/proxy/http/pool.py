@@ -10,6 +10,14 @@ Promises:
   closed by the upstream leave the list when their close arrives.
 - An `UpstreamConnection` parses responses with httptools and forwards each event to the one
   stream attached to it; it never buffers a body.
+- Circuit breakers (the cluster's, per worker) as Envoy's HTTP/1 pool applies them: a request
+  that finds no idle connection becomes pending (refused at max_pending_requests); it gets a
+  new connection while the cluster is under max_connections (or this host has none at all),
+  else it waits for one of this host's connections to come free (upstream_cx_overflow).
+  A request is attached to a connection only under max_requests. Refusals call
+  `stream.upstream_connect_failed(OVERFLOW)` and count upstream_rq_pending_overflow.
+- Every response status, connect failure and reset before a response is reported to the
+  cluster's outlier detector, when it has one (failures as 503, Envoy's local-origin mapping).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import asyncio
 import errno
 import os
 import weakref
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
@@ -25,7 +34,12 @@ import httptools
 
 from pysidecar.observe.stats import ClusterHttpStats, ClusterStats
 from pysidecar.proxy.cluster_manager import ClusterRuntime
-from pysidecar.proxy.http.retry import CONNECT_FAILURE, CONNECT_TIMEOUT, CONNECTION_TERMINATION
+from pysidecar.proxy.http.retry import (
+    CONNECT_FAILURE,
+    CONNECT_TIMEOUT,
+    CONNECTION_TERMINATION,
+    OVERFLOW,
+)
 
 if TYPE_CHECKING:
     from pysidecar.proxy.http.stream import ActiveStream
@@ -38,10 +52,13 @@ class _HeadDone(Exception):
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "closed",
+        "counted",
+        "cx_open",
         "head_keep_alive",
         "headers",
         "informational",
         "parser",
+        "pending",
         "pool",
         "request_done",
         "response_started",
@@ -62,17 +79,35 @@ class UpstreamConnection(asyncio.Protocol):
         self.response_started = False
         self.upgraded = False
         self.head_keep_alive = False
+        self.pending = False  # holds a pending-request slot of the circuit breaker
+        self.counted = False  # holds a request slot of the circuit breaker
+        self.cx_open = False  # holds a connection slot of the circuit breaker
 
     # -- the pool's side -----------------------------------------------------------------
     def attach(self, stream: ActiveStream) -> None:
         self.stream = stream
         self.request_done = False
         self.response_started = False
+        if not self.counted:
+            self.counted = True
+            self.pool.breaker.rq += 1
+
+    def _unattach(self) -> None:
+        """The request slot goes back when the stream leaves the connection."""
+        if self.counted:
+            self.counted = False
+            self.pool.breaker.rq -= 1
 
     def detach_and_close(self) -> None:
         """The stream gives up on this connection (timeout, reset, downstream gone)."""
         self.stream = None
+        self._unattach()
         self.close()
+
+    def cancel(self) -> None:
+        """The stream waiting for this (connecting or queued) connection gave up."""
+        self.stream = None
+        self.pool.cancel(self)
 
     def close(self) -> None:
         if not self.closed:
@@ -138,6 +173,8 @@ class UpstreamConnection(asyncio.Protocol):
         stats.upstream_cx_active -= 1
         stats.upstream_cx_destroy += 1
         self.pool.forget(self)
+        self.pool.cx_closed(self)
+        self._unattach()
         stream = self.stream
         if stream is None or (was_closed and not self.upgraded):
             return
@@ -164,6 +201,9 @@ class UpstreamConnection(asyncio.Protocol):
             return
         stream = self.stream
         self.response_started = True
+        od = self.pool.outlier
+        if od is not None:
+            od.put_result(self.pool.host, status)
         if stream is None:
             return
         stream.upstream_headers(status, self.headers)
@@ -192,6 +232,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _message_complete(self, keep_alive: bool) -> None:
         stream = self.stream
         self.stream = None
+        self._unattach()
         self.response_started = False
         if keep_alive and self.request_done and not self.closed:
             self.pool.release(self)
@@ -203,15 +244,31 @@ class UpstreamConnection(asyncio.Protocol):
     def _reset(self, reason: str) -> None:
         stream = self.stream
         self.stream = None
+        self._unattach()
+        od = self.pool.outlier
+        if od is not None and not self.response_started:
+            od.put_result(self.pool.host, 503)
         self.close()
         if stream is not None:
             stream.upstream_reset(reason, None)
 
 
 class HostPool:
-    """Connections to one host of one cluster."""
+    """Connections to one host of one cluster, and the requests waiting for one."""
 
-    __slots__ = ("buffer_limit", "cluster", "cx_stats", "host", "idle", "loop", "rq_stats")
+    __slots__ = (
+        "breaker",
+        "buffer_limit",
+        "cluster",
+        "cx_stats",
+        "host",
+        "idle",
+        "loop",
+        "open",
+        "outlier",
+        "rq_stats",
+        "waiting",
+    )
 
     def __init__(
         self,
@@ -228,33 +285,115 @@ class HostPool:
         self.host = host
         self.buffer_limit = buffer_limit
         self.idle: list[UpstreamConnection] = []
+        self.breaker = cluster.breaker
+        self.outlier = cluster.outlier
+        self.open = 0  # this host's connections, open or connecting
+        # Requests past max_connections, each holding the connection it will connect with.
+        self.waiting: deque[UpstreamConnection] = deque()
 
     def acquire(self, stream: ActiveStream) -> UpstreamConnection | None:
-        """An idle connection attached to `stream`, or None after starting a connect."""
+        """An idle connection attached to `stream`, or None: the stream is pending (told
+        later through upstream_ready / upstream_connect_failed) or was refused already."""
         while self.idle:
             conn = self.idle.pop()
             if not conn.closed:
+                if not self.breaker.can_request():
+                    self.idle.append(conn)
+                    self._overflow(stream)
+                    return None
                 conn.attach(stream)
                 return conn
-        self._connect(stream)
+        breaker = self.breaker
+        if not breaker.can_queue():
+            self._overflow(stream)
+            return None
+        conn = UpstreamConnection(self)
+        conn.stream = stream
+        stream.connecting = conn
+        conn.pending = True
+        breaker.pending += 1
+        self.rq_stats.upstream_rq_pending_total += 1
+        self.rq_stats.upstream_rq_pending_active += 1
+        if breaker.can_connect(self.open):
+            self._connect(conn)
+        else:
+            self.cx_stats.upstream_cx_overflow += 1
+            self.waiting.append(conn)
         return None
 
     def release(self, conn: UpstreamConnection) -> None:
         if conn.transport is not None:
             conn.transport.resume_reading()  # it may have been paused for a slow client
         self.idle.append(conn)
+        if self.waiting:
+            # Not from inside the parser callback that released it: on the next loop turn.
+            self.loop.call_soon(self._serve_waiting)
 
     def forget(self, conn: UpstreamConnection) -> None:
         if conn in self.idle:
             self.idle.remove(conn)
 
-    def _connect(self, stream: ActiveStream) -> None:
+    def cancel(self, conn: UpstreamConnection) -> None:
+        """A pending request went away: free its slot; a queued one never connects."""
+        self._unpend(conn)
+        if conn in self.waiting:
+            self.waiting.remove(conn)
+
+    def cx_closed(self, conn: UpstreamConnection) -> None:
+        """A connection (or a connect attempt) of this pool ended: its slot comes free."""
+        if conn.cx_open:
+            conn.cx_open = False
+            self.open -= 1
+            self.breaker.cx -= 1
+            if self.waiting:
+                self.loop.call_soon(self._serve_waiting)
+
+    def _unpend(self, conn: UpstreamConnection) -> None:
+        if conn.pending:
+            conn.pending = False
+            self.breaker.pending -= 1
+            self.rq_stats.upstream_rq_pending_active -= 1
+
+    def _overflow(self, stream: ActiveStream) -> None:
+        self.rq_stats.upstream_rq_pending_overflow += 1
+        stream.upstream_connect_failed(OVERFLOW, None)
+
+    def _serve_waiting(self) -> None:
+        """Hand freed capacity to queued requests, oldest first."""
+        waiting = self.waiting
+        while waiting:
+            ticket = waiting[0]
+            stream = ticket.stream
+            if stream is None or stream.connecting is not ticket:
+                waiting.popleft()
+                self._unpend(ticket)
+                continue
+            idle = None
+            while self.idle and idle is None:
+                c = self.idle.pop()
+                idle = None if c.closed else c
+            if idle is not None:
+                waiting.popleft()
+                ticket.stream = None
+                self._unpend(ticket)
+                if self.breaker.can_request():
+                    stream.upstream_ready(idle)
+                else:
+                    self.idle.append(idle)
+                    self._overflow(stream)
+                continue
+            if not self.breaker.can_connect(self.open):
+                return
+            waiting.popleft()
+            self._connect(ticket)
+
+    def _connect(self, conn: UpstreamConnection) -> None:
         stats = self.cx_stats
         stats.upstream_cx_total += 1
         self.rq_stats.upstream_cx_http1_total += 1
-        conn = UpstreamConnection(self)
-        conn.stream = stream
-        stream.connecting = conn
+        conn.cx_open = True
+        self.open += 1
+        self.breaker.cx += 1
         bind = self.cluster.bind_address_for(self.host[0])
         started = self.loop.time()
         fut = asyncio.ensure_future(
@@ -272,27 +411,32 @@ class HostPool:
             timer.cancel()
             stream = conn.stream
             wanted = stream is not None and stream.connecting is conn
+            self._unpend(conn)
+            failure: str | None = None
             if fut.cancelled():
                 self.cx_stats.upstream_cx_connect_timeout += 1
-                self.cx_stats.upstream_cx_connect_fail += 1
-                if wanted:
+                reason = CONNECT_TIMEOUT
+            elif (exc := fut.exception()) is not None:
+                reason, failure = CONNECT_FAILURE, _transport_failure(exc)
+            else:
+                self.cx_stats.upstream_cx_connect_ms.record((self.loop.time() - started) * 1000.0)
+                if wanted and self.breaker.can_request():
                     assert stream is not None
-                    stream.upstream_connect_failed(CONNECT_TIMEOUT, None)
+                    stream.upstream_ready(conn)
+                else:
+                    conn.stream = None
+                    self.release(conn)
+                    if wanted:
+                        assert stream is not None
+                        self._overflow(stream)
                 return
-            exc = fut.exception()
-            if exc is not None:
-                self.cx_stats.upstream_cx_connect_fail += 1
-                if wanted:
-                    assert stream is not None
-                    stream.upstream_connect_failed(CONNECT_FAILURE, _transport_failure(exc))
-                return
-            self.cx_stats.upstream_cx_connect_ms.record((self.loop.time() - started) * 1000.0)
+            self.cx_stats.upstream_cx_connect_fail += 1
+            self.cx_closed(conn)  # never connected: connection_lost will not come (idempotent)
+            if self.outlier is not None:
+                self.outlier.put_result(self.host, 503)
             if wanted:
                 assert stream is not None
-                stream.upstream_ready(conn)
-            else:
-                conn.stream = None
-                self.release(conn)
+                stream.upstream_connect_failed(reason, failure)
 
         return done
 

@@ -21,11 +21,15 @@ CONNECT_FAILURE = "connect_failure"
 CONNECT_TIMEOUT = "connect_timeout"
 CONNECTION_TERMINATION = "connection_termination"
 PER_TRY_TIMEOUT = "per_try_timeout"
+# A circuit breaker refused the request (Envoy's Overflow reset reason): never retried.
+OVERFLOW = "overflow"
 
 _CONNECT = frozenset({CONNECT_FAILURE, CONNECT_TIMEOUT})
 
 
 def retriable_reset(policy: RetryPolicy, reason: str) -> bool:
+    if reason == OVERFLOW:
+        return False  # Envoy never retries a circuit breaker's refusal
     on = policy.retry_on
     if "5xx" in on or "gateway-error" in on or "reset" in on:
         return True

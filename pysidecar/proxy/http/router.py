@@ -13,6 +13,10 @@ Promises:
   without its query string (safe_regex must match all of it).
 - Rewrites keep the query string: prefix_rewrite swaps the matched prefix, regex_rewrite
   substitutes over the path part only.
+- Query parameter matchers (Envoy's QueryParameterMatcher) see the first value of each name in
+  the raw (not percent-decoded) query string; a name without `=` has the value "". No matcher
+  kind (or present_match) means "present". Routes without them never parse the query.
+- `redirect_location` builds a redirect's Location as Envoy's Utility::newUri does.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from dataclasses import dataclass
 
 from pysidecar.model.http import (
     HeaderMatcher,
+    QueryParameterMatcher,
+    RedirectAction,
     Route,
     RouteAction,
     RouteConfiguration,
@@ -81,6 +87,82 @@ class CompiledHeaderMatcher:
         return ok != self.invert
 
 
+class CompiledQueryMatcher:
+    __slots__ = ("kind", "name", "pattern", "value")
+
+    def __init__(self, m: QueryParameterMatcher) -> None:
+        self.name = m.name
+        self.value = ""
+        self.pattern: re.Pattern[str] | None = None
+        if m.exact is not None:
+            self.kind, self.value = "exact", m.exact
+        elif m.prefix is not None:
+            self.kind, self.value = "prefix", m.prefix
+        elif m.safe_regex is not None:
+            self.kind, self.pattern = "regex", re.compile(m.safe_regex)
+        else:
+            self.kind = "present"  # Envoy: present_match true or false, or no kind at all
+
+    def matches(self, params: Mapping[str, str]) -> bool:
+        v = params.get(self.name)
+        if v is None:
+            return False
+        kind = self.kind
+        if kind == "exact":
+            return v == self.value
+        if kind == "prefix":
+            return v.startswith(self.value)
+        if kind == "regex":
+            assert self.pattern is not None
+            return self.pattern.fullmatch(v) is not None
+        return True
+
+
+def query_params(path: str) -> dict[str, str]:
+    """The first value of each query parameter, undecoded (Envoy's parseQueryString)."""
+    out: dict[str, str] = {}
+    q = path.find("?")
+    if q < 0:
+        return out
+    for part in path[q + 1 :].split("#", 1)[0].split("&"):
+        if part:
+            name, _, value = part.partition("=")
+            out.setdefault(name, value)
+    return out
+
+
+def redirect_location(
+    r: RedirectAction, host: str, path: str, request_scheme: str = "http", rewritten: str | None = None
+) -> str:
+    """Envoy's Utility::newUri: scheme, host (dropping a port the new scheme or port makes
+    wrong), port, then path_redirect (keeping the request's query unless it has its own or
+    strip_query) or the request path, after prefix_rewrite when the route has one."""
+    scheme = r.scheme_redirect or ("https" if r.https_redirect else request_scheme)
+    port = f":{r.port_redirect}" if r.port_redirect else ""
+    if r.host_redirect:
+        final_host = r.host_redirect
+    else:
+        final_host = host
+        end = host.rfind("]:") + 1 if host.startswith("[") else host.rfind(":")
+        if end > 0:
+            request_port = host[end:]
+            drop = bool(port) or (
+                scheme != request_scheme
+                and ((request_scheme == "https" and request_port == ":443") or (request_scheme == "http" and request_port == ":80"))
+            )
+            if drop:
+                final_host = host[:end]
+    current = rewritten if rewritten is not None else path
+    if r.path_redirect:
+        final_path = r.path_redirect
+        q = current.find("?")
+        if "?" not in r.path_redirect and not r.strip_query and q >= 0:
+            final_path += current[q:]
+    else:
+        final_path = current.split("?", 1)[0] if r.strip_query else current
+    return f"{scheme}://{final_host}{port}{final_path}"
+
+
 class CompiledRoute:
     """One route, its matcher ready to run and its header operations flattened."""
 
@@ -88,8 +170,10 @@ class CompiledRoute:
         "action",
         "cum_weights",
         "headers",
+        "intercepts",
         "kind",
         "lower",
+        "query",
         "regex",
         "request_ops",
         "response_ops",
@@ -123,6 +207,9 @@ class CompiledRoute:
         if self.lower:
             self.value = self.value.lower()
         self.headers = tuple(CompiledHeaderMatcher(h) for h in m.headers)
+        self.query = tuple(CompiledQueryMatcher(q) for q in m.query_parameters)
+        # The stream's one check for the rare route kinds: fault injection, redirect.
+        self.intercepts = route.fault is not None or route.redirect is not None
         # Envoy applies header mutations most specific first: route, virtual host, global.
         levels = (route.mutations, vhost.vhost.mutations, config.mutations)
         self.request_ops, self.response_ops = compile_ops(levels)
@@ -141,6 +228,7 @@ class CompiledRoute:
         self.total_weight = self.cum_weights[-1] if self.cum_weights else 0
 
     def matches(self, path: str, headers: Mapping[str, str] | None) -> bool:
+        raw = path  # query parameters match case-sensitively, whatever case_sensitive says
         if self.lower:
             path = path.lower()
         kind = self.kind
@@ -162,7 +250,11 @@ class CompiledRoute:
                     return False
         if self.headers:
             assert headers is not None
-            return all(h.matches(headers) for h in self.headers)
+            if not all(h.matches(headers) for h in self.headers):
+                return False
+        if self.query:
+            params = query_params(raw)
+            return all(q.matches(params) for q in self.query)
         return True
 
     def pick_cluster(self, rng: random.Random) -> tuple[str, int]:
@@ -178,6 +270,9 @@ class CompiledRoute:
         """The upstream path after prefix_rewrite / regex_rewrite, or None when unchanged."""
         a = self.action
         if a is None:
+            r = self.route.redirect
+            if r is not None and r.prefix_rewrite is not None and self.kind in (_PREFIX, _SEPARATED, _PATH):
+                return r.prefix_rewrite + path[len(self.value) :]
             return None
         if a.prefix_rewrite is not None:
             if self.kind in (_PREFIX, _SEPARATED, _PATH):

@@ -38,8 +38,15 @@ from pysidecar.proxy.http.headers import (
     strip_request,
     strip_response,
 )
+from pysidecar.proxy.http.intercept import OVERLOADED, intercept, retry_admitted
 from pysidecar.proxy.http.pool import HostPool, UpstreamConnection
-from pysidecar.proxy.http.retry import PER_TRY_TIMEOUT, backoff, retriable_reset, retriable_status
+from pysidecar.proxy.http.retry import (
+    OVERFLOW,
+    PER_TRY_TIMEOUT,
+    backoff,
+    retriable_reset,
+    retriable_status,
+)
 from pysidecar.proxy.http.router import CompiledRoute
 
 if TYPE_CHECKING:
@@ -139,8 +146,9 @@ class ActiveStream:
         self.tunnel = False
 
     # == downstream events ===================================================================
-    def start(self) -> None:
-        """Route the request and start the first attempt (or answer it locally)."""
+    def start(self, fault_done: bool = False) -> None:
+        """Route the request and start the first attempt (or answer it locally).
+        `fault_done`: run again after a fault delay, the delay not to be drawn twice."""
         self.started = True
         conn = self.conn
         cfg = conn.cfg
@@ -185,9 +193,11 @@ class ActiveStream:
             conn.stats.no_route += 1
             self._local(404, b"", lr.NR, "route_not_found")
             return
-        self.route = route
         info.route_name = route.route.name or None
         self.response_ops = route.response_ops
+        if route.intercepts and intercept(self, route, host, path, fault_done):
+            return  # delayed (start runs again), aborted or redirected
+        self.route = route
         direct = route.route.direct_response
         if direct is not None:
             conn.stats.rq_direct_response += 1
@@ -331,8 +341,6 @@ class ActiveStream:
         conn = pool.acquire(self)
         if conn is not None:
             self.upstream_ready(conn)
-        else:
-            stats.upstream_rq_pending_total += 1
 
     def upstream_ready(self, up: UpstreamConnection) -> None:
         self.connecting = None
@@ -397,7 +405,11 @@ class ActiveStream:
         if retriable and self._retry():
             return
         flags = self.info.response_flags
-        flags.append(lr.UF if reason in ("connect_failure", "connect_timeout") else lr.UC)
+        if reason == OVERFLOW:  # a circuit breaker refused it: UO, x-envoy-overloaded
+            flags.append(lr.UO)
+            self.response_ops = (*self.response_ops, OVERLOADED)
+        else:
+            flags.append(lr.UF if reason in ("connect_failure", "connect_timeout") else lr.UC)
         if retriable and self.retried:
             flags.append(lr.URX)
             self.rq_stats.upstream_rq_retry_limit_exceeded += 1  # type: ignore[union-attr]
@@ -419,6 +431,8 @@ class ActiveStream:
             or not (self.retain or not self.body_parts)
             or not self.request_done
         ):
+            return False
+        if not self.retried and not retry_admitted(self):
             return False
         self.retries_left -= 1
         self.retried = True
@@ -448,7 +462,7 @@ class ActiveStream:
         self.connecting = None
         if c is not None:
             self._end_attempt()
-            c.stream = None  # the pool keeps the connection when it completes
+            c.cancel()  # the pool keeps the connection when it completes
 
     def _on_per_try_timeout(self) -> None:
         self.per_try_timer = None
@@ -618,6 +632,8 @@ class ActiveStream:
         if self.response_done:
             return
         self.response_done = True
+        if self.retried:
+            self.cluster.breaker.retries -= 1  # type: ignore[union-attr]
         for t in (self.timer, self.per_try_timer, self.retry_timer):
             if t is not None:
                 t.cancel()
