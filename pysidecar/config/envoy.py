@@ -18,10 +18,12 @@ from collections.abc import Callable
 from pysidecar.config.node import ConfigError, Node, load_documents
 from pysidecar.model import (
     DEFAULT_BUFFER_LIMIT,
+    DEFAULT_PANIC_THRESHOLD,
     DEFAULT_TCP_IDLE_TIMEOUT,
     Admin,
     Bootstrap,
     CidrRange,
+    CircuitBreakers,
     Cluster,
     ClusterType,
     FilterChain,
@@ -31,6 +33,7 @@ from pysidecar.model import (
     Listener,
     ListenerFilter,
     NetworkFilter,
+    OutlierDetection,
     SocketAddress,
     TcpProxy,
     TrafficDirection,
@@ -257,6 +260,81 @@ def load_assignment(node: Node) -> tuple[LbEndpoint, ...]:
     return tuple(out)
 
 
+def circuit_breakers(node: Node) -> CircuitBreakers:
+    """circuit_breakers.thresholds: the DEFAULT priority's limits (HIGH is accepted and unused:
+    every route here is default priority)."""
+    default = CircuitBreakers()
+    found = default
+    for t in node.fields("thresholds", "per_host_thresholds").list("thresholds"):
+        tf = t.fields(
+            "priority", "max_connections", "max_pending_requests", "max_requests", "max_retries",
+            "track_remaining", "max_connection_pools", "retry_budget",
+        )  # fmt: skip
+        if (rb := tf.get("retry_budget")) is not None:
+            rb.fail("retry_budget is not supported; use max_retries")
+        tf.opt("track_remaining", Node.boolean, False)
+        tf.opt("max_connection_pools", _count, 0)
+        limits = CircuitBreakers(
+            max_connections=tf.opt("max_connections", _count, default.max_connections),
+            max_pending_requests=tf.opt("max_pending_requests", _count, default.max_pending_requests),
+            max_requests=tf.opt("max_requests", _count, default.max_requests),
+            max_retries=tf.opt("max_retries", _count, default.max_retries),
+        )
+        if tf.opt("priority", lambda n: n.enum(["DEFAULT", "HIGH"]), "DEFAULT") == "DEFAULT":
+            found = limits
+    return found
+
+
+def _count(n: Node) -> int:
+    return n.integer(0)
+
+
+def _percent(n: Node) -> int:
+    return n.integer(0, 100)
+
+
+def outlier_detection(node: Node) -> OutlierDetection:
+    d = OutlierDetection()
+    f = node.fields(
+        "consecutive_5xx", "consecutive_gateway_failure", "enforcing_consecutive_5xx",
+        "enforcing_consecutive_gateway_failure", "interval", "base_ejection_time",
+        "max_ejection_time", "max_ejection_percent", "enforcing_success_rate",
+        "split_external_local_origin_errors", "enforcing_local_origin_success_rate",
+        "success_rate_minimum_hosts", "success_rate_request_volume", "success_rate_stdev_factor",
+    )  # fmt: skip
+    if f.opt("split_external_local_origin_errors", Node.boolean, False):
+        f.require("split_external_local_origin_errors").fail("split_external_local_origin_errors is not supported")
+    for rate in ("enforcing_success_rate", "enforcing_local_origin_success_rate"):
+        # Success-rate ejection is not implemented: accepted only when switched off (as Istio does).
+        if f.opt(rate, _percent, 0) != 0:
+            f.require(rate).fail(f"{rate} above 0 (success-rate ejection) is not supported; set it to 0")
+    for ignored in ("success_rate_minimum_hosts", "success_rate_request_volume", "success_rate_stdev_factor"):
+        f.opt(ignored, _count, 0)
+    return OutlierDetection(
+        consecutive_5xx=f.opt("consecutive_5xx", _count, d.consecutive_5xx),
+        consecutive_gateway_failure=f.opt("consecutive_gateway_failure", _count, d.consecutive_gateway_failure),
+        enforcing_consecutive_5xx=f.opt("enforcing_consecutive_5xx", _percent, d.enforcing_consecutive_5xx),
+        enforcing_consecutive_gateway_failure=f.opt(
+            "enforcing_consecutive_gateway_failure", _percent, d.enforcing_consecutive_gateway_failure
+        ),
+        interval=f.opt("interval", Node.duration, d.interval),
+        base_ejection_time=f.opt("base_ejection_time", Node.duration, d.base_ejection_time),
+        max_ejection_time=f.opt("max_ejection_time", Node.duration, d.max_ejection_time),
+        max_ejection_percent=f.opt("max_ejection_percent", _percent, d.max_ejection_percent),
+    )
+
+
+def panic_threshold(node: Node) -> float:
+    """common_lb_config.healthy_panic_threshold (a Percent: {value: N})."""
+    found = node.fields("healthy_panic_threshold").get("healthy_panic_threshold")
+    if found is None:
+        return DEFAULT_PANIC_THRESHOLD
+    v = found.fields("value").require("value")
+    if isinstance(v.value, bool) or not isinstance(v.value, int | float) or not 0 <= v.value <= 100:
+        v.fail("expected a percentage between 0 and 100")
+    return float(v.value)
+
+
 def cluster(node: Node) -> Cluster:
     f = node.fields(
         "name",
@@ -268,6 +346,9 @@ def cluster(node: Node) -> Cluster:
         "dns_refresh_rate",
         "dns_lookup_family",
         "alt_stat_name",
+        "circuit_breakers",
+        "outlier_detection",
+        "common_lb_config",
     )
     name = f.require("name").string()
     ctype = f.opt("type", lambda n: ClusterType(n.enum([t.value for t in ClusterType])), ClusterType.STATIC)
@@ -318,6 +399,9 @@ def cluster(node: Node) -> Cluster:
         upstream_bind_addresses=bind,
         dns_refresh_rate=refresh.duration() if refresh is not None else 5.0,
         alt_stat_name=alt.string() if alt is not None else None,
+        circuit_breakers=f.opt("circuit_breakers", circuit_breakers, CircuitBreakers()),
+        outlier_detection=f.opt("outlier_detection", outlier_detection, None),
+        healthy_panic_threshold=f.opt("common_lb_config", panic_threshold, DEFAULT_PANIC_THRESHOLD),
     )
 
 

@@ -4,8 +4,12 @@ Promises:
 - Registers `envoy.filters.network.http_connection_manager` in `config.envoy.NETWORK_FILTERS`
   (importing this module is enough; `config.envoy` imports it at its end).
 - Accepts the fields listed in each parser below (snake_case or camelCase); any other field,
-  an HTTP filter other than the router (and the small Lua subset), a router that is missing or
-  not last, or a regex that does not compile is a `ConfigError` naming the file and YAML path.
+  an HTTP filter other than the router (and the small Lua subset, and the fault filter with
+  its faults given per route), a router that is missing or not last, or a regex that does not
+  compile is a `ConfigError` naming the file and YAML path.
+- Routes may redirect (`redirect`), match query parameters (`query_parameters`) and inject
+  faults (`typed_per_filter_config` for envoy.filters.http.fault, which then must be in the
+  HTTP filter chain, as Envoy only runs per-route faults through that filter).
 - A static `route_config` whose routes name a cluster the bootstrap does not define is refused
   at load, as Envoy's `validate_clusters` (default true for inline route configs) does.
 """
@@ -22,6 +26,7 @@ from pysidecar.model.http import (
     CodecType,
     Decorator,
     DirectResponse,
+    FaultInjection,
     HeaderAppendAction,
     HeaderMatcher,
     HeaderMutations,
@@ -29,6 +34,8 @@ from pysidecar.model.http import (
     HttpConnectionManager,
     HttpFilter,
     LuaHeaderAdd,
+    QueryParameterMatcher,
+    RedirectAction,
     RegexRewrite,
     RetryPolicy,
     Route,
@@ -41,7 +48,10 @@ from pysidecar.model.http import (
 HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
 LUA_TYPE = "envoy.extensions.filters.http.lua.v3.Lua"
+FAULT_TYPE = "envoy.extensions.filters.http.fault.v3.HTTPFault"
 HTTP_FILTER_NAMES = {
+    "envoy.filters.http.fault": FAULT_TYPE,
+    "envoy.fault": FAULT_TYPE,
     "envoy.filters.http.router": ROUTER_TYPE,
     "envoy.router": ROUTER_TYPE,
     "envoy.filters.http.lua": LUA_TYPE,
@@ -182,10 +192,35 @@ def _str(v: str | bool | None) -> str | None:
     return v if isinstance(v, str) else None
 
 
+def query_parameter_matcher(node: Node) -> QueryParameterMatcher:
+    f = node.fields("name", "string_match", "present_match")
+    name = f.require("name").string()
+    if (sm := f.get("string_match")) is not None:
+        if "present_match" in f:
+            node.fail("expected one of string_match, present_match")
+        sf = sm.fields("exact", "prefix", "suffix", "contains", "safe_regex", "ignore_case")
+        if sf.opt("ignore_case", Node.boolean, False):
+            sm.fail("ignore_case is not supported")
+        if "suffix" in sf or "contains" in sf:
+            sm.fail("only exact, prefix and safe_regex query parameter matches are supported")
+        kinds = [k for k in ("exact", "prefix", "safe_regex") if k in sf]
+        if len(kinds) != 1:
+            sm.fail("expected exactly one of exact, prefix, safe_regex")
+        return QueryParameterMatcher(
+            name,
+            exact=sf.opt("exact", Node.string, None),
+            prefix=sf.opt("prefix", Node.string, None),
+            safe_regex=sf.opt("safe_regex", regex, None),
+        )
+    # present_match (true or false) and no match kind at all both mean "present" in Envoy.
+    return QueryParameterMatcher(name, present_match=f.opt("present_match", Node.boolean, True))
+
+
 def route_match(node: Node) -> RouteMatch:
     f = node.fields(
-        "prefix", "path", "safe_regex", "path_separated_prefix", "headers", "case_sensitive"
-    )
+        "prefix", "path", "safe_regex", "path_separated_prefix", "headers", "case_sensitive",
+        "query_parameters",
+    )  # fmt: skip
     kinds = [k for k in ("prefix", "path", "safe_regex", "path_separated_prefix") if k in f]
     if len(kinds) != 1:
         node.fail("expected exactly one of prefix, path, safe_regex, path_separated_prefix")
@@ -199,6 +234,7 @@ def route_match(node: Node) -> RouteMatch:
         path_separated_prefix=sep.string() if sep is not None else None,
         headers=tuple(header_matcher(n) for n in f.list("headers")),
         case_sensitive=f.opt("case_sensitive", Node.boolean, True),
+        query_parameters=tuple(query_parameter_matcher(n) for n in f.list("query_parameters")),
     )
 
 
@@ -307,15 +343,91 @@ def direct_response(node: Node) -> DirectResponse:
     return DirectResponse(f.require("status").integer(200, 599), body)
 
 
+REDIRECT_CODES = {"MOVED_PERMANENTLY": 301, "FOUND": 302, "SEE_OTHER": 303, "TEMPORARY_REDIRECT": 307, "PERMANENT_REDIRECT": 308}
+DENOMINATORS = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
+
+
+def redirect_action(node: Node) -> RedirectAction:
+    f = node.fields(
+        "host_redirect", "path_redirect", "port_redirect", "scheme_redirect", "https_redirect",
+        "prefix_rewrite", "regex_rewrite", "response_code", "strip_query",
+    )  # fmt: skip
+    if (rr := f.get("regex_rewrite")) is not None:
+        rr.fail("regex_rewrite in a redirect is not supported; use path_redirect or prefix_rewrite")
+    if "https_redirect" in f and "scheme_redirect" in f:
+        node.fail("set either 'https_redirect' or 'scheme_redirect', not both")
+    if "path_redirect" in f and "prefix_rewrite" in f:
+        node.fail("set either 'path_redirect' or 'prefix_rewrite', not both")
+    code = f.opt("response_code", lambda n: n.enum(list(REDIRECT_CODES)), "MOVED_PERMANENTLY")
+    return RedirectAction(
+        host_redirect=f.opt("host_redirect", Node.string, ""),
+        path_redirect=f.opt("path_redirect", Node.string, ""),
+        port_redirect=f.opt("port_redirect", lambda n: n.integer(0, 65535), 0),
+        scheme_redirect=f.opt("scheme_redirect", Node.string, ""),
+        response_code=REDIRECT_CODES[code],
+        https_redirect=f.opt("https_redirect", Node.boolean, False),
+        prefix_rewrite=f.opt("prefix_rewrite", Node.string, None),
+        strip_query=f.opt("strip_query", Node.boolean, False),
+    )
+
+
+def fractional_percent(node: Node | None) -> float:
+    """A FractionalPercent ({numerator, denominator: HUNDRED | TEN_THOUSAND | MILLION}) as a
+    percentage; absent means 100 % for a fault that is configured."""
+    if node is None:
+        return 100.0
+    f = node.fields("numerator", "denominator")
+    denominator = DENOMINATORS[f.opt("denominator", lambda n: n.enum(list(DENOMINATORS)), "HUNDRED")]
+    return min(100.0, f.opt("numerator", lambda n: n.integer(0), 0) * 100.0 / denominator)
+
+
+def fault(node: Node) -> FaultInjection:
+    """envoy.extensions.filters.http.fault.v3.HTTPFault: fixed delays and HTTP status aborts."""
+    f = node.fields(
+        "@type", "delay", "abort", "max_active_faults", "upstream_cluster", "headers",
+        "downstream_nodes", "delay_percent_runtime", "abort_percent_runtime",
+    )  # fmt: skip
+    for unsupported in ("upstream_cluster", "headers", "downstream_nodes"):
+        if (n := f.get(unsupported)) is not None and n.value:
+            n.fail(f"fault {unsupported} is not supported")
+    f.opt("max_active_faults", lambda n: n.integer(0), 0)
+    out = FaultInjection()
+    if (d := f.get("delay")) is not None:
+        df = d.fields("fixed_delay", "header_delay", "percentage")
+        if "header_delay" in df:
+            d.fail("header_delay is not supported; use fixed_delay")
+        out = FaultInjection(delay=df.require("fixed_delay").duration(), delay_percent=fractional_percent(df.get("percentage")))
+    if (a := f.get("abort")) is not None:
+        af = a.fields("http_status", "grpc_status", "header_abort", "percentage")
+        if "http_status" not in af:
+            a.fail("only http_status aborts are supported")
+        out = FaultInjection(
+            out.delay, out.delay_percent, af.require("http_status").integer(200, 599), fractional_percent(af.get("percentage"))
+        )
+    return out
+
+
+def route_fault(node: Node) -> FaultInjection | None:
+    """typed_per_filter_config: only the fault filter's HTTPFault (by filter name or @type)."""
+    found: FaultInjection | None = None
+    for key, value in (node.value or {}).items():
+        cfg = node.child(str(key), value)
+        if key in ("envoy.filters.http.fault", "envoy.fault") or (isinstance(value, dict) and str(value.get("@type", "")).endswith(FAULT_TYPE)):
+            if cfg.type_url() != FAULT_TYPE:
+                cfg.fail(f"expected a {FAULT_TYPE}")
+            found = fault(cfg)
+        else:
+            cfg.fail("per-filter route config is supported for envoy.filters.http.fault only")
+    return found
+
+
 def route(node: Node, index: int) -> Route:
     f = node.fields(
         "name", "match", "route", "direct_response", "decorator", "typed_per_filter_config",
-        *MUTATION_FIELDS,
+        "redirect", *MUTATION_FIELDS,
     )  # fmt: skip
-    if ("route" in f) == ("direct_response" in f):
-        node.fail("expected exactly one of 'route' or 'direct_response'")
-    if (tpfc := f.get("typed_per_filter_config")) is not None and tpfc.value:
-        tpfc.fail("per-filter route config is not supported")
+    if sum(k in f for k in ("route", "direct_response", "redirect")) != 1:
+        node.fail("expected exactly one of 'route', 'redirect' or 'direct_response'")
     dec = f.get("decorator")
     return Route(
         match=route_match(f.require("match")),
@@ -326,6 +438,8 @@ def route(node: Node, index: int) -> Route:
         if dec is not None
         else None,
         mutations=mutations(f),
+        redirect=f.opt("redirect", redirect_action, None),
+        fault=f.opt("typed_per_filter_config", route_fault, None),
     )
 
 
@@ -425,9 +539,14 @@ def http_filter(node: Node) -> HttpFilter:
         if code_node is None:
             config.fail("only Lua filters with inline_code are supported")
         return HttpFilter(name, type_name, lua_adds(code_node, code_node.string()))
+    if type_name == FAULT_TYPE:
+        # Faults for every route are not supported; per-route ones (typed_per_filter_config) are.
+        if fault(config) != FaultInjection():
+            config.fail("give faults per route (typed_per_filter_config), not on the filter")
+        return HttpFilter(name, type_name)
     node.fail(
         f"unsupported HTTP filter type {type_name!r}; supported: {ROUTER_TYPE}, {LUA_TYPE} "
-        "(headers():add only)"
+        f"(headers():add only), {FAULT_TYPE}"
     )
 
 
@@ -496,11 +615,16 @@ def http_connection_manager(node: Node) -> HttpConnectionManager:
     )
     if codec is CodecType.HTTP2:
         f.require("codec_type").fail("codec_type HTTP2 is not supported yet (HTTP/1.1 only)")
+    rc = route_configuration(route_node)
+    filters = http_filters(f.require("http_filters"))
+    faulty = any(r.fault is not None for vh in rc.virtual_hosts for r in vh.routes)
+    if faulty and not any(x.type_url == FAULT_TYPE for x in filters):
+        route_node.fail("routes inject faults but envoy.filters.http.fault is not in http_filters")
     return HttpConnectionManager(
         stat_prefix=f.require("stat_prefix").string(),
-        route_config=route_configuration(route_node),
+        route_config=rc,
         codec_type=codec,
-        http_filters=http_filters(f.require("http_filters")),
+        http_filters=filters,
         server_name=f.opt("server_name", Node.string, "envoy"),
         tracing="tracing" in f,
         request_headers_timeout=f.opt("request_headers_timeout", Node.duration, 10.0),

@@ -24,7 +24,9 @@ import yaml
 from pysidecar.config.loader import load
 from pysidecar.config.node import ConfigError
 from pysidecar.model import (
+    DEFAULT_PANIC_THRESHOLD,
     Bootstrap,
+    CircuitBreakers,
     Cluster,
     ClusterType,
     FilterChain,
@@ -192,6 +194,12 @@ def route(r: Route) -> dict[str, Any]:
                 red[key] = value
         if rd.port_redirect:
             red["port_redirect"] = rd.port_redirect
+        if rd.https_redirect:
+            red["https_redirect"] = True
+        if rd.prefix_rewrite is not None:
+            red["prefix_rewrite"] = rd.prefix_rewrite
+        if rd.strip_query:
+            red["strip_query"] = True
         red["response_code"] = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT", 308: "PERMANENT_REDIRECT"}[rd.response_code]
         out["redirect"] = red
     elif r.direct_response is not None:
@@ -337,6 +345,27 @@ def cluster(c: Cluster) -> dict[str, Any]:
         out["upstream_bind_config"] = bind
     if c.alt_stat_name:
         out["alt_stat_name"] = c.alt_stat_name
+    if c.circuit_breakers != CircuitBreakers():
+        cb = c.circuit_breakers
+        limits = {"max_connections": cb.max_connections, "max_pending_requests": cb.max_pending_requests}
+        limits |= {"max_requests": cb.max_requests, "max_retries": cb.max_retries}
+        out["circuit_breakers"] = {"thresholds": [limits]}
+    if c.outlier_detection is not None:
+        od = c.outlier_detection
+        out["outlier_detection"] = {
+            "consecutive_5xx": od.consecutive_5xx,
+            "consecutive_gateway_failure": od.consecutive_gateway_failure,
+            "enforcing_consecutive_5xx": od.enforcing_consecutive_5xx,
+            "enforcing_consecutive_gateway_failure": od.enforcing_consecutive_gateway_failure,
+            "interval": duration(od.interval),
+            "base_ejection_time": duration(od.base_ejection_time),
+            "max_ejection_time": duration(od.max_ejection_time),
+            "max_ejection_percent": od.max_ejection_percent,
+            # Only consecutive-error ejection is modelled; Envoy's success-rate kind stays off.
+            "enforcing_success_rate": 0,
+        }
+    if c.healthy_panic_threshold != DEFAULT_PANIC_THRESHOLD:
+        out["common_lb_config"] = {"healthy_panic_threshold": {"value": c.healthy_panic_threshold}}
     return out
 
 

@@ -11,6 +11,10 @@ Promises:
 - Connect timeout (the cluster's connect_timeout) and idle timeout (tcp_proxy idle_timeout,
   0 = none) close the connection; a cluster with no host (BlackHoleCluster) closes the
   downstream at once, counting upstream_cx_none_healthy. Every outcome lands in the stats.
+- The cluster's max_connections circuit breaker (per worker) is checked before connecting:
+  at the limit the downstream is closed at once (flag UO, upstream_cx_overflow), as Envoy's
+  tcp_proxy does. Connect outcomes feed the cluster's outlier detector (failure as 503,
+  success as 200: Envoy's local-origin mapping).
 - The hot path is two asyncio Protocols writing straight into each other's transports: no
   tasks, no queues, no per-chunk allocation beyond what the event loop hands us.
 """
@@ -25,12 +29,14 @@ from typing import cast
 from pysidecar.model import SocketAddress, TcpProxy, WeightedCluster
 from pysidecar.observe.stats import ClusterStats, TcpProxyStats
 from pysidecar.observe.stream_info import StreamInfo
+from pysidecar.proxy.circuit_breaker import CircuitBreaker
 from pysidecar.proxy.cluster_manager import ClusterManager, ClusterRuntime
 
 # Response flags, Envoy's spelling, for the access log.
 NO_HEALTHY_UPSTREAM = "UH"
 UPSTREAM_CONNECT_FAILURE = "UF"
 NO_CLUSTER_FOUND = "NC"
+UPSTREAM_OVERFLOW = "UO"
 STREAM_IDLE_TIMEOUT = "SI"  # Envoy reports tcp_proxy idle timeouts with this flag too
 
 
@@ -52,10 +58,16 @@ def pick_weighted(clusters: tuple[WeightedCluster, ...], rng: random.Random) -> 
     return clusters[-1].name
 
 
+def _report(cluster: ClusterRuntime, host: tuple[str, int], status: int) -> None:
+    if cluster.outlier is not None:
+        cluster.outlier.put_result(host, status)
+
+
 class TcpProxySession(asyncio.Protocol):
     """One downstream connection and its upstream; also the downstream side's Protocol."""
 
     __slots__ = (
+        "_breaker",
         "_closed",
         "_connect_task",
         "_idle_handle",
@@ -110,6 +122,7 @@ class TcpProxySession(asyncio.Protocol):
         self._pending_bytes = 0
         self._pending_eof = False
         self._closed = False
+        self._breaker: CircuitBreaker | None = None  # holds one of the cluster's connections
         self._connect_task: asyncio.Task[None] | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
         self._idle_seen = -1
@@ -146,6 +159,14 @@ class TcpProxySession(asyncio.Protocol):
         self.upstream_host = host
         self.info.upstream_cluster = cluster.config.name
         self.info.upstream_host = _fmt(host)
+        breaker = cluster.breaker
+        if not breaker.can_connect():
+            cluster.stats.upstream_cx_overflow += 1
+            self.info.response_flags.append(UPSTREAM_OVERFLOW)
+            self.close()
+            return
+        breaker.cx += 1
+        self._breaker = breaker
         self._connect_task = self.loop.create_task(self._connect(cluster, host))
 
     async def _connect(self, cluster: ClusterRuntime, host: tuple[str, int]) -> None:
@@ -170,15 +191,18 @@ class TcpProxySession(asyncio.Protocol):
             stats.upstream_cx_connect_timeout += 1
             stats.upstream_cx_connect_fail += 1
             self.info.response_flags.append(UPSTREAM_CONNECT_FAILURE)
+            _report(cluster, host, 503)
             self.close()
             return
         except OSError:
             stats.upstream_cx_connect_fail += 1
             self.info.response_flags.append(UPSTREAM_CONNECT_FAILURE)
+            _report(cluster, host, 503)
             self.close()
             return
         finally:
             timer.cancel()
+        _report(cluster, host, 200)
         stats.upstream_cx_connect_ms.record((self.loop.time() - started) * 1000.0)
 
     def upstream_connected(self, transport: asyncio.Transport) -> None:
@@ -299,6 +323,9 @@ class TcpProxySession(asyncio.Protocol):
         if self._closed:
             return
         self._closed = True
+        if self._breaker is not None:
+            self._breaker.cx -= 1
+            self._breaker = None
         if self._idle_handle is not None:
             self._idle_handle.cancel()
         if self.upstream is not None:

@@ -7,18 +7,75 @@ Promises:
   endpoints, DNS → STRICT_DNS (the endpoints, or the host itself), DNS_ROUND_ROBIN → LOGICAL_DNS.
 - connect_timeout is the mesh's (10 s) unless the DestinationRule's connectionPool.tcp sets
   one; lb_policy is Istio's default LEAST_REQUEST unless trafficPolicy.loadBalancer says.
+- Circuit breakers are istiod's: every threshold 4294967295 (ISTIO_UNLIMITED), lowered by
+  connectionPool tcp.maxConnections, http.http1MaxPendingRequests, http.http2MaxRequests,
+  http.maxRetries when set above 0. outlierDetection becomes Envoy's as istiod's
+  applyOutlierDetection writes it: consecutive5xxErrors / consecutiveGatewayErrors with
+  enforcing 100 (0 when the count is 0), Envoy's defaults (5 x 5xx enforced) otherwise,
+  interval, baseEjectionTime (also the max ejection time when above 300 s),
+  maxEjectionPercent, and the panic threshold set to minHealthPercent (0: no panic mode).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+from pysidecar.config.istio import destination_rule as drule
 from pysidecar.config.istio.destination_rule import DestinationRule, Subset, TrafficPolicy
 from pysidecar.config.istio.registry import Resolution, Service, ServicePort, outbound_cluster_name
-from pysidecar.model import Cluster, ClusterType, LbEndpoint, LbPolicy, MeshConfig, SocketAddress
+from pysidecar.model import (
+    DEFAULT_PANIC_THRESHOLD,
+    ISTIO_UNLIMITED,
+    CircuitBreakers,
+    Cluster,
+    ClusterType,
+    LbEndpoint,
+    LbPolicy,
+    MeshConfig,
+    OutlierDetection,
+    SocketAddress,
+)
 
 # istiod's default load balancer since 1.14 (DestinationRule simple: UNSPECIFIED).
 DEFAULT_LB = LbPolicy.LEAST_REQUEST
+# istiod's getDefaultCircuitBreakerThresholds: no limits unless a DestinationRule sets them.
+ISTIO_CIRCUIT_BREAKERS = CircuitBreakers(ISTIO_UNLIMITED, ISTIO_UNLIMITED, ISTIO_UNLIMITED, ISTIO_UNLIMITED)
+# istiod sets healthy_panic_threshold to minHealthPercent, whose default is 0.
+ISTIO_PANIC_THRESHOLD = 0.0
+
+
+def circuit_breakers(pool: drule.ConnectionPool | None) -> CircuitBreakers:
+    """istiod's applyConnectionPool: a threshold is lowered only by a value above 0."""
+    d = ISTIO_CIRCUIT_BREAKERS
+    if pool is None:
+        return d
+
+    def pick(value: int | None, default: int) -> int:
+        return value if value else default
+
+    return CircuitBreakers(
+        max_connections=pick(pool.max_connections, d.max_connections),
+        max_pending_requests=pick(pool.http1_max_pending_requests, d.max_pending_requests),
+        max_requests=pick(pool.http2_max_requests, d.max_requests),
+        max_retries=pick(pool.max_retries, d.max_retries),
+    )
+
+
+def outlier_detection(od: drule.OutlierDetection) -> OutlierDetection:
+    """istiod's applyOutlierDetection."""
+    e = OutlierDetection()
+    five, gw = od.consecutive_5xx_errors, od.consecutive_gateway_errors
+    base = od.base_ejection_time
+    return OutlierDetection(
+        consecutive_5xx=five if five is not None else e.consecutive_5xx,
+        enforcing_consecutive_5xx=(100 if five else 0) if five is not None else e.enforcing_consecutive_5xx,
+        consecutive_gateway_failure=gw if gw is not None else e.consecutive_gateway_failure,
+        enforcing_consecutive_gateway_failure=(100 if gw else 0) if gw is not None else e.enforcing_consecutive_gateway_failure,
+        interval=od.interval,
+        base_ejection_time=base,
+        max_ejection_time=max(base, e.max_ejection_time),
+        max_ejection_percent=od.max_ejection_percent or e.max_ejection_percent,
+    )
 
 
 def _policy(dr: DestinationRule | None, subset: Subset | None) -> TrafficPolicy:
@@ -53,8 +110,9 @@ def service_cluster(
     pool = policy.connection_pool
     connect = pool.connect_timeout if pool is not None and pool.connect_timeout is not None else mesh.connect_timeout
     name = outbound_cluster_name(port.number, svc.hostname, subset.name if subset else "")
+    od = outlier_detection(policy.outlier_detection) if policy.outlier_detection is not None else None
     if svc.resolution is Resolution.NONE or policy.lb_policy is LbPolicy.CLUSTER_PROVIDED:
-        return Cluster(name, ClusterType.ORIGINAL_DST, connect, LbPolicy.CLUSTER_PROVIDED)
+        return Cluster(name, ClusterType.ORIGINAL_DST, connect, LbPolicy.CLUSTER_PROVIDED, circuit_breakers=circuit_breakers(pool))
     ctype = {
         Resolution.STATIC: ClusterType.STATIC,
         Resolution.DNS: ClusterType.STRICT_DNS,
@@ -66,6 +124,9 @@ def service_cluster(
         connect_timeout=connect,
         lb_policy=policy.lb_policy or DEFAULT_LB,
         endpoints=_endpoints(svc, port, subset),
+        circuit_breakers=circuit_breakers(pool),
+        outlier_detection=od,
+        healthy_panic_threshold=ISTIO_PANIC_THRESHOLD if od is not None else DEFAULT_PANIC_THRESHOLD,
     )
 
 

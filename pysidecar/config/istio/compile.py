@@ -24,7 +24,7 @@ import logging
 from dataclasses import dataclass, field, replace
 
 from pysidecar.config.istio import routes as rt
-from pysidecar.config.istio.clusters import build_clusters
+from pysidecar.config.istio.clusters import ISTIO_CIRCUIT_BREAKERS, build_clusters
 from pysidecar.config.istio.destination_rule import DestinationRule
 from pysidecar.config.istio.documents import IstioConfig
 from pysidecar.config.istio.registry import Protocol, Service, ServicePort, outbound_cluster_name
@@ -337,4 +337,7 @@ def compile_config(cfg: IstioConfig) -> Bootstrap:
     clusters = build_clusters(services, resolved_rules, mesh)
     listeners = build_listeners(services, vss, mesh)
     base = standard_sidecar(mesh)
+    # istiod gives its own clusters (PassthroughCluster, BlackHoleCluster, ...) unlimited
+    # circuit breakers too, not plain Envoy's 1024.
+    base = replace(base, clusters=tuple(replace(c, circuit_breakers=ISTIO_CIRCUIT_BREAKERS) for c in base.clusters))
     return replace(with_resources(base, listeners, clusters), sources=cfg.files or base.sources)
