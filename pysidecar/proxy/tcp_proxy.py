@@ -15,22 +15,27 @@ Promises:
   at the limit the downstream is closed at once (flag UO, upstream_cx_overflow), as Envoy's
   tcp_proxy does. Connect outcomes feed the cluster's outlier detector (failure as 503,
   success as 200: Envoy's local-origin mapping).
-- The hot path is two asyncio Protocols writing straight into each other's transports: no
-  tasks, no queues, no per-chunk allocation beyond what the event loop hands us.
+- Plain TCP on both ends (no filter needs the bytes) takes the splice(2) fast path
+  (proxy/splice.py): the bytes never enter Python. Otherwise, or when the fast path cannot be
+  set up (pipes unavailable, too many spliced sessions), the hot path is two asyncio Protocols
+  writing straight into each other's transports: no tasks, no queues, no per-chunk allocation
+  beyond what the event loop hands us. Both paths keep the same promises and stats.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
-from typing import cast
+import socket
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 
 from pysidecar.model import SocketAddress, TcpProxy, WeightedCluster
 from pysidecar.observe.stats import ClusterStats, TcpProxyStats
 from pysidecar.observe.stream_info import StreamInfo
 from pysidecar.proxy.circuit_breaker import CircuitBreaker
 from pysidecar.proxy.cluster_manager import ClusterManager, ClusterRuntime
+from pysidecar.proxy.splice import SpliceRelay
 
 # Response flags, Envoy's spelling, for the access log.
 NO_HEALTHY_UPSTREAM = "UH"
@@ -75,6 +80,7 @@ class TcpProxySession(asyncio.Protocol):
         "_pending",
         "_pending_bytes",
         "_pending_eof",
+        "_splice",
         "cluster",
         "cluster_stats",
         "config",
@@ -123,6 +129,7 @@ class TcpProxySession(asyncio.Protocol):
         self._pending_eof = False
         self._closed = False
         self._breaker: CircuitBreaker | None = None  # holds one of the cluster's connections
+        self._splice: SpliceRelay | None = None  # set when the splice fast path carries the bytes
         self._connect_task: asyncio.Task[None] | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
         self._idle_seen = -1
@@ -133,10 +140,7 @@ class TcpProxySession(asyncio.Protocol):
     ) -> None:
         """Take over an accepted connection (its protocol is switched to this session)."""
         self.downstream = transport
-        transport.set_write_buffer_limits(high=self.limit)
         self.stats.downstream_cx_total += 1
-        if initial:
-            self.data_received(initial)
         name = (
             self.config.cluster
             if self.config.cluster is not None
@@ -167,6 +171,14 @@ class TcpProxySession(asyncio.Protocol):
             return
         breaker.cx += 1
         self._breaker = breaker
+        relay = SpliceRelay.attach(self, transport, initial, host[0])
+        if relay is not None:
+            self._splice = relay
+            self.downstream = None  # the relay owns the downstream socket now
+        else:
+            transport.set_write_buffer_limits(high=self.limit)
+            if initial:
+                self.data_received(initial)
         self._connect_task = self.loop.create_task(self._connect(cluster, host))
 
     async def _connect(self, cluster: ClusterRuntime, host: tuple[str, int]) -> None:
@@ -174,17 +186,18 @@ class TcpProxySession(asyncio.Protocol):
         stats.upstream_cx_total += 1
         bind = cluster.bind_address_for(host[0])
         started = self.loop.time()
-        connecting = self.loop.create_task(
-            self.loop.create_connection(
-                lambda: _Upstream(self),
-                host[0],
-                host[1],
-                local_addr=(bind, 0) if bind else None,
+        relay = self._splice
+        opening: Coroutine[Any, Any, object]
+        if relay is not None:
+            opening = relay.connect(host, bind)
+        else:
+            opening = self.loop.create_connection(
+                lambda: _Upstream(self), host[0], host[1], local_addr=(bind, 0) if bind else None
             )
-        )
+        connecting = self.loop.create_task(opening)
         timer = self.loop.call_later(cluster.config.connect_timeout, connecting.cancel)
         try:
-            await connecting
+            opened = await connecting
         except asyncio.CancelledError:
             if self._closed:
                 return
@@ -204,6 +217,21 @@ class TcpProxySession(asyncio.Protocol):
             timer.cancel()
         _report(cluster, host, 200)
         stats.upstream_cx_connect_ms.record((self.loop.time() - started) * 1000.0)
+        if relay is not None:
+            assert isinstance(opened, socket.socket)
+            self._splice_connected(relay, opened)
+
+    def _splice_connected(self, relay: SpliceRelay, sock: socket.socket) -> None:
+        if self._closed:
+            sock.close()
+            return
+        stats = self.cluster_stats
+        assert stats is not None
+        stats.upstream_cx_active += 1
+        self.info.upstream_local_address = _fmt(sock.getsockname())
+        relay.start(sock)
+        if self.config.idle_timeout > 0 and not self._closed:
+            self._idle_handle = self.loop.call_later(self.config.idle_timeout, self._idle_check)
 
     def upstream_connected(self, transport: asyncio.Transport) -> None:
         """Called from the upstream's connection_made, before any of its data can arrive."""
@@ -328,6 +356,12 @@ class TcpProxySession(asyncio.Protocol):
             self._breaker = None
         if self._idle_handle is not None:
             self._idle_handle.cancel()
+        relay = self._splice
+        if relay is not None:
+            if relay.up is not None and self.cluster_stats is not None:
+                self.cluster_stats.upstream_cx_active -= 1
+                self.cluster_stats.upstream_cx_destroy += 1
+            relay.close()
         if self.upstream is not None:
             self.upstream.close()
         if self.downstream is not None:

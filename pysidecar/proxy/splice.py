@@ -1,0 +1,343 @@
+"""The splice(2) fast path of tcp_proxy: bytes move socket → pipe → socket inside the kernel.
+
+Used for a tcp_proxy connection when nothing needs to see its bytes: both ends are plain TCP
+sockets and no filter reads the payload. Envoy cannot do this; HAProxy and Go's io.Copy do.
+
+Promises:
+- Exact bytes in order, both directions. Per direction, one pipe holds what was read from the
+  source and not yet written to the destination; nothing is read while the pipe holds bytes,
+  so at most one pipe's capacity (64 KiB by default, at most the listener's
+  per_connection_buffer_limit_bytes) is buffered per direction: Envoy's watermark bound, kept
+  by the kernel instead of a Python buffer. A blocked destination stops reading the source
+  (downstream_flow_control_paused_reading_total / upstream_flush_total count it, as on the
+  Protocol path) until the destination drains.
+- Half-close: EOF from one side, once the pipe is flushed, becomes shutdown(SHUT_WR) towards
+  the other; the session closes when both directions are done, or at once on an error (reset,
+  broken pipe) from either side.
+- Byte stats (tcp.*.downstream_cx_rx/tx_bytes_total, cluster upstream_cx_rx/tx_bytes_total) and
+  the session's rx/tx totals (StreamInfo bytes, idle timeout) are counted as bytes enter the
+  pipe (rx) and leave it (tx).
+- `SpliceRelay.attach` either takes the connection over completely or changes nothing (the
+  caller then uses the Protocol path): pipes are allocated before the downstream transport is
+  let go. The downstream socket is dup'ed and its transport closed (closing one of two fds of
+  a socket sends no FIN; libuv removes its own fd from epoll on close).
+- Bounded resources: at most MAX_SESSIONS spliced sessions per worker (a pipe costs pipe
+  pages that Linux limits per user: fs.pipe-user-pages-soft), the rest use the Protocol path;
+  empty pipes of closed sessions are kept in a small pool for the next connections.
+- `PYSIDECAR_SPLICE=0` in the environment turns the fast path off (the bench compares both).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pysidecar.proxy.tcp_proxy import TcpProxySession
+
+ENABLED: bool = hasattr(os, "splice") and os.environ.get("PYSIDECAR_SPLICE", "1") != "0"
+# Linux's default pipe size. Larger pipes move more per wake-up, but count against the proxy
+# user's fs.pipe-user-pages-soft (16384 pages), beyond which Linux hands out 2-page pipes.
+PIPE_SIZE = int(os.environ.get("PYSIDECAR_SPLICE_PIPE", 64 * 1024))
+# Below this, a pipe (shrunk by the kernel after the user's pipe budget ran out) is not worth it.
+MIN_PIPE = 64 * 1024
+MAX_SESSIONS = 512  # per worker: 2 pipes each, 16 pages a pipe → at most 16384 pages
+POOL_MAX = 64  # empty pipes kept for reuse (connect-heavy loads skip pipe2 + fcntl)
+# Reads per wake-up when the source keeps filling the pipe: fewer trips through the loop for
+# bulk transfers, still fair to other connections.
+MAX_READS_PER_WAKEUP = 4
+
+_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+_splice = getattr(os, "splice", None)
+
+_pool: list[tuple[int, int, int]] = []
+active_sessions = 0
+
+
+def _open_pipe() -> tuple[int, int, int] | None:
+    """(read fd, write fd, capacity), from the pool or new; None if no useful pipe can be had."""
+    if _pool:
+        return _pool.pop()
+    try:
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    cap = MIN_PIPE
+    try:
+        if PIPE_SIZE != 64 * 1024:
+            cap = fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        else:
+            cap = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
+    except OSError:
+        cap = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
+    if cap < MIN_PIPE:
+        os.close(r)
+        os.close(w)
+        return None
+    return r, w, cap
+
+
+def _release_pipe(pipe: tuple[int, int, int], empty: bool) -> None:
+    if empty and len(_pool) < POOL_MAX:
+        _pool.append(pipe)
+        return
+    os.close(pipe[0])
+    os.close(pipe[1])
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except OSError:
+        return False
+    return True
+
+
+class _Detached(asyncio.Protocol):
+    """Given to the downstream transport we let go of: its events no longer matter."""
+
+    def eof_received(self) -> bool:
+        return False
+
+
+_DETACHED = _Detached()
+
+
+class _Flow:
+    """One direction: src socket → pipe → dst socket."""
+
+    __slots__ = (
+        "cap",
+        "done",
+        "dst",
+        "dst_sock",
+        "eof",
+        "inpipe",
+        "loop",
+        "pipe",
+        "r",
+        "reading",
+        "relay",
+        "src",
+        "upward",
+        "w",
+        "waiting",
+    )
+
+    def __init__(self, relay: SpliceRelay, pipe: tuple[int, int, int], upward: bool) -> None:
+        self.relay = relay
+        self.loop = relay.loop
+        self.pipe = pipe
+        self.r, self.w, self.cap = pipe
+        self.upward = upward  # downstream → upstream
+        self.src = -1
+        self.dst = -1
+        self.dst_sock: socket.socket | None = None
+        self.inpipe = 0
+        self.eof = False
+        self.done = False
+        self.reading = False
+        self.waiting = False
+
+    def start(self, src: socket.socket, dst: socket.socket) -> None:
+        self.src = src.fileno()
+        self.dst = dst.fileno()
+        self.dst_sock = dst
+        if self.inpipe:
+            self.flush()  # bytes sniffed before the upstream existed go first
+        elif not self.relay.closed:
+            self.loop.add_reader(self.src, self.readable)
+            self.reading = True
+
+    def readable(self) -> None:
+        relay = self.relay
+        session = relay.session
+        for _ in range(MAX_READS_PER_WAKEUP):
+            try:
+                n = _splice(self.src, self.w, self.cap, flags=_FLAGS)  # type: ignore[misc]
+            except BlockingIOError:
+                return
+            except OSError:
+                relay.fail()
+                return
+            if n == 0:
+                self.eof = True
+                if self.reading:
+                    self.loop.remove_reader(self.src)
+                    self.reading = False
+                self.flush()
+                return
+            self.inpipe += n
+            if self.upward:
+                session.rx_bytes += n
+                session.stats.downstream_cx_rx_bytes_total += n
+            else:
+                session.cluster_stats.upstream_cx_rx_bytes_total += n  # type: ignore[union-attr]
+            self.flush()
+            # A short read emptied the socket's queue; a blocked destination stopped reading.
+            if n < self.cap or not self.reading or relay.closed:
+                return
+
+    def flush(self) -> None:
+        """Write the pipe out; on a full destination wait for it and stop reading the source."""
+        relay = self.relay
+        session = relay.session
+        while self.inpipe:
+            try:
+                m = _splice(self.r, self.dst, self.inpipe, flags=_FLAGS)  # type: ignore[misc]
+            except BlockingIOError:
+                if not self.waiting:
+                    if self.reading:
+                        self.loop.remove_reader(self.src)
+                        self.reading = False
+                        if self.upward:
+                            session.stats.downstream_flow_control_paused_reading_total += 1
+                        else:
+                            session.stats.upstream_flush_total += 1
+                    self.loop.add_writer(self.dst, self.flush)
+                    self.waiting = True
+                return
+            except OSError:
+                relay.fail()
+                return
+            self.inpipe -= m
+            if self.upward:
+                session.cluster_stats.upstream_cx_tx_bytes_total += m  # type: ignore[union-attr]
+            else:
+                session.tx_bytes += m
+                session.stats.downstream_cx_tx_bytes_total += m
+        if self.waiting:
+            self.loop.remove_writer(self.dst)
+            self.waiting = False
+        if self.eof:
+            if not self.done:
+                self.done = True
+                # A peer that is gone already: the other direction will see it.
+                with contextlib.suppress(OSError):
+                    self.dst_sock.shutdown(socket.SHUT_WR)  # type: ignore[union-attr]
+                relay.flow_done()
+        elif not self.reading and not relay.closed:
+            self.loop.add_reader(self.src, self.readable)
+            self.reading = True
+            if self.upward:
+                session.stats.downstream_flow_control_resumed_reading_total += 1
+
+    def stop(self) -> None:
+        if self.reading:
+            self.loop.remove_reader(self.src)
+            self.reading = False
+        if self.waiting:
+            self.loop.remove_writer(self.dst)
+            self.waiting = False
+        _release_pipe(self.pipe, empty=self.inpipe == 0)
+
+
+class SpliceRelay:
+    """A tcp_proxy session's bytes, both directions, through two pipes."""
+
+    __slots__ = ("closed", "down", "loop", "session", "to_down", "to_up", "up")
+
+    def __init__(
+        self, session: TcpProxySession, down: socket.socket, to_up: _Flow | None, to_down: _Flow | None
+    ) -> None:
+        self.session = session
+        self.loop = session.loop
+        self.down = down
+        self.up: socket.socket | None = None
+        self.closed = False
+        self.to_up = to_up
+        self.to_down = to_down
+
+    @classmethod
+    def attach(
+        cls, session: TcpProxySession, transport: asyncio.Transport, initial: bytes, host: str
+    ) -> SpliceRelay | None:
+        """Take the downstream connection off its transport, or return None and change nothing."""
+        global active_sessions
+        if not ENABLED or active_sessions >= MAX_SESSIONS or not _is_ip(host):
+            return None
+        sock: Any = transport.get_extra_info("socket")
+        if (
+            sock is None
+            or sock.family not in (socket.AF_INET, socket.AF_INET6)
+            or sock.type != socket.SOCK_STREAM
+            or transport.get_extra_info("sslcontext") is not None
+            or transport.get_write_buffer_size()
+        ):
+            return None
+        up_pipe = _open_pipe()
+        if up_pipe is None:
+            return None
+        down_pipe = _open_pipe()
+        if down_pipe is None or len(initial) > up_pipe[2]:
+            _release_pipe(up_pipe, empty=True)
+            if down_pipe is not None:
+                _release_pipe(down_pipe, empty=True)
+            return None
+        try:
+            down = socket.socket(fileno=os.dup(sock.fileno()))
+        except OSError:
+            _release_pipe(up_pipe, empty=True)
+            _release_pipe(down_pipe, empty=True)
+            return None
+        relay = cls(session, down, None, None)
+        relay.to_up = _Flow(relay, up_pipe, upward=True)
+        relay.to_down = _Flow(relay, down_pipe, upward=False)
+        if initial:
+            # Bytes the listener filters already read: they wait in the pipe for the upstream.
+            relay.to_up.inpipe = os.write(up_pipe[1], initial)
+            session.rx_bytes += len(initial)
+            session.stats.downstream_cx_rx_bytes_total += len(initial)
+        # The transport lets go of its fd; our dup keeps the connection open.
+        transport.set_protocol(_DETACHED)
+        transport.close()
+        down.setblocking(False)
+        active_sessions += 1
+        return relay
+
+    async def connect(self, host: tuple[str, int], bind: str | None) -> socket.socket:
+        """Connect the upstream socket ourselves (non-blocking), no transport in between."""
+        family = socket.AF_INET6 if ":" in host[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if bind:
+                sock.bind((bind, 0))
+            await self.loop.sock_connect(sock, host)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def start(self, up: socket.socket) -> None:
+        """The upstream is connected: pump both directions."""
+        self.up = up
+        assert self.to_up is not None and self.to_down is not None
+        self.to_up.start(self.down, up)
+        self.to_down.start(up, self.down)
+
+    def flow_done(self) -> None:
+        if self.to_up is not None and self.to_down is not None and self.to_up.done and self.to_down.done:
+            self.session.close()
+
+    def fail(self) -> None:
+        self.session.close()
+
+    def close(self) -> None:
+        """Stop both directions and close both sockets (the session does the accounting)."""
+        global active_sessions
+        if self.closed:
+            return
+        self.closed = True
+        active_sessions -= 1
+        for flow in (self.to_up, self.to_down):
+            if flow is not None:
+                flow.stop()
+        self.down.close()
+        if self.up is not None:
+            self.up.close()
