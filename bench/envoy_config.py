@@ -41,7 +41,11 @@ def _tcp_listener(name: str, port: int, cluster: str) -> dict[str, Any]:
                 "filters": [
                     {
                         "name": "envoy.filters.network.tcp_proxy",
-                        "typed_config": {"@type": TCP_PROXY, "stat_prefix": name, "cluster": cluster},
+                        "typed_config": {
+                            "@type": TCP_PROXY,
+                            "stat_prefix": name,
+                            "cluster": cluster,
+                        },
                     }
                 ]
             }
@@ -89,7 +93,11 @@ def _http_listener() -> dict[str, Any]:
         "name": "http_bench",
         "address": _addr(HTTP_PORT),
         "filter_chains": [
-            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+            {
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ]
+            }
         ],
     }
 
@@ -107,7 +115,10 @@ def _cluster(name: str, port: int) -> dict[str, Any]:
 
 
 def bootstrap(http: bool = True) -> str:
-    listeners = [_tcp_listener("tcp_bench", TCP_PORT, "nginx"), _tcp_listener("bulk_bench", BULK_PORT, "iperf")]
+    listeners = [
+        _tcp_listener("tcp_bench", TCP_PORT, "nginx"),
+        _tcp_listener("bulk_bench", BULK_PORT, "iperf"),
+    ]
     if http:
         listeners.append(_http_listener())
     doc = {

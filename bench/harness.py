@@ -124,7 +124,10 @@ def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = 
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=0.5),
+        ):
             return
         time.sleep(0.05)
     raise TimeoutError(f"port {port} did not open within {timeout}s")
@@ -141,7 +144,9 @@ def run(cmd: list[str], timeout: float, cpu: str = LOAD_CPU) -> str:
         ["taskset", "-c", cpu, *cmd], capture_output=True, text=True, timeout=timeout, check=False
     )
     if r.returncode != 0:
-        raise RuntimeError(f"{cmd[0]} exited {r.returncode}: {(r.stderr or r.stdout).strip()[-400:]}")
+        raise RuntimeError(
+            f"{cmd[0]} exited {r.returncode}: {(r.stderr or r.stdout).strip()[-400:]}"
+        )
     return r.stdout
 
 
@@ -165,7 +170,17 @@ class Upstreams:
         self._spawn(["taskset", "-c", LOAD_CPU, nginx, "-c", str(conf), "-p", str(prefix)], "nginx")
         wait_port(cfg.NGINX_PORT, 10, self.procs[-1])
         self._spawn(
-            ["taskset", "-c", LOAD_CPU, "iperf3", "-s", "-B", "127.0.0.1", "-p", str(cfg.IPERF_PORT)],
+            [
+                "taskset",
+                "-c",
+                LOAD_CPU,
+                "iperf3",
+                "-s",
+                "-B",
+                "127.0.0.1",
+                "-p",
+                str(cfg.IPERF_PORT),
+            ],
             "iperf3",
         )
         wait_port(cfg.IPERF_PORT, 10, self.procs[-1])
@@ -246,7 +261,9 @@ def proxy(name: str, config: Path, workdir: Path, http_na: str | None) -> Iterat
         deadline = time.monotonic() + 30
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited {proc.returncode}; see {workdir / (name + '.log')}")
+                raise RuntimeError(
+                    f"{name} exited {proc.returncode}; see {workdir / (name + '.log')}"
+                )
             with contextlib.suppress(OSError, urllib.error.URLError):
                 if http_get(cfg.ADMIN_PORT, "/ready", 0.5)[0] == 200:
                     break
@@ -293,7 +310,9 @@ def pysidecar_refusal(config: Path) -> str | None:
 # -- scenarios --------------------------------------------------------------------------------
 
 
-def measure_proxy(target: Target, seconds: float, load: Callable[[], str]) -> tuple[str, dict[str, Any]]:
+def measure_proxy(
+    target: Target, seconds: float, load: Callable[[], str]
+) -> tuple[str, dict[str, Any]]:
     """Run `load`; around it, the proxy's CPU time, and its RSS sampled mid-way."""
     pids = target.pids()
     before = cpu_seconds(pids)
@@ -321,10 +340,21 @@ def measure_proxy(target: Target, seconds: float, load: Callable[[], str]) -> tu
 
 
 def wrk(target: Target, port: int, path: str, seconds: float) -> dict[str, Any]:
-    cmd = ["wrk", "-t1", f"-c{WRK_CONNECTIONS}", f"-d{max(1, round(seconds))}s", f"http://127.0.0.1:{port}{path}"]
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{WRK_CONNECTIONS}",
+        f"-d{max(1, round(seconds))}s",
+        f"http://127.0.0.1:{port}{path}",
+    ]
     out, extra = measure_proxy(target, seconds, lambda: run(cmd, seconds + 30))
     w = parse_wrk(out)
-    res: dict[str, Any] = {"rps": w.rps, "bytes_per_s": w.bytes_per_s, "requests": w.requests, "errors": w.errors}
+    res: dict[str, Any] = {
+        "rps": w.rps,
+        "bytes_per_s": w.bytes_per_s,
+        "requests": w.requests,
+        "errors": w.errors,
+    }
     res.update(extra)
     if "cpu_s" in extra and w.requests:
         res["cpu_s_per_1k_req"] = extra["cpu_s"] / (w.requests / 1000.0)
@@ -332,7 +362,16 @@ def wrk(target: Target, port: int, path: str, seconds: float) -> dict[str, Any]:
 
 
 def bulk(target: Target, seconds: float) -> dict[str, Any]:
-    cmd = ["iperf3", "-c", "127.0.0.1", "-p", str(target.bulk_port()), "-t", str(max(1, round(seconds))), "-J"]
+    cmd = [
+        "iperf3",
+        "-c",
+        "127.0.0.1",
+        "-p",
+        str(target.bulk_port()),
+        "-t",
+        str(max(1, round(seconds))),
+        "-J",
+    ]
     out, extra = measure_proxy(target, seconds, lambda: run(cmd, seconds + 30))
     r = parse_iperf3(out)
     res: dict[str, Any] = {"gbit_per_s": r.bits_per_s / 1e9}
@@ -359,7 +398,9 @@ def latency(target: Target, port: int, seconds: float, workdir: Path, tag: str) 
     return res
 
 
-def run_scenario(target: Target, scenario: str, s: Settings, workdir: Path, rep: int) -> dict[str, Any]:
+def run_scenario(
+    target: Target, scenario: str, s: Settings, workdir: Path, rep: int
+) -> dict[str, Any]:
     d = s.duration
     if scenario.startswith(("http", "lat_http")) and target.name == "direct":
         return {"same_as": scenario.replace("http", "tcp")}
@@ -482,15 +523,65 @@ def goals(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
     def goal(name: str, value: float | None, op: str, bound: float, scenario: str) -> None:
         met = None if value is None else (value >= bound if op == ">=" else value <= bound)
-        out.append({"goal": name, "value": value, "bound": f"{op} {bound}", "met": met, "na": na_reason(scenario) if value is None else None})
+        out.append(
+            {
+                "goal": name,
+                "value": value,
+                "bound": f"{op} {bound}",
+                "met": met,
+                "na": na_reason(scenario) if value is None else None,
+            }
+        )
 
-    goal("TCP passthrough req/s vs Envoy", get("tcp_1k.rps", "pysidecar_vs_envoy"), ">=", 1.2, "tcp_1k")
-    goal("TCP passthrough req/s vs direct", get("tcp_1k.rps", "pysidecar_vs_direct"), ">=", 0.55, "tcp_1k")
-    goal("HTTP/1.1 req/s vs Envoy (1 KiB)", get("http_1k.rps", "pysidecar_vs_envoy"), ">=", 2.0, "http_1k")
-    goal("bulk TCP throughput vs Envoy", get("bulk.gbit_per_s", "pysidecar_vs_envoy"), ">=", 1.5, "bulk")
-    goal("p99 added at 1000 req/s vs Envoy's (TCP)", get("lat_tcp.p99_ms", "pysidecar_vs_envoy_added"), "<=", 1.0, "lat_tcp")
-    goal("p99 added at 1000 req/s vs Envoy's (HTTP)", get("lat_http.p99_ms", "pysidecar_vs_envoy_added"), "<=", 1.0, "lat_http")
-    goal("RSS per worker vs Envoy", ratio(rss_per_worker("pysidecar"), rss_per_worker("envoy")), "<=", 0.5, "tcp_1k")
+    goal(
+        "TCP passthrough req/s vs Envoy",
+        get("tcp_1k.rps", "pysidecar_vs_envoy"),
+        ">=",
+        1.2,
+        "tcp_1k",
+    )
+    goal(
+        "TCP passthrough req/s vs direct",
+        get("tcp_1k.rps", "pysidecar_vs_direct"),
+        ">=",
+        0.55,
+        "tcp_1k",
+    )
+    goal(
+        "HTTP/1.1 req/s vs Envoy (1 KiB)",
+        get("http_1k.rps", "pysidecar_vs_envoy"),
+        ">=",
+        2.0,
+        "http_1k",
+    )
+    goal(
+        "bulk TCP throughput vs Envoy",
+        get("bulk.gbit_per_s", "pysidecar_vs_envoy"),
+        ">=",
+        1.5,
+        "bulk",
+    )
+    goal(
+        "p99 added at 1000 req/s vs Envoy's (TCP)",
+        get("lat_tcp.p99_ms", "pysidecar_vs_envoy_added"),
+        "<=",
+        1.0,
+        "lat_tcp",
+    )
+    goal(
+        "p99 added at 1000 req/s vs Envoy's (HTTP)",
+        get("lat_http.p99_ms", "pysidecar_vs_envoy_added"),
+        "<=",
+        1.0,
+        "lat_http",
+    )
+    goal(
+        "RSS per worker vs Envoy",
+        ratio(rss_per_worker("pysidecar"), rss_per_worker("envoy")),
+        "<=",
+        0.5,
+        "tcp_1k",
+    )
     return out
 
 
@@ -530,17 +621,30 @@ def table(summary: dict[str, Any], targets: tuple[str, ...]) -> str:
             key = f"{t}_vs_envoy_added" if metric in LATENCY else f"{t}_vs_envoy"
             row.append(_fmt(rr.get(key)) + ("x" if rr.get(key) is not None else ""))
         for t in py:
-            row.append("" if metric in LATENCY else _fmt(rr.get(f"{t}_vs_direct")) + ("x" if rr.get(f"{t}_vs_direct") is not None else ""))
+            row.append(
+                ""
+                if metric in LATENCY
+                else _fmt(rr.get(f"{t}_vs_direct"))
+                + ("x" if rr.get(f"{t}_vs_direct") is not None else "")
+            )
         lines.append(row)
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
-    text = "\n".join("  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))) for line in lines)
+    text = "\n".join(
+        "  ".join(
+            str(c).rjust(w) if i else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in lines
+    )
     notes = []
     for scenario, cells in sorted(m.items()):
         for t, cell in cells.items():
             if isinstance(cell, dict) and "na" in cell:
                 notes.append(f"  {scenario} {t}: n/a: {cell['na']}")
             elif isinstance(cell, dict) and cell.get("errors_total"):
-                notes.append(f"  {scenario} {t}: {cell['errors_total']} errors (socket errors or non-2xx)")
+                notes.append(
+                    f"  {scenario} {t}: {cell['errors_total']} errors (socket errors or non-2xx)"
+                )
     if notes:
         text += "\nnotes:\n" + "\n".join(sorted(set(notes)))
     text += "\nlatency ratios are (proxy p - direct p) / (envoy p - direct p): lower is better."
@@ -556,18 +660,34 @@ def plot(runs: list[dict[str, Any]], workdir: Path, png: Path) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib not installed"
-    panels = [s for s in ("lat_tcp", "lat_http") if any(r["scenario"] == s and "samples_file" in r["result"] for r in runs)]
+    panels = [
+        s
+        for s in ("lat_tcp", "lat_http")
+        if any(r["scenario"] == s and "samples_file" in r["result"] for r in runs)
+    ]
     if not panels:
         return "no latency samples"
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
     for ax, scenario in zip(axes[0], panels, strict=True):
         for t in dict.fromkeys(r["target"] for r in runs):
-            files = [r["result"]["samples_file"] for r in runs if r["scenario"] == scenario and r["target"] == t and "samples_file" in r["result"]]
+            files = [
+                r["result"]["samples_file"]
+                for r in runs
+                if r["scenario"] == scenario and r["target"] == t and "samples_file" in r["result"]
+            ]
             if scenario == "lat_http" and t == "direct":
-                files = [r["result"]["samples_file"] for r in runs if r["scenario"] == "lat_tcp" and r["target"] == t and "samples_file" in r["result"]]
+                files = [
+                    r["result"]["samples_file"]
+                    for r in runs
+                    if r["scenario"] == "lat_tcp"
+                    and r["target"] == t
+                    and "samples_file" in r["result"]
+                ]
             samples: list[float] = []
             for f in files:
-                samples.extend(parse_h2load_log((workdir / f).read_text(), skip_first_us=500_000).samples_ms)
+                samples.extend(
+                    parse_h2load_log((workdir / f).read_text(), skip_first_us=500_000).samples_ms
+                )
             if not samples:
                 continue
             samples.sort()
@@ -616,8 +736,13 @@ def profile(s: Settings, config: Path, workdir: Path, http_na: str | None) -> No
                     continue
                 top = top_frames(raw.read_text(), 15)
                 summary = Path(f"{base}-top.txt")
-                lines = [f"{name} {scenario}: {json.dumps({k: v for k, v in result.items() if isinstance(v, int | float)})}"]
-                lines += [f"{pct:5.1f}% self  {pct_incl:5.1f}% incl  {frame}" for frame, pct, pct_incl in top]
+                lines = [
+                    f"{name} {scenario}: {json.dumps({k: v for k, v in result.items() if isinstance(v, int | float)})}"
+                ]
+                lines += [
+                    f"{pct:5.1f}% self  {pct_incl:5.1f}% incl  {frame}"
+                    for frame, pct, pct_incl in top
+                ]
                 summary.write_text("\n".join(lines) + "\n")
                 print("\n".join(lines[:12]))
                 print()
@@ -628,13 +753,17 @@ def profile(s: Settings, config: Path, workdir: Path, http_na: str | None) -> No
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="smoke run: 1 repetition of 2 s each (~1 min)")
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke run: 1 repetition of 2 s each (~1 min)"
+    )
     ap.add_argument("--duration", type=float, help="seconds per measurement (default 5; quick 2)")
     ap.add_argument("--reps", type=int, help="alternating repetitions (default 3; quick 1)")
     ap.add_argument("--targets", default="direct,envoy,pysidecar",
                     help="comma list of direct, envoy, pysidecar, pysidecar-nosplice")  # fmt: skip
     ap.add_argument("--scenarios", default=",".join(TCP_SCENARIOS + HTTP_SCENARIOS))
-    ap.add_argument("--profile", action="store_true", help="py-spy the pysidecar worker per scenario instead")
+    ap.add_argument(
+        "--profile", action="store_true", help="py-spy the pysidecar worker per scenario instead"
+    )
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     a = ap.parse_args(argv)
     if os.cpu_count() is None or (os.cpu_count() or 1) < 2:
@@ -684,15 +813,33 @@ def main(argv: list[str] | None = None) -> int:
                 with proxy(tname, config, workdir, http_na) as target:
                     # Warm-up: first connections, first code paths (not measured).
                     with contextlib.suppress(Exception):
-                        run(["wrk", "-t1", "-c10", "-d1s", f"http://127.0.0.1:{target.tcp_port()}/1k"], 20)
+                        run(
+                            [
+                                "wrk",
+                                "-t1",
+                                "-c10",
+                                "-d1s",
+                                f"http://127.0.0.1:{target.tcp_port()}/1k",
+                            ],
+                            20,
+                        )
                     for scenario in s.scenarios:
                         try:
                             result = run_scenario(target, scenario, s, workdir, rep)
                         except Exception as e:
                             result = {"na": f"{type(e).__name__}: {e}"[:300]}
-                        runs.append({"rep": rep, "target": tname, "scenario": scenario, "result": result})
-                        brief = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items() if k in ("rps", "gbit_per_s", "p99_ms", "na", "errors")}
-                        print(f"  rep {rep + 1}/{s.reps} {tname:>18} {scenario:<9} {brief}", flush=True)
+                        runs.append(
+                            {"rep": rep, "target": tname, "scenario": scenario, "result": result}
+                        )
+                        brief = {
+                            k: round(v, 3) if isinstance(v, float) else v
+                            for k, v in result.items()
+                            if k in ("rps", "gbit_per_s", "p99_ms", "na", "errors")
+                        }
+                        print(
+                            f"  rep {rep + 1}/{s.reps} {tname:>18} {scenario:<9} {brief}",
+                            flush=True,
+                        )
         elapsed = time.monotonic() - started
 
     summary = summarize(runs, s.targets)
@@ -703,7 +850,11 @@ def main(argv: list[str] | None = None) -> int:
     doc = {
         "stamp": stamp,
         "command": " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+        },
         "placement": PLACEMENT,
         "concurrency": 1,
         "config": str(config.relative_to(s.out)),
@@ -711,7 +862,11 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": s.duration,
         "reps": s.reps,
         "elapsed_s": round(elapsed, 1),
-        "load": {"wrk": f"-t1 -c{WRK_CONNECTIONS}", "latency": f"h2load --h1 -c{LAT_CLIENTS} --rps {LAT_RPS // LAT_CLIENTS} (total {LAT_RPS} req/s)", "bulk": "iperf3 -c (1 stream)"},
+        "load": {
+            "wrk": f"-t1 -c{WRK_CONNECTIONS}",
+            "latency": f"h2load --h1 -c{LAT_CLIENTS} --rps {LAT_RPS // LAT_CLIENTS} (total {LAT_RPS} req/s)",
+            "bulk": "iperf3 -c (1 stream)",
+        },
         "summary": summary,
         "goals": checks,
         "plot": png.name if plot_err is None else f"n/a: {plot_err}",
@@ -726,5 +881,9 @@ def main(argv: list[str] | None = None) -> int:
         state = "n/a" if g["met"] is None else ("met" if g["met"] else "MISSED")
         extra = f" ({g['na']})" if g.get("na") else ""
         print(f"  {state:>6}  {g['goal']}: {_fmt(g['value'])} (goal {g['bound']}){extra}")
-    print(f"\nwrote {out}" + (f" and {png}" if plot_err is None else f" (no plot: {plot_err})") + f" in {elapsed:.0f}s")
+    print(
+        f"\nwrote {out}"
+        + (f" and {png}" if plot_err is None else f" (no plot: {plot_err})")
+        + f" in {elapsed:.0f}s"
+    )
     return 0

@@ -47,9 +47,7 @@ def parse_wrk(text: str) -> WrkResult:
     tr = re.search(r"Transfer/sec:\s+([\d.]+)([KMGT]?B)", text)
     bps = float(tr.group(1)) * _BYTE_UNITS[tr.group(2)] if tr else 0.0
     errors = 0
-    se = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
-    )
+    se = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     if se:
         errors += sum(int(g) for g in se.groups())
     nx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
@@ -88,7 +86,8 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of already sorted values; NaN when empty."""
     if not sorted_values:
         return math.nan
-    rank = math.ceil(q / 100.0 * len(sorted_values))
+    # The epsilon keeps float error (99.9 / 100 * 1000 = 999.0000000000001) from skipping a rank.
+    rank = math.ceil(q * len(sorted_values) / 100.0 - 1e-9)
     return sorted_values[min(max(rank, 1), len(sorted_values)) - 1]
 
 

@@ -242,7 +242,11 @@ class SpliceRelay:
     __slots__ = ("closed", "down", "loop", "session", "to_down", "to_up", "up")
 
     def __init__(
-        self, session: TcpProxySession, down: socket.socket, to_up: _Flow | None, to_down: _Flow | None
+        self,
+        session: TcpProxySession,
+        down: socket.socket,
+        to_up: _Flow | None,
+        to_down: _Flow | None,
     ) -> None:
         self.session = session
         self.loop = session.loop
@@ -322,7 +326,12 @@ class SpliceRelay:
         self.to_down.start(up, self.down)
 
     def flow_done(self) -> None:
-        if self.to_up is not None and self.to_down is not None and self.to_up.done and self.to_down.done:
+        if (
+            self.to_up is not None
+            and self.to_down is not None
+            and self.to_up.done
+            and self.to_down.done
+        ):
             self.session.close()
 
     def fail(self) -> None:

@@ -1,0 +1,122 @@
+"""SpliceRelay.attach: it takes a connection over completely, or leaves it exactly as it was."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import pytest
+
+from pysidecar.proxy import splice
+
+
+class FakeTransport:
+    def __init__(self, sock: Any, buffered: int = 0) -> None:
+        self.sock = sock
+        self.buffered = buffered
+        self.calls: list[str] = []
+
+    def get_extra_info(self, name: str) -> Any:
+        return {"socket": self.sock}.get(name)
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.calls.append("set_protocol")
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+class FakeStats:
+    downstream_cx_rx_bytes_total = 0
+
+
+class FakeSession:
+    loop = None
+    rx_bytes = 0
+    stats = FakeStats()
+
+
+@pytest.fixture
+def tcp_pair() -> Any:
+    srv = socket.create_server(("127.0.0.1", 0))
+    a = socket.create_connection(srv.getsockname())
+    b, _ = srv.accept()
+    srv.close()
+    yield a, b
+    a.close()
+    b.close()
+
+
+@pytest.fixture(autouse=True)
+def _enabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not hasattr(os, "splice"):
+        pytest.skip("no os.splice on this platform")
+    monkeypatch.setattr(splice, "ENABLED", True)
+    monkeypatch.setattr(splice, "active_sessions", 0)
+
+
+def attach(transport: FakeTransport, initial: bytes = b"", host: str = "127.0.0.1") -> Any:
+    return splice.SpliceRelay.attach(FakeSession(), transport, initial, host)  # type: ignore[arg-type]
+
+
+def test_a_plain_tcp_connection_is_taken_over(tcp_pair: Any) -> None:
+    t = FakeTransport(tcp_pair[1])
+    relay = attach(t, b"sniffed")
+    assert relay is not None
+    assert t.calls == ["set_protocol", "close"]
+    assert relay.to_up.inpipe == len(b"sniffed")  # waits in the pipe for the upstream
+    assert splice.active_sessions == 1
+    relay.close()
+    assert splice.active_sessions == 0
+
+
+@pytest.mark.parametrize(
+    "why",
+    [
+        "disabled",
+        "not-a-socket",
+        "unix-socket",
+        "buffered-writes",
+        "no-pipes",
+        "hostname",
+        "too-much-initial",
+    ],
+)
+def test_fallback_changes_nothing(tcp_pair: Any, monkeypatch: pytest.MonkeyPatch, why: str) -> None:
+    sock: Any = tcp_pair[1]
+    initial, host, buffered = b"", "127.0.0.1", 0
+    if why == "disabled":
+        monkeypatch.setattr(splice, "ENABLED", False)
+    elif why == "not-a-socket":
+        sock = None
+    elif why == "unix-socket":
+        sock, other = socket.socketpair()
+        other.close()
+    elif why == "buffered-writes":
+        buffered = 10
+    elif why == "no-pipes":
+        monkeypatch.setattr(splice, "_pool", [])
+
+        def no_pipe(flags: int) -> tuple[int, int]:
+            raise OSError(24, "Too many open files")
+
+        monkeypatch.setattr(os, "pipe2", no_pipe)
+    elif why == "hostname":
+        host = "upstream.example"
+    elif why == "too-much-initial":
+        initial = b"x" * (4 * 1024 * 1024)
+    pool: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(splice, "_pool", pool)
+    t = FakeTransport(sock, buffered)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    assert attach(t, initial, host) is None
+    assert t.calls == []  # the transport still owns the connection
+    assert splice.active_sessions == 0
+    # No dup or pipe left behind, except empty pipes kept in the pool for the next connection.
+    assert len(os.listdir("/proc/self/fd")) <= fds_before + 2 * len(pool)
+    if why == "unix-socket":
+        sock.close()
