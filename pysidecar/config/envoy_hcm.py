@@ -424,7 +424,7 @@ def route_fault(node: Node) -> FaultInjection | None:
 def route(node: Node, index: int) -> Route:
     f = node.fields(
         "name", "match", "route", "direct_response", "decorator", "typed_per_filter_config",
-        "redirect", *MUTATION_FIELDS,
+        "redirect", "metadata", *MUTATION_FIELDS,
     )  # fmt: skip
     if sum(k in f for k in ("route", "direct_response", "redirect")) != 1:
         node.fail("expected exactly one of 'route', 'redirect' or 'direct_response'")
@@ -440,7 +440,19 @@ def route(node: Node, index: int) -> Route:
         mutations=mutations(f),
         redirect=f.opt("redirect", redirect_action, None),
         fault=f.opt("typed_per_filter_config", route_fault, None),
+        istio_config=f.opt("metadata", istio_config, None),
     )
+
+
+def istio_config(node: Node) -> str | None:
+    """Route metadata: inert data for Envoy's filters; we keep istio.config for proxy-config."""
+    by_filter = node.fields("filter_metadata").get("filter_metadata")
+    if by_filter is None or not isinstance(by_filter.value, dict):
+        return None
+    istio = by_filter.value.get("istio")
+    if not isinstance(istio, dict) or "config" not in istio:
+        return None
+    return by_filter.child("istio", istio).child("config", istio["config"]).string()
 
 
 def virtual_host(node: Node) -> VirtualHost:

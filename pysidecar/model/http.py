@@ -199,6 +199,10 @@ class Route:
     # Added by the Istio front end: VirtualService redirect and fault injection.
     redirect: RedirectAction | None = None
     fault: FaultInjection | None = None
+    # metadata.filter_metadata.istio.config: the Istio resource a route came from
+    # (`/apis/networking.istio.io/v1alpha3/namespaces/<ns>/virtual-service/<name>`);
+    # istioctl's VIRTUAL SERVICE column reads it. No effect on traffic.
+    istio_config: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

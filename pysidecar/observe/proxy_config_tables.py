@@ -152,6 +152,17 @@ def _best_domain(domains: Sequence[str]) -> str:
     return min(names, key=len) if names else (domains[0] if domains else "")
 
 
+def _virtual_service(route: Json) -> str:
+    """istioctl's VIRTUAL SERVICE column: `name.namespace` from the route's istio metadata."""
+    if (route.get("direct_response") or {}).get("status") == 404:
+        return "404"
+    config = str(((route.get("metadata") or {}).get("filter_metadata") or {}).get("istio", {}).get("config", ""))
+    parts = config.strip("/").split("/")
+    if len(parts) >= 2 and parts[-2] == "virtual-service" and "namespaces" in parts:
+        return f"{parts[-1]}.{parts[parts.index('namespaces') + 1]}"
+    return ""
+
+
 def route_rows(dump: Json, name: str | None = None) -> list[Row]:
     rows: list[Row] = []
     for rc in resources(dump, "routes"):
@@ -163,7 +174,7 @@ def route_rows(dump: Json, name: str | None = None) -> list[Row]:
             if len(domains) > 1:
                 domain += f" + {len(domains) - 1} more..."
             for r in vh.get("routes", []):
-                vs = "404" if (r.get("direct_response") or {}).get("status") == 404 else ""
+                vs = _virtual_service(r)
                 rows.append((str(rc.get("name", "")), str(vh.get("name", "")), domain,
                              match_summary(r.get("match", {})), vs))  # fmt: skip
     return rows

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pysidecar.config.export import duration, to_envoy
+from pysidecar.config.envoy_json import duration
+from pysidecar.config.export import to_envoy
 from pysidecar.config.loader import load
 from pysidecar.config.sidecar import standard_sidecar
 
@@ -71,7 +72,8 @@ SEED_000 = {
 
 
 def test_duration_format() -> None:
-    assert [duration(x) for x in (0, 3, 0.025, 3600, 1.5)] == ["0s", "3s", "0.025s", "3600s", "1.5s"]
+    # protobuf canonical JSON: 0, 3, 6 or 9 fractional digits (what Envoy prints and reads)
+    assert [duration(x) for x in (0, 3, 0.025, 3600, 1.5, 1e-6)] == ["0s", "3s", "0.025s", "3600s", "1.500s", "0.000001s"]
 
 
 def test_structure_of_the_standard_sidecar() -> None:

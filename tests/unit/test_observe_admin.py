@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
+from pysidecar.config.envoy_json import duration
 from pysidecar.config.sidecar import standard_sidecar
 from pysidecar.model import Bootstrap, Cluster, LbEndpoint, SocketAddress
 from pysidecar.observe.admin import admin_routes, readiness_routes, stats_routes
-from pysidecar.observe.config_dump import config_dump, duration
+from pysidecar.observe.config_dump import config_dump
 from pysidecar.observe.host_stats import COUNTERS, HostSnapshot, HostStats, merge_hosts
 from pysidecar.observe.http_server import Request, Response
 from pysidecar.observe.stats import Kind, StatsStore

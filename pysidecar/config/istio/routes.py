@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pysidecar.config.istio import virtual_service as vs
+from pysidecar.config.istio.meta import ObjectMeta
 from pysidecar.config.istio.registry import Service, outbound_cluster_name
 from pysidecar.model import PASSTHROUGH_CLUSTER, OutboundTrafficPolicy
 from pysidecar.model.http import (
@@ -271,7 +272,13 @@ def translate_route(
     return Route(
         out.match, out.name, out.route, out.direct_response,
         Decorator(operation(out, v.meta.name, port)), out.mutations, out.redirect, out.fault,
+        istio_config=config_path(v.meta),
     )  # fmt: skip
+
+
+def config_path(meta: ObjectMeta) -> str:
+    """Where istiod says a route came from (route metadata `istio.config`)."""
+    return f"/apis/networking.istio.io/v1alpha3/namespaces/{meta.namespace}/virtual-service/{meta.name}"
 
 
 def _catch_all(r: Route) -> bool:

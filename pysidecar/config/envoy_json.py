@@ -1,0 +1,382 @@
+"""The model in Envoy's own JSON shape (proto field names), for export and for /config_dump.
+
+Promises:
+- Pure functions from model objects to the dicts Envoy's v3 API reads and its admin writes:
+  `listener`, `cluster`, `route_configuration` and what they are made of. Real Envoy accepts
+  what they produce (`envoy --mode validate` in the tests) and behaves as pysidecar does on it.
+- One renderer per message, shared by `pysidecar envoy-config` (config/export.py) and the
+  admin's /config_dump (observe/config_dump.py), so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pysidecar.model import (
+    DEFAULT_PANIC_THRESHOLD,
+    CircuitBreakers,
+    Cluster,
+    ClusterType,
+    FilterChain,
+    FilterChainMatch,
+    Listener,
+    NetworkFilter,
+    SocketAddress,
+    TcpProxy,
+)
+from pysidecar.model.http import (
+    FaultInjection,
+    HeaderMatcher,
+    HeaderMutations,
+    HttpConnectionManager,
+    HttpFilter,
+    QueryParameterMatcher,
+    RetryPolicy,
+    Route,
+    RouteConfiguration,
+    RouteMatch,
+    VirtualHost,
+)
+
+T = "type.googleapis.com/"
+TCP_PROXY = T + "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+HCM = T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER = T + "envoy.extensions.filters.http.router.v3.Router"
+FAULT = T + "envoy.extensions.filters.http.fault.v3.HTTPFault"
+LUA = "envoy.extensions.filters.http.lua.v3.Lua"
+PREVIOUS_HOSTS = T + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+LISTENER_FILTER_TYPES = {
+    "envoy.filters.listener.original_dst": T + "envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
+    "envoy.filters.listener.tls_inspector": T + "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+    "envoy.filters.listener.http_inspector": T + "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
+}
+
+def socket_address(a: SocketAddress) -> dict[str, Any]:
+    return {"socket_address": {"address": a.address, "port_value": a.port}}
+
+
+
+def filter_chain_match(m: FilterChainMatch) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if m.destination_port is not None:
+        out["destination_port"] = m.destination_port
+    if m.prefix_ranges:
+        out["prefix_ranges"] = [{"address_prefix": r.address_prefix, "prefix_len": r.prefix_len} for r in m.prefix_ranges]
+    if m.server_names:
+        out["server_names"] = list(m.server_names)
+    if m.transport_protocol:
+        out["transport_protocol"] = m.transport_protocol
+    if m.application_protocols:
+        out["application_protocols"] = list(m.application_protocols)
+    return out
+
+
+
+def duration(seconds: float) -> str:
+    """protobuf's canonical JSON Duration, as Envoy's admin prints it: `10s`, `0.250s`."""
+    whole, nanos = divmod(round(seconds * 1e9), 10**9)
+    if nanos == 0:
+        return f"{whole}s"
+    if nanos % 10**6 == 0:
+        return f"{whole}.{nanos // 10**6:03d}s"
+    if nanos % 10**3 == 0:
+        return f"{whole}.{nanos // 10**3:06d}s"
+    return f"{whole}.{nanos:09d}s"
+
+
+# -- routes ----------------------------------------------------------------------------------
+
+
+def _string_match(exact: str | None, prefix: str | None, regex: str | None, suffix: str | None = None, contains: str | None = None) -> dict[str, Any]:
+    for key, value in (("exact", exact), ("prefix", prefix), ("suffix", suffix), ("contains", contains)):
+        if value is not None:
+            return {key: value}
+    return {"safe_regex": {"regex": regex}} if regex is not None else {}
+
+
+def header_matcher(h: HeaderMatcher) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": h.name}
+    if h.present_match is not None:
+        out["present_match"] = h.present_match
+    else:
+        out["string_match"] = _string_match(h.exact, h.prefix, h.safe_regex, h.suffix, h.contains)
+    if h.invert_match:
+        out["invert_match"] = True
+    return out
+
+
+def query_matcher(q: QueryParameterMatcher) -> dict[str, Any]:
+    if q.present_match is not None:
+        return {"name": q.name, "present_match": q.present_match}
+    return {"name": q.name, "string_match": _string_match(q.exact, q.prefix, q.safe_regex)}
+
+
+def route_match(m: RouteMatch) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if m.path is not None:
+        out["path"] = m.path
+    elif m.safe_regex is not None:
+        out["safe_regex"] = {"regex": m.safe_regex}
+    elif m.path_separated_prefix is not None:
+        out["path_separated_prefix"] = m.path_separated_prefix
+    else:
+        out["prefix"] = m.prefix if m.prefix is not None else "/"
+    if not m.case_sensitive:
+        out["case_sensitive"] = False
+    if m.headers:
+        out["headers"] = [header_matcher(h) for h in m.headers]
+    if m.query_parameters:
+        out["query_parameters"] = [query_matcher(q) for q in m.query_parameters]
+    return out
+
+
+def mutations(m: HeaderMutations) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, adds in (("request_headers_to_add", m.request_headers_to_add), ("response_headers_to_add", m.response_headers_to_add)):
+        if adds:
+            out[key] = [{"header": {"key": h.key, "value": h.value}, "append_action": h.append_action.value} for h in adds]
+    if m.request_headers_to_remove:
+        out["request_headers_to_remove"] = list(m.request_headers_to_remove)
+    if m.response_headers_to_remove:
+        out["response_headers_to_remove"] = list(m.response_headers_to_remove)
+    return out
+
+
+def retry_policy(r: RetryPolicy) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "retry_on": ",".join(r.retry_on),
+        "num_retries": r.num_retries,
+        # Istio always adds these: never retry on the host that just failed.
+        "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {"@type": PREVIOUS_HOSTS}}],
+        "host_selection_retry_max_attempts": 5,
+        "retry_back_off": {"base_interval": duration(r.base_interval), "max_interval": duration(r.max_backoff)},
+    }
+    if r.per_try_timeout:
+        out["per_try_timeout"] = duration(r.per_try_timeout)
+    if r.retriable_status_codes:
+        out["retriable_status_codes"] = list(r.retriable_status_codes)
+    return out
+
+
+def _percent(value: float) -> dict[str, Any]:
+    return {"numerator": round(value * 10_000), "denominator": "MILLION"}
+
+
+def fault(f: FaultInjection) -> dict[str, Any]:
+    out: dict[str, Any] = {"@type": FAULT}
+    if f.delay is not None:
+        out["delay"] = {"fixed_delay": duration(f.delay), "percentage": _percent(f.delay_percent)}
+    if f.abort_status is not None:
+        out["abort"] = {"http_status": f.abort_status, "percentage": _percent(f.abort_percent)}
+    return out
+
+
+def route(r: Route) -> dict[str, Any]:
+    out: dict[str, Any] = {"match": route_match(r.match)}
+    if r.name:
+        out["name"] = r.name
+    if r.route is not None:
+        a = r.route
+        action: dict[str, Any] = {"timeout": duration(a.timeout)}
+        if a.cluster is not None:
+            action["cluster"] = a.cluster
+        else:
+            action["weighted_clusters"] = {
+                "clusters": [{"name": w.name, "weight": w.weight, **mutations(w.mutations)} for w in a.weighted_clusters]
+            }
+        if a.idle_timeout:
+            action["idle_timeout"] = duration(a.idle_timeout)
+        if a.retry_policy is not None:
+            action["retry_policy"] = retry_policy(a.retry_policy)
+        if a.prefix_rewrite is not None:
+            action["prefix_rewrite"] = a.prefix_rewrite
+        if a.regex_rewrite is not None:
+            action["regex_rewrite"] = {"pattern": {"regex": a.regex_rewrite.pattern}, "substitution": a.regex_rewrite.substitution}
+        if a.host_rewrite_literal is not None:
+            action["host_rewrite_literal"] = a.host_rewrite_literal
+        if a.cluster_not_found_response_code != 503:
+            action["cluster_not_found_response_code"] = "NOT_FOUND" if a.cluster_not_found_response_code == 404 else "INTERNAL_SERVER_ERROR"
+        out["route"] = action
+    elif r.redirect is not None:
+        rd = r.redirect
+        red: dict[str, Any] = {}
+        for key, value in (("host_redirect", rd.host_redirect), ("path_redirect", rd.path_redirect), ("scheme_redirect", rd.scheme_redirect)):
+            if value:
+                red[key] = value
+        if rd.port_redirect:
+            red["port_redirect"] = rd.port_redirect
+        if rd.https_redirect:
+            red["https_redirect"] = True
+        if rd.prefix_rewrite is not None:
+            red["prefix_rewrite"] = rd.prefix_rewrite
+        if rd.strip_query:
+            red["strip_query"] = True
+        red["response_code"] = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT", 308: "PERMANENT_REDIRECT"}[rd.response_code]
+        out["redirect"] = red
+    elif r.direct_response is not None:
+        dr: dict[str, Any] = {"status": r.direct_response.status}
+        if r.direct_response.body:
+            dr["body"] = {"inline_string": r.direct_response.body}
+        out["direct_response"] = dr
+    if r.decorator is not None:
+        out["decorator"] = {"operation": r.decorator.operation}
+    if r.fault is not None:
+        out["typed_per_filter_config"] = {"envoy.filters.http.fault": fault(r.fault)}
+    if r.istio_config is not None:
+        out["metadata"] = {"filter_metadata": {"istio": {"config": r.istio_config}}}
+    out.update(mutations(r.mutations))
+    return out
+
+
+def virtual_host(v: VirtualHost) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": v.name, "domains": list(v.domains), "routes": [route(r) for r in v.routes]}
+    if v.retry_policy is not None:
+        out["retry_policy"] = retry_policy(v.retry_policy)
+    if v.include_request_attempt_count:
+        out["include_request_attempt_count"] = True
+    out.update(mutations(v.mutations))
+    return out
+
+
+def route_configuration(rc: RouteConfiguration) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": rc.name,
+        "virtual_hosts": [virtual_host(v) for v in rc.virtual_hosts],
+        "validate_clusters": rc.validate_clusters,
+    }
+    if rc.ignore_port_in_host_matching:
+        out["ignore_port_in_host_matching"] = True
+    out.update(mutations(rc.mutations))
+    return out
+
+
+def http_filter(f: HttpFilter) -> dict[str, Any]:
+    if f.type_url == LUA:
+        request = [a for a in f.lua_adds if not a.response]
+        response = [a for a in f.lua_adds if a.response]
+        code = "".join(
+            f"function envoy_on_{which}(h)\n" + "".join(f'  h:headers():add("{a.key}", "{a.value}")\n' for a in adds) + "end\n"
+            for which, adds in (("request", request), ("response", response))
+            if adds
+        )
+        return {"name": f.name, "typed_config": {"@type": T + LUA, "default_source_code": {"inline_string": code}}}
+    return {"name": f.name, "typed_config": {"@type": T + f.type_url}}
+
+
+def http_connection_manager(h: HttpConnectionManager) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "@type": HCM,
+        "stat_prefix": h.stat_prefix,
+        "codec_type": h.codec_type.value,
+        "route_config": route_configuration(h.route_config),
+        "http_filters": [http_filter(f) for f in h.http_filters] or [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+        "server_name": h.server_name,
+        "request_headers_timeout": duration(h.request_headers_timeout),
+        "stream_idle_timeout": duration(h.stream_idle_timeout),
+        "common_http_protocol_options": {"idle_timeout": duration(h.idle_timeout)},
+        "max_request_headers_kb": h.max_request_headers_kb,
+        "proxy_100_continue": h.proxy_100_continue,
+    }
+    if h.tracing:
+        out["tracing"] = {}
+    if h.upgrade_types:
+        out["upgrade_configs"] = [{"upgrade_type": u} for u in h.upgrade_types]
+    return out
+
+
+# -- listeners and clusters ------------------------------------------------------------------
+
+
+def network_filter(f: NetworkFilter) -> dict[str, Any]:
+    if isinstance(f, TcpProxy):
+        cfg: dict[str, Any] = {"@type": TCP_PROXY, "stat_prefix": f.stat_prefix, "idle_timeout": duration(f.idle_timeout)}
+        if f.cluster is not None:
+            cfg["cluster"] = f.cluster
+        else:
+            cfg["weighted_clusters"] = {"clusters": [{"name": w.name, "weight": w.weight} for w in f.weighted_clusters]}
+        return {"name": "envoy.filters.network.tcp_proxy", "typed_config": cfg}
+    return {"name": "envoy.filters.network.http_connection_manager", "typed_config": http_connection_manager(f)}
+
+
+def filter_chain(c: FilterChain) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": c.name, "filters": [network_filter(f) for f in c.filters]}
+    if match := filter_chain_match(c.filter_chain_match):
+        out["filter_chain_match"] = match
+    return out
+
+
+def listener(lis: Listener) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": lis.name,
+        "address": socket_address(lis.address),
+        "filter_chains": [filter_chain(c) for c in lis.filter_chains],
+        "traffic_direction": lis.traffic_direction.value,
+        "per_connection_buffer_limit_bytes": lis.per_connection_buffer_limit_bytes,
+    }
+    if lis.additional_addresses:
+        out["additional_addresses"] = [{"address": socket_address(a)} for a in lis.additional_addresses]
+    if lis.default_filter_chain is not None:
+        out["default_filter_chain"] = filter_chain(lis.default_filter_chain)
+    if lis.use_original_dst:
+        out["use_original_dst"] = True
+    if not lis.bind_to_port:
+        out["bind_to_port"] = False
+    if lis.listener_filters:
+        out["listener_filters"] = [
+            {"name": f.value, "typed_config": {"@type": LISTENER_FILTER_TYPES[f.value]}} for f in lis.listener_filters
+        ]
+        # As Istio's listeners: when sniffing times out, fall through to the chains without it.
+        out["continue_on_listener_filters_timeout"] = True
+    return out
+
+
+def cluster(c: Cluster) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": c.name,
+        "type": c.type.value,
+        "connect_timeout": duration(c.connect_timeout),
+        "lb_policy": c.lb_policy.value,
+    }
+    if c.type is not ClusterType.ORIGINAL_DST:
+        out["load_assignment"] = {
+            "cluster_name": c.name,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": socket_address(e.address)}, "load_balancing_weight": e.load_balancing_weight} for e in c.endpoints]}
+            ]
+            if c.endpoints
+            else [],
+        }
+    if c.type in (ClusterType.STRICT_DNS, ClusterType.LOGICAL_DNS):
+        out["dns_refresh_rate"] = duration(c.dns_refresh_rate)
+        # Istio's choice for an IPv4 sidecar: names resolve to A records only.
+        out["dns_lookup_family"] = "V4_ONLY"
+    if c.upstream_bind_addresses:
+        first, *extra = c.upstream_bind_addresses
+        bind: dict[str, Any] = {"source_address": {"address": first, "port_value": 0}}
+        if extra:
+            bind["extra_source_addresses"] = [{"address": {"address": a, "port_value": 0}} for a in extra]
+        out["upstream_bind_config"] = bind
+    if c.alt_stat_name:
+        out["alt_stat_name"] = c.alt_stat_name
+    if c.circuit_breakers != CircuitBreakers():
+        cb = c.circuit_breakers
+        limits = {"max_connections": cb.max_connections, "max_pending_requests": cb.max_pending_requests}
+        limits |= {"max_requests": cb.max_requests, "max_retries": cb.max_retries}
+        out["circuit_breakers"] = {"thresholds": [limits]}
+    if c.outlier_detection is not None:
+        od = c.outlier_detection
+        out["outlier_detection"] = {
+            "consecutive_5xx": od.consecutive_5xx,
+            "consecutive_gateway_failure": od.consecutive_gateway_failure,
+            "enforcing_consecutive_5xx": od.enforcing_consecutive_5xx,
+            "enforcing_consecutive_gateway_failure": od.enforcing_consecutive_gateway_failure,
+            "interval": duration(od.interval),
+            "base_ejection_time": duration(od.base_ejection_time),
+            "max_ejection_time": duration(od.max_ejection_time),
+            "max_ejection_percent": od.max_ejection_percent,
+            # Only consecutive-error ejection is modelled; Envoy's success-rate kind stays off.
+            "enforcing_success_rate": 0,
+        }
+    if c.healthy_panic_threshold != DEFAULT_PANIC_THRESHOLD:
+        out["common_lb_config"] = {"healthy_panic_threshold": {"value": c.healthy_panic_threshold}}
+    return out
