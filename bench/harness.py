@@ -218,6 +218,19 @@ class Target:
     def pids(self) -> list[int]:
         return _children(self.proc.pid) if self.proc is not None else []
 
+    def worker_pids(self) -> list[int]:
+        """The processes that relay: Envoy's only one; pysidecar's spawned workers."""
+        if self.proc is None:
+            return []
+        if self.name == "envoy":
+            return [self.proc.pid]
+        out = []
+        for pid in self.pids():
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"spawn_main" in f.read():
+                    out.append(pid)
+        return out
+
     def tcp_port(self) -> int:
         return cfg.NGINX_PORT if self.name == "direct" else cfg.TCP_PORT
 
@@ -326,6 +339,7 @@ def measure_proxy(
     def sample() -> None:
         time.sleep(seconds / 2)
         samples.append(rss_kb(target.pids()))
+        samples.append(rss_kb(target.worker_pids()))
 
     t = threading.Thread(target=sample, daemon=True)
     t.start()
@@ -335,7 +349,8 @@ def measure_proxy(
     if samples and samples[0]:
         extra["rss_mb"] = sum(samples[0]) / 1024.0
         # The process that relays (Envoy: its only one; pysidecar: the worker, not the supervisor).
-        extra["rss_worker_mb"] = (samples[0][-1] if len(samples[0]) > 1 else samples[0][0]) / 1024.0
+        if samples[1]:
+            extra["rss_worker_mb"] = max(samples[1]) / 1024.0
     return out, extra
 
 
@@ -715,7 +730,7 @@ def profile(s: Settings, config: Path, workdir: Path, http_na: str | None) -> No
         return
     for name in (t for t in s.targets if t.startswith("pysidecar")):
         with proxy(name, config, workdir, http_na) as target:
-            worker = target.pids()[-1]
+            worker = target.worker_pids()[0]
             for scenario in s.scenarios:
                 if scenario.startswith(("http", "lat_http")) and target.http_na:
                     print(f"{name} {scenario}: n/a: {target.http_na}")
@@ -787,30 +802,37 @@ def main(argv: list[str] | None = None) -> int:
     full = workdir / "envoy.yaml"
     full.write_text(cfg.bootstrap(http=True))
     refusal = pysidecar_refusal(full)
-    config = full
+    configs = {"envoy": full, "pysidecar": full}
     http_na = None
     if refusal is not None:
-        # Both proxies then run the TCP-only file, so they still share one config.
-        http_na = f"pysidecar refuses the HCM config: {refusal}"
-        config = workdir / "envoy-tcp.yaml"
-        config.write_text(cfg.bootstrap(http=False))
-        if (why := pysidecar_refusal(config)) is not None:
+        # pysidecar runs the same file less the HCM listener (its TCP listeners are identical);
+        # Envoy keeps the full file so its HTTP numbers are there to compare against later.
+        http_na = "pysidecar refuses the HCM config: " + refusal.replace(str(full) + ": ", "")
+        tcp_only = workdir / "envoy-tcp.yaml"
+        tcp_only.write_text(cfg.bootstrap(http=False))
+        configs["pysidecar"] = tcp_only
+        if (why := pysidecar_refusal(tcp_only)) is not None:
             print(f"pysidecar refuses even the TCP config: {why}", file=sys.stderr)
             return 1
     print(f"placement: {PLACEMENT}")
-    print(f"config: {config} (same file for envoy and pysidecar, --concurrency 1 each)")
+    print(f"config: {full} (one Envoy YAML for both proxies, --concurrency 1 each)")
     if http_na:
-        print(f"HTTP scenarios: n/a: {http_na}")
+        print(f"HTTP scenarios for pysidecar: n/a: {http_na}")
+        print(
+            f"  pysidecar runs {configs['pysidecar'].name}: the same file without the HCM listener"
+        )
 
     with Upstreams(workdir):
         if s.profile:
-            profile(s, config, workdir, http_na)
+            profile(s, configs["pysidecar"], workdir, http_na)
             return 0
         runs: list[dict[str, Any]] = []
         started = time.monotonic()
         for rep in range(s.reps):
             for tname in s.targets:
-                with proxy(tname, config, workdir, http_na) as target:
+                cfg_path = configs["envoy" if tname == "envoy" else "pysidecar"]
+                na = http_na if tname.startswith("pysidecar") else None
+                with proxy(tname, cfg_path, workdir, na) as target:
                     # Warm-up: first connections, first code paths (not measured).
                     with contextlib.suppress(Exception):
                         run(
@@ -857,7 +879,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "placement": PLACEMENT,
         "concurrency": 1,
-        "config": str(config.relative_to(s.out)),
+        "configs": {k: str(v.relative_to(s.out)) for k, v in configs.items()},
         "http_na": http_na,
         "duration_s": s.duration,
         "reps": s.reps,
