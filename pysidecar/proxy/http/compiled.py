@@ -4,7 +4,7 @@ Promises:
 - `compiled(hcm, direction)` returns the same `CompiledHcm` for the same config object and
   listener direction (a per-process cache keyed by identity, bounded), so connections never
   compile routes, regexes or header blocks themselves.
-- Everything the hot path needs is precomputed here: the route table, the server header value,
+- Everything the hot path needs is precomputed here: the route table, the server header,
   whether decorator operations are sent, the Lua header additions as header operations.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pysidecar.model import TrafficDirection
 from pysidecar.model.http import HttpConnectionManager
-from pysidecar.proxy.http.headers import APPEND, HeaderOps
+from pysidecar.proxy.http.headers import APPEND, RESPONSE_NOTED, HeaderOps, touches
 from pysidecar.proxy.http.router import RouteTable
 
 # Configs seen by this process; reloads add entries, so the cache is cleared when it grows.
@@ -26,7 +26,9 @@ class CompiledHcm:
         "header_limit",
         "lua_request",
         "lua_response",
+        "lua_touches_noted",
         "server",
+        "server_header",
         "table",
         "upgrades",
     )
@@ -35,6 +37,7 @@ class CompiledHcm:
         self.config = config
         self.table = RouteTable.build(config.route_config)
         self.server = config.server_name.encode("latin-1")
+        self.server_header = (b"server", self.server)  # one tuple for every response
         # Checked on Envoy 1.40: the decorator header needs both tracing and an outbound listener.
         self.decorate = config.tracing and direction is TrafficDirection.OUTBOUND
         self.header_limit = config.max_request_headers_kb * 1024
@@ -48,6 +51,8 @@ class CompiledHcm:
                 )
         self.lua_request: HeaderOps = tuple(req)
         self.lua_response: HeaderOps = tuple(resp)
+        # Whether the filters' response additions need the general header path (stream.py).
+        self.lua_touches_noted = touches(self.lua_response, RESPONSE_NOTED)
 
 
 _cache: dict[tuple[int, TrafficDirection], CompiledHcm] = {}

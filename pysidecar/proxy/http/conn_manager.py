@@ -244,10 +244,11 @@ class HttpConnection(asyncio.Protocol):
         st.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value) + 4)
-        st = self.parsing
-        assert st is not None
-        st.headers.append((name.lower(), value))
+        # Called per header: _count_head inlined.
+        self.head_size += len(name) + len(value) + 4
+        if self.head_size > self.cfg.header_limit:
+            raise _HeadersTooLarge()
+        self.parsing.headers.append((name.lower(), value))  # type: ignore[union-attr]
 
     def on_headers_complete(self) -> None:
         if self.headers_timer is not None:

@@ -9,6 +9,9 @@ Promises:
   `apply_ops` runs them: each level removes, then adds with its append_action.
 - `strip_request` / `strip_response` drop hop-by-hop headers and the x-envoy-* control
   headers a client must not be able to set.
+- `scan_request` / `scan_response` are the data path's versions of those: one pass over the
+  list that strips, and notes the few headers the connection manager decides on, so a request
+  does not walk its headers once per question (`get` after `get` was a profile hot spot).
 """
 
 from __future__ import annotations
@@ -144,3 +147,93 @@ def connection_tokens(headers: Headers) -> set[bytes]:
         if n == b"connection":
             out.update(t.strip().lower() for t in v.split(b","))
     return out
+
+
+# -- one-pass scans for the data path ------------------------------------------------------------
+# What a scan does with a header, by name; names not in the table are forwarded untouched
+# (the common case costs one dict miss).
+_DROP, _NOTE, _NOTE_DROP = 0, 1, 2
+# Request headers the connection manager asks about. host and expect are noted and left out:
+# the upstream head puts its own host first, and expect is answered here unless proxied.
+_REQUEST_SCAN: dict[bytes, int] = {n: _DROP for n in HOP_BY_HOP | ENVOY_CONTROL}
+_REQUEST_SCAN.update(
+    {
+        b"user-agent": _NOTE,
+        b"x-request-id": _NOTE,
+        b"x-forwarded-proto": _NOTE,
+        b"host": _NOTE_DROP,
+        b"expect": _NOTE_DROP,
+        b"connection": _NOTE_DROP,
+        b"upgrade": _NOTE_DROP,
+        b"transfer-encoding": _NOTE_DROP,
+    }
+)
+
+
+def scan_request(headers: Headers) -> tuple[Headers, dict[bytes, bytes]]:
+    """(forwardable headers without host and expect, {noted name: value}).
+
+    A noted value is the first one sent, except Connection, whose values are joined with ","
+    so that its tokens can all be read (`connection_tokens` semantics)."""
+    kept: Headers = []
+    noted: dict[bytes, bytes] = {}
+    scan = _REQUEST_SCAN
+    for h in headers:
+        what = scan.get(h[0])
+        if what is None:
+            kept.append(h)
+            continue
+        if what == _DROP:
+            continue
+        name = h[0]
+        if name not in noted:
+            noted[name] = h[1]
+        elif name == b"connection":
+            noted[name] += b"," + h[1]
+        if what == _NOTE:
+            kept.append(h)
+    return kept, noted
+
+
+def tokens(value: bytes | None) -> set[bytes]:
+    """The lower-case tokens of a comma-separated header value (None: no tokens)."""
+    if value is None:
+        return set()
+    return {t.strip().lower() for t in value.split(b",")}
+
+
+# Response headers: hop-by-hop and Envoy's own are dropped; server is replaced in place.
+_RESPONSE_SCAN: dict[bytes, int] = {n: _DROP for n in HOP_BY_HOP | RESPONSE_OWN}
+_RESPONSE_SCAN.update({b"server": _NOTE_DROP, b"content-length": _NOTE, b"date": _NOTE})
+# Names whose presence or position `scan_response`'s caller relies on: header operations
+# touching one of them take the general (re-scanning) path.
+RESPONSE_NOTED = frozenset(_RESPONSE_SCAN)
+
+
+def scan_response(headers: Headers, server: tuple[bytes, bytes]) -> tuple[Headers, int]:
+    """(headers with hop-by-hop and Envoy's own stripped and every `server` replaced by one
+    `server` at the first one's place, flags): HAS_LENGTH, HAS_DATE, HAS_SERVER.
+
+    The same result as strip_response then replace_header(server), in one pass."""
+    out: Headers = []
+    flags = 0
+    scan = _RESPONSE_SCAN
+    for h in headers:
+        what = scan.get(h[0])
+        if what is None:
+            out.append(h)
+        elif what == _NOTE:
+            flags |= HAS_LENGTH if h[0] == b"content-length" else HAS_DATE
+            out.append(h)
+        elif what == _NOTE_DROP and not flags & HAS_SERVER:
+            flags |= HAS_SERVER
+            out.append(server)
+    return out, flags
+
+
+HAS_LENGTH, HAS_DATE, HAS_SERVER = 1, 2, 4
+
+
+def touches(ops: HeaderOps, names: frozenset[bytes]) -> bool:
+    """Whether any operation names one of `names`."""
+    return any(op[1] in names for op in ops)

@@ -57,6 +57,7 @@ class UpstreamConnection(asyncio.Protocol):
         "head_keep_alive",
         "headers",
         "informational",
+        "local_address",
         "parser",
         "pending",
         "pool",
@@ -79,6 +80,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.response_started = False
         self.upgraded = False
         self.head_keep_alive = False
+        self.local_address: str | None = None  # "ip:port", filled by the first stream
         self.pending = False  # holds a pending-request slot of the circuit breaker
         self.counted = False  # holds a request slot of the circuit breaker
         self.cx_open = False  # holds a connection slot of the circuit breaker
@@ -154,6 +156,11 @@ class UpstreamConnection(asyncio.Protocol):
             self._message_complete(self.head_keep_alive)
         except httptools.HttpParserError:
             self._reset(CONNECTION_TERMINATION)
+            return
+        # A response head held for its body (one write for both) goes out by the end of the
+        # read that brought it.
+        if stream is not None and stream.head_out:
+            stream.flush_head()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too: HTTP/1.1 has no use for a half-open upstream

@@ -21,7 +21,8 @@ Promises:
 from __future__ import annotations
 
 import asyncio
-import uuid
+import functools
+import os
 from typing import TYPE_CHECKING
 
 from pysidecar.observe.stats import ClusterHttpStats
@@ -30,13 +31,19 @@ from pysidecar.proxy.cluster_manager import ClusterRuntime
 from pysidecar.proxy.http import local_reply as lr
 from pysidecar.proxy.http.codec import CHUNK_END, CRLF, encode_head, encode_request_head, http_date
 from pysidecar.proxy.http.headers import (
+    HAS_DATE,
+    HAS_LENGTH,
+    HAS_SERVER,
+    RESPONSE_NOTED,
     Headers,
     apply_ops,
-    connection_tokens,
     get,
     replace_header,
+    scan_request,
+    scan_response,
     strip_request,
-    strip_response,
+    tokens,
+    touches,
 )
 from pysidecar.proxy.http.intercept import OVERLOADED, intercept, retry_admitted
 from pysidecar.proxy.http.pool import HostPool, UpstreamConnection
@@ -57,8 +64,42 @@ CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
+@functools.lru_cache(maxsize=4096)
 def _fmt(host: tuple[str, int]) -> str:
+    """`ip:port` / `[ip6]:port`, cached: the same few upstream hosts are formatted per request."""
     return f"[{host[0]}]:{host[1]}" if ":" in host[0] else f"{host[0]}:{host[1]}"
+
+
+# A UUID4 per request without a request id. Like Envoy (RandomGeneratorImpl::uuid), random
+# bytes are drawn from the OS in batches: os.urandom per request was a getrandom(2) per request.
+_UUID_BATCH = 256 * 16
+_V4_MASK = ~((0xC000 << 48) | (0xF000 << 64)) & ((1 << 128) - 1)
+_V4_BITS = (0x8000 << 48) | (4 << 76)  # RFC 4122 variant, version 4
+
+
+class _RandomBatch:
+    __slots__ = ("data", "pos")
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.pos = 0
+
+    def take16(self) -> bytes:
+        pos = self.pos
+        if pos >= len(self.data):
+            self.data = os.urandom(_UUID_BATCH)
+            pos = 0
+        self.pos = pos + 16
+        return self.data[pos : pos + 16]
+
+
+_random = _RandomBatch()
+
+
+def request_id() -> bytes:
+    """A fresh x-request-id: a random (version 4) UUID in its text form."""
+    h = ((int.from_bytes(_random.take16()) & _V4_MASK) | _V4_BITS).to_bytes(16).hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()
 
 
 class ActiveStream:
@@ -73,6 +114,7 @@ class ActiveStream:
         "cluster",
         "conn",
         "connecting",
+        "head_out",
         "head_request",
         "headers",
         "http10",
@@ -124,6 +166,7 @@ class ActiveStream:
         self.paused_for_body = False
         self.chunked_in = False
         self.chunked_out = False
+        self.head_out = b""
         self.close_after = False
         self.route: CompiledRoute | None = None
         self.cluster: ClusterRuntime | None = None
@@ -156,7 +199,9 @@ class ActiveStream:
         headers = self.headers
         url = self.url
         target = url
-        host_b = get(headers, b"host") or b""
+        # One pass: the forwardable headers and the few this stream decides on.
+        clean, noted = scan_request(headers)
+        host_b = noted.get(b"host", b"")
         if url[:7].lower() == b"http://":  # absolute-form: the URL's authority wins
             rest = url[7:]
             slash = rest.find(b"/")
@@ -167,25 +212,24 @@ class ActiveStream:
         info.method = self.method.decode("latin-1")
         info.path = path
         info.authority = host or None
-        ua = get(headers, b"user-agent")
+        ua = noted.get(b"user-agent")
         info.user_agent = ua.decode("latin-1") if ua is not None else None
-        rid = get(headers, b"x-request-id")
+        rid = noted.get(b"x-request-id")
         if rid is None:
-            rid = str(uuid.uuid4()).encode()
+            rid = request_id()
             headers.append((b"x-request-id", rid))
+            clean.append((b"x-request-id", rid))
         info.request_id = rid.decode("latin-1")
-        tokens = connection_tokens(headers)
-        upgrade_value = get(headers, b"upgrade") if self.upgrade else None
-        if b"close" in tokens:
+        upgrade_value = noted.get(b"upgrade") if self.upgrade else None
+        if b"close" in tokens(noted.get(b"connection")):
             self.close_after = True
-        expect = get(headers, b"expect")
-        te = get(headers, b"transfer-encoding")
+        expect = noted.get(b"expect")
+        te = noted.get(b"transfer-encoding")
         self.chunked_in = te is not None and b"chunked" in te.lower()
-        clean = strip_request(headers)
 
         vh = cfg.table.virtual_host(host)
         route = (
-            vh.select(path, _as_dict(clean) if vh.needs_headers else None)
+            vh.select(path, _as_dict(strip_request(headers)) if vh.needs_headers else None)
             if vh is not None
             else None
         )
@@ -226,23 +270,25 @@ class ActiveStream:
             req_ops, self.response_ops = route.weighted_ops[wi]
         rewritten = route.rewrite_path(path)
         up_host = action.host_rewrite_literal.encode() if action.host_rewrite_literal else host_b
-        up: Headers = [(b"host", up_host)]
-        up.extend(
-            h
-            for h in clean
-            if h[0] != b"host" and (h[0] != b"expect" or cfg.config.proxy_100_continue)
-        )
-        if (
-            expect is not None
-            and expect.lower() == b"100-continue"
-            and not cfg.config.proxy_100_continue
-        ):
-            conn.write(CONTINUE_100)
+        up: Headers
+        if expect is not None and cfg.config.proxy_100_continue:
+            # Rare: expect goes upstream in its place, so take the general (two-pass) way.
+            up = [(b"host", up_host), *(h for h in strip_request(headers) if h[0] != b"host")]
+        else:
+            up = [(b"host", up_host), *clean]
+            if expect is not None and expect.lower() == b"100-continue":
+                conn.write(CONTINUE_100)
         if req_ops:
             up = apply_ops(up, req_ops)
         if cfg.lua_request:
             up = apply_ops(up, cfg.lua_request)
-        if get(up, b"x-forwarded-proto") is None:
+        # The scan saw the client's x-forwarded-proto; only header operations can add one.
+        xfp = (
+            get(up, b"x-forwarded-proto")
+            if req_ops or cfg.lua_request
+            else noted.get(b"x-forwarded-proto")
+        )
+        if xfp is None:
             up.append((b"x-forwarded-proto", b"http"))
         policy = action.retry_policy or vh.vhost.retry_policy
         self.policy = policy
@@ -346,10 +392,12 @@ class ActiveStream:
         self.connecting = None
         self.upstream = up
         up.attach(self)
-        if up.transport is not None:
-            sock = up.transport.get_extra_info("sockname")
+        local = up.local_address
+        if local is None and up.transport is not None:
+            sock = up.transport.get_extra_info("sockname")  # a syscall: once per connection
             if sock:
-                self.info.upstream_local_address = _fmt((str(sock[0]), int(sock[1])))
+                local = up.local_address = _fmt((str(sock[0]), int(sock[1])))
+        self.info.upstream_local_address = local
         headers = self.up_headers
         if self.route is not None and self.route.vhost.vhost.include_request_attempt_count:
             headers = [*headers, (b"x-envoy-attempt-count", str(self.attempt).encode())]
@@ -528,12 +576,22 @@ class ActiveStream:
         info.response_code_details = "via_upstream"
         elapsed = int((conn.loop.time() - self.attempt_started) * 1000)
         info.upstream_service_time_ms = elapsed
-        out = strip_response(headers)
-        out.append((b"x-envoy-upstream-service-time", str(elapsed).encode()))
-        if self.response_ops:
-            out = apply_ops(out, self.response_ops)
-        if cfg.lua_response:
-            out = apply_ops(out, cfg.lua_response)
+        # One pass strips the upstream's hop-by-hop headers, puts our server in its place and
+        # notes content-length and date; operations that touch those names re-check them.
+        out, seen = scan_response(headers, cfg.server_header)
+        out.append((b"x-envoy-upstream-service-time", b"%d" % elapsed))
+        ops = self.response_ops
+        if ops or cfg.lua_response:
+            if ops:
+                out = apply_ops(out, ops)
+            if cfg.lua_response:
+                out = apply_ops(out, cfg.lua_response)
+            if touches(ops, RESPONSE_NOTED) or cfg.lua_touches_noted:
+                seen = (HAS_LENGTH if get(out, b"content-length") is not None else 0) | (
+                    HAS_DATE if get(out, b"date") is not None else 0
+                )
+                out = replace_header(out, b"server", cfg.server)
+                seen |= HAS_SERVER
         no_body = self.head_request or status in _NO_BODY_STATUS
         if status == 101:
             out.append((b"connection", b"upgrade"))
@@ -541,28 +599,49 @@ class ActiveStream:
             if up_value is not None:
                 out.append((b"upgrade", up_value))
             self.tunnel = True
-        elif not no_body and get(out, b"content-length") is None:
+        elif not no_body and not seen & HAS_LENGTH:
             if self.http10:
                 self.close_after = True  # HTTP/1.0 has no chunking: the close ends the body
             else:
                 self.chunked_out = True
                 out.append((b"transfer-encoding", b"chunked"))
-        if get(out, b"date") is None:
+        if not seen & HAS_DATE:
             out.append((b"date", http_date()))
-        out = replace_header(out, b"server", cfg.server)
+        if not seen & HAS_SERVER:
+            out.append(cfg.server_header)
         if status != 101 and (self.close_after or not self.keep_alive or conn.draining):
             self.close_after = True
             out.append((b"connection", b"close"))
-        conn.write(encode_head(status, out))
+        head = encode_head(status, out)
         if self.tunnel:
+            conn.write(head)
             conn.start_tunnel(self)
+        else:
+            # Held until the first body bytes (or the end of this read from the upstream,
+            # `flush_head`) so that head and body leave in one write: a syscall per response.
+            self.head_out = head
+
+    def flush_head(self) -> None:
+        """Write a response head that is still held (see upstream_headers)."""
+        head = self.head_out
+        if head:
+            self.head_out = b""
+            self.conn.write(head)
 
     def upstream_body(self, data: bytes) -> None:
         self.info.bytes_sent += len(data)
+        head = self.head_out
         if self.chunked_out:
-            self.conn.writelines([b"%x\r\n" % len(data), data, CRLF])
+            parts = [b"%x\r\n" % len(data), data, CRLF]
+            if head:
+                parts.insert(0, head)
+        elif head:
+            parts = [head, data]
         else:
             self.conn.write(data)
+            return
+        self.head_out = b""
+        self.conn.writelines(parts)
 
     def upstream_complete(self) -> None:
         self.upstream = None
@@ -575,7 +654,10 @@ class ActiveStream:
         if self.response_done:
             return
         if self.chunked_out:
-            self.conn.write(CHUNK_END)
+            head, self.head_out = self.head_out, b""
+            self.conn.write(head + CHUNK_END if head else CHUNK_END)
+        else:
+            self.flush_head()
         self._finish()
 
     def upstream_pause_writing(self) -> None:
