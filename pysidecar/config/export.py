@@ -8,8 +8,9 @@ Promises:
   :15021 readiness) as listeners onto the admin, the way Istio's bootstrap serves them.
 - Only the model is read, so Envoy YAML, Istio YAML and the embedded sidecar export alike; the
   renderers (config/envoy_json.py) are the ones the admin's /config_dump uses.
-- `pysidecar envoy-config -c PATH... [-o FILE]` prints (or writes) the YAML; a config error
-  exits 2 with the file, YAML path and resource, as `pysidecar run` does.
+- `pysidecar envoy-config -c PATH... [-o FILE] [--workload-labels K=V,...]` prints (or writes)
+  the YAML, inbound chains included for the Services selecting the labels (taken as
+  `pysidecar run` takes them); a config error exits 2 with the file, YAML path and resource.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pysidecar.config.envoy_json import socket_address as address
 from pysidecar.config.loader import load
 from pysidecar.config.node import ConfigError
 from pysidecar.model import Bootstrap, Cluster, ClusterType, LbEndpoint, SocketAddress
+from pysidecar.observe import workload
 
 # Istio's bootstrap names for the admin-backed clusters behind :15090 and :15021.
 STATS_CLUSTER = "prometheus_stats"
@@ -81,11 +83,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="files or directories of Envoy or Istio YAML (default: the embedded standard sidecar)",
     )  # fmt: skip
     parser.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    workload.add_labels_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:
     try:
-        text = dump(load(args.config))
+        labels = workload.resolve_labels(args.workload_labels)
+    except ValueError as e:
+        print(f"pysidecar: --workload-labels: {e}", file=sys.stderr)
+        return 2
+    try:
+        text = dump(load(args.config, labels))
     except ConfigError as e:
         print(f"pysidecar: configuration error: {e}", file=sys.stderr)
         return 2

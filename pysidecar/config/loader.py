@@ -9,7 +9,8 @@ Promises:
   listeners / clusters from those files (Envoy's file-based xDS), which are then watched too.
 - Istio documents (mesh config, the `istio` ConfigMap, ServiceEntry, VirtualService,
   DestinationRule, Sidecar, Kubernetes Service / EndpointSlice / Endpoints) are compiled onto
-  the standard sidecar by `config.istio.compile`.
+  the standard sidecar by `config.istio.compile`; the workload's labels, when given, add the
+  inbound chains and clusters of the Services selecting it.
 - Anything unreadable, malformed or unsupported raises `ConfigError` naming the file, the YAML
   path and (for Istio) the resource; nothing is half-loaded.
 - `watched_files(paths, bootstrap)` lists what a reload has to look at.
@@ -18,7 +19,7 @@ Promises:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from pysidecar.config import envoy
@@ -63,7 +64,9 @@ def _is_xds_file(value: object) -> bool:
     return isinstance(value, dict) and "resources" in value and "kind" not in value
 
 
-def load(paths: Sequence[str]) -> Bootstrap:
+def load(paths: Sequence[str], workload_labels: Mapping[str, str] | None = None) -> Bootstrap:
+    """The config `paths` name; `workload_labels` (the pod's labels) give Istio YAML its inbound
+    side, and mean nothing to an Envoy bootstrap."""
     if not paths:
         return standard_sidecar()
     docs = [d for f in config_files(paths) for d in load_documents(f)]
@@ -80,7 +83,7 @@ def load(paths: Sequence[str]) -> Bootstrap:
         return envoy_bootstrap(envoy_docs[0])
     if not istio_docs:
         raise ConfigError(paths[0], "", "no configuration documents found")
-    return compile_config(collect(istio_docs))
+    return compile_config(collect(istio_docs), workload_labels)
 
 
 # -- Envoy file-based dynamic resources ------------------------------------------------------

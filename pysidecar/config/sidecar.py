@@ -45,6 +45,9 @@ INBOUND_PORT = 15006
 ADMIN_PORT = 15000
 STATS_PORT = 15090
 READINESS_PORT = 15021
+# Source 127.0.0.6 (::6) is what ISTIO_OUTPUT's first rule exempts from capture: how the proxy
+# reaches the app on the pod's own IP without being captured again.
+INBOUND_PASSTHROUGH_BIND = ("127.0.0.6", "::6")
 
 
 def _tcp_chain(name: str, cluster: str, port: int | None = None) -> FilterChain:
@@ -101,8 +104,7 @@ def standard_sidecar(mesh: MeshConfig | None = None) -> Bootstrap:
             type=ClusterType.ORIGINAL_DST,
             lb_policy=LbPolicy.CLUSTER_PROVIDED,
             connect_timeout=mesh.connect_timeout,
-            # Source 127.0.0.6 is what ISTIO_OUTPUT's first rule exempts from capture.
-            upstream_bind_addresses=("127.0.0.6", "::6"),
+            upstream_bind_addresses=INBOUND_PASSTHROUGH_BIND,
         ),
         Cluster(name=BLACKHOLE_CLUSTER, type=ClusterType.STATIC, connect_timeout=mesh.connect_timeout),
     )

@@ -7,17 +7,28 @@ Promises:
   the labels from the downward-API file (/etc/istio/pod/labels, `key="value"` lines).
 - Anything missing is `unknown`, as in Istio's metrics; canonical service and revision fall
   back the way Istio's do (workload name, `latest`) only when the workload itself is known.
-- Pure: `load()` is the one place that touches the environment and the file system.
+- `pod_labels(environ, labels_file_text)` is the pod's labels, first found: ISTIO_METAJSON_LABELS
+  (Istio's env var, a JSON object), then the downward-API file; `parse_label_flag("k=v,k=v")`
+  reads the `--workload-labels` flag, which wins over both (`resolve_labels`). The labels pick
+  the Services this sidecar serves inbound (config/istio/inbound.py).
+- Pure but for `load()` and `read_labels()`, the places that touch the environment and the
+  file system.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+log = logging.getLogger(__name__)
+
 UNKNOWN = "unknown"
 LABELS_FILE = "/etc/istio/pod/labels"
+METAJSON_LABELS = "ISTIO_METAJSON_LABELS"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +80,63 @@ def parse_labels(text: str) -> dict[str, str]:
     return out
 
 
-def load() -> WorkloadMetadata:
+def parse_metajson_labels(text: str) -> dict[str, str] | None:
+    """ISTIO_METAJSON_LABELS: a JSON object of the pod's labels; None when it is not one."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def parse_label_flag(text: str) -> dict[str, str]:
+    """`--workload-labels app=web,version=v1`; an empty value means no labels at all."""
+    out: dict[str, str] = {}
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected key=value, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def pod_labels(environ: Mapping[str, str], labels_file_text: str | None) -> dict[str, str]:
+    """The pod's labels, first found: ISTIO_METAJSON_LABELS, then the downward-API file."""
+    if (raw := environ.get(METAJSON_LABELS)) is not None:
+        found = parse_metajson_labels(raw)
+        if found is not None:
+            return found
+        log.warning("%s is not a JSON object of labels; ignored", METAJSON_LABELS)
+    return parse_labels(labels_file_text) if labels_file_text is not None else {}
+
+
+def read_labels() -> dict[str, str]:
+    """`pod_labels` of this process's environment and the downward-API file, if readable."""
     try:
         with open(LABELS_FILE) as f:
-            labels = parse_labels(f.read())
+            text: str | None = f.read()
     except OSError:
-        labels = {}
-    return WorkloadMetadata.from_env(os.environ, labels)
+        text = None
+    return pod_labels(os.environ, text)
+
+
+def add_labels_argument(parser: argparse.ArgumentParser) -> None:
+    """`--workload-labels`, for the commands that compile Istio YAML (run, envoy-config)."""
+    parser.add_argument(
+        "--workload-labels", metavar="K=V,...", default=None,
+        help="the labels of the pod this sidecar serves: Services selecting them get inbound chains "
+        f"(default: ${METAJSON_LABELS}, else {LABELS_FILE})",
+    )  # fmt: skip
+
+
+def resolve_labels(flag: str | None) -> dict[str, str]:
+    """The flag's labels when given (raises ValueError when malformed), else `read_labels()`."""
+    return parse_label_flag(flag) if flag is not None else read_labels()
+
+
+def load() -> WorkloadMetadata:
+    return WorkloadMetadata.from_env(os.environ, read_labels())

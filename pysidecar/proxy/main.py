@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import multiprocessing
 import multiprocessing.process
@@ -34,7 +35,7 @@ from pysidecar.config.loader import load
 from pysidecar.config.node import ConfigError
 from pysidecar.config.watch import ConfigWatcher, ReloadState
 from pysidecar.model import Bootstrap
-from pysidecar.observe import http_server
+from pysidecar.observe import http_server, workload
 from pysidecar.observe.access_format import FormatError
 from pysidecar.observe.access_log import AccessLogConfig
 from pysidecar.observe.admin import admin_routes, readiness_routes, stats_routes
@@ -67,6 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--access-log", metavar="PATH", default=None,
         help="write Envoy's access log to PATH (a file, or /dev/stdout); off by default",
     )  # fmt: skip
+    workload.add_labels_argument(parser)
     parser.add_argument(
         "--access-log-format", metavar="FORMAT", default=None,
         help="text (Istio's default line), json (Istio's keys), or a format of %%OPERATORS%%",
@@ -253,7 +255,9 @@ class Supervisor:
             for i in range(self.concurrency):
                 await self._start_worker(i)
             if self.args.config:
-                watcher = ConfigWatcher(self.args.config, self.bootstrap, self.apply_config, self.reload)
+                watcher = ConfigWatcher(
+                    self.args.config, self.bootstrap, self.apply_config, self.reload, loader=getattr(self.args, "loader", load)
+                )
                 self._tasks.add(loop.create_task(watcher.run()))
             b = self.bootstrap
             if b.admin is not None:
@@ -288,7 +292,14 @@ class Supervisor:
 def main(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     try:
-        bootstrap = load(args.config)
+        labels = workload.resolve_labels(args.workload_labels)
+    except ValueError as e:
+        print(f"pysidecar: --workload-labels: {e}", file=sys.stderr)
+        return 2
+    # The pod's labels are fixed for its life: every reload compiles with the same ones.
+    args.loader = functools.partial(load, workload_labels=labels)
+    try:
+        bootstrap = args.loader(args.config)
     except ConfigError as e:
         print(f"pysidecar: configuration error: {e}", file=sys.stderr)
         return 2

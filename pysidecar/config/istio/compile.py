@@ -13,6 +13,8 @@ Promises:
   - TCP ports without a VIP: `0.0.0.0_<port>` → tcp_proxy to the first such service.
 - VirtualService tcp and tls routes pick the tcp_proxy's clusters; http routes fill the
   virtual hosts (`routes`). Clusters come from `clusters.build_clusters`.
+- Given the workload's labels, the inbound side too: chains on virtualInbound and
+  `inbound|<port>||` clusters for the Services selecting them (`inbound.py`).
 - `validate` refuses what istiod would accept but can never work: a destination subset no
   DestinationRule defines. Errors name file, YAML path and resource.
 """
@@ -21,12 +23,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from pysidecar.config.istio import routes as rt
 from pysidecar.config.istio.clusters import ISTIO_CIRCUIT_BREAKERS, build_clusters
 from pysidecar.config.istio.destination_rule import DestinationRule
 from pysidecar.config.istio.documents import IstioConfig
+from pysidecar.config.istio.inbound import build_inbound, inbound_ports, with_inbound
 from pysidecar.config.istio.registry import Protocol, Service, ServicePort, outbound_cluster_name
 from pysidecar.config.istio.sidecar_scope import Sidecar, host_matches
 from pysidecar.config.istio.virtual_service import (
@@ -324,7 +328,8 @@ def _vs_only_hosts(services: list[Service], vss: list[VirtualService]) -> list[r
 # -- the whole config ------------------------------------------------------------------------
 
 
-def compile_config(cfg: IstioConfig) -> Bootstrap:
+def compile_config(cfg: IstioConfig, workload_labels: Mapping[str, str] | None = None) -> Bootstrap:
+    """The sidecar's config; `workload_labels` (the pod's labels) select its inbound Services."""
     rules = destination_rules(cfg)
     validate(cfg, rules)
     scope = _sidecar(cfg)
@@ -340,4 +345,5 @@ def compile_config(cfg: IstioConfig) -> Bootstrap:
     # istiod gives its own clusters (PassthroughCluster, BlackHoleCluster, ...) unlimited
     # circuit breakers too, not plain Envoy's 1024.
     base = replace(base, clusters=tuple(replace(c, circuit_breakers=ISTIO_CIRCUIT_BREAKERS) for c in base.clusters))
+    base = with_inbound(base, build_inbound(inbound_ports(cfg.services, workload_labels or {}, cfg.pods), mesh))
     return replace(with_resources(base, listeners, clusters), sources=cfg.files or base.sources)

@@ -43,6 +43,8 @@ class IstioConfig:
     destination_rules: tuple[DestinationRule, ...] = ()
     sidecars: tuple[Sidecar, ...] = ()
     files: tuple[str, ...] = ()
+    # Pod documents' labels and named container ports (named targetPorts, inbound).
+    pods: tuple[kube.PodPorts, ...] = ()
 
 
 @dataclass
@@ -52,6 +54,7 @@ class _Collector:
     services: list[Service] = field(default_factory=list)
     endpoint_sets: list[kube.EndpointSet] = field(default_factory=list)
     pods: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    pod_ports: list[kube.PodPorts] = field(default_factory=list)
     virtual_services: list[VirtualService] = field(default_factory=list)
     destination_rules: list[DestinationRule] = field(default_factory=list)
     sidecars: list[Sidecar] = field(default_factory=list)
@@ -99,6 +102,7 @@ class _Collector:
             found = kube.pod_labels(doc)
             if found is not None:
                 self.pods[found[0]] = found[1]
+            self.pod_ports.append(kube.pod_ports(doc))
         elif is_istio_configmap(value):
             self.set_mesh(doc, configmap_mesh(doc))
         else:
@@ -114,6 +118,7 @@ class _Collector:
             destination_rules=tuple(self.destination_rules),
             sidecars=tuple(self.sidecars),
             files=files,
+            pods=tuple(self.pod_ports),
         )
 
 

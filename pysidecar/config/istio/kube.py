@@ -7,7 +7,9 @@ Promises:
 - Port protocol: `appProtocol`, else the port name prefix (`http-web` → HTTP), else sniffed.
 - Endpoints come from EndpointSlices (label `kubernetes.io/service-name`) or the legacy
   Endpoints object of the same name; only ready addresses serve. A Pod document lends its
-  labels to the endpoint with its IP, so DestinationRule subsets can select them.
+  labels to the endpoint with its IP, so DestinationRule subsets can select them, and its named
+  container ports to the inbound side (a Service's named targetPort).
+- `spec.selector` is kept: it says which workloads serve the Service (the inbound side).
 - Fields of the objects we do not act on (status, selectors, node ports) are accepted.
 """
 
@@ -115,6 +117,7 @@ def service(doc: Node) -> Service:
             mesh_external=False,
             kubernetes=True,
             ref=meta.ref,
+            selector=string_map(f.get("selector")),
         )
 
 
@@ -176,6 +179,33 @@ def pod_labels(doc: Node) -> tuple[str, tuple[tuple[str, str], ...]] | None:
     return str(ip), string_map(doc.child("metadata", md).child("labels", md.get("labels")))
 
 
+@dataclass(frozen=True, slots=True)
+class PodPorts:
+    """A Pod document's labels and named container ports: resolves named targetPorts inbound."""
+
+    labels: tuple[tuple[str, str], ...]
+    ports: tuple[tuple[str, int], ...]
+
+
+def _member(node: Node, key: str) -> Node:
+    """A key of a mapping we only partly read (a Pod's spec): absent or not a mapping → null."""
+    value = node.value.get(key) if isinstance(node.value, dict) else None
+    return node.child(key, value)
+
+
+def pod_ports(doc: Node) -> PodPorts:
+    """Labels and `spec.containers[].ports[]` (name → containerPort) of a Pod document; the
+    rest of the pod spec is not looked at."""
+    labels = string_map(_member(_member(doc, "metadata"), "labels"))
+    ports: list[tuple[str, int]] = []
+    for c in _member(_member(doc, "spec"), "containers").items():
+        for p in _member(c, "ports").items():
+            pf = p.fields("name", "container_port", "protocol", "host_port", "host_i_p")
+            if "name" in pf and pf.opt("protocol", Node.string, "TCP").upper() == "TCP":
+                ports.append((pf.require("name").string(), pf.require("container_port").integer(1, 65535)))
+    return PodPorts(labels, tuple(ports))
+
+
 def attach_endpoints(
     services: list[Service], sets: list[EndpointSet], pods: dict[str, tuple[tuple[str, str], ...]]
 ) -> list[Service]:
@@ -194,4 +224,4 @@ def attach_endpoints(
     return out
 
 
-__all__ = ["EndpointSet", "Protocol", "attach_endpoints", "endpoint_slice", "endpoints", "pod_labels", "service"]
+__all__ = ["EndpointSet", "PodPorts", "Protocol", "attach_endpoints", "endpoint_slice", "endpoints", "pod_labels", "pod_ports", "service"]

@@ -116,6 +116,8 @@ class Service:
     kubernetes: bool = False
     # Where it came from (`ServiceEntry default/httpbin-ext`), for errors and warnings.
     ref: str = ""
+    # Kubernetes spec.selector: the pods (and so the sidecars) that serve it, for inbound.
+    selector: tuple[tuple[str, str], ...] = ()
 
     def port(self, number: int) -> ServicePort | None:
         for p in self.ports:

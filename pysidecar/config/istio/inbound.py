@@ -1,0 +1,219 @@
+"""The inbound side istiod builds for the workload this sidecar serves: virtualInbound chains.
+
+Promises:
+- `inbound_ports(services, labels, pods)` finds this workload's ports the way istiod's
+  ServiceTargets do: every port of a Kubernetes Service whose non-empty `spec.selector` matches
+  `labels`, keyed by its target port (a number, or a name resolved through the named container
+  ports of a Pod document carrying `labels`; unresolvable names are skipped with a warning).
+  Two Services on one target port: the first defined wins, as istiod's oldest-first, with a
+  warning when their protocols differ. Sorted by target port. No labels, no ports.
+- `build_inbound(ports, mesh)` gives, per target port P, istiod's names and shapes:
+  - HTTP ports (http, http2, grpc, grpc-web): chain `0.0.0.0_P` matching destination port P and
+    transport raw_buffer → HTTP connection manager, stat_prefix `inbound_0.0.0.0_P`,
+    `server_name: istio-envoy` (istiod's inbound ServerName), inline route config `inbound|P||`
+    with one virtual host `inbound|http|<service port>`, domains `*`, route `default` (prefix
+    `/`, timeout 0, retry on reset-before-request twice, decorator `<host>:<service port>/*`)
+    to cluster `inbound|P||`;
+  - sniffed ports (no protocol from name or appProtocol): that HTTP chain with ALPN
+    http/1.1 | h2c, plus a TCP chain;
+  - any other port: a TCP chain `0.0.0.0_P`, tcp_proxy stat_prefix and cluster `inbound|P||`;
+  - cluster `inbound|P||`: ORIGINAL_DST (CLUSTER_PROVIDED) from 127.0.0.6 / ::6, as istiod's
+    default inboundTrafficPolicy PASSTHROUGH builds it (the app sees 127.0.0.6 on its pod IP,
+    like InboundPassthroughCluster), mesh connect timeout, istiod's unlimited circuit breakers.
+- `with_inbound(bootstrap, inbound)` appends the chains to the virtualInbound listener, after
+  its blackhole and passthrough chains (as istiod orders them), and adds the clusters.
+- Plaintext chains only: istiod's shape under PeerAuthentication DISABLE, since there is no
+  mTLS here (istiod's default PERMISSIVE adds `tls` chains with Istio ALPNs in front).
+- Pure: labels and Pod ports are inputs; nothing is read from the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+
+from pysidecar.config.istio import routes as rt
+from pysidecar.config.istio.clusters import ISTIO_CIRCUIT_BREAKERS
+from pysidecar.config.istio.kube import PodPorts
+from pysidecar.config.istio.registry import Protocol, Service, ServicePort
+from pysidecar.config.sidecar import INBOUND_PASSTHROUGH_BIND
+from pysidecar.model import (
+    VIRTUAL_INBOUND,
+    Bootstrap,
+    Cluster,
+    ClusterType,
+    FilterChain,
+    FilterChainMatch,
+    LbPolicy,
+    MeshConfig,
+    TcpProxy,
+)
+from pysidecar.model.http import (
+    Decorator,
+    HttpConnectionManager,
+    RetryPolicy,
+    Route,
+    RouteAction,
+    RouteConfiguration,
+    RouteMatch,
+    VirtualHost,
+)
+
+log = logging.getLogger(__name__)
+
+# istiod's ProxyHeaders ServerName for every listener class but sidecar outbound ("envoy").
+INBOUND_SERVER_NAME = "istio-envoy"
+# The virtual listener's wildcard: it names inbound chains and their stat prefixes.
+WILDCARD = "0.0.0.0"
+PLAINTEXT = "raw_buffer"
+HTTP_ALPNS = ("http/1.1", "h2c")
+# istiod (1.24+, EnableInboundRetryPolicy) on the inbound default route: retry a request the
+# app reset before it was sent (an app restarting), never one it may have seen.
+INBOUND_RETRY = RetryPolicy(retry_on=("reset-before-request",), num_retries=2)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundPort:
+    """One workload port istiod builds inbound config for (its inboundChainConfig)."""
+
+    target_port: int  # the destination port chains match, and the cluster's name
+    service_port: int  # names the virtual host and the decorator
+    protocol: Protocol
+    hostname: str  # the service it came from (decorator)
+    ref: str  # for warnings
+
+    @property
+    def cluster_name(self) -> str:
+        """istiod's BuildInboundSubsetKey."""
+        return f"inbound|{self.target_port}||"
+
+    @property
+    def chain_name(self) -> str:
+        return f"{WILDCARD}_{self.target_port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    chains: tuple[FilterChain, ...] = ()
+    clusters: tuple[Cluster, ...] = ()
+
+
+# -- which ports -----------------------------------------------------------------------------
+
+
+def selects(selector: Iterable[tuple[str, str]], labels: Mapping[str, str]) -> bool:
+    """Kubernetes' equality selector; an empty one selects nothing (a Service without one has
+    no endpoints managed for it)."""
+    wanted = tuple(selector)
+    return bool(wanted) and all(labels.get(k) == v for k, v in wanted)
+
+
+def _named_ports(pods: Iterable[PodPorts], labels: Mapping[str, str]) -> dict[str, int]:
+    """Named container ports of the Pod documents that are this workload (carry its labels)."""
+    out: dict[str, int] = {}
+    for pod in pods:
+        if all(dict(pod.labels).get(k) == v for k, v in labels.items()):
+            for name, number in pod.ports:
+                out.setdefault(name, number)
+    return out
+
+
+def _target_port(svc: Service, port: ServicePort, named: Mapping[str, int]) -> int | None:
+    if port.target_port_name is None:
+        return port.target_port or port.number
+    found = named.get(port.target_port_name)
+    if found is None:
+        log.warning(
+            "%s: port %d: targetPort %r is a name no Pod document with the workload labels declares; "
+            "no inbound chain for it", svc.ref, port.number, port.target_port_name,
+        )  # fmt: skip
+    return found
+
+
+def inbound_ports(
+    services: Iterable[Service], labels: Mapping[str, str], pods: Iterable[PodPorts] = ()
+) -> tuple[InboundPort, ...]:
+    if not labels:
+        return ()
+    named = _named_ports(pods, labels)
+    by_port: dict[int, InboundPort] = {}
+    for svc in services:
+        if not svc.kubernetes or not selects(svc.selector, labels):
+            continue
+        for port in svc.ports:
+            target = _target_port(svc, port, named)
+            if target is None or port.protocol is Protocol.UDP:
+                continue
+            found = InboundPort(target, port.number, port.protocol, svc.hostname, svc.ref)
+            first = by_port.setdefault(target, found)
+            if first is not found and first.protocol is not found.protocol:
+                log.warning(
+                    "%s: target port %d is already served as %s by %s; port %d (%s) ignored",
+                    svc.ref, target, first.protocol.value, first.ref, port.number, port.protocol.value,
+                )  # fmt: skip
+    return tuple(by_port[p] for p in sorted(by_port))
+
+
+# -- what istiod builds for them -------------------------------------------------------------
+
+
+def default_route(p: InboundPort) -> Route:
+    """istiod's BuildDefaultHTTPInboundRoute."""
+    return Route(
+        match=RouteMatch(prefix="/"),
+        name=rt.DEFAULT_ROUTE,
+        route=RouteAction(cluster=p.cluster_name, timeout=0.0, retry_policy=INBOUND_RETRY),
+        decorator=Decorator(f"{p.hostname}:{p.service_port}/*"),
+    )
+
+
+def connection_manager(p: InboundPort) -> HttpConnectionManager:
+    """istiod's inbound HCM: the outbound one's shape (router, websocket, no stream idle
+    timeout), its own stat prefix and server name, one wildcard virtual host."""
+    vhost = VirtualHost(name=f"inbound|http|{p.service_port}", domains=("*",), routes=(default_route(p),))
+    rc = RouteConfiguration(name=p.cluster_name, virtual_hosts=(vhost,), validate_clusters=False)
+    hcm = rt.connection_manager(f"inbound_{p.chain_name}", rc)
+    return replace(hcm, server_name=INBOUND_SERVER_NAME)
+
+
+def _match(p: InboundPort, alpns: tuple[str, ...] = ()) -> FilterChainMatch:
+    return FilterChainMatch(destination_port=p.target_port, transport_protocol=PLAINTEXT, application_protocols=alpns)
+
+
+def filter_chains(p: InboundPort) -> tuple[FilterChain, ...]:
+    http = FilterChain(p.chain_name, (connection_manager(p),), _match(p))
+    tcp = FilterChain(p.chain_name, (TcpProxy(stat_prefix=p.cluster_name, cluster=p.cluster_name),), _match(p))
+    if p.protocol.is_http:
+        return (http,)
+    if p.protocol is Protocol.UNSUPPORTED:
+        # Sniffed: the HTTP chain only for what the HTTP inspector recognised.
+        return (replace(http, filter_chain_match=_match(p, HTTP_ALPNS)), tcp)
+    return (tcp,)
+
+
+def cluster(p: InboundPort, mesh: MeshConfig) -> Cluster:
+    return Cluster(
+        name=p.cluster_name,
+        type=ClusterType.ORIGINAL_DST,
+        connect_timeout=mesh.connect_timeout,
+        lb_policy=LbPolicy.CLUSTER_PROVIDED,
+        upstream_bind_addresses=INBOUND_PASSTHROUGH_BIND,
+        circuit_breakers=ISTIO_CIRCUIT_BREAKERS,
+    )
+
+
+def build_inbound(ports: Iterable[InboundPort], mesh: MeshConfig) -> Inbound:
+    ports = tuple(ports)
+    return Inbound(
+        chains=tuple(c for p in ports for c in filter_chains(p)),
+        clusters=tuple(cluster(p, mesh) for p in ports),
+    )
+
+
+def with_inbound(b: Bootstrap, inbound: Inbound) -> Bootstrap:
+    listeners = tuple(
+        replace(x, filter_chains=x.filter_chains + inbound.chains) if x.name == VIRTUAL_INBOUND else x
+        for x in b.listeners
+    )
+    return replace(b, listeners=listeners, clusters=b.clusters + inbound.clusters)
