@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 
+from pysidecar.config.access_log import access_logs
 from pysidecar.config.node import ConfigError, Node, load_documents
 from pysidecar.model import (
     DEFAULT_BUFFER_LIMIT,
@@ -82,7 +83,8 @@ def _filter_type(f_node: Node, known_names: dict[str, str]) -> tuple[str, Node]:
 
 def tcp_proxy(node: Node) -> TcpProxy:
     f = node.fields(
-        "@type", "stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts"
+        "@type", "stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts",
+        "access_log",
     )
     if (attempts := f.get("max_connect_attempts")) is not None:
         attempts.integer(1, 1)  # we make one connect attempt, as Envoy's default does
@@ -104,6 +106,7 @@ def tcp_proxy(node: Node) -> TcpProxy:
         cluster=cluster.string() if cluster is not None else None,
         weighted_clusters=tuple(weights),
         idle_timeout=idle.duration() if idle is not None else DEFAULT_TCP_IDLE_TIMEOUT,
+        access_log=access_logs(f.get("access_log")),
     )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 
 from pysidecar.config import envoy
+from pysidecar.config.access_log import access_logs
 from pysidecar.config.node import Fields, Node
 from pysidecar.model import Bootstrap
 from pysidecar.model.http import (
@@ -583,7 +584,7 @@ def http_connection_manager(node: Node) -> HttpConnectionManager:
         "common_http_protocol_options", "max_request_headers_kb", "upgrade_configs",
         "use_remote_address", "normalize_path", "merge_slashes", "path_with_escaped_slashes_action",
         "request_id_extension", "generate_request_id", "proxy_100_continue", "http_protocol_options",
-        "server_header_transformation", "delayed_close_timeout", "drain_timeout",
+        "server_header_transformation", "delayed_close_timeout", "drain_timeout", "access_log",
     )  # fmt: skip
     if "rds" in (node.value or {}):
         node.fail("rds is not supported: give an inline route_config")
@@ -645,6 +646,7 @@ def http_connection_manager(node: Node) -> HttpConnectionManager:
         max_request_headers_kb=f.opt("max_request_headers_kb", lambda n: n.integer(1, 8192), 60),
         upgrade_types=tuple(upgrades),
         proxy_100_continue=f.opt("proxy_100_continue", Node.boolean, False),
+        access_log=access_logs(f.get("access_log")),
     )
 
 

@@ -10,10 +10,12 @@ Promises:
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pysidecar.model import (
     DEFAULT_PANIC_THRESHOLD,
+    AccessLogConfig,
     CircuitBreakers,
     Cluster,
     ClusterType,
@@ -37,6 +39,7 @@ from pysidecar.model.http import (
     RouteMatch,
     VirtualHost,
 )
+from pysidecar.observe.access_format import ISTIO_JSON_FIELDS, ISTIO_TEXT_FORMAT
 
 T = "type.googleapis.com/"
 TCP_PROXY = T + "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
@@ -281,7 +284,27 @@ def http_connection_manager(h: HttpConnectionManager) -> dict[str, Any]:
         out["tracing"] = {}
     if h.upgrade_types:
         out["upgrade_configs"] = [{"upgrade_type": u} for u in h.upgrade_types]
+    if h.access_log:
+        out["access_log"] = [access_log(a) for a in h.access_log]
     return out
+
+
+FILE_ACCESS_LOG = T + "envoy.extensions.access_loggers.file.v3.FileAccessLog"
+
+
+def access_log(a: AccessLogConfig) -> dict[str, Any]:
+    cfg: dict[str, Any] = {"@type": FILE_ACCESS_LOG, "path": a.path}
+    if a.encoding == "JSON":
+        # Without a format, Istio's JSON keys; Envoy needs them spelled out.
+        fields = json.loads(a.format) if a.format else ISTIO_JSON_FIELDS
+        cfg["log_format"] = {"json_format": fields}
+    elif a.format:
+        # pysidecar ends every text line with a newline; Envoy writes only what the format says.
+        text = a.format if a.format.endswith("\n") else a.format + "\n"
+        cfg["log_format"] = {"text_format_source": {"inline_string": text}}
+    else:
+        cfg["log_format"] = {"text_format_source": {"inline_string": ISTIO_TEXT_FORMAT}}
+    return {"name": "envoy.access_loggers.file", "typed_config": cfg}
 
 
 # -- listeners and clusters ------------------------------------------------------------------
@@ -294,6 +317,8 @@ def network_filter(f: NetworkFilter) -> dict[str, Any]:
             cfg["cluster"] = f.cluster
         else:
             cfg["weighted_clusters"] = {"clusters": [{"name": w.name, "weight": w.weight} for w in f.weighted_clusters]}
+        if f.access_log:
+            cfg["access_log"] = [access_log(a) for a in f.access_log]
         return {"name": "envoy.filters.network.tcp_proxy", "typed_config": cfg}
     return {"name": "envoy.filters.network.http_connection_manager", "typed_config": http_connection_manager(f)}
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from pysidecar.model.access_log import AccessLogConfig as AccessLogConfig
 from pysidecar.model.http import HttpConnectionManager
 
 # Envoy's cluster connect_timeout default is 5s; Istio's sidecar sets 10s (MeshConfig.connectTimeout).
@@ -156,6 +157,7 @@ class TcpProxy:
     cluster: str | None = None
     weighted_clusters: tuple[WeightedCluster, ...] = ()
     idle_timeout: float = DEFAULT_TCP_IDLE_TIMEOUT
+    access_log: tuple[AccessLogConfig, ...] = ()
 
     @property
     def cluster_names(self) -> tuple[str, ...]:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from pysidecar.model.access_log import AccessLogConfig
+
 # Plain Envoy's route timeout when a route does not set one (Istio always sets 0s).
 DEFAULT_ROUTE_TIMEOUT = 15.0
 # Envoy's retry backoff: base_interval 25 ms, max_interval 10x base.
@@ -267,6 +269,7 @@ class HttpConnectionManager:
     upgrade_types: tuple[str, ...] = ()  # upgrade_configs[].upgrade_type, lower-case
     # Envoy's proxy_100_continue: false → Envoy answers `100 Continue` itself.
     proxy_100_continue: bool = False
+    access_log: tuple[AccessLogConfig, ...] = ()
 
     @property
     def cluster_names(self) -> tuple[str, ...]:

@@ -1,11 +1,10 @@
 """The access log: its settings, and a buffered writer each worker owns.
 
 Promises:
-- `AccessLogConfig` is what Istio's MeshConfig says (accessLogFile, accessLogEncoding,
-  accessLogFormat) and what `pysidecar run --access-log PATH --access-log-format F` says:
-  path None means off; encoding TEXT or JSON; format None means Istio's default for the
-  encoding. For JSON a format is a JSON object of key → format string. `formatter()` checks and
-  compiles it, so a bad format fails at config load.
+- Settings are the model's `AccessLogConfig`, from Istio's MeshConfig (accessLogFile,
+  accessLogEncoding, accessLogFormat), from `pysidecar run --access-log PATH
+  --access-log-format F` (`from_flags`), or from an Envoy filter's `access_log` list.
+  `formatter(config)` checks and compiles the format, so a bad one fails at config load.
 - `AccessLog` writes whole lines to a file opened with O_APPEND, so several workers can share
   one file (or /dev/stdout) without tearing lines. Lines are buffered and written once a second
   (Envoy's file flush interval) or when 64 KiB are waiting, so the data path does no syscall
@@ -17,9 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from dataclasses import dataclass
-from typing import Literal
 
+from pysidecar.model import AccessLogConfig
 from pysidecar.observe.access_format import (
     ISTIO_JSON_FIELDS,
     ISTIO_TEXT_FORMAT,
@@ -34,33 +32,28 @@ FLUSH_INTERVAL = 1.0  # Envoy's access log file_flush_interval default
 FLUSH_BYTES = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class AccessLogConfig:
-    path: str | None = None
-    encoding: Literal["TEXT", "JSON"] = "TEXT"
-    format: str | None = None
+def from_flags(path: str | None, fmt: str | None) -> AccessLogConfig:
+    """`--access-log-format text|json|<format>`: a format starting with `{` is JSON."""
+    if fmt is None or fmt.lower() == "text":
+        return AccessLogConfig(path, "TEXT")
+    if fmt.lower() == "json":
+        return AccessLogConfig(path, "JSON")
+    return AccessLogConfig(path, "JSON" if fmt.lstrip().startswith("{") else "TEXT", fmt)
 
-    @classmethod
-    def from_flags(cls, path: str | None, fmt: str | None) -> AccessLogConfig:
-        """`--access-log-format text|json|<format>`: a format starting with `{` is JSON."""
-        if fmt is None or fmt.lower() == "text":
-            return cls(path, "TEXT")
-        if fmt.lower() == "json":
-            return cls(path, "JSON")
-        return cls(path, "JSON" if fmt.lstrip().startswith("{") else "TEXT", fmt)
 
-    def formatter(self) -> Formatter:
-        if self.encoding == "TEXT":
-            return compile_text(self.format or ISTIO_TEXT_FORMAT)
-        if self.format is None:
-            return compile_json(ISTIO_JSON_FIELDS)
-        try:
-            fields = json.loads(self.format)
-        except json.JSONDecodeError as e:
-            raise FormatError(f"JSON access log format is not a JSON object: {e}") from e
-        if not isinstance(fields, dict) or not all(isinstance(v, str) for v in fields.values()):
-            raise FormatError("JSON access log format must map keys to format strings")
-        return compile_json(fields)
+def formatter(config: AccessLogConfig) -> Formatter:
+    """The compiled line formatter; raises FormatError for a bad format (checked at load)."""
+    if config.encoding == "TEXT":
+        return compile_text(config.format or ISTIO_TEXT_FORMAT)
+    if config.format is None:
+        return compile_json(ISTIO_JSON_FIELDS)
+    try:
+        fields = json.loads(config.format)
+    except json.JSONDecodeError as e:
+        raise FormatError(f"JSON access log format is not a JSON object: {e}") from e
+    if not isinstance(fields, dict) or not all(isinstance(v, str) for v in fields.values()):
+        raise FormatError("JSON access log format must map keys to format strings")
+    return compile_json(fields)
 
 
 class AccessLog:
@@ -68,7 +61,7 @@ class AccessLog:
 
     def __init__(self, config: AccessLogConfig, loop: asyncio.AbstractEventLoop) -> None:
         assert config.path is not None
-        self.format = config.formatter()
+        self.format = formatter(config)
         self.loop = loop
         self.fd = os.open(config.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self._lines: list[str] = []

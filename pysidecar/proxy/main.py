@@ -34,10 +34,10 @@ import uvloop
 from pysidecar.config.loader import load
 from pysidecar.config.node import ConfigError
 from pysidecar.config.watch import ConfigWatcher, ReloadState
-from pysidecar.model import Bootstrap
+from pysidecar.model import AccessLogConfig, Bootstrap
 from pysidecar.observe import http_server, workload
 from pysidecar.observe.access_format import FormatError
-from pysidecar.observe.access_log import AccessLogConfig
+from pysidecar.observe.access_log import formatter, from_flags
 from pysidecar.observe.admin import admin_routes, readiness_routes, stats_routes
 from pysidecar.observe.host_stats import HostSnapshot, merge_hosts
 from pysidecar.observe.stats import Kind, merge
@@ -303,7 +303,7 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"pysidecar: configuration error: {e}", file=sys.stderr)
         return 2
-    access_log = AccessLogConfig.from_flags(args.access_log, args.access_log_format)
+    access_log = from_flags(args.access_log, args.access_log_format)
     mesh = bootstrap.mesh
     if args.access_log is None and mesh.access_log_file:
         # The flags win; without them, Istio's MeshConfig accessLogFile turns the log on.
@@ -313,7 +313,7 @@ def main(args: argparse.Namespace) -> int:
             mesh.access_log_format or None,
         )
     try:
-        access_log.formatter()  # compiled again in each worker; here to fail before binding
+        formatter(access_log)  # compiled again in each worker; here to fail before binding
     except FormatError as e:
         print(f"pysidecar: configuration error: --access-log-format: {e}", file=sys.stderr)
         return 2

@@ -29,9 +29,9 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pysidecar.model import Bootstrap, Listener, SocketAddress, TrafficDirection
+from pysidecar.model import AccessLogConfig, Bootstrap, Listener, SocketAddress, TrafficDirection
 from pysidecar.observe import workload
-from pysidecar.observe.access_log import AccessLog, AccessLogConfig
+from pysidecar.observe.access_log import AccessLog
 from pysidecar.observe.host_stats import HostSnapshot, HostStats
 from pysidecar.observe.istio_metrics import IstioRecorder
 from pysidecar.observe.stats import StatsStore
@@ -98,6 +98,8 @@ class Worker:
         self.access_log = (
             AccessLog(access_log, self.loop) if access_log is not None and access_log.path else None
         )
+        self.filter_logs: dict[str | None, tuple[AccessLog, ...]] = {}
+        self._filter_writers: dict[AccessLogConfig, AccessLog] = {}
         self.clusters = ClusterManager(self.stats, self.loop)
         self.rng = random.Random()
         self.connections: set[Any] = set()
@@ -112,6 +114,7 @@ class Worker:
         self.clusters.update(bootstrap.clusters)
         await self.clusters.warm()
         self.snapshot = Snapshot.of(bootstrap)
+        self._open_filter_logs(bootstrap)
         wanted: dict[tuple[str, int], tuple[Listener, bool]] = {}
         for lis in bootstrap.listeners:
             if not lis.bind_to_port:
@@ -144,6 +147,30 @@ class Worker:
         return make
 
     # -- observability -----------------------------------------------------------------------
+    def _open_filter_logs(self, bootstrap: Bootstrap) -> None:
+        """The `access_log` lists of each listener's network filters, one writer per setting.
+
+        Keyed by listener name, which every StreamInfo carries: a listener whose chains log
+        differently logs each stream to the union of its chains' logs (good enough for the
+        one-HCM-per-listener configs Istio and the seeds write)."""
+        writers: dict[AccessLogConfig, AccessLog] = {}
+        by_listener: dict[str | None, tuple[AccessLog, ...]] = {}
+        for lis in bootstrap.listeners:
+            chains = [*lis.filter_chains, *([lis.default_filter_chain] if lis.default_filter_chain else [])]
+            configs = dict.fromkeys(a for c in chains for f in c.filters for a in f.access_log)
+            if configs:
+                by_listener[lis.name] = tuple(
+                    writers.get(a) or writers.setdefault(a, self._filter_writer(a)) for a in configs
+                )
+        for config, old in self._filter_writers.items():
+            if config not in writers:
+                old.close()
+        self._filter_writers = writers
+        self.filter_logs = by_listener
+
+    def _filter_writer(self, config: AccessLogConfig) -> AccessLog:
+        return self._filter_writers.get(config) or AccessLog(config, self.loop)
+
     def stream_complete(self, info: StreamInfo) -> None:
         """A TCP connection or HTTP request is finished: metrics, host counters, access log."""
         self.istio.record(info, info.listener_name in self.snapshot.inbound)
@@ -151,6 +178,8 @@ class Worker:
         log = self.access_log
         if log is not None:
             log.log(info)
+        for filter_log in self.filter_logs.get(info.listener_name, ()):
+            filter_log.log(info)
 
     def host_snapshot(self) -> HostSnapshot:
         configured = {
@@ -203,6 +232,10 @@ class Worker:
         if self.access_log is not None:
             self.access_log.close()
             self.access_log = None
+        for writer in self._filter_writers.values():
+            writer.close()
+        self._filter_writers = {}
+        self.filter_logs = {}
 
     async def run(self, control_sock: socket.socket | None) -> int:
         self.loop.add_signal_handler(signal.SIGTERM, self._stopping.set)

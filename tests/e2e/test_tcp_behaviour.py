@@ -239,3 +239,36 @@ def test_round_robin_spreads_over_endpoints(lab: Lab) -> None:
         r = app.run(["curl", "-s", "-D", "-", "-o", "/dev/null", "http://127.0.0.1:7000/"], check=True)
         seen.append(next(x.split(":")[1].strip() for x in r.stdout.splitlines() if x.lower().startswith("x-served-by")))
     assert seen.count("a") == 3 and seen.count("b") == 3
+
+
+def test_tcp_proxy_access_log_writes_a_line_per_connection(lab: Lab) -> None:
+    app = lab.add_pod("app")
+    ext = lab.add_pod("ext", address="198.19.0.10")
+    ext.spawn_server("echo", 9002)
+    log = Path(lab.logdir) / "tcp-access.log"
+    log.touch()
+    log.chmod(0o666)  # the proxy runs as uid 1337
+    config = one_listener(7000, static_cluster("198.19.0.10", 9002)).replace(
+        "          idle_timeout: 3600s",
+        f"""          idle_timeout: 3600s
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {log}
+              log_format: {{text_format_source: {{inline_string: "%UPSTREAM_HOST% %BYTES_RECEIVED% %BYTES_SENT%\\n"}}}}""",
+    )
+    start_sidecar(app, config=write_config(lab, "log.yaml", config), intercept=False, ready_port=7000)
+    for payload in (b"one\n", b"three\n"):
+        s = connect(app, "127.0.0.1", 7000)
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        assert recv_all(s) == payload
+        s.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the log is flushed once a second
+        lines = log.read_text().splitlines() if log.exists() else []
+        if len(lines) == 2:
+            break
+        time.sleep(0.1)
+    assert sorted(lines) == ["198.19.0.10:9002 4 4", "198.19.0.10:9002 6 6"]

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from pysidecar.model import AccessLogConfig
 from pysidecar.observe.access_format import FormatError, compile_json, compile_text, iso_time
-from pysidecar.observe.access_log import AccessLog, AccessLogConfig
+from pysidecar.observe.access_log import AccessLog, formatter, from_flags
 from pysidecar.observe.stream_info import StreamInfo
 
 START = 1606339578.409  # 2020-11-25T21:26:18.409Z
@@ -54,7 +55,7 @@ def tcp_record(flags: list[str], cluster: str = "BlackHoleCluster") -> StreamInf
 
 
 def test_istio_text_line_for_http_matches_istios() -> None:
-    line = AccessLogConfig("/dev/null").formatter()(http_record())
+    line = formatter(AccessLogConfig("/dev/null"))(http_record())
     assert line == (
         '[2020-11-25T21:26:18.409Z] "GET /status/418 HTTP/1.1" 418 - via_upstream - "-" 0 135 4 4 '
         '"-" "curl/7.73.0-DEV" "84961386-6d84-929d-98bd-c5aee93b5c88" "httpbin:8000" "10.44.1.27:80" '
@@ -64,7 +65,7 @@ def test_istio_text_line_for_http_matches_istios() -> None:
 
 
 def test_istio_text_line_for_a_blocked_tcp_connection() -> None:
-    line = AccessLogConfig("/dev/null").formatter()(tcp_record(["UH"]))
+    line = formatter(AccessLogConfig("/dev/null"))(tcp_record(["UH"]))
     assert line == (
         '[2020-11-25T21:26:18.409Z] "- - -" 0 UH - - "-" 0 0 1 - "-" "-" "-" "-" "-" BlackHoleCluster - '
         "198.19.0.10:9000 198.18.0.2:40000 - -\n"
@@ -80,7 +81,7 @@ def test_original_path_wins_over_path() -> None:
 
 
 def test_json_has_istios_keys_sorted_and_typed() -> None:
-    line = AccessLogConfig("/dev/null", "JSON").formatter()(http_record())
+    line = formatter(AccessLogConfig("/dev/null", "JSON"))(http_record())
     assert line.endswith("\n") and line.count("\n") == 1
     record = json.loads(line)
     assert list(record) == sorted(record)
@@ -90,7 +91,7 @@ def test_json_has_istios_keys_sorted_and_typed() -> None:
     assert record["x_forwarded_for"] is None
     assert record["response_flags"] == "-"
     assert record["upstream_cluster"] == "outbound|8000||httpbin.foo.svc.cluster.local"
-    tcp = json.loads(AccessLogConfig("/dev/null", "JSON").formatter()(tcp_record(["UF", "URX"])))
+    tcp = json.loads(formatter(AccessLogConfig("/dev/null", "JSON"))(tcp_record(["UF", "URX"])))
     assert tcp["method"] is None and tcp["response_code"] == 0 and tcp["response_flags"] == "UF,URX"
 
 
@@ -106,15 +107,15 @@ def test_custom_text_format_with_arguments_and_truncation() -> None:
 
 
 def test_custom_json_format_from_flags() -> None:
-    config = AccessLogConfig.from_flags("/dev/null", '{"code": "%RESPONSE_CODE%", "where": "%UPSTREAM_HOST% via x"}')
+    config = from_flags("/dev/null", '{"code": "%RESPONSE_CODE%", "where": "%UPSTREAM_HOST% via x"}')
     assert config.encoding == "JSON"
-    assert json.loads(config.formatter()(http_record())) == {"code": 418, "where": "10.44.1.27:80 via x"}
+    assert json.loads(formatter(config)(http_record())) == {"code": 418, "where": "10.44.1.27:80 via x"}
 
 
 def test_flags_choose_the_format() -> None:
-    assert AccessLogConfig.from_flags("/x", None) == AccessLogConfig("/x", "TEXT")
-    assert AccessLogConfig.from_flags("/x", "json") == AccessLogConfig("/x", "JSON")
-    assert AccessLogConfig.from_flags("/x", "%DURATION%") == AccessLogConfig("/x", "TEXT", "%DURATION%")
+    assert from_flags("/x", None) == AccessLogConfig("/x", "TEXT")
+    assert from_flags("/x", "json") == AccessLogConfig("/x", "JSON")
+    assert from_flags("/x", "%DURATION%") == AccessLogConfig("/x", "TEXT", "%DURATION%")
 
 
 @pytest.mark.parametrize("fmt", ["%NOT_AN_OPERATOR%", "%REQ()%", "%PROTOCOL(x)%"])
@@ -125,7 +126,7 @@ def test_unknown_operators_fail_at_load(fmt: str) -> None:
 
 def test_bad_json_format_fails_at_load() -> None:
     with pytest.raises(FormatError):
-        AccessLogConfig("/x", "JSON", "{not json").formatter()
+        formatter(AccessLogConfig("/x", "JSON", "{not json"))
     with pytest.raises(FormatError):
         compile_json({"a": "%NOPE%"})
 

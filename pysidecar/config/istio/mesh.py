@@ -18,9 +18,9 @@ import yaml
 
 from pysidecar.config.istio.meta import envelope
 from pysidecar.config.node import ConfigError, Node
-from pysidecar.model import MeshConfig, OutboundTrafficPolicy
+from pysidecar.model import AccessLogConfig, MeshConfig, OutboundTrafficPolicy
 from pysidecar.observe.access_format import FormatError
-from pysidecar.observe.access_log import AccessLogConfig
+from pysidecar.observe.access_log import formatter
 
 # MeshConfig fields we accept without acting on them: they steer istiod, not the data plane.
 IGNORED_FIELDS = (
@@ -140,7 +140,7 @@ def mesh_config(node: Node) -> MeshConfig:
     encoding = f.opt("access_log_encoding", lambda n: n.enum(["TEXT", "JSON"]), "TEXT")
     log_format = f.opt("access_log_format", Node.string, "")
     try:
-        AccessLogConfig("-", "JSON" if encoding == "JSON" else "TEXT", log_format or None).formatter()
+        formatter(AccessLogConfig("-", "JSON" if encoding == "JSON" else "TEXT", log_format or None))
     except FormatError as e:
         (f.get("access_log_format") or node).fail(str(e))
     default = MeshConfig()
