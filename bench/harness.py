@@ -227,7 +227,7 @@ class Target:
         out = []
         for pid in self.pids():
             with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"spawn_main" in f.read():
+                if b"pysidecar.proxy.worker_main" in f.read():
                     out.append(pid)
         return out
 

@@ -20,12 +20,12 @@ from collections.abc import Callable
 from typing import Any, cast
 
 Message = dict[str, Any]
-_HEADER = struct.Struct("!I")
+HEADER = struct.Struct("!I")
 
 
 def encode(msg: Message) -> bytes:
     body = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
-    return _HEADER.pack(len(body)) + body
+    return HEADER.pack(len(body)) + body
 
 
 class ControlProtocol(asyncio.Protocol):
@@ -46,12 +46,12 @@ class ControlProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
-        while len(self._buf) >= _HEADER.size:
-            (size,) = _HEADER.unpack_from(self._buf)
-            if len(self._buf) < _HEADER.size + size:
+        while len(self._buf) >= HEADER.size:
+            (size,) = HEADER.unpack_from(self._buf)
+            if len(self._buf) < HEADER.size + size:
                 return
-            body = bytes(self._buf[_HEADER.size : _HEADER.size + size])
-            del self._buf[: _HEADER.size + size]
+            body = bytes(self._buf[HEADER.size : HEADER.size + size])
+            del self._buf[: HEADER.size + size]
             request: Message = pickle.loads(body)
             try:
                 result = self._handler(request)
@@ -81,8 +81,8 @@ class ControlClient:
     async def _read_loop(self) -> None:
         try:
             while True:
-                header = await self._reader.readexactly(_HEADER.size)
-                (size,) = _HEADER.unpack(header)
+                header = await self._reader.readexactly(HEADER.size)
+                (size,) = HEADER.unpack(header)
                 msg: Message = pickle.loads(await self._reader.readexactly(size))
                 waiter = self._waiting.pop(msg.get("id") or 0, None)
                 if waiter is None:

@@ -4,8 +4,9 @@ Promises:
 - A config error is reported with file, YAML path and what was expected, and the command exits
   with status 2 before anything is bound.
 - `--concurrency N` worker processes (default 2, like Istio's sidecar) each bind every listener
-  with SO_REUSEPORT. A worker that cannot bind stops the start-up (exit 1); a worker that dies
-  later is replaced.
+  with SO_REUSEPORT. They are plain subprocesses (`python -m pysidecar.proxy.worker_main`) that
+  import only the data path. A worker that cannot bind stops the start-up (exit 1); a worker that
+  dies later is replaced.
 - The main process serves admin (127.0.0.1:15000 by default), Prometheus stats (:15090) and
   readiness (:15021) when the config names them; stats are merged over the workers on request.
 - `--access-log PATH` (a file or /dev/stdout) turns Envoy's access log on in every worker,
@@ -21,11 +22,10 @@ import argparse
 import asyncio
 import functools
 import logging
-import multiprocessing
-import multiprocessing.process
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -41,13 +41,13 @@ from pysidecar.observe.access_log import formatter, from_flags
 from pysidecar.observe.admin import admin_routes, readiness_routes, stats_routes
 from pysidecar.observe.host_stats import HostSnapshot, merge_hosts
 from pysidecar.observe.stats import Kind, merge
-from pysidecar.proxy.control import ControlClient, Message
+from pysidecar.proxy.control import ControlClient, Message, encode
+from pysidecar.proxy.logs import setup_logging
 
 log = logging.getLogger("pysidecar")
 
 # Istio's terminationDrainDuration default.
 DEFAULT_DRAIN_TIME = 5.0
-LOG_FORMAT = "[%(asctime)s][%(process)d][%(levelname)s][%(name)s] %(message)s"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,38 +75,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def _python_level(name: str) -> int:
-    return {
-        "trace": logging.DEBUG,
-        "warn": logging.WARNING,
-        "off": logging.CRITICAL + 10,
-    }.get(name, getattr(logging, name.upper(), logging.INFO))
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=_python_level(level), format=LOG_FORMAT, stream=sys.stderr, force=True)
-
-
-def worker_main(
-    bootstrap: Bootstrap,
-    index: int,
-    drain_time: float,
-    sock: socket.socket,
-    level: str,
-    access_log: AccessLogConfig | None = None,
-) -> None:
-    """Entry point of a worker process (spawned, so it starts from a clean interpreter)."""
-    from pysidecar.proxy.worker import Worker
-
-    setup_logging(level)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides on Ctrl-C
-
-    async def run() -> int:
-        return await Worker(bootstrap, index, drain_time, access_log).run(sock)
-
-    sys.exit(uvloop.run(run()))
-
-
 class Supervisor:
     """The main process's state; implements admin's ProxyState."""
 
@@ -116,8 +84,7 @@ class Supervisor:
         self.concurrency: int = max(1, args.concurrency)
         self.started = time.time()
         self.healthy = True
-        self._ctx = multiprocessing.get_context("spawn")
-        self._procs: dict[int, multiprocessing.process.BaseProcess] = {}
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._clients: dict[int, ControlClient] = {}
         self._ready: set[int] = set()
         self._ever_ready: set[int] = set()
@@ -184,24 +151,27 @@ class Supervisor:
     async def _start_worker(self, index: int) -> None:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
-        proc = self._ctx.Process(
-            target=worker_main,
-            args=(
-                self.bootstrap,
-                index,
-                self.args.drain_time,
-                theirs,
-                self.args.log_level,
-                getattr(self.args, "access_log_config", None),
-            ),
-            name=f"pysidecar-worker-{index}",
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pysidecar.proxy.worker_main", str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
         )
-        proc.start()
         theirs.close()
+        start = {
+            "bootstrap": self.bootstrap,
+            "index": index,
+            "drain_time": self.args.drain_time,
+            "log_level": self.args.log_level,
+            "access_log": getattr(self.args, "access_log_config", None),
+        }
+        # Before the socket joins the loop: a blocking send of one frame the worker reads first.
+        ours.sendall(encode(start))
         self._procs[index] = proc
         reader, writer = await asyncio.open_connection(sock=ours)
         self._clients[index] = ControlClient(reader, writer, self._on_event)
-        loop.add_reader(proc.sentinel, self._on_exit, index, proc)
+        # A pidfd turns readable when the process exits: exit notice without SIGCHLD handling.
+        pidfd = os.pidfd_open(proc.pid)
+        loop.add_reader(pidfd, self._on_exit, index, proc, pidfd)
 
     def _on_event(self, msg: Message) -> None:
         if msg.get("op") == "ready":
@@ -210,10 +180,11 @@ class Supervisor:
             if len(self._ready) == self.concurrency:
                 log.info("all %d workers ready", self.concurrency)
 
-    def _on_exit(self, index: int, proc: multiprocessing.process.BaseProcess) -> None:
+    def _on_exit(self, index: int, proc: subprocess.Popen[bytes], pidfd: int) -> None:
         loop = asyncio.get_running_loop()
-        loop.remove_reader(proc.sentinel)
-        proc.join(0)
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        proc.wait()
         self._ready.discard(index)
         client = self._clients.pop(index, None)
         if client is not None:
@@ -225,10 +196,10 @@ class Supervisor:
                 self._done.set_result(0)
             return
         if index not in self._ever_ready:
-            log.error("worker %d exited with status %s before it was ready", index, proc.exitcode)
+            log.error("worker %d exited with status %s before it was ready", index, proc.returncode)
             self.shutdown(exit_code=1)
             return
-        log.error("worker %d exited with status %s; starting a new one", index, proc.exitcode)
+        log.error("worker %d exited with status %s; starting a new one", index, proc.returncode)
         self._tasks.add(task := loop.create_task(self._start_worker(index)))
         task.add_done_callback(self._tasks.discard)
 
@@ -239,8 +210,8 @@ class Supervisor:
         self._exit_code = exit_code
         log.info("shutting down: draining for up to %.1fs", self.args.drain_time)
         for proc in self._procs.values():
-            if proc.pid is not None:
-                os.kill(proc.pid, signal.SIGTERM)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
         if not self._procs and self._done is not None and not self._done.done():
             self._done.set_result(0)
 
@@ -282,11 +253,11 @@ class Supervisor:
     async def _reap(self) -> None:
         deadline = time.monotonic() + self.args.drain_time + 5.0
         for proc in list(self._procs.values()):
-            while proc.is_alive() and time.monotonic() < deadline:
+            while proc.poll() is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-            if proc.is_alive():
+            if proc.poll() is None:
                 proc.kill()
-            proc.join(1)
+                proc.wait(1)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -207,7 +207,7 @@ class Worker:
             self.stop_accepting()
             return True
         if op == "logging":
-            from pysidecar.proxy.main import setup_logging
+            from pysidecar.proxy.logs import setup_logging
 
             setup_logging(str(msg["level"]))
             return True

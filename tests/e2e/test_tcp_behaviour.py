@@ -167,7 +167,7 @@ def test_a_killed_worker_is_replaced(lab: Lab) -> None:
 
 
 def _descendants(pid: int) -> list[int]:
-    """Worker processes: descendants of `pid` running `multiprocessing.spawn`."""
+    """Worker processes: descendants of `pid` running `pysidecar.proxy.worker_main`."""
     out: list[int] = []
     todo = [pid]
     while todo:
@@ -182,7 +182,7 @@ def _descendants(pid: int) -> list[int]:
                 cmd = Path(f"/proc/{k}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"multiprocessing" in cmd and b"resource_tracker" not in cmd:
+            if b"pysidecar.proxy.worker_main" in cmd:
                 out.append(k)
     return sorted(out)
 
