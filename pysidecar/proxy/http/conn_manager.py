@@ -60,6 +60,7 @@ class HttpConnection(asyncio.Protocol):
         "destination",
         "draining",
         "head_size",
+        "head_started",
         "headers_timer",
         "idle_timer",
         "listener_name",
@@ -111,6 +112,7 @@ class HttpConnection(asyncio.Protocol):
         self.paused_upstream: UpstreamConnection | None = None
         self.head_size = 0
         self.headers_timer: asyncio.TimerHandle | None = None
+        self.head_started = 0.0  # loop time the request head in progress began; 0: none
         self.idle_timer: asyncio.TimerHandle | None = None
         self.listener_name: str | None = None
         self.local_address: str | None = None
@@ -220,7 +222,7 @@ class HttpConnection(asyncio.Protocol):
         self.transport.write(data)
 
     def writelines(self, parts: list[bytes]) -> None:
-        self.stats.downstream_cx_tx_bytes_total += sum(len(p) for p in parts)
+        self.stats.downstream_cx_tx_bytes_total += sum(map(len, parts))
         assert self.transport is not None
         self.transport.writelines(parts)
 
@@ -234,8 +236,12 @@ class HttpConnection(asyncio.Protocol):
         self.parsing = st
         self.head_size = 0
         timeout = self.cfg.config.request_headers_timeout
-        if timeout > 0 and self.headers_timer is None:
-            self.headers_timer = self.loop.call_later(timeout, self._on_headers_timeout)
+        if timeout > 0:
+            # One lazy timer per connection, not a timer per request: it checks the deadline of
+            # the head in progress when it fires (see _on_headers_timeout).
+            self.head_started = self.loop.time()
+            if self.headers_timer is None:
+                self.headers_timer = self.loop.call_later(timeout, self._on_headers_timeout)
 
     def on_url(self, url: bytes) -> None:
         self._count_head(len(url))
@@ -251,9 +257,7 @@ class HttpConnection(asyncio.Protocol):
         self.parsing.headers.append((name.lower(), value))  # type: ignore[union-attr]
 
     def on_headers_complete(self) -> None:
-        if self.headers_timer is not None:
-            self.headers_timer.cancel()
-            self.headers_timer = None
+        self.head_started = 0.0
         st = self.parsing
         assert st is not None
         p = self.parser
@@ -307,18 +311,20 @@ class HttpConnection(asyncio.Protocol):
         if st is not self.active or not (st.request_done or st.close_after):
             return
         self.active = None
-        self.pause_clear(PAUSE_UPSTREAM | PAUSE_BODY)
+        if self.paused:  # tested here: this runs once per request, reading is rarely paused
+            self.pause_clear(PAUSE_UPSTREAM | PAUSE_BODY)
         if st.close_after:
             self.close_when_flushed()
             return
         # Pipelined requests, in order; a loop (not recursion) since each may finish at once.
-        while self.queue and self.active is None and not self.closing:
-            nxt = self.queue.popleft()
+        queue = self.queue
+        while queue and self.active is None and not self.closing:
+            nxt = queue.popleft()
             self.active = nxt
             self._start(nxt)
-        if not self.queue:
+        if not queue and self.paused:
             self.pause_clear(PAUSE_PIPELINE)
-        if self.active is None:
+        if self.active is None and self.idle_timer is None:
             self._arm_idle()
 
     def _record(self, st: ActiveStream) -> None:
@@ -409,6 +415,13 @@ class HttpConnection(asyncio.Protocol):
 
     def _on_headers_timeout(self) -> None:
         self.headers_timer = None
+        started = self.head_started
+        if not started:
+            return  # no head in progress; the next one arms the timer again
+        left = started + self.cfg.config.request_headers_timeout - self.loop.time()
+        if left > 0:  # the head in progress began after this timer was armed
+            self.headers_timer = self.loop.call_later(left, self._on_headers_timeout)
+            return
         self.stats.downstream_rq_header_timeout += 1
         if self.active is None:
             self._reply_and_close(408, b"request header timeout", "request_header_timeout", None)

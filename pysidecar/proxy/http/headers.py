@@ -203,6 +203,8 @@ def tokens(value: bytes | None) -> set[bytes]:
 
 
 # Response headers: hop-by-hop and Envoy's own are dropped; server is replaced in place.
+# scan_response's flags: which of the noted headers the upstream sent.
+HAS_LENGTH, HAS_DATE, HAS_SERVER = 1, 2, 4
 _RESPONSE_SCAN: dict[bytes, int] = {n: _DROP for n in HOP_BY_HOP | RESPONSE_OWN}
 _RESPONSE_SCAN.update({b"server": _NOTE_DROP, b"content-length": _NOTE, b"date": _NOTE})
 # Names whose presence or position `scan_response`'s caller relies on: header operations
@@ -229,9 +231,6 @@ def scan_response(headers: Headers, server: tuple[bytes, bytes]) -> tuple[Header
             flags |= HAS_SERVER
             out.append(server)
     return out, flags
-
-
-HAS_LENGTH, HAS_DATE, HAS_SERVER = 1, 2, 4
 
 
 def touches(ops: HeaderOps, names: frozenset[bytes]) -> bool:

@@ -125,7 +125,7 @@ class UpstreamConnection(asyncio.Protocol):
     def writelines(self, parts: list[bytes]) -> None:
         assert self.transport is not None
         self.transport.writelines(parts)
-        self.pool.cx_stats.upstream_cx_tx_bytes_total += sum(len(p) for p in parts)
+        self.pool.cx_stats.upstream_cx_tx_bytes_total += sum(map(len, parts))
 
     # -- asyncio Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
