@@ -598,7 +598,8 @@ def http_connection_manager(node: Node) -> HttpConnectionManager:
     if (pe := f.get("path_with_escaped_slashes_action")) is not None:
         pe.enum(["KEEP_UNCHANGED", "IMPLEMENTATION_SPECIFIC_DEFAULT"])
     for flag in ("normalize_path", "merge_slashes"):
-        f.opt(flag, Node.boolean, False)
+        if (n := f.get(flag)) is not None and n.boolean():
+            n.fail(f"{flag}: true is not supported (paths are routed as received)")
     if (rid := f.get("request_id_extension")) is not None:
         tc = rid.fields("typed_config").require("typed_config")
         if tc.type_url() != "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig":
@@ -607,10 +608,12 @@ def http_connection_manager(node: Node) -> HttpConnectionManager:
     if (cpo := f.get("common_http_protocol_options")) is not None:
         cf = cpo.fields("idle_timeout", "max_headers_count", "headers_with_underscores_action")
         idle = cf.opt("idle_timeout", Node.duration, 3600.0)
-        cf.opt("max_headers_count", lambda n: n.integer(1), 100)
+        if (mhc := cf.get("max_headers_count")) is not None:
+            mhc.fail("max_headers_count is not supported (the limit is max_request_headers_kb)")
     if (hpo := f.get("http_protocol_options")) is not None:
         hpo.fields("accept_http_10")
-    f.opt("request_timeout", Node.duration, 0.0)
+    if (rt := f.get("request_timeout")) is not None and rt.duration() > 0:
+        rt.fail("request_timeout is not supported (use the route's timeout)")
     f.opt("delayed_close_timeout", Node.duration, 1.0)
     f.opt("drain_timeout", Node.duration, 5.0)
     upgrades: list[str] = []

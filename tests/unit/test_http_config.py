@@ -109,3 +109,24 @@ def test_retry_on_checked(tmp_path: Path) -> None:
         ),
     )
     assert "bogus" in e.message
+
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("normalize_path", "true", "normalize_path: true is not supported"),
+        ("merge_slashes", "true", "merge_slashes: true is not supported"),
+        ("request_timeout", "5s", "request_timeout is not supported"),
+    ],
+)
+def test_hcm_settings_we_would_not_honour_are_refused(tmp_path: Path, field: str, value: str, words: str) -> None:
+    """A field that would change behaviour we do not implement is an error, not silence."""
+    e = error(tmp_path, render(**{"codec_type: AUTO": f"codec_type: AUTO\n{_indent()}{field}: {value}"}))
+    assert words in e.message
+    assert e.path.endswith(f"typed_config.{field}")
+
+
+def _indent() -> str:
+    line = next(x for x in render().splitlines() if "codec_type: AUTO" in x)
+    return line[: len(line) - len(line.lstrip())]
