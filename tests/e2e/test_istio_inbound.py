@@ -120,14 +120,7 @@ def test_without_labels_inbound_stays_passthrough(lab: Lab, config_dir: str) -> 
 @pytest.mark.parametrize(
     "proxy",
     [
-        pytest.param(
-            "pysidecar",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="proxy/http/compiled.py decorates OUTBOUND only; Envoy also answers an INBOUND "
-                "request with x-envoy-decorator-operation when the HCM has tracing",
-            ),
-        ),
+        "pysidecar",
         pytest.param("envoy", marks=pytest.mark.envoy),
     ],
 )

@@ -57,3 +57,12 @@ def test_reset_bodies_and_details() -> None:
         lr.reset_details("connect_failure", "delayed connect error: 111")
         == "upstream_reset_before_response_started{remote_connection_failure,delayed_connect_error:_111}"
     )
+
+
+def test_reset_before_request_retries_connect_failures_only() -> None:
+    from pysidecar.model.http import RetryPolicy
+    from pysidecar.proxy.http.retry import CONNECT_FAILURE, CONNECTION_TERMINATION, retriable_reset
+
+    policy = RetryPolicy(retry_on=("reset-before-request",), num_retries=2)
+    assert retriable_reset(policy, CONNECT_FAILURE)
+    assert not retriable_reset(policy, CONNECTION_TERMINATION)

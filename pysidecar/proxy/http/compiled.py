@@ -23,6 +23,7 @@ class CompiledHcm:
     __slots__ = (
         "config",
         "decorate",
+        "decorate_response",
         "header_limit",
         "lua_request",
         "lua_response",
@@ -40,6 +41,8 @@ class CompiledHcm:
         self.server_header = (b"server", self.server)  # one tuple for every response
         # Checked on Envoy 1.40: the decorator header needs both tracing and an outbound listener.
         self.decorate = config.tracing and direction is TrafficDirection.OUTBOUND
+        # ...and on an inbound listener Envoy returns the operation to the caller instead.
+        self.decorate_response = config.tracing and direction is TrafficDirection.INBOUND
         self.header_limit = config.max_request_headers_kb * 1024
         self.upgrades = frozenset(u.encode() for u in config.upgrade_types)
         req: list[tuple[int, bytes, bytes]] = []

@@ -33,7 +33,9 @@ def retriable_reset(policy: RetryPolicy, reason: str) -> bool:
     on = policy.retry_on
     if "5xx" in on or "gateway-error" in on or "reset" in on:
         return True
-    if reason in _CONNECT and "connect-failure" in on:
+    if reason in _CONNECT and ("connect-failure" in on or "reset-before-request" in on):
+        # No request byte left us on a connect failure: "before request" holds (Istio's
+        # inbound routes retry on exactly this).
         return True
     # refused-stream is HTTP/2's REFUSED_STREAM: a request the upstream never started. An
     # HTTP/1.1 connect failure is the same situation, and Istio's default policy relies on it.

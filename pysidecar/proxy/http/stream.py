@@ -580,6 +580,10 @@ class ActiveStream:
         # notes content-length and date; operations that touch those names re-check them.
         out, seen = scan_response(headers, cfg.server_header)
         out.append((b"x-envoy-upstream-service-time", b"%d" % elapsed))
+        if cfg.decorate_response:
+            decorator = self.route.route.decorator if self.route is not None else None
+            if decorator is not None:
+                out.append((b"x-envoy-decorator-operation", decorator.operation.encode()))
         ops = self.response_ops
         if ops or cfg.lua_response:
             if ops:
