@@ -1,7 +1,7 @@
 """Bring the kernel to the wanted rule set: plan (pure) then one iptables-restore per family.
 
 Promises:
-- `plan_apply(rule_set, save_text)` / `plan_cleanup(save_text, extra)` are pure and decide:
+- `plan_apply(rule_set, save_text)` / `plan_cleanup(save_text)` are pure and decide:
   nothing of ours -> install; ours equal to wanted -> nothing to do; ours differ -> one script
   that removes ours and installs the wanted set (Istio's --reconcile, but atomic).
 - `apply_family()` reads the kernel with `X-save`, plans, and feeds the script to
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pysidecar.interception.backend import Backend, BackendError
 from pysidecar.interception.render import Script, render
 from pysidecar.interception.rules import Family, RuleSet
-from pysidecar.interception.state import builtin_specs, owned, parse_save, wanted
+from pysidecar.interception.state import owned, parse_save, wanted
 
 _LINE_RE = re.compile(r"line:? (\d+)")
 
@@ -43,7 +43,7 @@ class Plan:
 
 def plan_apply(rule_set: RuleSet, save_text: str) -> Plan:
     want = wanted(rule_set)
-    current = owned(parse_save(save_text), builtin_specs(rule_set))
+    current = owned(parse_save(save_text))
     if current == want:
         return Plan(Action.UNCHANGED, render(None))
     if not current:
@@ -51,8 +51,8 @@ def plan_apply(rule_set: RuleSet, save_text: str) -> Plan:
     return Plan(Action.RECONCILE, render(rule_set, remove=current))
 
 
-def plan_cleanup(save_text: str, extra: dict[str, frozenset[str]] | None = None) -> Plan:
-    current = owned(parse_save(save_text), extra)
+def plan_cleanup(save_text: str) -> Plan:
+    current = owned(parse_save(save_text))
     if not current:
         return Plan(Action.NOTHING, render(None))
     return Plan(Action.CLEAN, render(None, remove=current))
@@ -83,8 +83,7 @@ def apply_family(backend: Backend, family: Family, rule_set: RuleSet) -> Action:
     return plan.action
 
 
-def cleanup_family(backend: Backend, family: Family,
-                   extra: dict[str, frozenset[str]] | None = None) -> Action:
-    plan = plan_cleanup(backend.save(family), extra)
+def cleanup_family(backend: Backend, family: Family) -> Action:
+    plan = plan_cleanup(backend.save(family))
     execute(backend, family, plan)
     return plan.action

@@ -7,7 +7,8 @@ Promises:
   ValidationErrorCode).
 - `--dry-run` prints the iptables-restore input per family and changes nothing.
 - `--cleanup-only` removes every ISTIO_* chain and every jump into one (nat, mangle, raw), plus
-  the built-in-chain rules these flags would add, and nothing else.
+  the other built-in-chain rules istio-iptables installs (recognised by shape, whatever flags
+  installed them: see state.owned), and nothing else.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from pysidecar.interception.options import (
 )
 from pysidecar.interception.render import render
 from pysidecar.interception.rules import Family, build_rule_set
-from pysidecar.interception.state import builtin_specs
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -123,12 +123,8 @@ def _apply(opts: InterceptionOptions, chosen: backend.Backend, families: tuple[F
 
 def _cleanup(opts: InterceptionOptions, chosen: backend.Backend) -> None:
     for family in (Family.V4, Family.V6):
-        # Rules in built-in chains that are not jumps are recognised by equality with what
-        # these flags would install; TPROXY's mark rules are Istio's alone, so always include them.
-        extra = _merge(builtin_specs(build_rule_set(opts, family)),
-                       builtin_specs(build_rule_set(dataclasses.replace(opts, mode="TPROXY"), family)))
         try:
-            action = apply.cleanup_family(chosen, family, extra)
+            action = apply.cleanup_family(chosen, family)
         except backend.BackendError as exc:
             if family is Family.V6:
                 _log(f"ipv6 ({chosen.name}): skipped ({exc})")
@@ -138,10 +134,3 @@ def _cleanup(opts: InterceptionOptions, chosen: backend.Backend) -> None:
     families = (Family.V4, Family.V6)
     routes.remove_tproxy_routes(opts.tproxy_mark, opts.tproxy_route_table, families)
 
-
-def _merge(*specs: dict[str, frozenset[str]]) -> dict[str, frozenset[str]]:
-    out: dict[str, frozenset[str]] = {}
-    for one in specs:
-        for table, texts in one.items():
-            out[table] = out.get(table, frozenset()) | texts
-    return out

@@ -9,13 +9,16 @@ Promises:
   That is what lets `state.py` compare the kernel's tables with the wanted set by string
   equality, and why `iptables-save -t nat` after apply is line-for-line the wanted listing.
 - Chains we own are exactly those named ISTIO_*; rules we add to built-in chains are either
-  jumps into ISTIO_* chains or listed in `RuleSet.rules` (interface RETURNs, TPROXY marks).
+  jumps into ISTIO_* chains or of one of the `BUILTIN_SHAPES` (interface RETURNs, TPROXY
+  marks), whatever the flags: that is how a later run with other flags (or `--cleanup-only`
+  with none) still recognises them in the kernel.
 """
 
 from __future__ import annotations
 
 import enum
 import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -36,6 +39,36 @@ TABLE_ORDER = ("mangle", "nat", "raw")
 
 # Envoy marks its inbound->app connections with 1338 in TPROXY mode (constants.OutboundMark).
 OUTBOUND_MARK = 1338
+
+_WORD = r"\S+"
+_HEX = r"0x[0-9a-f]+"
+_CONNMARK_MASKS = "--nfmask 0xffffffff --ctmask 0xffffffff"
+_INTERFACE_RETURN = (rf"-i {_WORD} -j RETURN", rf"-o {_WORD} -j RETURN")
+# Every rule build_rule_set() puts into a built-in chain that is not a jump into an ISTIO_*
+# chain, as iptables-save prints it, with the flag-dependent words (interface, mark, owner,
+# loopback CIDR) as patterns. Per (table, chain); a unit test checks the generator against it.
+BUILTIN_SHAPES: dict[tuple[str, str], tuple[re.Pattern[str], ...]] = {
+    key: tuple(re.compile(p) for p in patterns) for key, patterns in {
+        ("nat", "PREROUTING"): _INTERFACE_RETURN[:1],     # -c, -k
+        ("nat", "OUTPUT"): _INTERFACE_RETURN[1:],         # -c
+        ("mangle", "PREROUTING"): (
+            _INTERFACE_RETURN[0],                         # -c under TPROXY
+            rf"-p tcp -m mark --mark {_HEX} -j CONNMARK --save-mark {_CONNMARK_MASKS}",
+        ),
+        ("mangle", "OUTPUT"): (
+            _INTERFACE_RETURN[1],                         # -c under TPROXY
+            rf"-o lo -p tcp -m mark --mark {_HEX} -j RETURN",
+            rf"! -d {_WORD} -o lo -p tcp -m owner --(?:uid|gid)-owner {_WORD} "
+            rf"-j MARK --set-xmark {_HEX}/0xffffffff",
+            rf"-p tcp -m connmark --mark {_HEX} -j CONNMARK --restore-mark {_CONNMARK_MASKS}",
+        ),
+    }.items()
+}
+
+
+def has_builtin_shape(table: str, chain: str, spec: str) -> bool:
+    """Whether `spec` in built-in `chain` of `table` is one of the non-jump rules we install."""
+    return any(p.fullmatch(spec) for p in BUILTIN_SHAPES.get((table, chain), ()))
 
 
 class Family(enum.Enum):

@@ -3,10 +3,14 @@
 Promises:
 - `parse_save(text)` reads `iptables-save` output (any backend) into ordered chains per table;
   comments and counters are dropped. Pure.
-- `owned(tables, extra)` is the part of the kernel state that belongs to us: every ISTIO_*
-  chain with its rules, and in built-in chains only the rules that jump into ISTIO_* chains or
-  that equal one of `extra` (the built-in-chain rules the current flags would install, such as
-  `-c` interface RETURNs). Foreign rules are never part of it, so never cleaned up.
+- `owned(tables)` is the part of the kernel state that belongs to us: every ISTIO_* chain with
+  its rules, and in built-in chains only the rules that jump into ISTIO_* chains or, when the
+  family holds ISTIO_* chains at all, have one of the exact shapes istio-iptables installs
+  there (`rules.BUILTIN_SHAPES`: `-i IFACE -j RETURN`, TPROXY marks, ...). It is read from the
+  kernel alone, not from the current flags, so `-c eth9` then a run without `-c` (or
+  `--cleanup-only` without it) still removes eth9's RETURNs. Foreign rules of any other shape
+  are never part of it, so never cleaned up; a foreign rule of exactly our shape cannot be told
+  apart (the listing carries no comments, as Istio's doesn't).
 - `wanted(rule_set)` has the same shape for a RuleSet, so "already applied" is plain equality.
 """
 
@@ -14,7 +18,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pysidecar.interception.rules import BUILTIN_CHAINS, OWNED_CHAIN_PREFIX, TABLE_ORDER, RuleSet
+from pysidecar.interception.rules import (
+    BUILTIN_CHAINS,
+    OWNED_CHAIN_PREFIX,
+    TABLE_ORDER,
+    RuleSet,
+    has_builtin_shape,
+)
 
 # table -> chain -> rule specs in kernel order (without the leading "-A CHAIN").
 Tables = dict[str, dict[str, list[str]]]
@@ -59,28 +69,20 @@ def _jumps_to_owned(spec: str) -> bool:
                for i, w in enumerate(words))
 
 
-def owned(tables: Tables, extra: dict[str, frozenset[str]] | None = None) -> dict[str, OwnedTable]:
+def owned(tables: Tables) -> dict[str, OwnedTable]:
     """Our part of the kernel state, per table; tables without any of ours are left out."""
     out: dict[str, OwnedTable] = {}
+    installed = any(c.startswith(OWNED_CHAIN_PREFIX) for chains in tables.values() for c in chains)
     for table, chains in tables.items():
-        mine = (extra or {}).get(table, frozenset())
         own = {c: tuple(r) for c, r in chains.items() if c.startswith(OWNED_CHAIN_PREFIX)}
-        builtin = {c: tuple(s for s in r if _jumps_to_owned(s) or s in mine)
+        builtin = {c: tuple(s for s in r if _jumps_to_owned(s)
+                            or (installed and has_builtin_shape(table, c, s)))
                    for c, r in chains.items() if c in BUILTIN_CHAINS}
         builtin = {c: r for c, r in builtin.items() if r}
         t = OwnedTable(own, builtin)
         if not t.empty:
             out[table] = t
     return out
-
-
-def builtin_specs(rule_set: RuleSet) -> dict[str, frozenset[str]]:
-    """Rule texts we would put into built-in chains, per table (used to recognise ours)."""
-    out: dict[str, set[str]] = {}
-    for r in rule_set.rules:
-        if r.chain in BUILTIN_CHAINS:
-            out.setdefault(r.table, set()).add(r.text)
-    return {t: frozenset(s) for t, s in out.items()}
 
 
 def wanted(rule_set: RuleSet) -> dict[str, OwnedTable]:

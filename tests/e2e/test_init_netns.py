@@ -140,14 +140,35 @@ def test_cleanup_only_removes_ours_and_nothing_else(netns: str, backend: str) ->
     foreign_before = save(netns, backend)
     assert init(netns, *INJECTOR_ARGS, "-c", "eth9", "--force-iptables-binary", backend).returncode == 0
     assert "ISTIO_" in save(netns, backend)
-    result = init(netns, "--cleanup-only", "-c", "eth9", "--force-iptables-binary", backend)
+    # Without the original -c: our eth9 RETURNs are recognised from the kernel alone.
+    result = init(netns, "--cleanup-only", "--force-iptables-binary", backend)
     assert result.returncode == 0, result.stderr
     after = save(netns, backend, table=None)
-    assert "ISTIO_" not in after
+    assert "ISTIO_" not in after and "eth9" not in after
     assert save(netns, backend) == foreign_before
     # And again: nothing left to clean is still success.
     again = init(netns, "--cleanup-only", "--force-iptables-binary", backend)
     assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+@pytest.mark.parametrize("flag", ["-c", "-k"])
+def test_rerun_without_interface_flag_removes_its_rules(netns: str, backend: str, flag: str) -> None:
+    # A foreign rule in the same built-in chains, installed before and after us, survives.
+    ipt(netns, backend, "-t", "nat", "-A", "PREROUTING", "-i", "eth0", "-p", "udp", "-j", "RETURN")
+    first = init(netns, *INJECTOR_ARGS, flag, "eth9", "--force-iptables-binary", backend)
+    assert first.returncode == 0, first.stderr
+    assert "eth9" in save(netns, backend)
+    ipt(netns, backend, "-t", "nat", "-A", "OUTPUT", "-o", "eth0", "-p", "tcp", "-j", "RETURN")
+    second = init(netns, *INJECTOR_ARGS, "--force-iptables-binary", backend)
+    assert second.returncode == 0, second.stderr
+    assert "reconciled" in second.stderr
+    listing = save(netns, backend)
+    assert "eth9" not in listing
+    assert "-A PREROUTING -i eth0 -p udp -j RETURN" in listing
+    assert "-A OUTPUT -o eth0 -p tcp -j RETURN" in listing
+    ours = "".join(line + "\n" for line in listing.splitlines() if "eth0" not in line)
+    assert ours == REFERENCE_LISTING
 
 
 def test_dry_run_changes_nothing(netns: str) -> None:
@@ -226,9 +247,10 @@ def test_tproxy_mode_installs_mangle_and_policy_routing(netns: str) -> None:
                                         "table", "133").stdout
     again = init(netns, *args)
     assert again.returncode == 0 and "unchanged" in again.stderr
-    clean = init(netns, "--cleanup-only", "-c", "eth9")
+    clean = init(netns, "--cleanup-only")
     assert clean.returncode == 0, clean.stderr
     assert "ISTIO_" not in save(netns, "nft", table=None)
+    assert "eth9" not in save(netns, "nft", table=None)
     assert "0x539" not in save(netns, "nft", table=None)
     assert "lookup 133" not in sh("ip", "netns", "exec", netns, "ip", "rule").stdout
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pysidecar.interception.apply import Action, explain_failure, plan_apply, plan_cleanup
 from pysidecar.interception.options import options_from_sources
 from pysidecar.interception.render import render, render_listing
-from pysidecar.interception.rules import Family, build_rule_set
-from pysidecar.interception.state import builtin_specs, owned, parse_save
+from pysidecar.interception.rules import BUILTIN_CHAINS, Family, build_rule_set, has_builtin_shape
+from pysidecar.interception.state import owned, parse_save
 
 INJECTOR = {"service_cidr": "*", "inbound_ports": "*", "local_exclude_ports": "15090,15021,15020"}
 
@@ -76,7 +78,7 @@ def test_plan_reconcile_removes_stale_chains_in_other_tables() -> None:
 def test_cleanup_removes_every_istio_chain_and_jump_nothing_else() -> None:
     rs = rule_set(**INJECTOR)
     save = save_of(render_listing(rs), ("-A OUTPUT -d 192.0.2.1/32 -j RETURN",
-                                        "-A PREROUTING -i eth0 -j RETURN"))
+                                        "-A PREROUTING -i eth0 -p udp -j RETURN"))
     plan = plan_cleanup(save)
     assert plan.action is Action.CLEAN
     body = [line for line in plan.script.lines if line not in ("*nat", "COMMIT")]
@@ -87,12 +89,51 @@ def test_cleanup_removes_every_istio_chain_and_jump_nothing_else() -> None:
     ])
 
 
-def test_cleanup_with_flags_removes_their_builtin_rules() -> None:
-    rs = rule_set(exclude_interfaces="eth9")
-    save = save_of(render_listing(rs), ("-A PREROUTING -i eth0 -j RETURN",))
-    plan = plan_cleanup(save, builtin_specs(rs))
+def test_cleanup_without_the_flags_still_removes_their_builtin_rules() -> None:
+    # -c eth9 and -k eth1 installed; cleanup (and any later plan) knows nothing of the flags.
+    rs = rule_set(exclude_interfaces="eth9", kube_virt_interfaces="eth1", **INJECTOR)
+    foreign = ("-A PREROUTING -i eth0 -p udp -j RETURN", "-A OUTPUT -o eth0 -p tcp -j RETURN")
+    plan = plan_cleanup(save_of(render_listing(rs), foreign))
+    for gone in ("-D PREROUTING -i eth9 -j RETURN", "-D OUTPUT -o eth9 -j RETURN",
+                 "-D PREROUTING -i eth1 -j RETURN", "-D PREROUTING -i eth1 -j ISTIO_REDIRECT"):
+        assert gone in plan.script.lines
+    assert not any("eth0" in line for line in plan.script.lines)
+
+
+def test_plan_without_interface_flags_reconciles_their_rules_away() -> None:
+    old = rule_set(exclude_interfaces="eth9", **INJECTOR)
+    plan = plan_apply(rule_set(**INJECTOR), save_of(render_listing(old)))
+    assert plan.action is Action.RECONCILE
     assert "-D PREROUTING -i eth9 -j RETURN" in plan.script.lines
-    assert "-D PREROUTING -i eth0 -j RETURN" not in plan.script.lines
+    assert "-D OUTPUT -o eth9 -j RETURN" in plan.script.lines
+
+
+def test_builtin_shapes_are_not_claimed_where_we_never_installed() -> None:
+    save = "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -i eth0 -j RETURN\nCOMMIT\n"
+    assert plan_cleanup(save).action is Action.NOTHING
+
+
+FLAG_MATRIX = [
+    dict(INJECTOR),
+    dict(INJECTOR, exclude_interfaces="eth9,veth+", kube_virt_interfaces="eth1"),
+    dict(service_cidr="10.0.0.0/8", kube_virt_interfaces="eth1,eth2"),
+    dict(INJECTOR, inbound_interception_mode="TPROXY", exclude_interfaces="eth9"),
+    dict(inbound_ports="80", inbound_interception_mode="TPROXY", proxy_uid="1337,1338",
+         proxy_gid="2000", inbound_tproxy_mark="1400"),
+    dict(inbound_ports="", inbound_interception_mode="TPROXY", exclude_interfaces="eth3"),
+]
+
+
+@pytest.mark.parametrize("flags", FLAG_MATRIX)
+@pytest.mark.parametrize("family", list(Family))
+def test_every_builtin_rule_we_generate_is_recognisable_in_the_kernel(
+        flags: dict[str, str], family: Family) -> None:
+    rs = build_rule_set(options_from_sources(flags, {}), family)
+    builtin = [r for r in rs.rules if r.chain in BUILTIN_CHAINS]
+    assert builtin
+    for r in builtin:
+        jump = r.target is not None and r.target.startswith("ISTIO_")
+        assert jump or has_builtin_shape(r.table, r.chain, r.text), (r.table, r.chain, r.text)
 
 
 def test_cleanup_nothing() -> None:
