@@ -5,8 +5,9 @@ Promises:
   a TCP session is one upstream connection (cx_total, cx_connect_fail on UF), an HTTP request
   is one request (rq_total, rq_success / rq_error by 5xx, rq_timeout on UT), as Envoy's host
   stats count them. Streams that never picked a host are not counted (Envoy has no host then).
-- `snapshot(clusters)` is {cluster: {host: {counter: value}}} including the configured hosts
-  that saw no traffic; snapshots of several workers add up with `merge_hosts`.
+- `snapshot(configured)` is {cluster: {host: {counter: value}}} including the configured hosts
+  that saw no traffic; `configured` gives each host's live active request count (rq_active,
+  what LEAST_REQUEST balances on). Snapshots of several workers add up with `merge_hosts`.
 - Host counts are bounded per cluster (MAX_HOSTS_PER_CLUSTER): an ORIGINAL_DST cluster sees
   one host per destination, and Envoy too forgets idle ones.
 """
@@ -17,8 +18,8 @@ from collections.abc import Iterable, Mapping
 
 from pysidecar.observe.stream_info import StreamInfo
 
-# Envoy's host stats, in the order its /clusters prints them. The *_active gauges stay 0: a
-# finished stream is all this table sees.
+# Envoy's host stats, in the order its /clusters prints them. rq_active is the live count the
+# worker passes in; cx_active and rq_pending_active stay 0 (a finished stream is all we see).
 COUNTERS = ("cx_active", "cx_connect_fail", "cx_total", "rq_active", "rq_error",
             "rq_pending_active", "rq_success", "rq_timeout", "rq_total")  # fmt: skip
 MAX_HOSTS_PER_CLUSTER = 1000
@@ -75,17 +76,20 @@ class HostStats:
         if "UT" in flags:
             c.rq_timeout += 1
 
-    def snapshot(self, configured: Mapping[str, Iterable[str]]) -> HostSnapshot:
-        """Counters per cluster and host; `configured` lists each cluster's known hosts."""
+    def snapshot(self, configured: Mapping[str, Mapping[str, int]]) -> HostSnapshot:
+        """Counters per cluster and host; `configured` maps each cluster's known hosts to their
+        active requests."""
         out: HostSnapshot = {name: {h: {} for h in hosts} for name, hosts in configured.items()}
         for cluster, hosts in self._hosts.items():
             entry = out.setdefault(cluster, {})
             for host, c in hosts.items():
                 entry[host] = c.as_dict()
-        for entry in out.values():
+        for name, entry in out.items():
+            active = configured.get(name, {})
             for host, counters in entry.items():
                 if not counters:
-                    entry[host] = HostCounters().as_dict()
+                    counters = entry[host] = HostCounters().as_dict()
+                counters["rq_active"] = active.get(host, 0)
         return out
 
     def reset(self) -> None:

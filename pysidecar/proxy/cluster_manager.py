@@ -8,6 +8,10 @@ Promises:
   applies.
 - ORIGINAL_DST clusters have no hosts of their own: the connection's original destination is the
   host (Envoy's CLUSTER_PROVIDED balancing).
+- `choose_host` returns the live `Host`; whoever uses it for a request (a tcp_proxy connection,
+  an HTTP attempt) counts it in `Host.active` until done, which is what LEAST_REQUEST reads and
+  admin /clusters prints as rq_active. A re-resolve keeps the Host objects of addresses it
+  finds again, so their counts survive it.
 - Each runtime carries the cluster's circuit breaker and, when configured, its outlier
   detector (both per worker: see `proxy.circuit_breaker`); the balancer picks from
   `lb_hosts`, the hosts outlier detection has not ejected (or all of them in panic).
@@ -74,11 +78,10 @@ class ClusterRuntime:
     def original_dst(self) -> bool:
         return self.config.type is ClusterType.ORIGINAL_DST
 
-    def choose_host(self, original_dst: SocketAddress | None) -> tuple[str, int] | None:
+    def choose_host(self, original_dst: SocketAddress | None) -> Host | None:
         if self.config.type is ClusterType.ORIGINAL_DST:
-            return (original_dst.address, original_dst.port) if original_dst is not None else None
-        host = self.balancer.choose(self.lb_hosts)
-        return host.key if host is not None else None
+            return Host(original_dst.address, original_dst.port) if original_dst is not None else None
+        return self.balancer.choose(self.lb_hosts)
 
     def bind_address_for(self, upstream_ip: str) -> str | None:
         """The upstream_bind_config source address of the upstream's address family, if any."""
@@ -91,7 +94,14 @@ class ClusterRuntime:
         return None
 
     def _set_hosts(self, hosts: Iterable[Host]) -> None:
-        self.hosts = list(hosts)
+        known = {h.key: h for h in self.hosts}
+        fresh: list[Host] = []
+        for h in hosts:
+            same = known.get(h.key)
+            if same is not None:
+                same.weight = h.weight
+            fresh.append(same or h)
+        self.hosts = fresh
         self.stats.membership_total = len(self.hosts)
         if self.outlier is not None:
             self.outlier.set_hosts(h.key for h in self.hosts)

@@ -4,6 +4,9 @@ Promises:
 - Envoy's policies over a host list: ROUND_ROBIN (weighted smoothly, so weights 3:1 give
   a a a b, not a run of a's), RANDOM (weighted), LEAST_REQUEST (power of two choices over active
   requests, Envoy's default choice_count 2).
+- `Host.active` is kept by the users of a pick (tcp_proxy: one per open connection; the HTTP
+  router: one per attempt in flight), per worker process: Envoy's workers share one atomic
+  count per host, ours are processes and each balances on its own connections.
 - A balancer never blocks and never allocates per pick beyond the chosen host; with no hosts it
   returns None (the caller's "no healthy upstream").
 """

@@ -8,6 +8,8 @@ Promises:
   per_connection_buffer_limit_bytes, the other side stops reading until it drains below a
   quarter of it. Bytes read before the upstream is connected are held up to the same limit.
   Nothing buffers without bound.
+- The chosen host counts the session as one active request (`Host.active`, as Envoy's TCP pool
+  does) from the pick until close: LEAST_REQUEST balances on it.
 - Connect timeout (the cluster's connect_timeout) and idle timeout (tcp_proxy idle_timeout,
   0 = none) close the connection; a cluster with no host (BlackHoleCluster) closes the
   downstream at once, counting upstream_cx_none_healthy. Every outcome lands in the stats.
@@ -35,6 +37,7 @@ from pysidecar.observe.stats import ClusterStats, TcpProxyStats
 from pysidecar.observe.stream_info import StreamInfo
 from pysidecar.proxy.circuit_breaker import CircuitBreaker
 from pysidecar.proxy.cluster_manager import ClusterManager, ClusterRuntime
+from pysidecar.proxy.lb import Host
 from pysidecar.proxy.splice import SpliceRelay
 
 # Response flags, Envoy's spelling, for the access log.
@@ -77,6 +80,7 @@ class TcpProxySession(asyncio.Protocol):
         "_connect_task",
         "_idle_handle",
         "_idle_seen",
+        "_lb_host",
         "_pending",
         "_pending_bytes",
         "_pending_eof",
@@ -129,6 +133,7 @@ class TcpProxySession(asyncio.Protocol):
         self._pending_eof = False
         self._closed = False
         self._breaker: CircuitBreaker | None = None  # holds one of the cluster's connections
+        self._lb_host: Host | None = None  # holds one of the host's active requests
         self._splice: SpliceRelay | None = None  # set when the splice fast path carries the bytes
         self._connect_task: asyncio.Task[None] | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
@@ -154,13 +159,15 @@ class TcpProxySession(asyncio.Protocol):
             return
         self.cluster = cluster
         self.cluster_stats = cluster.stats
-        host = cluster.choose_host(self.destination)
-        if host is None:
+        picked = cluster.choose_host(self.destination)
+        if picked is None:
             cluster.stats.upstream_cx_none_healthy += 1
             self.info.response_flags.append(NO_HEALTHY_UPSTREAM)
             self.close()
             return
-        self.upstream_host = host
+        picked.active += 1
+        self._lb_host = picked
+        self.upstream_host = host = picked.key
         self.info.upstream_cluster = cluster.config.name
         self.info.upstream_host = _fmt(host)
         breaker = cluster.breaker
@@ -354,6 +361,9 @@ class TcpProxySession(asyncio.Protocol):
         if self._breaker is not None:
             self._breaker.cx -= 1
             self._breaker = None
+        if self._lb_host is not None:
+            self._lb_host.active -= 1
+            self._lb_host = None
         if self._idle_handle is not None:
             self._idle_handle.cancel()
         relay = self._splice

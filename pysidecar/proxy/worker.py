@@ -39,6 +39,7 @@ from pysidecar.observe.stream_info import StreamInfo
 from pysidecar.proxy.cluster_manager import ClusterManager
 from pysidecar.proxy.connection import ActiveConnection
 from pysidecar.proxy.control import ControlProtocol, Message
+from pysidecar.proxy.lb import Host
 from pysidecar.proxy.listener_table import ListenerTable
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,10 @@ def bind_socket(address: SocketAddress) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _host_name(h: Host) -> str:
+    return f"[{h.address}]:{h.port}" if ":" in h.address else f"{h.address}:{h.port}"
 
 
 class Worker:
@@ -183,8 +188,7 @@ class Worker:
 
     def host_snapshot(self) -> HostSnapshot:
         configured = {
-            name: [f"[{h.address}]:{h.port}" if ":" in h.address else f"{h.address}:{h.port}" for h in c.hosts]
-            for name, c in self.clusters.clusters.items()
+            name: {_host_name(h): h.active for h in c.hosts} for name, c in self.clusters.clusters.items()
         }
         return self.hosts.snapshot(configured)
 

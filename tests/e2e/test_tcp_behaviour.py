@@ -6,12 +6,13 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from pysidecar.lab import Lab
+from pysidecar.lab import Lab, Pod
 from tests.e2e.sidecar import (
     closed_without_data,
     connect,
@@ -60,6 +61,21 @@ def static_cluster(ip: str, port: int, connect_timeout: str = "5s") -> str:
       endpoints:
       - lb_endpoints:
         - endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {port}}}}}}}
+"""
+
+
+def two_hosts(lb_policy: str) -> str:
+    """Cluster `up` over a (198.19.0.10:80) and b (198.19.0.11:80)."""
+    return f"""
+  - name: up
+    type: STATIC
+    lb_policy: {lb_policy}
+    load_assignment:
+      cluster_name: up
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 198.19.0.10, port_value: 80}}}}}}
+        - endpoint: {{address: {{socket_address: {{address: 198.19.0.11, port_value: 80}}}}}}
 """
 
 
@@ -221,18 +237,7 @@ def test_round_robin_spreads_over_endpoints(lab: Lab) -> None:
     b = lab.add_pod("b", address="198.19.0.11")
     a.spawn_server("http", 80, "--name", "a")
     b.spawn_server("http", 80, "--name", "b")
-    cluster = """
-  - name: up
-    type: STATIC
-    lb_policy: ROUND_ROBIN
-    load_assignment:
-      cluster_name: up
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {address: {socket_address: {address: 198.19.0.10, port_value: 80}}}
-        - endpoint: {address: {socket_address: {address: 198.19.0.11, port_value: 80}}}
-"""
-    config = write_config(lab, "rr.yaml", one_listener(7000, cluster))
+    config = write_config(lab, "rr.yaml", one_listener(7000, two_hosts("ROUND_ROBIN")))
     start_sidecar(app, config=config, intercept=False, ready_port=7000, concurrency=1)
     seen = []
     for _ in range(6):
@@ -272,3 +277,107 @@ def test_tcp_proxy_access_log_writes_a_line_per_connection(lab: Lab) -> None:
             break
         time.sleep(0.1)
     assert sorted(lines) == ["198.19.0.10:9002 4 4", "198.19.0.10:9002 6 6"]
+
+
+HCM_LISTENER = """
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: 15000}}
+static_resources:
+  listeners:
+  - name: front
+    address: {socket_address: {address: 0.0.0.0, port_value: 7000}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: front
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /}
+                route: {cluster: up, timeout: 0s}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+"""
+
+
+def _least_request_pods(lab: Lab) -> Pod:
+    app = lab.add_pod("app")
+    for name, ip in (("a", "198.19.0.10"), ("b", "198.19.0.11")):
+        lab.add_pod(name, address=ip).spawn_server("http", 80, "--name", name)
+    return app
+
+
+def _served_by(response_head: str) -> str:
+    return next(x.split(":", 1)[1].strip() for x in response_head.splitlines()
+                if x.lower().startswith("x-served-by"))
+
+
+def _host_rq_active(app: Pod) -> dict[str, int]:
+    text = app.run(["curl", "-sf", "http://127.0.0.1:15000/clusters"], check=True).stdout
+    out = {}
+    for line in text.splitlines():
+        cluster, *host, key, value = line.split("::")
+        if cluster == "up" and key == "rq_active":
+            out["::".join(host)] = int(value)
+    return out
+
+
+def _wait_stat(app: Pod, name: str, want: int) -> None:
+    deadline = time.monotonic() + 5
+    while stats(app).get(name, 0) != want:
+        assert time.monotonic() < deadline, f"{name} never reached {want}"
+        time.sleep(0.02)
+
+
+def test_least_request_sends_new_connections_away_from_a_busy_host(lab: Lab) -> None:
+    # tcp_proxy: an open connection is one active request on its host (as Envoy's TCP pool).
+    app = _least_request_pods(lab)
+    config = write_config(lab, "lr.yaml", one_listener(7000, two_hosts("LEAST_REQUEST")))
+    start_sidecar(app, config=config, intercept=False, ready_port=7000, concurrency=1)
+    held = connect(app, "127.0.0.1", 7000)
+    held.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")  # keep-alive: the connection stays open
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += held.recv(4096)
+    busy = _served_by(head.decode())
+    idle = "b" if busy == "a" else "a"
+    seen = []
+    for _ in range(10):
+        r = app.run(["curl", "-s", "-D", "-", "-o", "/dev/null", "http://127.0.0.1:7000/"], check=True)
+        seen.append(_served_by(r.stdout))
+        # The curl connection is over for the proxy too before the next pick.
+        _wait_stat(app, "listener.0.0.0.0_7000.downstream_cx_active", 1)
+    assert seen == [idle] * 10  # without the count: each pick is a coin toss between a and b
+    busy_ip = "198.19.0.10:80" if busy == "a" else "198.19.0.11:80"
+    assert _host_rq_active(app) == {busy_ip: 1, ("198.19.0.11:80" if busy == "a" else "198.19.0.10:80"): 0}
+    held.close()
+    _wait_stat(app, "listener.0.0.0.0_7000.downstream_cx_active", 0)
+    assert set(_host_rq_active(app).values()) == {0}
+
+
+def test_least_request_sends_new_http_requests_away_from_a_busy_host(lab: Lab) -> None:
+    # HCM: each request in flight counts on its host until its response is complete.
+    app = _least_request_pods(lab)
+    config = write_config(lab, "lr-http.yaml", HCM_LISTENER + two_hosts("LEAST_REQUEST"))
+    start_sidecar(app, config=config, intercept=False, ready_port=7000, concurrency=1)
+    slow = app.spawn(["curl", "-s", "-D", "-", "-o", "/dev/null", "http://127.0.0.1:7000/delay/4"],
+                     stdout=subprocess.PIPE)
+    _wait_stat(app, "cluster.up.upstream_rq_active", 1)
+    active = _host_rq_active(app)
+    seen = []
+    for _ in range(10):
+        r = app.run(["curl", "-s", "-D", "-", "-o", "/dev/null", "http://127.0.0.1:7000/"], check=True)
+        seen.append(_served_by(r.stdout))
+    out, _ = slow.communicate(timeout=15)
+    busy = _served_by(out.decode())
+    assert seen == ["b" if busy == "a" else "a"] * 10
+    busy_ip = "198.19.0.10:80" if busy == "a" else "198.19.0.11:80"
+    assert active[busy_ip] == 1 and sum(active.values()) == 1
+    assert set(_host_rq_active(app).values()) == {0}

@@ -37,7 +37,7 @@ class FakeProxy:
         info = StreamInfo(upstream_cluster="svc", upstream_host="198.19.0.10:80")
         hosts.record(info)
         hosts.record(info)
-        return hosts.snapshot({"svc": ["198.19.0.10:80", "198.19.0.11:80"]})
+        return hosts.snapshot({"svc": {"198.19.0.10:80": 0, "198.19.0.11:80": 0}})
 
     async def reset_counters(self) -> None:
         self.calls.append("reset")

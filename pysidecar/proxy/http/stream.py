@@ -55,6 +55,7 @@ from pysidecar.proxy.http.retry import (
     retriable_status,
 )
 from pysidecar.proxy.http.router import CompiledRoute
+from pysidecar.proxy.lb import Host
 
 if TYPE_CHECKING:
     from pysidecar.model.http import RetryPolicy
@@ -120,6 +121,7 @@ class ActiveStream:
         "http10",
         "info",
         "keep_alive",
+        "lb_host",
         "method",
         "paused_for_body",
         "per_try_timer",
@@ -172,6 +174,7 @@ class ActiveStream:
         self.cluster: ClusterRuntime | None = None
         self.rq_stats: ClusterHttpStats | None = None
         self.pool: HostPool | None = None
+        self.lb_host: Host | None = None  # the attempt's host, counted in Host.active
         self.upstream: UpstreamConnection | None = None
         self.connecting: UpstreamConnection | None = None
         self.up_headers: Headers = []
@@ -372,11 +375,14 @@ class ActiveStream:
         self.retry_timer = None
         cluster = self.cluster
         assert cluster is not None and self.rq_stats is not None
-        host = cluster.choose_host(self.conn.destination)
-        if host is None:
+        picked = cluster.choose_host(self.conn.destination)
+        if picked is None:
             cluster.stats.upstream_cx_none_healthy += 1
             self._local(503, lr.NO_HEALTHY_UPSTREAM_BODY, lr.UH, "no_healthy_upstream")
             return
+        picked.active += 1
+        self.lb_host = picked
+        host = picked.key
         self.attempt += 1
         self.info.upstream_host = _fmt(host)
         stats = self.rq_stats
@@ -495,6 +501,10 @@ class ActiveStream:
             self.per_try_timer = None
         if self.rq_stats is not None:
             self.rq_stats.upstream_rq_active -= 1
+        host = self.lb_host
+        if host is not None:
+            host.active -= 1
+            self.lb_host = None
 
     def drop_upstream(self) -> None:
         for t in (self.timer, self.per_try_timer, self.retry_timer):
