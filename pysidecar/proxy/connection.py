@@ -16,6 +16,9 @@ Promises:
   such connections take the listener's TCP chain.
 - The decision is made on the config snapshot current at accept time; the connection keeps
   it until it closes, whatever reloads happen meanwhile.
+- A connection still sniffing is one of the worker's open connections (`worker.connections`)
+  until a network filter takes it over or it closes: a drain waits for it like any other and
+  closes it at the drain deadline.
 """
 
 from __future__ import annotations
@@ -94,6 +97,7 @@ class ActiveConnection(asyncio.Protocol):
             self.snapshot = snapshot
             self.destination = destination
             self.sniff_timer = self.worker.loop.call_later(LISTENER_FILTERS_TIMEOUT, self._sniff_timeout)
+            self.worker.connections.add(self)
             return
         self.dispatch(snapshot, ConnectionInfo(destination), b"")
 
@@ -167,6 +171,7 @@ class ActiveConnection(asyncio.Protocol):
     def dispatch(self, snapshot: Snapshot, info: ConnectionInfo, initial: bytes) -> None:
         transport = self.transport
         assert transport is not None and self.stats is not None
+        self.worker.connections.discard(self)  # the network filter's object takes its place
         chain = select_filter_chain(self.listener, info)
         if chain is None:
             self.stats.no_filter_chain_match += 1
@@ -225,9 +230,14 @@ class ActiveConnection(asyncio.Protocol):
                 info.upstream_cluster = session.cluster.config.name
             self.worker.stream_complete(info)
 
+    def close(self) -> None:
+        """Close a connection still sniffing (the drain deadline passed)."""
+        if self.transport is not None:
+            self.transport.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         # Only reached when the connection ends before a network filter took it over.
         if self.sniff_timer is not None:
             self.sniff_timer.cancel()
             self.sniff_timer = None
-        self.closed(None)
+        self.closed(self)

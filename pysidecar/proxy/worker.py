@@ -39,6 +39,7 @@ from pysidecar.observe.stream_info import StreamInfo
 from pysidecar.proxy.cluster_manager import ClusterManager
 from pysidecar.proxy.connection import ActiveConnection
 from pysidecar.proxy.control import ControlProtocol, Message
+from pysidecar.proxy.http.conn_manager import HttpConnection
 from pysidecar.proxy.lb import Host
 from pysidecar.proxy.listener_table import ListenerTable
 
@@ -108,6 +109,7 @@ class Worker:
         self.clusters = ClusterManager(self.stats, self.loop)
         self.rng = random.Random()
         self.connections: set[Any] = set()
+        self.draining = False
         self.snapshot = Snapshot.of(bootstrap)
         self._servers: dict[tuple[str, int], asyncio.Server] = {}
         self._stopping = asyncio.Event()
@@ -226,7 +228,13 @@ class Worker:
         self._servers.clear()
 
     async def drain(self) -> None:
+        """Stop accepting (new connects are refused at once), let open connections finish for
+        up to drain_time (HTTP ones close after their current response), then close the rest."""
         self.stop_accepting()
+        self.draining = True
+        for conn in self.connections:
+            if isinstance(conn, HttpConnection):
+                conn.draining = True
         deadline = self.loop.time() + self.drain_time
         while self.connections and self.loop.time() < deadline:
             await asyncio.sleep(0.05)

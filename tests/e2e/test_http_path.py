@@ -6,6 +6,7 @@ Upstreams are the lab's http servers in their own pods; the sidecar runs as uid 
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -231,3 +232,31 @@ def test_server_first_protocol_continues_after_listener_filters_timeout(lab: Lab
     assert len(data) == 5
     assert 14 <= time.monotonic() - start <= 17
     s.close()
+
+
+def test_drain_keeps_a_sniffing_connection_and_closes_http_after_its_response(lab: Lab) -> None:
+    """A connection still in the listener filters when SIGTERM comes is drained like any
+    other: it can still send its request; the response says `connection: close`."""
+    app = lab.add_pod("app")
+    ext = lab.add_pod("ext", hostnames=["ext.lab"], address="198.19.0.10")
+    ext.spawn_server("http", 80, "--name", "ext")
+    proxy = start_sidecar(app, write_config(lab, "ro.yaml", REGISTRY_ONLY_HTTP), concurrency=1,
+                          ready_port=15000, extra=("--drain-time-s", "2"))
+    s = connect(app, "198.19.0.10", 80)  # no bytes yet: the inspectors wait for them
+    deadline = time.monotonic() + 5
+    while stats(app).get("listener.0.0.0.0_80.downstream_cx_active", 0) != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    signalled = time.monotonic()
+    proxy.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert proxy.poll() is None  # the sniffing connection keeps the worker draining
+    s.sendall(b"GET / HTTP/1.1\r\nhost: ext.lab\r\n\r\n")
+    response = read_response(s)
+    assert response is not None and response.status == 200
+    assert ("connection", "close") in response.headers
+    s.settimeout(5)
+    assert recv_all(s) == b""  # closed after the response, not at the drain limit
+    assert time.monotonic() - signalled < 1.5
+    s.close()
+    assert proxy.wait(3) == 0

@@ -12,6 +12,7 @@ import json
 import signal
 import socket
 import threading
+import time
 
 import pytest
 
@@ -244,3 +245,36 @@ def test_sigterm_drains_open_connections_and_exits_zero(lab: Lab) -> None:
     s.close()
     # ...and the proxy exits 0 once it is gone.
     assert proxy.wait(15) == 0
+
+
+def test_sigterm_refuses_new_connections_and_bounds_the_drain(lab: Lab) -> None:
+    app = lab.add_pod("app")
+    _ext_pod(lab)
+    proxy = start_sidecar(app, extra=("--drain-time-s", "1"))
+    held = connect(app, "198.19.0.10", 9002)
+    held.sendall(b"before\n")
+    assert held.recv(100) == b"before\n"
+    signalled = time.monotonic()
+    proxy.send_signal(signal.SIGTERM)
+    # New connections are refused at once: 15001 is no longer listening in any worker.
+    while True:
+        try:
+            connect(app, "198.19.0.10", 9002, timeout=1).close()
+        except ConnectionRefusedError:
+            break
+        assert time.monotonic() - signalled < 0.5, "still accepting after SIGTERM"
+        time.sleep(0.02)
+    refused_after = time.monotonic() - signalled
+    # The held connection works during the drain, then is closed at the drain limit...
+    held.sendall(b"during\n")
+    assert held.recv(100) == b"during\n"
+    held.settimeout(5)
+    assert closed_without_data(held)
+    closed_after = time.monotonic() - signalled
+    held.close()
+    # ...and the proxy exits 0 soon after.
+    assert proxy.wait(3) == 0
+    exited_after = time.monotonic() - signalled
+    assert refused_after < 0.5
+    assert 0.9 <= closed_after <= 2.0, closed_after
+    assert exited_after <= 3.0, exited_after

@@ -14,6 +14,8 @@ Promises:
   upstream cannot take more, or while a body waits for a connect beyond the buffer limit;
   the upstream pauses while the client cannot take more.
 - After a 101 response the connection is a byte tunnel to the upstream connection.
+- While the worker drains (SIGTERM), every response carries `connection: close` and the
+  connection closes after it, as Envoy's drain does for HTTP/1.
 - Every finished stream is recorded in one place (`_record`): HCM stats, its StreamInfo
   finished, and `worker.stream_complete(info)` when the worker has it.
 """
@@ -107,7 +109,7 @@ class HttpConnection(asyncio.Protocol):
         self.tunnel: ActiveStream | None = None
         self.upgrade_rest = b""
         self.closing = False
-        self.draining = False
+        self.draining = worker.draining  # set by the worker's drain: responses say close
         self.paused = 0
         self.paused_upstream: UpstreamConnection | None = None
         self.head_size = 0
