@@ -136,6 +136,9 @@ class ClusterStats(StatsBlock):
     upstream_cx_rx_bytes_total: Counter
     upstream_cx_tx_bytes_total: Counter
     upstream_cx_overflow: Counter
+    # The downstream backed up: reading from the upstream paused / resumed (Envoy's names).
+    upstream_flow_control_paused_reading_total: Counter
+    upstream_flow_control_resumed_reading_total: Counter
     upstream_cx_active: Gauge
     membership_healthy: SharedGauge
     membership_total: SharedGauge

@@ -9,8 +9,8 @@ Promises:
   so at most one pipe's capacity (64 KiB by default, at most the listener's
   per_connection_buffer_limit_bytes) is buffered per direction: Envoy's watermark bound, kept
   by the kernel instead of a Python buffer. A blocked destination stops reading the source
-  (downstream_flow_control_paused_reading_total / upstream_flush_total count it, as on the
-  Protocol path) until the destination drains.
+  (tcp downstream_flow_control_paused_reading_total / cluster
+  upstream_flow_control_paused_reading_total count it, as on the Protocol path) until the destination drains.
 - Half-close: EOF from one side, once the pipe is flushed, becomes shutdown(SHUT_WR) towards
   the other; the session closes when both directions are done, or at once on an error (reset,
   broken pipe) from either side.
@@ -197,7 +197,7 @@ class _Flow:
                         if self.upward:
                             session.stats.downstream_flow_control_paused_reading_total += 1
                         else:
-                            session.stats.upstream_flush_total += 1
+                            session.cluster_stats.upstream_flow_control_paused_reading_total += 1  # type: ignore[union-attr]
                     self.loop.add_writer(self.dst, self.flush)
                     self.waiting = True
                 return
@@ -225,6 +225,8 @@ class _Flow:
             self.reading = True
             if self.upward:
                 session.stats.downstream_flow_control_resumed_reading_total += 1
+            else:
+                session.cluster_stats.upstream_flow_control_resumed_reading_total += 1  # type: ignore[union-attr]
 
     def stop(self) -> None:
         if self.reading:

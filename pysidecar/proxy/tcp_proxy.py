@@ -6,7 +6,9 @@ Promises:
   both directions are done or one side closes or resets.
 - Flow control is Envoy's watermark scheme: when one side's write buffer passes the listener's
   per_connection_buffer_limit_bytes, the other side stops reading until it drains below a
-  quarter of it. Bytes read before the upstream is connected are held up to the same limit.
+  quarter of it (counted as tcp.*.downstream_flow_control_paused/resumed_reading_total when
+  the downstream is paused, cluster.*.upstream_flow_control_paused/resumed_reading_total when
+  the upstream is, as Envoy counts them). Bytes read before the upstream is connected are held up to the same limit.
   Nothing buffers without bound.
 - The chosen host counts the session as one active request (`Host.active`, as Envoy's TCP pool
   does) from the pick until close: LEAST_REQUEST balances on it.
@@ -297,11 +299,12 @@ class TcpProxySession(asyncio.Protocol):
         # The downstream cannot take more: stop reading the upstream until it drains.
         if self.upstream is not None:
             self.upstream.pause_reading()
-            self.stats.upstream_flush_total += 1
+            self.cluster_stats.upstream_flow_control_paused_reading_total += 1  # type: ignore[union-attr]
 
     def resume_writing(self) -> None:
         if self.upstream is not None and not self.upstream_eof:
             self.upstream.resume_reading()
+            self.cluster_stats.upstream_flow_control_resumed_reading_total += 1  # type: ignore[union-attr]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.downstream_eof = True

@@ -144,10 +144,22 @@ def _start_proxy(tmp_path: Path, up: int, splice: bool, idle: str) -> Proxy:
     raise TimeoutError("pysidecar not ready")
 
 
+FLOOD = 128 * MiB
+
+
+def pattern(size: int) -> Iterator[bytes]:
+    """`size` bytes in 1 MiB pieces of a pattern that shows a lost or repeated piece."""
+    for i in range(0, size, MiB):
+        yield hashlib.sha256(str(i).encode()).digest() * (min(MiB, size - i) // 32)
+
+
 @contextlib.contextmanager
-def upstream(handler: str) -> Iterator[tuple[int, socket.socket]]:
+def upstream(handler: str, record: list[object] | None = None) -> Iterator[tuple[int, socket.socket]]:
     """A loopback server thread: "echo" (echoes, then half-closes after the client's FIN),
-    "stuck" (accepts, never reads), "reset" (reads a little, then resets)."""
+    "stuck" (accepts, never reads), "reset" (reads a little, then resets), "flood" (sends
+    FLOOD bytes of `pattern`, appending its progress in bytes to `record` as it goes, then
+    half-closes), "eof-first" (sends b"bye", half-closes, then reads to EOF and appends the
+    byte count and sha256 of what it read to `record`)."""
     srv = socket.create_server(("127.0.0.1", 0))
     port = srv.getsockname()[1]
     stop = threading.Event()
@@ -167,6 +179,24 @@ def upstream(handler: str) -> Iterator[tuple[int, socket.socket]]:
                 c.setsockopt(
                     socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
                 )
+            elif handler == "flood":
+                assert record is not None
+                record.append(0)
+                for piece in pattern(FLOOD):
+                    c.sendall(piece)
+                    record.append(int(record[-1]) + len(piece))  # type: ignore[call-overload]
+                c.shutdown(socket.SHUT_WR)
+                while c.recv(1 << 16):
+                    pass
+            elif handler == "eof-first":
+                assert record is not None
+                c.sendall(b"bye")
+                c.shutdown(socket.SHUT_WR)
+                digest, n = hashlib.sha256(), 0
+                while data := c.recv(1 << 20):
+                    digest.update(data)
+                    n += len(data)
+                record.append((n, digest.hexdigest()))
 
     def accept_loop() -> None:
         srv.settimeout(0.2)
@@ -315,3 +345,74 @@ def test_upstream_reset_closes_downstream(tmp_path: Path, splice: bool) -> None:
             assert p.stats()["cluster.up.upstream_cx_active"] == 0
         finally:
             _stop(p)
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise LookupError("no VmRSS")
+
+
+def test_backpressure_towards_a_client_that_does_not_read(tmp_path: Path, splice: bool) -> None:
+    progress: list[object] = []
+    with upstream("flood", progress) as (port, _):
+        p = start_proxy(tmp_path, port, splice)
+        try:
+            rss_before = _rss_kib(p.worker_pid())
+            s = p.connect()
+            s.settimeout(10)
+            time.sleep(1.5)  # the client reads nothing: the upstream must be held back
+            offered = int(progress[-1])  # type: ignore[call-overload]
+            rss_stalled = _rss_kib(p.worker_pid())
+            st = p.stats()
+            # Kernel buffers on both loopback legs plus one watermark / pipe: far below FLOOD.
+            assert offered < 32 * MiB, f"the proxy kept reading the upstream: {offered} bytes"
+            assert rss_stalled - rss_before < 16 * 1024, (rss_before, rss_stalled)
+            assert st["cluster.up.upstream_flow_control_paused_reading_total"] >= 1
+            got, n = hashlib.sha256(), 0
+            while data := s.recv(1 << 20):
+                got.update(data)
+                n += len(data)
+            s.close()
+            want = hashlib.sha256()
+            for piece in pattern(FLOOD):
+                want.update(piece)
+            assert n == FLOOD and got.hexdigest() == want.hexdigest()
+            st = p.stats()
+            assert st["cluster.up.upstream_flow_control_resumed_reading_total"] >= 1
+            assert st["tcp.front.downstream_cx_tx_bytes_total"] == FLOOD
+        finally:
+            _stop(p)
+
+
+def test_upstream_half_closes_first_and_the_client_keeps_sending(tmp_path: Path, splice: bool) -> None:
+    received: list[object] = []
+    with upstream("eof-first", received) as (port, _):
+        p = start_proxy(tmp_path, port, splice)
+        try:
+            s = p.connect()
+            s.settimeout(10)
+            assert recv_until_eof(s) == b"bye"  # the upstream's FIN reached us...
+            sent, size = hashlib.sha256(), 0
+            for piece in pattern(8 * MiB + 777):  # ...and our direction is still open
+                s.sendall(piece)
+                sent.update(piece)
+                size += len(piece)
+            s.shutdown(socket.SHUT_WR)
+            assert recv_until_eof(s) == b""
+            s.close()
+            deadline = time.monotonic() + 10
+            while not received and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert received == [(size, sent.hexdigest())]
+            assert p.stats()["tcp.front.downstream_cx_rx_bytes_total"] == size
+        finally:
+            _stop(p)
+
+
+def recv_until_eof(s: socket.socket) -> bytes:
+    out = b""
+    while data := s.recv(1 << 16):
+        out += data
+    return out
