@@ -205,6 +205,8 @@ def listener(node: Node, index: int) -> Listener:
         "continue_on_listener_filters_timeout",
         "listener_filters_timeout",
         "additional_addresses",
+        "transparent",
+        "freebind",
     )
     address = socket_address(f.require("address"))
     additional = tuple(
@@ -239,6 +241,8 @@ def listener(node: Node, index: int) -> Listener:
             lambda n: n.integer(1024),
             DEFAULT_BUFFER_LIMIT,
         ),
+        transparent=f.opt("transparent", Node.boolean, False),
+        freebind=f.opt("freebind", Node.boolean, False),
     )
 
 

@@ -346,6 +346,10 @@ def listener(lis: Listener) -> dict[str, Any]:
         out["use_original_dst"] = True
     if not lis.bind_to_port:
         out["bind_to_port"] = False
+    if lis.transparent:
+        out["transparent"] = True
+    if lis.freebind:
+        out["freebind"] = True
     if lis.listener_filters:
         out["listener_filters"] = [
             {"name": f.value, "typed_config": {"@type": LISTENER_FILTER_TYPES[f.value]}} for f in lis.listener_filters

@@ -8,7 +8,8 @@ Promises:
   :15021 readiness) as listeners onto the admin, the way Istio's bootstrap serves them.
 - Only the model is read, so Envoy YAML, Istio YAML and the embedded sidecar export alike; the
   renderers (config/envoy_json.py) are the ones the admin's /config_dump uses.
-- `pysidecar envoy-config -c PATH... [-o FILE] [--workload-labels K=V,...]` prints (or writes)
+- `pysidecar envoy-config -c PATH... [-o FILE] [--workload-labels K=V,...]
+  [--interception-mode M]` prints (or writes)
   the YAML, inbound chains included for the Services selecting the labels (taken as
   `pysidecar run` takes them); a config error exits 2 with the file, YAML path and resource.
 """
@@ -16,6 +17,7 @@ Promises:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -25,6 +27,7 @@ from pysidecar.config.envoy_json import HCM, ROUTER, cluster, listener
 from pysidecar.config.envoy_json import socket_address as address
 from pysidecar.config.loader import load
 from pysidecar.config.node import ConfigError
+from pysidecar.config.sidecar import add_interception_mode_argument, resolve_interception_mode
 from pysidecar.model import Bootstrap, Cluster, ClusterType, LbEndpoint, SocketAddress
 from pysidecar.observe import workload
 
@@ -84,6 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     workload.add_labels_argument(parser)
+    add_interception_mode_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -93,7 +97,12 @@ def main(args: argparse.Namespace) -> int:
         print(f"pysidecar: --workload-labels: {e}", file=sys.stderr)
         return 2
     try:
-        text = dump(load(args.config, labels))
+        mode = resolve_interception_mode(args.interception_mode, os.environ)
+    except ValueError as e:
+        print(f"pysidecar: {e}", file=sys.stderr)
+        return 2
+    try:
+        text = dump(load(args.config, labels, mode))
     except ConfigError as e:
         print(f"pysidecar: configuration error: {e}", file=sys.stderr)
         return 2

@@ -13,6 +13,9 @@ Promises:
   inbound chains and clusters of the Services selecting it.
 - Anything unreadable, malformed or unsupported raises `ConfigError` naming the file, the YAML
   path and (for Istio) the resource; nothing is half-loaded.
+- `interception_mode` (`pysidecar run --interception-mode`) shapes the standard sidecar and
+  compiled Istio configs as istiod would (`sidecar.with_interception_mode`); an Envoy
+  bootstrap says for itself what its listeners are (`transparent: true`).
 - `watched_files(paths, bootstrap)` lists what a reload has to look at.
 """
 
@@ -27,7 +30,7 @@ from pysidecar.config.istio.compile import compile_config
 from pysidecar.config.istio.documents import collect
 from pysidecar.config.istio.mesh import is_mesh_document
 from pysidecar.config.node import ConfigError, Node, load_documents
-from pysidecar.config.sidecar import standard_sidecar
+from pysidecar.config.sidecar import standard_sidecar, with_interception_mode
 from pysidecar.model import Bootstrap, Cluster, Listener
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
@@ -64,11 +67,13 @@ def _is_xds_file(value: object) -> bool:
     return isinstance(value, dict) and "resources" in value and "kind" not in value
 
 
-def load(paths: Sequence[str], workload_labels: Mapping[str, str] | None = None) -> Bootstrap:
+def load(
+    paths: Sequence[str], workload_labels: Mapping[str, str] | None = None, interception_mode: str = "REDIRECT"
+) -> Bootstrap:
     """The config `paths` name; `workload_labels` (the pod's labels) give Istio YAML its inbound
-    side, and mean nothing to an Envoy bootstrap."""
+    side, and mean nothing to an Envoy bootstrap, nor does `interception_mode`."""
     if not paths:
-        return standard_sidecar()
+        return with_interception_mode(standard_sidecar(), interception_mode)
     docs = [d for f in config_files(paths) for d in load_documents(f)]
     envoy_docs = [d for d in docs if _is_envoy_bootstrap(d.value) and not is_mesh_document(d.value)]
     istio_docs = [d for d in docs if d not in envoy_docs and not _is_xds_file(d.value)]
@@ -83,7 +88,7 @@ def load(paths: Sequence[str], workload_labels: Mapping[str, str] | None = None)
         return envoy_bootstrap(envoy_docs[0])
     if not istio_docs:
         raise ConfigError(paths[0], "", "no configuration documents found")
-    return compile_config(collect(istio_docs), workload_labels)
+    return with_interception_mode(compile_config(collect(istio_docs), workload_labels), interception_mode)
 
 
 # -- Envoy file-based dynamic resources ------------------------------------------------------

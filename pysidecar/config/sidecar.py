@@ -12,10 +12,17 @@ Promises:
   ALLOW_ANY, BlackHoleCluster for REGISTRY_ONLY.
 - `with_resources` merges extra listeners and clusters (from Envoy YAML or compiled Istio
   resources) into the skeleton; a later definition of a name replaces the skeleton's.
+- `with_interception_mode(bootstrap, mode)` is what istiod does for a proxy whose node metadata
+  says INTERCEPTION_MODE TPROXY: virtualInbound becomes `transparent: true` (the init's mangle
+  TPROXY rules deliver to it; its original destination is the accepted socket's local
+  address). The inbound passthrough still connects from 127.0.0.6 / ::6 (Istio would add
+  original_src here; we don't).
 """
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Mapping
 from dataclasses import replace
 
 from pysidecar.model import (
@@ -116,6 +123,37 @@ def standard_sidecar(mesh: MeshConfig | None = None) -> Bootstrap:
         readiness_address=SocketAddress("0.0.0.0", READINESS_PORT),
         mesh=mesh,
         sources=("<embedded standard sidecar>",),
+    )
+
+
+# NONE: no interception at all (Istio's third mode); the proxy runs as under REDIRECT.
+INTERCEPTION_MODES = ("REDIRECT", "TPROXY", "NONE")
+
+
+def add_interception_mode_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--interception-mode", choices=INTERCEPTION_MODES, default=None,
+        help="how `pysidecar init` intercepts inbound traffic (TPROXY: virtualInbound is "
+        "transparent, which needs CAP_NET_ADMIN); default $INTERCEPTION_MODE, else "
+        "$ISTIO_META_INTERCEPTION_MODE (Istio's node metadata), else REDIRECT",
+    )  # fmt: skip
+
+
+def resolve_interception_mode(flag: str | None, environ: Mapping[str, str]) -> str:
+    """The flag, else $INTERCEPTION_MODE, else $ISTIO_META_INTERCEPTION_MODE, else REDIRECT."""
+    mode = flag or environ.get("INTERCEPTION_MODE") or environ.get("ISTIO_META_INTERCEPTION_MODE") or "REDIRECT"
+    if mode not in INTERCEPTION_MODES:
+        raise ValueError(f"interception mode {mode!r} (from the environment): expected one of "
+                         f"{', '.join(INTERCEPTION_MODES)}")  # fmt: skip
+    return mode
+
+
+def with_interception_mode(base: Bootstrap, mode: str) -> Bootstrap:
+    if mode != "TPROXY":
+        return base
+    return replace(
+        base,
+        listeners=tuple(replace(x, transparent=True) if x.name == VIRTUAL_INBOUND else x for x in base.listeners),
     )
 
 

@@ -119,6 +119,8 @@ def sidecar_container(template: Template, annotations: dict[str, str], *, image:
     custom = _resources(annotations)
     if custom is not None:
         container["resources"] = custom
+    # Istio's node metadata: `pysidecar run` makes virtualInbound transparent under TPROXY.
+    container.setdefault("env", []).append({"name": "ISTIO_META_INTERCEPTION_MODE", "value": mode})
     if mode == "TPROXY":
         # TPROXY needs IP_TRANSPARENT on upstream sockets: root with NET_ADMIN. The loop guard
         # still holds through the gid rules (-g defaults to -u, 1337), as in Istio.

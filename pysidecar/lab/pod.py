@@ -155,12 +155,14 @@ class Pod:
         args: Sequence[str] = ("run",),
         uid: int = PROXY_UID,
         env: Mapping[str, str] | None = None,
+        caps: Sequence[str] = PROXY_CAPS,
     ) -> subprocess.Popen[bytes]:
-        """Start `pysidecar ARGS` in the pod as uid=gid=`uid`; logs go to the lab's logdir."""
+        """Start `pysidecar ARGS` in the pod as uid=gid=`uid` with ambient `caps` (TPROXY wants
+        "net_admin" too); logs go to the lab's logdir."""
         proc = self.spawn(
             [sys.executable, "-m", "pysidecar", *args],
             user=uid,
-            caps=PROXY_CAPS,
+            caps=caps,
             env={"PYTHONUNBUFFERED": "1", **(env or {})},
             log="proxy",
         )

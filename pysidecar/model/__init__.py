@@ -225,6 +225,11 @@ class Listener:
     # Envoy's additional_addresses: Istio adds [::] to the wildcard listeners on dual-stack pods.
     additional_addresses: tuple[SocketAddress, ...] = ()
     per_connection_buffer_limit_bytes: int = DEFAULT_BUFFER_LIMIT
+    # IP_TRANSPARENT on the listening socket: accepts what TPROXY diverts to it, the accepted
+    # socket's local address being the original destination. IP_FREEBIND: bind a non-local
+    # address.
+    transparent: bool = False
+    freebind: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,9 @@
 """An accepted connection, from accept to the network filter that takes it over.
 
 Promises:
-- On accept it recovers the original destination (when the listener uses original_dst), hands
+- On accept it recovers the original destination (when the listener uses original_dst:
+  SO_ORIGINAL_DST after a REDIRECT, the socket's local address on a transparent listener,
+  which is how TPROXY delivers), hands
   the connection to the listener that owns that destination (use_original_dst), picks the
   filter chain, and switches the transport's protocol to the chain's network filter. The
   listener's stats (downstream_cx_total / _active / _destroy, no_filter_chain_match) count it
@@ -81,9 +83,11 @@ class ActiveConnection(asyncio.Protocol):
         bound = snapshot.bound.get(self.bound.name, self.bound)
         local = transport.get_extra_info("sockname")
         orig: SocketAddress | None = None
+        local_address = SocketAddress(str(local[0]), int(local[1]))
         if bound.use_original_dst or ListenerFilter.ORIGINAL_DST in bound.listener_filters:
-            orig = original_dst(transport.get_extra_info("socket"))
-        destination = orig or SocketAddress(str(local[0]), int(local[1]))
+            # TPROXY (a transparent listener) changes no address: the local one is the original.
+            orig = local_address if bound.transparent else original_dst(transport.get_extra_info("socket"))
+        destination = orig or local_address
         listener = snapshot.table.handoff(bound, orig)
         self.listener = listener
         stats = self.worker.stats.listener(listener.address.listener_name)

@@ -33,6 +33,7 @@ import uvloop
 
 from pysidecar.config.loader import load
 from pysidecar.config.node import ConfigError
+from pysidecar.config.sidecar import add_interception_mode_argument, resolve_interception_mode
 from pysidecar.config.watch import ConfigWatcher, ReloadState
 from pysidecar.model import AccessLogConfig, Bootstrap
 from pysidecar.observe import http_server, workload
@@ -69,6 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write Envoy's access log to PATH (a file, or /dev/stdout); off by default",
     )  # fmt: skip
     workload.add_labels_argument(parser)
+    add_interception_mode_argument(parser)
     parser.add_argument(
         "--access-log-format", metavar="FORMAT", default=None,
         help="text (Istio's default line), json (Istio's keys), or a format of %%OPERATORS%%",
@@ -267,8 +269,13 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"pysidecar: --workload-labels: {e}", file=sys.stderr)
         return 2
+    try:
+        mode = resolve_interception_mode(args.interception_mode, os.environ)
+    except ValueError as e:
+        print(f"pysidecar: {e}", file=sys.stderr)
+        return 2
     # The pod's labels are fixed for its life: every reload compiles with the same ones.
-    args.loader = functools.partial(load, workload_labels=labels)
+    args.loader = functools.partial(load, workload_labels=labels, interception_mode=mode)
     try:
         bootstrap = args.loader(args.config)
     except ConfigError as e:

@@ -71,14 +71,33 @@ class Snapshot:
         return cls(bootstrap, ListenerTable.build(bootstrap), {x.name: x for x in bootstrap.listeners}, inbound)
 
 
-def bind_socket(address: SocketAddress) -> socket.socket:
+# Linux socket options without a name in Python's socket module (linux/in.h, linux/in6.h).
+IP_FREEBIND = 15
+IPV6_TRANSPARENT = 75
+IPV6_FREEBIND = 78
+
+
+def bind_socket(address: SocketAddress, transparent: bool = False, freebind: bool = False) -> socket.socket:
+    """A listening socket for `address`; `transparent` sets IP_TRANSPARENT (TPROXY: needs
+    CAP_NET_ADMIN), `freebind` IP_FREEBIND, as Envoy's listener fields of those names do."""
     family = socket.AF_INET6 if ":" in address.address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
+        v6 = family == socket.AF_INET6
+        if v6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if transparent:
+            try:
+                if v6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+                else:
+                    sock.setsockopt(socket.SOL_IP, socket.IP_TRANSPARENT, 1)
+            except PermissionError as e:
+                raise OSError(e.errno, f"{e.strerror} (transparent: IP_TRANSPARENT needs CAP_NET_ADMIN)") from e
+        if freebind:
+            sock.setsockopt(socket.IPPROTO_IPV6 if v6 else socket.SOL_IP, IPV6_FREEBIND if v6 else IP_FREEBIND, 1)
         sock.bind((address.address, address.port))
         sock.setblocking(False)
     except OSError:
@@ -136,7 +155,7 @@ class Worker:
             if key in self._servers:
                 continue
             try:
-                sock = bind_socket(SocketAddress(*key))
+                sock = bind_socket(SocketAddress(*key), lis.transparent, lis.freebind)
             except OSError as e:
                 if not required and e.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
                     log.warning("listener %s: skipping [%s]:%d: %s", lis.name, key[0], key[1], e.strerror)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 
 from pysidecar.lab import Lab, Pod
+from pysidecar.lab.pod import PROXY_CAPS
 
 
 def write_config(lab: Lab, name: str, text: str) -> str:
@@ -28,12 +29,13 @@ def start_sidecar(
     extra: Sequence[str] = (),
     intercept: bool = True,
     ready_port: int = 15021,
+    caps: Sequence[str] = PROXY_CAPS,
 ) -> subprocess.Popen[bytes]:
     """Istio's rules (pysidecar init with the injector's defaults), then `pysidecar run` as 1337."""
     if intercept:
         pod.install_interception()
     args = ["run", "--concurrency", str(concurrency), *(["-c", config] if config else []), *extra]
-    proc = pod.spawn_proxy(args)
+    proc = pod.spawn_proxy(args, caps=caps)
     pod.wait_port(ready_port, timeout=20, proc=proc)
     # Every worker up: :15021 for the standard sidecar, else the admin's /ready.
     url = "http://127.0.0.1:15021/healthz/ready" if ready_port == 15021 else "http://127.0.0.1:15000/ready"

@@ -45,6 +45,8 @@ static_resources:
     address:
       socketAddress: { address: 10.96.0.5, portValue: 3306 }
     bindToPort: false
+    transparent: true
+    freebind: true
     filterChains:
     - filters:
       - name: envoy.tcp_proxy
@@ -96,6 +98,7 @@ def test_accepts_the_supported_subset_in_both_spellings(tmp_path: Path) -> None:
     assert isinstance(tcp, TcpProxy) and tcp.idle_timeout == 30.0
     assert [(w.name, w.weight) for w in tcp.weighted_clusters] == [("v1", 40), ("v2", 60)]
     assert mysql.bind_to_port is False and mysql.address == SocketAddress("10.96.0.5", 3306)
+    assert (mysql.transparent, mysql.freebind, l0.transparent, l0.freebind) == (True, True, False, False)
     v1, v2, orig = b.clusters
     assert (v1.type, v1.lb_policy, v1.connect_timeout) == (ClusterType.STRICT_DNS, LbPolicy.LEAST_REQUEST, 0.25)
     assert v2.endpoints[0].load_balancing_weight == 3

@@ -209,8 +209,11 @@ def test_interception_mode_none_has_no_init_container() -> None:
 
 def test_tproxy_runs_the_proxy_as_root_in_gid_1337() -> None:
     (out,) = inject([workload("Deployment", {"sidecar.istio.io/interceptionMode": "TPROXY"})])
-    security = pod_of(out)["spec"]["containers"][-1]["securityContext"]
+    proxy = pod_of(out)["spec"]["containers"][-1]
+    security = proxy["securityContext"]
     assert (security["runAsUser"], security["runAsGroup"], security["capabilities"]["add"]) == (0, 1337, ["NET_ADMIN"])
+    # Istio's node metadata tells the proxy, which then makes virtualInbound transparent.
+    assert {"name": "ISTIO_META_INTERCEPTION_MODE", "value": "TPROXY"} in proxy["env"]
     assert_valid([out])
 
 
