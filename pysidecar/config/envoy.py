@@ -19,6 +19,7 @@ from pysidecar.config.access_log import access_logs
 from pysidecar.config.node import ConfigError, Node, load_documents
 from pysidecar.model import (
     DEFAULT_BUFFER_LIMIT,
+    DEFAULT_LISTENER_FILTERS_TIMEOUT,
     DEFAULT_PANIC_THRESHOLD,
     DEFAULT_TCP_IDLE_TIMEOUT,
     Admin,
@@ -27,6 +28,7 @@ from pysidecar.model import (
     CircuitBreakers,
     Cluster,
     ClusterType,
+    DnsLookupFamily,
     FilterChain,
     FilterChainMatch,
     LbEndpoint,
@@ -61,6 +63,9 @@ def socket_address(node: Node) -> SocketAddress:
     f = sa.fields("address", "port_value", "protocol", "ipv4_compat")
     if (proto := f.get("protocol")) is not None:
         proto.enum(["TCP"])
+    if f.opt("ipv4_compat", Node.boolean, False):
+        f.require("ipv4_compat").fail("ipv4_compat: true is not supported: IPv6 sockets are IPv6-only; "
+                                      "add an IPv4 address (additional_addresses) instead")  # fmt: skip
     host = f.require("address").string()
     port = f.get("port_value")
     return SocketAddress(host, port.port() if port is not None else 0)
@@ -219,9 +224,6 @@ def listener(node: Node, index: int) -> Listener:
     default_chain = filter_chain(default, f"{name}-default") if default is not None else None
     if not chains and default_chain is None:
         node.fail("expected at least one of 'filter_chains' or 'default_filter_chain'")
-    # Accepted for compatibility: we always continue when listener filters time out.
-    f.opt("continue_on_listener_filters_timeout", Node.boolean, True)
-    f.opt("listener_filters_timeout", Node.duration, 0.0)
     return Listener(
         name=name,
         address=address,
@@ -243,6 +245,8 @@ def listener(node: Node, index: int) -> Listener:
         ),
         transparent=f.opt("transparent", Node.boolean, False),
         freebind=f.opt("freebind", Node.boolean, False),
+        listener_filters_timeout=f.opt("listener_filters_timeout", Node.duration, DEFAULT_LISTENER_FILTERS_TIMEOUT),
+        continue_on_listener_filters_timeout=f.opt("continue_on_listener_filters_timeout", Node.boolean, False),
     )
 
 
@@ -254,6 +258,11 @@ def load_assignment(node: Node) -> tuple[LbEndpoint, ...]:
     out: list[LbEndpoint] = []
     for locality in f.list("endpoints"):
         lf = locality.fields("lb_endpoints", "locality", "load_balancing_weight", "priority")
+        if lf.opt("priority", _count, 0) != 0:
+            lf.require("priority").fail("priority levels are not supported: every endpoint is priority 0")
+        # Envoy itself ignores locality weights unless common_lb_config has
+        # locality_weighted_lb_config, which is refused there: accepting them changes nothing.
+        lf.opt("load_balancing_weight", lambda n: n.integer(1), 1)
         for lb in lf.list("lb_endpoints"):
             ef = lb.fields("endpoint", "load_balancing_weight")
             ep = ef.require("endpoint").fields("address", "hostname")
@@ -390,9 +399,11 @@ def cluster(node: Node) -> Cluster:
             addrs.append(extra.fields("address").require("address"))
         for a in addrs:
             af = a.fields("address", "port_value", "protocol")
+            if af.opt("port_value", lambda n: n.integer(0, 65535), 0) != 0:
+                af.require("port_value").fail("a fixed source port is not supported; use 0 (any port)")
+            if (proto := af.get("protocol")) is not None:
+                proto.enum(["TCP"])
             bind += (af.require("address").string(),)
-    if (family := f.get("dns_lookup_family")) is not None:
-        family.enum(["AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL"])
     connect = f.get("connect_timeout")
     refresh = f.get("dns_refresh_rate")
     alt = f.get("alt_stat_name")
@@ -405,6 +416,11 @@ def cluster(node: Node) -> Cluster:
         endpoints=endpoints,
         upstream_bind_addresses=bind,
         dns_refresh_rate=refresh.duration() if refresh is not None else 5.0,
+        dns_lookup_family=f.opt(
+            "dns_lookup_family",
+            lambda n: DnsLookupFamily(n.enum([d.value for d in DnsLookupFamily])),
+            DnsLookupFamily.AUTO,
+        ),
         alt_stat_name=alt.string() if alt is not None else None,
         circuit_breakers=f.opt("circuit_breakers", circuit_breakers, CircuitBreakers()),
         outlier_detection=f.opt("outlier_detection", outlier_detection, None),

@@ -14,11 +14,13 @@ import json
 from typing import Any
 
 from pysidecar.model import (
+    DEFAULT_LISTENER_FILTERS_TIMEOUT,
     DEFAULT_PANIC_THRESHOLD,
     AccessLogConfig,
     CircuitBreakers,
     Cluster,
     ClusterType,
+    DnsLookupFamily,
     FilterChain,
     FilterChainMatch,
     Listener,
@@ -354,7 +356,9 @@ def listener(lis: Listener) -> dict[str, Any]:
         out["listener_filters"] = [
             {"name": f.value, "typed_config": {"@type": LISTENER_FILTER_TYPES[f.value]}} for f in lis.listener_filters
         ]
-        # As Istio's listeners: when sniffing times out, fall through to the chains without it.
+    if lis.listener_filters_timeout != DEFAULT_LISTENER_FILTERS_TIMEOUT:
+        out["listener_filters_timeout"] = duration(lis.listener_filters_timeout)
+    if lis.continue_on_listener_filters_timeout:
         out["continue_on_listener_filters_timeout"] = True
     return out
 
@@ -375,10 +379,11 @@ def cluster(c: Cluster) -> dict[str, Any]:
             if c.endpoints
             else [],
         }
-    if c.type in (ClusterType.STRICT_DNS, ClusterType.LOGICAL_DNS):
+    dns = c.type in (ClusterType.STRICT_DNS, ClusterType.LOGICAL_DNS)
+    if dns:
         out["dns_refresh_rate"] = duration(c.dns_refresh_rate)
-        # Istio's choice for an IPv4 sidecar: names resolve to A records only.
-        out["dns_lookup_family"] = "V4_ONLY"
+    if dns or c.dns_lookup_family is not DnsLookupFamily.AUTO:
+        out["dns_lookup_family"] = c.dns_lookup_family.value
     if c.upstream_bind_addresses:
         first, *extra = c.upstream_bind_addresses
         bind: dict[str, Any] = {"source_address": {"address": first, "port_value": 0}}

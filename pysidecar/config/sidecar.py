@@ -94,6 +94,7 @@ def standard_sidecar(mesh: MeshConfig | None = None) -> Bootstrap:
             ListenerFilter.TLS_INSPECTOR,
             ListenerFilter.HTTP_INSPECTOR,
         ),
+        continue_on_listener_filters_timeout=True,  # istiod's: sniffing gives up, never closes
         filter_chains=(
             _tcp_chain(f"{VIRTUAL_INBOUND}-blackhole", BLACKHOLE_CLUSTER, INBOUND_PORT),
             _tcp_chain(INBOUND_PASSTHROUGH_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER),

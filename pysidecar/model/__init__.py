@@ -23,6 +23,8 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_TCP_IDLE_TIMEOUT = 3600.0
 # Envoy's per_connection_buffer_limit_bytes default: 1 MiB. The watermark reading pauses at.
 DEFAULT_BUFFER_LIMIT = 1024 * 1024
+# Envoy's listener_filters_timeout default: how long listener filters may wait for bytes.
+DEFAULT_LISTENER_FILTERS_TIMEOUT = 15.0
 
 PASSTHROUGH_CLUSTER = "PassthroughCluster"
 BLACKHOLE_CLUSTER = "BlackHoleCluster"
@@ -51,6 +53,16 @@ class TrafficDirection(enum.Enum):
     UNSPECIFIED = "UNSPECIFIED"
     INBOUND = "INBOUND"
     OUTBOUND = "OUTBOUND"
+
+
+class DnsLookupFamily(enum.Enum):
+    """Which addresses a DNS cluster uses (Envoy's cluster dns_lookup_family)."""
+
+    AUTO = "AUTO"  # IPv6 when the name has any, else IPv4 (Envoy's default)
+    V4_ONLY = "V4_ONLY"
+    V6_ONLY = "V6_ONLY"
+    V4_PREFERRED = "V4_PREFERRED"  # IPv4 when the name has any, else IPv6
+    ALL = "ALL"  # both
 
 
 class ClusterType(enum.Enum):
@@ -132,6 +144,7 @@ class Cluster:
     upstream_bind_addresses: tuple[str, ...] = ()
     # DNS clusters re-resolve at this rate (Envoy's dns_refresh_rate, default 5s).
     dns_refresh_rate: float = 5.0
+    dns_lookup_family: DnsLookupFamily = DnsLookupFamily.AUTO
     # Istio stamps alt_stat_name; stats use it when set.
     alt_stat_name: str | None = None
     circuit_breakers: CircuitBreakers = field(default_factory=CircuitBreakers)
@@ -230,6 +243,10 @@ class Listener:
     # address.
     transparent: bool = False
     freebind: bool = False
+    # Sniffing gives up after this long (0: never); then the connection continues with what was
+    # read, or, Envoy's default, is closed (listener downstream_pre_cx_timeout). Istio continues.
+    listener_filters_timeout: float = DEFAULT_LISTENER_FILTERS_TIMEOUT
+    continue_on_listener_filters_timeout: bool = False
 
 
 @dataclass(frozen=True, slots=True)

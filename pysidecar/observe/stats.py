@@ -111,6 +111,7 @@ class StatsBlock(metaclass=_Declared):
 class ListenerStats(StatsBlock):
     downstream_cx_total: Counter
     downstream_cx_destroy: Counter
+    downstream_pre_cx_timeout: Counter
     no_filter_chain_match: Counter
     downstream_cx_active: Gauge
 

@@ -2,7 +2,8 @@
 
 Promises:
 - STATIC clusters use their endpoints as given; STRICT_DNS resolves every endpoint name and
-  uses all the addresses; LOGICAL_DNS uses the first address of its one name; both re-resolve
+  uses the addresses its dns_lookup_family keeps (`pick_family`: AUTO, Envoy's default, takes
+  the IPv6 ones when there are any); LOGICAL_DNS uses the first address of its one name; both re-resolve
   every `dns_refresh_rate` in the background and keep the last good answer on failure.
   Names resolve through the system resolver, so /etc/hosts (and a lab's /etc/netns/<ns>/hosts)
   applies.
@@ -28,7 +29,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from pysidecar.model import Cluster, ClusterType, SocketAddress
+from pysidecar.model import Cluster, ClusterType, DnsLookupFamily, SocketAddress
 from pysidecar.observe.stats import ClusterStats, StatsStore, outlier_detection_stats
 from pysidecar.proxy.circuit_breaker import CircuitBreaker
 from pysidecar.proxy.lb import Host, LoadBalancer, load_balancer
@@ -145,7 +146,7 @@ class ClusterRuntime:
         if self.config.type is ClusterType.LOGICAL_DNS:
             endpoints = endpoints[:1]
         for ep in endpoints:
-            addrs = await _resolve(loop, ep.address.address, ep.address.port)
+            addrs = await _resolve(loop, ep.address.address, ep.address.port, self.config.dns_lookup_family)
             if self.config.type is ClusterType.LOGICAL_DNS:
                 addrs = addrs[:1]
             found.extend(Host(a, ep.address.port, ep.load_balancing_weight) for a in addrs)
@@ -161,7 +162,9 @@ class ClusterRuntime:
             await asyncio.sleep(self.config.dns_refresh_rate)
 
 
-async def _resolve(loop: asyncio.AbstractEventLoop, name: str, port: int) -> list[str]:
+async def _resolve(
+    loop: asyncio.AbstractEventLoop, name: str, port: int, family: DnsLookupFamily
+) -> list[str]:
     try:
         ipaddress.ip_address(name)
         return [name]
@@ -172,12 +175,27 @@ async def _resolve(loop: asyncio.AbstractEventLoop, name: str, port: int) -> lis
     except OSError as e:
         log.warning("DNS lookup of %s failed: %s", name, e)
         return []
-    out: list[str] = []
-    for family, *_rest, sockaddr in infos:
+    found: list[str] = []
+    for af, *_rest, sockaddr in infos:
         ip = str(sockaddr[0])
-        if family in (socket.AF_INET, socket.AF_INET6) and ip not in out:
-            out.append(ip)
-    return out
+        if af in (socket.AF_INET, socket.AF_INET6) and ip not in found:
+            found.append(ip)
+    return pick_family(found, family)
+
+
+def pick_family(addresses: list[str], family: DnsLookupFamily) -> list[str]:
+    """The addresses Envoy's dns_lookup_family keeps of a name's answers (in resolver order)."""
+    v4 = [a for a in addresses if ":" not in a]
+    v6 = [a for a in addresses if ":" in a]
+    if family is DnsLookupFamily.V4_ONLY:
+        return v4
+    if family is DnsLookupFamily.V6_ONLY:
+        return v6
+    if family is DnsLookupFamily.AUTO:
+        return v6 or v4
+    if family is DnsLookupFamily.V4_PREFERRED:
+        return v4 or v6
+    return addresses
 
 
 class ClusterManager:

@@ -11,9 +11,12 @@ Promises:
 - Sniffing (listener filters tls_inspector / http_inspector) runs only when the handling
   listener has those filters and one of its chains can only be chosen with what they find;
   otherwise the chain is chosen at accept, without waiting for a byte. Sniffing reads until
-  the inspectors can decide, the peer closes, or the listener filters timeout (Envoy's 15 s
-  default) passes, then continues with what it has (continue_on_listener_filters_timeout):
-  a server-first protocol waits that long, as on Envoy, and is then proxied as TCP.
+  the inspectors can decide, the peer closes, or the handling listener's
+  listener_filters_timeout (Envoy's 15 s default; 0: no limit) passes. Then, with
+  continue_on_listener_filters_timeout (Istio's listeners set it), it continues with what it
+  has: a server-first protocol waits that long, as on Envoy, and is proxied as TCP; without it
+  (Envoy's default) the connection is closed and counted in the listener's
+  downstream_pre_cx_timeout.
 - The h2c preface is reported as not-HTTP to chain matching until an HTTP/2 codec exists, so
   such connections take the listener's TCP chain.
 - The decision is made on the config snapshot current at accept time; the connection keeps
@@ -45,8 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Envoy's listener_filters_timeout default; Istio continues on timeout, and so do we.
-LISTENER_FILTERS_TIMEOUT = 15.0
 # HTTP/2 (h2c) has no codec yet: such connections are matched as not-HTTP.
 HTTP2_SUPPORTED = False
 
@@ -100,7 +101,10 @@ class ActiveConnection(asyncio.Protocol):
         if (sniff_tls or sniff_http) and needs_inspection(listener):
             self.snapshot = snapshot
             self.destination = destination
-            self.sniff_timer = self.worker.loop.call_later(LISTENER_FILTERS_TIMEOUT, self._sniff_timeout)
+            if listener.listener_filters_timeout > 0:
+                self.sniff_timer = self.worker.loop.call_later(
+                    listener.listener_filters_timeout, self._sniff_timeout
+                )
             self.worker.connections.add(self)
             return
         self.dispatch(snapshot, ConnectionInfo(destination), b"")
@@ -117,7 +121,13 @@ class ActiveConnection(asyncio.Protocol):
 
     def _sniff_timeout(self) -> None:
         self.sniff_timer = None
-        self._inspect(eof=True)
+        if self.listener.continue_on_listener_filters_timeout:
+            self._inspect(eof=True)
+            return
+        if self.stats is not None:
+            self.stats.downstream_pre_cx_timeout += 1
+        if self.transport is not None:
+            self.transport.close()  # connection_lost does the rest of the accounting
 
     def _inspect(self, eof: bool) -> asyncio.BaseProtocol | None:
         """Decide when the inspectors can; returns the protocol that took the connection over."""

@@ -133,6 +133,7 @@ static_resources:
       typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}
     - name: envoy.filters.listener.http_inspector
       typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector}
+    continue_on_listener_filters_timeout: true
     filter_chains:
     - filter_chain_match: {transport_protocol: raw_buffer, application_protocols: [http/1.1, h2c]}
       filters:
@@ -260,3 +261,30 @@ def test_drain_keeps_a_sniffing_connection_and_closes_http_after_its_response(la
     assert time.monotonic() - signalled < 1.5
     s.close()
     assert proxy.wait(3) == 0
+
+
+@pytest.mark.parametrize("cont", [True, False], ids=["continue", "close"])
+def test_listener_filters_timeout_and_continue_are_the_listeners(lab: Lab, cont: bool) -> None:
+    """A short listener_filters_timeout; without continue_on_listener_filters_timeout (Envoy's
+    default) a connection that sends nothing is closed when it passes."""
+    app = lab.add_pod("app")
+    ext = lab.add_pod("ext", hostnames=["ext.lab"], address="198.19.0.10")
+    ext.spawn_server("source", 80, "--bytes", "5")
+    config = REGISTRY_ONLY_HTTP.replace(
+        "    continue_on_listener_filters_timeout: true\n",
+        f"    continue_on_listener_filters_timeout: {str(cont).lower()}\n    listener_filters_timeout: 0.5s\n",
+    )
+    start_sidecar(app, write_config(lab, "lft.yaml", config), concurrency=1, ready_port=15000)
+    start = time.monotonic()
+    s = connect(app, "198.19.0.10", 80, timeout=10)
+    data = recv_all(s)
+    elapsed = time.monotonic() - start
+    s.close()
+    assert 0.4 <= elapsed <= 3, elapsed
+    st = stats(app)
+    if cont:
+        assert len(data) == 5  # proxied as TCP once sniffing gave up
+        assert st.get("listener.0.0.0.0_80.downstream_pre_cx_timeout", 0) == 0
+    else:
+        assert data == b""
+        assert st["listener.0.0.0.0_80.downstream_pre_cx_timeout"] == 1

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from pysidecar.config.envoy import load_file
 from pysidecar.config.node import ConfigError
-from pysidecar.model import ClusterType, LbPolicy, ListenerFilter, SocketAddress, TcpProxy
+from pysidecar.model import (
+    Cluster,
+    ClusterType,
+    DnsLookupFamily,
+    LbEndpoint,
+    LbPolicy,
+    ListenerFilter,
+    SocketAddress,
+    TcpProxy,
+)
+from pysidecar.observe.stats import StatsStore
+from pysidecar.proxy.cluster_manager import ClusterRuntime, pick_family
 
 GOOD = """
 admin:
@@ -117,6 +130,12 @@ def test_accepts_the_supported_subset_in_both_spellings(tmp_path: Path) -> None:
         ("v3.TcpProxy\n          stat_prefix: tls", "v3.RedisProxy\n          stat_prefix: tls", "static_resources.listeners[0].filter_chains[0].filters[0]", "unsupported network filter type"),
         ("transport_protocol: tls", "transport_protocol: quic", "static_resources.listeners[0].filter_chains[0].filter_chain_match.transport_protocol", "expected one of raw_buffer, tls"),
         ("  - name: v2\n", "  - name: v1\n", "static_resources.clusters[1]", "duplicate cluster name 'v1'"),
+        # Fields Envoy acts on that we don't: refused unless at their default, never ignored.
+        ("      - lb_endpoints:\n        - endpoint: {address: {socket_address: {address: v1.lab", "      - priority: 1\n        lb_endpoints:\n        - endpoint: {address: {socket_address: {address: v1.lab", "static_resources.clusters[0].load_assignment.endpoints[0].priority", "priority levels are not supported"),
+        ("{address: 127.0.0.6, port_value: 0}", "{address: 127.0.0.6, port_value: 4000}", "static_resources.clusters[2].upstream_bind_config.source_address.port_value", "a fixed source port is not supported"),
+        ("{ address: 0.0.0.0, port_value: 8080 }", "{ address: '::', port_value: 8080, ipv4_compat: true }", "static_resources.listeners[0].address.socket_address.ipv4_compat", "ipv4_compat: true is not supported"),
+        ("type: STRICT_DNS", "type: STRICT_DNS\n    dns_lookup_family: V5_ONLY", "static_resources.clusters[0].dns_lookup_family", "expected one of AUTO, V4_ONLY"),
+        ("bindToPort: false", "bindToPort: false\n    listenerFiltersTimeout: later", "static_resources.listeners[1].listenerFiltersTimeout", "expected a duration"),
     ],
 )
 def test_errors_name_file_yaml_path_and_expectation(
@@ -146,3 +165,56 @@ def test_run_with_a_typo_exits_2_before_binding(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert "static_resources.listeners[1].bindToPrt" in r.stderr
     assert file in r.stderr
+
+
+def test_defaults_and_values_of_fields_we_act_on(tmp_path: Path) -> None:
+    b = load_file(_write(tmp_path, GOOD))
+    l0, mysql = b.listeners
+    # Envoy's defaults: 15 s, and close (not continue) when listener filters time out.
+    assert (l0.listener_filters_timeout, l0.continue_on_listener_filters_timeout) == (15.0, False)
+    v1, v2, _ = b.clusters
+    assert v1.dns_lookup_family is DnsLookupFamily.AUTO
+    text = GOOD.replace("type: STRICT_DNS", "type: STRICT_DNS\n    dns_lookup_family: V4_ONLY").replace(
+        "    bindToPort: false", "    bindToPort: false\n    listener_filters_timeout: 0s\n"
+        "    continueOnListenerFiltersTimeout: true"
+    ).replace(
+        # Locality weights: Envoy ignores them without locality_weighted_lb_config, so do we.
+        "      - lb_endpoints:\n        - endpoint: {address: {socket_address: {address: 198.18",
+        "      - load_balancing_weight: 7\n        priority: 0\n        lb_endpoints:\n"
+        "        - endpoint: {address: {socket_address: {address: 198.18",
+    )
+    b = load_file(_write(tmp_path, text))
+    mysql = b.listeners[1]
+    assert (mysql.listener_filters_timeout, mysql.continue_on_listener_filters_timeout) == (0.0, True)
+    assert b.clusters[0].dns_lookup_family is DnsLookupFamily.V4_ONLY
+    assert b.clusters[1].endpoints == v2.endpoints
+
+
+@pytest.mark.parametrize(("family", "want"), [
+    (DnsLookupFamily.AUTO, ["2001:db8::1", "2001:db8::2"]),
+    (DnsLookupFamily.V4_ONLY, ["198.18.0.1"]),
+    (DnsLookupFamily.V6_ONLY, ["2001:db8::1", "2001:db8::2"]),
+    (DnsLookupFamily.V4_PREFERRED, ["198.18.0.1"]),
+    (DnsLookupFamily.ALL, ["2001:db8::1", "198.18.0.1", "2001:db8::2"]),
+])
+def test_dns_lookup_family_picks_addresses_as_envoy(family: DnsLookupFamily, want: list[str]) -> None:
+    assert pick_family(["2001:db8::1", "198.18.0.1", "2001:db8::2"], family) == want
+    # A name with one family only: the *_PREFERRED / AUTO choices fall back to it.
+    only_v4 = pick_family(["198.18.0.1"], family)
+    assert only_v4 == ([] if family is DnsLookupFamily.V6_ONLY else ["198.18.0.1"])
+
+
+def test_dns_lookup_family_applies_to_a_real_resolution() -> None:
+    # localhost resolves through /etc/hosts to 127.0.0.1 (and ::1 where listed).
+    cfg = Cluster("c", ClusterType.STRICT_DNS, endpoints=(LbEndpoint(SocketAddress("localhost", 80)),),
+                  dns_lookup_family=DnsLookupFamily.V4_ONLY)
+    rt = ClusterRuntime(cfg, StatsStore().cluster("c"))
+    asyncio.run(_resolve_with(rt))
+    assert [h.address for h in rt.hosts] == ["127.0.0.1"]
+    rt6 = ClusterRuntime(replace(cfg, dns_lookup_family=DnsLookupFamily.V6_ONLY), StatsStore().cluster("c"))
+    asyncio.run(_resolve_with(rt6))
+    assert all(":" in h.address for h in rt6.hosts)
+
+
+async def _resolve_with(rt: ClusterRuntime) -> None:
+    await rt.resolve_once(asyncio.get_running_loop())

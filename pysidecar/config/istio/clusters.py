@@ -29,6 +29,7 @@ from pysidecar.model import (
     CircuitBreakers,
     Cluster,
     ClusterType,
+    DnsLookupFamily,
     LbEndpoint,
     LbPolicy,
     MeshConfig,
@@ -124,6 +125,8 @@ def service_cluster(
         connect_timeout=connect,
         lb_policy=policy.lb_policy or DEFAULT_LB,
         endpoints=_endpoints(svc, port, subset),
+        # istiod's choice for an IPv4 sidecar: names resolve to A records only.
+        dns_lookup_family=DnsLookupFamily.AUTO if ctype is ClusterType.STATIC else DnsLookupFamily.V4_ONLY,
         circuit_breakers=circuit_breakers(pool),
         outlier_detection=od,
         healthy_panic_threshold=ISTIO_PANIC_THRESHOLD if od is not None else DEFAULT_PANIC_THRESHOLD,

@@ -216,6 +216,7 @@ def _listener(name: str, address: str, port: int, chains: list[FilterChain]) -> 
         bind_to_port=False,
         traffic_direction=TrafficDirection.OUTBOUND,
         listener_filters=INSPECTORS if inspect else (),
+        continue_on_listener_filters_timeout=inspect,  # as istiod's port listeners
     )
 
 
