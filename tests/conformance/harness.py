@@ -7,6 +7,7 @@ exact bytes and parses the exact response, so header order and framing can be co
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import time
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,6 +149,19 @@ def get(port: int, path: str, host: str = "abc.com", method: str = "GET") -> Res
     return r
 
 
+@contextlib.contextmanager
+def running(scenario: str, envoy: str | None) -> Iterator[Stack]:
+    """A Stack for the test module: its logs printed when the tests fail, always closed."""
+    s = Stack(scenario, envoy)
+    try:
+        yield s
+    except Exception:
+        print(s.logs())
+        raise
+    finally:
+        s.close()
+
+
 class Stack:
     """nginx v1/v2 upstreams, a lab http server, and the same bootstrap under both proxies."""
 
@@ -182,8 +197,9 @@ class Stack:
                 argv = [sys.executable, "-m", "pysidecar", "run", "-c", path, "--concurrency", "1"]
             else:
                 assert envoy is not None
+                # Access log files flushed within 0.2 s (Envoy's default is every 10 s).
                 argv = [envoy, "-c", path, "--concurrency", "1", "-l", "error",
-                        "--base-id", str(self.ports[kind])]  # fmt: skip
+                        "--base-id", str(self.ports[kind]), "--file-flush-interval-msec", "200"]  # fmt: skip
             self._spawn(argv, kind)
             self.proxies[kind] = self.ports[kind]
         for kind, port in self.proxies.items():

@@ -14,7 +14,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conformance.harness import Response, Stack, envoy_binary, exchange, get, read_response
+from tests.conformance.harness import (
+    Response,
+    Stack,
+    envoy_binary,
+    exchange,
+    get,
+    read_response,
+    running,
+)
 
 pytestmark = pytest.mark.envoy
 
@@ -43,14 +51,8 @@ BAD_INPUTS = {
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    s = Stack("seed002.yaml", ENVOY)
-    try:
+    with running("seed002.yaml", ENVOY) as s:
         yield s
-    except Exception:
-        print(s.logs())
-        raise
-    finally:
-        s.close()
 
 
 def both(stack: Stack, fn: object) -> dict[str, Response]:

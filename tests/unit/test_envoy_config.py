@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pysidecar.config.envoy import load_file
+from pysidecar.config.loader import load
 from pysidecar.config.node import ConfigError
 from pysidecar.model import (
     Cluster,
@@ -218,3 +219,34 @@ def test_dns_lookup_family_applies_to_a_real_resolution() -> None:
 
 async def _resolve_with(rt: ClusterRuntime) -> None:
     await rt.resolve_once(asyncio.get_running_loop())
+
+
+def test_istio_and_envoy_timeout_defaults(tmp_path: Path) -> None:
+    # tcp_proxy idle_timeout unset: one hour (Envoy's and Istio's default), from YAML and model.
+    b = load_file(_write(tmp_path, """
+static_resources:
+  listeners:
+  - address: {socket_address: {address: 127.0.0.1, port_value: 7000}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: t
+          cluster: c
+  clusters:
+  - {name: c, type: STATIC}
+"""))
+    tcp = b.listeners[0].filter_chains[0].terminal_filter
+    assert isinstance(tcp, TcpProxy) and tcp.idle_timeout == 3600.0 == TcpProxy("t", "c").idle_timeout
+    assert b.clusters[0].connect_timeout == 5.0  # plain Envoy's cluster default
+    # The standard sidecar (pysidecar run with no -c): istiod's 10 s connect timeout everywhere.
+    sidecar = load([])
+    assert {c.name: c.connect_timeout for c in sidecar.clusters} == {
+        "PassthroughCluster": 10.0, "InboundPassthroughCluster": 10.0, "BlackHoleCluster": 10.0,
+    }
+    assert all(
+        isinstance(f, TcpProxy) and f.idle_timeout == 3600.0
+        for x in sidecar.listeners for c in x.filter_chains for f in c.filters
+    )
+
