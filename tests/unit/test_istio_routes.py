@@ -11,6 +11,7 @@ from pysidecar.config.loader import load
 from pysidecar.config.node import ConfigError
 from pysidecar.model import Bootstrap, LbPolicy, TcpProxy
 from pysidecar.model.http import HeaderAppendAction, HttpConnectionManager, RouteConfiguration
+from tests.unit.test_export import assert_envoy_accepts, needs_envoy
 
 SE = """
 apiVersion: networking.istio.io/v1alpha3
@@ -233,16 +234,19 @@ def test_bad_regex_refused(tmp_path: Path) -> None:
     assert "VirtualService default/bad" in e.value.message and "invalid regex" in e.value.message
 
 
+TLS_SE = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: tls}
+spec:
+  hosts: [a.example, b.example]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: DNS
+"""
+
+
 def test_tcp_and_tls_routes(tmp_path: Path) -> None:
     se = """
-    apiVersion: networking.istio.io/v1
-    kind: ServiceEntry
-    metadata: {name: tls}
-    spec:
-      hosts: [a.example, b.example]
-      ports: [{number: 443, name: tls, protocol: TLS}]
-      resolution: DNS
-    ---
     apiVersion: networking.istio.io/v1
     kind: ServiceEntry
     metadata: {name: db}
@@ -260,7 +264,7 @@ def test_tcp_and_tls_routes(tmp_path: Path) -> None:
       tls: [{match: [{sniHosts: [a.example], port: 443}], route: [{destination: {host: b.example}}]}]
       tcp: [{route: [{destination: {host: db.example, port: {number: 5432}}, weight: 70}, {destination: {host: b.example, port: {number: 443}}, weight: 30}]}]
     """
-    b = compile_docs(tmp_path, se)
+    b = compile_docs(tmp_path, TLS_SE, se)
     tls = b.listener("0.0.0.0_443")
     assert tls is not None
     by_sni = {c.filter_chain_match.server_names: c.filters[0] for c in tls.filter_chains}
@@ -270,6 +274,65 @@ def test_tcp_and_tls_routes(tmp_path: Path) -> None:
     assert db is not None
     proxy = db.filter_chains[0].filters[0]
     assert isinstance(proxy, TcpProxy) and [w.weight for w in proxy.weighted_clusters] == [70, 30]
+
+
+TLS_TWO_HOSTS = TLS_SE + """---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tls}
+spec:
+  hosts: [a.example, b.example]
+  tls: [{match: [{sniHosts: [a.example]}], route: [{destination: {host: a.example, subset: v1}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: a}
+spec:
+  host: a.example
+  subsets: [{name: v1, labels: {v: "1"}}]
+"""
+
+
+def _tls_chains(b: Bootstrap) -> dict[tuple[str, ...], str]:
+    lis = b.listener("0.0.0.0_443")
+    assert lis is not None
+    out: dict[tuple[str, ...], str] = {}
+    for c in lis.filter_chains[:-1]:
+        proxy = c.filters[0]
+        assert isinstance(proxy, TcpProxy)
+        assert c.filter_chain_match.server_names not in out, "two chains with the same server_names"
+        out[c.filter_chain_match.server_names] = proxy.cluster
+    return out
+
+
+def test_tls_route_of_a_multi_host_virtual_service_once_per_port(tmp_path: Path) -> None:
+    # The VirtualService covers both hosts: its tls route is one chain, and b.example, which no
+    # route names by SNI, keeps its default chain.
+    assert _tls_chains(compile_docs(tmp_path, TLS_TWO_HOSTS)) == {
+        ("a.example",): "outbound|443|v1|a.example",
+        ("b.example",): "outbound|443||b.example",
+    }
+
+
+def test_same_sni_from_two_virtual_services_keeps_the_first(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    other = """
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {name: tls-2}
+    spec:
+      hosts: [a.example]
+      tls: [{match: [{sniHosts: [a.example]}], route: [{destination: {host: b.example}}]}]
+    """
+    chains = _tls_chains(compile_docs(tmp_path, TLS_TWO_HOSTS, other))
+    assert chains[("a.example",)] == "outbound|443|v1|a.example"
+    assert "SNI a.example already routed by VirtualService default/tls" in caplog.text
+
+
+@needs_envoy
+@pytest.mark.envoy
+def test_real_envoy_accepts_tls_routes_of_a_multi_host_virtual_service(tmp_path: Path) -> None:
+    (tmp_path / "cfg").mkdir()
+    assert_envoy_accepts(tmp_path, compile_docs(tmp_path / "cfg", TLS_TWO_HOSTS))
 
 
 def test_sidecar_egress_hosts_and_policy(tmp_path: Path) -> None:

@@ -8,8 +8,9 @@ Promises:
     chain to PassthroughCluster (ALLOW_ANY) or BlackHoleCluster (REGISTRY_ONLY);
   - TCP / TLS / sniffed ports with a VIP: `<vip>_<port>` → tcp_proxy to the service cluster
     (sniffed ports also get an HTTP chain with route config "<host>:<port>");
-  - TLS / HTTPS ports without a VIP: `0.0.0.0_<port>` with one chain per host by SNI
-    (`server_names`) → tcp_proxy, and the Passthrough / BlackHole fallback chain;
+  - TLS / HTTPS ports without a VIP: `0.0.0.0_<port>` with one chain per VirtualService tls
+    route (once per port, however many of its hosts the port has) and one per host no route
+    names by SNI (`server_names`) → tcp_proxy, and the Passthrough / BlackHole fallback chain;
   - TCP ports without a VIP: `0.0.0.0_<port>` → tcp_proxy to the first such service.
 - VirtualService tcp and tls routes pick the tcp_proxy's clusters; http routes fill the
   virtual hosts (`routes`). Clusters come from `clusters.build_clusters`.
@@ -74,6 +75,18 @@ class _WildcardPort:
     cidr: list[tuple[tuple[CidrRange, ...], TcpProxy]] = field(default_factory=list)
     tcp: TcpProxy | None = None
     tcp_owner: str = ""
+    tls_routes_seen: set[tuple[str, int]] = field(default_factory=set)  # (VirtualService, tls route index)
+    sni_owners: dict[frozenset[str], str] = field(default_factory=dict)
+
+    def add_sni(self, sni: tuple[str, ...], proxy: TcpProxy, owner: str) -> None:
+        """One chain per set of server names: a second with the same names is dropped, as
+        istiod drops filter chains with the same matching rules."""
+        key = frozenset(sni)
+        if key in self.sni_owners:
+            log.warning("%s: SNI %s already routed by %s; ignored", owner, ", ".join(sni), self.sni_owners[key])
+            return
+        self.sni_owners[key] = owner
+        self.sni.append((sni, proxy))
 
 
 # -- scope -----------------------------------------------------------------------------------
@@ -185,17 +198,26 @@ def _service_tcp(svc: Service, port: ServicePort, vss: list[VirtualService], ser
 
 
 def _service_tls(
-    svc: Service, port: ServicePort, vss: list[VirtualService], services: dict[str, Service]
-) -> list[tuple[tuple[str, ...], TcpProxy]]:
-    out: list[tuple[tuple[str, ...], TcpProxy]] = []
+    svc: Service, port: ServicePort, vss: list[VirtualService], services: dict[str, Service], w: _WildcardPort
+) -> None:
+    """The SNI chains a TLS service adds to its port's wildcard listener.
+
+    A VirtualService covering several hosts of the port is applied once per port, not once per
+    host (its chains would repeat: real Envoy refuses two chains with the same match). A host
+    that none of the port's tls routes names by SNI keeps its default chain to its own cluster.
+    """
+    covered = False
     for v in _for_host(vss, svc.hostname):
-        for r in _l4_routes(v.tls, port.number):
+        for i, r in enumerate(_l4_routes(v.tls, port.number)):
             sni = tuple(h for m in r.match for h in m.sni_hosts)
-            out.append((sni, _tcp_proxy(r.route, services, port.number)))
-    if not out:
+            covered = covered or any(host_matches(h, svc.hostname) for h in sni)
+            if (v.meta.ref, i) in w.tls_routes_seen:
+                continue
+            w.tls_routes_seen.add((v.meta.ref, i))
+            w.add_sni(sni, _tcp_proxy(r.route, services, port.number), v.meta.ref)
+    if not covered:
         cluster = outbound_cluster_name(port.number, svc.hostname)
-        out.append(((svc.hostname,), TcpProxy(stat_prefix=cluster, cluster=cluster)))
-    return out
+        w.add_sni((svc.hostname,), TcpProxy(stat_prefix=cluster, cluster=cluster), svc.ref)
 
 
 def _http_routes(svc_host: str, svc: Service | None, port: int, vss: list[VirtualService], services: dict[str, Service]) -> rt.HostRoutes:
@@ -272,7 +294,7 @@ def build_listeners(services: list[Service], vss: list[VirtualService], mesh: Me
             if cidrs:
                 w.cidr.append((cidrs, tcp))
             elif port.protocol.is_tls:
-                w.sni.extend(_service_tls(svc, port, vss, by_host))
+                _service_tls(svc, port, vss, by_host, w)
             else:
                 if port.protocol is Protocol.UNSUPPORTED:
                     w.http.append(_http_routes(svc.hostname, svc, p, vss, by_host))
