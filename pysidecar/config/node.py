@@ -18,6 +18,8 @@ from typing import Any, NoReturn, TypeVar
 
 import yaml
 
+from pysidecar.regex import re2_error
+
 T = TypeVar("T")
 
 
@@ -113,6 +115,13 @@ class Node:
 
     def port(self) -> int:
         return self.integer(0, 65535)
+
+    def regex(self) -> str:
+        """A pattern RE2 compiles (Envoy's and istiod's dialect, not Python's `re`)."""
+        pattern = self.string()
+        if (err := re2_error(pattern)) is not None:
+            self.fail(f"invalid regex {pattern!r} (RE2 syntax, as Envoy and istiod check it): {err}")
+        return pattern
 
     def boolean(self) -> bool:
         v = self.value

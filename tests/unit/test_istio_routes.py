@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -219,19 +220,51 @@ def test_refused_with_resource_and_field(tmp_path: Path, route: str, path: str, 
     assert e.value.file.endswith("1.yaml")
 
 
-def test_bad_regex_refused(tmp_path: Path) -> None:
+# "/a[(" is refused by any engine; the others compile in Python's re but not in RE2, the
+# dialect istiod validates and Envoy runs.
+@pytest.mark.parametrize(
+    ("where", "pattern", "words"),
+    [
+        ("uri", "/a[(", "missing ]"),
+        ("uri", "/(a)\\1", "invalid escape sequence"),
+        ("uri", "/(?=api)a.*", "invalid perl operator: (?="),
+        ("headers", "(?<!x)y", "invalid perl operator: (?<"),
+        ("queryParams", "a++", "bad repetition operator"),
+        ("uri", "/a{1001}", "invalid repetition size"),
+    ],
+)
+def test_regex_refused_as_re2_refuses_it(tmp_path: Path, where: str, pattern: str, words: str) -> None:
+    q = json.dumps(pattern)  # a YAML double-quoted string
+    match = f"uri: {{regex: {q}}}" if where == "uri" else f"{where}: {{k: {{regex: {q}}}}}"
+    vs = f"""
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {{name: bad}}
+    spec:
+      hosts: [httpbin.org]
+      http: [{{match: [{{{match}}}], route: [{{destination: {{host: httpbin.org}}}}]}}]
+    """
+    with pytest.raises(ConfigError) as e:
+        compile_docs(tmp_path, SE, vs)
+    assert e.value.file.endswith("1.yaml")
+    assert e.value.path == "spec.http[0].match[0]." + ("uri.regex" if where == "uri" else f"{where}.k.regex")
+    assert "VirtualService default/bad" in e.value.message and "invalid regex" in e.value.message
+    assert words in e.value.message and "RE2" in e.value.message
+
+
+def test_uri_regex_rewrite_checked_as_re2(tmp_path: Path) -> None:
     vs = """
     apiVersion: networking.istio.io/v1
     kind: VirtualService
     metadata: {name: bad}
     spec:
       hosts: [httpbin.org]
-      http: [{match: [{uri: {regex: "/a[("}}], route: [{destination: {host: httpbin.org}}]}]
+      http: [{rewrite: {uriRegexRewrite: {match: "^/(?P<x>a)(?P=x)", rewrite: /b}}, route: [{destination: {host: httpbin.org}}]}]
     """
     with pytest.raises(ConfigError) as e:
         compile_docs(tmp_path, SE, vs)
-    assert e.value.path == "spec.http[0].match[0].uri.regex"
-    assert "VirtualService default/bad" in e.value.message and "invalid regex" in e.value.message
+    assert e.value.path == "spec.http[0].rewrite.uriRegexRewrite.match"
+    assert "invalid regex" in e.value.message
 
 
 TLS_SE = """

@@ -6,10 +6,10 @@ Promises:
   weight, headers), timeout, retries, rewrite (uri, uriRegexRewrite, authority), headers,
   fault (delay, abort, percentage), redirect, directResponse; tcp routes; tls routes by
   sniHosts.
-- Refused at load, with the resource and the field named: a negative weight, a regex that does
-  not compile, a route with none or several of route/redirect/directResponse, an abort status
-  outside 200..599. Subsets are checked against DestinationRules when the whole config is known
-  (`compile.validate`).
+- Refused at load, with the resource and the field named: a negative weight, a regex RE2 does
+  not compile (as istiod checks it: backreferences, lookarounds are refused), a route with none
+  or several of route/redirect/directResponse, an abort status outside 200..599. Subsets are
+  checked against DestinationRules when the whole config is known (`compile.validate`).
 - Fields that only matter to gateways or to istiod's delegation (`delegate`, `mirror`,
   `corsPolicy`, `sourceLabels`) are refused or ignored explicitly, never silently.
 """
@@ -17,7 +17,6 @@ Promises:
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, replace
 
 from pysidecar.config.istio.meta import ObjectMeta, envelope, located, resolve_host
@@ -158,14 +157,6 @@ class VirtualService:
 # -- pieces ----------------------------------------------------------------------------------
 
 
-def _regex(node: Node, pattern: str) -> str:
-    try:
-        re.compile(pattern)
-    except re.error as e:
-        node.fail(f"invalid regex {pattern!r}: {e}")
-    return pattern
-
-
 def string_match(node: Node) -> StringMatch | None:
     """Istio's StringMatch; `{}` (or regex `*`) means "present", returned as None."""
     f = node.fields("exact", "prefix", "regex")
@@ -179,7 +170,7 @@ def string_match(node: Node) -> StringMatch | None:
     if kind == "regex":
         if value == "*":
             return None
-        _regex(f.require(kind), value)
+        f.require(kind).regex()
     return StringMatch(kind, value)
 
 
@@ -318,7 +309,7 @@ def rewrite(node: Node) -> Rewrite:
     match = sub = ""
     if (rr := f.get("uri_regex_rewrite")) is not None:
         rf = rr.fields("match", "rewrite")
-        match = _regex(rf.require("match"), rf.require("match").string())
+        match = rf.require("match").regex()
         sub = rf.require("rewrite").string()
         if "uri" in f:
             node.fail("expected only one of uri and uriRegexRewrite")
