@@ -326,16 +326,22 @@ spec:
 """
 
 
-def _tls_chains(b: Bootstrap) -> dict[tuple[str, ...], str]:
-    lis = b.listener("0.0.0.0_443")
+def _chains(b: Bootstrap, name: str) -> list[tuple[tuple[str, ...], tuple[str, ...], str]]:
+    lis = b.listener(name)
     assert lis is not None
-    out: dict[tuple[str, ...], str] = {}
-    for c in lis.filter_chains[:-1]:
+    out = []
+    for c in lis.filter_chains:
         proxy = c.filters[0]
         assert isinstance(proxy, TcpProxy)
-        assert c.filter_chain_match.server_names not in out, "two chains with the same server_names"
-        out[c.filter_chain_match.server_names] = proxy.cluster
+        m = c.filter_chain_match
+        out.append((tuple(map(str, m.prefix_ranges)), m.server_names, proxy.cluster))
     return out
+
+
+def _tls_chains(b: Bootstrap) -> dict[tuple[str, ...], str]:
+    sni = [(names, cluster) for _, names, cluster in _chains(b, "0.0.0.0_443")[:-1]]
+    assert len({names for names, _ in sni}) == len(sni), "two chains with the same server_names"
+    return dict(sni)
 
 
 def test_tls_route_of_a_multi_host_virtual_service_once_per_port(tmp_path: Path) -> None:
@@ -358,7 +364,7 @@ def test_same_sni_from_two_virtual_services_keeps_the_first(tmp_path: Path, capl
     """
     chains = _tls_chains(compile_docs(tmp_path, TLS_TWO_HOSTS, other))
     assert chains[("a.example",)] == "outbound|443|v1|a.example"
-    assert "SNI a.example already routed by VirtualService default/tls" in caplog.text
+    assert "a.example already routed by VirtualService default/tls; ignored" in caplog.text
 
 
 @needs_envoy
@@ -366,6 +372,73 @@ def test_same_sni_from_two_virtual_services_keeps_the_first(tmp_path: Path, capl
 def test_real_envoy_accepts_tls_routes_of_a_multi_host_virtual_service(tmp_path: Path) -> None:
     (tmp_path / "cfg").mkdir()
     assert_envoy_accepts(tmp_path, compile_docs(tmp_path / "cfg", TLS_TWO_HOSTS))
+
+
+SUBNETS = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db}
+spec:
+  hosts: [db.example, cache.example]
+  addresses: [198.18.9.9]
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: legacy}
+spec:
+  hosts: [legacy.example]
+  ports: [{number: 7000, name: tcp, protocol: TCP}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db}
+spec:
+  hosts: [db.example, legacy.example, a.example]
+  tcp:
+  - match: [{destinationSubnets: [198.18.9.0/24], sourceLabels: {app: x}}]
+    route: [{destination: {host: cache.example, port: {number: 5432}}}]
+  - match: [{port: 7000, destinationSubnets: [10.1.0.0/16, 10.2.0.1]}]
+    route: [{destination: {host: db.example, port: {number: 5432}}}]
+  - route: [{destination: {host: db.example, port: {number: 5432}}}]
+  tls:
+  - match: [{sniHosts: [a.example], destinationSubnets: [203.0.113.0/24]}]
+    route: [{destination: {host: b.example}}]
+"""
+
+
+def test_l4_destination_subnets_become_prefix_ranges(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    b = compile_docs(tmp_path, TLS_SE, SUBNETS)
+    # The VIP listener: the subnet route first (by prefix_ranges), then the route for any address.
+    assert _chains(b, "198.18.9.9_5432") == [
+        (("198.18.9.0/24",), (), "outbound|5432||cache.example"),
+        ((), (), "outbound|5432||db.example"),
+    ]
+    # No VIP: the port-7000 match applies on 7000 only; its subnets are chains on the wildcard listener.
+    assert _chains(b, "0.0.0.0_7000") == [
+        (("198.18.9.0/24",), (), "outbound|5432||cache.example"),
+        (("10.1.0.0/16", "10.2.0.1/32"), (), "outbound|5432||db.example"),
+        ((), (), "outbound|5432||db.example"),
+    ]
+    tls = _chains(b, "0.0.0.0_443")
+    assert (("203.0.113.0/24",), ("a.example",), "outbound|443||b.example") in tls
+    assert ((), ("a.example",), "outbound|443||a.example") in tls  # a.example outside the subnet
+    assert "spec.tcp[0].match[0].sourceLabels: match by source is ignored" in caplog.text
+
+
+@needs_envoy
+@pytest.mark.envoy
+def test_real_envoy_accepts_destination_subnet_chains(tmp_path: Path) -> None:
+    (tmp_path / "cfg").mkdir()
+    assert_envoy_accepts(tmp_path, compile_docs(tmp_path / "cfg", TLS_SE, SUBNETS))
+
+
+def test_bad_destination_subnet_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        compile_docs(tmp_path, TLS_SE, SUBNETS.replace("10.1.0.0/16", "10.1.0.0/99"))
+    assert e.value.path == "spec.tcp[1].match[0].destinationSubnets[0]" and "10.1.0.0/99" in e.value.message
 
 
 def test_sidecar_egress_hosts_and_policy(tmp_path: Path) -> None:

@@ -12,8 +12,9 @@ Promises:
     route (once per port, however many of its hosts the port has) and one per host no route
     names by SNI (`server_names`) → tcp_proxy, and the Passthrough / BlackHole fallback chain;
   - TCP ports without a VIP: `0.0.0.0_<port>` → tcp_proxy to the first such service.
-- VirtualService tcp and tls routes pick the tcp_proxy's clusters; http routes fill the
-  virtual hosts (`routes`). Clusters come from `clusters.build_clusters`.
+- VirtualService tcp and tls routes pick the tcp_proxy's clusters (a match's
+  `destinationSubnets` become the chain's prefix_ranges, as istiod writes them); http routes
+  fill the virtual hosts (`routes`). Clusters come from `clusters.build_clusters`.
 - Given the workload's labels, the inbound side too: chains on virtualInbound and
   `inbound|<port>||` clusters for the Services selecting them (`inbound.py`).
 - `validate` refuses what istiod would accept but can never work: a destination subset no
@@ -71,22 +72,22 @@ class _WildcardPort:
     """What the shared `0.0.0.0_<port>` listener collects from every service on the port."""
 
     http: list[rt.HostRoutes] = field(default_factory=list)
-    sni: list[tuple[tuple[str, ...], TcpProxy]] = field(default_factory=list)
-    cidr: list[tuple[tuple[CidrRange, ...], TcpProxy]] = field(default_factory=list)
+    matched: list[tuple[str, FilterChainMatch, TcpProxy]] = field(default_factory=list)  # ("tls" | "cidr", ...)
     tcp: TcpProxy | None = None
     tcp_owner: str = ""
     tls_routes_seen: set[tuple[str, int]] = field(default_factory=set)  # (VirtualService, tls route index)
-    sni_owners: dict[frozenset[str], str] = field(default_factory=dict)
+    owners: dict[tuple[frozenset[CidrRange], frozenset[str]], str] = field(default_factory=dict)
 
-    def add_sni(self, sni: tuple[str, ...], proxy: TcpProxy, owner: str) -> None:
-        """One chain per set of server names: a second with the same names is dropped, as
-        istiod drops filter chains with the same matching rules."""
-        key = frozenset(sni)
-        if key in self.sni_owners:
-            log.warning("%s: SNI %s already routed by %s; ignored", owner, ", ".join(sni), self.sni_owners[key])
+    def add(self, kind: str, match: FilterChainMatch, proxy: TcpProxy, owner: str) -> None:
+        """One chain per (prefix ranges, server names): a second with the same match is
+        dropped, as istiod drops filter chains with the same matching rules."""
+        key = (frozenset(match.prefix_ranges), frozenset(match.server_names))
+        if key in self.owners:
+            what = ", ".join(map(str, match.prefix_ranges + match.server_names))
+            log.warning("%s: %s already routed by %s; ignored", owner, what, self.owners[key])
             return
-        self.sni_owners[key] = owner
-        self.sni.append((sni, proxy))
+        self.owners[key] = owner
+        self.matched.append((kind, match, proxy))
 
 
 # -- scope -----------------------------------------------------------------------------------
@@ -189,12 +190,29 @@ def _l4_routes(routes: tuple[L4Route, ...], port: int) -> list[L4Route]:
     return out
 
 
-def _service_tcp(svc: Service, port: ServicePort, vss: list[VirtualService], services: dict[str, Service]) -> TcpProxy:
+def _cidr(text: str) -> CidrRange:
+    net = ipaddress.ip_network(text, strict=False)
+    return CidrRange(str(net.network_address), net.prefixlen)
+
+
+L4Chain = tuple[tuple[CidrRange, ...], TcpProxy]  # (prefix_ranges, tcp_proxy)
+
+
+def _service_tcp(svc: Service, port: ServicePort, vss: list[VirtualService], services: dict[str, Service]) -> list[L4Chain]:
+    """The tcp_proxy chains of a TCP service port, as istiod builds them: each route match with
+    `destinationSubnets` is a chain matching those prefix_ranges; the first route that matches
+    any destination ends the list as the port's default chain (else the service's cluster)."""
+    out: list[L4Chain] = []
     for v in _for_host(vss, svc.hostname):
         for r in _l4_routes(v.tcp, port.number):
-            return _tcp_proxy(r.route, services, port.number)
+            proxy = _tcp_proxy(r.route, services, port.number)
+            out.extend((tuple(map(_cidr, m.destination_subnets)), proxy) for m in r.match if m.destination_subnets)
+            if not r.match or any(not m.destination_subnets for m in r.match):
+                out.append(((), proxy))
+                return out
     cluster = outbound_cluster_name(port.number, svc.hostname)
-    return TcpProxy(stat_prefix=cluster, cluster=cluster)
+    out.append(((), TcpProxy(stat_prefix=cluster, cluster=cluster)))
+    return out
 
 
 def _service_tls(
@@ -203,21 +221,28 @@ def _service_tls(
     """The SNI chains a TLS service adds to its port's wildcard listener.
 
     A VirtualService covering several hosts of the port is applied once per port, not once per
-    host (its chains would repeat: real Envoy refuses two chains with the same match). A host
-    that none of the port's tls routes names by SNI keeps its default chain to its own cluster.
+    host (its chains would repeat: real Envoy refuses two chains with the same match). A match
+    with `destinationSubnets` adds them as prefix_ranges. A host that none of the port's tls
+    routes names by SNI (for any destination) keeps its default chain to its own cluster.
     """
     covered = False
     for v in _for_host(vss, svc.hostname):
         for i, r in enumerate(_l4_routes(v.tls, port.number)):
-            sni = tuple(h for m in r.match for h in m.sni_hosts)
-            covered = covered or any(host_matches(h, svc.hostname) for h in sni)
+            plain = tuple(h for m in r.match if not m.destination_subnets for h in m.sni_hosts)
+            covered = covered or any(host_matches(h, svc.hostname) for h in plain)
             if (v.meta.ref, i) in w.tls_routes_seen:
                 continue
             w.tls_routes_seen.add((v.meta.ref, i))
-            w.add_sni(sni, _tcp_proxy(r.route, services, port.number), v.meta.ref)
+            proxy = _tcp_proxy(r.route, services, port.number)
+            if plain:
+                w.add("tls", FilterChainMatch(server_names=plain), proxy, v.meta.ref)
+            for m in r.match:
+                if m.destination_subnets:
+                    ranges = tuple(map(_cidr, m.destination_subnets))
+                    w.add("tls", FilterChainMatch(prefix_ranges=ranges, server_names=m.sni_hosts), proxy, v.meta.ref)
     if not covered:
         cluster = outbound_cluster_name(port.number, svc.hostname)
-        w.add_sni((svc.hostname,), TcpProxy(stat_prefix=cluster, cluster=cluster), svc.ref)
+        w.add("tls", FilterChainMatch(server_names=(svc.hostname,)), TcpProxy(stat_prefix=cluster, cluster=cluster), svc.ref)
 
 
 def _http_routes(svc_host: str, svc: Service | None, port: int, vss: list[VirtualService], services: dict[str, Service]) -> rt.HostRoutes:
@@ -256,11 +281,11 @@ def _vips(svc: Service) -> tuple[list[str], tuple[CidrRange, ...]]:
     ips: list[str] = []
     cidrs: list[CidrRange] = []
     for a in svc.addresses:
-        net = ipaddress.ip_network(a, strict=False)
-        if net.num_addresses == 1:
-            ips.append(str(net.network_address))
+        c = _cidr(a)
+        if ipaddress.ip_network(a, strict=False).num_addresses == 1:
+            ips.append(c.address_prefix)
         else:
-            cidrs.append(CidrRange(str(net.network_address), net.prefixlen))
+            cidrs.append(c)
     return ips, tuple(cidrs)
 
 
@@ -277,10 +302,11 @@ def build_listeners(services: list[Service], vss: list[VirtualService], mesh: Me
             if port.protocol.is_http:
                 wild.setdefault(p, _WildcardPort()).http.append(_http_routes(svc.hostname, svc, p, vss, by_host))
                 continue
-            tcp = _service_tcp(svc, port, vss, by_host)
+            *subnets, (_, tcp) = _service_tcp(svc, port, vss, by_host)
             for ip in ips:
                 name = f"{ip}_{p}"
-                chains = [_tcp_chain(name, tcp)]
+                chains = [_tcp_chain(f"{name}-cidr-{i}", proxy, FilterChainMatch(prefix_ranges=r)) for i, (r, proxy) in enumerate(subnets)]
+                chains.append(_tcp_chain(name, tcp))
                 if port.protocol is Protocol.UNSUPPORTED:
                     route_name = f"{svc.hostname}:{p}"
                     chains.insert(0, _http_chain(name, route_name, p, [_http_routes(svc.hostname, svc, p, vss, by_host)], None))
@@ -291,8 +317,11 @@ def build_listeners(services: list[Service], vss: list[VirtualService], mesh: Me
             if ips:
                 continue
             w = wild.setdefault(p, _WildcardPort())
+            if not port.protocol.is_tls:
+                for ranges, proxy in subnets:
+                    w.add("cidr", FilterChainMatch(prefix_ranges=ranges), proxy, svc.ref)
             if cidrs:
-                w.cidr.append((cidrs, tcp))
+                w.add("cidr", FilterChainMatch(prefix_ranges=cidrs), tcp, svc.ref)
             elif port.protocol.is_tls:
                 _service_tls(svc, port, vss, by_host, w)
             else:
@@ -319,10 +348,9 @@ def _wildcard_listener(
         if port == 80:
             hosts += _vs_only_hosts(services, vss)
         chains.append(_http_chain(name, str(port), port, hosts, policy))
-    for i, (sni, proxy) in enumerate(w.sni):
-        chains.append(_tcp_chain(f"{name}-tls-{i}", proxy, FilterChainMatch(server_names=sni)))
-    for i, (ranges, proxy) in enumerate(w.cidr):
-        chains.append(_tcp_chain(f"{name}-cidr-{i}", proxy, FilterChainMatch(prefix_ranges=ranges)))
+    for kind in ("tls", "cidr"):
+        of_kind = [(match, proxy) for k, match, proxy in w.matched if k == kind]
+        chains.extend(_tcp_chain(f"{name}-{kind}-{i}", proxy, match) for i, (match, proxy) in enumerate(of_kind))
     if w.tcp is not None:
         chains.append(_tcp_chain(f"{name}-tcp", w.tcp))
     else:

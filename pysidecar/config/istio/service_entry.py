@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 
-from pysidecar.config.istio.meta import ObjectMeta, envelope, located, string_map
+from pysidecar.config.istio.meta import ObjectMeta, envelope, ip_or_cidr, located, string_map
 from pysidecar.config.istio.registry import (
     Endpoint,
     Resolution,
@@ -75,15 +75,6 @@ def _endpoint(node: Node, resolution: Resolution) -> Endpoint:
     )
 
 
-def _address(node: Node) -> str:
-    text = node.string()
-    try:
-        ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        node.fail(f"expected an IP address or CIDR, got {text!r}")
-    return text
-
-
 def service_entry(doc: Node) -> list[Service]:
     meta, top = envelope(doc, "spec")
     with located(meta):
@@ -116,7 +107,7 @@ def _services(meta: ObjectMeta, spec: Node) -> list[Service]:
         spec.fail("resolution DNS_ROUND_ROBIN takes at most one endpoint")
     if resolution is Resolution.NONE and endpoints:
         spec.fail("resolution NONE takes no endpoints (use STATIC or DNS)")
-    addresses = tuple(_address(n) for n in f.list("addresses"))
+    addresses = tuple(ip_or_cidr(n) for n in f.list("addresses"))
     for i, h in enumerate(hosts):
         if h.startswith("*") and resolution in (Resolution.DNS, Resolution.DNS_ROUND_ROBIN) and not endpoints:
             spec.child("hosts", None).child(i, None).fail(

@@ -19,8 +19,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
-from pysidecar.config.istio.meta import ObjectMeta, envelope, located, resolve_host
-from pysidecar.config.node import Node
+from pysidecar.config.istio.meta import ObjectMeta, envelope, ip_or_cidr, located, resolve_host
+from pysidecar.config.node import Fields, Node
 
 log = logging.getLogger(__name__)
 
@@ -186,15 +186,19 @@ def _gateways(nodes: list[Node]) -> tuple[str, ...]:
     return tuple(n.string() for n in nodes)
 
 
+def _warn_source_match(f: Fields) -> None:
+    for unsupported in ("source_labels", "source_namespace"):
+        if (n := f.get(unsupported)) is not None:
+            log.warning("%s: %s: match by source is ignored (one sidecar is its own source)", n.file, n.path)
+
+
 def http_match(node: Node) -> HTTPMatch:
     f = node.fields(
         "name", "uri", "headers", "without_headers", "query_params", "method", "authority",
         "scheme", "port", "ignore_uri_case", "gateways", "source_labels", "source_namespace",
         "stat_prefix",
     )  # fmt: skip
-    for unsupported in ("source_labels", "source_namespace"):
-        if (n := f.get(unsupported)) is not None:
-            log.warning("%s: %s: match by source is ignored (one sidecar is its own source)", n.file, n.path)
+    _warn_source_match(f)
     return HTTPMatch(
         name=f.opt("name", Node.string, ""),
         uri=f.opt("uri", string_match, None),
@@ -378,13 +382,14 @@ def http_route(node: Node) -> HTTPRoute:
 
 def _l4_match(node: Node, tls: bool) -> L4Match:
     f = node.fields("port", "sni_hosts", "destination_subnets", "gateways", "source_labels", "source_namespace")
+    _warn_source_match(f)
     sni = tuple(n.string() for n in f.list("sni_hosts"))
     if tls and not sni:
         node.fail("a tls match needs sniHosts")
     return L4Match(
         port=f.opt("port", lambda n: n.integer(1, 65535), 0),
         sni_hosts=sni,
-        destination_subnets=tuple(n.string() for n in f.list("destination_subnets")),
+        destination_subnets=tuple(ip_or_cidr(n) for n in f.list("destination_subnets")),
         gateways=_gateways(f.list("gateways")),
     )
 
