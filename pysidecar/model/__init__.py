@@ -21,6 +21,9 @@ from pysidecar.model.http import HttpConnectionManager
 DEFAULT_CONNECT_TIMEOUT = 10.0
 # tcp_proxy idle_timeout: Envoy's and Istio's default is one hour.
 DEFAULT_TCP_IDLE_TIMEOUT = 3600.0
+# Upstream HTTP connections idle (no request) this long are closed: Envoy's default for a
+# cluster's common_http_protocol_options.idle_timeout, one hour.
+DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT = 3600.0
 # Envoy's per_connection_buffer_limit_bytes default: 1 MiB. The watermark reading pauses at.
 DEFAULT_BUFFER_LIMIT = 1024 * 1024
 
@@ -137,6 +140,10 @@ class Cluster:
     circuit_breakers: CircuitBreakers = field(default_factory=CircuitBreakers)
     outlier_detection: OutlierDetection | None = None
     healthy_panic_threshold: float = DEFAULT_PANIC_THRESHOLD
+    # common_http_protocol_options of the upstream HTTP connections: idle_timeout (0: never)
+    # and max_requests_per_connection (0: unlimited).
+    http_idle_timeout: float = DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT
+    max_requests_per_connection: int = 0
 
     @property
     def stat_name(self) -> str:

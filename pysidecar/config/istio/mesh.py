@@ -3,8 +3,11 @@
 Promises:
 - Acts on `outboundTrafficPolicy.mode` (ALLOW_ANY | REGISTRY_ONLY), `connectTimeout` and
   `defaultConfig.holdApplicationUntilProxyStarts`; the access log settings (`accessLogFile`,
-  `accessLogEncoding`, `accessLogFormat`) are checked. Other MeshConfig fields istiod knows are
-  accepted and ignored (they concern the control plane); an unknown field is an error.
+  `accessLogEncoding`, `accessLogFormat`) are checked. `defaultHttpRetryPolicy` and a
+  `pathNormalization` other than NONE are refused (pysidecar would not do what they ask),
+  `h2UpgradePolicy: UPGRADE` is warned about (upstream stays HTTP/1.1). Other MeshConfig fields
+  istiod knows are accepted and ignored (they concern the control plane); an unknown field is
+  an error.
 - Errors inside a ConfigMap's `data.mesh` name the ConfigMap's file and `data.mesh.<inner path>`;
   a YAML syntax error there names the line inside the embedded text.
 - `is_mesh_document(value)` tells a kind-less MeshConfig document from an Envoy bootstrap.
@@ -12,15 +15,18 @@ Promises:
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import yaml
 
 from pysidecar.config.istio.meta import envelope
-from pysidecar.config.node import ConfigError, Node
+from pysidecar.config.node import ConfigError, Fields, Node
 from pysidecar.model import AccessLogConfig, MeshConfig, OutboundTrafficPolicy
 from pysidecar.observe.access_format import FormatError
 from pysidecar.observe.access_log import formatter
+
+log = logging.getLogger(__name__)
 
 # MeshConfig fields we accept without acting on them: they steer istiod, not the data plane.
 IGNORED_FIELDS = (
@@ -44,7 +50,6 @@ IGNORED_FIELDS = (
     "ingress_selector",
     "protocol_detection_timeout",
     "tcp_keepalive",
-    "h2_upgrade_policy",
     "inbound_cluster_stat_name",
     "outbound_cluster_stat_name",
     "service_settings",
@@ -52,8 +57,6 @@ IGNORED_FIELDS = (
     "certificates",
     "ca_certificates",
     "discovery_selectors",
-    "path_normalization",
-    "default_http_retry_policy",
     "mesh_mtls",
     "tls_defaults",
     "enable_envoy_access_log_service",
@@ -106,8 +109,31 @@ MESH_FIELDS = (
     "access_log_file",
     "access_log_encoding",
     "access_log_format",
+    "h2_upgrade_policy",
+    "path_normalization",
+    "default_http_retry_policy",
     *IGNORED_FIELDS,
 )
+
+
+def _data_plane_fields_not_honoured(f: Fields) -> None:
+    """MeshConfig fields that would change what the sidecar does, which pysidecar does not do:
+    refused where traffic would differ, warned where only the wire protocol would."""
+    if (n := f.get("default_http_retry_policy")) is not None:
+        n.fail(
+            "defaultHttpRetryPolicy is not supported by pysidecar (routes without retries get "
+            "Istio's built-in default); set retries on the VirtualServices instead"
+        )
+    if (n := f.get("h2_upgrade_policy")) is not None and n.enum(["DO_NOT_UPGRADE", "UPGRADE"]) == "UPGRADE":
+        log.warning("%s: %s: UPGRADE ignored (pysidecar's upstream connections are HTTP/1.1)", n.file, n.path)
+    if (n := f.get("path_normalization")) is not None:
+        kind = n.fields("normalization").opt(
+            "normalization",
+            lambda k: k.enum(["DEFAULT", "NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES"]),
+            "DEFAULT",
+        )
+        if kind != "NONE":
+            n.fail(f"pathNormalization {kind} is not supported by pysidecar: paths are forwarded as received (NONE)")
 
 
 def is_mesh_document(value: Any) -> bool:
@@ -121,6 +147,7 @@ def is_mesh_document(value: Any) -> bool:
 
 def mesh_config(node: Node) -> MeshConfig:
     f = node.fields(*MESH_FIELDS)
+    _data_plane_fields_not_honoured(f)
     mode = OutboundTrafficPolicy.ALLOW_ANY
     if (otp := f.get("outbound_traffic_policy")) is not None:
         of = otp.fields("mode", "egress_proxy")

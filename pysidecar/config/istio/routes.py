@@ -17,7 +17,7 @@ Promises:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pysidecar.config.istio import virtual_service as vs
 from pysidecar.config.istio.meta import ObjectMeta
@@ -84,12 +84,14 @@ def retry_policy(r: vs.Retries | None) -> RetryPolicy | None:
             on.append(item)
     if codes and "retriable-status-codes" not in on:
         on.append("retriable-status-codes")
-    return RetryPolicy(
+    policy = RetryPolicy(
         retry_on=tuple(on) if on else DEFAULT_RETRY_ON,
         num_retries=r.attempts,
         per_try_timeout=r.per_try_timeout,
         retriable_status_codes=tuple(codes),
     )
+    # istiod: backoff is the retry_back_off base_interval (max_interval stays Envoy's 10x).
+    return replace(policy, base_interval=r.backoff) if r.backoff is not None else policy
 
 
 def _header_matcher(name: str, m: vs.StringMatch | None, invert: bool = False) -> HeaderMatcher:

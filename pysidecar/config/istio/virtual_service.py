@@ -81,6 +81,7 @@ class Retries:
     attempts: int
     per_try_timeout: float = 0.0
     retry_on: str = ""
+    backoff: float | None = None  # the base interval between attempts (Envoy's 25 ms if unset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,10 +328,13 @@ def rewrite(node: Node) -> Rewrite:
 
 def retries(node: Node) -> Retries:
     f = node.fields("attempts", "per_try_timeout", "retry_on", "retry_remote_localities", "retry_ignore_previous_hosts", "backoff")
+    if (b := f.get("backoff")) is not None and b.duration() <= 0:
+        b.fail("backoff must be above 0")
     return Retries(
         attempts=f.opt("attempts", lambda n: n.integer(0), 0),
         per_try_timeout=f.opt("per_try_timeout", Node.duration, 0.0),
         retry_on=f.opt("retry_on", Node.string, ""),
+        backoff=f.opt("backoff", Node.duration, None),
     )
 
 

@@ -6,8 +6,11 @@ Promises:
   or `stream.upstream_connect_failed` when it settles. A connection whose stream went away
   meanwhile joins the idle list instead of being wasted.
 - A connection returns to the idle list only after a complete response that allowed
-  keep-alive to a completely written request; anything else closes it. Idle connections
-  closed by the upstream leave the list when their close arrives.
+  keep-alive to a completely written request (and carried fewer than the cluster's
+  max_requests_per_connection); anything else closes it. Idle connections
+  closed by the upstream leave the list when their close arrives; one idle for the cluster's
+  `http_idle_timeout` (common_http_protocol_options.idle_timeout, default 1 h) is closed
+  (upstream_cx_idle_timeout).
 - An `UpstreamConnection` parses responses with httptools and forwards each event to the one
   stream attached to it; it never buffers a body.
 - Circuit breakers (the cluster's, per worker) as Envoy's HTTP/1 pool applies them: a request
@@ -56,12 +59,15 @@ class UpstreamConnection(asyncio.Protocol):
         "cx_open",
         "head_keep_alive",
         "headers",
+        "idle_since",
+        "idle_timer",
         "informational",
         "local_address",
         "parser",
         "pending",
         "pool",
         "request_done",
+        "requests",
         "response_started",
         "stream",
         "transport",
@@ -84,10 +90,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.pending = False  # holds a pending-request slot of the circuit breaker
         self.counted = False  # holds a request slot of the circuit breaker
         self.cx_open = False  # holds a connection slot of the circuit breaker
+        self.idle_since = 0.0  # loop time it last joined the idle list
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.requests = 0  # streams it has carried (the cluster's max_requests_per_connection)
 
     # -- the pool's side -----------------------------------------------------------------
     def attach(self, stream: ActiveStream) -> None:
         self.stream = stream
+        self.requests += 1
         self.request_done = False
         self.response_started = False
         if not self.counted:
@@ -241,7 +251,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.stream = None
         self._unattach()
         self.response_started = False
-        if keep_alive and self.request_done and not self.closed:
+        limit = self.pool.cluster.config.max_requests_per_connection
+        if keep_alive and self.request_done and not self.closed and not (limit and self.requests >= limit):
             self.pool.release(self)
         else:
             self.close()
@@ -332,13 +343,37 @@ class HostPool:
         if conn.transport is not None:
             conn.transport.resume_reading()  # it may have been paused for a slow client
         self.idle.append(conn)
+        timeout = self.cluster.config.http_idle_timeout
+        if timeout > 0:
+            conn.idle_since = self.loop.time()
+            if conn.idle_timer is None:
+                # One timer per connection and timeout period, not one per request: when it
+                # fires, a connection that was busy meanwhile is checked again later.
+                conn.idle_timer = self.loop.call_later(timeout, self._idle_check, conn)
         if self.waiting:
             # Not from inside the parser callback that released it: on the next loop turn.
             self.loop.call_soon(self._serve_waiting)
 
     def forget(self, conn: UpstreamConnection) -> None:
+        if conn.idle_timer is not None:
+            conn.idle_timer.cancel()
+            conn.idle_timer = None
         if conn in self.idle:
             self.idle.remove(conn)
+
+    def _idle_check(self, conn: UpstreamConnection) -> None:
+        """The cluster's idle_timeout: a connection with no request for that long is closed
+        (upstream_cx_idle_timeout)."""
+        conn.idle_timer = None
+        if conn.closed or conn not in self.idle:
+            return  # busy: re-armed when it is released again
+        left = conn.idle_since + self.cluster.config.http_idle_timeout - self.loop.time()
+        if left > 0:
+            conn.idle_timer = self.loop.call_later(left, self._idle_check, conn)
+            return
+        self.idle.remove(conn)
+        self.rq_stats.upstream_cx_idle_timeout += 1
+        conn.close()
 
     def cancel(self, conn: UpstreamConnection) -> None:
         """A pending request went away: free its slot; a queued one never connects."""
