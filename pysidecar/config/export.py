@@ -83,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="files or directories of Envoy or Istio YAML (default: the embedded standard sidecar)",
     )  # fmt: skip
     parser.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
-    workload.add_labels_argument(parser)
+    workload.add_workload_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -93,7 +93,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"pysidecar: --workload-labels: {e}", file=sys.stderr)
         return 2
     try:
-        text = dump(load(args.config, labels))
+        text = dump(load(args.config, labels, workload.resolve_namespace(args.namespace)))
     except ConfigError as e:
         print(f"pysidecar: configuration error: {e}", file=sys.stderr)
         return 2

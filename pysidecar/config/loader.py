@@ -26,6 +26,7 @@ from pysidecar.config import envoy
 from pysidecar.config.istio.compile import compile_config
 from pysidecar.config.istio.documents import collect
 from pysidecar.config.istio.mesh import is_mesh_document
+from pysidecar.config.istio.meta import DEFAULT_NAMESPACE
 from pysidecar.config.node import ConfigError, Node, load_documents
 from pysidecar.config.sidecar import standard_sidecar
 from pysidecar.model import Bootstrap, Cluster, Listener
@@ -64,9 +65,12 @@ def _is_xds_file(value: object) -> bool:
     return isinstance(value, dict) and "resources" in value and "kind" not in value
 
 
-def load(paths: Sequence[str], workload_labels: Mapping[str, str] | None = None) -> Bootstrap:
+def load(
+    paths: Sequence[str], workload_labels: Mapping[str, str] | None = None, namespace: str = DEFAULT_NAMESPACE
+) -> Bootstrap:
     """The config `paths` name; `workload_labels` (the pod's labels) give Istio YAML its inbound
-    side, and mean nothing to an Envoy bootstrap."""
+    side and `namespace` (the pod's) its short host names; both mean nothing to an Envoy
+    bootstrap."""
     if not paths:
         return standard_sidecar()
     docs = [d for f in config_files(paths) for d in load_documents(f)]
@@ -83,7 +87,7 @@ def load(paths: Sequence[str], workload_labels: Mapping[str, str] | None = None)
         return envoy_bootstrap(envoy_docs[0])
     if not istio_docs:
         raise ConfigError(paths[0], "", "no configuration documents found")
-    return compile_config(collect(istio_docs), workload_labels)
+    return compile_config(collect(istio_docs), workload_labels, namespace)
 
 
 # -- Envoy file-based dynamic resources ------------------------------------------------------

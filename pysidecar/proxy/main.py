@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--access-log", metavar="PATH", default=None,
         help="write Envoy's access log to PATH (a file, or /dev/stdout); off by default",
     )  # fmt: skip
-    workload.add_labels_argument(parser)
+    workload.add_workload_arguments(parser)
     parser.add_argument(
         "--access-log-format", metavar="FORMAT", default=None,
         help="text (Istio's default line), json (Istio's keys), or a format of %%OPERATORS%%",
@@ -267,8 +267,9 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"pysidecar: --workload-labels: {e}", file=sys.stderr)
         return 2
-    # The pod's labels are fixed for its life: every reload compiles with the same ones.
-    args.loader = functools.partial(load, workload_labels=labels)
+    # The pod's labels and namespace are fixed for its life: every reload compiles with them.
+    namespace = workload.resolve_namespace(args.namespace)
+    args.loader = functools.partial(load, workload_labels=labels, namespace=namespace)
     try:
         bootstrap = args.loader(args.config)
     except ConfigError as e:

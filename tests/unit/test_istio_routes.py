@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
+from pysidecar.config.istio.routes import short_names
 from pysidecar.config.loader import load
 from pysidecar.config.node import ConfigError
 from pysidecar.model import Bootstrap, LbPolicy, TcpProxy
 from pysidecar.model.http import HeaderAppendAction, HttpConnectionManager, RouteConfiguration
+from pysidecar.observe.workload import resolve_namespace
 from tests.unit.test_export import assert_envoy_accepts, needs_envoy
 
 SE = """
@@ -439,6 +444,35 @@ def test_bad_destination_subnet_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         compile_docs(tmp_path, TLS_SE, SUBNETS.replace("10.1.0.0/16", "10.1.0.0/99"))
     assert e.value.path == "spec.tcp[1].match[0].destinationSubnets[0]" and "10.1.0.0/99" in e.value.message
+
+
+def test_short_names_follow_the_proxy_namespace() -> None:
+    host = "reviews.shop.svc.cluster.local"
+    assert short_names(host, "shop") == ["reviews", "reviews.shop", "reviews.shop.svc"]
+    assert short_names(host, "default") == ["reviews.shop", "reviews.shop.svc"]
+    for not_kube in ("httpbin.org", "a.b.shop.svc.cluster.local", "reviews.shop.svc.other.domain"):
+        assert short_names(not_kube, "shop") == []
+    assert resolve_namespace("flag", {"POD_NAMESPACE": "env"}) == "flag"
+    assert resolve_namespace(None, {"POD_NAMESPACE": "env"}) == "env"
+    assert resolve_namespace(None, {}) == "default"
+
+
+def test_envoy_config_takes_the_namespace_from_pod_namespace_or_the_flag(tmp_path: Path) -> None:
+    (tmp_path / "se.yaml").write_text(textwrap.dedent(REVIEWS).replace("namespace: default", "namespace: shop"))
+
+    def domains(*flags: str, env: dict[str, str]) -> list[str]:
+        r = subprocess.run(
+            [sys.executable, "-m", "pysidecar", "envoy-config", "-c", str(tmp_path / "se.yaml"), *flags],
+            capture_output=True, text=True, timeout=60, check=False, env={"PATH": "/usr/bin:/bin", **env},
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        lis = {x["name"]: x for x in yaml.safe_load(r.stdout)["static_resources"]["listeners"]}
+        hcm = lis["0.0.0.0_9080"]["filter_chains"][0]["filters"][0]["typed_config"]
+        return list(hcm["route_config"]["virtual_hosts"][0]["domains"])
+
+    assert "reviews:9080" in domains(env={"POD_NAMESPACE": "shop"})
+    assert "reviews:9080" in domains("--namespace", "shop", env={"POD_NAMESPACE": "other"})
+    assert "reviews:9080" not in domains(env={})
 
 
 def test_sidecar_egress_hosts_and_policy(tmp_path: Path) -> None:

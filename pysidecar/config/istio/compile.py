@@ -33,6 +33,7 @@ from pysidecar.config.istio.clusters import ISTIO_CIRCUIT_BREAKERS, build_cluste
 from pysidecar.config.istio.destination_rule import DestinationRule
 from pysidecar.config.istio.documents import IstioConfig
 from pysidecar.config.istio.inbound import build_inbound, inbound_ports, with_inbound
+from pysidecar.config.istio.meta import DEFAULT_NAMESPACE
 from pysidecar.config.istio.registry import Protocol, Service, ServicePort, outbound_cluster_name
 from pysidecar.config.istio.sidecar_scope import Sidecar, host_matches
 from pysidecar.config.istio.virtual_service import (
@@ -270,8 +271,10 @@ def _tcp_chain(name: str, proxy: TcpProxy, match: FilterChainMatch | None = None
     return FilterChain(name=name, filters=(proxy,), filter_chain_match=match or FilterChainMatch())
 
 
-def _http_chain(name: str, route_name: str, port: int, hosts: list[rt.HostRoutes], policy: OutboundTrafficPolicy | None) -> FilterChain:
-    rc = rt.route_configuration(route_name, port, hosts, policy)
+def _http_chain(
+    name: str, route_name: str, port: int, hosts: list[rt.HostRoutes], policy: OutboundTrafficPolicy | None, namespace: str
+) -> FilterChain:
+    rc = rt.route_configuration(route_name, port, hosts, policy, namespace)
     return FilterChain(
         name=name, filters=(rt.connection_manager(f"outbound_{name}", rc),), filter_chain_match=HTTP_MATCH
     )
@@ -289,7 +292,9 @@ def _vips(svc: Service) -> tuple[list[str], tuple[CidrRange, ...]]:
     return ips, tuple(cidrs)
 
 
-def build_listeners(services: list[Service], vss: list[VirtualService], mesh: MeshConfig) -> tuple[Listener, ...]:
+def build_listeners(
+    services: list[Service], vss: list[VirtualService], mesh: MeshConfig, namespace: str = DEFAULT_NAMESPACE
+) -> tuple[Listener, ...]:
     by_host = {s.hostname: s for s in services}
     wild: dict[int, _WildcardPort] = {}
     vip_listeners: dict[str, Listener] = {}
@@ -309,7 +314,8 @@ def build_listeners(services: list[Service], vss: list[VirtualService], mesh: Me
                 chains.append(_tcp_chain(name, tcp))
                 if port.protocol is Protocol.UNSUPPORTED:
                     route_name = f"{svc.hostname}:{p}"
-                    chains.insert(0, _http_chain(name, route_name, p, [_http_routes(svc.hostname, svc, p, vss, by_host)], None))
+                    hosts = [_http_routes(svc.hostname, svc, p, vss, by_host)]
+                    chains.insert(0, _http_chain(name, route_name, p, hosts, None, namespace))
                 if name in vip_listeners:
                     log.warning("%s: listener %s already defined; port %d ignored", svc.ref, name, p)
                     continue
@@ -333,12 +339,12 @@ def build_listeners(services: list[Service], vss: list[VirtualService], mesh: Me
                     log.warning("%s: TCP port %d without a VIP is already taken by %s", svc.ref, p, w.tcp_owner)
     listeners = list(vip_listeners.values())
     for p in sorted(wild):
-        listeners.append(_wildcard_listener(p, wild[p], services, vss, mesh))
+        listeners.append(_wildcard_listener(p, wild[p], services, vss, mesh, namespace))
     return tuple(listeners)
 
 
 def _wildcard_listener(
-    port: int, w: _WildcardPort, services: list[Service], vss: list[VirtualService], mesh: MeshConfig
+    port: int, w: _WildcardPort, services: list[Service], vss: list[VirtualService], mesh: MeshConfig, namespace: str
 ) -> Listener:
     name = f"0.0.0.0_{port}"
     policy = mesh.outbound_traffic_policy
@@ -347,7 +353,7 @@ def _wildcard_listener(
         hosts = list(w.http)
         if port == 80:
             hosts += _vs_only_hosts(services, vss)
-        chains.append(_http_chain(name, str(port), port, hosts, policy))
+        chains.append(_http_chain(name, str(port), port, hosts, policy, namespace))
     for kind in ("tls", "cidr"):
         of_kind = [(match, proxy) for k, match, proxy in w.matched if k == kind]
         chains.extend(_tcp_chain(f"{name}-{kind}-{i}", proxy, match) for i, (match, proxy) in enumerate(of_kind))
@@ -378,8 +384,11 @@ def _vs_only_hosts(services: list[Service], vss: list[VirtualService]) -> list[r
 # -- the whole config ------------------------------------------------------------------------
 
 
-def compile_config(cfg: IstioConfig, workload_labels: Mapping[str, str] | None = None) -> Bootstrap:
-    """The sidecar's config; `workload_labels` (the pod's labels) select its inbound Services."""
+def compile_config(
+    cfg: IstioConfig, workload_labels: Mapping[str, str] | None = None, namespace: str = DEFAULT_NAMESPACE
+) -> Bootstrap:
+    """The sidecar's config; `workload_labels` (the pod's labels) select its inbound Services,
+    `namespace` (the pod's) decides which hosts are reachable by their bare short name."""
     rules = destination_rules(cfg)
     validate(cfg, rules)
     scope = _sidecar(cfg)
@@ -390,7 +399,7 @@ def compile_config(cfg: IstioConfig, workload_labels: Mapping[str, str] | None =
         vss = [v for v in vss if any(scope.sees(v.meta.namespace, h) for h in v.hosts)]
     resolved_rules = {s.hostname: dr for s in services if (dr := _rule_for(s.hostname, rules)) is not None}
     clusters = build_clusters(services, resolved_rules, mesh)
-    listeners = build_listeners(services, vss, mesh)
+    listeners = build_listeners(services, vss, mesh, namespace)
     base = standard_sidecar(mesh)
     # istiod gives its own clusters (PassthroughCluster, BlackHoleCluster, ...) unlimited
     # circuit breakers too, not plain Envoy's 1024.

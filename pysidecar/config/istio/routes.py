@@ -3,7 +3,8 @@
 Promises:
 - `route_configuration(port, ...)` builds the route config named by the port ("80"): one
   virtual host `<host>:<port>` per HTTP service on that port, domains the host and `host:port`
-  (plus Kubernetes short names and the VIPs), then the catch-all `allow_any` (PassthroughCluster,
+  (plus the short names of `<name>.<ns>.svc.cluster.local` hosts, `<name>` itself only for a
+  proxy in `<ns>`, and the VIPs), then the catch-all `allow_any` (PassthroughCluster,
   timeout 0) or `block_all` (direct response 502).
 - A service without a VirtualService gets istiod's default route: name `default`, prefix `/`,
   timeout 0, Istio's default retry policy, decorator `<host>:<port>/*`.
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from pysidecar.config.istio import virtual_service as vs
-from pysidecar.config.istio.meta import ObjectMeta
+from pysidecar.config.istio.meta import DOMAIN_SUFFIX, ObjectMeta
 from pysidecar.config.istio.registry import Service, outbound_cluster_name
 from pysidecar.model import PASSTHROUGH_CLUSTER, OutboundTrafficPolicy
 from pysidecar.model.http import (
@@ -52,9 +53,6 @@ FAULT_TYPE = "envoy.extensions.filters.http.fault.v3.HTTPFault"
 DEFAULT_ROUTE = "default"
 ALLOW_ANY = "allow_any"
 BLOCK_ALL = "block_all"
-# The namespace the proxy is taken to run in, for Kubernetes short host names.
-PROXY_NAMESPACE = "default"
-
 # Istio's default HTTP retry policy (mesh defaultHttpRetryPolicy unset).
 DEFAULT_RETRY_ON = ("connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes")
 DEFAULT_RETRY = RetryPolicy(retry_on=DEFAULT_RETRY_ON, num_retries=2)
@@ -317,13 +315,19 @@ def default_route(hostname: str, port: int) -> Route:
     )
 
 
-def domains(hostname: str, port: int, svc: Service | None) -> tuple[str, ...]:
-    names = [hostname]
-    if svc is not None and svc.kubernetes:
-        short, ns = hostname.split(".")[:2]
-        if ns == PROXY_NAMESPACE:
-            names.append(short)
-        names += [f"{short}.{ns}", f"{short}.{ns}.svc"]
+def short_names(hostname: str, namespace: str) -> list[str]:
+    """istiod's generateAltVirtualHostsForKubernetesService: a host `<name>.<ns>.svc.<domain>`
+    (a Kubernetes Service or a ServiceEntry host of that shape) is also `<name>.<ns>` and
+    `<name>.<ns>.svc`, and plain `<name>` for a proxy in namespace `<ns>`."""
+    base, sep, domain = hostname.partition(".svc.")
+    if not sep or domain != DOMAIN_SUFFIX or base.count(".") != 1:
+        return []
+    short, ns = base.split(".")
+    return [*([short] if ns == namespace else []), base, f"{base}.svc"]
+
+
+def domains(hostname: str, port: int, svc: Service | None, namespace: str) -> tuple[str, ...]:
+    names = [hostname, *short_names(hostname, namespace)]
     if svc is not None:
         names += [a for a in svc.addresses if "/" not in a]
     out: list[str] = []
@@ -333,10 +337,10 @@ def domains(hostname: str, port: int, svc: Service | None) -> tuple[str, ...]:
     return tuple(out)
 
 
-def virtual_host(h: HostRoutes, port: int) -> VirtualHost:
+def virtual_host(h: HostRoutes, port: int, namespace: str) -> VirtualHost:
     return VirtualHost(
         name=f"{h.hostname}:{port}",
-        domains=domains(h.hostname, port, h.service),
+        domains=domains(h.hostname, port, h.service, namespace),
         routes=h.routes,
         include_request_attempt_count=True,
     )
@@ -356,13 +360,14 @@ def catch_all_host(policy: OutboundTrafficPolicy) -> VirtualHost:
 
 
 def route_configuration(
-    name: str, port: int, hosts: Sequence[HostRoutes], policy: OutboundTrafficPolicy | None
+    name: str, port: int, hosts: Sequence[HostRoutes], policy: OutboundTrafficPolicy | None, namespace: str
 ) -> RouteConfiguration:
-    """A route config; `policy` adds the catch-all virtual host (route configs named by port)."""
+    """A route config; `policy` adds the catch-all virtual host (route configs named by port);
+    `namespace` is the proxy's, for the short host names."""
     vhosts: list[VirtualHost] = []
     seen: set[str] = set()
     for h in sorted(hosts, key=lambda x: x.hostname):
-        vh = virtual_host(h, port)
+        vh = virtual_host(h, port, namespace)
         # istiod's dedupeDomains: a domain claimed by an earlier virtual host is dropped.
         kept = tuple(d for d in vh.domains if d.lower() not in seen)
         seen.update(d.lower() for d in kept)
