@@ -66,11 +66,14 @@ def _is_xds_file(value: object) -> bool:
 
 
 def load(
-    paths: Sequence[str], workload_labels: Mapping[str, str] | None = None, namespace: str = DEFAULT_NAMESPACE
+    paths: Sequence[str],
+    workload_labels: Mapping[str, str] | None = None,
+    namespace: str = DEFAULT_NAMESPACE,
+    mesh_access_log: bool = True,
 ) -> Bootstrap:
     """The config `paths` name; `workload_labels` (the pod's labels) give Istio YAML its inbound
-    side and `namespace` (the pod's) its short host names; both mean nothing to an Envoy
-    bootstrap."""
+    side and `namespace` (the pod's) its short host names; `mesh_access_log` False leaves the
+    MeshConfig's access log out. They mean nothing to an Envoy bootstrap."""
     if not paths:
         return standard_sidecar()
     docs = [d for f in config_files(paths) for d in load_documents(f)]
@@ -87,7 +90,7 @@ def load(
         return envoy_bootstrap(envoy_docs[0])
     if not istio_docs:
         raise ConfigError(paths[0], "", "no configuration documents found")
-    return compile_config(collect(istio_docs), workload_labels, namespace)
+    return compile_config(collect(istio_docs), workload_labels, namespace, mesh_access_log)
 
 
 # -- Envoy file-based dynamic resources ------------------------------------------------------

@@ -34,7 +34,7 @@ import uvloop
 from pysidecar.config.loader import load
 from pysidecar.config.node import ConfigError
 from pysidecar.config.watch import ConfigWatcher, ReloadState
-from pysidecar.model import AccessLogConfig, Bootstrap
+from pysidecar.model import Bootstrap
 from pysidecar.observe import http_server, workload
 from pysidecar.observe.access_format import FormatError
 from pysidecar.observe.access_log import formatter, from_flags
@@ -269,21 +269,17 @@ def main(args: argparse.Namespace) -> int:
         return 2
     # The pod's labels and namespace are fixed for its life: every reload compiles with them.
     namespace = workload.resolve_namespace(args.namespace)
-    args.loader = functools.partial(load, workload_labels=labels, namespace=namespace)
+    # --access-log wins over the MeshConfig's accessLogFile, which is compiled into the
+    # listeners' filters (so a reload changes it) only when the flag is absent.
+    args.loader = functools.partial(
+        load, workload_labels=labels, namespace=namespace, mesh_access_log=args.access_log is None
+    )
     try:
         bootstrap = args.loader(args.config)
     except ConfigError as e:
         print(f"pysidecar: configuration error: {e}", file=sys.stderr)
         return 2
     access_log = from_flags(args.access_log, args.access_log_format)
-    mesh = bootstrap.mesh
-    if args.access_log is None and mesh.access_log_file:
-        # The flags win; without them, Istio's MeshConfig accessLogFile turns the log on.
-        access_log = AccessLogConfig(
-            mesh.access_log_file,
-            "JSON" if mesh.access_log_encoding == "JSON" else "TEXT",
-            mesh.access_log_format or None,
-        )
     try:
         formatter(access_log)  # compiled again in each worker; here to fail before binding
     except FormatError as e:

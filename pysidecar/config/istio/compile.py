@@ -15,6 +15,8 @@ Promises:
 - VirtualService tcp and tls routes pick the tcp_proxy's clusters (a match's
   `destinationSubnets` become the chain's prefix_ranges, as istiod writes them); http routes
   fill the virtual hosts (`routes`). Clusters come from `clusters.build_clusters`.
+- MeshConfig's accessLogFile (encoding, format) is every listener's HCM and tcp_proxy
+  `access_log`, as istiod writes it: a reload applies it and the Envoy export carries it.
 - Given the workload's labels, the inbound side too: chains on virtualInbound and
   `inbound|<port>||` clusters for the Services selecting them (`inbound.py`).
 - `validate` refuses what istiod would accept but can never work: a destination subset no
@@ -27,6 +29,7 @@ import ipaddress
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from pysidecar.config.istio import routes as rt
 from pysidecar.config.istio.clusters import ISTIO_CIRCUIT_BREAKERS, build_clusters
@@ -47,6 +50,7 @@ from pysidecar.config.sidecar import standard_sidecar, with_resources
 from pysidecar.model import (
     BLACKHOLE_CLUSTER,
     PASSTHROUGH_CLUSTER,
+    AccessLogConfig,
     Bootstrap,
     CidrRange,
     FilterChain,
@@ -384,11 +388,41 @@ def _vs_only_hosts(services: list[Service], vss: list[VirtualService]) -> list[r
 # -- the whole config ------------------------------------------------------------------------
 
 
+def mesh_access_log(mesh: MeshConfig) -> AccessLogConfig | None:
+    """MeshConfig accessLogFile / accessLogEncoding / accessLogFormat; None when off."""
+    if not mesh.access_log_file:
+        return None
+    encoding: Literal["TEXT", "JSON"] = "JSON" if mesh.access_log_encoding == "JSON" else "TEXT"
+    return AccessLogConfig(mesh.access_log_file, encoding, mesh.access_log_format or None)
+
+
+def with_access_log(b: Bootstrap, access_log: AccessLogConfig) -> Bootstrap:
+    """istiod's: every HCM and tcp_proxy of every listener logs to the mesh's access log."""
+
+    def chain(c: FilterChain) -> FilterChain:
+        return replace(c, filters=tuple(replace(f, access_log=(access_log,)) for f in c.filters))
+
+    def listener(lis: Listener) -> Listener:
+        default = lis.default_filter_chain
+        return replace(
+            lis,
+            filter_chains=tuple(map(chain, lis.filter_chains)),
+            default_filter_chain=chain(default) if default is not None else None,
+        )
+
+    return replace(b, listeners=tuple(map(listener, b.listeners)))
+
+
 def compile_config(
-    cfg: IstioConfig, workload_labels: Mapping[str, str] | None = None, namespace: str = DEFAULT_NAMESPACE
+    cfg: IstioConfig,
+    workload_labels: Mapping[str, str] | None = None,
+    namespace: str = DEFAULT_NAMESPACE,
+    mesh_access_log_on: bool = True,
 ) -> Bootstrap:
     """The sidecar's config; `workload_labels` (the pod's labels) select its inbound Services,
-    `namespace` (the pod's) decides which hosts are reachable by their bare short name."""
+    `namespace` (the pod's) decides which hosts are reachable by their bare short name. The
+    mesh's access log goes on every listener's filters unless `mesh_access_log_on` is False
+    (`pysidecar run --access-log` wins over it)."""
     rules = destination_rules(cfg)
     validate(cfg, rules)
     scope = _sidecar(cfg)
@@ -405,4 +439,6 @@ def compile_config(
     # circuit breakers too, not plain Envoy's 1024.
     base = replace(base, clusters=tuple(replace(c, circuit_breakers=ISTIO_CIRCUIT_BREAKERS) for c in base.clusters))
     base = with_inbound(base, build_inbound(inbound_ports(cfg.services, workload_labels or {}, cfg.pods), mesh))
-    return replace(with_resources(base, listeners, clusters), sources=cfg.files or base.sources)
+    out = replace(with_resources(base, listeners, clusters), sources=cfg.files or base.sources)
+    access_log = mesh_access_log(mesh) if mesh_access_log_on else None
+    return with_access_log(out, access_log) if access_log is not None else out
