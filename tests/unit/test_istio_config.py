@@ -147,27 +147,29 @@ def test_https_service_entry_chains_by_sni(tmp_path: Path) -> None:
         assert isinstance(last.filters[0], TcpProxy) and last.filters[0].cluster == fallback
 
 
+MYSQL = """
+apiVersion: v1
+kind: Service
+metadata: {name: mysql, namespace: db}
+spec:
+  clusterIP: 10.96.0.50
+  ports: [{name: tcp-mysql, port: 3306, targetPort: 3306}, {name: metrics, port: 9104}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: mysql-abc, namespace: db, labels: {kubernetes.io/service-name: mysql}}
+addressType: IPv4
+ports: [{name: tcp-mysql, port: 3306}, {name: metrics, port: 9104}]
+endpoints:
+- addresses: [10.1.0.7]
+  conditions: {ready: true}
+- addresses: [10.1.0.8]
+  conditions: {ready: false}
+"""
+
+
 def test_kubernetes_service_and_endpoint_slice(tmp_path: Path) -> None:
-    docs = """
-    apiVersion: v1
-    kind: Service
-    metadata: {name: mysql, namespace: db}
-    spec:
-      clusterIP: 10.96.0.50
-      ports: [{name: tcp-mysql, port: 3306, targetPort: 3306}, {name: metrics, port: 9104}]
-    ---
-    apiVersion: discovery.k8s.io/v1
-    kind: EndpointSlice
-    metadata: {name: mysql-abc, namespace: db, labels: {kubernetes.io/service-name: mysql}}
-    addressType: IPv4
-    ports: [{name: tcp-mysql, port: 3306}, {name: metrics, port: 9104}]
-    endpoints:
-    - addresses: [10.1.0.7]
-      conditions: {ready: true}
-    - addresses: [10.1.0.8]
-      conditions: {ready: false}
-    """
-    b = load([write(tmp_path, "k8s.yaml", docs)])
+    b = load([write(tmp_path, "k8s.yaml", MYSQL)])
     c = b.cluster("outbound|3306||mysql.db.svc.cluster.local")
     assert c is not None and [e.address for e in c.endpoints] == [SocketAddress("10.1.0.7", 3306)]
     assert b.listener("10.96.0.50_3306") is not None
@@ -175,6 +177,37 @@ def test_kubernetes_service_and_endpoint_slice(tmp_path: Path) -> None:
     sniffed = b.listener("10.96.0.50_9104")
     assert sniffed is not None and len(sniffed.filter_chains) == 2
     assert sniffed.filter_chains[0].filter_chain_match.application_protocols == ("http/1.1", "h2c")
+
+
+def test_endpoint_slices_win_over_endpoints_and_addresses_count_once(tmp_path: Path) -> None:
+    # A dump of a namespace holds both objects for a Service; istiod reads the slices only.
+    extra = """
+    apiVersion: v1
+    kind: Endpoints
+    metadata: {name: mysql, namespace: db}
+    subsets: [{addresses: [{ip: 10.1.0.7}, {ip: 10.1.0.9}], ports: [{name: tcp-mysql, port: 3306}]}]
+    ---
+    apiVersion: discovery.k8s.io/v1
+    kind: EndpointSlice
+    metadata: {name: mysql-def, namespace: db, labels: {kubernetes.io/service-name: mysql}}
+    addressType: IPv4
+    ports: [{name: tcp-mysql, port: 13306}]
+    endpoints: [{addresses: [10.1.0.7]}, {addresses: [10.1.0.6]}]
+    """
+    b = load([write(tmp_path / "dump", "k8s.yaml", MYSQL), write(tmp_path / "dump", "extra.yaml", extra)])
+    c = b.cluster("outbound|3306||mysql.db.svc.cluster.local")
+    assert c is not None
+    assert [e.address for e in c.endpoints] == [SocketAddress("10.1.0.7", 3306), SocketAddress("10.1.0.6", 13306)]
+    # Endpoints alone still serve a Service without slices.
+    only = """
+    apiVersion: v1
+    kind: Service
+    metadata: {name: mysql, namespace: db}
+    spec: {clusterIP: 10.96.0.50, ports: [{name: tcp-mysql, port: 3306}]}
+    ---
+    """ + extra.split("---")[0]
+    c = load([write(tmp_path / "only", "k8s.yaml", only)]).cluster("outbound|3306||mysql.db.svc.cluster.local")
+    assert c is not None and [e.address.address for e in c.endpoints] == ["10.1.0.7", "10.1.0.9"]
 
 
 def test_service_entry_errors_name_resource_and_field(tmp_path: Path) -> None:
