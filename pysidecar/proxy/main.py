@@ -135,10 +135,9 @@ class Supervisor:
     def set_healthy(self, healthy: bool) -> None:
         self.healthy = healthy
 
-    @property
-    def last_config_error(self) -> str | None:
-        """The last rejected reload (file, YAML path, what was wrong), None once a reload succeeds."""
-        return self.reload.last_error
+    def reload_dump(self) -> dict[str, object] | None:
+        """The reload counters and the last rejected reload, for /config_dump."""
+        return self.reload.dump()
 
     async def apply_config(self, bootstrap: Bootstrap) -> None:
         """A reloaded config: every worker swaps to it; workers started later get it too."""

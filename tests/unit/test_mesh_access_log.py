@@ -10,11 +10,14 @@ import pytest
 
 from pysidecar.config import watch
 from pysidecar.config.export import to_envoy
+from pysidecar.config.istio.compile import with_access_log
 from pysidecar.config.loader import load
 from pysidecar.config.node import ConfigError
+from pysidecar.config.sidecar import standard_sidecar
 from pysidecar.config.watch import ConfigWatcher
 from pysidecar.model import AccessLogConfig, Bootstrap, NetworkFilter, TcpProxy
 from pysidecar.model.http import HttpConnectionManager
+from pysidecar.proxy.worker import Worker
 from tests.unit.test_export import assert_envoy_accepts, needs_envoy
 from tests.unit.test_reload import _bump
 
@@ -120,3 +123,17 @@ def test_a_reload_turns_the_mesh_access_log_on(tmp_path: Path, monkeypatch: pyte
 
     asyncio.run(scenario())
     assert all(f.access_log == (AccessLogConfig("/tmp/after.log"),) for f in _filters(applied[-1]))
+
+
+def test_a_log_that_cannot_be_opened_does_not_stop_the_worker(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        w = Worker(standard_sidecar(), 0, 0.1)
+        good = AccessLogConfig("/dev/null")
+        w._open_filter_logs(with_access_log(standard_sidecar(), AccessLogConfig("/nonexistent/dir/a.log")))
+        assert w.filter_logs == {}
+        w._open_filter_logs(with_access_log(standard_sidecar(), good))
+        assert set(w.filter_logs) == {"virtualOutbound", "virtualInbound"}
+        await w.drain()
+
+    asyncio.run(scenario())
+    assert "access log /nonexistent/dir/a.log cannot be opened" in caplog.text
