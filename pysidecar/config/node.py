@@ -33,7 +33,7 @@ class ConfigError(Exception):
         self.message = message
 
 
-def _camel(snake: str) -> str:
+def camel_case(snake: str) -> str:
     head, *rest = snake.split("_")
     return head + "".join(p[:1].upper() + p[1:] for p in rest)
 
@@ -75,7 +75,7 @@ class Node:
         if not isinstance(self.value, dict):
             self.fail(f"expected a mapping, got {_describe(self.value)}")
         by_spelling = {name: name for name in allowed}
-        by_spelling.update({_camel(name): name for name in allowed})
+        by_spelling.update({camel_case(name): name for name in allowed})
         seen: dict[str, Node] = {}
         for key, value in self.value.items():
             canonical = by_spelling.get(str(key))

@@ -15,7 +15,7 @@ import enum
 from dataclasses import dataclass, field
 
 from pysidecar.model.access_log import AccessLogConfig as AccessLogConfig
-from pysidecar.model.http import HttpConnectionManager
+from pysidecar.model.http import ISTIO_DEFAULT_RETRY, HttpConnectionManager, RetryPolicy
 
 # Envoy's cluster connect_timeout default is 5s; Istio's sidecar sets 10s (MeshConfig.connectTimeout).
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -251,6 +251,8 @@ class MeshConfig:
     access_log_file: str = ""
     access_log_encoding: str = "TEXT"
     access_log_format: str = ""
+    # defaultHttpRetryPolicy: the retries of routes whose VirtualService sets none (None: none).
+    default_http_retry_policy: RetryPolicy | None = ISTIO_DEFAULT_RETRY
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from pysidecar.config.export import to_envoy
 from pysidecar.config.loader import load
 from pysidecar.config.node import ConfigError
 from pysidecar.model import DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT, Bootstrap, CircuitBreakers, Cluster
-from pysidecar.model.http import HttpConnectionManager
+from pysidecar.model.http import ISTIO_DEFAULT_RETRY, HttpConnectionManager, RetryPolicy
 from pysidecar.proxy.http.pool import UpstreamConnection
 from tests.unit.test_circuit_breaker import ISTIO, FakeStream, _pool
 from tests.unit.test_export import assert_envoy_accepts, needs_envoy
@@ -191,7 +191,6 @@ def test_wire_level_fields_are_warned_about(tmp_path: Path, caplog: pytest.LogCa
 @pytest.mark.parametrize(
     ("mesh", "path", "words"),
     [
-        ("defaultHttpRetryPolicy: {attempts: 0}", "defaultHttpRetryPolicy", "set retries on the VirtualServices"),
         ("pathNormalization: {normalization: MERGE_SLASHES}", "pathNormalization", "MERGE_SLASHES is not supported"),
         ("pathNormalization: {}", "pathNormalization", "DEFAULT is not supported"),
     ],
@@ -200,6 +199,39 @@ def test_mesh_fields_pysidecar_would_not_honour_are_refused(tmp_path: Path, mesh
     with pytest.raises(ConfigError) as e:
         _load(tmp_path, mesh + "\noutboundTrafficPolicy: {mode: ALLOW_ANY}\n")
     assert e.value.path == path and words in e.value.message
+
+
+def _retries(b: Bootstrap) -> dict[str, RetryPolicy | None]:
+    lis = b.listener("0.0.0.0_80")
+    assert lis is not None
+    hcm = lis.filter_chains[0].filters[0]
+    assert isinstance(hcm, HttpConnectionManager)
+    vhost = hcm.route_config.virtual_hosts[0]
+    return {r.name: r.route.retry_policy for r in vhost.routes if r.route is not None}
+
+
+def test_mesh_default_http_retry_policy_for_routes_without_retries(tmp_path: Path) -> None:
+    vs = """
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {name: backend}
+    spec:
+      hosts: [backend.lab]
+      http:
+      - {name: own, match: [{uri: {prefix: /own}}], retries: {attempts: 1}, route: [{destination: {host: backend.lab}}]}
+      - {name: rest, route: [{destination: {host: backend.lab}}]}
+    """
+    (tmp_path / "a").mkdir()
+    mesh = "defaultHttpRetryPolicy: {attempts: 5, retryOn: 'gateway-error,503', perTryTimeout: 2s}\n"
+    got = _retries(_load(tmp_path / "a", _se(), vs, mesh))
+    assert got["rest"] == RetryPolicy(("gateway-error", "retriable-status-codes"), 5, 2.0, (503,))
+    own = got["own"]  # the VirtualService's own retries: Istio's defaults but for attempts
+    assert own is not None and own.num_retries == 1 and own.retry_on == ISTIO_DEFAULT_RETRY.retry_on
+    # A service without a VirtualService: its default route too; attempts 0 turns retries off.
+    (tmp_path / "b").mkdir()
+    assert _retries(_load(tmp_path / "b", _se(), "defaultHttpRetryPolicy: {attempts: 0}\n")) == {"default": None}
+    (tmp_path / "c").mkdir()
+    assert _retries(_load(tmp_path / "c", _se())) == {"default": ISTIO_DEFAULT_RETRY}
 
 
 def test_mesh_path_normalization_none_and_h2_upgrade(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -250,13 +250,16 @@ def _service_tls(
         w.add("tls", FilterChainMatch(server_names=(svc.hostname,)), TcpProxy(stat_prefix=cluster, cluster=cluster), svc.ref)
 
 
-def _http_routes(svc_host: str, svc: Service | None, port: int, vss: list[VirtualService], services: dict[str, Service]) -> rt.HostRoutes:
+def _http_routes(
+    svc_host: str, svc: Service | None, port: int, vss: list[VirtualService], services: dict[str, Service], mesh: MeshConfig
+) -> rt.HostRoutes:
+    retry = mesh.default_http_retry_policy
     for v in _for_host(vss, svc_host):
         if v.http:
-            found = rt.virtual_service_routes(v, services, port)
+            found = rt.virtual_service_routes(v, services, port, retry)
             if found:
                 return rt.HostRoutes(svc_host, svc, found)
-    return rt.HostRoutes(svc_host, svc, (rt.default_route(svc_host, port),))
+    return rt.HostRoutes(svc_host, svc, (rt.default_route(svc_host, port, retry),))
 
 
 def _listener(name: str, address: str, port: int, chains: list[FilterChain]) -> Listener:
@@ -309,7 +312,7 @@ def build_listeners(
             if port.protocol is Protocol.UDP:
                 continue
             if port.protocol.is_http:
-                wild.setdefault(p, _WildcardPort()).http.append(_http_routes(svc.hostname, svc, p, vss, by_host))
+                wild.setdefault(p, _WildcardPort()).http.append(_http_routes(svc.hostname, svc, p, vss, by_host, mesh))
                 continue
             *subnets, (_, tcp) = _service_tcp(svc, port, vss, by_host)
             for ip in ips:
@@ -318,7 +321,7 @@ def build_listeners(
                 chains.append(_tcp_chain(name, tcp))
                 if port.protocol is Protocol.UNSUPPORTED:
                     route_name = f"{svc.hostname}:{p}"
-                    hosts = [_http_routes(svc.hostname, svc, p, vss, by_host)]
+                    hosts = [_http_routes(svc.hostname, svc, p, vss, by_host, mesh)]
                     chains.insert(0, _http_chain(name, route_name, p, hosts, None, namespace))
                 if name in vip_listeners:
                     log.warning("%s: listener %s already defined; port %d ignored", svc.ref, name, p)
@@ -336,7 +339,7 @@ def build_listeners(
                 _service_tls(svc, port, vss, by_host, w)
             else:
                 if port.protocol is Protocol.UNSUPPORTED:
-                    w.http.append(_http_routes(svc.hostname, svc, p, vss, by_host))
+                    w.http.append(_http_routes(svc.hostname, svc, p, vss, by_host, mesh))
                 if w.tcp is None:
                     w.tcp, w.tcp_owner = tcp, svc.ref
                 else:
@@ -356,7 +359,7 @@ def _wildcard_listener(
     if w.http:
         hosts = list(w.http)
         if port == 80:
-            hosts += _vs_only_hosts(services, vss)
+            hosts += _vs_only_hosts(services, vss, mesh)
         chains.append(_http_chain(name, str(port), port, hosts, policy, namespace))
     for kind in ("tls", "cidr"):
         of_kind = [(match, proxy) for k, match, proxy in w.matched if k == kind]
@@ -369,7 +372,7 @@ def _wildcard_listener(
     return _listener(name, "0.0.0.0", port, chains)
 
 
-def _vs_only_hosts(services: list[Service], vss: list[VirtualService]) -> list[rt.HostRoutes]:
+def _vs_only_hosts(services: list[Service], vss: list[VirtualService], mesh: MeshConfig) -> list[rt.HostRoutes]:
     """istiod's port-80 quirk: VirtualService hosts with no service still get a virtual host."""
     known = {s.hostname for s in services}
     by_host = {s.hostname: s for s in services}
@@ -378,7 +381,7 @@ def _vs_only_hosts(services: list[Service], vss: list[VirtualService]) -> list[r
         for h in v.hosts:
             if h in known or "*" in h or not v.http:
                 continue
-            found = rt.virtual_service_routes(v, by_host, 80)
+            found = rt.virtual_service_routes(v, by_host, 80, mesh.default_http_retry_policy)
             if found:
                 out.append(rt.HostRoutes(h, None, found))
                 known.add(h)

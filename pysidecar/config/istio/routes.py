@@ -25,6 +25,8 @@ from pysidecar.config.istio.meta import DOMAIN_SUFFIX, ObjectMeta
 from pysidecar.config.istio.registry import Service, outbound_cluster_name
 from pysidecar.model import PASSTHROUGH_CLUSTER, OutboundTrafficPolicy
 from pysidecar.model.http import (
+    ISTIO_DEFAULT_RETRY,
+    ISTIO_DEFAULT_RETRY_ON,
     ClusterWeight,
     CodecType,
     Decorator,
@@ -54,8 +56,8 @@ DEFAULT_ROUTE = "default"
 ALLOW_ANY = "allow_any"
 BLOCK_ALL = "block_all"
 # Istio's default HTTP retry policy (mesh defaultHttpRetryPolicy unset).
-DEFAULT_RETRY_ON = ("connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes")
-DEFAULT_RETRY = RetryPolicy(retry_on=DEFAULT_RETRY_ON, num_retries=2)
+DEFAULT_RETRY_ON = ISTIO_DEFAULT_RETRY_ON
+DEFAULT_RETRY = ISTIO_DEFAULT_RETRY
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +69,11 @@ class HostRoutes:
     routes: tuple[Route, ...]
 
 
-def retry_policy(r: vs.Retries | None) -> RetryPolicy | None:
-    """istiod's retry.ConvertPolicy."""
+def retry_policy(r: vs.Retries | None, default: RetryPolicy | None = DEFAULT_RETRY) -> RetryPolicy | None:
+    """istiod's retry.ConvertPolicy; `default` (the mesh's defaultHttpRetryPolicy, else Istio's)
+    when the route sets no retries."""
     if r is None:
-        return DEFAULT_RETRY
+        return default
     if r.attempts == 0:
         return None
     on: list[str] = []
@@ -219,7 +222,12 @@ def _redirect(r: vs.Redirect, port: int) -> RedirectAction:
 
 
 def translate_route(
-    h: vs.HTTPRoute, m: vs.HTTPMatch | None, v: vs.VirtualService, services: dict[str, Service], port: int
+    h: vs.HTTPRoute,
+    m: vs.HTTPMatch | None,
+    v: vs.VirtualService,
+    services: dict[str, Service],
+    port: int,
+    default_retry: RetryPolicy | None = DEFAULT_RETRY,
 ) -> Route | None:
     """istiod's translateRoute; None when the match is for another port or another gateway."""
     if m is not None and m.port and m.port != port:
@@ -255,7 +263,7 @@ def translate_route(
             cluster=cluster,
             weighted_clusters=tuple(weighted),
             timeout=h.timeout if h.timeout is not None else 0.0,
-            retry_policy=retry_policy(h.retries),
+            retry_policy=retry_policy(h.retries, default_retry),
             prefix_rewrite=rw.uri or None,
             regex_rewrite=RegexRewrite(rw.regex_match, rw.regex_rewrite) if rw.regex_match else None,
             host_rewrite_literal=rw.authority or authority or None,
@@ -286,14 +294,16 @@ def _catch_all(r: Route) -> bool:
     return m.prefix == "/" and not m.headers and not m.query_parameters
 
 
-def virtual_service_routes(v: vs.VirtualService, services: dict[str, Service], port: int) -> tuple[Route, ...]:
+def virtual_service_routes(
+    v: vs.VirtualService, services: dict[str, Service], port: int, default_retry: RetryPolicy | None = DEFAULT_RETRY
+) -> tuple[Route, ...]:
     """istiod's BuildHTTPRoutesForVirtualService: routes in order, stopping after a catch-all."""
     out: list[Route] = []
     for h in v.http:
         matches: Sequence[vs.HTTPMatch | None] = h.match or (None,)
         done = not h.match
         for m in matches:
-            r = translate_route(h, m, v, services, port)
+            r = translate_route(h, m, v, services, port, default_retry)
             if r is None:
                 continue
             out.append(r)
@@ -305,12 +315,12 @@ def virtual_service_routes(v: vs.VirtualService, services: dict[str, Service], p
     return tuple(out)
 
 
-def default_route(hostname: str, port: int) -> Route:
-    """istiod's BuildDefaultHTTPOutboundRoute."""
+def default_route(hostname: str, port: int, retry: RetryPolicy | None = DEFAULT_RETRY) -> Route:
+    """istiod's BuildDefaultHTTPOutboundRoute (`retry`: the mesh's defaultHttpRetryPolicy)."""
     return Route(
         match=RouteMatch(prefix="/"),
         name=DEFAULT_ROUTE,
-        route=RouteAction(cluster=outbound_cluster_name(port, hostname), timeout=0.0, retry_policy=DEFAULT_RETRY),
+        route=RouteAction(cluster=outbound_cluster_name(port, hostname), timeout=0.0, retry_policy=retry),
         decorator=Decorator(f"{hostname}:{port}/*"),
     )
 
