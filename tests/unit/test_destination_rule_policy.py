@@ -92,14 +92,20 @@ def test_consecutive_5xx_errors_win_over_consecutive_errors(tmp_path: Path) -> N
     assert od.consecutive_gateway_failure == 3
 
 
-def test_retries_backoff_is_the_base_interval(tmp_path: Path) -> None:
-    lis = _load(tmp_path, _se(), POLICY).listener("0.0.0.0_80")
+def _retries(b: Bootstrap) -> dict[str, RetryPolicy | None]:
+    """Route name → retry policy, for the first virtual host on port 80."""
+    lis = b.listener("0.0.0.0_80")
     assert lis is not None
     hcm = lis.filter_chains[0].filters[0]
     assert isinstance(hcm, HttpConnectionManager)
-    action = hcm.route_config.virtual_hosts[0].routes[0].route
-    assert action is not None and action.retry_policy is not None
-    assert action.retry_policy.base_interval == 0.1 and action.retry_policy.max_backoff == pytest.approx(1.0)
+    vhost = hcm.route_config.virtual_hosts[0]
+    return {r.name: r.route.retry_policy for r in vhost.routes if r.route is not None}
+
+
+def test_retries_backoff_is_the_base_interval(tmp_path: Path) -> None:
+    (policy,) = _retries(_load(tmp_path, _se(), POLICY)).values()
+    assert policy is not None
+    assert policy.base_interval == 0.1 and policy.max_backoff == pytest.approx(1.0)
 
 
 def test_http_options_exported_and_read_back(tmp_path: Path) -> None:
@@ -199,15 +205,6 @@ def test_mesh_fields_pysidecar_would_not_honour_are_refused(tmp_path: Path, mesh
     with pytest.raises(ConfigError) as e:
         _load(tmp_path, mesh + "\noutboundTrafficPolicy: {mode: ALLOW_ANY}\n")
     assert e.value.path == path and words in e.value.message
-
-
-def _retries(b: Bootstrap) -> dict[str, RetryPolicy | None]:
-    lis = b.listener("0.0.0.0_80")
-    assert lis is not None
-    hcm = lis.filter_chains[0].filters[0]
-    assert isinstance(hcm, HttpConnectionManager)
-    vhost = hcm.route_config.virtual_hosts[0]
-    return {r.name: r.route.retry_policy for r in vhost.routes if r.route is not None}
 
 
 def test_mesh_default_http_retry_policy_for_routes_without_retries(tmp_path: Path) -> None:
