@@ -392,8 +392,8 @@ def cluster(node: Node) -> Cluster:
             bind += (af.require("address").string(),)
     if (family := f.get("dns_lookup_family")) is not None:
         family.enum(["AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL"])
-    idle, per_connection = f.opt(
-        "typed_extension_protocol_options", http_protocol_options, (DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT, 0)
+    idle, per_connection, max_duration = f.opt(
+        "typed_extension_protocol_options", http_protocol_options, (DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT, 0, 0.0)
     )
     connect = f.get("connect_timeout")
     refresh = f.get("dns_refresh_rate")
@@ -413,12 +413,14 @@ def cluster(node: Node) -> Cluster:
         healthy_panic_threshold=f.opt("common_lb_config", panic_threshold, DEFAULT_PANIC_THRESHOLD),
         http_idle_timeout=idle,
         max_requests_per_connection=per_connection,
+        max_connection_duration=max_duration,
     )
 
 
-def http_protocol_options(node: Node) -> tuple[float, int]:
+def http_protocol_options(node: Node) -> tuple[float, int, float]:
     """typed_extension_protocol_options with HttpProtocolOptions: upstream HTTP/1.1 (what the
-    pools speak) and common_http_protocol_options idle_timeout, max_requests_per_connection."""
+    pools speak) and common_http_protocol_options idle_timeout, max_requests_per_connection,
+    max_connection_duration."""
     opts = node.fields(HTTP_PROTOCOL_OPTIONS).require(HTTP_PROTOCOL_OPTIONS)
     f = opts.fields("@type", "common_http_protocol_options", "explicit_http_config")
     if "@type" in f and opts.type_url() != HTTP_PROTOCOL_OPTIONS:
@@ -426,12 +428,13 @@ def http_protocol_options(node: Node) -> tuple[float, int]:
     if (explicit := f.get("explicit_http_config")) is not None:
         explicit.fields("http_protocol_options")
     common = f.get("common_http_protocol_options")
-    cf = common.fields("idle_timeout", "max_requests_per_connection") if common is not None else None
+    cf = common.fields("idle_timeout", "max_requests_per_connection", "max_connection_duration") if common is not None else None
     if cf is None:
-        return DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT, 0
+        return DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT, 0, 0.0
     return (
         cf.opt("idle_timeout", Node.duration, DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT),
         cf.opt("max_requests_per_connection", lambda n: n.integer(0), 0),
+        cf.opt("max_connection_duration", Node.duration, 0.0),
     )
 
 

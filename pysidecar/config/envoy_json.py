@@ -411,6 +411,8 @@ def cluster(c: Cluster) -> dict[str, Any]:
         common["idle_timeout"] = duration(c.http_idle_timeout)
     if c.max_requests_per_connection:
         common["max_requests_per_connection"] = c.max_requests_per_connection
+    if c.max_connection_duration:
+        common["max_connection_duration"] = duration(c.max_connection_duration)
     if common:
         # Upstream HTTP/1.1, as pysidecar's pools speak it (and Envoy's default).
         out["typed_extension_protocol_options"] = {

@@ -140,10 +140,11 @@ class Cluster:
     circuit_breakers: CircuitBreakers = field(default_factory=CircuitBreakers)
     outlier_detection: OutlierDetection | None = None
     healthy_panic_threshold: float = DEFAULT_PANIC_THRESHOLD
-    # common_http_protocol_options of the upstream HTTP connections: idle_timeout (0: never)
-    # and max_requests_per_connection (0: unlimited).
+    # common_http_protocol_options of the upstream HTTP connections: idle_timeout (0: never),
+    # max_requests_per_connection (0: unlimited), max_connection_duration (0: unlimited).
     http_idle_timeout: float = DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT
     max_requests_per_connection: int = 0
+    max_connection_duration: float = 0.0
 
     @property
     def stat_name(self) -> str:

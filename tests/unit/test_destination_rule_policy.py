@@ -36,7 +36,10 @@ def _dr(traffic_policy: dict[str, Any], **spec: Any) -> str:
 
 POLICY = _dr(
     {
-        "connectionPool": {"http": {"idleTimeout": "30s", "maxRequestsPerConnection": 2}},
+        "connectionPool": {
+            "tcp": {"maxConnectionDuration": "1h"},
+            "http": {"idleTimeout": "30s", "maxRequestsPerConnection": 2},
+        },
         "outlierDetection": {"consecutiveErrors": 3, "minHealthPercent": 40},
     },
     subsets=[{"name": "v1", "labels": {"v": "1"}, "trafficPolicy": {"connectionPool": {"http": {"idleTimeout": "0s"}}}}],
@@ -69,7 +72,7 @@ def _cluster(b: Bootstrap, name: str = "outbound|80||backend.lab") -> Cluster:
 def test_http_options_panic_threshold_and_consecutive_errors(tmp_path: Path) -> None:
     b = _load(tmp_path, _se(), POLICY)
     c = _cluster(b)
-    assert c.http_idle_timeout == 30.0 and c.max_requests_per_connection == 2
+    assert c.http_idle_timeout == 30.0 and c.max_requests_per_connection == 2 and c.max_connection_duration == 3600.0
     assert c.healthy_panic_threshold == 40.0  # istiod: minHealthPercent
     # consecutiveErrors: gateway errors ejected, 5xx not (istiod's mapping of the old field).
     od = c.outlier_detection
@@ -113,7 +116,11 @@ def test_http_options_exported_and_read_back(tmp_path: Path) -> None:
     c = _cluster(b)
     out = {x["name"]: x for x in to_envoy(b)["static_resources"]["clusters"]}
     opts = out[c.name]["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
-    assert opts["common_http_protocol_options"] == {"idle_timeout": "30s", "max_requests_per_connection": 2}
+    assert opts["common_http_protocol_options"] == {
+        "idle_timeout": "30s",
+        "max_requests_per_connection": 2,
+        "max_connection_duration": "3600s",
+    }
     assert "typed_extension_protocol_options" not in out["PassthroughCluster"]
     path = tmp_path / "out" / "envoy.yaml"
     path.parent.mkdir()
@@ -163,7 +170,29 @@ def test_pool_closes_a_connection_after_max_requests_per_connection() -> None:
             conn._message_complete(True)
             assert (pool.idle == [conn]) is expect_idle
             pool.idle.clear()
-        assert conn.closed
+        assert conn.closed and pool.rq_stats.upstream_cx_max_requests == 1
+    finally:
+        loop.close()
+
+
+def test_pool_closes_a_connection_past_max_connection_duration() -> None:
+    pool, _, loop = _pool(CircuitBreakers())
+    object.__setattr__(pool.cluster, "config", Cluster("c", max_connection_duration=0.05))
+    try:
+        # Busy when it comes of age: closed once its response completes, not reused.
+        old = UpstreamConnection(pool)
+        old.born = loop.time() - 1.0
+        old.attach(FakeStream())  # type: ignore[arg-type]
+        old.request_done = True
+        old._message_complete(True)
+        assert old.closed and pool.idle == [] and pool.rq_stats.upstream_cx_max_duration_reached == 1
+        # Idle when it comes of age: closed then, before any idle timeout.
+        young = UpstreamConnection(pool)
+        young.born = loop.time()
+        pool.release(young)
+        loop.run_until_complete(asyncio.sleep(0.08))
+        assert young.closed and pool.idle == [] and pool.rq_stats.upstream_cx_max_duration_reached == 2
+        assert pool.rq_stats.upstream_cx_idle_timeout == 0
     finally:
         loop.close()
 
@@ -171,7 +200,6 @@ def test_pool_closes_a_connection_after_max_requests_per_connection() -> None:
 @pytest.mark.parametrize(
     ("policy", "path", "words"),
     [
-        ("connectionPool: {tcp: {maxConnectionDuration: 1h}}", "connectionPool.tcp.maxConnectionDuration", "not closed by age"),
         ("connectionPool: {tcp: {idleTimeout: 10s}}", "connectionPool.tcp.idleTimeout", "http.idleTimeout"),
         ("tunnel: {targetHost: x, targetPort: 8080}", "tunnel", "tunnel is not supported"),
         ("proxyProtocol: {version: V1}", "proxyProtocol", "PROXY protocol"),

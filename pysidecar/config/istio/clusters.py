@@ -15,8 +15,9 @@ Promises:
   interval, baseEjectionTime (also the max ejection time when above 300 s),
   maxEjectionPercent, and the panic threshold set to minHealthPercent (0: no panic mode);
   the deprecated consecutiveErrors counts gateway errors only, as istiod maps it.
-- connectionPool.http idleTimeout and maxRequestsPerConnection become the cluster's upstream
-  HTTP options (common_http_protocol_options), which the pools honour.
+- connectionPool.http idleTimeout and maxRequestsPerConnection, and tcp.maxConnectionDuration,
+  become the cluster's upstream HTTP options (common_http_protocol_options), which the pools
+  honour.
 """
 
 from __future__ import annotations
@@ -127,10 +128,11 @@ def service_cluster(
     # cluster's common_http_protocol_options.
     idle = pool.idle_timeout if pool is not None and pool.idle_timeout is not None else DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT
     per_connection = (pool.max_requests_per_connection or 0) if pool is not None else 0
+    max_duration = (pool.max_connection_duration or 0.0) if pool is not None else 0.0
     if svc.resolution is Resolution.NONE or policy.lb_policy is LbPolicy.CLUSTER_PROVIDED:
         return Cluster(
             name, ClusterType.ORIGINAL_DST, connect, LbPolicy.CLUSTER_PROVIDED, circuit_breakers=circuit_breakers(pool),
-            http_idle_timeout=idle, max_requests_per_connection=per_connection,
+            http_idle_timeout=idle, max_requests_per_connection=per_connection, max_connection_duration=max_duration,
         )  # fmt: skip
     ctype = {
         Resolution.STATIC: ClusterType.STATIC,
@@ -151,6 +153,7 @@ def service_cluster(
         else DEFAULT_PANIC_THRESHOLD,
         http_idle_timeout=idle,
         max_requests_per_connection=per_connection,
+        max_connection_duration=max_duration,
     )
 
 

@@ -7,8 +7,8 @@ Promises:
   (consecutive5xxErrors, consecutiveGatewayErrors, interval, baseEjectionTime,
   maxEjectionPercent, minHealthPercent, the deprecated consecutiveErrors) are parsed and
   checked; subset names are unique. connectionPool.http.maxRequestsPerConnection too.
-- What pysidecar would not do is refused, naming the field: tcp.maxConnectionDuration,
-  tcp.idleTimeout, tunnel, proxyProtocol, local-origin outlier splitting. Fields that change
+- tcp.maxConnectionDuration too (the upstream HTTP connections' max_connection_duration).
+- What pysidecar would not do is refused, naming the field: tcp.idleTimeout, tunnel, proxyProtocol, local-origin outlier splitting. Fields that change
   only the upstream wire (tcp.tcpKeepalive, http.h2UpgradePolicy, useClientProtocol,
   maxConcurrentStreams: upstream stays HTTP/1.1) are warned about and ignored.
 - `workloadSelector` is ignored with a warning.
@@ -45,6 +45,7 @@ class ConnectionPool:
     max_retries: int | None = None
     idle_timeout: float | None = None
     max_requests_per_connection: int | None = None
+    max_connection_duration: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +104,6 @@ def connection_pool(node: Node) -> ConnectionPool:
     tf = tcp.fields("max_connections", "connect_timeout", "tcp_keepalive", "max_connection_duration", "idle_timeout") if tcp else None
     if tf is not None:
         _ignored(tf, "tcp_keepalive", "upstream sockets use the kernel's keepalive settings")
-        _unsupported(tf, "max_connection_duration", "upstream connections are not closed by age")
         _unsupported(tf, "idle_timeout", "tcp_proxy keeps its 1h idle timeout; for HTTP use http.idleTimeout")
     http = f.get("http")
     hf = (
@@ -128,6 +128,7 @@ def connection_pool(node: Node) -> ConnectionPool:
         max_retries=hf.opt("max_retries", _count, None) if hf else None,
         idle_timeout=hf.opt("idle_timeout", Node.duration, None) if hf else None,
         max_requests_per_connection=hf.opt("max_requests_per_connection", _count, None) if hf else None,
+        max_connection_duration=tf.opt("max_connection_duration", Node.duration, None) if tf else None,
     )
 
 

@@ -10,7 +10,8 @@ Promises:
   max_requests_per_connection); anything else closes it. Idle connections
   closed by the upstream leave the list when their close arrives; one idle for the cluster's
   `http_idle_timeout` (common_http_protocol_options.idle_timeout, default 1 h) is closed
-  (upstream_cx_idle_timeout).
+  (upstream_cx_idle_timeout), and so is one past its `max_connection_duration` once no stream
+  uses it (upstream_cx_max_duration_reached).
 - An `UpstreamConnection` parses responses with httptools and forwards each event to the one
   stream attached to it; it never buffers a body.
 - Circuit breakers (the cluster's, per worker) as Envoy's HTTP/1 pool applies them: a request
@@ -54,6 +55,7 @@ class _HeadDone(Exception):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
+        "born",
         "closed",
         "counted",
         "cx_open",
@@ -91,6 +93,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.counted = False  # holds a request slot of the circuit breaker
         self.cx_open = False  # holds a connection slot of the circuit breaker
         self.idle_since = 0.0  # loop time it last joined the idle list
+        self.born = 0.0  # loop time it was established (the cluster's max_connection_duration)
         self.idle_timer: asyncio.TimerHandle | None = None
         self.requests = 0  # streams it has carried (the cluster's max_requests_per_connection)
 
@@ -140,6 +143,7 @@ class UpstreamConnection(asyncio.Protocol):
     # -- asyncio Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = t = cast(asyncio.Transport, transport)
+        self.born = self.pool.loop.time()
         t.set_write_buffer_limits(high=self.pool.buffer_limit)
         stats = self.pool.cx_stats
         stats.upstream_cx_active += 1
@@ -251,8 +255,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.stream = None
         self._unattach()
         self.response_started = False
-        limit = self.pool.cluster.config.max_requests_per_connection
-        if keep_alive and self.request_done and not self.closed and not (limit and self.requests >= limit):
+        if keep_alive and self.request_done and not self.closed and self.pool.reusable(self):
             self.pool.release(self)
         else:
             self.close()
@@ -343,13 +346,11 @@ class HostPool:
         if conn.transport is not None:
             conn.transport.resume_reading()  # it may have been paused for a slow client
         self.idle.append(conn)
-        timeout = self.cluster.config.http_idle_timeout
-        if timeout > 0:
-            conn.idle_since = self.loop.time()
-            if conn.idle_timer is None:
-                # One timer per connection and timeout period, not one per request: when it
-                # fires, a connection that was busy meanwhile is checked again later.
-                conn.idle_timer = self.loop.call_later(timeout, self._idle_check, conn)
+        conn.idle_since = now = self.loop.time()
+        if conn.idle_timer is None and (deadline := self._expiry(conn)) is not None:
+            # One timer per connection and period, not one per request: when it fires, a
+            # connection that was busy meanwhile is checked again when released.
+            conn.idle_timer = self.loop.call_later(max(0.0, deadline - now), self._idle_check, conn)
         if self.waiting:
             # Not from inside the parser callback that released it: on the next loop turn.
             self.loop.call_soon(self._serve_waiting)
@@ -361,18 +362,47 @@ class HostPool:
         if conn in self.idle:
             self.idle.remove(conn)
 
+    def reusable(self, conn: UpstreamConnection) -> bool:
+        """Whether a connection that finished a response may carry another: not past the
+        cluster's max_requests_per_connection or max_connection_duration (Envoy then closes it
+        once its stream is done)."""
+        c = self.cluster.config
+        if c.max_requests_per_connection and conn.requests >= c.max_requests_per_connection:
+            self.rq_stats.upstream_cx_max_requests += 1
+            return False
+        if c.max_connection_duration and self.loop.time() - conn.born >= c.max_connection_duration:
+            self.rq_stats.upstream_cx_max_duration_reached += 1
+            return False
+        return True
+
+    def _expiry(self, conn: UpstreamConnection) -> float | None:
+        """When an idle connection is to be closed: idle_timeout after it went idle, or its
+        max_connection_duration, whichever comes first; None for never."""
+        c = self.cluster.config
+        ends = [conn.idle_since + c.http_idle_timeout] if c.http_idle_timeout > 0 else []
+        if c.max_connection_duration > 0:
+            ends.append(conn.born + c.max_connection_duration)
+        return min(ends) if ends else None
+
     def _idle_check(self, conn: UpstreamConnection) -> None:
-        """The cluster's idle_timeout: a connection with no request for that long is closed
-        (upstream_cx_idle_timeout)."""
+        """An idle connection past the cluster's idle_timeout (upstream_cx_idle_timeout) or
+        max_connection_duration (upstream_cx_max_duration_reached) is closed."""
         conn.idle_timer = None
         if conn.closed or conn not in self.idle:
             return  # busy: re-armed when it is released again
-        left = conn.idle_since + self.cluster.config.http_idle_timeout - self.loop.time()
-        if left > 0:
-            conn.idle_timer = self.loop.call_later(left, self._idle_check, conn)
+        now = self.loop.time()
+        deadline = self._expiry(conn)
+        if deadline is None:
+            return
+        if deadline > now:
+            conn.idle_timer = self.loop.call_later(deadline - now, self._idle_check, conn)
             return
         self.idle.remove(conn)
-        self.rq_stats.upstream_cx_idle_timeout += 1
+        c = self.cluster.config
+        if c.max_connection_duration > 0 and now - conn.born >= c.max_connection_duration:
+            self.rq_stats.upstream_cx_max_duration_reached += 1
+        else:
+            self.rq_stats.upstream_cx_idle_timeout += 1
         conn.close()
 
     def cancel(self, conn: UpstreamConnection) -> None:
