@@ -16,12 +16,14 @@ import ipaddress
 from collections.abc import Callable
 
 from pysidecar.config.access_log import access_logs
+from pysidecar.config.envoy_json import HTTP_PROTOCOL_OPTIONS
 from pysidecar.config.node import ConfigError, Node, load_documents
 from pysidecar.model import (
     DEFAULT_BUFFER_LIMIT,
     DEFAULT_LISTENER_FILTERS_TIMEOUT,
     DEFAULT_PANIC_THRESHOLD,
     DEFAULT_TCP_IDLE_TIMEOUT,
+    DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT,
     Admin,
     Bootstrap,
     CidrRange,
@@ -365,6 +367,7 @@ def cluster(node: Node) -> Cluster:
         "circuit_breakers",
         "outlier_detection",
         "common_lb_config",
+        "typed_extension_protocol_options",
     )
     name = f.require("name").string()
     ctype = f.opt("type", lambda n: ClusterType(n.enum([t.value for t in ClusterType])), ClusterType.STATIC)
@@ -404,6 +407,9 @@ def cluster(node: Node) -> Cluster:
             if (proto := af.get("protocol")) is not None:
                 proto.enum(["TCP"])
             bind += (af.require("address").string(),)
+    idle, per_connection, max_duration = f.opt(
+        "typed_extension_protocol_options", http_protocol_options, (DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT, 0, 0.0)
+    )
     connect = f.get("connect_timeout")
     refresh = f.get("dns_refresh_rate")
     alt = f.get("alt_stat_name")
@@ -425,6 +431,30 @@ def cluster(node: Node) -> Cluster:
         circuit_breakers=f.opt("circuit_breakers", circuit_breakers, CircuitBreakers()),
         outlier_detection=f.opt("outlier_detection", outlier_detection, None),
         healthy_panic_threshold=f.opt("common_lb_config", panic_threshold, DEFAULT_PANIC_THRESHOLD),
+        http_idle_timeout=idle,
+        max_requests_per_connection=per_connection,
+        max_connection_duration=max_duration,
+    )
+
+
+def http_protocol_options(node: Node) -> tuple[float, int, float]:
+    """typed_extension_protocol_options with HttpProtocolOptions: upstream HTTP/1.1 (what the
+    pools speak) and common_http_protocol_options idle_timeout, max_requests_per_connection,
+    max_connection_duration."""
+    opts = node.fields(HTTP_PROTOCOL_OPTIONS).require(HTTP_PROTOCOL_OPTIONS)
+    f = opts.fields("@type", "common_http_protocol_options", "explicit_http_config")
+    if "@type" in f and opts.type_url() != HTTP_PROTOCOL_OPTIONS:
+        f.require("@type").fail(f"expected type {HTTP_PROTOCOL_OPTIONS}")
+    if (explicit := f.get("explicit_http_config")) is not None:
+        explicit.fields("http_protocol_options")
+    common = f.get("common_http_protocol_options")
+    cf = common.fields("idle_timeout", "max_requests_per_connection", "max_connection_duration") if common is not None else None
+    if cf is None:
+        return DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT, 0, 0.0
+    return (
+        cf.opt("idle_timeout", Node.duration, DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT),
+        cf.opt("max_requests_per_connection", lambda n: n.integer(0), 0),
+        cf.opt("max_connection_duration", Node.duration, 0.0),
     )
 
 

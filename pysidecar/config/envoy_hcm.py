@@ -91,13 +91,7 @@ def regex(node: Node) -> str:
     f = node.fields("google_re2", "regex")
     if (g := f.get("google_re2")) is not None:
         g.fields("max_program_size")
-    pattern_node = f.require("regex")
-    pattern = pattern_node.string()
-    try:
-        re.compile(pattern)
-    except re.error as e:
-        pattern_node.fail(f"invalid regex {pattern!r}: {e}")
-    return pattern
+    return f.require("regex").regex()
 
 
 def header_value_option(node: Node) -> HeaderValueOption:

@@ -16,6 +16,7 @@ from typing import Any
 from pysidecar.model import (
     DEFAULT_LISTENER_FILTERS_TIMEOUT,
     DEFAULT_PANIC_THRESHOLD,
+    DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT,
     AccessLogConfig,
     CircuitBreakers,
     Cluster,
@@ -49,6 +50,7 @@ HCM = T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConne
 ROUTER = T + "envoy.extensions.filters.http.router.v3.Router"
 FAULT = T + "envoy.extensions.filters.http.fault.v3.HTTPFault"
 LUA = "envoy.extensions.filters.http.lua.v3.Lua"
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 PREVIOUS_HOSTS = T + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 LISTENER_FILTER_TYPES = {
     "envoy.filters.listener.original_dst": T + "envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
@@ -413,4 +415,20 @@ def cluster(c: Cluster) -> dict[str, Any]:
         }
     if c.healthy_panic_threshold != DEFAULT_PANIC_THRESHOLD:
         out["common_lb_config"] = {"healthy_panic_threshold": {"value": c.healthy_panic_threshold}}
+    common: dict[str, Any] = {}
+    if c.http_idle_timeout != DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT:
+        common["idle_timeout"] = duration(c.http_idle_timeout)
+    if c.max_requests_per_connection:
+        common["max_requests_per_connection"] = c.max_requests_per_connection
+    if c.max_connection_duration:
+        common["max_connection_duration"] = duration(c.max_connection_duration)
+    if common:
+        # Upstream HTTP/1.1, as pysidecar's pools speak it (and Envoy's default).
+        out["typed_extension_protocol_options"] = {
+            HTTP_PROTOCOL_OPTIONS: {
+                "@type": T + HTTP_PROTOCOL_OPTIONS,
+                "common_http_protocol_options": common,
+                "explicit_http_config": {"http_protocol_options": {}},
+            }
+        }
     return out

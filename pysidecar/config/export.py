@@ -86,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="files or directories of Envoy or Istio YAML (default: the embedded standard sidecar)",
     )  # fmt: skip
     parser.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
-    workload.add_labels_argument(parser)
+    workload.add_workload_arguments(parser)
     add_interception_mode_argument(parser)
 
 
@@ -102,7 +102,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"pysidecar: {e}", file=sys.stderr)
         return 2
     try:
-        text = dump(load(args.config, labels, mode))
+        text = dump(load(args.config, labels, workload.resolve_namespace(args.namespace), interception_mode=mode))
     except ConfigError as e:
         print(f"pysidecar: configuration error: {e}", file=sys.stderr)
         return 2

@@ -29,6 +29,7 @@ from pysidecar.config import envoy
 from pysidecar.config.istio.compile import compile_config
 from pysidecar.config.istio.documents import collect
 from pysidecar.config.istio.mesh import is_mesh_document
+from pysidecar.config.istio.meta import DEFAULT_NAMESPACE
 from pysidecar.config.node import ConfigError, Node, load_documents
 from pysidecar.config.sidecar import standard_sidecar, with_interception_mode
 from pysidecar.model import Bootstrap, Cluster, Listener
@@ -68,10 +69,16 @@ def _is_xds_file(value: object) -> bool:
 
 
 def load(
-    paths: Sequence[str], workload_labels: Mapping[str, str] | None = None, interception_mode: str = "REDIRECT"
+    paths: Sequence[str],
+    workload_labels: Mapping[str, str] | None = None,
+    namespace: str = DEFAULT_NAMESPACE,
+    mesh_access_log: bool = True,
+    interception_mode: str = "REDIRECT",
 ) -> Bootstrap:
     """The config `paths` name; `workload_labels` (the pod's labels) give Istio YAML its inbound
-    side, and mean nothing to an Envoy bootstrap, nor does `interception_mode`."""
+    side and `namespace` (the pod's) its short host names; `mesh_access_log` False leaves the
+    MeshConfig's access log out; `interception_mode` TPROXY makes virtualInbound transparent.
+    None of them mean anything to an Envoy bootstrap."""
     if not paths:
         return with_interception_mode(standard_sidecar(), interception_mode)
     docs = [d for f in config_files(paths) for d in load_documents(f)]
@@ -88,7 +95,9 @@ def load(
         return envoy_bootstrap(envoy_docs[0])
     if not istio_docs:
         raise ConfigError(paths[0], "", "no configuration documents found")
-    return with_interception_mode(compile_config(collect(istio_docs), workload_labels), interception_mode)
+    return with_interception_mode(
+        compile_config(collect(istio_docs), workload_labels, namespace, mesh_access_log), interception_mode
+    )
 
 
 # -- Envoy file-based dynamic resources ------------------------------------------------------

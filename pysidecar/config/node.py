@@ -18,6 +18,8 @@ from typing import Any, NoReturn, TypeVar
 
 import yaml
 
+from pysidecar.regex import re2_error
+
 T = TypeVar("T")
 
 
@@ -31,7 +33,7 @@ class ConfigError(Exception):
         self.message = message
 
 
-def _camel(snake: str) -> str:
+def camel_case(snake: str) -> str:
     head, *rest = snake.split("_")
     return head + "".join(p[:1].upper() + p[1:] for p in rest)
 
@@ -73,7 +75,7 @@ class Node:
         if not isinstance(self.value, dict):
             self.fail(f"expected a mapping, got {_describe(self.value)}")
         by_spelling = {name: name for name in allowed}
-        by_spelling.update({_camel(name): name for name in allowed})
+        by_spelling.update({camel_case(name): name for name in allowed})
         seen: dict[str, Node] = {}
         for key, value in self.value.items():
             canonical = by_spelling.get(str(key))
@@ -113,6 +115,13 @@ class Node:
 
     def port(self) -> int:
         return self.integer(0, 65535)
+
+    def regex(self) -> str:
+        """A pattern RE2 compiles (Envoy's and istiod's dialect, not Python's `re`)."""
+        pattern = self.string()
+        if (err := re2_error(pattern)) is not None:
+            self.fail(f"invalid regex {pattern!r} (RE2 syntax, as Envoy and istiod check it): {err}")
+        return pattern
 
     def boolean(self) -> bool:
         v = self.value

@@ -8,7 +8,8 @@ Promises:
 - A good config goes to `apply` (the Supervisor sends it to every worker, which swaps it
   atomically; open connections finish on the snapshot they started with).
 - A bad config keeps the old one serving: the error (file, YAML path, resource) is logged,
-  counted, and kept in `ReloadState.last_error` for the admin's dump. The same bad files are
+  counted, and kept in `ReloadState` (`last_error` until a later reload succeeds,
+  `last_rejected` for good) for the admin's /config_dump (`ReloadState.dump`). The same bad files are
   not re-reported until they change again.
 - Counters use Envoy's names for file-based xDS (`listener_manager.lds.update_*`,
   `cluster_manager.cds.update_*`) plus `pysidecar.config_reload_rejected`.
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pysidecar.config.loader import load, watched_files
 from pysidecar.config.node import ConfigError
 from pysidecar.model import Bootstrap
+from pysidecar.observe.access_format import iso_time
 from pysidecar.observe.stats import Kind
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,19 @@ def fingerprint(files: Sequence[str]) -> Fingerprint:
     return tuple(sorted(out))
 
 
+RELOAD_DUMP_TYPE = "type.googleapis.com/pysidecar.admin.v1.ReloadConfigDump"
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedConfig:
+    """A reload that was refused: where (file, YAML path), why, and when."""
+
+    file: str
+    path: str
+    message: str
+    time: float
+
+
 @dataclass
 class ReloadState:
     """What the admin shows about reloads: counts and the last rejection."""
@@ -57,9 +72,39 @@ class ReloadState:
     attempts: int = 0
     successes: int = 0
     rejected: int = 0
-    last_error: str | None = None
+    last_error: str | None = None  # the current state: None once a later reload succeeds
     last_error_time: float | None = None
     last_success_time: float | None = None
+    last_rejected: RejectedConfig | None = None  # kept after later successes, for the dump
+
+    def reject(self, e: ConfigError) -> None:
+        now = time.time()
+        self.rejected += 1
+        self.last_error = str(e)
+        self.last_error_time = now
+        self.last_rejected = RejectedConfig(e.file, e.path, e.message, now)
+
+    def dump(self) -> dict[str, object]:
+        """The admin /config_dump entry: Envoy's update counters and, like Envoy's
+        UpdateFailureState, the last rejected config (file, YAML path, details, time)."""
+        out: dict[str, object] = {
+            "@type": RELOAD_DUMP_TYPE,
+            "update_attempt": self.attempts,
+            "update_success": self.successes,
+            "update_rejected": self.rejected,
+        }
+        if self.last_success_time is not None:
+            out["last_update_success"] = iso_time(self.last_success_time)
+        if (r := self.last_rejected) is not None:
+            out["last_rejected_config"] = {
+                "file": r.file,
+                "yaml_path": r.path,
+                "details": r.message,
+                "last_update_attempt": iso_time(r.time),
+                # A later reload succeeded: the running config is newer than this rejection.
+                "superseded": self.last_error is None,
+            }
+        return out
 
     def stats(self) -> dict[str, tuple[Kind, object]]:
         out: dict[str, tuple[Kind, object]] = {"pysidecar.config_reload_rejected": ("counter", self.rejected)}
@@ -108,9 +153,7 @@ class ConfigWatcher:
         try:
             new = await loop.run_in_executor(None, self.loader, self.paths)
         except ConfigError as e:
-            self.state.rejected += 1
-            self.state.last_error = str(e)
-            self.state.last_error_time = time.time()
+            self.state.reject(e)
             log.error("config reload rejected, keeping the running config: %s", e)
             return False
         self.state.successes += 1

@@ -15,12 +15,15 @@ import enum
 from dataclasses import dataclass, field
 
 from pysidecar.model.access_log import AccessLogConfig as AccessLogConfig
-from pysidecar.model.http import HttpConnectionManager
+from pysidecar.model.http import ISTIO_DEFAULT_RETRY, HttpConnectionManager, RetryPolicy
 
 # Envoy's cluster connect_timeout default is 5s; Istio's sidecar sets 10s (MeshConfig.connectTimeout).
 DEFAULT_CONNECT_TIMEOUT = 10.0
 # tcp_proxy idle_timeout: Envoy's and Istio's default is one hour.
 DEFAULT_TCP_IDLE_TIMEOUT = 3600.0
+# Upstream HTTP connections idle (no request) this long are closed: Envoy's default for a
+# cluster's common_http_protocol_options.idle_timeout, one hour.
+DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT = 3600.0
 # Envoy's per_connection_buffer_limit_bytes default: 1 MiB. The watermark reading pauses at.
 DEFAULT_BUFFER_LIMIT = 1024 * 1024
 # Envoy's listener_filters_timeout default: how long listener filters may wait for bytes.
@@ -150,6 +153,11 @@ class Cluster:
     circuit_breakers: CircuitBreakers = field(default_factory=CircuitBreakers)
     outlier_detection: OutlierDetection | None = None
     healthy_panic_threshold: float = DEFAULT_PANIC_THRESHOLD
+    # common_http_protocol_options of the upstream HTTP connections: idle_timeout (0: never),
+    # max_requests_per_connection (0: unlimited), max_connection_duration (0: unlimited).
+    http_idle_timeout: float = DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT
+    max_requests_per_connection: int = 0
+    max_connection_duration: float = 0.0
 
     @property
     def stat_name(self) -> str:
@@ -266,6 +274,8 @@ class MeshConfig:
     access_log_file: str = ""
     access_log_encoding: str = "TEXT"
     access_log_format: str = ""
+    # defaultHttpRetryPolicy: the retries of routes whose VirtualService sets none (None: none).
+    default_http_retry_policy: RetryPolicy | None = ISTIO_DEFAULT_RETRY
 
 
 @dataclass(frozen=True, slots=True)

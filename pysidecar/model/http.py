@@ -119,6 +119,12 @@ class RetryPolicy:
         return self.max_interval if self.max_interval is not None else 10 * self.base_interval
 
 
+# Istio's default HTTP retry policy (istiod's retry.DefaultPolicy; MeshConfig
+# defaultHttpRetryPolicy replaces it).
+ISTIO_DEFAULT_RETRY_ON = ("connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes")
+ISTIO_DEFAULT_RETRY = RetryPolicy(retry_on=ISTIO_DEFAULT_RETRY_ON, num_retries=2)
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterWeight:
     name: str

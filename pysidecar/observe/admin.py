@@ -4,7 +4,8 @@ Promises:
 - GET `/stats` (text `name: value`, `?filter=<regex>`, `?format=json|prometheus`, `?usedonly`),
   `/stats/prometheus` (Istio's tag extraction, `observe.prometheus`), `/ready` (`LIVE` 200
   once serving, `PRE_INITIALIZING` 503 before), `/server_info`, `/config_dump` (Envoy's
-  envoy.admin.v3 dump of the loaded model), `/listeners` and `/clusters` (Envoy's text, or
+  envoy.admin.v3 dump of the loaded model, then the reload counters and the last rejected
+  reload: file, YAML path, details, time), `/listeners` and `/clusters` (Envoy's text, or
   `?format=json`). POST-only `/quitquitquit`, `/logging?level=`, `/reset_counters`,
   `/drain_listeners`, `/healthcheck/fail`, `/healthcheck/ok`: any other method answers 400.
 - Stats and host counters shown are the sum over all workers at the moment of the request.
@@ -37,6 +38,8 @@ class ProxyState(Protocol):
 
     bootstrap: Bootstrap
     started: float
+
+    def reload_dump(self) -> dict[str, object] | None: ...
 
     @property
     def ready(self) -> bool: ...
@@ -116,7 +119,7 @@ def admin_routes(state: ProxyState) -> dict[str, Handler]:
         )
 
     async def dump(req: Request) -> Response:
-        return _json(config_dump(state.bootstrap, state.started))
+        return _json(config_dump(state.bootstrap, state.started, state.reload_dump()))
 
     async def listeners(req: Request) -> Response:
         if req.arg("format") == "json":

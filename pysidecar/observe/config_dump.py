@@ -3,7 +3,7 @@
 Promises:
 - `config_dump(bootstrap, last_updated)` is a pure function returning what Envoy's admin
   prints: `{"configs": [BootstrapConfigDump, ClustersConfigDump, ListenersConfigDump,
-  RoutesConfigDump]}`, each resource under its `@type`, field names snake_case as Envoy's
+  RoutesConfigDump, pysidecar's ReloadConfigDump]}`, each resource under its `@type`, field names snake_case as Envoy's
   admin writes them (proto field names), durations as `"10s"`, enums by name, unset and empty
   fields left out as proto3 JSON leaves them out.
 - Listeners and clusters are `static_listeners` / `static_clusters` (they come from a file, not
@@ -40,7 +40,9 @@ def route_configs(b: Bootstrap) -> list[Json]:
     return list(seen.values())
 
 
-def config_dump(b: Bootstrap, last_updated: float) -> Json:
+def config_dump(b: Bootstrap, last_updated: float, reload: Json | None = None) -> Json:
+    """Envoy's dump of `b`; `reload` (config/watch.py's ReloadState.dump) is appended as a
+    pysidecar entry: the reload counters and the last rejected config."""
     stamp = iso_time(last_updated)
     listeners = [{"@type": LISTENER_TYPE, **listener(x)} for x in b.listeners]
     clusters = [{"@type": CLUSTER_TYPE, **cluster(c)} for c in b.clusters]
@@ -69,5 +71,6 @@ def config_dump(b: Bootstrap, last_updated: float) -> Json:
                 "@type": ADMIN_TYPE + "RoutesConfigDump",
                 "static_route_configs": [{"route_config": r, "last_updated": stamp} for r in route_configs(b)],
             },
+            *([reload] if reload is not None else []),
         ]
     }

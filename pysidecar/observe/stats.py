@@ -213,6 +213,8 @@ class ClusterHttpStats(StatsBlock, _OpenBlock):
     upstream_rq_tx_reset: Counter
     upstream_cx_http1_total: Counter
     upstream_cx_idle_timeout: Counter
+    upstream_cx_max_duration_reached: Counter
+    upstream_cx_max_requests: Counter
     upstream_rq_active: Gauge
     upstream_rq_pending_active: Gauge
     upstream_rq_time: Histogram

@@ -10,7 +10,9 @@ Promises:
 - `pod_labels(environ, labels_file_text)` is the pod's labels, first found: ISTIO_METAJSON_LABELS
   (Istio's env var, a JSON object), then the downward-API file; `parse_label_flag("k=v,k=v")`
   reads the `--workload-labels` flag, which wins over both (`resolve_labels`). The labels pick
-  the Services this sidecar serves inbound (config/istio/inbound.py).
+  the Services this sidecar serves inbound (config/istio/inbound.py). The pod's namespace
+  (`--namespace`, else POD_NAMESPACE, else `default`: `resolve_namespace`) decides which hosts
+  answer to their bare short name.
 - Pure but for `load()` and `read_labels()`, the places that touch the environment and the
   file system.
 """
@@ -23,6 +25,8 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from pysidecar.config.istio.meta import DEFAULT_NAMESPACE
 
 log = logging.getLogger(__name__)
 
@@ -124,13 +128,24 @@ def read_labels() -> dict[str, str]:
     return pod_labels(os.environ, text)
 
 
-def add_labels_argument(parser: argparse.ArgumentParser) -> None:
-    """`--workload-labels`, for the commands that compile Istio YAML (run, envoy-config)."""
+def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--workload-labels` and `--namespace`, for the commands that compile Istio YAML (run,
+    envoy-config)."""
     parser.add_argument(
         "--workload-labels", metavar="K=V,...", default=None,
         help="the labels of the pod this sidecar serves: Services selecting them get inbound chains "
         f"(default: ${METAJSON_LABELS}, else {LABELS_FILE})",
     )  # fmt: skip
+    parser.add_argument(
+        "--namespace", metavar="NS", default=None,
+        help="the namespace of the pod this sidecar serves: its hosts are reachable by short name "
+        "(`httpbin` for httpbin.NS.svc.cluster.local; default: $POD_NAMESPACE, else default)",
+    )  # fmt: skip
+
+
+def resolve_namespace(flag: str | None, environ: Mapping[str, str] = os.environ) -> str:
+    """The flag's namespace when given, else Istio's POD_NAMESPACE, else `default`."""
+    return flag or environ.get("POD_NAMESPACE") or DEFAULT_NAMESPACE
 
 
 def resolve_labels(flag: str | None) -> dict[str, str]:

@@ -35,7 +35,7 @@ from pysidecar.config.loader import load
 from pysidecar.config.node import ConfigError
 from pysidecar.config.sidecar import add_interception_mode_argument, resolve_interception_mode
 from pysidecar.config.watch import ConfigWatcher, ReloadState
-from pysidecar.model import AccessLogConfig, Bootstrap
+from pysidecar.model import Bootstrap
 from pysidecar.observe import http_server, workload
 from pysidecar.observe.access_format import FormatError
 from pysidecar.observe.access_log import formatter, from_flags
@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--access-log", metavar="PATH", default=None,
         help="write Envoy's access log to PATH (a file, or /dev/stdout); off by default",
     )  # fmt: skip
-    workload.add_labels_argument(parser)
+    workload.add_workload_arguments(parser)
     add_interception_mode_argument(parser)
     parser.add_argument(
         "--access-log-format", metavar="FORMAT", default=None,
@@ -137,10 +137,9 @@ class Supervisor:
     def set_healthy(self, healthy: bool) -> None:
         self.healthy = healthy
 
-    @property
-    def last_config_error(self) -> str | None:
-        """The last rejected reload (file, YAML path, what was wrong), None once a reload succeeds."""
-        return self.reload.last_error
+    def reload_dump(self) -> dict[str, object] | None:
+        """The reload counters and the last rejected reload, for /config_dump."""
+        return self.reload.dump()
 
     async def apply_config(self, bootstrap: Bootstrap) -> None:
         """A reloaded config: every worker swaps to it; workers started later get it too."""
@@ -274,22 +273,24 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"pysidecar: {e}", file=sys.stderr)
         return 2
-    # The pod's labels are fixed for its life: every reload compiles with the same ones.
-    args.loader = functools.partial(load, workload_labels=labels, interception_mode=mode)
+    # The pod's labels, namespace and interception mode are fixed for its life: every reload
+    # compiles with them.
+    namespace = workload.resolve_namespace(args.namespace)
+    # --access-log wins over the MeshConfig's accessLogFile, which is compiled into the
+    # listeners' filters (so a reload changes it) only when the flag is absent.
+    args.loader = functools.partial(
+        load,
+        workload_labels=labels,
+        namespace=namespace,
+        mesh_access_log=args.access_log is None,
+        interception_mode=mode,
+    )
     try:
         bootstrap = args.loader(args.config)
     except ConfigError as e:
         print(f"pysidecar: configuration error: {e}", file=sys.stderr)
         return 2
     access_log = from_flags(args.access_log, args.access_log_format)
-    mesh = bootstrap.mesh
-    if args.access_log is None and mesh.access_log_file:
-        # The flags win; without them, Istio's MeshConfig accessLogFile turns the log on.
-        access_log = AccessLogConfig(
-            mesh.access_log_file,
-            "JSON" if mesh.access_log_encoding == "JSON" else "TEXT",
-            mesh.access_log_format or None,
-        )
     try:
         formatter(access_log)  # compiled again in each worker; here to fail before binding
     except FormatError as e:

@@ -180,14 +180,21 @@ class Worker:
         differently logs each stream to the union of its chains' logs (good enough for the
         one-HCM-per-listener configs Istio and the seeds write)."""
         writers: dict[AccessLogConfig, AccessLog] = {}
+        unusable: set[AccessLogConfig] = set()
         by_listener: dict[str | None, tuple[AccessLog, ...]] = {}
         for lis in bootstrap.listeners:
             chains = [*lis.filter_chains, *([lis.default_filter_chain] if lis.default_filter_chain else [])]
             configs = dict.fromkeys(a for c in chains for f in c.filters for a in f.access_log)
-            if configs:
-                by_listener[lis.name] = tuple(
-                    writers.get(a) or writers.setdefault(a, self._filter_writer(a)) for a in configs
-                )
+            for a in configs:
+                if a not in writers and a not in unusable:
+                    try:
+                        writers[a] = self._filter_writer(a)
+                    except OSError as e:
+                        # A log that cannot be opened must not stop the config (or the worker).
+                        log.error("access log %s cannot be opened, not logging to it: %s", a.path, e.strerror)
+                        unusable.add(a)
+            if found := tuple(writers[a] for a in configs if a in writers):
+                by_listener[lis.name] = found
         for config, old in self._filter_writers.items():
             if config not in writers:
                 old.close()

@@ -1,5 +1,6 @@
 """`pysidecar demo` end to end: every step meets its expectation within a minute, and nothing of
-the demo's lab outlives it, whether it finishes or is stopped with SIGTERM half-way.
+the demo's lab outlives it, whether it finishes or is stopped half-way with SIGTERM or Ctrl-C
+(SIGINT to its whole process group, as a terminal sends it).
 
 "Nothing" means: no network namespace and no /etc/netns directory named with the lab's prefix,
 no temp directory or lab marker of it, and no process carrying the environment marker this test
@@ -37,6 +38,8 @@ def _demo(mark: str, *args: str) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, MARK: mark, "PYTHONUNBUFFERED": "1"},
+        # Its own process group, as a shell gives a foreground job: Ctrl-C signals all of it.
+        start_new_session=True,
     )
 
 
@@ -92,7 +95,16 @@ def test_demo_passes_every_step_quickly_and_leaves_nothing() -> None:
     _assert_nothing_left(m.group("prefix"), mark, before)
 
 
-def test_sigterm_mid_demo_cleans_up() -> None:
+@pytest.mark.parametrize(
+    "how",
+    [
+        pytest.param("sigterm", id="SIGTERM to the demo"),
+        # Ctrl-C: the terminal sends SIGINT to the whole foreground process group, so the
+        # demo's children (proxies, servers, `ip netns exec`) get it at the same moment.
+        pytest.param("ctrl-c", id="SIGINT to its process group"),
+    ],
+)
+def test_stopped_mid_demo_cleans_up(how: str) -> None:
     mark = uuid.uuid4().hex
     before = set(list_namespaces())
     proc = _demo(mark)
@@ -104,7 +116,10 @@ def test_sigterm_mid_demo_cleans_up() -> None:
         lines.append(line)
         if line.startswith("== 5/") or time.monotonic() > deadline:
             break
-    proc.send_signal(signal.SIGTERM)
+    if how == "sigterm":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
     rest, _ = proc.communicate(timeout=60)
     out = "".join(lines) + rest
     print(out)

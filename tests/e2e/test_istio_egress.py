@@ -7,6 +7,7 @@ on pysidecar); HTTPS by SNI; VirtualService timeout 3s → 504; excluded IP rang
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -24,7 +26,7 @@ from pysidecar.config.export import to_envoy
 from pysidecar.config.loader import load
 from pysidecar.lab import Lab, Pod
 from pysidecar.lab.pod import DEFAULT_ISTIO_ARGS, PROXY_CAPS, PROXY_UID
-from tests.e2e.sidecar import start_sidecar, stats
+from tests.e2e.sidecar import connect, start_sidecar, stats
 
 pytestmark = pytest.mark.e2e
 
@@ -288,7 +290,106 @@ def test_bad_file_on_reload_keeps_old_config(lab: Lab, world: tuple[Pod, Pod]) -
     assert curl(app, "http://httpbin.org/headers")[0] == "200"
     s = stats(app)
     assert s["listener_manager.lds.update_rejected"] == 1 and s["listener_manager.lds.update_success"] == 0
+    # The log line names the file, the YAML path and the resource.
+    vs_file = os.path.join(d, "vs.yaml")
+    where = f"{vs_file}: spec.http[0].route[0].destination.subset: VirtualService default/httpbin-ext: unknown subset 'v9'"
+    assert eventually(lambda: where in _proxy_log(lab, app), timeout=5), _proxy_log(lab, app)
+    assert "config reload rejected, keeping the running config" in _proxy_log(lab, app)
+    # The admin dump: the running config is still the old one, and the rejection is shown.
+    reload = _reload_dump(app)
+    assert (reload["update_attempt"], reload["update_success"], reload["update_rejected"]) == (1, 0, 1)
+    rejected = reload["last_rejected_config"]
+    assert rejected["file"] == vs_file and rejected["yaml_path"] == "spec.http[0].route[0].destination.subset"
+    assert "unknown subset 'v9'" in rejected["details"] and rejected["superseded"] is False
+    assert rejected["last_update_attempt"].endswith("Z")
     # A fixed file is picked up: the 3 s timeout applies from then on.
     _write(d, "vs.yaml", VS_TIMEOUT)
     assert eventually(lambda: stats(app).get("listener_manager.lds.update_success", 0) == 1, timeout=10)
     assert curl(app, "http://httpbin.org/delay/5")[0] == "504"
+    assert _reload_dump(app)["last_rejected_config"]["superseded"] is True
+
+
+def _proxy_log(lab: Lab, pod: Pod) -> str:
+    """What the pod's pysidecar wrote to stderr (its log)."""
+    out = []
+    for name in sorted(os.listdir(lab.logdir)):
+        if name.startswith(f"{pod.name}-proxy") and name.endswith(".err"):
+            with open(os.path.join(lab.logdir, name), errors="replace") as f:
+                out.append(f.read())
+    return "".join(out)
+
+
+def _reload_dump(pod: Pod) -> dict[str, Any]:
+    r = pod.run(["curl", "-sf", "http://127.0.0.1:15000/config_dump"], check=True)
+    (found,) = [c for c in json.loads(r.stdout)["configs"] if c["@type"].endswith("ReloadConfigDump")]
+    return dict(found)
+
+
+VS_HEADER = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin-ext}
+spec:
+  hosts: [httpbin.org]
+  http: [{headers: {response: {set: {x-config: __WHICH__}}}, route: [{destination: {host: httpbin.org}}]}]
+"""
+
+
+def test_open_connection_keeps_its_config_across_a_reload(lab: Lab, world: tuple[Pod, Pod]) -> None:
+    app, httpbin = world
+    d = _config_dir(lab, {"se.yaml": SE_HTTPBIN, "vs.yaml": VS_HEADER.replace("__WHICH__", "old")})
+    start("pysidecar", app, d)
+
+    def get(conn: http.client.HTTPConnection) -> str | None:
+        conn.request("GET", "/headers", headers={"Host": "httpbin.org"})
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 200 and not resp.will_close
+        return resp.getheader("x-config")
+
+    kept = http.client.HTTPConnection("httpbin.org", 80, timeout=10)
+    kept.sock = connect(app, httpbin.ip, 80)  # from inside the pod: intercepted
+    assert get(kept) == "old"
+    _write(d, "vs.yaml", VS_HEADER.replace("__WHICH__", "new"))
+    assert eventually(lambda: stats(app).get("listener_manager.lds.update_success", 0) == 1, timeout=10)
+
+    def fresh() -> str | None:
+        conn = http.client.HTTPConnection("httpbin.org", 80, timeout=10)
+        conn.sock = connect(app, httpbin.ip, 80)
+        try:
+            return get(conn)
+        finally:
+            conn.close()
+
+    # The workers swap asynchronously after the counter moves: new connections soon see "new".
+    assert eventually(lambda: fresh() == "new", timeout=5)
+    # The keep-alive connection opened before the reload still routes by the config it began with.
+    assert get(kept) == "old" and get(kept) == "old"
+    kept.close()
+
+
+def test_mesh_access_log_follows_a_reload(lab: Lab, world: tuple[Pod, Pod]) -> None:
+    """MeshConfig accessLogFile is compiled into the listeners: turning it on is a reload."""
+    app, _ = world
+    log = os.path.join(lab.logdir, "mesh-access.log")
+    with open(log, "w"):
+        pass
+    os.chmod(log, 0o666)  # the proxy runs as uid 1337
+    d = _config_dir(lab, {"mesh.yaml": MESH.replace("__MODE__", "ALLOW_ANY"), "se.yaml": SE_HTTPBIN})
+    start("pysidecar", app, d)
+    assert curl(app, "http://httpbin.org/headers")[0] == "200"
+    mesh_on = MESH.replace("__MODE__", "ALLOW_ANY") + f"    accessLogFile: {log}\n    accessLogEncoding: JSON\n"
+    _write(d, "mesh.yaml", mesh_on)
+    assert eventually(lambda: stats(app).get("listener_manager.lds.update_success", 0) == 1, timeout=10)
+
+    def logged() -> list[dict[str, Any]]:
+        curl(app, "http://httpbin.org/status/418")
+        if not os.path.exists(log):
+            return []
+        with open(log) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    # Flushed about once a second; the workers take the new config just after the counter moves.
+    assert eventually(lambda: any(x["path"] == "/status/418" for x in logged()), timeout=10)
+    line = next(x for x in logged() if x["path"] == "/status/418")
+    assert line["authority"] == "httpbin.org" and line["upstream_cluster"] == "outbound|80||httpbin.org"

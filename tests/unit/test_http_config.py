@@ -56,9 +56,13 @@ def test_unknown_cluster_is_refused(tmp_path: Path) -> None:
     assert "nosuch" in e.message and "routes[2].route" in e.path
 
 
-def test_bad_regex(tmp_path: Path) -> None:
-    e = error(tmp_path, render(**{'regex: "^/abc/(.*?)$"': 'regex: "^/abc/(.*?$"'}))
-    assert e.path.endswith("regex_rewrite.pattern.regex")
+@pytest.mark.parametrize(
+    ("bad", "words"), [("^/abc/(.*?$", "missing )"), ("^/abc/(?!x)(.*?)$", "invalid perl operator"), ("^/(abc)/\\\\1$", "invalid escape")]
+)
+def test_bad_regex(tmp_path: Path, bad: str, words: str) -> None:
+    # Envoy's safe_regex is RE2: lookarounds and backreferences (fine in Python's re) are refused.
+    e = error(tmp_path, render(**{'regex: "^/abc/(.*?)$"': f'regex: "{bad}"'}))
+    assert e.path.endswith("regex_rewrite.pattern.regex") and words in e.message
 
 
 def test_unknown_http_filter(tmp_path: Path) -> None:

@@ -92,6 +92,10 @@ def test_header_matcher_kinds_and_invert() -> None:
     assert CompiledHeaderMatcher(HeaderMatcher("a", present_match=True)).matches({"a": ""})
     assert CompiledHeaderMatcher(HeaderMatcher("a", present_match=False)).matches({})
     assert CompiledHeaderMatcher(HeaderMatcher("a", safe_regex="v[0-9]")).matches({"a": "v1"})
+    # Matched by RE2: its syntax (\\pL, POSIX classes, \\z) works; \\d is ASCII digits only.
+    assert CompiledHeaderMatcher(HeaderMatcher("a", safe_regex=r"\pL+[[:digit:]]\z")).matches({"a": "é1"})
+    assert not CompiledHeaderMatcher(HeaderMatcher("a", safe_regex=r"\d")).matches({"a": "\u0661"})
+    assert not CompiledHeaderMatcher(HeaderMatcher("a", safe_regex="v[0-9]")).matches({"a": "v12"})
 
 
 def test_rewrites_keep_the_query() -> None:

@@ -13,6 +13,7 @@ from pysidecar.config.node import ConfigError
 from pysidecar.model import (
     BLACKHOLE_CLUSTER,
     PASSTHROUGH_CLUSTER,
+    Bootstrap,
     ClusterType,
     LbPolicy,
     OutboundTrafficPolicy,
@@ -147,27 +148,29 @@ def test_https_service_entry_chains_by_sni(tmp_path: Path) -> None:
         assert isinstance(last.filters[0], TcpProxy) and last.filters[0].cluster == fallback
 
 
+MYSQL = """
+apiVersion: v1
+kind: Service
+metadata: {name: mysql, namespace: db}
+spec:
+  clusterIP: 10.96.0.50
+  ports: [{name: tcp-mysql, port: 3306, targetPort: 3306}, {name: metrics, port: 9104}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: mysql-abc, namespace: db, labels: {kubernetes.io/service-name: mysql}}
+addressType: IPv4
+ports: [{name: tcp-mysql, port: 3306}, {name: metrics, port: 9104}]
+endpoints:
+- addresses: [10.1.0.7]
+  conditions: {ready: true}
+- addresses: [10.1.0.8]
+  conditions: {ready: false}
+"""
+
+
 def test_kubernetes_service_and_endpoint_slice(tmp_path: Path) -> None:
-    docs = """
-    apiVersion: v1
-    kind: Service
-    metadata: {name: mysql, namespace: db}
-    spec:
-      clusterIP: 10.96.0.50
-      ports: [{name: tcp-mysql, port: 3306, targetPort: 3306}, {name: metrics, port: 9104}]
-    ---
-    apiVersion: discovery.k8s.io/v1
-    kind: EndpointSlice
-    metadata: {name: mysql-abc, namespace: db, labels: {kubernetes.io/service-name: mysql}}
-    addressType: IPv4
-    ports: [{name: tcp-mysql, port: 3306}, {name: metrics, port: 9104}]
-    endpoints:
-    - addresses: [10.1.0.7]
-      conditions: {ready: true}
-    - addresses: [10.1.0.8]
-      conditions: {ready: false}
-    """
-    b = load([write(tmp_path, "k8s.yaml", docs)])
+    b = load([write(tmp_path, "k8s.yaml", MYSQL)])
     c = b.cluster("outbound|3306||mysql.db.svc.cluster.local")
     assert c is not None and [e.address for e in c.endpoints] == [SocketAddress("10.1.0.7", 3306)]
     assert b.listener("10.96.0.50_3306") is not None
@@ -175,6 +178,37 @@ def test_kubernetes_service_and_endpoint_slice(tmp_path: Path) -> None:
     sniffed = b.listener("10.96.0.50_9104")
     assert sniffed is not None and len(sniffed.filter_chains) == 2
     assert sniffed.filter_chains[0].filter_chain_match.application_protocols == ("http/1.1", "h2c")
+
+
+def test_endpoint_slices_win_over_endpoints_and_addresses_count_once(tmp_path: Path) -> None:
+    # A dump of a namespace holds both objects for a Service; istiod reads the slices only.
+    extra = """
+    apiVersion: v1
+    kind: Endpoints
+    metadata: {name: mysql, namespace: db}
+    subsets: [{addresses: [{ip: 10.1.0.7}, {ip: 10.1.0.9}], ports: [{name: tcp-mysql, port: 3306}]}]
+    ---
+    apiVersion: discovery.k8s.io/v1
+    kind: EndpointSlice
+    metadata: {name: mysql-def, namespace: db, labels: {kubernetes.io/service-name: mysql}}
+    addressType: IPv4
+    ports: [{name: tcp-mysql, port: 13306}]
+    endpoints: [{addresses: [10.1.0.7]}, {addresses: [10.1.0.6]}]
+    """
+    b = load([write(tmp_path / "dump", "k8s.yaml", MYSQL), write(tmp_path / "dump", "extra.yaml", extra)])
+    c = b.cluster("outbound|3306||mysql.db.svc.cluster.local")
+    assert c is not None
+    assert [e.address for e in c.endpoints] == [SocketAddress("10.1.0.7", 3306), SocketAddress("10.1.0.6", 13306)]
+    # Endpoints alone still serve a Service without slices.
+    only = """
+    apiVersion: v1
+    kind: Service
+    metadata: {name: mysql, namespace: db}
+    spec: {clusterIP: 10.96.0.50, ports: [{name: tcp-mysql, port: 3306}]}
+    ---
+    """ + extra.split("---")[0]
+    c = load([write(tmp_path / "only", "k8s.yaml", only)]).cluster("outbound|3306||mysql.db.svc.cluster.local")
+    assert c is not None and [e.address.address for e in c.endpoints] == ["10.1.0.7", "10.1.0.9"]
 
 
 def test_service_entry_errors_name_resource_and_field(tmp_path: Path) -> None:
@@ -262,3 +296,70 @@ def test_envoy_file_based_dynamic_resources(tmp_path: Path) -> None:
     assert len(b.sources) == 3
     # The directory holding them loads the same way: lds/cds files are not documents of their own.
     assert load([str(tmp_path)]).listeners == b.listeners
+
+
+def _se(tmp_path: Path, ports: str, extra: str = "resolution: DNS") -> Bootstrap:
+    doc = f"""
+    apiVersion: networking.istio.io/v1
+    kind: ServiceEntry
+    metadata: {{name: ext}}
+    spec:
+      hosts: [ext.example]
+      addresses: [198.18.7.7]
+      ports: {ports}
+      {extra}
+    """
+    return load([write(tmp_path, "se.yaml", doc)])
+
+
+def test_service_entry_port_without_protocol_is_sniffed_whatever_its_name(tmp_path: Path) -> None:
+    # istiod's convertPort reads only `protocol`: no protocol is sniffing, even for a port named http.
+    sniffed = _se(tmp_path, "[{number: 8000, name: http}]").listener("198.18.7.7_8000")
+    assert sniffed is not None and len(sniffed.filter_chains) == 2
+    assert sniffed.filter_chains[0].filter_chain_match.application_protocols == ("http/1.1", "h2c")
+    assert isinstance(sniffed.filter_chains[1].filters[0], TcpProxy)
+    declared = _se(tmp_path, "[{number: 8000, name: tcp, protocol: http}]")  # case-insensitive
+    assert declared.listener("198.18.7.7_8000") is None and declared.listener("0.0.0.0_8000") is not None
+
+
+def test_service_entry_unknown_protocol_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        _se(tmp_path, "[{number: 8000, name: web, protocol: HTTP3}]")
+    assert e.value.path == "spec.ports[0].protocol" and "unrecognized protocol 'HTTP3'" in e.value.message
+    assert "ServiceEntry default/ext" in e.value.message and "HTTPS" in e.value.message
+
+
+def test_service_entry_target_port(tmp_path: Path) -> None:
+    dns = _se(tmp_path, "[{number: 80, name: http, protocol: HTTP, targetPort: 8080}]").cluster("outbound|80||ext.example")
+    assert dns is not None and [e.address for e in dns.endpoints] == [SocketAddress("ext.example", 8080)]
+    static = """resolution: STATIC
+      endpoints: [{address: 10.2.0.1}, {address: 10.2.0.2, ports: {http: 9090}}]"""
+    c = _se(tmp_path, "[{number: 80, name: http, protocol: HTTP, targetPort: 8080}]", static).cluster("outbound|80||ext.example")
+    # targetPort for endpoints without their own port; an endpoint's named port wins.
+    assert c is not None and [e.address for e in c.endpoints] == [SocketAddress("10.2.0.1", 8080), SocketAddress("10.2.0.2", 9090)]
+
+
+def test_kubernetes_app_protocol_wins_over_the_port_name(tmp_path: Path) -> None:
+    svc = """
+    apiVersion: v1
+    kind: Service
+    metadata: {name: web, namespace: shop}
+    spec:
+      clusterIP: 10.96.3.3
+      ports:
+      - {name: web, port: 8080, appProtocol: http}
+      - {name: http-metrics, port: 9100, appProtocol: tcp}
+      - {name: grpc-x, port: 9000, appProtocol: kubernetes.io/h2c}
+      - {name: admin, port: 9901}
+    """
+    b = load([write(tmp_path, "svc.yaml", svc)])
+    # http by appProtocol though the name says nothing: the shared HTTP listener, no VIP listener.
+    assert b.listener("10.96.3.3_8080") is None and b.listener("0.0.0.0_8080") is not None
+    # tcp by appProtocol though the name says http: a VIP listener with the TCP chain only.
+    tcp = b.listener("10.96.3.3_9100")
+    assert tcp is not None and len(tcp.filter_chains) == 1 and isinstance(tcp.filter_chains[0].filters[0], TcpProxy)
+    # kubernetes.io/h2c is HTTP2: HTTP, on the shared listener.
+    assert b.listener("10.96.3.3_9000") is None and b.listener("0.0.0.0_9000") is not None
+    # Neither: sniffed (HTTP and TCP chains on the VIP listener).
+    sniffed = b.listener("10.96.3.3_9901")
+    assert sniffed is not None and len(sniffed.filter_chains) == 2

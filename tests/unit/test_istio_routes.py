@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
+from pysidecar.config.istio.routes import short_names
 from pysidecar.config.loader import load
 from pysidecar.config.node import ConfigError
 from pysidecar.model import Bootstrap, LbPolicy, TcpProxy
 from pysidecar.model.http import HeaderAppendAction, HttpConnectionManager, RouteConfiguration
+from pysidecar.observe.workload import resolve_namespace
+from tests.unit.test_export import assert_envoy_accepts, needs_envoy
 
 SE = """
 apiVersion: networking.istio.io/v1alpha3
@@ -218,31 +225,66 @@ def test_refused_with_resource_and_field(tmp_path: Path, route: str, path: str, 
     assert e.value.file.endswith("1.yaml")
 
 
-def test_bad_regex_refused(tmp_path: Path) -> None:
+# "/a[(" is refused by any engine; the others compile in Python's re but not in RE2, the
+# dialect istiod validates and Envoy runs.
+@pytest.mark.parametrize(
+    ("where", "pattern", "words"),
+    [
+        ("uri", "/a[(", "missing ]"),
+        ("uri", "/(a)\\1", "invalid escape sequence"),
+        ("uri", "/(?=api)a.*", "invalid perl operator: (?="),
+        ("headers", "(?<!x)y", "invalid perl operator: (?<"),
+        ("queryParams", "a++", "bad repetition operator"),
+        ("uri", "/a{1001}", "invalid repetition size"),
+    ],
+)
+def test_regex_refused_as_re2_refuses_it(tmp_path: Path, where: str, pattern: str, words: str) -> None:
+    q = json.dumps(pattern)  # a YAML double-quoted string
+    match = f"uri: {{regex: {q}}}" if where == "uri" else f"{where}: {{k: {{regex: {q}}}}}"
+    vs = f"""
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {{name: bad}}
+    spec:
+      hosts: [httpbin.org]
+      http: [{{match: [{{{match}}}], route: [{{destination: {{host: httpbin.org}}}}]}}]
+    """
+    with pytest.raises(ConfigError) as e:
+        compile_docs(tmp_path, SE, vs)
+    assert e.value.file.endswith("1.yaml")
+    assert e.value.path == "spec.http[0].match[0]." + ("uri.regex" if where == "uri" else f"{where}.k.regex")
+    assert "VirtualService default/bad" in e.value.message and "invalid regex" in e.value.message
+    assert words in e.value.message and "RE2" in e.value.message
+
+
+def test_uri_regex_rewrite_checked_as_re2(tmp_path: Path) -> None:
     vs = """
     apiVersion: networking.istio.io/v1
     kind: VirtualService
     metadata: {name: bad}
     spec:
       hosts: [httpbin.org]
-      http: [{match: [{uri: {regex: "/a[("}}], route: [{destination: {host: httpbin.org}}]}]
+      http: [{rewrite: {uriRegexRewrite: {match: "^/(?P<x>a)(?P=x)", rewrite: /b}}, route: [{destination: {host: httpbin.org}}]}]
     """
     with pytest.raises(ConfigError) as e:
         compile_docs(tmp_path, SE, vs)
-    assert e.value.path == "spec.http[0].match[0].uri.regex"
-    assert "VirtualService default/bad" in e.value.message and "invalid regex" in e.value.message
+    assert e.value.path == "spec.http[0].rewrite.uriRegexRewrite.match"
+    assert "invalid regex" in e.value.message
+
+
+TLS_SE = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: tls}
+spec:
+  hosts: [a.example, b.example]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: DNS
+"""
 
 
 def test_tcp_and_tls_routes(tmp_path: Path) -> None:
     se = """
-    apiVersion: networking.istio.io/v1
-    kind: ServiceEntry
-    metadata: {name: tls}
-    spec:
-      hosts: [a.example, b.example]
-      ports: [{number: 443, name: tls, protocol: TLS}]
-      resolution: DNS
-    ---
     apiVersion: networking.istio.io/v1
     kind: ServiceEntry
     metadata: {name: db}
@@ -260,7 +302,7 @@ def test_tcp_and_tls_routes(tmp_path: Path) -> None:
       tls: [{match: [{sniHosts: [a.example], port: 443}], route: [{destination: {host: b.example}}]}]
       tcp: [{route: [{destination: {host: db.example, port: {number: 5432}}, weight: 70}, {destination: {host: b.example, port: {number: 443}}, weight: 30}]}]
     """
-    b = compile_docs(tmp_path, se)
+    b = compile_docs(tmp_path, TLS_SE, se)
     tls = b.listener("0.0.0.0_443")
     assert tls is not None
     by_sni = {c.filter_chain_match.server_names: c.filters[0] for c in tls.filter_chains}
@@ -270,6 +312,167 @@ def test_tcp_and_tls_routes(tmp_path: Path) -> None:
     assert db is not None
     proxy = db.filter_chains[0].filters[0]
     assert isinstance(proxy, TcpProxy) and [w.weight for w in proxy.weighted_clusters] == [70, 30]
+
+
+TLS_TWO_HOSTS = TLS_SE + """---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tls}
+spec:
+  hosts: [a.example, b.example]
+  tls: [{match: [{sniHosts: [a.example]}], route: [{destination: {host: a.example, subset: v1}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: a}
+spec:
+  host: a.example
+  subsets: [{name: v1, labels: {v: "1"}}]
+"""
+
+
+def _chains(b: Bootstrap, name: str) -> list[tuple[tuple[str, ...], tuple[str, ...], str]]:
+    lis = b.listener(name)
+    assert lis is not None
+    out = []
+    for c in lis.filter_chains:
+        proxy = c.filters[0]
+        assert isinstance(proxy, TcpProxy)
+        m = c.filter_chain_match
+        out.append((tuple(map(str, m.prefix_ranges)), m.server_names, proxy.cluster))
+    return out
+
+
+def _tls_chains(b: Bootstrap) -> dict[tuple[str, ...], str]:
+    sni = [(names, cluster) for _, names, cluster in _chains(b, "0.0.0.0_443")[:-1]]
+    assert len({names for names, _ in sni}) == len(sni), "two chains with the same server_names"
+    return dict(sni)
+
+
+def test_tls_route_of_a_multi_host_virtual_service_once_per_port(tmp_path: Path) -> None:
+    # The VirtualService covers both hosts: its tls route is one chain, and b.example, which no
+    # route names by SNI, keeps its default chain.
+    assert _tls_chains(compile_docs(tmp_path, TLS_TWO_HOSTS)) == {
+        ("a.example",): "outbound|443|v1|a.example",
+        ("b.example",): "outbound|443||b.example",
+    }
+
+
+def test_same_sni_from_two_virtual_services_keeps_the_first(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    other = """
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {name: tls-2}
+    spec:
+      hosts: [a.example]
+      tls: [{match: [{sniHosts: [a.example]}], route: [{destination: {host: b.example}}]}]
+    """
+    chains = _tls_chains(compile_docs(tmp_path, TLS_TWO_HOSTS, other))
+    assert chains[("a.example",)] == "outbound|443|v1|a.example"
+    assert "a.example already routed by VirtualService default/tls; ignored" in caplog.text
+
+
+@needs_envoy
+@pytest.mark.envoy
+def test_real_envoy_accepts_tls_routes_of_a_multi_host_virtual_service(tmp_path: Path) -> None:
+    (tmp_path / "cfg").mkdir()
+    assert_envoy_accepts(tmp_path, compile_docs(tmp_path / "cfg", TLS_TWO_HOSTS))
+
+
+SUBNETS = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db}
+spec:
+  hosts: [db.example, cache.example]
+  addresses: [198.18.9.9]
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: legacy}
+spec:
+  hosts: [legacy.example]
+  ports: [{number: 7000, name: tcp, protocol: TCP}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db}
+spec:
+  hosts: [db.example, legacy.example, a.example]
+  tcp:
+  - match: [{destinationSubnets: [198.18.9.0/24], sourceLabels: {app: x}}]
+    route: [{destination: {host: cache.example, port: {number: 5432}}}]
+  - match: [{port: 7000, destinationSubnets: [10.1.0.0/16, 10.2.0.1]}]
+    route: [{destination: {host: db.example, port: {number: 5432}}}]
+  - route: [{destination: {host: db.example, port: {number: 5432}}}]
+  tls:
+  - match: [{sniHosts: [a.example], destinationSubnets: [203.0.113.0/24]}]
+    route: [{destination: {host: b.example}}]
+"""
+
+
+def test_l4_destination_subnets_become_prefix_ranges(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    b = compile_docs(tmp_path, TLS_SE, SUBNETS)
+    # The VIP listener: the subnet route first (by prefix_ranges), then the route for any address.
+    assert _chains(b, "198.18.9.9_5432") == [
+        (("198.18.9.0/24",), (), "outbound|5432||cache.example"),
+        ((), (), "outbound|5432||db.example"),
+    ]
+    # No VIP: the port-7000 match applies on 7000 only; its subnets are chains on the wildcard listener.
+    assert _chains(b, "0.0.0.0_7000") == [
+        (("198.18.9.0/24",), (), "outbound|5432||cache.example"),
+        (("10.1.0.0/16", "10.2.0.1/32"), (), "outbound|5432||db.example"),
+        ((), (), "outbound|5432||db.example"),
+    ]
+    tls = _chains(b, "0.0.0.0_443")
+    assert (("203.0.113.0/24",), ("a.example",), "outbound|443||b.example") in tls
+    assert ((), ("a.example",), "outbound|443||a.example") in tls  # a.example outside the subnet
+    assert "spec.tcp[0].match[0].sourceLabels: match by source is ignored" in caplog.text
+
+
+@needs_envoy
+@pytest.mark.envoy
+def test_real_envoy_accepts_destination_subnet_chains(tmp_path: Path) -> None:
+    (tmp_path / "cfg").mkdir()
+    assert_envoy_accepts(tmp_path, compile_docs(tmp_path / "cfg", TLS_SE, SUBNETS))
+
+
+def test_bad_destination_subnet_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        compile_docs(tmp_path, TLS_SE, SUBNETS.replace("10.1.0.0/16", "10.1.0.0/99"))
+    assert e.value.path == "spec.tcp[1].match[0].destinationSubnets[0]" and "10.1.0.0/99" in e.value.message
+
+
+def test_short_names_follow_the_proxy_namespace() -> None:
+    host = "reviews.shop.svc.cluster.local"
+    assert short_names(host, "shop") == ["reviews", "reviews.shop", "reviews.shop.svc"]
+    assert short_names(host, "default") == ["reviews.shop", "reviews.shop.svc"]
+    for not_kube in ("httpbin.org", "a.b.shop.svc.cluster.local", "reviews.shop.svc.other.domain"):
+        assert short_names(not_kube, "shop") == []
+    assert resolve_namespace("flag", {"POD_NAMESPACE": "env"}) == "flag"
+    assert resolve_namespace(None, {"POD_NAMESPACE": "env"}) == "env"
+    assert resolve_namespace(None, {}) == "default"
+
+
+def test_envoy_config_takes_the_namespace_from_pod_namespace_or_the_flag(tmp_path: Path) -> None:
+    (tmp_path / "se.yaml").write_text(textwrap.dedent(REVIEWS).replace("namespace: default", "namespace: shop"))
+
+    def domains(*flags: str, env: dict[str, str]) -> list[str]:
+        r = subprocess.run(
+            [sys.executable, "-m", "pysidecar", "envoy-config", "-c", str(tmp_path / "se.yaml"), *flags],
+            capture_output=True, text=True, timeout=60, check=False, env={"PATH": "/usr/bin:/bin", **env},
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        lis = {x["name"]: x for x in yaml.safe_load(r.stdout)["static_resources"]["listeners"]}
+        hcm = lis["0.0.0.0_9080"]["filter_chains"][0]["filters"][0]["typed_config"]
+        return list(hcm["route_config"]["virtual_hosts"][0]["domains"])
+
+    assert "reviews:9080" in domains(env={"POD_NAMESPACE": "shop"})
+    assert "reviews:9080" in domains("--namespace", "shop", env={"POD_NAMESPACE": "other"})
+    assert "reviews:9080" not in domains(env={})
 
 
 def test_sidecar_egress_hosts_and_policy(tmp_path: Path) -> None:

@@ -13,10 +13,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from pysidecar.config.loader import load
 from pysidecar.inject.cli import mesh_hold_default
 from pysidecar.inject.containers import load_template
 from pysidecar.inject.objects import inject_text
 from pysidecar.inject.pod import Settings
+from pysidecar.model.http import HttpConnectionManager
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -116,6 +118,29 @@ def test_config_map_holds_mesh_config_and_istio_resources() -> None:
     resources = [d for d in yaml.safe_load_all(cm["data"]["istio.yaml"]) if d]
     assert {r["kind"] for r in resources} == {"ServiceEntry", "VirtualService"}
     assert all(r["apiVersion"].startswith("networking.istio.io/") for r in resources)
+
+
+def _sidecar_domains(tmp_path: Path, namespace: str) -> tuple[str, ...]:
+    """The port-8000 domains a sidecar running deploy/'s ConfigMap (as mounted) serves."""
+    (cm,) = [d for d in all_manifest_docs() if d["kind"] == "ConfigMap"]
+    for name, text in cm["data"].items():
+        (tmp_path / name).write_text(text)
+    lis = load([str(tmp_path)], namespace=namespace).listener("0.0.0.0_8000")
+    assert lis is not None
+    hcm = lis.filter_chains[0].filters[0]
+    assert isinstance(hcm, HttpConnectionManager)
+    return hcm.route_config.virtual_hosts[0].domains
+
+
+def test_the_shipped_config_answers_to_the_short_name_in_its_namespace(tmp_path: Path) -> None:
+    # A sidecar in pysidecar-demo (POD_NAMESPACE, as the manifests set it) reaches the
+    # ServiceEntry host httpbin.pysidecar-demo.svc.cluster.local as `httpbin:8000`, as istiod's do.
+    domains = _sidecar_domains(tmp_path, NAMESPACE)
+    for d in ("httpbin:8000", "httpbin", "httpbin.pysidecar-demo:8000", "httpbin.pysidecar-demo.svc:8000"):
+        assert d in domains
+    # From another namespace, only the qualified names.
+    other = _sidecar_domains(tmp_path, "default")
+    assert "httpbin:8000" not in other and "httpbin.pysidecar-demo:8000" in other
 
 
 # --- Containerfiles ---------------------------------------------------------------------------------

@@ -51,6 +51,9 @@ class FakeProxy:
     def quit(self) -> None:
         self.calls.append("quit")
 
+    def reload_dump(self) -> dict[str, object] | None:
+        return {"@type": "type.googleapis.com/pysidecar.admin.v1.ReloadConfigDump", "update_rejected": 1}
+
     def set_healthy(self, healthy: bool) -> None:
         self.calls.append(f"healthy={healthy}")
 
@@ -193,6 +196,7 @@ def test_config_dump_is_envoy_shaped() -> None:
     json.dumps(dump)  # serialisable as is
     body = json.loads(text(call(FakeProxy(_bootstrap()), "/config_dump")))
     assert body["configs"][2]["static_listeners"][0]["listener"]["name"] == "virtualOutbound"
+    assert body["configs"][4] == FakeProxy(_bootstrap()).reload_dump()  # after Envoy's four
 
 
 @pytest.mark.parametrize(("seconds", "text_"), [(10.0, "10s"), (0.25, "0.250s"), (0.0, "0s"), (3600, "3600s")])

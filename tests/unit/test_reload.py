@@ -80,6 +80,15 @@ def test_bad_file_keeps_old_config_and_reports(tmp_path: Path) -> None:
     stats = w.state.stats()
     assert stats["listener_manager.lds.update_rejected"] == ("counter", 1)
     assert stats["pysidecar.config_reload_rejected"] == ("counter", 1)
+    # The admin's /config_dump entry: the counters and the rejection, located.
+    dump = w.state.dump()
+    assert dump["@type"] == "type.googleapis.com/pysidecar.admin.v1.ReloadConfigDump"
+    assert (dump["update_attempt"], dump["update_success"], dump["update_rejected"]) == (1, 0, 1)
+    rejected = dump["last_rejected_config"]
+    assert isinstance(rejected, dict)
+    assert rejected["file"] == str(se) and rejected["yaml_path"] == "spec.resolution"
+    assert "ServiceEntry default/httpbin-ext" in rejected["details"] and "SOMETIMES" in rejected["details"]
+    assert str(rejected["last_update_attempt"]).endswith("Z") and rejected["superseded"] is False
 
     async def fix() -> None:
         se.write_text(SE.replace("httpbin.org", "example.org"))
@@ -88,6 +97,9 @@ def test_bad_file_keeps_old_config_and_reports(tmp_path: Path) -> None:
 
     asyncio.run(fix())
     assert w.state.last_error is None and applied[-1].cluster("outbound|80||example.org") is not None
+    # The rejection stays in the dump, marked as superseded by the good reload.
+    later = w.state.dump()
+    assert later["last_rejected_config"] == {**rejected, "superseded": True} and "last_update_success" in later
 
 
 def test_unchanged_result_is_not_sent(tmp_path: Path) -> None:

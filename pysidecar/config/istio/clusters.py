@@ -13,18 +13,24 @@ Promises:
   applyOutlierDetection writes it: consecutive5xxErrors / consecutiveGatewayErrors with
   enforcing 100 (0 when the count is 0), Envoy's defaults (5 x 5xx enforced) otherwise,
   interval, baseEjectionTime (also the max ejection time when above 300 s),
-  maxEjectionPercent, and the panic threshold set to minHealthPercent (0: no panic mode).
+  maxEjectionPercent, and the panic threshold set to minHealthPercent (0: no panic mode);
+  the deprecated consecutiveErrors counts gateway errors only, as istiod maps it.
+- connectionPool.http idleTimeout and maxRequestsPerConnection, and tcp.maxConnectionDuration,
+  become the cluster's upstream HTTP options (common_http_protocol_options), which the pools
+  honour.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from pysidecar.config.istio import destination_rule as drule
 from pysidecar.config.istio.destination_rule import DestinationRule, Subset, TrafficPolicy
 from pysidecar.config.istio.registry import Resolution, Service, ServicePort, outbound_cluster_name
 from pysidecar.model import (
     DEFAULT_PANIC_THRESHOLD,
+    DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT,
     ISTIO_UNLIMITED,
     CircuitBreakers,
     Cluster,
@@ -41,8 +47,6 @@ from pysidecar.model import (
 DEFAULT_LB = LbPolicy.LEAST_REQUEST
 # istiod's getDefaultCircuitBreakerThresholds: no limits unless a DestinationRule sets them.
 ISTIO_CIRCUIT_BREAKERS = CircuitBreakers(ISTIO_UNLIMITED, ISTIO_UNLIMITED, ISTIO_UNLIMITED, ISTIO_UNLIMITED)
-# istiod sets healthy_panic_threshold to minHealthPercent, whose default is 0.
-ISTIO_PANIC_THRESHOLD = 0.0
 
 
 def circuit_breakers(pool: drule.ConnectionPool | None) -> CircuitBreakers:
@@ -63,8 +67,17 @@ def circuit_breakers(pool: drule.ConnectionPool | None) -> CircuitBreakers:
 
 
 def outlier_detection(od: drule.OutlierDetection) -> OutlierDetection:
-    """istiod's applyOutlierDetection."""
+    """istiod's applyOutlierDetection. The deprecated consecutiveErrors counts gateway errors
+    only (5xx ejection off, istio/api#617); consecutive5xxErrors / consecutiveGatewayErrors,
+    when given, win over it."""
     e = OutlierDetection()
+    if od.consecutive_errors:
+        e = replace(
+            e,
+            consecutive_gateway_failure=od.consecutive_errors,
+            enforcing_consecutive_gateway_failure=100,
+            enforcing_consecutive_5xx=0,
+        )
     five, gw = od.consecutive_5xx_errors, od.consecutive_gateway_errors
     base = od.base_ejection_time
     return OutlierDetection(
@@ -112,8 +125,16 @@ def service_cluster(
     connect = pool.connect_timeout if pool is not None and pool.connect_timeout is not None else mesh.connect_timeout
     name = outbound_cluster_name(port.number, svc.hostname, subset.name if subset else "")
     od = outlier_detection(policy.outlier_detection) if policy.outlier_detection is not None else None
+    # istiod's applyConnectionPool: http.idleTimeout and maxRequestsPerConnection go to the
+    # cluster's common_http_protocol_options.
+    idle = pool.idle_timeout if pool is not None and pool.idle_timeout is not None else DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT
+    per_connection = (pool.max_requests_per_connection or 0) if pool is not None else 0
+    max_duration = (pool.max_connection_duration or 0.0) if pool is not None else 0.0
     if svc.resolution is Resolution.NONE or policy.lb_policy is LbPolicy.CLUSTER_PROVIDED:
-        return Cluster(name, ClusterType.ORIGINAL_DST, connect, LbPolicy.CLUSTER_PROVIDED, circuit_breakers=circuit_breakers(pool))
+        return Cluster(
+            name, ClusterType.ORIGINAL_DST, connect, LbPolicy.CLUSTER_PROVIDED, circuit_breakers=circuit_breakers(pool),
+            http_idle_timeout=idle, max_requests_per_connection=per_connection, max_connection_duration=max_duration,
+        )  # fmt: skip
     ctype = {
         Resolution.STATIC: ClusterType.STATIC,
         Resolution.DNS: ClusterType.STRICT_DNS,
@@ -129,7 +150,13 @@ def service_cluster(
         dns_lookup_family=DnsLookupFamily.AUTO if ctype is ClusterType.STATIC else DnsLookupFamily.V4_ONLY,
         circuit_breakers=circuit_breakers(pool),
         outlier_detection=od,
-        healthy_panic_threshold=ISTIO_PANIC_THRESHOLD if od is not None else DEFAULT_PANIC_THRESHOLD,
+        # istiod: the panic threshold is outlierDetection.minHealthPercent (default 0: no panic).
+        healthy_panic_threshold=float(policy.outlier_detection.min_health_percent)
+        if policy.outlier_detection is not None
+        else DEFAULT_PANIC_THRESHOLD,
+        http_idle_timeout=idle,
+        max_requests_per_connection=per_connection,
+        max_connection_duration=max_duration,
     )
 
 

@@ -8,11 +8,15 @@ Promises:
     chain to PassthroughCluster (ALLOW_ANY) or BlackHoleCluster (REGISTRY_ONLY);
   - TCP / TLS / sniffed ports with a VIP: `<vip>_<port>` → tcp_proxy to the service cluster
     (sniffed ports also get an HTTP chain with route config "<host>:<port>");
-  - TLS / HTTPS ports without a VIP: `0.0.0.0_<port>` with one chain per host by SNI
-    (`server_names`) → tcp_proxy, and the Passthrough / BlackHole fallback chain;
+  - TLS / HTTPS ports without a VIP: `0.0.0.0_<port>` with one chain per VirtualService tls
+    route (once per port, however many of its hosts the port has) and one per host no route
+    names by SNI (`server_names`) → tcp_proxy, and the Passthrough / BlackHole fallback chain;
   - TCP ports without a VIP: `0.0.0.0_<port>` → tcp_proxy to the first such service.
-- VirtualService tcp and tls routes pick the tcp_proxy's clusters; http routes fill the
-  virtual hosts (`routes`). Clusters come from `clusters.build_clusters`.
+- VirtualService tcp and tls routes pick the tcp_proxy's clusters (a match's
+  `destinationSubnets` become the chain's prefix_ranges, as istiod writes them); http routes
+  fill the virtual hosts (`routes`). Clusters come from `clusters.build_clusters`.
+- MeshConfig's accessLogFile (encoding, format) is every listener's HCM and tcp_proxy
+  `access_log`, as istiod writes it: a reload applies it and the Envoy export carries it.
 - Given the workload's labels, the inbound side too: chains on virtualInbound and
   `inbound|<port>||` clusters for the Services selecting them (`inbound.py`).
 - `validate` refuses what istiod would accept but can never work: a destination subset no
@@ -25,12 +29,14 @@ import ipaddress
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from pysidecar.config.istio import routes as rt
 from pysidecar.config.istio.clusters import ISTIO_CIRCUIT_BREAKERS, build_clusters
 from pysidecar.config.istio.destination_rule import DestinationRule
 from pysidecar.config.istio.documents import IstioConfig
 from pysidecar.config.istio.inbound import build_inbound, inbound_ports, with_inbound
+from pysidecar.config.istio.meta import DEFAULT_NAMESPACE
 from pysidecar.config.istio.registry import Protocol, Service, ServicePort, outbound_cluster_name
 from pysidecar.config.istio.sidecar_scope import Sidecar, host_matches
 from pysidecar.config.istio.virtual_service import (
@@ -44,6 +50,7 @@ from pysidecar.config.sidecar import standard_sidecar, with_resources
 from pysidecar.model import (
     BLACKHOLE_CLUSTER,
     PASSTHROUGH_CLUSTER,
+    AccessLogConfig,
     Bootstrap,
     CidrRange,
     FilterChain,
@@ -70,10 +77,22 @@ class _WildcardPort:
     """What the shared `0.0.0.0_<port>` listener collects from every service on the port."""
 
     http: list[rt.HostRoutes] = field(default_factory=list)
-    sni: list[tuple[tuple[str, ...], TcpProxy]] = field(default_factory=list)
-    cidr: list[tuple[tuple[CidrRange, ...], TcpProxy]] = field(default_factory=list)
+    matched: list[tuple[str, FilterChainMatch, TcpProxy]] = field(default_factory=list)  # ("tls" | "cidr", ...)
     tcp: TcpProxy | None = None
     tcp_owner: str = ""
+    tls_routes_seen: set[tuple[str, int]] = field(default_factory=set)  # (VirtualService, tls route index)
+    owners: dict[tuple[frozenset[CidrRange], frozenset[str]], str] = field(default_factory=dict)
+
+    def add(self, kind: str, match: FilterChainMatch, proxy: TcpProxy, owner: str) -> None:
+        """One chain per (prefix ranges, server names): a second with the same match is
+        dropped, as istiod drops filter chains with the same matching rules."""
+        key = (frozenset(match.prefix_ranges), frozenset(match.server_names))
+        if key in self.owners:
+            what = ", ".join(map(str, match.prefix_ranges + match.server_names))
+            log.warning("%s: %s already routed by %s; ignored", owner, what, self.owners[key])
+            return
+        self.owners[key] = owner
+        self.matched.append((kind, match, proxy))
 
 
 # -- scope -----------------------------------------------------------------------------------
@@ -176,35 +195,71 @@ def _l4_routes(routes: tuple[L4Route, ...], port: int) -> list[L4Route]:
     return out
 
 
-def _service_tcp(svc: Service, port: ServicePort, vss: list[VirtualService], services: dict[str, Service]) -> TcpProxy:
+def _cidr(text: str) -> CidrRange:
+    net = ipaddress.ip_network(text, strict=False)
+    return CidrRange(str(net.network_address), net.prefixlen)
+
+
+L4Chain = tuple[tuple[CidrRange, ...], TcpProxy]  # (prefix_ranges, tcp_proxy)
+
+
+def _service_tcp(svc: Service, port: ServicePort, vss: list[VirtualService], services: dict[str, Service]) -> list[L4Chain]:
+    """The tcp_proxy chains of a TCP service port, as istiod builds them: each route match with
+    `destinationSubnets` is a chain matching those prefix_ranges; the first route that matches
+    any destination ends the list as the port's default chain (else the service's cluster)."""
+    out: list[L4Chain] = []
     for v in _for_host(vss, svc.hostname):
         for r in _l4_routes(v.tcp, port.number):
-            return _tcp_proxy(r.route, services, port.number)
+            proxy = _tcp_proxy(r.route, services, port.number)
+            out.extend((tuple(map(_cidr, m.destination_subnets)), proxy) for m in r.match if m.destination_subnets)
+            if not r.match or any(not m.destination_subnets for m in r.match):
+                out.append(((), proxy))
+                return out
     cluster = outbound_cluster_name(port.number, svc.hostname)
-    return TcpProxy(stat_prefix=cluster, cluster=cluster)
-
-
-def _service_tls(
-    svc: Service, port: ServicePort, vss: list[VirtualService], services: dict[str, Service]
-) -> list[tuple[tuple[str, ...], TcpProxy]]:
-    out: list[tuple[tuple[str, ...], TcpProxy]] = []
-    for v in _for_host(vss, svc.hostname):
-        for r in _l4_routes(v.tls, port.number):
-            sni = tuple(h for m in r.match for h in m.sni_hosts)
-            out.append((sni, _tcp_proxy(r.route, services, port.number)))
-    if not out:
-        cluster = outbound_cluster_name(port.number, svc.hostname)
-        out.append(((svc.hostname,), TcpProxy(stat_prefix=cluster, cluster=cluster)))
+    out.append(((), TcpProxy(stat_prefix=cluster, cluster=cluster)))
     return out
 
 
-def _http_routes(svc_host: str, svc: Service | None, port: int, vss: list[VirtualService], services: dict[str, Service]) -> rt.HostRoutes:
+def _service_tls(
+    svc: Service, port: ServicePort, vss: list[VirtualService], services: dict[str, Service], w: _WildcardPort
+) -> None:
+    """The SNI chains a TLS service adds to its port's wildcard listener.
+
+    A VirtualService covering several hosts of the port is applied once per port, not once per
+    host (its chains would repeat: real Envoy refuses two chains with the same match). A match
+    with `destinationSubnets` adds them as prefix_ranges. A host that none of the port's tls
+    routes names by SNI (for any destination) keeps its default chain to its own cluster.
+    """
+    covered = False
+    for v in _for_host(vss, svc.hostname):
+        for i, r in enumerate(_l4_routes(v.tls, port.number)):
+            plain = tuple(h for m in r.match if not m.destination_subnets for h in m.sni_hosts)
+            covered = covered or any(host_matches(h, svc.hostname) for h in plain)
+            if (v.meta.ref, i) in w.tls_routes_seen:
+                continue
+            w.tls_routes_seen.add((v.meta.ref, i))
+            proxy = _tcp_proxy(r.route, services, port.number)
+            if plain:
+                w.add("tls", FilterChainMatch(server_names=plain), proxy, v.meta.ref)
+            for m in r.match:
+                if m.destination_subnets:
+                    ranges = tuple(map(_cidr, m.destination_subnets))
+                    w.add("tls", FilterChainMatch(prefix_ranges=ranges, server_names=m.sni_hosts), proxy, v.meta.ref)
+    if not covered:
+        cluster = outbound_cluster_name(port.number, svc.hostname)
+        w.add("tls", FilterChainMatch(server_names=(svc.hostname,)), TcpProxy(stat_prefix=cluster, cluster=cluster), svc.ref)
+
+
+def _http_routes(
+    svc_host: str, svc: Service | None, port: int, vss: list[VirtualService], services: dict[str, Service], mesh: MeshConfig
+) -> rt.HostRoutes:
+    retry = mesh.default_http_retry_policy
     for v in _for_host(vss, svc_host):
         if v.http:
-            found = rt.virtual_service_routes(v, services, port)
+            found = rt.virtual_service_routes(v, services, port, retry)
             if found:
                 return rt.HostRoutes(svc_host, svc, found)
-    return rt.HostRoutes(svc_host, svc, (rt.default_route(svc_host, port),))
+    return rt.HostRoutes(svc_host, svc, (rt.default_route(svc_host, port, retry),))
 
 
 def _listener(name: str, address: str, port: int, chains: list[FilterChain]) -> Listener:
@@ -224,8 +279,10 @@ def _tcp_chain(name: str, proxy: TcpProxy, match: FilterChainMatch | None = None
     return FilterChain(name=name, filters=(proxy,), filter_chain_match=match or FilterChainMatch())
 
 
-def _http_chain(name: str, route_name: str, port: int, hosts: list[rt.HostRoutes], policy: OutboundTrafficPolicy | None) -> FilterChain:
-    rc = rt.route_configuration(route_name, port, hosts, policy)
+def _http_chain(
+    name: str, route_name: str, port: int, hosts: list[rt.HostRoutes], policy: OutboundTrafficPolicy | None, namespace: str
+) -> FilterChain:
+    rc = rt.route_configuration(route_name, port, hosts, policy, namespace)
     return FilterChain(
         name=name, filters=(rt.connection_manager(f"outbound_{name}", rc),), filter_chain_match=HTTP_MATCH
     )
@@ -235,15 +292,17 @@ def _vips(svc: Service) -> tuple[list[str], tuple[CidrRange, ...]]:
     ips: list[str] = []
     cidrs: list[CidrRange] = []
     for a in svc.addresses:
-        net = ipaddress.ip_network(a, strict=False)
-        if net.num_addresses == 1:
-            ips.append(str(net.network_address))
+        c = _cidr(a)
+        if ipaddress.ip_network(a, strict=False).num_addresses == 1:
+            ips.append(c.address_prefix)
         else:
-            cidrs.append(CidrRange(str(net.network_address), net.prefixlen))
+            cidrs.append(c)
     return ips, tuple(cidrs)
 
 
-def build_listeners(services: list[Service], vss: list[VirtualService], mesh: MeshConfig) -> tuple[Listener, ...]:
+def build_listeners(
+    services: list[Service], vss: list[VirtualService], mesh: MeshConfig, namespace: str = DEFAULT_NAMESPACE
+) -> tuple[Listener, ...]:
     by_host = {s.hostname: s for s in services}
     wild: dict[int, _WildcardPort] = {}
     vip_listeners: dict[str, Listener] = {}
@@ -254,15 +313,17 @@ def build_listeners(services: list[Service], vss: list[VirtualService], mesh: Me
             if port.protocol is Protocol.UDP:
                 continue
             if port.protocol.is_http:
-                wild.setdefault(p, _WildcardPort()).http.append(_http_routes(svc.hostname, svc, p, vss, by_host))
+                wild.setdefault(p, _WildcardPort()).http.append(_http_routes(svc.hostname, svc, p, vss, by_host, mesh))
                 continue
-            tcp = _service_tcp(svc, port, vss, by_host)
+            *subnets, (_, tcp) = _service_tcp(svc, port, vss, by_host)
             for ip in ips:
                 name = f"{ip}_{p}"
-                chains = [_tcp_chain(name, tcp)]
+                chains = [_tcp_chain(f"{name}-cidr-{i}", proxy, FilterChainMatch(prefix_ranges=r)) for i, (r, proxy) in enumerate(subnets)]
+                chains.append(_tcp_chain(name, tcp))
                 if port.protocol is Protocol.UNSUPPORTED:
                     route_name = f"{svc.hostname}:{p}"
-                    chains.insert(0, _http_chain(name, route_name, p, [_http_routes(svc.hostname, svc, p, vss, by_host)], None))
+                    hosts = [_http_routes(svc.hostname, svc, p, vss, by_host, mesh)]
+                    chains.insert(0, _http_chain(name, route_name, p, hosts, None, namespace))
                 if name in vip_listeners:
                     log.warning("%s: listener %s already defined; port %d ignored", svc.ref, name, p)
                     continue
@@ -270,25 +331,28 @@ def build_listeners(services: list[Service], vss: list[VirtualService], mesh: Me
             if ips:
                 continue
             w = wild.setdefault(p, _WildcardPort())
+            if not port.protocol.is_tls:
+                for ranges, proxy in subnets:
+                    w.add("cidr", FilterChainMatch(prefix_ranges=ranges), proxy, svc.ref)
             if cidrs:
-                w.cidr.append((cidrs, tcp))
+                w.add("cidr", FilterChainMatch(prefix_ranges=cidrs), tcp, svc.ref)
             elif port.protocol.is_tls:
-                w.sni.extend(_service_tls(svc, port, vss, by_host))
+                _service_tls(svc, port, vss, by_host, w)
             else:
                 if port.protocol is Protocol.UNSUPPORTED:
-                    w.http.append(_http_routes(svc.hostname, svc, p, vss, by_host))
+                    w.http.append(_http_routes(svc.hostname, svc, p, vss, by_host, mesh))
                 if w.tcp is None:
                     w.tcp, w.tcp_owner = tcp, svc.ref
                 else:
                     log.warning("%s: TCP port %d without a VIP is already taken by %s", svc.ref, p, w.tcp_owner)
     listeners = list(vip_listeners.values())
     for p in sorted(wild):
-        listeners.append(_wildcard_listener(p, wild[p], services, vss, mesh))
+        listeners.append(_wildcard_listener(p, wild[p], services, vss, mesh, namespace))
     return tuple(listeners)
 
 
 def _wildcard_listener(
-    port: int, w: _WildcardPort, services: list[Service], vss: list[VirtualService], mesh: MeshConfig
+    port: int, w: _WildcardPort, services: list[Service], vss: list[VirtualService], mesh: MeshConfig, namespace: str
 ) -> Listener:
     name = f"0.0.0.0_{port}"
     policy = mesh.outbound_traffic_policy
@@ -296,12 +360,11 @@ def _wildcard_listener(
     if w.http:
         hosts = list(w.http)
         if port == 80:
-            hosts += _vs_only_hosts(services, vss)
-        chains.append(_http_chain(name, str(port), port, hosts, policy))
-    for i, (sni, proxy) in enumerate(w.sni):
-        chains.append(_tcp_chain(f"{name}-tls-{i}", proxy, FilterChainMatch(server_names=sni)))
-    for i, (ranges, proxy) in enumerate(w.cidr):
-        chains.append(_tcp_chain(f"{name}-cidr-{i}", proxy, FilterChainMatch(prefix_ranges=ranges)))
+            hosts += _vs_only_hosts(services, vss, mesh)
+        chains.append(_http_chain(name, str(port), port, hosts, policy, namespace))
+    for kind in ("tls", "cidr"):
+        of_kind = [(match, proxy) for k, match, proxy in w.matched if k == kind]
+        chains.extend(_tcp_chain(f"{name}-{kind}-{i}", proxy, match) for i, (match, proxy) in enumerate(of_kind))
     if w.tcp is not None:
         chains.append(_tcp_chain(f"{name}-tcp", w.tcp))
     else:
@@ -310,7 +373,7 @@ def _wildcard_listener(
     return _listener(name, "0.0.0.0", port, chains)
 
 
-def _vs_only_hosts(services: list[Service], vss: list[VirtualService]) -> list[rt.HostRoutes]:
+def _vs_only_hosts(services: list[Service], vss: list[VirtualService], mesh: MeshConfig) -> list[rt.HostRoutes]:
     """istiod's port-80 quirk: VirtualService hosts with no service still get a virtual host."""
     known = {s.hostname for s in services}
     by_host = {s.hostname: s for s in services}
@@ -319,7 +382,7 @@ def _vs_only_hosts(services: list[Service], vss: list[VirtualService]) -> list[r
         for h in v.hosts:
             if h in known or "*" in h or not v.http:
                 continue
-            found = rt.virtual_service_routes(v, by_host, 80)
+            found = rt.virtual_service_routes(v, by_host, 80, mesh.default_http_retry_policy)
             if found:
                 out.append(rt.HostRoutes(h, None, found))
                 known.add(h)
@@ -329,8 +392,41 @@ def _vs_only_hosts(services: list[Service], vss: list[VirtualService]) -> list[r
 # -- the whole config ------------------------------------------------------------------------
 
 
-def compile_config(cfg: IstioConfig, workload_labels: Mapping[str, str] | None = None) -> Bootstrap:
-    """The sidecar's config; `workload_labels` (the pod's labels) select its inbound Services."""
+def mesh_access_log(mesh: MeshConfig) -> AccessLogConfig | None:
+    """MeshConfig accessLogFile / accessLogEncoding / accessLogFormat; None when off."""
+    if not mesh.access_log_file:
+        return None
+    encoding: Literal["TEXT", "JSON"] = "JSON" if mesh.access_log_encoding == "JSON" else "TEXT"
+    return AccessLogConfig(mesh.access_log_file, encoding, mesh.access_log_format or None)
+
+
+def with_access_log(b: Bootstrap, access_log: AccessLogConfig) -> Bootstrap:
+    """istiod's: every HCM and tcp_proxy of every listener logs to the mesh's access log."""
+
+    def chain(c: FilterChain) -> FilterChain:
+        return replace(c, filters=tuple(replace(f, access_log=(access_log,)) for f in c.filters))
+
+    def listener(lis: Listener) -> Listener:
+        default = lis.default_filter_chain
+        return replace(
+            lis,
+            filter_chains=tuple(map(chain, lis.filter_chains)),
+            default_filter_chain=chain(default) if default is not None else None,
+        )
+
+    return replace(b, listeners=tuple(map(listener, b.listeners)))
+
+
+def compile_config(
+    cfg: IstioConfig,
+    workload_labels: Mapping[str, str] | None = None,
+    namespace: str = DEFAULT_NAMESPACE,
+    mesh_access_log_on: bool = True,
+) -> Bootstrap:
+    """The sidecar's config; `workload_labels` (the pod's labels) select its inbound Services,
+    `namespace` (the pod's) decides which hosts are reachable by their bare short name. The
+    mesh's access log goes on every listener's filters unless `mesh_access_log_on` is False
+    (`pysidecar run --access-log` wins over it)."""
     rules = destination_rules(cfg)
     validate(cfg, rules)
     scope = _sidecar(cfg)
@@ -341,10 +437,12 @@ def compile_config(cfg: IstioConfig, workload_labels: Mapping[str, str] | None =
         vss = [v for v in vss if any(scope.sees(v.meta.namespace, h) for h in v.hosts)]
     resolved_rules = {s.hostname: dr for s in services if (dr := _rule_for(s.hostname, rules)) is not None}
     clusters = build_clusters(services, resolved_rules, mesh)
-    listeners = build_listeners(services, vss, mesh)
+    listeners = build_listeners(services, vss, mesh, namespace)
     base = standard_sidecar(mesh)
     # istiod gives its own clusters (PassthroughCluster, BlackHoleCluster, ...) unlimited
     # circuit breakers too, not plain Envoy's 1024.
     base = replace(base, clusters=tuple(replace(c, circuit_breakers=ISTIO_CIRCUIT_BREAKERS) for c in base.clusters))
     base = with_inbound(base, build_inbound(inbound_ports(cfg.services, workload_labels or {}, cfg.pods), mesh))
-    return replace(with_resources(base, listeners, clusters), sources=cfg.files or base.sources)
+    out = replace(with_resources(base, listeners, clusters), sources=cfg.files or base.sources)
+    access_log = mesh_access_log(mesh) if mesh_access_log_on else None
+    return with_access_log(out, access_log) if access_log is not None else out

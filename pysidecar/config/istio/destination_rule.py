@@ -5,7 +5,12 @@ Promises:
   `connectionPool` (tcp.maxConnections, tcp.connectTimeout, http.http1MaxPendingRequests,
   http.http2MaxRequests, http.maxRetries, http.idleTimeout) and `outlierDetection`
   (consecutive5xxErrors, consecutiveGatewayErrors, interval, baseEjectionTime,
-  maxEjectionPercent) are parsed and checked; subset names are unique.
+  maxEjectionPercent, minHealthPercent, the deprecated consecutiveErrors) are parsed and
+  checked; subset names are unique. connectionPool.http.maxRequestsPerConnection too.
+- tcp.maxConnectionDuration too (the upstream HTTP connections' max_connection_duration).
+- What pysidecar would not do is refused, naming the field: tcp.idleTimeout, tunnel, proxyProtocol, local-origin outlier splitting. Fields that change
+  only the upstream wire (tcp.tcpKeepalive, http.h2UpgradePolicy, useClientProtocol,
+  maxConcurrentStreams: upstream stays HTTP/1.1) are warned about and ignored.
 - `workloadSelector` is ignored with a warning.
 """
 
@@ -15,7 +20,7 @@ import logging
 from dataclasses import dataclass
 
 from pysidecar.config.istio.meta import ObjectMeta, envelope, located, resolve_host, string_map
-from pysidecar.config.node import Node
+from pysidecar.config.node import Fields, Node
 from pysidecar.model import LbPolicy
 
 log = logging.getLogger(__name__)
@@ -39,15 +44,19 @@ class ConnectionPool:
     http2_max_requests: int | None = None
     max_retries: int | None = None
     idle_timeout: float | None = None
+    max_requests_per_connection: int | None = None
+    max_connection_duration: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class OutlierDetection:
     consecutive_5xx_errors: int | None = None
     consecutive_gateway_errors: int | None = None
+    consecutive_errors: int | None = None  # deprecated: istiod reads it as gateway errors
     interval: float = 10.0
     base_ejection_time: float = 30.0
     max_ejection_percent: int = 10
+    min_health_percent: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +88,23 @@ def _count(n: Node) -> int:
     return n.integer(0)
 
 
+def _unsupported(f: Fields, name: str, why: str) -> None:
+    if (n := f.get(name)) is not None:
+        n.fail(f"{name} is not supported by pysidecar: {why}")
+
+
+def _ignored(f: Fields, name: str, why: str) -> None:
+    if (n := f.get(name)) is not None:
+        log.warning("%s: %s: ignored (%s)", n.file, n.path, why)
+
+
 def connection_pool(node: Node) -> ConnectionPool:
     f = node.fields("tcp", "http")
     tcp = f.get("tcp")
     tf = tcp.fields("max_connections", "connect_timeout", "tcp_keepalive", "max_connection_duration", "idle_timeout") if tcp else None
+    if tf is not None:
+        _ignored(tf, "tcp_keepalive", "upstream sockets use the kernel's keepalive settings")
+        _unsupported(tf, "idle_timeout", "tcp_proxy keeps its 1h idle timeout; for HTTP use http.idleTimeout")
     http = f.get("http")
     hf = (
         http.fields(
@@ -93,6 +115,11 @@ def connection_pool(node: Node) -> ConnectionPool:
         if http
         else None
     )  # fmt: skip
+    if hf is not None:
+        # Requests still reach the service the same: only the upstream wire protocol differs.
+        upstream_h1 = "pysidecar's upstream connections are HTTP/1.1"
+        for name in ("h2_upgrade_policy", "use_client_protocol", "max_concurrent_streams"):
+            _ignored(hf, name, upstream_h1)
     return ConnectionPool(
         max_connections=tf.opt("max_connections", _count, None) if tf else None,
         connect_timeout=tf.opt("connect_timeout", Node.duration, None) if tf else None,
@@ -100,6 +127,8 @@ def connection_pool(node: Node) -> ConnectionPool:
         http2_max_requests=hf.opt("http2_max_requests", _count, None) if hf else None,
         max_retries=hf.opt("max_retries", _count, None) if hf else None,
         idle_timeout=hf.opt("idle_timeout", Node.duration, None) if hf else None,
+        max_requests_per_connection=hf.opt("max_requests_per_connection", _count, None) if hf else None,
+        max_connection_duration=tf.opt("max_connection_duration", Node.duration, None) if tf else None,
     )
 
 
@@ -109,16 +138,18 @@ def outlier_detection(node: Node) -> OutlierDetection:
         "consecutive_local_origin_failures", "split_external_local_origin_errors", "interval",
         "base_ejection_time", "max_ejection_percent", "min_health_percent",
     )  # fmt: skip
+    _unsupported(f, "consecutive_local_origin_failures", "local-origin failures are not split from 5xx")
+    if f.opt("split_external_local_origin_errors", Node.boolean, False):
+        _unsupported(f, "split_external_local_origin_errors", "local-origin failures are not split from 5xx")
     default = OutlierDetection()
-    five = f.opt("consecutive_5xx_errors", _count, None)
-    if five is None:
-        five = f.opt("consecutive_errors", _count, None)
     return OutlierDetection(
-        consecutive_5xx_errors=five,
+        consecutive_5xx_errors=f.opt("consecutive_5xx_errors", _count, None),
         consecutive_gateway_errors=f.opt("consecutive_gateway_errors", _count, None),
+        consecutive_errors=f.opt("consecutive_errors", _count, None),
         interval=f.opt("interval", Node.duration, default.interval),
         base_ejection_time=f.opt("base_ejection_time", Node.duration, default.base_ejection_time),
         max_ejection_percent=f.opt("max_ejection_percent", lambda n: n.integer(0, 100), default.max_ejection_percent),
+        min_health_percent=f.opt("min_health_percent", lambda n: n.integer(0, 100), default.min_health_percent),
     )
 
 
@@ -140,6 +171,8 @@ def traffic_policy(node: Node) -> TrafficPolicy:
             tls.fail(f"tls mode {mode} (TLS origination) is not supported by pysidecar")
     if f.get("port_level_settings") is not None:
         log.warning("%s: %s: portLevelSettings ignored", node.file, node.path)
+    _unsupported(f, "tunnel", "upstream traffic is not tunnelled (CONNECT / POST)")
+    _unsupported(f, "proxy_protocol", "no PROXY protocol header is sent upstream")
     return TrafficPolicy(
         lb_policy=lb,
         connection_pool=f.opt("connection_pool", connection_pool, None),

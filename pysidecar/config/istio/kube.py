@@ -5,8 +5,10 @@ Promises:
   resolution STATIC (istiod's EDS), headless (`clusterIP: None`) → NONE (passthrough),
   `type: ExternalName` → DNS to the external name. UDP/SCTP ports are skipped, as istiod does.
 - Port protocol: `appProtocol`, else the port name prefix (`http-web` → HTTP), else sniffed.
-- Endpoints come from EndpointSlices (label `kubernetes.io/service-name`) or the legacy
-  Endpoints object of the same name; only ready addresses serve. A Pod document lends its
+- Endpoints come from EndpointSlices (label `kubernetes.io/service-name`), or when a service
+  has none, the legacy Endpoints object of the same name (istiod reads slices only; a
+  directory holding both, as `kubectl get -o yaml` dumps them, must not double them); an
+  address listed twice is one endpoint; only ready addresses serve. A Pod document lends its
   labels to the endpoint with its IP, so DestinationRule subsets can select them, and its named
   container ports to the inbound side (a Service's named targetPort).
 - `spec.selector` is kept: it says which workloads serve the Service (the inbound side).
@@ -60,6 +62,7 @@ class EndpointSet:
 
     service: str  # name.namespace
     endpoints: tuple[Endpoint, ...]
+    from_slice: bool = True  # an EndpointSlice (else the legacy Endpoints object)
 
 
 def hostname(name: str, namespace: str) -> str:
@@ -164,7 +167,7 @@ def endpoints(doc: Node) -> EndpointSet:
                 af = a.fields("ip", "hostname", "node_name", "target_ref")
                 out.append(Endpoint(af.require("ip").string(), ports))
             sf.list("not_ready_addresses")
-        return EndpointSet(f"{meta.name}.{meta.namespace}", tuple(out))
+        return EndpointSet(f"{meta.name}.{meta.namespace}", tuple(out), from_slice=False)
 
 
 def pod_labels(doc: Node) -> tuple[str, tuple[tuple[str, str], ...]] | None:
@@ -206,20 +209,32 @@ def pod_ports(doc: Node) -> PodPorts:
     return PodPorts(labels, tuple(ports))
 
 
+def _merged(a: tuple[tuple[str, int], ...], b: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int], ...]:
+    names = {n for n, _ in a}
+    return a + tuple(p for p in b if p[0] not in names)
+
+
 def attach_endpoints(
     services: list[Service], sets: list[EndpointSet], pods: dict[str, tuple[tuple[str, str], ...]]
 ) -> list[Service]:
-    """Kubernetes services with their endpoints (from every slice naming them) and pod labels."""
-    by_service: dict[str, list[Endpoint]] = {}
+    """Kubernetes services with their endpoints and pod labels. As istiod, a service with
+    EndpointSlices takes its endpoints from them only (every slice naming it), the legacy
+    Endpoints object otherwise; an address listed twice is one endpoint (its ports merged)."""
+    sliced = {s.service for s in sets if s.from_slice}
+    by_service: dict[str, dict[str, Endpoint]] = {}
     for s in sets:
-        by_service.setdefault(s.service, []).extend(s.endpoints)
+        if s.from_slice or s.service not in sliced:
+            found = by_service.setdefault(s.service, {})
+            for e in s.endpoints:
+                seen = found.get(e.address)
+                found[e.address] = e if seen is None else replace(seen, ports=_merged(seen.ports, e.ports))
     out: list[Service] = []
     for svc in services:
         if not svc.kubernetes or svc.resolution is Resolution.DNS:
             out.append(svc)
             continue
         key = svc.hostname.removesuffix(f".svc.{DOMAIN_SUFFIX}")
-        eps = tuple(replace(e, labels=pods.get(e.address, e.labels)) for e in by_service.get(key, []))
+        eps = tuple(replace(e, labels=pods.get(e.address, e.labels)) for e in by_service.get(key, {}).values())
         out.append(replace(svc, endpoints=eps))
     return out
 

@@ -3,8 +3,12 @@
 Promises:
 - Acts on `outboundTrafficPolicy.mode` (ALLOW_ANY | REGISTRY_ONLY), `connectTimeout` and
   `defaultConfig.holdApplicationUntilProxyStarts`; the access log settings (`accessLogFile`,
-  `accessLogEncoding`, `accessLogFormat`) are checked. Other MeshConfig fields istiod knows are
-  accepted and ignored (they concern the control plane); an unknown field is an error.
+  `accessLogEncoding`, `accessLogFormat`) are checked; `defaultHttpRetryPolicy` replaces
+  Istio's default retries of routes without their own. A `pathNormalization` other than NONE
+  is refused (pysidecar forwards paths as received),
+  `h2UpgradePolicy: UPGRADE` is warned about (upstream stays HTTP/1.1). Other MeshConfig fields
+  istiod knows are accepted and ignored (they concern the control plane); an unknown field is
+  an error.
 - Errors inside a ConfigMap's `data.mesh` name the ConfigMap's file and `data.mesh.<inner path>`;
   a YAML syntax error there names the line inside the embedded text.
 - `is_mesh_document(value)` tells a kind-less MeshConfig document from an Envoy bootstrap.
@@ -12,15 +16,20 @@ Promises:
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import yaml
 
 from pysidecar.config.istio.meta import envelope
-from pysidecar.config.node import ConfigError, Node
+from pysidecar.config.istio.routes import retry_policy
+from pysidecar.config.istio.virtual_service import retries
+from pysidecar.config.node import ConfigError, Fields, Node, camel_case
 from pysidecar.model import AccessLogConfig, MeshConfig, OutboundTrafficPolicy
 from pysidecar.observe.access_format import FormatError
 from pysidecar.observe.access_log import formatter
+
+log = logging.getLogger(__name__)
 
 # MeshConfig fields we accept without acting on them: they steer istiod, not the data plane.
 IGNORED_FIELDS = (
@@ -44,7 +53,6 @@ IGNORED_FIELDS = (
     "ingress_selector",
     "protocol_detection_timeout",
     "tcp_keepalive",
-    "h2_upgrade_policy",
     "inbound_cluster_stat_name",
     "outbound_cluster_stat_name",
     "service_settings",
@@ -52,8 +60,6 @@ IGNORED_FIELDS = (
     "certificates",
     "ca_certificates",
     "discovery_selectors",
-    "path_normalization",
-    "default_http_retry_policy",
     "mesh_mtls",
     "tls_defaults",
     "enable_envoy_access_log_service",
@@ -106,21 +112,42 @@ MESH_FIELDS = (
     "access_log_file",
     "access_log_encoding",
     "access_log_format",
+    "h2_upgrade_policy",
+    "path_normalization",
+    "default_http_retry_policy",
     *IGNORED_FIELDS,
 )
 
 
+def _data_plane_fields_not_honoured(f: Fields) -> None:
+    """MeshConfig fields that would change what the sidecar does, which pysidecar does not do:
+    refused where traffic would differ, warned where only the wire protocol would."""
+    if (n := f.get("h2_upgrade_policy")) is not None and n.enum(["DO_NOT_UPGRADE", "UPGRADE"]) == "UPGRADE":
+        log.warning("%s: %s: UPGRADE ignored (pysidecar's upstream connections are HTTP/1.1)", n.file, n.path)
+    if (n := f.get("path_normalization")) is not None:
+        kind = n.fields("normalization").opt(
+            "normalization",
+            lambda k: k.enum(["DEFAULT", "NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES"]),
+            "DEFAULT",
+        )
+        if kind != "NONE":
+            n.fail(f"pathNormalization {kind} is not supported by pysidecar: paths are forwarded as received (NONE)")
+
+
+# MeshConfig's top-level field names, as written (camelCase) or as in the proto (snake_case).
+_MESH_KEYS = frozenset(MESH_FIELDS) | {camel_case(n) for n in MESH_FIELDS}
+
+
 def is_mesh_document(value: Any) -> bool:
-    """A kind-less document whose keys look like MeshConfig (rather than an Envoy bootstrap)."""
+    """A kind-less document with a MeshConfig field (rather than an Envoy bootstrap)."""
     if not isinstance(value, dict) or "kind" in value:
         return False
-    camel = {"outboundTrafficPolicy", "defaultConfig", "connectTimeout", "accessLogFile"}
-    snake = {"outbound_traffic_policy", "default_config", "access_log_file"}
-    return bool(set(value) & (camel | snake))
+    return bool(set(map(str, value)) & _MESH_KEYS)
 
 
 def mesh_config(node: Node) -> MeshConfig:
     f = node.fields(*MESH_FIELDS)
+    _data_plane_fields_not_honoured(f)
     mode = OutboundTrafficPolicy.ALLOW_ANY
     if (otp := f.get("outbound_traffic_policy")) is not None:
         of = otp.fields("mode", "egress_proxy")
@@ -144,7 +171,12 @@ def mesh_config(node: Node) -> MeshConfig:
     except FormatError as e:
         (f.get("access_log_format") or node).fail(str(e))
     default = MeshConfig()
+    retry = default.default_http_retry_policy
+    if (n := f.get("default_http_retry_policy")) is not None:
+        # Converted as istiod converts a VirtualService's retries (attempts 0: no retries).
+        retry = retry_policy(retries(n))
     return MeshConfig(
+        default_http_retry_policy=retry,
         outbound_traffic_policy=mode,
         connect_timeout=f.opt("connect_timeout", Node.duration, default.connect_timeout),
         hold_application_until_proxy_starts=hold,

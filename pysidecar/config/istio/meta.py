@@ -9,6 +9,7 @@ Promises:
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,6 +50,15 @@ class ObjectMeta:
     def ref(self) -> str:
         """How errors and logs name the resource: `Kind namespace/name`."""
         return f"{self.kind} {self.namespace}/{self.name}"
+
+
+def ip_or_cidr(node: Node) -> str:
+    text = node.string()
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        node.fail(f"expected an IP address or CIDR, got {text!r}")
+    return text
 
 
 def string_map(node: Node | None) -> tuple[tuple[str, str], ...]:

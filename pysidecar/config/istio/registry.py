@@ -3,9 +3,9 @@
 Promises:
 - `Service` is istiod's model.Service reduced to what a sidecar's config needs: hostname,
   VIPs, ports with their protocol, resolution and endpoints (with labels, for subsets).
-- `port_protocol(name, app_protocol, declared)` decides a port's protocol as Istio does:
-  an explicit protocol (ServiceEntry) or `appProtocol` wins, else the port name's prefix
-  before the first `-`; anything else is sniffed (UNSUPPORTED).
+- `port_protocol(name, app_protocol)` decides a Kubernetes Service port's protocol as Istio
+  does: `appProtocol` wins, else the port name's prefix before the first `-`; anything else is
+  sniffed (UNSUPPORTED). A ServiceEntry port has only its declared protocol.
 - Plain data and pure functions; no I/O.
 """
 
@@ -49,17 +49,20 @@ _BY_NAME: dict[str, Protocol] = {p.value.lower(): p for p in Protocol} | {
 }
 
 
+# What a ServiceEntry may declare (istiod's validateProtocol).
+PROTOCOL_NAMES = tuple(p.value for p in Protocol if p is not Protocol.UNSUPPORTED)
+
+
 def parse_protocol(text: str) -> Protocol:
     return _BY_NAME.get(text.lower(), Protocol.UNSUPPORTED)
 
 
-def port_protocol(name: str, app_protocol: str = "", declared: str = "") -> Protocol:
-    """Istio's rule: declared protocol, else appProtocol, else the name's prefix before `-`."""
-    for text in (declared, app_protocol):
-        if text:
-            found = parse_protocol(text)
-            if found is not Protocol.UNSUPPORTED:
-                return found
+def port_protocol(name: str, app_protocol: str = "") -> Protocol:
+    """Istio's rule for Kubernetes ports: appProtocol, else the name's prefix before `-`."""
+    if app_protocol:
+        found = parse_protocol(app_protocol)
+        if found is not Protocol.UNSUPPORTED:
+            return found
     prefix = name.split("-", 1)[0]
     found = parse_protocol(prefix) if prefix else Protocol.UNSUPPORTED
     # UDP and the unknown are never guessed from a name.

@@ -3,7 +3,8 @@
 Promises:
 - `route_configuration(port, ...)` builds the route config named by the port ("80"): one
   virtual host `<host>:<port>` per HTTP service on that port, domains the host and `host:port`
-  (plus Kubernetes short names and the VIPs), then the catch-all `allow_any` (PassthroughCluster,
+  (plus the short names of `<name>.<ns>.svc.cluster.local` hosts, `<name>` itself only for a
+  proxy in `<ns>`, and the VIPs), then the catch-all `allow_any` (PassthroughCluster,
   timeout 0) or `block_all` (direct response 502).
 - A service without a VirtualService gets istiod's default route: name `default`, prefix `/`,
   timeout 0, Istio's default retry policy, decorator `<host>:<port>/*`.
@@ -17,13 +18,15 @@ Promises:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pysidecar.config.istio import virtual_service as vs
-from pysidecar.config.istio.meta import ObjectMeta
+from pysidecar.config.istio.meta import DOMAIN_SUFFIX, ObjectMeta
 from pysidecar.config.istio.registry import Service, outbound_cluster_name
 from pysidecar.model import PASSTHROUGH_CLUSTER, OutboundTrafficPolicy
 from pysidecar.model.http import (
+    ISTIO_DEFAULT_RETRY,
+    ISTIO_DEFAULT_RETRY_ON,
     ClusterWeight,
     CodecType,
     Decorator,
@@ -52,12 +55,9 @@ FAULT_TYPE = "envoy.extensions.filters.http.fault.v3.HTTPFault"
 DEFAULT_ROUTE = "default"
 ALLOW_ANY = "allow_any"
 BLOCK_ALL = "block_all"
-# The namespace the proxy is taken to run in, for Kubernetes short host names.
-PROXY_NAMESPACE = "default"
-
 # Istio's default HTTP retry policy (mesh defaultHttpRetryPolicy unset).
-DEFAULT_RETRY_ON = ("connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes")
-DEFAULT_RETRY = RetryPolicy(retry_on=DEFAULT_RETRY_ON, num_retries=2)
+DEFAULT_RETRY_ON = ISTIO_DEFAULT_RETRY_ON
+DEFAULT_RETRY = ISTIO_DEFAULT_RETRY
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +69,11 @@ class HostRoutes:
     routes: tuple[Route, ...]
 
 
-def retry_policy(r: vs.Retries | None) -> RetryPolicy | None:
-    """istiod's retry.ConvertPolicy."""
+def retry_policy(r: vs.Retries | None, default: RetryPolicy | None = DEFAULT_RETRY) -> RetryPolicy | None:
+    """istiod's retry.ConvertPolicy; `default` (the mesh's defaultHttpRetryPolicy, else Istio's)
+    when the route sets no retries."""
     if r is None:
-        return DEFAULT_RETRY
+        return default
     if r.attempts == 0:
         return None
     on: list[str] = []
@@ -84,12 +85,14 @@ def retry_policy(r: vs.Retries | None) -> RetryPolicy | None:
             on.append(item)
     if codes and "retriable-status-codes" not in on:
         on.append("retriable-status-codes")
-    return RetryPolicy(
+    policy = RetryPolicy(
         retry_on=tuple(on) if on else DEFAULT_RETRY_ON,
         num_retries=r.attempts,
         per_try_timeout=r.per_try_timeout,
         retriable_status_codes=tuple(codes),
     )
+    # istiod: backoff is the retry_back_off base_interval (max_interval stays Envoy's 10x).
+    return replace(policy, base_interval=r.backoff) if r.backoff is not None else policy
 
 
 def _header_matcher(name: str, m: vs.StringMatch | None, invert: bool = False) -> HeaderMatcher:
@@ -219,7 +222,12 @@ def _redirect(r: vs.Redirect, port: int) -> RedirectAction:
 
 
 def translate_route(
-    h: vs.HTTPRoute, m: vs.HTTPMatch | None, v: vs.VirtualService, services: dict[str, Service], port: int
+    h: vs.HTTPRoute,
+    m: vs.HTTPMatch | None,
+    v: vs.VirtualService,
+    services: dict[str, Service],
+    port: int,
+    default_retry: RetryPolicy | None = DEFAULT_RETRY,
 ) -> Route | None:
     """istiod's translateRoute; None when the match is for another port or another gateway."""
     if m is not None and m.port and m.port != port:
@@ -255,7 +263,7 @@ def translate_route(
             cluster=cluster,
             weighted_clusters=tuple(weighted),
             timeout=h.timeout if h.timeout is not None else 0.0,
-            retry_policy=retry_policy(h.retries),
+            retry_policy=retry_policy(h.retries, default_retry),
             prefix_rewrite=rw.uri or None,
             regex_rewrite=RegexRewrite(rw.regex_match, rw.regex_rewrite) if rw.regex_match else None,
             host_rewrite_literal=rw.authority or authority or None,
@@ -286,14 +294,16 @@ def _catch_all(r: Route) -> bool:
     return m.prefix == "/" and not m.headers and not m.query_parameters
 
 
-def virtual_service_routes(v: vs.VirtualService, services: dict[str, Service], port: int) -> tuple[Route, ...]:
+def virtual_service_routes(
+    v: vs.VirtualService, services: dict[str, Service], port: int, default_retry: RetryPolicy | None = DEFAULT_RETRY
+) -> tuple[Route, ...]:
     """istiod's BuildHTTPRoutesForVirtualService: routes in order, stopping after a catch-all."""
     out: list[Route] = []
     for h in v.http:
         matches: Sequence[vs.HTTPMatch | None] = h.match or (None,)
         done = not h.match
         for m in matches:
-            r = translate_route(h, m, v, services, port)
+            r = translate_route(h, m, v, services, port, default_retry)
             if r is None:
                 continue
             out.append(r)
@@ -305,23 +315,29 @@ def virtual_service_routes(v: vs.VirtualService, services: dict[str, Service], p
     return tuple(out)
 
 
-def default_route(hostname: str, port: int) -> Route:
-    """istiod's BuildDefaultHTTPOutboundRoute."""
+def default_route(hostname: str, port: int, retry: RetryPolicy | None = DEFAULT_RETRY) -> Route:
+    """istiod's BuildDefaultHTTPOutboundRoute (`retry`: the mesh's defaultHttpRetryPolicy)."""
     return Route(
         match=RouteMatch(prefix="/"),
         name=DEFAULT_ROUTE,
-        route=RouteAction(cluster=outbound_cluster_name(port, hostname), timeout=0.0, retry_policy=DEFAULT_RETRY),
+        route=RouteAction(cluster=outbound_cluster_name(port, hostname), timeout=0.0, retry_policy=retry),
         decorator=Decorator(f"{hostname}:{port}/*"),
     )
 
 
-def domains(hostname: str, port: int, svc: Service | None) -> tuple[str, ...]:
-    names = [hostname]
-    if svc is not None and svc.kubernetes:
-        short, ns = hostname.split(".")[:2]
-        if ns == PROXY_NAMESPACE:
-            names.append(short)
-        names += [f"{short}.{ns}", f"{short}.{ns}.svc"]
+def short_names(hostname: str, namespace: str) -> list[str]:
+    """istiod's generateAltVirtualHostsForKubernetesService: a host `<name>.<ns>.svc.<domain>`
+    (a Kubernetes Service or a ServiceEntry host of that shape) is also `<name>.<ns>` and
+    `<name>.<ns>.svc`, and plain `<name>` for a proxy in namespace `<ns>`."""
+    base, sep, domain = hostname.partition(".svc.")
+    if not sep or domain != DOMAIN_SUFFIX or base.count(".") != 1:
+        return []
+    short, ns = base.split(".")
+    return [*([short] if ns == namespace else []), base, f"{base}.svc"]
+
+
+def domains(hostname: str, port: int, svc: Service | None, namespace: str) -> tuple[str, ...]:
+    names = [hostname, *short_names(hostname, namespace)]
     if svc is not None:
         names += [a for a in svc.addresses if "/" not in a]
     out: list[str] = []
@@ -331,10 +347,10 @@ def domains(hostname: str, port: int, svc: Service | None) -> tuple[str, ...]:
     return tuple(out)
 
 
-def virtual_host(h: HostRoutes, port: int) -> VirtualHost:
+def virtual_host(h: HostRoutes, port: int, namespace: str) -> VirtualHost:
     return VirtualHost(
         name=f"{h.hostname}:{port}",
-        domains=domains(h.hostname, port, h.service),
+        domains=domains(h.hostname, port, h.service, namespace),
         routes=h.routes,
         include_request_attempt_count=True,
     )
@@ -354,13 +370,14 @@ def catch_all_host(policy: OutboundTrafficPolicy) -> VirtualHost:
 
 
 def route_configuration(
-    name: str, port: int, hosts: Sequence[HostRoutes], policy: OutboundTrafficPolicy | None
+    name: str, port: int, hosts: Sequence[HostRoutes], policy: OutboundTrafficPolicy | None, namespace: str
 ) -> RouteConfiguration:
-    """A route config; `policy` adds the catch-all virtual host (route configs named by port)."""
+    """A route config; `policy` adds the catch-all virtual host (route configs named by port);
+    `namespace` is the proxy's, for the short host names."""
     vhosts: list[VirtualHost] = []
     seen: set[str] = set()
     for h in sorted(hosts, key=lambda x: x.hostname):
-        vh = virtual_host(h, port)
+        vh = virtual_host(h, port, namespace)
         # istiod's dedupeDomains: a domain claimed by an earlier virtual host is dropped.
         kept = tuple(d for d in vh.domains if d.lower() not in seen)
         seen.update(d.lower() for d in kept)

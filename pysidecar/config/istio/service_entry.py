@@ -3,6 +3,8 @@
 Promises:
 - hosts, addresses (IPs or CIDRs), ports (number, name, protocol, targetPort), location,
   resolution NONE | STATIC | DNS | DNS_ROUND_ROBIN, endpoints (address, ports, labels, weight).
+- A port's protocol is the declared one only: without one it is sniffed, whatever its name (as
+  istiod's convertPort); an unknown protocol is refused (istiod's validateProtocol).
 - Checked as istiod's validation does: at least one host; STATIC needs endpoints with IP
   addresses; DNS_ROUND_ROBIN takes at most one endpoint; NONE with endpoints is refused.
 - `workloadSelector` is ignored with a warning: a sidecar has no workloads to select.
@@ -13,13 +15,15 @@ from __future__ import annotations
 import ipaddress
 import logging
 
-from pysidecar.config.istio.meta import ObjectMeta, envelope, located, string_map
+from pysidecar.config.istio.meta import ObjectMeta, envelope, ip_or_cidr, located, string_map
 from pysidecar.config.istio.registry import (
+    PROTOCOL_NAMES,
     Endpoint,
+    Protocol,
     Resolution,
     Service,
     ServicePort,
-    port_protocol,
+    parse_protocol,
 )
 from pysidecar.config.node import Node
 
@@ -38,14 +42,24 @@ SPEC_FIELDS = (
 )
 
 
+def _protocol(node: Node) -> Protocol:
+    """istiod's validateProtocol: one of Istio's protocol names, case-insensitive."""
+    text = node.string()
+    found = parse_protocol(text)
+    if found is Protocol.UNSUPPORTED:
+        node.fail(f"unrecognized protocol {text!r}; expected one of {', '.join(PROTOCOL_NAMES)} (or none, to sniff)")
+    return found
+
+
 def _port(node: Node) -> ServicePort:
     f = node.fields("number", "name", "protocol", "target_port")
     name = f.opt("name", Node.string, "")
     number = f.require("number").integer(1, 65535)
+    # istiod's convertPort: the declared protocol only, never the name; none means sniffed.
     return ServicePort(
         name=name,
         number=number,
-        protocol=port_protocol(name, declared=f.opt("protocol", Node.string, "")),
+        protocol=f.opt("protocol", _protocol, Protocol.UNSUPPORTED),
         target_port=f.opt("target_port", lambda n: n.integer(1, 65535), None),
     )
 
@@ -73,15 +87,6 @@ def _endpoint(node: Node, resolution: Resolution) -> Endpoint:
         labels=string_map(f.get("labels")),
         weight=f.opt("weight", lambda n: n.integer(1), 1),
     )
-
-
-def _address(node: Node) -> str:
-    text = node.string()
-    try:
-        ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        node.fail(f"expected an IP address or CIDR, got {text!r}")
-    return text
 
 
 def service_entry(doc: Node) -> list[Service]:
@@ -116,7 +121,7 @@ def _services(meta: ObjectMeta, spec: Node) -> list[Service]:
         spec.fail("resolution DNS_ROUND_ROBIN takes at most one endpoint")
     if resolution is Resolution.NONE and endpoints:
         spec.fail("resolution NONE takes no endpoints (use STATIC or DNS)")
-    addresses = tuple(_address(n) for n in f.list("addresses"))
+    addresses = tuple(ip_or_cidr(n) for n in f.list("addresses"))
     for i, h in enumerate(hosts):
         if h.startswith("*") and resolution in (Resolution.DNS, Resolution.DNS_ROUND_ROBIN) and not endpoints:
             spec.child("hosts", None).child(i, None).fail(

@@ -69,6 +69,8 @@ def sidecar(doc: Node) -> Sidecar:
             log.warning("%s: %s: ingress listeners ignored", meta.file, meta.ref)
         mode: OutboundTrafficPolicy | None = None
         if (otp := f.get("outbound_traffic_policy")) is not None:
+            if (egress := otp.fields("mode", "egress_proxy").get("egress_proxy")) is not None:
+                egress.fail("egressProxy is not supported (it needs istiod's alpha egress routing)")
             mode = otp.fields("mode", "egress_proxy").opt(
                 "mode",
                 lambda n: OutboundTrafficPolicy(n.enum([m.value for m in OutboundTrafficPolicy])),

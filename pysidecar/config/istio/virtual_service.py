@@ -6,10 +6,10 @@ Promises:
   weight, headers), timeout, retries, rewrite (uri, uriRegexRewrite, authority), headers,
   fault (delay, abort, percentage), redirect, directResponse; tcp routes; tls routes by
   sniHosts.
-- Refused at load, with the resource and the field named: a negative weight, a regex that does
-  not compile, a route with none or several of route/redirect/directResponse, an abort status
-  outside 200..599. Subsets are checked against DestinationRules when the whole config is known
-  (`compile.validate`).
+- Refused at load, with the resource and the field named: a negative weight, a regex RE2 does
+  not compile (as istiod checks it: backreferences, lookarounds are refused), a route with none
+  or several of route/redirect/directResponse, an abort status outside 200..599. Subsets are
+  checked against DestinationRules when the whole config is known (`compile.validate`).
 - Fields that only matter to gateways or to istiod's delegation (`delegate`, `mirror`,
   `corsPolicy`, `sourceLabels`) are refused or ignored explicitly, never silently.
 """
@@ -17,11 +17,10 @@ Promises:
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, replace
 
-from pysidecar.config.istio.meta import ObjectMeta, envelope, located, resolve_host
-from pysidecar.config.node import Node
+from pysidecar.config.istio.meta import ObjectMeta, envelope, ip_or_cidr, located, resolve_host
+from pysidecar.config.node import Fields, Node
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +81,7 @@ class Retries:
     attempts: int
     per_try_timeout: float = 0.0
     retry_on: str = ""
+    backoff: float | None = None  # the base interval between attempts (Envoy's 25 ms if unset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,14 +158,6 @@ class VirtualService:
 # -- pieces ----------------------------------------------------------------------------------
 
 
-def _regex(node: Node, pattern: str) -> str:
-    try:
-        re.compile(pattern)
-    except re.error as e:
-        node.fail(f"invalid regex {pattern!r}: {e}")
-    return pattern
-
-
 def string_match(node: Node) -> StringMatch | None:
     """Istio's StringMatch; `{}` (or regex `*`) means "present", returned as None."""
     f = node.fields("exact", "prefix", "regex")
@@ -179,7 +171,7 @@ def string_match(node: Node) -> StringMatch | None:
     if kind == "regex":
         if value == "*":
             return None
-        _regex(f.require(kind), value)
+        f.require(kind).regex()
     return StringMatch(kind, value)
 
 
@@ -195,15 +187,19 @@ def _gateways(nodes: list[Node]) -> tuple[str, ...]:
     return tuple(n.string() for n in nodes)
 
 
+def _warn_source_match(f: Fields) -> None:
+    for unsupported in ("source_labels", "source_namespace"):
+        if (n := f.get(unsupported)) is not None:
+            log.warning("%s: %s: match by source is ignored (one sidecar is its own source)", n.file, n.path)
+
+
 def http_match(node: Node) -> HTTPMatch:
     f = node.fields(
         "name", "uri", "headers", "without_headers", "query_params", "method", "authority",
         "scheme", "port", "ignore_uri_case", "gateways", "source_labels", "source_namespace",
         "stat_prefix",
     )  # fmt: skip
-    for unsupported in ("source_labels", "source_namespace"):
-        if (n := f.get(unsupported)) is not None:
-            log.warning("%s: %s: match by source is ignored (one sidecar is its own source)", n.file, n.path)
+    _warn_source_match(f)
     return HTTPMatch(
         name=f.opt("name", Node.string, ""),
         uri=f.opt("uri", string_match, None),
@@ -318,7 +314,7 @@ def rewrite(node: Node) -> Rewrite:
     match = sub = ""
     if (rr := f.get("uri_regex_rewrite")) is not None:
         rf = rr.fields("match", "rewrite")
-        match = _regex(rf.require("match"), rf.require("match").string())
+        match = rf.require("match").regex()
         sub = rf.require("rewrite").string()
         if "uri" in f:
             node.fail("expected only one of uri and uriRegexRewrite")
@@ -332,10 +328,13 @@ def rewrite(node: Node) -> Rewrite:
 
 def retries(node: Node) -> Retries:
     f = node.fields("attempts", "per_try_timeout", "retry_on", "retry_remote_localities", "retry_ignore_previous_hosts", "backoff")
+    if (b := f.get("backoff")) is not None and b.duration() <= 0:
+        b.fail("backoff must be above 0")
     return Retries(
         attempts=f.opt("attempts", lambda n: n.integer(0), 0),
         per_try_timeout=f.opt("per_try_timeout", Node.duration, 0.0),
         retry_on=f.opt("retry_on", Node.string, ""),
+        backoff=f.opt("backoff", Node.duration, None),
     )
 
 
@@ -387,13 +386,14 @@ def http_route(node: Node) -> HTTPRoute:
 
 def _l4_match(node: Node, tls: bool) -> L4Match:
     f = node.fields("port", "sni_hosts", "destination_subnets", "gateways", "source_labels", "source_namespace")
+    _warn_source_match(f)
     sni = tuple(n.string() for n in f.list("sni_hosts"))
     if tls and not sni:
         node.fail("a tls match needs sniHosts")
     return L4Match(
         port=f.opt("port", lambda n: n.integer(1, 65535), 0),
         sni_hosts=sni,
-        destination_subnets=tuple(n.string() for n in f.list("destination_subnets")),
+        destination_subnets=tuple(ip_or_cidr(n) for n in f.list("destination_subnets")),
         gateways=_gateways(f.list("gateways")),
     )
 

@@ -6,8 +6,12 @@ Promises:
   or `stream.upstream_connect_failed` when it settles. A connection whose stream went away
   meanwhile joins the idle list instead of being wasted.
 - A connection returns to the idle list only after a complete response that allowed
-  keep-alive to a completely written request; anything else closes it. Idle connections
-  closed by the upstream leave the list when their close arrives.
+  keep-alive to a completely written request (and carried fewer than the cluster's
+  max_requests_per_connection); anything else closes it. Idle connections
+  closed by the upstream leave the list when their close arrives; one idle for the cluster's
+  `http_idle_timeout` (common_http_protocol_options.idle_timeout, default 1 h) is closed
+  (upstream_cx_idle_timeout), and so is one past its `max_connection_duration` once no stream
+  uses it (upstream_cx_max_duration_reached).
 - An `UpstreamConnection` parses responses with httptools and forwards each event to the one
   stream attached to it; it never buffers a body.
 - Circuit breakers (the cluster's, per worker) as Envoy's HTTP/1 pool applies them: a request
@@ -51,17 +55,21 @@ class _HeadDone(Exception):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
+        "born",
         "closed",
         "counted",
         "cx_open",
         "head_keep_alive",
         "headers",
+        "idle_since",
+        "idle_timer",
         "informational",
         "local_address",
         "parser",
         "pending",
         "pool",
         "request_done",
+        "requests",
         "response_started",
         "stream",
         "transport",
@@ -84,10 +92,15 @@ class UpstreamConnection(asyncio.Protocol):
         self.pending = False  # holds a pending-request slot of the circuit breaker
         self.counted = False  # holds a request slot of the circuit breaker
         self.cx_open = False  # holds a connection slot of the circuit breaker
+        self.idle_since = 0.0  # loop time it last joined the idle list
+        self.born = 0.0  # loop time it was established (the cluster's max_connection_duration)
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.requests = 0  # streams it has carried (the cluster's max_requests_per_connection)
 
     # -- the pool's side -----------------------------------------------------------------
     def attach(self, stream: ActiveStream) -> None:
         self.stream = stream
+        self.requests += 1
         self.request_done = False
         self.response_started = False
         if not self.counted:
@@ -130,6 +143,7 @@ class UpstreamConnection(asyncio.Protocol):
     # -- asyncio Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = t = cast(asyncio.Transport, transport)
+        self.born = self.pool.loop.time()
         t.set_write_buffer_limits(high=self.pool.buffer_limit)
         stats = self.pool.cx_stats
         stats.upstream_cx_active += 1
@@ -241,7 +255,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.stream = None
         self._unattach()
         self.response_started = False
-        if keep_alive and self.request_done and not self.closed:
+        if keep_alive and self.request_done and not self.closed and self.pool.reusable(self):
             self.pool.release(self)
         else:
             self.close()
@@ -332,13 +346,64 @@ class HostPool:
         if conn.transport is not None:
             conn.transport.resume_reading()  # it may have been paused for a slow client
         self.idle.append(conn)
+        conn.idle_since = now = self.loop.time()
+        if conn.idle_timer is None and (deadline := self._expiry(conn)) is not None:
+            # One timer per connection and period, not one per request: when it fires, a
+            # connection that was busy meanwhile is checked again when released.
+            conn.idle_timer = self.loop.call_later(max(0.0, deadline - now), self._idle_check, conn)
         if self.waiting:
             # Not from inside the parser callback that released it: on the next loop turn.
             self.loop.call_soon(self._serve_waiting)
 
     def forget(self, conn: UpstreamConnection) -> None:
+        if conn.idle_timer is not None:
+            conn.idle_timer.cancel()
+            conn.idle_timer = None
         if conn in self.idle:
             self.idle.remove(conn)
+
+    def reusable(self, conn: UpstreamConnection) -> bool:
+        """Whether a connection that finished a response may carry another: not past the
+        cluster's max_requests_per_connection or max_connection_duration (Envoy then closes it
+        once its stream is done)."""
+        c = self.cluster.config
+        if c.max_requests_per_connection and conn.requests >= c.max_requests_per_connection:
+            self.rq_stats.upstream_cx_max_requests += 1
+            return False
+        if c.max_connection_duration and self.loop.time() - conn.born >= c.max_connection_duration:
+            self.rq_stats.upstream_cx_max_duration_reached += 1
+            return False
+        return True
+
+    def _expiry(self, conn: UpstreamConnection) -> float | None:
+        """When an idle connection is to be closed: idle_timeout after it went idle, or its
+        max_connection_duration, whichever comes first; None for never."""
+        c = self.cluster.config
+        ends = [conn.idle_since + c.http_idle_timeout] if c.http_idle_timeout > 0 else []
+        if c.max_connection_duration > 0:
+            ends.append(conn.born + c.max_connection_duration)
+        return min(ends) if ends else None
+
+    def _idle_check(self, conn: UpstreamConnection) -> None:
+        """An idle connection past the cluster's idle_timeout (upstream_cx_idle_timeout) or
+        max_connection_duration (upstream_cx_max_duration_reached) is closed."""
+        conn.idle_timer = None
+        if conn.closed or conn not in self.idle:
+            return  # busy: re-armed when it is released again
+        now = self.loop.time()
+        deadline = self._expiry(conn)
+        if deadline is None:
+            return
+        if deadline > now:
+            conn.idle_timer = self.loop.call_later(deadline - now, self._idle_check, conn)
+            return
+        self.idle.remove(conn)
+        c = self.cluster.config
+        if c.max_connection_duration > 0 and now - conn.born >= c.max_connection_duration:
+            self.rq_stats.upstream_cx_max_duration_reached += 1
+        else:
+            self.rq_stats.upstream_cx_idle_timeout += 1
+        conn.close()
 
     def cancel(self, conn: UpstreamConnection) -> None:
         """A pending request went away: free its slot; a queued one never connects."""

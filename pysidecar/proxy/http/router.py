@@ -10,7 +10,7 @@ Promises:
   A wildcard never matches an empty part.
 - Routes are tried in order; the first whose path matcher and every header matcher accept
   wins. prefix matches the whole :path (query included), path and safe_regex match the path
-  without its query string (safe_regex must match all of it).
+  without its query string (safe_regex must match all of it, with RE2 as Envoy does).
 - Rewrites keep the query string: prefix_rewrite swaps the matched prefix, regex_rewrite
   substitutes over the path part only.
 - Query parameter matchers (Envoy's QueryParameterMatcher) see the first value of each name in
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import bisect
 import random
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -38,6 +37,7 @@ from pysidecar.model.http import (
     VirtualHost,
 )
 from pysidecar.proxy.http.headers import HeaderOps, compile_ops
+from pysidecar.regex import Regex
 
 _PREFIX, _PATH, _REGEX, _SEPARATED = 0, 1, 2, 3
 
@@ -48,7 +48,7 @@ class CompiledHeaderMatcher:
     def __init__(self, m: HeaderMatcher) -> None:
         self.name = m.name
         self.invert = m.invert_match
-        self.pattern: re.Pattern[str] | None = None
+        self.pattern: Regex | None = None
         self.value = ""
         if m.exact is not None:
             self.kind, self.value = "exact", m.exact
@@ -59,7 +59,7 @@ class CompiledHeaderMatcher:
         elif m.contains is not None:
             self.kind, self.value = "contains", m.contains
         elif m.safe_regex is not None:
-            self.kind, self.pattern = "regex", re.compile(m.safe_regex)
+            self.kind, self.pattern = "regex", Regex(m.safe_regex)
         else:
             self.kind = "present" if m.present_match is not False else "absent"
 
@@ -83,7 +83,7 @@ class CompiledHeaderMatcher:
             ok = self.value in v
         else:
             assert self.pattern is not None
-            ok = self.pattern.fullmatch(v) is not None
+            ok = self.pattern.fullmatch(v)
         return ok != self.invert
 
 
@@ -93,13 +93,13 @@ class CompiledQueryMatcher:
     def __init__(self, m: QueryParameterMatcher) -> None:
         self.name = m.name
         self.value = ""
-        self.pattern: re.Pattern[str] | None = None
+        self.pattern: Regex | None = None
         if m.exact is not None:
             self.kind, self.value = "exact", m.exact
         elif m.prefix is not None:
             self.kind, self.value = "prefix", m.prefix
         elif m.safe_regex is not None:
-            self.kind, self.pattern = "regex", re.compile(m.safe_regex)
+            self.kind, self.pattern = "regex", Regex(m.safe_regex)
         else:
             self.kind = "present"  # Envoy: present_match true or false, or no kind at all
 
@@ -114,7 +114,7 @@ class CompiledQueryMatcher:
             return v.startswith(self.value)
         if kind == "regex":
             assert self.pattern is not None
-            return self.pattern.fullmatch(v) is not None
+            return self.pattern.fullmatch(v)
         return True
 
 
@@ -193,7 +193,7 @@ class CompiledRoute:
         self.action: RouteAction | None = route.route
         m: RouteMatch = route.match
         self.lower = not m.case_sensitive
-        self.regex: re.Pattern[str] | None = None
+        self.regex: Regex | None = None
         if m.prefix is not None:
             self.kind, self.value = _PREFIX, m.prefix
         elif m.path is not None:
@@ -203,7 +203,7 @@ class CompiledRoute:
         else:
             assert m.safe_regex is not None
             self.kind, self.value = _REGEX, ""
-            self.regex = re.compile(m.safe_regex)
+            self.regex = Regex(m.safe_regex)
         if self.lower:
             self.value = self.value.lower()
         self.headers = tuple(CompiledHeaderMatcher(h) for h in m.headers)
@@ -213,10 +213,10 @@ class CompiledRoute:
         # Envoy applies header mutations most specific first: route, virtual host, global.
         levels = (route.mutations, vhost.vhost.mutations, config.mutations)
         self.request_ops, self.response_ops = compile_ops(levels)
-        self.rewrite: re.Pattern[str] | None = None
+        self.rewrite: Regex | None = None
         a = self.action
         if a is not None and a.regex_rewrite is not None:
-            self.rewrite = re.compile(a.regex_rewrite.pattern)
+            self.rewrite = Regex(a.regex_rewrite.pattern)
         self.cum_weights: list[int] = []
         self.weighted_ops: list[tuple[HeaderOps, HeaderOps]] = []
         if a is not None and a.weighted_clusters:
@@ -246,7 +246,7 @@ class CompiledRoute:
                     return False
             else:
                 assert self.regex is not None
-                if self.regex.fullmatch(bare) is None:
+                if not self.regex.fullmatch(bare):
                     return False
         if self.headers:
             assert headers is not None
@@ -280,7 +280,7 @@ class CompiledRoute:
             return None
         if self.rewrite is not None and a.regex_rewrite is not None:
             bare, sep, query = path.partition("?")
-            # RE2's \\1 and Python's \\1 agree; RE2 GlobalReplace replaces every match, as sub does.
+            # RE2 GlobalReplace: every match replaced, \\1 for groups.
             return self.rewrite.sub(a.regex_rewrite.substitution, bare) + sep + query
         return None
 
