@@ -459,7 +459,7 @@ def istio_config(node: Node) -> str | None:
 def virtual_host(node: Node) -> VirtualHost:
     f = node.fields(
         "name", "domains", "routes", "retry_policy", "include_request_attempt_count",
-        "include_attempt_count_in_response", *MUTATION_FIELDS,
+        "include_attempt_count_in_response", "require_tls", *MUTATION_FIELDS,
     )  # fmt: skip
     domains_node = f.require("domains")
     domains = tuple(n.string().lower() for n in domains_node.items())
@@ -480,6 +480,7 @@ def virtual_host(node: Node) -> VirtualHost:
         mutations=mutations(f),
         retry_policy=f.opt("retry_policy", retry_policy, None),
         include_request_attempt_count=f.opt("include_request_attempt_count", Node.boolean, False),
+        require_tls=f.opt("require_tls", lambda n: n.enum(["NONE", "ALL"]), "NONE") == "ALL",
     )
 
 

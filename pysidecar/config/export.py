@@ -8,9 +8,10 @@ Promises:
   :15021 readiness) as listeners onto the admin, the way Istio's bootstrap serves them.
 - Only the model is read, so Envoy YAML, Istio YAML and the embedded sidecar export alike; the
   renderers (config/envoy_json.py) are the ones the admin's /config_dump uses.
-- `pysidecar envoy-config -c PATH... [-o FILE] [--workload-labels K=V,...]` prints (or writes)
-  the YAML, inbound chains included for the Services selecting the labels (taken as
-  `pysidecar run` takes them); a config error exits 2 with the file, YAML path and resource.
+- `pysidecar envoy-config -c PATH... [-o FILE] [--workload-labels K=V,...] [--mode router]`
+  prints (or writes) the YAML, inbound chains included for the Services selecting the labels
+  (taken as `pysidecar run` takes them), or a gateway's listeners in router mode; a config
+  error exits 2 with the file, YAML path and resource.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     workload.add_labels_argument(parser)
+    workload.add_mode_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -93,7 +95,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"pysidecar: --workload-labels: {e}", file=sys.stderr)
         return 2
     try:
-        text = dump(load(args.config, labels))
+        text = dump(load(args.config, labels, args.mode))
     except ConfigError as e:
         print(f"pysidecar: configuration error: {e}", file=sys.stderr)
         return 2

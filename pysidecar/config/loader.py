@@ -25,10 +25,11 @@ from dataclasses import replace
 from pysidecar.config import envoy
 from pysidecar.config.istio.compile import compile_config
 from pysidecar.config.istio.documents import collect
+from pysidecar.config.istio.gateway_compile import compile_gateway, router_skeleton
 from pysidecar.config.istio.mesh import is_mesh_document
 from pysidecar.config.node import ConfigError, Node, load_documents
 from pysidecar.config.sidecar import standard_sidecar
-from pysidecar.model import Bootstrap, Cluster, Listener
+from pysidecar.model import Bootstrap, Cluster, Listener, MeshConfig
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 ENVOY_BOOTSTRAP_KEYS = frozenset(
@@ -64,11 +65,11 @@ def _is_xds_file(value: object) -> bool:
     return isinstance(value, dict) and "resources" in value and "kind" not in value
 
 
-def load(paths: Sequence[str], workload_labels: Mapping[str, str] | None = None) -> Bootstrap:
+def load(paths: Sequence[str], workload_labels: Mapping[str, str] | None = None, mode: str = "sidecar") -> Bootstrap:
     """The config `paths` name; `workload_labels` (the pod's labels) give Istio YAML its inbound
-    side, and mean nothing to an Envoy bootstrap."""
+    side (or, with `mode` "router", select its Gateways), and mean nothing to an Envoy bootstrap."""
     if not paths:
-        return standard_sidecar()
+        return router_skeleton(MeshConfig()) if mode == "router" else standard_sidecar()
     docs = [d for f in config_files(paths) for d in load_documents(f)]
     envoy_docs = [d for d in docs if _is_envoy_bootstrap(d.value) and not is_mesh_document(d.value)]
     istio_docs = [d for d in docs if d not in envoy_docs and not _is_xds_file(d.value)]
@@ -83,6 +84,8 @@ def load(paths: Sequence[str], workload_labels: Mapping[str, str] | None = None)
         return envoy_bootstrap(envoy_docs[0])
     if not istio_docs:
         raise ConfigError(paths[0], "", "no configuration documents found")
+    if mode == "router":
+        return compile_gateway(collect(istio_docs), workload_labels)
     return compile_config(collect(istio_docs), workload_labels)
 
 

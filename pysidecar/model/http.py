@@ -215,6 +215,9 @@ class VirtualHost:
     mutations: HeaderMutations = field(default_factory=HeaderMutations)
     retry_policy: RetryPolicy | None = None
     include_request_attempt_count: bool = False
+    # require_tls ALL: a request that did not come over TLS gets a 301 to https (Istio's
+    # Gateway httpsRedirect). Envoy's EXTERNAL_ONLY is not modelled.
+    require_tls: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,7 @@ def route_configs(b: Bootstrap) -> list[Json]:
 
 def config_dump(b: Bootstrap, last_updated: float) -> Json:
     stamp = iso_time(last_updated)
-    listeners = [{"@type": LISTENER_TYPE, **listener(x)} for x in b.listeners]
+    listeners = [{"@type": LISTENER_TYPE, **listener(x, redact=True)} for x in b.listeners]
     clusters = [{"@type": CLUSTER_TYPE, **cluster(c)} for c in b.clusters]
     static_resources: Json = {
         "listeners": [{k: v for k, v in x.items() if k != "@type"} for x in listeners],

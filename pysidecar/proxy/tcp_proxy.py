@@ -136,9 +136,15 @@ class TcpProxySession(asyncio.Protocol):
 
     # -- start ---------------------------------------------------------------------------
     def start(
-        self, transport: asyncio.Transport, initial: bytes, clusters: ClusterManager, rng: random.Random
+        self,
+        transport: asyncio.Transport,
+        initial: bytes,
+        clusters: ClusterManager,
+        rng: random.Random,
+        splice: bool = True,
     ) -> None:
-        """Take over an accepted connection (its protocol is switched to this session)."""
+        """Take over an accepted connection (its protocol is switched to this session);
+        `splice` False keeps the bytes in Python (a TLS transport's are clear text only there)."""
         self.downstream = transport
         self.stats.downstream_cx_total += 1
         name = (
@@ -171,7 +177,7 @@ class TcpProxySession(asyncio.Protocol):
             return
         breaker.cx += 1
         self._breaker = breaker
-        relay = SpliceRelay.attach(self, transport, initial, host[0])
+        relay = SpliceRelay.attach(self, transport, initial, host[0]) if splice else None
         if relay is not None:
             self._splice = relay
             self.downstream = None  # the relay owns the downstream socket now

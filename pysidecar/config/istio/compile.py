@@ -38,6 +38,7 @@ from pysidecar.config.istio.virtual_service import (
     L4Route,
     RouteDestination,
     VirtualService,
+    names_gateway,
 )
 from pysidecar.config.node import ConfigError
 from pysidecar.config.sidecar import standard_sidecar, with_resources
@@ -119,7 +120,7 @@ def destination_rules(cfg: IstioConfig) -> dict[str, DestinationRule]:
     return out
 
 
-def _rule_for(host: str, rules: dict[str, DestinationRule]) -> DestinationRule | None:
+def rule_for(host: str, rules: dict[str, DestinationRule]) -> DestinationRule | None:
     if host in rules:
         return rules[host]
     matches = [h for h in rules if host_matches(h, host)]
@@ -138,7 +139,7 @@ def validate(cfg: IstioConfig, rules: dict[str, DestinationRule]) -> None:
             subset = d.destination.subset
             if not subset:
                 continue
-            dr = _rule_for(d.destination.host, rules)
+            dr = rule_for(d.destination.host, rules)
             if dr is not None and dr.subset(subset) is not None:
                 continue
             known = ", ".join(s.name for s in dr.subsets) if dr is not None else ""
@@ -156,7 +157,7 @@ def _for_host(vss: list[VirtualService], host: str) -> list[VirtualService]:
     return [v for v in vss if any(host_matches(h, host) for h in v.hosts)]
 
 
-def _tcp_proxy(dests: tuple[RouteDestination, ...], services: dict[str, Service], port: int) -> TcpProxy:
+def tcp_proxy(dests: tuple[RouteDestination, ...], services: dict[str, Service], port: int) -> TcpProxy:
     if len(dests) == 1:
         cluster = rt.destination_cluster(dests[0].destination, services, port)
         return TcpProxy(stat_prefix=cluster, cluster=cluster)
@@ -166,11 +167,15 @@ def _tcp_proxy(dests: tuple[RouteDestination, ...], services: dict[str, Service]
     return TcpProxy(stat_prefix=weighted[0].name, weighted_clusters=weighted)
 
 
-def _l4_routes(routes: tuple[L4Route, ...], port: int) -> list[L4Route]:
-    """The tcp/tls routes that apply to a port on the mesh gateway."""
+def l4_routes(routes: tuple[L4Route, ...], port: int, gateway: str = MESH_GATEWAY, namespace: str = "") -> list[L4Route]:
+    """The tcp/tls routes that apply to a port on `gateway` (`mesh`, or a Gateway's key; match
+    gateways without a namespace are in `namespace`, the VirtualService's)."""
     out: list[L4Route] = []
     for r in routes:
-        ok = [m for m in r.match if (not m.port or m.port == port) and (not m.gateways or MESH_GATEWAY in m.gateways)]
+        ok = [
+            m for m in r.match
+            if (not m.port or m.port == port) and (not m.gateways or names_gateway(m.gateways, gateway, namespace))
+        ]  # fmt: skip
         if not r.match or ok:
             out.append(replace(r, match=tuple(ok)))
     return out
@@ -178,8 +183,8 @@ def _l4_routes(routes: tuple[L4Route, ...], port: int) -> list[L4Route]:
 
 def _service_tcp(svc: Service, port: ServicePort, vss: list[VirtualService], services: dict[str, Service]) -> TcpProxy:
     for v in _for_host(vss, svc.hostname):
-        for r in _l4_routes(v.tcp, port.number):
-            return _tcp_proxy(r.route, services, port.number)
+        for r in l4_routes(v.tcp, port.number):
+            return tcp_proxy(r.route, services, port.number)
     cluster = outbound_cluster_name(port.number, svc.hostname)
     return TcpProxy(stat_prefix=cluster, cluster=cluster)
 
@@ -189,9 +194,9 @@ def _service_tls(
 ) -> list[tuple[tuple[str, ...], TcpProxy]]:
     out: list[tuple[tuple[str, ...], TcpProxy]] = []
     for v in _for_host(vss, svc.hostname):
-        for r in _l4_routes(v.tls, port.number):
+        for r in l4_routes(v.tls, port.number):
             sni = tuple(h for m in r.match for h in m.sni_hosts)
-            out.append((sni, _tcp_proxy(r.route, services, port.number)))
+            out.append((sni, tcp_proxy(r.route, services, port.number)))
     if not out:
         cluster = outbound_cluster_name(port.number, svc.hostname)
         out.append(((svc.hostname,), TcpProxy(stat_prefix=cluster, cluster=cluster)))
@@ -338,7 +343,7 @@ def compile_config(cfg: IstioConfig, workload_labels: Mapping[str, str] | None =
     vss = [v for v in cfg.virtual_services if v.for_mesh]
     if scope is not None:
         vss = [v for v in vss if any(scope.sees(v.meta.namespace, h) for h in v.hosts)]
-    resolved_rules = {s.hostname: dr for s in services if (dr := _rule_for(s.hostname, rules)) is not None}
+    resolved_rules = {s.hostname: dr for s in services if (dr := rule_for(s.hostname, rules)) is not None}
     clusters = build_clusters(services, resolved_rules, mesh)
     listeners = build_listeners(services, vss, mesh)
     base = standard_sidecar(mesh)

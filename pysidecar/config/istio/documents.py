@@ -2,10 +2,11 @@
 
 Promises:
 - Accepts networking.istio.io v1alpha3 / v1beta1 / v1 ServiceEntry, VirtualService,
-  DestinationRule, Sidecar; Kubernetes Service, EndpointSlice, Endpoints, Pod; the `istio`
-  ConfigMap; a kind-less MeshConfig document; `kind: List` (its items).
-- Kinds a sidecar has no use for (Gateway, Deployment, PeerAuthentication, ...) are skipped
-  with a warning naming file and resource; a wrong apiVersion for a known kind is an error.
+  DestinationRule, Sidecar, Gateway; Kubernetes Service, EndpointSlice, Endpoints, Pod, Secret
+  (gateway credentials); the `istio` ConfigMap; a kind-less MeshConfig document; `kind: List`
+  (its items). Gateways and Secrets are kept for router mode; a sidecar ignores them.
+- Kinds neither has a use for (Deployment, PeerAuthentication, ...) are skipped with a
+  warning naming file and resource; a wrong apiVersion for a known kind is an error.
 - Two mesh configs are an error naming both files.
 """
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 
 from pysidecar.config.istio import kube
 from pysidecar.config.istio.destination_rule import DestinationRule, destination_rule
+from pysidecar.config.istio.gateway import Gateway, gateway
 from pysidecar.config.istio.mesh import (
     configmap_mesh,
     is_istio_configmap,
@@ -23,6 +25,7 @@ from pysidecar.config.istio.mesh import (
     mesh_config,
 )
 from pysidecar.config.istio.registry import Service
+from pysidecar.config.istio.secrets import Secret, secret
 from pysidecar.config.istio.service_entry import service_entry
 from pysidecar.config.istio.sidecar_scope import Sidecar, sidecar
 from pysidecar.config.istio.virtual_service import VirtualService, virtual_service
@@ -32,7 +35,7 @@ from pysidecar.model import MeshConfig
 log = logging.getLogger(__name__)
 
 NETWORKING_VERSIONS = ("v1alpha3", "v1beta1", "v1")
-NETWORKING_KINDS = ("ServiceEntry", "VirtualService", "DestinationRule", "Sidecar")
+NETWORKING_KINDS = ("ServiceEntry", "VirtualService", "DestinationRule", "Sidecar", "Gateway")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +45,8 @@ class IstioConfig:
     virtual_services: tuple[VirtualService, ...] = ()
     destination_rules: tuple[DestinationRule, ...] = ()
     sidecars: tuple[Sidecar, ...] = ()
+    gateways: tuple[Gateway, ...] = ()
+    secrets: tuple[Secret, ...] = ()
     files: tuple[str, ...] = ()
     # Pod documents' labels and named container ports (named targetPorts, inbound).
     pods: tuple[kube.PodPorts, ...] = ()
@@ -58,6 +63,8 @@ class _Collector:
     virtual_services: list[VirtualService] = field(default_factory=list)
     destination_rules: list[DestinationRule] = field(default_factory=list)
     sidecars: list[Sidecar] = field(default_factory=list)
+    gateways: list[Gateway] = field(default_factory=list)
+    secrets: list[Secret] = field(default_factory=list)
 
     def set_mesh(self, doc: Node, mesh: MeshConfig) -> None:
         if self.mesh is not None:
@@ -92,6 +99,10 @@ class _Collector:
             self.destination_rules.append(destination_rule(doc))
         elif kind == "Sidecar":
             self.sidecars.append(sidecar(doc))
+        elif kind == "Gateway":
+            self.gateways.append(gateway(doc))
+        elif kind == "Secret" and api == "v1":
+            self.secrets.append(secret(doc))
         elif kind == "Service" and api == "v1":
             self.services.append(kube.service(doc))
         elif kind == "EndpointSlice" and api.startswith("discovery.k8s.io/"):
@@ -117,6 +128,8 @@ class _Collector:
             virtual_services=tuple(self.virtual_services),
             destination_rules=tuple(self.destination_rules),
             sidecars=tuple(self.sidecars),
+            gateways=tuple(self.gateways),
+            secrets=tuple(self.secrets),
             files=files,
             pods=tuple(self.pod_ports),
         )

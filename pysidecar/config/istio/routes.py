@@ -219,12 +219,18 @@ def _redirect(r: vs.Redirect, port: int) -> RedirectAction:
 
 
 def translate_route(
-    h: vs.HTTPRoute, m: vs.HTTPMatch | None, v: vs.VirtualService, services: dict[str, Service], port: int
+    h: vs.HTTPRoute,
+    m: vs.HTTPMatch | None,
+    v: vs.VirtualService,
+    services: dict[str, Service],
+    port: int,
+    gateway: str = vs.MESH_GATEWAY,
 ) -> Route | None:
-    """istiod's translateRoute; None when the match is for another port or another gateway."""
+    """istiod's translateRoute; None when the match is for another port or another gateway
+    (`gateway`: `mesh` for sidecars, else the Gateway's `<namespace>/<name>`)."""
     if m is not None and m.port and m.port != port:
         return None
-    if m is not None and m.gateways and vs.MESH_GATEWAY not in m.gateways:
+    if m is not None and m.gateways and not vs.names_gateway(m.gateways, gateway, v.meta.namespace):
         return None
     name = h.name + (f".{m.name}" if m is not None and m.name else "")
     mutations, authority = header_ops(h.headers)
@@ -286,14 +292,16 @@ def _catch_all(r: Route) -> bool:
     return m.prefix == "/" and not m.headers and not m.query_parameters
 
 
-def virtual_service_routes(v: vs.VirtualService, services: dict[str, Service], port: int) -> tuple[Route, ...]:
+def virtual_service_routes(
+    v: vs.VirtualService, services: dict[str, Service], port: int, gateway: str = vs.MESH_GATEWAY
+) -> tuple[Route, ...]:
     """istiod's BuildHTTPRoutesForVirtualService: routes in order, stopping after a catch-all."""
     out: list[Route] = []
     for h in v.http:
         matches: Sequence[vs.HTTPMatch | None] = h.match or (None,)
         done = not h.match
         for m in matches:
-            r = translate_route(h, m, v, services, port)
+            r = translate_route(h, m, v, services, port, gateway)
             if r is None:
                 continue
             out.append(r)
@@ -374,7 +382,7 @@ def route_configuration(
     return RouteConfiguration(name=name, virtual_hosts=tuple(vhosts), validate_clusters=False)
 
 
-def connection_manager(stat_prefix: str, rc: RouteConfiguration) -> HttpConnectionManager:
+def connection_manager(stat_prefix: str, rc: RouteConfiguration, server_name: str = "envoy") -> HttpConnectionManager:
     """The outbound HCM istiod writes for a sidecar: tracing on (decorators), no stream idle
     timeout, websocket upgrades; the fault filter before the router when a route injects faults
     (istiod always has it; leaving it out otherwise keeps the chain to what is used)."""
@@ -385,6 +393,7 @@ def connection_manager(stat_prefix: str, rc: RouteConfiguration) -> HttpConnecti
         route_config=rc,
         codec_type=CodecType.AUTO,
         http_filters=(*fault_filter, HttpFilter("envoy.filters.http.router", ROUTER_TYPE)),
+        server_name=server_name,
         tracing=True,
         stream_idle_timeout=0.0,
         upgrade_types=("websocket",),

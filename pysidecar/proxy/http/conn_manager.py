@@ -74,6 +74,7 @@ class HttpConnection(asyncio.Protocol):
         "peer",
         "pools",
         "queue",
+        "scheme",
         "started_at",
         "stats",
         "transport",
@@ -117,6 +118,8 @@ class HttpConnection(asyncio.Protocol):
         self.listener_name: str | None = None
         self.local_address: str | None = None
         self.peer: str | None = None
+        # The downstream connection's scheme: x-forwarded-proto when the client sent none.
+        self.scheme = b"http"
         self.started_at = 0.0
         self._record_cb: Callable[[StreamInfo], Any] | None = getattr(
             worker, "stream_complete", None

