@@ -3,7 +3,8 @@
 Promises:
 - Bytes arrive exactly and in order in both directions. Half-close is respected: a FIN from
   one side becomes a shutdown(SHUT_WR) towards the other, and the connection closes only when
-  both directions are done or one side closes or resets.
+  both directions are done or one side closes or resets. A TLS-terminated downstream has no
+  half-close: the upstream's FIN closes it (close_notify) once its bytes are written.
 - Flow control is Envoy's watermark scheme: when one side's write buffer passes the listener's
   per_connection_buffer_limit_bytes, the other side stops reading until it drains below a
   quarter of it. Bytes read before the upstream is connected are held up to the same limit.
@@ -317,8 +318,11 @@ class TcpProxySession(asyncio.Protocol):
     def upstream_eof_received(self) -> None:
         self.upstream_eof = True
         down = self.downstream
-        if down is not None and down.can_write_eof():
-            down.write_eof()
+        if down is not None:
+            if down.can_write_eof():
+                down.write_eof()
+            else:
+                down.close()  # TLS has no half-close: close_notify once the bytes are written
         if self.downstream_eof:
             self.close()
 

@@ -11,9 +11,11 @@ INGRESS_PORT / SECURE_INGRESS_PORT).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -23,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from pysidecar.lab import Lab, Pod
-from tests.e2e.sidecar import start_sidecar, stats
+from tests.e2e.sidecar import connect, start_sidecar, stats
 from tests.e2e.test_istio_egress import ENVOY, curl, start_envoy
 from tests.tlscerts import SeedCerts, tls_secret
 from tests.unit.test_istio_gateway import (
@@ -82,6 +84,7 @@ class World:
     client: Pod
     config: str
     certs: SeedCerts
+    services: str = ""  # services.yaml as written, the lab pods' addresses filled in
 
     def write(self, files: dict[str, str]) -> None:
         for name, text in files.items():
@@ -130,8 +133,8 @@ def world(lab: Lab, certs: SeedCerts) -> Iterator[World]:
     os.chmod(d, 0o755)
     try:
         w = World(lab, gateway, client, d, certs)
-        services = SERVICES.replace("__HTTPBIN__", httpbin.ip).replace("__HELLO__", hello.ip).replace("__NGINX__", nginx.ip)
-        w.write({"ingress-service.yaml": INGRESS_SERVICE, "services.yaml": services})
+        w.services = SERVICES.replace("__HTTPBIN__", httpbin.ip).replace("__HELLO__", hello.ip).replace("__NGINX__", nginx.ip)
+        w.write({"ingress-service.yaml": INGRESS_SERVICE, "services.yaml": w.services})
         yield w
     finally:
         shutil.rmtree(d, ignore_errors=True)
@@ -248,3 +251,62 @@ def test_https_redirect_answers_301(world: World, proxy: str) -> None:
     code, head = curl(world.client, "-I", "-HHost:httpbin.example.com", f"http://{world.gateway.ip}:8080/status/200")
     assert code == "301"
     assert "location: https://httpbin.example.com/status/200" in head.lower()
+
+
+@pytest.mark.parametrize("proxy", PROXIES)
+def test_upstream_sees_x_forwarded_proto_https(world: World, proxy: str) -> None:
+    certs = world.certs
+    files = _tls_files(certs, "SIMPLE", tls_secret("httpbin-credential", certs.httpbin))
+    files["vs.yaml"] = files["vs.yaml"].replace("    - uri: {prefix: /delay}\n", "    - uri: {prefix: /headers}\n")
+    world.write(files)
+    world.start(proxy)
+    code, body, _ = world.https("httpbin.example.com", "/headers")
+    assert code == "200"
+    assert json.loads(body)["headers"]["X-Forwarded-Proto"] == "https"
+
+
+TLS_TO_TCP = """
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata: {name: echo-gateway}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: tls-echo, protocol: TLS}
+    tls: {mode: SIMPLE, credentialName: httpbin-credential}
+    hosts: [httpbin.example.com]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: echo}
+spec:
+  hosts: [httpbin.example.com]
+  gateways: [echo-gateway]
+  tcp:
+  - route:
+    - destination: {host: httpbin, port: {number: 7000}}
+"""
+
+
+@pytest.mark.parametrize("proxy", PROXIES)
+def test_tls_terminated_to_tcp_proxy(world: World, proxy: str) -> None:
+    """A TLS server terminated into tcp_proxy: the bytes come back exactly, and the upstream's
+    close ends the TLS connection."""
+    httpbin = world.lab.pod("httpbin")
+    httpbin.spawn_server("echo", 7000)
+    services = world.services.replace("ports: [{name: http, port: 8000, targetPort: 80}]", "ports: [{name: http, port: 8000, targetPort: 80}, {name: tcp, port: 7000}]")
+    services = services.replace("ports: [{name: http, port: 80}]}]", "ports: [{name: http, port: 80}, {name: tcp, port: 7000}]}]", 1)
+    world.write({"services.yaml": services, "echo.yaml": TLS_TO_TCP, "secret.yaml": tls_secret("httpbin-credential", world.certs.httpbin)})
+    world.start(proxy)
+    ctx = ssl.create_default_context(cafile=str(world.certs.ca.crt))
+    raw = connect(world.client, world.gateway.ip, 8443)
+    with ctx.wrap_socket(raw, server_hostname="httpbin.example.com") as s:
+        assert s.getpeercert()["subject"][0] == (("commonName", "httpbin.example.com"),)
+        payload = os.urandom(200_000)
+        s.sendall(payload)
+        got = b""
+        while len(got) < len(payload):
+            chunk = s.recv(65536)
+            assert chunk
+            got += chunk
+        assert got == payload
