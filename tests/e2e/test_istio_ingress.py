@@ -31,6 +31,7 @@ from tests.tlscerts import SeedCerts, tls_secret
 from tests.unit.test_istio_gateway import (
     GATEWAY_HTTP,
     GATEWAY_TLS,
+    INGRESS_SEED,
     INGRESS_SERVICE,
     PASSTHROUGH,
     VS_HELLOWORLD,
@@ -310,3 +311,14 @@ def test_tls_terminated_to_tcp_proxy(world: World, proxy: str) -> None:
             assert chunk
             got += chunk
         assert got == payload
+
+
+@pytest.mark.parametrize("proxy", PROXIES)
+def test_kubernetes_ingress(world: World, proxy: str) -> None:
+    """The seed's Ingress (class istio, path /status/*) served by the same gateway."""
+    world.write({"ingress.yaml": INGRESS_SEED})
+    world.start(proxy)
+    gw = f"http://{world.gateway.ip}:8080"
+    code, head = curl(world.client, "-I", "-HHost:httpbin.example.com", f"{gw}/status/200")
+    assert code == "200" and "server: istio-envoy" in head.lower()
+    assert curl(world.client, "-I", "-HHost:httpbin.example.com", f"{gw}/headers")[0] == "404"

@@ -379,3 +379,75 @@ def test_https_redirect_requires_tls(tmp_path: Path) -> None:
     files["gw.yaml"] = files["gw.yaml"].replace('    hosts: ["httpbin.example.com"]', '    hosts: ["httpbin.example.com"]\n    tls: {httpsRedirect: true}')
     [vh] = hcm(compile_dir(tmp_path, files).listeners[0]).route_config.virtual_hosts
     assert vh.require_tls
+
+
+# -- Kubernetes Ingress ------------------------------------------------------------------------
+
+INGRESS_SEED = """
+apiVersion: networking.k8s.io/v1beta1
+kind: Ingress
+metadata:
+  annotations:
+    kubernetes.io/ingress.class: istio
+  name: ingress
+spec:
+  rules:
+  - host: httpbin.example.com
+    http:
+      paths:
+      - path: /status/*
+        backend:
+          serviceName: httpbin
+          servicePort: 8000
+"""
+INGRESS_V1 = """
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: my-istio}
+spec: {controller: istio.io/ingress-controller}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: ingress}
+spec:
+  ingressClassName: __CLASS__
+  rules:
+  - host: httpbin.example.com
+    http:
+      paths:
+      - {path: /status, pathType: Prefix, backend: {service: {name: httpbin, port: {number: 8000}}}}
+      - {path: /headers, pathType: Exact, backend: {service: {name: httpbin, port: {name: http}}}}
+"""
+
+
+def test_seed_ingress_becomes_gateway_routes(tmp_path: Path) -> None:
+    b = compile_dir(tmp_path, {"svc.yaml": INGRESS_SERVICE + "---\n" + HTTPBIN, "ingress.yaml": INGRESS_SEED})
+    [lis] = b.listeners
+    assert lis.name == "0.0.0.0_8080"
+    rc = hcm(lis).route_config
+    assert rc.name == "http.8080"
+    assert routes(rc) == {"httpbin.example.com:80": ["/status/"]}
+    r = rc.virtual_hosts[0].routes[0].route
+    assert r is not None and r.cluster == "outbound|8000||httpbin.default.svc.cluster.local"
+
+
+def test_ingress_v1_path_types_and_class(tmp_path: Path) -> None:
+    b = compile_dir(tmp_path, {"svc.yaml": INGRESS_SERVICE + "---\n" + HTTPBIN, "ingress.yaml": INGRESS_V1.replace("__CLASS__", "my-istio")})
+    [vh] = hcm(b.listeners[0]).route_config.virtual_hosts
+    matches = [(r.match.safe_regex, r.match.path) for r in vh.routes]
+    assert matches == [(None, "/headers"), ("/status(/.*)?", None)]
+    assert {r.route.cluster for r in vh.routes if r.route} == {"outbound|8000||httpbin.default.svc.cluster.local"}
+    (tmp_path / "ingress.yaml").write_text(INGRESS_V1.replace("__CLASS__", "nginx"))
+    other = load([str(tmp_path)], LABELS, mode="router")
+    assert other.listeners == ()  # not Istio's: no Gateway at all
+
+
+def test_ingress_tls_terminates_with_the_secret(tmp_path: Path, certs: SeedCerts) -> None:
+    tls = INGRESS_V1.replace("__CLASS__", "istio").replace("  rules:", "  tls: [{hosts: [httpbin.example.com], secretName: httpbin-credential}]\n  rules:")
+    files = {"svc.yaml": INGRESS_SERVICE + "---\n" + HTTPBIN, "ingress.yaml": tls, "secret.yaml": tls_secret("httpbin-credential", certs.httpbin, namespace="default")}
+    b = compile_dir(tmp_path, files)
+    https = b.listener("0.0.0.0_8443")
+    assert https is not None
+    [chain] = https.filter_chains
+    assert chain.filter_chain_match.server_names == ("httpbin.example.com",) and chain.transport_socket is not None
+    assert list(routes(hcm(https).route_config)) == ["httpbin.example.com:443"]
