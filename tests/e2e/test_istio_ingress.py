@@ -17,6 +17,7 @@ import re
 import shutil
 import ssl
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -141,6 +142,12 @@ def world(lab: Lab, certs: SeedCerts) -> Iterator[World]:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def proxy_config(pod: Pod, *args: str) -> list[list[str]]:
+    """`pysidecar proxy-config ARGS` in the pod (against its admin on :15000), split in words."""
+    r = pod.run([sys.executable, "-m", "pysidecar", "proxy-config", *args], check=True)
+    return [line.split() for line in r.stdout.splitlines()]
+
+
 def _subject(verbose: str) -> str:
     m = re.search(r"subject: (.*)", verbose)
     return m.group(1).strip() if m else ""
@@ -202,6 +209,16 @@ def test_simple_tls_serves_each_host_its_certificate(world: World, proxy: str) -
     assert (code, body) == ("200", HELLO)
     assert _subject(log) == "CN=helloworld-v1.example.com; O=helloworld organization"
     assert world.https("httpbin.example.com", "/headers")[0] == "404"
+    # istioctl's tables of the gateway read the same on pysidecar and on Envoy's admin.
+    listeners = proxy_config(world.gateway, "listeners", "--port", "8443")
+    assert listeners == [
+        ["ADDRESS", "PORT", "MATCH", "DESTINATION"],
+        ["0.0.0.0", "8443", "SNI:", "httpbin.example.com", "Route:", "https.443.https-httpbin.mygateway.default"],
+        ["0.0.0.0", "8443", "SNI:", "helloworld-v1.example.com", "Route:", "https.443.https-helloworld.mygateway.default"],
+    ]
+    routes = proxy_config(world.gateway, "routes", "--name", "https.443.https-helloworld.mygateway.default")
+    assert routes[1] == ["https.443.https-helloworld.mygateway.default", "helloworld-v1.example.com:443",
+                         "helloworld-v1.example.com", "+", "1", "more...", "/hello", "helloworld-v1.default"]  # fmt: skip
 
 
 @pytest.mark.parametrize("proxy", PROXIES)
