@@ -27,8 +27,8 @@ import pytest
 
 from pysidecar.lab import Lab, Pod
 from tests.e2e.sidecar import connect, start_sidecar, stats
-from tests.e2e.test_istio_egress import ENVOY, curl, start_envoy
-from tests.tlscerts import SeedCerts, tls_secret
+from tests.e2e.test_istio_egress import ENVOY, curl, eventually, start_envoy
+from tests.tlscerts import SeedCerts, issue, make_ca, tls_secret
 from tests.unit.test_istio_gateway import (
     GATEWAY_HTTP,
     GATEWAY_TLS,
@@ -339,3 +339,24 @@ def test_kubernetes_ingress(world: World, proxy: str) -> None:
     code, head = curl(world.client, "-I", "-HHost:httpbin.example.com", f"{gw}/status/200")
     assert code == "200" and "server: istio-envoy" in head.lower()
     assert curl(world.client, "-I", "-HHost:httpbin.example.com", f"{gw}/headers")[0] == "404"
+
+
+def test_credential_rotation_is_picked_up(world: World, tmp_path: Path) -> None:
+    """The seed's rotation: the Secret is replaced by one from a new CA; the running gateway
+    serves the new certificate and the old CA no longer verifies it."""
+    certs = world.certs
+    world.write(_tls_files(certs, "SIMPLE", tls_secret("httpbin-credential", certs.httpbin)))
+    world.start("pysidecar")
+    assert world.https("httpbin.example.com", "/status/418")[0] == "418"
+    new = tmp_path / "new_certificates"
+    new.mkdir()
+    new_ca = make_ca(new)
+    new_httpbin = issue(new, new_ca, "httpbin.example.com", "httpbin organization", 0)
+    os.chmod(tmp_path, 0o755)
+    for p in (new, *new.iterdir()):
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    files = _tls_files(certs, "SIMPLE", tls_secret("httpbin-credential", new_httpbin))
+    world.write({"secrets.yaml": files["secrets.yaml"]})
+    assert eventually(lambda: world.https("httpbin.example.com", "/status/418", "--cacert", str(new_ca.crt))[0] == "418")
+    code, _, log = world.https("httpbin.example.com", "/status/418")  # the old CA
+    assert code == "000" and "certificate" in log.lower()
