@@ -590,8 +590,6 @@ def http_connection_manager(node: Node) -> HttpConnectionManager:
     if "rds" in (node.value or {}):
         node.fail("rds is not supported: give an inline route_config")
     route_node = f.require("route_config")
-    if (ura := f.get("use_remote_address")) is not None and ura.boolean():
-        ura.fail("use_remote_address: true is not supported (a sidecar keeps it false)")
     if (gri := f.get("generate_request_id")) is not None and not gri.boolean():
         gri.fail("generate_request_id: false is not supported")
     if (sht := f.get("server_header_transformation")) is not None:
@@ -651,6 +649,7 @@ def http_connection_manager(node: Node) -> HttpConnectionManager:
         upgrade_types=tuple(upgrades),
         proxy_100_continue=f.opt("proxy_100_continue", Node.boolean, False),
         access_log=access_logs(f.get("access_log")),
+        use_remote_address=f.opt("use_remote_address", Node.boolean, False),
     )
 
 

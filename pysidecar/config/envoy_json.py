@@ -294,6 +294,8 @@ def http_connection_manager(h: HttpConnectionManager) -> dict[str, Any]:
         out["upgrade_configs"] = [{"upgrade_type": u} for u in h.upgrade_types]
     if h.access_log:
         out["access_log"] = [access_log(a) for a in h.access_log]
+    if h.use_remote_address:
+        out["use_remote_address"] = True
     return out
 
 

@@ -273,6 +273,9 @@ class HttpConnectionManager:
     # Envoy's proxy_100_continue: false → Envoy answers `100 Continue` itself.
     proxy_100_continue: bool = False
     access_log: tuple[AccessLogConfig, ...] = ()
+    # An edge proxy (Istio's gateways): x-forwarded-for gets the peer, x-forwarded-proto the
+    # connection's scheme, external peers a fresh x-request-id (proxy/http/edge.py).
+    use_remote_address: bool = False
 
     @property
     def cluster_names(self) -> tuple[str, ...]:

@@ -268,6 +268,7 @@ class ActiveConnection(asyncio.Protocol):
             peer = transport.get_extra_info("peername")
             if peer:
                 conn.peer = str(SocketAddress(str(peer[0]), int(peer[1])))
+                conn.peer_ip = str(peer[0])
             self.worker.connections.add(conn)
             transport.set_protocol(conn)
             conn.start(transport, initial)

@@ -182,6 +182,17 @@ def test_wildcard_host_for_a_browser(world: World, proxy: str) -> None:
     code, body = curl(world.client, f"http://{world.gateway.ip}:8080/headers")
     assert code == "200" and '"Host": "' + world.gateway.ip + ':8080"' in body
     assert curl(world.client, f"http://{world.gateway.ip}:8080/status/200")[0] == "404"
+    # An edge proxy (use_remote_address): the client is appended to x-forwarded-for, its
+    # x-forwarded-proto and x-request-id are not trusted, it is marked external.
+    code, body = curl(
+        world.client, "-H", "X-Forwarded-For: 1.2.3.4", "-H", "X-Forwarded-Proto: https", "-H", "X-Request-Id: mine",
+        f"http://{world.gateway.ip}:8080/headers",
+    )  # fmt: skip
+    seen = json.loads(body)["headers"]
+    assert seen["X-Forwarded-For"] == f"1.2.3.4,{world.client.ip}"
+    assert seen["X-Forwarded-Proto"] == "http"
+    assert seen["X-Envoy-External-Address"] == world.client.ip
+    assert seen["X-Request-Id"] != "mine" and "X-Envoy-Internal" not in seen
 
 
 # -- TLS termination -------------------------------------------------------------------------------

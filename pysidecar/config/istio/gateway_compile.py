@@ -8,8 +8,8 @@ Promises:
   istiod does, a Kubernetes Service selecting the gateway workload translates a server port to
   its targetPort (istio-ingressgateway: 80 → 8080, so `0.0.0.0_8080`, route config
   `http.8080`, virtual hosts still `<host>:80`).
-- HTTP servers share one chain: HCM (server `istio-envoy`) with route config `http.<listener
-  port>`.
+- HTTP servers share one chain: HCM (server `istio-envoy`, use_remote_address as an edge
+  proxy) with route config `http.<listener port>`.
   HTTPS servers that terminate TLS (SIMPLE / MUTUAL) get a chain each, `server_names` = the
   server's hosts, the TLS transport socket from `credentialName` (a Secret in the -c YAML) or
   the file-mounted serverCertificate / privateKey / caCertificates, and route config
@@ -149,7 +149,8 @@ def virtual_hosts(servers: list[_Bound], vss: list[VirtualService], services: di
 def _hcm_chain(name: str, route_name: str, listener: str, vhosts: tuple[VirtualHost, ...]) -> FilterChain:
     rc = RouteConfiguration(name=route_name, virtual_hosts=vhosts, validate_clusters=False)
     hcm = rt.connection_manager(f"outbound_{listener}", rc, GATEWAY_SERVER_NAME)
-    return FilterChain(name=name, filters=(hcm,))
+    # istiod's gateways are edge proxies: use_remote_address (x-forwarded-for, -proto, ...).
+    return FilterChain(name=name, filters=(replace(hcm, use_remote_address=True),))
 
 
 # -- TLS -------------------------------------------------------------------------------------

@@ -72,6 +72,7 @@ class HttpConnection(asyncio.Protocol):
         "paused",
         "paused_upstream",
         "peer",
+        "peer_ip",
         "pools",
         "queue",
         "scheme",
@@ -118,6 +119,7 @@ class HttpConnection(asyncio.Protocol):
         self.listener_name: str | None = None
         self.local_address: str | None = None
         self.peer: str | None = None
+        self.peer_ip = ""  # the downstream address without port (x-forwarded-for on edge HCMs)
         # The downstream connection's scheme: x-forwarded-proto when the client sent none.
         self.scheme = b"http"
         self.started_at = 0.0

@@ -31,6 +31,7 @@ from pysidecar.observe.stream_info import StreamInfo
 from pysidecar.proxy.cluster_manager import ClusterRuntime
 from pysidecar.proxy.http import local_reply as lr
 from pysidecar.proxy.http.codec import CHUNK_END, CRLF, encode_head, encode_request_head, http_date
+from pysidecar.proxy.http.edge import edge_request
 from pysidecar.proxy.http.headers import (
     APPEND,
     HAS_DATE,
@@ -205,6 +206,9 @@ class ActiveStream:
         target = url
         # One pass: the forwardable headers and the few this stream decides on.
         clean, noted = scan_request(headers)
+        if cfg.edge:
+            clean, noted = edge_request(clean, noted, conn.peer_ip, conn.scheme)
+            info.x_forwarded_for = (get(clean, b"x-forwarded-for") or b"").decode("latin-1")
         host_b = noted.get(b"host", b"")
         if url[:7].lower() == b"http://":  # absolute-form: the URL's authority wins
             rest = url[7:]
