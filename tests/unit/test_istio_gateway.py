@@ -451,3 +451,12 @@ def test_ingress_tls_terminates_with_the_secret(tmp_path: Path, certs: SeedCerts
     [chain] = https.filter_chains
     assert chain.filter_chain_match.server_names == ("httpbin.example.com",) and chain.transport_socket is not None
     assert list(routes(hcm(https).route_config)) == ["httpbin.example.com:443"]
+
+
+def test_two_servers_for_one_host_keep_the_first(tmp_path: Path, certs: SeedCerts, caplog: pytest.LogCaptureFixture) -> None:
+    files = tls_files(certs)
+    files["gw.yaml"] = files["gw.yaml"].replace("hosts: [helloworld-v1.example.com]", "hosts: [httpbin.example.com]")
+    [lis] = compile_dir(tmp_path, files).listeners
+    [chain] = lis.filter_chains
+    assert chain.name == "https.443.https-httpbin.mygateway.default"
+    assert "matches what https.443.https-httpbin.mygateway.default matches; ignored" in caplog.text

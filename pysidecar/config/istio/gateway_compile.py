@@ -245,6 +245,16 @@ def _passthrough_chains(b: _Bound, vss: list[VirtualService], services: dict[str
     return out
 
 
+def _first_per_match(listener: str, chains: list[FilterChain]) -> list[FilterChain]:
+    """Envoy refuses two chains with the same match; istiod keeps the first server's."""
+    seen: dict[FilterChainMatch, FilterChain] = {}
+    for c in chains:
+        first = seen.setdefault(c.filter_chain_match, c)
+        if first is not c:
+            log.warning("listener %s: chain %s matches what %s matches; ignored", listener, c.name, first.name)
+    return list(seen.values())
+
+
 def port_listener(port: int, servers: list[_Bound], cfg: IstioConfig, vss: list[VirtualService], services: dict[str, Service]) -> Listener | None:
     """The listener on `port` (the servers' port, or the gateway Service's targetPort for it)."""
     name = f"0.0.0.0_{port}"
@@ -271,6 +281,7 @@ def port_listener(port: int, servers: list[_Bound], cfg: IstioConfig, vss: list[
             found = _tcp_chain(b, vss, services, f"{name}-tcp")
             if found is not None:
                 chains.append(found)
+    chains = _first_per_match(name, chains)
     if not chains:
         return None
     sniffed = any(c.filter_chain_match.needs_inspection for c in chains)
