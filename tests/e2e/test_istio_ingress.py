@@ -234,7 +234,7 @@ def test_simple_tls_serves_each_host_its_certificate(world: World, proxy: str) -
 
 
 @pytest.mark.parametrize("proxy", PROXIES)
-def test_mutual_tls_needs_a_client_certificate(world: World, proxy: str) -> None:
+def test_mutual_tls_needs_a_client_certificate(world: World, proxy: str, tmp_path: Path) -> None:
     certs = world.certs
     world.write(_tls_files(certs, "MUTUAL", tls_secret("httpbin-credential", certs.httpbin, ca=certs.ca)))
     world.start(proxy)
@@ -244,11 +244,16 @@ def test_mutual_tls_needs_a_client_certificate(world: World, proxy: str) -> None
         "httpbin.example.com", "/status/418", "--cert", str(certs.client.crt), "--key", str(certs.client.key)
     )
     assert code == "418"
+    # A client certificate from another CA does not verify.
+    stranger = issue(tmp_path, make_ca(tmp_path, "stranger.com"), "client.stranger.com", "stranger", 1)
+    code, _, _ = world.https("httpbin.example.com", "/status/418", "--cert", str(stranger.crt), "--key", str(stranger.key))
+    assert code == "000"
     if proxy == "pysidecar":
         s = stats(world.gateway)
-        assert s["listener.0.0.0.0_8443.ssl.handshake"] >= 1
-        assert s["listener.0.0.0.0_8443.ssl.connection_error"] >= 1
-        assert s["listener.0.0.0.0_8443.ssl.fail_verify_no_cert"] >= 1
+        assert s["listener.0.0.0.0_8443.ssl.handshake"] == 1
+        assert s["listener.0.0.0.0_8443.ssl.connection_error"] == 2
+        assert s["listener.0.0.0.0_8443.ssl.fail_verify_no_cert"] == 1
+        assert s["listener.0.0.0.0_8443.ssl.fail_verify_error"] == 1
 
 
 # -- PASSTHROUGH -----------------------------------------------------------------------------------
