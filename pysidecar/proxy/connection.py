@@ -189,6 +189,8 @@ class ActiveConnection(asyncio.Protocol):
             return
         if chain.transport_socket is not None:
             context = snapshot.tls_contexts[chain.transport_socket]
+            # Nothing more for the inspectors: the TLS protocol reads from here on.
+            transport.pause_reading()
             # Tracked like a session while it shakes hands, so a drain can close it.
             self.worker.connections.add(self)
             self.handshake = self.worker.loop.create_task(self._terminate(context, chain, info, initial))
