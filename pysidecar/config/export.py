@@ -54,10 +54,11 @@ def _admin_listener(name: str, at: SocketAddress, prefix: str, rewrite: str | No
     }
 
 
-def to_envoy(b: Bootstrap) -> dict[str, Any]:
+def to_envoy(b: Bootstrap, proxy_type: str = "sidecar") -> dict[str, Any]:
+    """`proxy_type`: the node id's first field, `sidecar` or `router` (Istio's gateways)."""
     listeners = [listener(x) for x in b.listeners]
     clusters = [cluster(c) for c in b.clusters]
-    out: dict[str, Any] = {"node": {"id": "sidecar~127.0.0.1~pysidecar.default~default.svc.cluster.local", "cluster": "pysidecar"}}
+    out: dict[str, Any] = {"node": {"id": f"{proxy_type}~127.0.0.1~pysidecar.default~default.svc.cluster.local", "cluster": "pysidecar"}}
     if b.admin is not None:
         out["admin"] = {"address": address(b.admin.address)}
         if b.stats_address is not None:
@@ -71,8 +72,8 @@ def to_envoy(b: Bootstrap) -> dict[str, Any]:
     return out
 
 
-def dump(b: Bootstrap) -> str:
-    return yaml.safe_dump(to_envoy(b), sort_keys=False, default_flow_style=False)
+def dump(b: Bootstrap, proxy_type: str = "sidecar") -> str:
+    return yaml.safe_dump(to_envoy(b, proxy_type), sort_keys=False, default_flow_style=False)
 
 
 # -- command ---------------------------------------------------------------------------------
@@ -95,7 +96,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"pysidecar: --workload-labels: {e}", file=sys.stderr)
         return 2
     try:
-        text = dump(load(args.config, labels, args.mode))
+        text = dump(load(args.config, labels, args.mode), args.mode)
     except ConfigError as e:
         print(f"pysidecar: configuration error: {e}", file=sys.stderr)
         return 2

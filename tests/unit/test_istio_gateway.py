@@ -460,3 +460,38 @@ def test_two_servers_for_one_host_keep_the_first(tmp_path: Path, certs: SeedCert
     [chain] = lis.filter_chains
     assert chain.name == "https.443.https-httpbin.mygateway.default"
     assert "matches what https.443.https-httpbin.mygateway.default matches; ignored" in caplog.text
+
+
+TCP_GATEWAY = """
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata: {name: tcp-gateway}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 31400, name: tcp, protocol: TCP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: tcp-echo}
+spec:
+  hosts: ["*"]
+  gateways: [tcp-gateway]
+  tcp:
+  - match: [{port: 31400}]
+    route:
+    - destination: {host: httpbin, port: {number: 8000}}
+"""
+
+
+def test_tcp_server_proxies_to_the_tcp_route(tmp_path: Path) -> None:
+    b = compile_dir(tmp_path, {"svc.yaml": HTTPBIN, "tcp.yaml": TCP_GATEWAY})
+    [lis] = b.listeners
+    assert lis.name == "0.0.0.0_31400" and lis.listener_filters == ()
+    [chain] = lis.filter_chains
+    proxy = chain.terminal_filter
+    assert isinstance(proxy, TcpProxy) and proxy.cluster == "outbound|8000||httpbin.default.svc.cluster.local"
+    # A tcp route for another port leaves the server without a chain, so without a listener.
+    (tmp_path / "tcp.yaml").write_text(TCP_GATEWAY.replace("port: 31400}]", "port: 9999}]"))
+    assert load([str(tmp_path)], LABELS, mode="router").listeners == ()
