@@ -495,3 +495,9 @@ def test_tcp_server_proxies_to_the_tcp_route(tmp_path: Path) -> None:
     # A tcp route for another port leaves the server without a chain, so without a listener.
     (tmp_path / "tcp.yaml").write_text(TCP_GATEWAY.replace("port: 31400}]", "port: 9999}]"))
     assert load([str(tmp_path)], LABELS, mode="router").listeners == ()
+
+
+def test_router_without_config_is_the_bare_gateway() -> None:
+    b = load([], LABELS, mode="router")
+    assert b.listeners == () and [c.name for c in b.clusters] == ["BlackHoleCluster"]
+    assert b.admin is not None and b.readiness_address is not None and b.stats_address is not None
