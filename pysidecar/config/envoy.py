@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from pysidecar.config.access_log import access_logs
 from pysidecar.config.envoy_json import HTTP_PROTOCOL_OPTIONS
+from pysidecar.config.envoy_tls import transport_socket
 from pysidecar.config.node import ConfigError, Node, load_documents
 from pysidecar.model import (
     DEFAULT_BUFFER_LIMIT,
@@ -169,7 +170,7 @@ def filter_chain_match(node: Node) -> FilterChainMatch:
 
 
 def filter_chain(node: Node, default_name: str) -> FilterChain:
-    f = node.fields("name", "filter_chain_match", "filters")
+    f = node.fields("name", "filter_chain_match", "filters", "transport_socket")
     filters_node = f.require("filters")
     filters = tuple(network_filter(n) for n in filters_node.items())
     if not filters:
@@ -180,6 +181,7 @@ def filter_chain(node: Node, default_name: str) -> FilterChain:
         name=name.string() if name is not None else default_name,
         filters=filters,
         filter_chain_match=filter_chain_match(match) if match is not None else FilterChainMatch(),
+        transport_socket=f.opt("transport_socket", transport_socket, None),
     )
 
 

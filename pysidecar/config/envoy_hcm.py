@@ -453,7 +453,7 @@ def istio_config(node: Node) -> str | None:
 def virtual_host(node: Node) -> VirtualHost:
     f = node.fields(
         "name", "domains", "routes", "retry_policy", "include_request_attempt_count",
-        "include_attempt_count_in_response", *MUTATION_FIELDS,
+        "include_attempt_count_in_response", "require_tls", *MUTATION_FIELDS,
     )  # fmt: skip
     domains_node = f.require("domains")
     domains = tuple(n.string().lower() for n in domains_node.items())
@@ -474,6 +474,7 @@ def virtual_host(node: Node) -> VirtualHost:
         mutations=mutations(f),
         retry_policy=f.opt("retry_policy", retry_policy, None),
         include_request_attempt_count=f.opt("include_request_attempt_count", Node.boolean, False),
+        require_tls=f.opt("require_tls", lambda n: n.enum(["NONE", "ALL"]), "NONE") == "ALL",
     )
 
 
@@ -583,8 +584,6 @@ def http_connection_manager(node: Node) -> HttpConnectionManager:
     if "rds" in (node.value or {}):
         node.fail("rds is not supported: give an inline route_config")
     route_node = f.require("route_config")
-    if (ura := f.get("use_remote_address")) is not None and ura.boolean():
-        ura.fail("use_remote_address: true is not supported (a sidecar keeps it false)")
     if (gri := f.get("generate_request_id")) is not None and not gri.boolean():
         gri.fail("generate_request_id: false is not supported")
     if (sht := f.get("server_header_transformation")) is not None:
@@ -644,6 +643,7 @@ def http_connection_manager(node: Node) -> HttpConnectionManager:
         upgrade_types=tuple(upgrades),
         proxy_100_continue=f.opt("proxy_100_continue", Node.boolean, False),
         access_log=access_logs(f.get("access_log")),
+        use_remote_address=f.opt("use_remote_address", Node.boolean, False),
     )
 
 

@@ -42,6 +42,12 @@ from pysidecar.model.http import (
     RouteMatch,
     VirtualHost,
 )
+from pysidecar.model.tls import (
+    DOWNSTREAM_TLS_CONTEXT,
+    TLS_TRANSPORT_SOCKET,
+    DataSource,
+    DownstreamTlsContext,
+)
 from pysidecar.observe.access_format import ISTIO_JSON_FIELDS, ISTIO_TEXT_FORMAT
 
 T = "type.googleapis.com/"
@@ -241,6 +247,8 @@ def virtual_host(v: VirtualHost) -> dict[str, Any]:
         out["retry_policy"] = retry_policy(v.retry_policy)
     if v.include_request_attempt_count:
         out["include_request_attempt_count"] = True
+    if v.require_tls:
+        out["require_tls"] = "ALL"
     out.update(mutations(v.mutations))
     return out
 
@@ -290,6 +298,8 @@ def http_connection_manager(h: HttpConnectionManager) -> dict[str, Any]:
         out["upgrade_configs"] = [{"upgrade_type": u} for u in h.upgrade_types]
     if h.access_log:
         out["access_log"] = [access_log(a) for a in h.access_log]
+    if h.use_remote_address:
+        out["use_remote_address"] = True
     return out
 
 
@@ -327,25 +337,56 @@ def network_filter(f: NetworkFilter) -> dict[str, Any]:
     return {"name": "envoy.filters.network.http_connection_manager", "typed_config": http_connection_manager(f)}
 
 
-def filter_chain(c: FilterChain) -> dict[str, Any]:
+DOWNSTREAM_TLS = T + DOWNSTREAM_TLS_CONTEXT
+# What Envoy's admin prints in place of a private key (and what /config_dump shows here).
+REDACTED = "[redacted]"
+
+
+def data_source(d: DataSource, redact: bool = False) -> dict[str, Any]:
+    if d.filename is not None:
+        return {"filename": d.filename}
+    return {"inline_string": REDACTED if redact else d.inline_string}
+
+
+def transport_socket(t: DownstreamTlsContext, redact: bool) -> dict[str, Any]:
+    common: dict[str, Any] = {
+        "tls_certificates": [
+            {"certificate_chain": data_source(c.certificate_chain), "private_key": data_source(c.private_key, redact)}
+            for c in t.tls_certificates
+        ]
+    }
+    if t.trusted_ca is not None:
+        common["validation_context"] = {"trusted_ca": data_source(t.trusted_ca)}
+    if t.alpn_protocols:
+        common["alpn_protocols"] = list(t.alpn_protocols)
+    cfg: dict[str, Any] = {"@type": DOWNSTREAM_TLS, "common_tls_context": common}
+    if t.require_client_certificate:
+        cfg["require_client_certificate"] = True
+    return {"name": TLS_TRANSPORT_SOCKET, "typed_config": cfg}
+
+
+def filter_chain(c: FilterChain, redact: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {"name": c.name, "filters": [network_filter(f) for f in c.filters]}
     if match := filter_chain_match(c.filter_chain_match):
         out["filter_chain_match"] = match
+    if c.transport_socket is not None:
+        out["transport_socket"] = transport_socket(c.transport_socket, redact)
     return out
 
 
-def listener(lis: Listener) -> dict[str, Any]:
+def listener(lis: Listener, redact: bool = False) -> dict[str, Any]:
+    """`redact`: private keys given inline are left out, as Envoy's admin leaves them out."""
     out: dict[str, Any] = {
         "name": lis.name,
         "address": socket_address(lis.address),
-        "filter_chains": [filter_chain(c) for c in lis.filter_chains],
+        "filter_chains": [filter_chain(c, redact) for c in lis.filter_chains],
         "traffic_direction": lis.traffic_direction.value,
         "per_connection_buffer_limit_bytes": lis.per_connection_buffer_limit_bytes,
     }
     if lis.additional_addresses:
         out["additional_addresses"] = [{"address": socket_address(a)} for a in lis.additional_addresses]
     if lis.default_filter_chain is not None:
-        out["default_filter_chain"] = filter_chain(lis.default_filter_chain)
+        out["default_filter_chain"] = filter_chain(lis.default_filter_chain, redact)
     if lis.use_original_dst:
         out["use_original_dst"] = True
     if not lis.bind_to_port:

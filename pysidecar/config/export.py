@@ -8,10 +8,10 @@ Promises:
   :15021 readiness) as listeners onto the admin, the way Istio's bootstrap serves them.
 - Only the model is read, so Envoy YAML, Istio YAML and the embedded sidecar export alike; the
   renderers (config/envoy_json.py) are the ones the admin's /config_dump uses.
-- `pysidecar envoy-config -c PATH... [-o FILE] [--workload-labels K=V,...]
-  [--interception-mode M]` prints (or writes)
-  the YAML, inbound chains included for the Services selecting the labels (taken as
-  `pysidecar run` takes them); a config error exits 2 with the file, YAML path and resource.
+- `pysidecar envoy-config -c PATH... [-o FILE] [--workload-labels K=V,...] [--namespace NS]
+  [--interception-mode M] [--mode router]` prints (or writes) the YAML, inbound chains included
+  for the Services selecting the labels (taken as `pysidecar run` takes them), or a gateway's
+  listeners in router mode; a config error exits 2 with the file, YAML path and resource.
 """
 
 from __future__ import annotations
@@ -56,10 +56,11 @@ def _admin_listener(name: str, at: SocketAddress, prefix: str, rewrite: str | No
     }
 
 
-def to_envoy(b: Bootstrap) -> dict[str, Any]:
+def to_envoy(b: Bootstrap, proxy_type: str = "sidecar") -> dict[str, Any]:
+    """`proxy_type`: the node id's first field, `sidecar` or `router` (Istio's gateways)."""
     listeners = [listener(x) for x in b.listeners]
     clusters = [cluster(c) for c in b.clusters]
-    out: dict[str, Any] = {"node": {"id": "sidecar~127.0.0.1~pysidecar.default~default.svc.cluster.local", "cluster": "pysidecar"}}
+    out: dict[str, Any] = {"node": {"id": f"{proxy_type}~127.0.0.1~pysidecar.default~default.svc.cluster.local", "cluster": "pysidecar"}}
     if b.admin is not None:
         out["admin"] = {"address": address(b.admin.address)}
         if b.stats_address is not None:
@@ -73,8 +74,8 @@ def to_envoy(b: Bootstrap) -> dict[str, Any]:
     return out
 
 
-def dump(b: Bootstrap) -> str:
-    return yaml.safe_dump(to_envoy(b), sort_keys=False, default_flow_style=False)
+def dump(b: Bootstrap, proxy_type: str = "sidecar") -> str:
+    return yaml.safe_dump(to_envoy(b, proxy_type), sort_keys=False, default_flow_style=False)
 
 
 # -- command ---------------------------------------------------------------------------------
@@ -87,6 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     workload.add_workload_arguments(parser)
+    workload.add_mode_argument(parser)
     add_interception_mode_argument(parser)
 
 
@@ -97,12 +99,14 @@ def main(args: argparse.Namespace) -> int:
         print(f"pysidecar: --workload-labels: {e}", file=sys.stderr)
         return 2
     try:
-        mode = resolve_interception_mode(args.interception_mode, os.environ)
+        interception = resolve_interception_mode(args.interception_mode, os.environ)
     except ValueError as e:
         print(f"pysidecar: {e}", file=sys.stderr)
         return 2
     try:
-        text = dump(load(args.config, labels, workload.resolve_namespace(args.namespace), interception_mode=mode))
+        namespace = workload.resolve_namespace(args.namespace)
+        bootstrap = load(args.config, labels, namespace, interception_mode=interception, mode=args.mode)
+        text = dump(bootstrap, args.mode)
     except ConfigError as e:
         print(f"pysidecar: configuration error: {e}", file=sys.stderr)
         return 2

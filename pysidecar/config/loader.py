@@ -28,11 +28,12 @@ from dataclasses import replace
 from pysidecar.config import envoy
 from pysidecar.config.istio.compile import compile_config
 from pysidecar.config.istio.documents import collect
+from pysidecar.config.istio.gateway_compile import compile_gateway, router_skeleton
 from pysidecar.config.istio.mesh import is_mesh_document
 from pysidecar.config.istio.meta import DEFAULT_NAMESPACE
 from pysidecar.config.node import ConfigError, Node, load_documents
 from pysidecar.config.sidecar import standard_sidecar, with_interception_mode
-from pysidecar.model import Bootstrap, Cluster, Listener
+from pysidecar.model import Bootstrap, Cluster, Listener, MeshConfig
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 ENVOY_BOOTSTRAP_KEYS = frozenset(
@@ -74,12 +75,16 @@ def load(
     namespace: str = DEFAULT_NAMESPACE,
     mesh_access_log: bool = True,
     interception_mode: str = "REDIRECT",
+    mode: str = "sidecar",
 ) -> Bootstrap:
     """The config `paths` name; `workload_labels` (the pod's labels) give Istio YAML its inbound
-    side and `namespace` (the pod's) its short host names; `mesh_access_log` False leaves the
-    MeshConfig's access log out; `interception_mode` TPROXY makes virtualInbound transparent.
-    None of them mean anything to an Envoy bootstrap."""
+    side (or, with `mode` "router", select its Gateways) and `namespace` (the pod's) its short
+    host names; `mesh_access_log` False leaves the MeshConfig's access log out;
+    `interception_mode` TPROXY makes a sidecar's virtualInbound transparent. None of them mean
+    anything to an Envoy bootstrap."""
     if not paths:
+        if mode == "router":
+            return router_skeleton(MeshConfig())
         return with_interception_mode(standard_sidecar(), interception_mode)
     docs = [d for f in config_files(paths) for d in load_documents(f)]
     envoy_docs = [d for d in docs if _is_envoy_bootstrap(d.value) and not is_mesh_document(d.value)]
@@ -95,6 +100,8 @@ def load(
         return envoy_bootstrap(envoy_docs[0])
     if not istio_docs:
         raise ConfigError(paths[0], "", "no configuration documents found")
+    if mode == "router":
+        return compile_gateway(collect(istio_docs), workload_labels, mesh_access_log)
     return with_interception_mode(
         compile_config(collect(istio_docs), workload_labels, namespace, mesh_access_log), interception_mode
     )

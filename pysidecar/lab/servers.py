@@ -7,7 +7,7 @@ Kinds and what each promises (tests rely on these byte for byte):
 - source: writes `source_bytes(N)` (`--bytes N`), shuts down its write side, waits for the
           client's EOF (so closing never resets unread data), closes.
 - http:   HTTP/1.1 with keep-alive and Content-Length responses, httpbin-like endpoints:
-          GET /                  --body text (default "hello from <name>\\n")
+          GET / and /hello       --body text (default "hello from <name>\\n")
               /status/<code>     that status, empty body
               /delay/<secs>      waits (at most 60 s), then JSON {"delay": secs}
               /headers           JSON {"headers": {Title-Case: value}, "raw": [[name, value]...]}
@@ -238,7 +238,7 @@ class HttpApp:
         path = req.target.split("?", 1)[0]
         parts = [p for p in path.split("/") if p]
         text = [("content-type", "text/plain")]
-        if not parts:
+        if not parts or parts == ["hello"]:  # /hello: istio's helloworld sample answers there
             return 200, text, self.body
         head, arg = parts[0], (parts[1] if len(parts) > 1 else "")
         if head == "status" and arg.isdigit() and 200 <= int(arg) <= 599:

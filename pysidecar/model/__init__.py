@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from pysidecar.model.access_log import AccessLogConfig as AccessLogConfig
 from pysidecar.model.http import ISTIO_DEFAULT_RETRY, HttpConnectionManager, RetryPolicy
+from pysidecar.model.tls import DownstreamTlsContext
 
 # Envoy's cluster connect_timeout default is 5s; Istio's sidecar sets 10s (MeshConfig.connectTimeout).
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -221,6 +222,8 @@ class FilterChain:
     name: str
     filters: tuple[NetworkFilter, ...]
     filter_chain_match: FilterChainMatch = field(default_factory=FilterChainMatch)
+    # transport_socket envoy.transport_sockets.tls: TLS is terminated before the filters run.
+    transport_socket: DownstreamTlsContext | None = None
 
     @property
     def terminal_filter(self) -> NetworkFilter:

@@ -221,6 +221,9 @@ class VirtualHost:
     mutations: HeaderMutations = field(default_factory=HeaderMutations)
     retry_policy: RetryPolicy | None = None
     include_request_attempt_count: bool = False
+    # require_tls ALL: a request that did not come over TLS gets a 301 to https (Istio's
+    # Gateway httpsRedirect). Envoy's EXTERNAL_ONLY is not modelled.
+    require_tls: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +279,9 @@ class HttpConnectionManager:
     # Envoy's proxy_100_continue: false → Envoy answers `100 Continue` itself.
     proxy_100_continue: bool = False
     access_log: tuple[AccessLogConfig, ...] = ()
+    # An edge proxy (Istio's gateways): x-forwarded-for gets the peer, x-forwarded-proto the
+    # connection's scheme, external peers a fresh x-request-id (proxy/http/edge.py).
+    use_remote_address: bool = False
 
     @property
     def cluster_names(self) -> tuple[str, ...]:

@@ -44,7 +44,7 @@ def config_dump(b: Bootstrap, last_updated: float, reload: Json | None = None) -
     """Envoy's dump of `b`; `reload` (config/watch.py's ReloadState.dump) is appended as a
     pysidecar entry: the reload counters and the last rejected config."""
     stamp = iso_time(last_updated)
-    listeners = [{"@type": LISTENER_TYPE, **listener(x)} for x in b.listeners]
+    listeners = [{"@type": LISTENER_TYPE, **listener(x, redact=True)} for x in b.listeners]
     clusters = [{"@type": CLUSTER_TYPE, **cluster(c)} for c in b.clusters]
     static_resources: Json = {
         "listeners": [{k: v for k, v in x.items() if k != "@type"} for x in listeners],

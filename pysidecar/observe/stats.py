@@ -116,6 +116,16 @@ class ListenerStats(StatsBlock):
     downstream_cx_active: Gauge
 
 
+class ListenerSslStats(StatsBlock):
+    """`listener.<address>.ssl.`: the TLS transport socket of a listener's filter chains."""
+
+    handshake: Counter
+    connection_error: Counter
+    no_certificate: Counter
+    fail_verify_no_cert: Counter
+    fail_verify_error: Counter
+
+
 class TcpProxyStats(StatsBlock):
     downstream_cx_total: Counter
     downstream_cx_no_route: Counter
@@ -284,6 +294,9 @@ class StatsStore:
 
     def listener(self, address: str) -> ListenerStats:
         return self.block(ListenerStats, listener_scope(address))
+
+    def listener_ssl(self, address: str) -> ListenerSslStats:
+        return self.block(ListenerSslStats, listener_scope(address) + "ssl.")
 
     def cluster(self, name: str) -> ClusterStats:
         return self.block(ClusterStats, cluster_scope(name))

@@ -148,6 +148,19 @@ def resolve_namespace(flag: str | None, environ: Mapping[str, str] = os.environ)
     return flag or environ.get("POD_NAMESPACE") or DEFAULT_NAMESPACE
 
 
+# pilot-agent's proxy types: `proxy sidecar` (the default) and `proxy router` (a gateway).
+PROXY_MODES = ("sidecar", "router")
+
+
+def add_mode_argument(parser: argparse.ArgumentParser) -> None:
+    """`--mode sidecar|router`, for the commands that compile Istio YAML (run, envoy-config)."""
+    parser.add_argument(
+        "--mode", choices=PROXY_MODES, default="sidecar",
+        help="sidecar (default), or router: an Istio gateway (Gateways selecting --workload-labels, "
+        "e.g. istio=ingressgateway), like `pilot-agent proxy router`",
+    )  # fmt: skip
+
+
 def resolve_labels(flag: str | None) -> dict[str, str]:
     """The flag's labels when given (raises ValueError when malformed), else `read_labels()`."""
     return parse_label_flag(flag) if flag is not None else read_labels()

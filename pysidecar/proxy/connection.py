@@ -19,6 +19,10 @@ Promises:
   downstream_pre_cx_timeout.
 - The h2c preface is reported as not-HTTP to chain matching until an HTTP/2 codec exists, so
   such connections take the listener's TCP chain.
+- A chain with a TLS transport socket terminates TLS first (proxy/tls_terminate.py, the
+  chain's SSLContext from the snapshot): its network filter runs on the clear text, the HCM
+  says `x-forwarded-proto: https`, tcp_proxy never splices, and handshakes are counted in
+  `listener.<address>.ssl.*` (a failed one closes the connection).
 - The decision is made on the config snapshot current at accept time; the connection keeps
   it until it closes, whatever reloads happen meanwhile.
 - A connection still sniffing is one of the worker's open connections (`worker.connections`)
@@ -30,9 +34,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import TYPE_CHECKING, cast
 
-from pysidecar.model import Listener, ListenerFilter, SocketAddress, TcpProxy
+from pysidecar.model import (
+    FilterChain,
+    Listener,
+    ListenerFilter,
+    NetworkFilter,
+    SocketAddress,
+    TcpProxy,
+)
 from pysidecar.model.http import HttpConnectionManager
 from pysidecar.observe.stats import ListenerStats
 from pysidecar.proxy.http.compiled import compiled
@@ -42,6 +54,7 @@ from pysidecar.proxy.inspect import MAX_CLIENT_HELLO, TOO_LARGE, Inspection, Tls
 from pysidecar.proxy.listener_table import ConnectionInfo, needs_inspection, select_filter_chain
 from pysidecar.proxy.original_dst import original_dst
 from pysidecar.proxy.tcp_proxy import TcpProxySession
+from pysidecar.proxy.tls_terminate import HandshakeFailed, terminate
 
 if TYPE_CHECKING:
     from pysidecar.proxy.worker import Snapshot, Worker
@@ -58,6 +71,7 @@ class ActiveConnection(asyncio.Protocol):
     __slots__ = (
         "bound",
         "destination",
+        "handshake",
         "listener",
         "snapshot",
         "sniff_buf",
@@ -77,6 +91,7 @@ class ActiveConnection(asyncio.Protocol):
         self.destination: SocketAddress | None = None
         self.sniff_buf = b""
         self.sniff_timer: asyncio.TimerHandle | None = None
+        self.handshake: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -191,7 +206,47 @@ class ActiveConnection(asyncio.Protocol):
             self.stats.no_filter_chain_match += 1
             transport.close()  # connection_lost does the accounting
             return
-        network_filter = chain.terminal_filter
+        if chain.transport_socket is not None:
+            context = snapshot.tls_contexts[chain.transport_socket]
+            # Nothing more for the inspectors: the TLS protocol reads from here on.
+            transport.pause_reading()
+            # Tracked like a session while it shakes hands, so a drain can close it.
+            self.worker.connections.add(self)
+            self.handshake = self.worker.loop.create_task(self._terminate(context, chain, info, initial))
+            return
+        self._attach(chain.terminal_filter, info, transport, initial, secure=False)
+
+    async def _terminate(self, context: ssl.SSLContext, chain: FilterChain, info: ConnectionInfo, initial: bytes) -> None:
+        """TLS first (transport_socket), then the chain's network filter on the clear text."""
+        assert self.transport is not None
+        stats = self.worker.stats.listener_ssl(self.listener.address.listener_name)
+        try:
+            tls, held = await terminate(self.worker.loop, self.transport, context, initial)
+        except HandshakeFailed as e:
+            stats.connection_error += 1
+            if e.stat != "connection_error":
+                setattr(stats, e.stat, getattr(stats, e.stat) + 1)
+            log.debug("listener %s: %s", self.listener.name, e)
+            self.worker.connections.discard(self)
+            self.closed(None)
+            return
+        finally:
+            self.handshake = None
+        self.worker.connections.discard(self)
+        stats.handshake += 1
+        if not tls.get_extra_info("peercert"):
+            stats.no_certificate += 1
+        if held.lost:
+            self.closed(None)
+            return
+        proto = self._attach(chain.terminal_filter, info, tls, b"".join(held.data), secure=True)
+        if held.eof and not proto.eof_received():
+            tls.close()
+
+    def _attach(
+        self, network_filter: NetworkFilter, info: ConnectionInfo, transport: asyncio.Transport, initial: bytes, secure: bool
+    ) -> TcpProxySession | HttpConnection:
+        """Hand the connection (clear text, or the TLS transport when `secure`) to its filter."""
         if isinstance(network_filter, TcpProxy):
             session = TcpProxySession(
                 self.worker.loop,
@@ -204,13 +259,15 @@ class ActiveConnection(asyncio.Protocol):
             record = session.info
             record.listener_name = self.listener.name
             record.downstream_local_address = str(info.destination)
+            record.requested_server_name = info.server_name or None
             peer = transport.get_extra_info("peername")
             if peer:
                 record.downstream_remote_address = str(SocketAddress(str(peer[0]), int(peer[1])))
             self.worker.connections.add(session)
             transport.set_protocol(session)
-            session.start(transport, initial, self.worker.clusters, self.worker.rng)
-            return
+            # splice(2) would move ciphertext: a TLS transport always takes the Protocol path.
+            session.start(transport, initial, self.worker.clusters, self.worker.rng, splice=not secure)
+            return session
         if isinstance(network_filter, HttpConnectionManager):
             conn = HttpConnection(
                 self.worker,
@@ -222,13 +279,17 @@ class ActiveConnection(asyncio.Protocol):
             )
             conn.listener_name = self.listener.name
             conn.local_address = str(info.destination)
+            conn.server_name = info.server_name or None
+            if secure:
+                conn.scheme = b"https"
             peer = transport.get_extra_info("peername")
             if peer:
                 conn.peer = str(SocketAddress(str(peer[0]), int(peer[1])))
+                conn.peer_ip = str(peer[0])
             self.worker.connections.add(conn)
             transport.set_protocol(conn)
             conn.start(transport, initial)
-            return
+            return conn
         raise AssertionError(f"no data path for network filter {type(network_filter).__name__}")
 
     def closed(self, session: object) -> None:
@@ -245,7 +306,7 @@ class ActiveConnection(asyncio.Protocol):
             self.worker.stream_complete(info)
 
     def close(self) -> None:
-        """Close a connection still sniffing (the drain deadline passed)."""
+        """Drain's end for a connection still sniffing or in its TLS handshake."""
         if self.transport is not None:
             self.transport.close()
 

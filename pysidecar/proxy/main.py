@@ -7,6 +7,8 @@ Promises:
   with SO_REUSEPORT. They are plain subprocesses (`python -m pysidecar.proxy.worker_main`) that
   import only the data path. A worker that cannot bind stops the start-up (exit 1); a worker that
   dies later is replaced.
+- `--mode router` compiles Istio YAML for a gateway (the Gateways selecting
+  `--workload-labels`) instead of the sidecar (config/istio/gateway_compile.py).
 - The main process serves admin (127.0.0.1:15000 by default), Prometheus stats (:15090) and
   readiness (:15021) when the config names them; stats are merged over the workers on request.
 - `--access-log PATH` (a file or /dev/stdout) turns Envoy's access log on in every worker,
@@ -70,6 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write Envoy's access log to PATH (a file, or /dev/stdout); off by default",
     )  # fmt: skip
     workload.add_workload_arguments(parser)
+    workload.add_mode_argument(parser)
     add_interception_mode_argument(parser)
     parser.add_argument(
         "--access-log-format", metavar="FORMAT", default=None,
@@ -269,7 +272,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"pysidecar: --workload-labels: {e}", file=sys.stderr)
         return 2
     try:
-        mode = resolve_interception_mode(args.interception_mode, os.environ)
+        interception = resolve_interception_mode(args.interception_mode, os.environ)
     except ValueError as e:
         print(f"pysidecar: {e}", file=sys.stderr)
         return 2
@@ -283,7 +286,8 @@ def main(args: argparse.Namespace) -> int:
         workload_labels=labels,
         namespace=namespace,
         mesh_access_log=args.access_log is None,
-        interception_mode=mode,
+        interception_mode=interception,
+        mode=args.mode,
     )
     try:
         bootstrap = args.loader(args.config)

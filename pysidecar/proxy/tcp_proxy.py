@@ -3,7 +3,8 @@
 Promises:
 - Bytes arrive exactly and in order in both directions. Half-close is respected: a FIN from
   one side becomes a shutdown(SHUT_WR) towards the other, and the connection closes only when
-  both directions are done or one side closes or resets.
+  both directions are done or one side closes or resets. A TLS-terminated downstream has no
+  half-close: the upstream's FIN closes it (close_notify) once its bytes are written.
 - Flow control is Envoy's watermark scheme: when one side's write buffer passes the listener's
   per_connection_buffer_limit_bytes, the other side stops reading until it drains below a
   quarter of it (counted as tcp.*.downstream_flow_control_paused/resumed_reading_total when
@@ -142,9 +143,15 @@ class TcpProxySession(asyncio.Protocol):
 
     # -- start ---------------------------------------------------------------------------
     def start(
-        self, transport: asyncio.Transport, initial: bytes, clusters: ClusterManager, rng: random.Random
+        self,
+        transport: asyncio.Transport,
+        initial: bytes,
+        clusters: ClusterManager,
+        rng: random.Random,
+        splice: bool = True,
     ) -> None:
-        """Take over an accepted connection (its protocol is switched to this session)."""
+        """Take over an accepted connection (its protocol is switched to this session);
+        `splice` False keeps the bytes in Python (a TLS transport's are clear text only there)."""
         self.downstream = transport
         self.stats.downstream_cx_total += 1
         name = (
@@ -179,7 +186,7 @@ class TcpProxySession(asyncio.Protocol):
             return
         breaker.cx += 1
         self._breaker = breaker
-        relay = SpliceRelay.attach(self, transport, initial, host[0])
+        relay = SpliceRelay.attach(self, transport, initial, host[0]) if splice else None
         if relay is not None:
             self._splice = relay
             self.downstream = None  # the relay owns the downstream socket now
@@ -320,8 +327,11 @@ class TcpProxySession(asyncio.Protocol):
     def upstream_eof_received(self) -> None:
         self.upstream_eof = True
         down = self.downstream
-        if down is not None and down.can_write_eof():
-            down.write_eof()
+        if down is not None:
+            if down.can_write_eof():
+                down.write_eof()
+            else:
+                down.close()  # TLS has no half-close: close_notify once the bytes are written
         if self.downstream_eof:
             self.close()
 

@@ -26,10 +26,12 @@ import os
 import random
 import signal
 import socket
+import ssl
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pysidecar.model import AccessLogConfig, Bootstrap, Listener, SocketAddress, TrafficDirection
+from pysidecar.model.tls import DownstreamTlsContext
 from pysidecar.observe import workload
 from pysidecar.observe.access_log import AccessLog
 from pysidecar.observe.host_stats import HostSnapshot, HostStats
@@ -42,6 +44,7 @@ from pysidecar.proxy.control import ControlProtocol, Message
 from pysidecar.proxy.http.conn_manager import HttpConnection
 from pysidecar.proxy.lb import Host
 from pysidecar.proxy.listener_table import ListenerTable
+from pysidecar.proxy.tls_context import contexts_for
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +65,19 @@ class Snapshot:
     bound: dict[str, Listener]
     # Listener names whose traffic is inbound: Istio's metrics report them as "destination".
     inbound: frozenset[str]
+    # The filter chains' TLS transport sockets, each built once when the config is loaded.
+    tls_contexts: dict[DownstreamTlsContext, ssl.SSLContext]
 
     @classmethod
     def of(cls, bootstrap: Bootstrap) -> Snapshot:
         inbound = frozenset(
             x.name for x in bootstrap.listeners if x.traffic_direction is TrafficDirection.INBOUND
         )
-        return cls(bootstrap, ListenerTable.build(bootstrap), {x.name: x for x in bootstrap.listeners}, inbound)
+        chains = [c for x in bootstrap.listeners for c in (*x.filter_chains, x.default_filter_chain) if c is not None]
+        return cls(
+            bootstrap, ListenerTable.build(bootstrap), {x.name: x for x in bootstrap.listeners}, inbound,
+            contexts_for(chains),
+        )  # fmt: skip
 
 
 # Linux socket options without a name in Python's socket module (linux/in.h, linux/in6.h).

@@ -227,9 +227,9 @@ def test_workload_selector_warns_and_is_ignored(tmp_path: Path, caplog: pytest.L
 
 
 def test_unknown_kinds_are_skipped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    gw = "apiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {name: gw}\nspec: {}\n"
-    b = load([write(tmp_path, "gw.yaml", gw + "---\n" + SE_TCP)])
-    assert "Gateway gw ignored" in caplog.text
+    pa = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: pa}\nspec: {}\n"
+    b = load([write(tmp_path, "pa.yaml", pa + "---\n" + SE_TCP)])
+    assert "PeerAuthentication pa ignored" in caplog.text
     assert b.listener("198.18.5.5_3306") is not None
 
 

@@ -44,6 +44,7 @@ from pysidecar.config.istio.virtual_service import (
     L4Route,
     RouteDestination,
     VirtualService,
+    names_gateway,
 )
 from pysidecar.config.node import ConfigError
 from pysidecar.config.sidecar import standard_sidecar, with_resources
@@ -138,7 +139,7 @@ def destination_rules(cfg: IstioConfig) -> dict[str, DestinationRule]:
     return out
 
 
-def _rule_for(host: str, rules: dict[str, DestinationRule]) -> DestinationRule | None:
+def rule_for(host: str, rules: dict[str, DestinationRule]) -> DestinationRule | None:
     if host in rules:
         return rules[host]
     matches = [h for h in rules if host_matches(h, host)]
@@ -157,7 +158,7 @@ def validate(cfg: IstioConfig, rules: dict[str, DestinationRule]) -> None:
             subset = d.destination.subset
             if not subset:
                 continue
-            dr = _rule_for(d.destination.host, rules)
+            dr = rule_for(d.destination.host, rules)
             if dr is not None and dr.subset(subset) is not None:
                 continue
             known = ", ".join(s.name for s in dr.subsets) if dr is not None else ""
@@ -175,7 +176,7 @@ def _for_host(vss: list[VirtualService], host: str) -> list[VirtualService]:
     return [v for v in vss if any(host_matches(h, host) for h in v.hosts)]
 
 
-def _tcp_proxy(dests: tuple[RouteDestination, ...], services: dict[str, Service], port: int) -> TcpProxy:
+def tcp_proxy(dests: tuple[RouteDestination, ...], services: dict[str, Service], port: int) -> TcpProxy:
     if len(dests) == 1:
         cluster = rt.destination_cluster(dests[0].destination, services, port)
         return TcpProxy(stat_prefix=cluster, cluster=cluster)
@@ -185,11 +186,15 @@ def _tcp_proxy(dests: tuple[RouteDestination, ...], services: dict[str, Service]
     return TcpProxy(stat_prefix=weighted[0].name, weighted_clusters=weighted)
 
 
-def _l4_routes(routes: tuple[L4Route, ...], port: int) -> list[L4Route]:
-    """The tcp/tls routes that apply to a port on the mesh gateway."""
+def l4_routes(routes: tuple[L4Route, ...], port: int, gateway: str = MESH_GATEWAY, namespace: str = "") -> list[L4Route]:
+    """The tcp/tls routes that apply to a port on `gateway` (`mesh`, or a Gateway's key; match
+    gateways without a namespace are in `namespace`, the VirtualService's)."""
     out: list[L4Route] = []
     for r in routes:
-        ok = [m for m in r.match if (not m.port or m.port == port) and (not m.gateways or MESH_GATEWAY in m.gateways)]
+        ok = [
+            m for m in r.match
+            if (not m.port or m.port == port) and (not m.gateways or names_gateway(m.gateways, gateway, namespace))
+        ]  # fmt: skip
         if not r.match or ok:
             out.append(replace(r, match=tuple(ok)))
     return out
@@ -209,8 +214,8 @@ def _service_tcp(svc: Service, port: ServicePort, vss: list[VirtualService], ser
     any destination ends the list as the port's default chain (else the service's cluster)."""
     out: list[L4Chain] = []
     for v in _for_host(vss, svc.hostname):
-        for r in _l4_routes(v.tcp, port.number):
-            proxy = _tcp_proxy(r.route, services, port.number)
+        for r in l4_routes(v.tcp, port.number):
+            proxy = tcp_proxy(r.route, services, port.number)
             out.extend((tuple(map(_cidr, m.destination_subnets)), proxy) for m in r.match if m.destination_subnets)
             if not r.match or any(not m.destination_subnets for m in r.match):
                 out.append(((), proxy))
@@ -232,13 +237,13 @@ def _service_tls(
     """
     covered = False
     for v in _for_host(vss, svc.hostname):
-        for i, r in enumerate(_l4_routes(v.tls, port.number)):
+        for i, r in enumerate(l4_routes(v.tls, port.number)):
             plain = tuple(h for m in r.match if not m.destination_subnets for h in m.sni_hosts)
             covered = covered or any(host_matches(h, svc.hostname) for h in plain)
             if (v.meta.ref, i) in w.tls_routes_seen:
                 continue
             w.tls_routes_seen.add((v.meta.ref, i))
-            proxy = _tcp_proxy(r.route, services, port.number)
+            proxy = tcp_proxy(r.route, services, port.number)
             if plain:
                 w.add("tls", FilterChainMatch(server_names=plain), proxy, v.meta.ref)
             for m in r.match:
@@ -435,7 +440,7 @@ def compile_config(
     vss = [v for v in cfg.virtual_services if v.for_mesh]
     if scope is not None:
         vss = [v for v in vss if any(scope.sees(v.meta.namespace, h) for h in v.hosts)]
-    resolved_rules = {s.hostname: dr for s in services if (dr := _rule_for(s.hostname, rules)) is not None}
+    resolved_rules = {s.hostname: dr for s in services if (dr := rule_for(s.hostname, rules)) is not None}
     clusters = build_clusters(services, resolved_rules, mesh)
     listeners = build_listeners(services, vss, mesh, namespace)
     base = standard_sidecar(mesh)

@@ -2,10 +2,13 @@
 
 Promises:
 - Accepts networking.istio.io v1alpha3 / v1beta1 / v1 ServiceEntry, VirtualService,
-  DestinationRule, Sidecar; Kubernetes Service, EndpointSlice, Endpoints, Pod; the `istio`
-  ConfigMap; a kind-less MeshConfig document; `kind: List` (its items).
-- Kinds a sidecar has no use for (Gateway, Deployment, PeerAuthentication, ...) are skipped
-  with a warning naming file and resource; a wrong apiVersion for a known kind is an error.
+  DestinationRule, Sidecar, Gateway; Kubernetes Service, EndpointSlice, Endpoints, Pod, Secret
+  (gateway credentials), Ingress + IngressClass (converted to a Gateway and VirtualServices by
+  `ingress.py`, as istiod's ingress controller does); the `istio` ConfigMap; a kind-less
+  MeshConfig document; `kind: List` (its items). Gateways and Secrets are kept for router mode;
+  a sidecar ignores them.
+- Kinds neither has a use for (Deployment, PeerAuthentication, ...) are skipped with a
+  warning naming file and resource; a wrong apiVersion for a known kind is an error.
 - Two mesh configs are an error naming both files.
 """
 
@@ -16,6 +19,8 @@ from dataclasses import dataclass, field
 
 from pysidecar.config.istio import kube
 from pysidecar.config.istio.destination_rule import DestinationRule, destination_rule
+from pysidecar.config.istio.gateway import Gateway, gateway
+from pysidecar.config.istio.ingress import Ingress, ingress, ingress_class, to_istio
 from pysidecar.config.istio.mesh import (
     configmap_mesh,
     is_istio_configmap,
@@ -23,6 +28,7 @@ from pysidecar.config.istio.mesh import (
     mesh_config,
 )
 from pysidecar.config.istio.registry import Service
+from pysidecar.config.istio.secrets import Secret, secret
 from pysidecar.config.istio.service_entry import service_entry
 from pysidecar.config.istio.sidecar_scope import Sidecar, sidecar
 from pysidecar.config.istio.virtual_service import VirtualService, virtual_service
@@ -32,7 +38,8 @@ from pysidecar.model import MeshConfig
 log = logging.getLogger(__name__)
 
 NETWORKING_VERSIONS = ("v1alpha3", "v1beta1", "v1")
-NETWORKING_KINDS = ("ServiceEntry", "VirtualService", "DestinationRule", "Sidecar")
+INGRESS_APIS = ("networking.k8s.io/v1", "networking.k8s.io/v1beta1", "extensions/v1beta1")
+NETWORKING_KINDS = ("ServiceEntry", "VirtualService", "DestinationRule", "Sidecar", "Gateway")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +49,8 @@ class IstioConfig:
     virtual_services: tuple[VirtualService, ...] = ()
     destination_rules: tuple[DestinationRule, ...] = ()
     sidecars: tuple[Sidecar, ...] = ()
+    gateways: tuple[Gateway, ...] = ()
+    secrets: tuple[Secret, ...] = ()
     files: tuple[str, ...] = ()
     # Pod documents' labels and named container ports (named targetPorts, inbound).
     pods: tuple[kube.PodPorts, ...] = ()
@@ -58,6 +67,10 @@ class _Collector:
     virtual_services: list[VirtualService] = field(default_factory=list)
     destination_rules: list[DestinationRule] = field(default_factory=list)
     sidecars: list[Sidecar] = field(default_factory=list)
+    gateways: list[Gateway] = field(default_factory=list)
+    secrets: list[Secret] = field(default_factory=list)
+    ingresses: list[Ingress] = field(default_factory=list)
+    ingress_classes: dict[str, str] = field(default_factory=dict)
 
     def set_mesh(self, doc: Node, mesh: MeshConfig) -> None:
         if self.mesh is not None:
@@ -92,6 +105,15 @@ class _Collector:
             self.destination_rules.append(destination_rule(doc))
         elif kind == "Sidecar":
             self.sidecars.append(sidecar(doc))
+        elif kind == "Gateway":
+            self.gateways.append(gateway(doc))
+        elif kind == "Secret" and api == "v1":
+            self.secrets.append(secret(doc))
+        elif kind == "Ingress" and api in INGRESS_APIS:
+            self.ingresses.append(ingress(doc))
+        elif kind == "IngressClass" and api.startswith("networking.k8s.io/"):
+            name, controller = ingress_class(doc)
+            self.ingress_classes[name] = controller
         elif kind == "Service" and api == "v1":
             self.services.append(kube.service(doc))
         elif kind == "EndpointSlice" and api.startswith("discovery.k8s.io/"):
@@ -111,12 +133,16 @@ class _Collector:
             log.warning("%s: %s %s ignored: not a kind a sidecar acts on", doc.file, kind or "<no kind>", name)
 
     def result(self, files: tuple[str, ...]) -> IstioConfig:
+        services = tuple(kube.attach_endpoints(self.services, self.endpoint_sets, self.pods))
+        gw, ingress_vss = to_istio(self.ingresses, self.ingress_classes, {s.hostname: s for s in services})
         return IstioConfig(
             mesh=self.mesh,
-            services=tuple(kube.attach_endpoints(self.services, self.endpoint_sets, self.pods)),
-            virtual_services=tuple(self.virtual_services),
+            services=services,
+            virtual_services=tuple(self.virtual_services + ingress_vss),
             destination_rules=tuple(self.destination_rules),
             sidecars=tuple(self.sidecars),
+            gateways=tuple(self.gateways + ([gw] if gw is not None else [])),
+            secrets=tuple(self.secrets),
             files=files,
             pods=tuple(self.pod_ports),
         )

@@ -228,11 +228,13 @@ def translate_route(
     services: dict[str, Service],
     port: int,
     default_retry: RetryPolicy | None = DEFAULT_RETRY,
+    gateway: str = vs.MESH_GATEWAY,
 ) -> Route | None:
-    """istiod's translateRoute; None when the match is for another port or another gateway."""
+    """istiod's translateRoute; None when the match is for another port or another gateway
+    (`gateway`: `mesh` for sidecars, else the Gateway's `<namespace>/<name>`)."""
     if m is not None and m.port and m.port != port:
         return None
-    if m is not None and m.gateways and vs.MESH_GATEWAY not in m.gateways:
+    if m is not None and m.gateways and not vs.names_gateway(m.gateways, gateway, v.meta.namespace):
         return None
     name = h.name + (f".{m.name}" if m is not None and m.name else "")
     mutations, authority = header_ops(h.headers)
@@ -295,7 +297,11 @@ def _catch_all(r: Route) -> bool:
 
 
 def virtual_service_routes(
-    v: vs.VirtualService, services: dict[str, Service], port: int, default_retry: RetryPolicy | None = DEFAULT_RETRY
+    v: vs.VirtualService,
+    services: dict[str, Service],
+    port: int,
+    default_retry: RetryPolicy | None = DEFAULT_RETRY,
+    gateway: str = vs.MESH_GATEWAY,
 ) -> tuple[Route, ...]:
     """istiod's BuildHTTPRoutesForVirtualService: routes in order, stopping after a catch-all."""
     out: list[Route] = []
@@ -303,7 +309,7 @@ def virtual_service_routes(
         matches: Sequence[vs.HTTPMatch | None] = h.match or (None,)
         done = not h.match
         for m in matches:
-            r = translate_route(h, m, v, services, port, default_retry)
+            r = translate_route(h, m, v, services, port, default_retry, gateway)
             if r is None:
                 continue
             out.append(r)
@@ -391,7 +397,7 @@ def route_configuration(
     return RouteConfiguration(name=name, virtual_hosts=tuple(vhosts), validate_clusters=False)
 
 
-def connection_manager(stat_prefix: str, rc: RouteConfiguration) -> HttpConnectionManager:
+def connection_manager(stat_prefix: str, rc: RouteConfiguration, server_name: str = "envoy") -> HttpConnectionManager:
     """The outbound HCM istiod writes for a sidecar: tracing on (decorators), no stream idle
     timeout, websocket upgrades; the fault filter before the router when a route injects faults
     (istiod always has it; leaving it out otherwise keeps the chain to what is used)."""
@@ -402,6 +408,7 @@ def connection_manager(stat_prefix: str, rc: RouteConfiguration) -> HttpConnecti
         route_config=rc,
         codec_type=CodecType.AUTO,
         http_filters=(*fault_filter, HttpFilter("envoy.filters.http.router", ROUTER_TYPE)),
+        server_name=server_name,
         tracing=True,
         stream_idle_timeout=0.0,
         upgrade_types=("websocket",),

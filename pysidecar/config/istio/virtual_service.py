@@ -154,6 +154,18 @@ class VirtualService:
         """Bound to the sidecars (gateway `mesh`, the default when no gateway is named)."""
         return not self.gateways or MESH_GATEWAY in self.gateways
 
+    def bound_to(self, gateway: str) -> bool:
+        """Bound to `gateway`: `mesh`, or a Gateway's `<namespace>/<name>` key."""
+        if gateway == MESH_GATEWAY:
+            return self.for_mesh
+        return names_gateway(self.gateways, gateway, self.meta.namespace)
+
+
+def names_gateway(gateways: tuple[str, ...], gateway: str, namespace: str) -> bool:
+    """Whether a `gateways` list names `gateway` (`mesh` or `<ns>/<name>`); a name without a
+    namespace is in `namespace`, the VirtualService's, as istiod resolves it."""
+    return any((g if g == MESH_GATEWAY or "/" in g else f"{namespace}/{g}") == gateway for g in gateways)
+
 
 # -- pieces ----------------------------------------------------------------------------------
 

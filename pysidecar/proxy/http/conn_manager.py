@@ -74,8 +74,11 @@ class HttpConnection(asyncio.Protocol):
         "paused",
         "paused_upstream",
         "peer",
+        "peer_ip",
         "pools",
         "queue",
+        "scheme",
+        "server_name",
         "started_at",
         "stats",
         "transport",
@@ -119,6 +122,10 @@ class HttpConnection(asyncio.Protocol):
         self.listener_name: str | None = None
         self.local_address: str | None = None
         self.peer: str | None = None
+        self.peer_ip = ""  # the downstream address without port (x-forwarded-for on edge HCMs)
+        # The downstream connection's scheme: x-forwarded-proto when the client sent none.
+        self.scheme = b"http"
+        self.server_name: str | None = None  # the TLS SNI, for %REQUESTED_SERVER_NAME%
         self.started_at = 0.0
         self._record_cb: Callable[[StreamInfo], Any] | None = getattr(
             worker, "stream_complete", None
@@ -235,6 +242,7 @@ class HttpConnection(asyncio.Protocol):
         info.listener_name = self.listener_name
         info.downstream_local_address = self.local_address
         info.downstream_remote_address = self.peer
+        info.requested_server_name = self.server_name
         self.parsing = st
         self.head_size = 0
         timeout = self.cfg.config.request_headers_timeout

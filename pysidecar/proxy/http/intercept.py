@@ -69,7 +69,7 @@ def intercept(stream: ActiveStream, route: CompiledRoute, host: str, path: str, 
     if redirect is not None:
         conn.stats.rq_direct_response += 1
         proto = get(stream.headers, b"x-forwarded-proto")
-        scheme = proto.decode("latin-1").lower() if proto is not None else "http"
+        scheme = (proto if proto is not None else conn.scheme).decode("latin-1").lower()
         location = redirect_location(redirect, host, path, scheme, route.rewrite_path(path))
         stream.response_ops = (*stream.response_ops, (APPEND, b"location", location.encode("latin-1")))
         stream._local(redirect.response_code, b"", None, "direct_response")

@@ -25,12 +25,15 @@ import functools
 import os
 from typing import TYPE_CHECKING
 
+from pysidecar.model.http import RedirectAction
 from pysidecar.observe.stats import ClusterHttpStats
 from pysidecar.observe.stream_info import StreamInfo
 from pysidecar.proxy.cluster_manager import ClusterRuntime
 from pysidecar.proxy.http import local_reply as lr
 from pysidecar.proxy.http.codec import CHUNK_END, CRLF, encode_head, encode_request_head, http_date
+from pysidecar.proxy.http.edge import edge_request
 from pysidecar.proxy.http.headers import (
+    APPEND,
     HAS_DATE,
     HAS_LENGTH,
     HAS_SERVER,
@@ -54,7 +57,7 @@ from pysidecar.proxy.http.retry import (
     retriable_reset,
     retriable_status,
 )
-from pysidecar.proxy.http.router import CompiledRoute
+from pysidecar.proxy.http.router import CompiledRoute, redirect_location
 from pysidecar.proxy.lb import Host
 
 if TYPE_CHECKING:
@@ -63,6 +66,8 @@ if TYPE_CHECKING:
 
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_BODY_STATUS = frozenset({204, 304})
+# require_tls ALL's answer: the same request over https, 301 (Envoy's SslRedirectRoute).
+HTTPS_REDIRECT = RedirectAction(https_redirect=True, response_code=301)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -204,6 +209,9 @@ class ActiveStream:
         target = url
         # One pass: the forwardable headers and the few this stream decides on.
         clean, noted = scan_request(headers)
+        if cfg.edge:
+            clean, noted = edge_request(clean, noted, conn.peer_ip, conn.scheme)
+            info.x_forwarded_for = (get(clean, b"x-forwarded-for") or b"").decode("latin-1")
         host_b = noted.get(b"host", b"")
         if url[:7].lower() == b"http://":  # absolute-form: the URL's authority wins
             rest = url[7:]
@@ -236,6 +244,12 @@ class ActiveStream:
             if vh is not None
             else None
         )
+        if vh is not None and vh.vhost.require_tls and (noted.get(b"x-forwarded-proto") or conn.scheme) != b"https":
+            # Envoy answers require_tls before any route is looked at.
+            location = redirect_location(HTTPS_REDIRECT, host, path)
+            self.response_ops = ((APPEND, b"location", location.encode("latin-1")),)
+            self._local(301, b"", None, "direct_response")
+            return
         if route is None:
             conn.stats.no_route += 1
             self._local(404, b"", lr.NR, "route_not_found")
@@ -292,7 +306,7 @@ class ActiveStream:
             else noted.get(b"x-forwarded-proto")
         )
         if xfp is None:
-            up.append((b"x-forwarded-proto", b"http"))
+            up.append((b"x-forwarded-proto", conn.scheme))
         policy = action.retry_policy or vh.vhost.retry_policy
         self.policy = policy
         self.retries_left = policy.num_retries if policy is not None else 0
