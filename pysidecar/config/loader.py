@@ -72,6 +72,7 @@ def _is_xds_file(value: object) -> bool:
 def load(
     paths: Sequence[str],
     workload_labels: Mapping[str, str] | None = None,
+    *,
     namespace: str = DEFAULT_NAMESPACE,
     mesh_access_log: bool = True,
     interception_mode: str = "REDIRECT",

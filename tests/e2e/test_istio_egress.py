@@ -161,7 +161,7 @@ def start_envoy(
     workload with `labels`, if given, as a sidecar or, with `mode` "router", a gateway)."""
     out = os.path.join(pod.lab.logdir, "envoy.yaml")
     with open(out, "w") as f:
-        yaml.safe_dump(to_envoy(load([config_dir], labels, mode), mode), f, sort_keys=False)
+        yaml.safe_dump(to_envoy(load([config_dir], labels, mode=mode), mode), f, sort_keys=False)
     os.chmod(out, 0o644)
     proc = pod.spawn(
         [ENVOY, "-c", out, "--concurrency", "2", "--disable-hot-restart", "--log-level", "warning"],
