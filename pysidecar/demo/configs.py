@@ -169,9 +169,113 @@ INBOUND_RULE = [
 ]  # fmt: skip
 
 
-def mesh(mode: str) -> str:
-    return MESH.replace("{mode}", mode)
+def mesh(mode: str, access_log_file: str | None = None) -> str:
+    """The mesh ConfigMap; `access_log_file`: Istio's access log (its default TEXT format)."""
+    text = MESH.replace("{mode}", mode)
+    return f"{text}    accessLogFile: {access_log_file}\n" if access_log_file else text
 
 
 def myngx_split(v1: str, v2: str) -> str:
     return MYNGX_SPLIT.format(v1=v1, v2=v2)
+
+
+# Seed 000, "配置egree网关": the egress gateway's Gateway, the VirtualService that sends the
+# mesh's httpbin.org traffic to the gateway and the gateway's on to httpbin.org (routes chosen
+# per match by `gateways`), and the DestinationRule naming subset `httpbin`. Verbatim (the seed
+# shows the DestinationRule twice; once is enough).
+EGRESS_GATEWAY_SEED = """\
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata:
+  name: httpbin-egressgateway
+spec:
+  selector:
+    istio: egressgateway
+  servers:
+  - port:
+      number: 80
+      name: http
+      protocol: HTTP
+    hosts:
+    - "httpbin.org"
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: vs-for-egressgateway
+spec:
+  hosts:
+  - httpbin.org
+  gateways:
+  - httpbin-egressgateway
+  - mesh
+  http:
+  - match:
+    - gateways:
+      - mesh
+      port: 80
+    route:
+    - destination:
+        host: istio-egressgateway.istio-system.svc.cluster.local
+        subset: httpbin
+        port:
+          number: 80
+      weight: 100
+  - match:
+    - gateways:
+      - httpbin-egressgateway
+      port: 80
+    route:
+    - destination:
+        host: httpbin.org
+        port:
+          number: 80
+      weight: 100
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata:
+  name: dr-for-egressgateway
+spec:
+  host: istio-egressgateway.istio-system.svc.cluster.local
+  subsets:
+  - name: httpbin
+"""
+
+# What the seed's cluster already has: istio-egressgateway's Service (ports as Istio's chart
+# gives it: 80 → 8080, 443 → 8443) selecting the gateway pod, and its EndpointSlice, the pod's
+# lab address. The seed's ServiceEntry for httpbin.org (SE_HTTPBIN) goes with it.
+EGRESS_GATEWAY_SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: istio-egressgateway
+  namespace: istio-system
+  labels: {app: istio-egressgateway, istio: egressgateway}
+spec:
+  clusterIP: 198.19.254.10
+  selector: {istio: egressgateway}
+  ports:
+  - {name: http2, port: 80, targetPort: 8080}
+  - {name: https, port: 443, targetPort: 8443}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: istio-egressgateway-abcde
+  namespace: istio-system
+  labels: {kubernetes.io/service-name: istio-egressgateway}
+addressType: IPv4
+endpoints:
+- addresses: [{gateway_ip}]
+  conditions: {ready: true}
+ports:
+- {name: http2, port: 8080, protocol: TCP}
+- {name: https, port: 8443, protocol: TCP}
+"""
+# The gateway pod's labels (`pysidecar run --mode router --workload-labels istio=egressgateway`).
+EGRESS_GATEWAY_LABELS = {"istio": "egressgateway"}
+
+
+def egress_gateway_service(gateway_ip: str) -> str:
+    return EGRESS_GATEWAY_SERVICE.replace("{gateway_ip}", gateway_ip)

@@ -155,13 +155,15 @@ def start(kind: str, pod: Pod, config_dir: str, init_args: list[str] | None = No
 
 
 def start_envoy(
-    pod: Pod, config_dir: str, labels: dict[str, str] | None = None, mode: str = "sidecar"
+    pod: Pod, config: str | list[str], labels: dict[str, str] | None = None, mode: str = "sidecar"
 ) -> subprocess.Popen[bytes]:
-    """Real Envoy (as uid 1337) on the export of the Istio YAML in `config_dir` (compiled for a
-    workload with `labels`, if given, as a sidecar or, with `mode` "router", a gateway)."""
-    out = os.path.join(pod.lab.logdir, "envoy.yaml")
+    """Real Envoy (as uid 1337) on the export of the Istio YAML in `config` (a directory or file,
+    or several; compiled for a workload with `labels`, if given, as a sidecar or, with `mode`
+    "router", a gateway)."""
+    out = os.path.join(pod.lab.logdir, f"{pod.name}-envoy.yaml")
+    paths = [config] if isinstance(config, str) else config
     with open(out, "w") as f:
-        yaml.safe_dump(to_envoy(load([config_dir], labels, mode), mode), f, sort_keys=False)
+        yaml.safe_dump(to_envoy(load(paths, labels, mode=mode), mode), f, sort_keys=False)
     os.chmod(out, 0o644)
     proc = pod.spawn(
         [ENVOY, "-c", out, "--concurrency", "2", "--disable-hot-restart", "--log-level", "warning"],
