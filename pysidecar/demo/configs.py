@@ -169,14 +169,85 @@ INBOUND_RULE = [
 ]  # fmt: skip
 
 
-def mesh(mode: str, access_log_file: str | None = None) -> str:
-    """The mesh ConfigMap; `access_log_file`: Istio's access log (its default TEXT format)."""
-    text = MESH.replace("{mode}", mode)
-    return f"{text}    accessLogFile: {access_log_file}\n" if access_log_file else text
+# Seed 001 (ingress). istio-ingressgateway's Service: 80 → 8080, 443 → 8443, so the gateway's
+# listeners are 0.0.0.0_8080 / 0.0.0.0_8443 (the seed's INGRESS_PORT / SECURE_INGRESS_PORT).
+INGRESS_SERVICE = """
+apiVersion: v1
+kind: Service
+metadata: {name: istio-ingressgateway, namespace: istio-system}
+spec:
+  clusterIP: 198.18.200.1
+  selector: {istio: ingressgateway}
+  ports:
+  - {name: http2, port: 80, targetPort: 8080}
+  - {name: https, port: 443, targetPort: 8443}
+"""
 
+# "使用istio网关配置ingress": the Gateway (host __HOST__) and the VirtualService sending /status
+# and /delay to httpbin:8000 (bound to the Gateways __GW__), the seed's with placeholders.
+GATEWAY_HTTP = """
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata:
+  name: httpbin-gateway
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["__HOST__"]
+"""
+VS_HTTPBIN = """
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: httpbin
+spec:
+  hosts: ["__HOST__"]
+  gateways: [__GW__]
+  http:
+  - match:
+    - uri: {prefix: /status}
+    - uri: {prefix: /delay}
+    route:
+    - destination:
+        port: {number: 8000}
+        host: httpbin
+"""
 
-def myngx_split(v1: str, v2: str) -> str:
-    return MYNGX_SPLIT.format(v1=v1, v2=v2)
+# "安全网关": HTTPS servers with tls mode __MODE__, one credential per host, chosen by SNI.
+GATEWAY_TLS = """
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata:
+  name: mygateway
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port: {number: 443, name: https-httpbin, protocol: HTTPS}
+    tls: {mode: __MODE__, credentialName: httpbin-credential}
+    hosts: [httpbin.example.com]
+  - port: {number: 443, name: https-helloworld, protocol: HTTPS}
+    tls: {mode: SIMPLE, credentialName: helloworld-credential}
+    hosts: [helloworld-v1.example.com]
+"""
+VS_HELLOWORLD = """
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: helloworld-v1
+spec:
+  hosts: [helloworld-v1.example.com]
+  gateways: [mygateway]
+  http:
+  - match:
+    - uri: {exact: /hello}
+    route:
+    - destination:
+        host: helloworld-v1
+        port: {number: 5000}
+"""
 
 
 # Seed 000, "配置egree网关": the egress gateway's Gateway, the VirtualService that sends the
@@ -279,3 +350,50 @@ EGRESS_GATEWAY_LABELS = {"istio": "egressgateway"}
 
 def egress_gateway_service(gateway_ip: str) -> str:
     return EGRESS_GATEWAY_SERVICE.replace("{gateway_ip}", gateway_ip)
+
+
+# Seed 001's backends, `kubectl apply -f samples/httpbin/httpbin.yaml` and helloworld-v1: their
+# Services and Endpoints (the lab pods' addresses), as the ingress gateway sees them.
+INGRESS_BACKENDS = """\
+apiVersion: v1
+kind: Service
+metadata: {name: httpbin}
+spec:
+  clusterIP: 198.19.250.1
+  ports: [{name: http, port: 8000, targetPort: 80}]
+  selector: {app: httpbin}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: httpbin}
+subsets: [{addresses: [{ip: __HTTPBIN__}], ports: [{name: http, port: 80}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: helloworld-v1}
+spec:
+  clusterIP: 198.19.250.2
+  ports: [{name: http, port: 5000}]
+  selector: {app: helloworld-v1}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: helloworld-v1}
+subsets: [{addresses: [{ip: __HELLO__}], ports: [{name: http, port: 5000}]}]
+"""
+# What seed 001's helloworld-v1 answers on /hello.
+HELLO = "Hello version: v1, instance: helloworld-v1-5dfcf5d5cd-2l44c\n"
+
+
+def mesh(mode: str, access_log_file: str | None = None) -> str:
+    """The mesh ConfigMap; `access_log_file`: Istio's access log (its default TEXT format)."""
+    text = MESH.replace("{mode}", mode)
+    return f"{text}    accessLogFile: {access_log_file}\n" if access_log_file else text
+
+
+def myngx_split(v1: str, v2: str) -> str:
+    return MYNGX_SPLIT.format(v1=v1, v2=v2)
+
+
+def ingress_backends(httpbin: str, helloworld: str) -> str:
+    return INGRESS_BACKENDS.replace("__HTTPBIN__", httpbin).replace("__HELLO__", helloworld)
