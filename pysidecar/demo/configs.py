@@ -169,9 +169,231 @@ INBOUND_RULE = [
 ]  # fmt: skip
 
 
-def mesh(mode: str) -> str:
-    return MESH.replace("{mode}", mode)
+# Seed 001 (ingress). istio-ingressgateway's Service: 80 → 8080, 443 → 8443, so the gateway's
+# listeners are 0.0.0.0_8080 / 0.0.0.0_8443 (the seed's INGRESS_PORT / SECURE_INGRESS_PORT).
+INGRESS_SERVICE = """
+apiVersion: v1
+kind: Service
+metadata: {name: istio-ingressgateway, namespace: istio-system}
+spec:
+  clusterIP: 198.18.200.1
+  selector: {istio: ingressgateway}
+  ports:
+  - {name: http2, port: 80, targetPort: 8080}
+  - {name: https, port: 443, targetPort: 8443}
+"""
+
+# "使用istio网关配置ingress": the Gateway (host __HOST__) and the VirtualService sending /status
+# and /delay to httpbin:8000 (bound to the Gateways __GW__), the seed's with placeholders.
+GATEWAY_HTTP = """
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata:
+  name: httpbin-gateway
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["__HOST__"]
+"""
+VS_HTTPBIN = """
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: httpbin
+spec:
+  hosts: ["__HOST__"]
+  gateways: [__GW__]
+  http:
+  - match:
+    - uri: {prefix: /status}
+    - uri: {prefix: /delay}
+    route:
+    - destination:
+        port: {number: 8000}
+        host: httpbin
+"""
+
+# "安全网关": HTTPS servers with tls mode __MODE__, one credential per host, chosen by SNI.
+GATEWAY_TLS = """
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata:
+  name: mygateway
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port: {number: 443, name: https-httpbin, protocol: HTTPS}
+    tls: {mode: __MODE__, credentialName: httpbin-credential}
+    hosts: [httpbin.example.com]
+  - port: {number: 443, name: https-helloworld, protocol: HTTPS}
+    tls: {mode: SIMPLE, credentialName: helloworld-credential}
+    hosts: [helloworld-v1.example.com]
+"""
+VS_HELLOWORLD = """
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: helloworld-v1
+spec:
+  hosts: [helloworld-v1.example.com]
+  gateways: [mygateway]
+  http:
+  - match:
+    - uri: {exact: /hello}
+    route:
+    - destination:
+        host: helloworld-v1
+        port: {number: 5000}
+"""
+
+
+# Seed 000, "配置egree网关": the egress gateway's Gateway, the VirtualService that sends the
+# mesh's httpbin.org traffic to the gateway and the gateway's on to httpbin.org (routes chosen
+# per match by `gateways`), and the DestinationRule naming subset `httpbin`. Verbatim (the seed
+# shows the DestinationRule twice; once is enough).
+EGRESS_GATEWAY_SEED = """\
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata:
+  name: httpbin-egressgateway
+spec:
+  selector:
+    istio: egressgateway
+  servers:
+  - port:
+      number: 80
+      name: http
+      protocol: HTTP
+    hosts:
+    - "httpbin.org"
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: vs-for-egressgateway
+spec:
+  hosts:
+  - httpbin.org
+  gateways:
+  - httpbin-egressgateway
+  - mesh
+  http:
+  - match:
+    - gateways:
+      - mesh
+      port: 80
+    route:
+    - destination:
+        host: istio-egressgateway.istio-system.svc.cluster.local
+        subset: httpbin
+        port:
+          number: 80
+      weight: 100
+  - match:
+    - gateways:
+      - httpbin-egressgateway
+      port: 80
+    route:
+    - destination:
+        host: httpbin.org
+        port:
+          number: 80
+      weight: 100
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata:
+  name: dr-for-egressgateway
+spec:
+  host: istio-egressgateway.istio-system.svc.cluster.local
+  subsets:
+  - name: httpbin
+"""
+
+# What the seed's cluster already has: istio-egressgateway's Service (ports as Istio's chart
+# gives it: 80 → 8080, 443 → 8443) selecting the gateway pod, and its EndpointSlice, the pod's
+# lab address. The seed's ServiceEntry for httpbin.org (SE_HTTPBIN) goes with it.
+EGRESS_GATEWAY_SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: istio-egressgateway
+  namespace: istio-system
+  labels: {app: istio-egressgateway, istio: egressgateway}
+spec:
+  clusterIP: 198.19.254.10
+  selector: {istio: egressgateway}
+  ports:
+  - {name: http2, port: 80, targetPort: 8080}
+  - {name: https, port: 443, targetPort: 8443}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: istio-egressgateway-abcde
+  namespace: istio-system
+  labels: {kubernetes.io/service-name: istio-egressgateway}
+addressType: IPv4
+endpoints:
+- addresses: [{gateway_ip}]
+  conditions: {ready: true}
+ports:
+- {name: http2, port: 8080, protocol: TCP}
+- {name: https, port: 8443, protocol: TCP}
+"""
+# The gateway pod's labels (`pysidecar run --mode router --workload-labels istio=egressgateway`).
+EGRESS_GATEWAY_LABELS = {"istio": "egressgateway"}
+
+
+def egress_gateway_service(gateway_ip: str) -> str:
+    return EGRESS_GATEWAY_SERVICE.replace("{gateway_ip}", gateway_ip)
+
+
+# Seed 001's backends, `kubectl apply -f samples/httpbin/httpbin.yaml` and helloworld-v1: their
+# Services and Endpoints (the lab pods' addresses), as the ingress gateway sees them.
+INGRESS_BACKENDS = """\
+apiVersion: v1
+kind: Service
+metadata: {name: httpbin}
+spec:
+  clusterIP: 198.19.250.1
+  ports: [{name: http, port: 8000, targetPort: 80}]
+  selector: {app: httpbin}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: httpbin}
+subsets: [{addresses: [{ip: __HTTPBIN__}], ports: [{name: http, port: 80}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: helloworld-v1}
+spec:
+  clusterIP: 198.19.250.2
+  ports: [{name: http, port: 5000}]
+  selector: {app: helloworld-v1}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: helloworld-v1}
+subsets: [{addresses: [{ip: __HELLO__}], ports: [{name: http, port: 5000}]}]
+"""
+# What seed 001's helloworld-v1 answers on /hello.
+HELLO = "Hello version: v1, instance: helloworld-v1-5dfcf5d5cd-2l44c\n"
+
+
+def mesh(mode: str, access_log_file: str | None = None) -> str:
+    """The mesh ConfigMap; `access_log_file`: Istio's access log (its default TEXT format)."""
+    text = MESH.replace("{mode}", mode)
+    return f"{text}    accessLogFile: {access_log_file}\n" if access_log_file else text
 
 
 def myngx_split(v1: str, v2: str) -> str:
     return MYNGX_SPLIT.format(v1=v1, v2=v2)
+
+
+def ingress_backends(httpbin: str, helloworld: str) -> str:
+    return INGRESS_BACKENDS.replace("__HTTPBIN__", httpbin).replace("__HELLO__", helloworld)

@@ -58,6 +58,7 @@ def _observe(w: World, step: Step, before: _Snapshot) -> list[str]:
     patterns = [re.compile(p) for p in step.counters]
     for name in step.proxies:
         pod = w.lab.pod(name)
+        log = w.logs[name]
         after = w.stats(pod)
         old = before.stats[name]
         moved = [
@@ -66,7 +67,7 @@ def _observe(w: World, step: Step, before: _Snapshot) -> list[str]:
             if v != old.get(k, 0) and any(p.search(k) for p in patterns)
         ]
         if moved:
-            _out(f"[{name} sidecar] counters (admin /stats):")
+            _out(f"[{log.label}] counters (admin /stats):")
             for line in moved:
                 _out(f"  {line}")
         metrics = w.istio_metrics(pod)
@@ -76,21 +77,20 @@ def _observe(w: World, step: Step, before: _Snapshot) -> list[str]:
             if v != before.metrics[name].get(k, 0)
         ]
         if grown:
-            _out(f"[{name} sidecar] Istio metrics (:15090/stats/prometheus, labels shortened):")
+            _out(f"[{log.label}] Istio metrics (:15090/stats/prometheus, labels shortened):")
             for line in grown:
                 _out(f"  {line}")
-        log = w.logs[name]
         wanted = log.wanted
         lines = log.take()
         log.wanted = 0
         if lines:
-            _out(f"[{name} sidecar] access log, {len(lines)} new line(s):")
+            _out(f"[{log.label}] access log, {len(lines)} new line(s):")
             for line in lines[:MAX_LOG_LINES]:
                 _out(f"  {line}")
             if len(lines) > MAX_LOG_LINES:
                 _out(f"  ... and {len(lines) - MAX_LOG_LINES} more")
         if len(lines) < wanted:
-            missing.append(f"{wanted} access-log line(s) from the {name} sidecar, got {len(lines)}")
+            missing.append(f"{wanted} access-log line(s) from the {log.label}, got {len(lines)}")
     return missing
 
 

@@ -1,4 +1,5 @@
-"""The demo's steps: seed 000 (egress) and seed 002 (Envoy) replayed against lab pods.
+"""The demo's steps: seed 000 (egress), seed 002 (Envoy) and seed 001 (ingress) replayed against
+lab pods, then seed 000's egress gateway.
 
 Each step says what it shows, does what the tutorial does (the same curl, the same YAML), and
 checks the tutorial's outcome with `expect`; a step that does not see it raises `Unexpected`
@@ -15,15 +16,18 @@ from __future__ import annotations
 import json
 import math
 import re
+import shlex
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 from pysidecar.demo import configs
-from pysidecar.demo.world import World, expect
+from pysidecar.demo.world import RELOAD_TIMEOUT, World, expect
+from pysidecar.lab import certs
 
 Out = Callable[[str], None]
 T = TypeVar("T")
@@ -59,17 +63,25 @@ def _tcp_shown(got: bytes | None) -> str:
     return got.decode("utf-8", "replace") if got else "(closed by the sidecar, nothing back)"
 
 
-def _head(w: World, pod_name: str, url: str) -> tuple[str, list[str]]:
-    """(status line, header lines) of `curl -sI url` in the pod."""
+def _head(w: World, pod_name: str, *args: str) -> tuple[str, list[str]]:
+    """(status line, header lines) of `curl -sI ARGS` in the pod."""
     pod = w.lab.pod(pod_name)
-    lines = w.curl(pod, "-I", url).replace("\r", "").splitlines()
+    lines = w.curl(pod, "-I", *args).replace("\r", "").splitlines()
     return (lines[0] if lines else "", [x for x in lines[1:] if x])
 
 
-def _apply(w: World, out: Out, name: str, text: str) -> None:
-    """Write `name` into the sidecar's config directory, show it, wait for the hot reload."""
-    _shell(f"cat > {name} <<EOF   # in the sidecar's -c directory", out, f"{text}EOF")
-    took = w.reload(name, text)
+WHOSE = {"client": "the sidecar's", "ingress": "the ingress gateway's", "egress": "the egress gateway's"}
+
+
+def _show_file(out: Out, name: str, text: str, *pods: str) -> None:
+    where = " and ".join(WHOSE[p] for p in pods)
+    _shell(f"cat > {name} <<EOF   # in {where} -c director{'ies' if len(pods) > 1 else 'y'}", out, f"{text}EOF")
+
+
+def _apply(w: World, out: Out, name: str, text: str, pod: str = "client") -> None:
+    """Write `name` into the proxy's config directory, show it, wait for the hot reload."""
+    _show_file(out, name, text, pod)
+    took = w.reload(name, text, pod)
     out(f"(the proxy reloaded in {took:.1f}s, no restart)")
 
 
@@ -275,6 +287,143 @@ def listeners(w: World, out: Out) -> None:
     expect("block_all" in r.stdout, "the block_all virtual host (REGISTRY_ONLY) in route 80")
 
 
+# -- 9 -------------------------------------------------------------------------------------
+
+HTTPBIN_HOST = "httpbin.example.com"
+HELLO_HOST = "helloworld-v1.example.com"
+
+
+def _ingress_http(gateways: str) -> str:
+    """Seed 001's Gateway httpbin-gateway and VirtualService httpbin (bound to `gateways`)."""
+    gw = configs.GATEWAY_HTTP.replace("__HOST__", HTTPBIN_HOST)
+    vs = configs.VS_HTTPBIN.replace("__HOST__", HTTPBIN_HOST).replace("__GW__", gateways)
+    return f"{gw.lstrip()}---{vs}"
+
+
+def ingress_routing(w: World, out: Out) -> None:
+    _apply(w, out, "httpbin-gateway.yaml", _ingress_http("httpbin-gateway"), "ingress")
+    base = f"http://{w.ingress.ip}:8080"
+    out(f"INGRESS_HOST={w.ingress.ip} INGRESS_PORT=8080   # istio-ingressgateway's 80 → targetPort 8080")
+    host = f"-HHost:{HTTPBIN_HOST}"
+    status, headers = _settle(lambda: _head(w, "nettool", host, f"{base}/status/200"), lambda r: "200" in r[0])
+    _shell(f"curl -s -I {host} http://$INGRESS_HOST:$INGRESS_PORT/status/200   # from nettool", out,
+           "\n".join([status, *headers]))  # fmt: skip
+    expect(status == "HTTP/1.1 200 OK", f"HTTP/1.1 200 OK (prefix /status), got {status!r}")
+    expect("server: istio-envoy" in headers, f"server: istio-envoy, got {headers}")
+    status, headers = _head(w, "nettool", host, f"{base}/headers")
+    _shell(f"curl -s -I {host} http://$INGRESS_HOST:$INGRESS_PORT/headers", out, "\n".join([status, *headers]))
+    expect(status == "HTTP/1.1 404 Not Found", f"HTTP/1.1 404 Not Found (no route for /headers), got {status!r}")
+
+
+# -- 10 ------------------------------------------------------------------------------------
+
+CURL_TLS_LINES = re.compile(r"^\*\s+(SSL connection using|Server certificate|subject:|issuer:)|^< (HTTP/|server:)")
+
+
+def _https(w: World, host: str, path: str, ca: Path) -> tuple[str, str, list[str]]:
+    """The seed's `curl -v --resolve ... --cacert ...` from nettool: (status, body, the TLS and
+    response lines of curl's -v log)."""
+    r = w.nettool.run(
+        ["curl", "-sv", "-m", "10", "-w", "\n%{http_code}", f"-HHost:{host}",
+         "--resolve", f"{host}:8443:{w.ingress.ip}", "--cacert", str(ca), f"https://{host}:8443{path}"],
+        timeout=15,
+    )  # fmt: skip
+    body, _, code = r.stdout.rpartition("\n")
+    shown = [x.rstrip("\r") for x in r.stderr.splitlines() if CURL_TLS_LINES.match(x)]
+    return code, body, shown
+
+
+def _subject(lines: list[str]) -> str:
+    return next((x.split("subject:", 1)[1].strip() for x in lines if "subject:" in x), "")
+
+
+def _tls_request(w: World, out: Out, host: str, path: str, want: str, ca: Path) -> None:
+    """The seed's curl to the secure port: `want` back, served with `host`'s own certificate."""
+    code, body, lines = _settle(lambda: _https(w, host, path, ca), lambda r: r[0] == want, RELOAD_TIMEOUT)
+    cmd = (
+        f'curl -v -HHost:{host} --resolve "{host}:$SECURE_INGRESS_PORT:$INGRESS_HOST" '
+        f'--cacert example.com.crt "https://{host}:$SECURE_INGRESS_PORT{path}"'
+    )
+    _shell(cmd, out, "\n".join([*lines, body] if body else lines))
+    expect(code == want, f"{want} from https://{host}{path}, got {code} {body[:80]!r}")
+    subject = _subject(lines)
+    expect(subject.startswith(f"CN={host}"), f"{host}'s own certificate (by SNI), got subject {subject!r}")
+
+
+def ingress_tls(w: World, out: Out) -> None:
+    d = Path(w.mkdtemp("certs"))
+    try:
+        ran: list[list[str]] = []
+        ca = certs.make_ca(d, show=ran.append)
+        httpbin = certs.issue(d, ca, HTTPBIN_HOST, "httpbin organization", 0, show=ran.append)
+        hello = certs.issue(d, ca, HELLO_HOST, "helloworld organization", 1, show=ran.append)
+        out(f"$ cd {d}   # a temporary directory, removed at the end of this step")
+        for argv in ran:
+            out("$ " + shlex.join(argv).replace(f"{d}/", ""))
+        secrets = [("httpbin-credential", httpbin, HTTPBIN_HOST), ("helloworld-credential", hello, HELLO_HOST)]
+        for name, _, host in secrets:
+            out(f"$ kubectl create -n istio-system secret tls {name} --key={host}.key --cert={host}.crt")
+        out("  (here: credentials.yaml in the ingress gateway's -c directory, the Secrets kubectl writes)")
+        gateway = configs.GATEWAY_TLS.replace("__MODE__", "SIMPLE").lstrip() + "---" + configs.VS_HELLOWORLD
+        _show_file(out, "mygateway.yaml", gateway, "ingress")
+        out("(and httpbin-gateway.yaml's VirtualService now names `gateways: [httpbin-gateway, mygateway]`)")
+        took = w.reload_many({"ingress": {
+            "credentials.yaml": "---\n".join(certs.tls_secret(name, pair) for name, pair, _ in secrets),
+            "httpbin-gateway.yaml": _ingress_http("httpbin-gateway, mygateway"),
+            "mygateway.yaml": gateway,
+        }})  # fmt: skip
+        out(f"(the gateway reloaded in {took:.1f}s, no restart: a new listener 0.0.0.0_8443)")
+        _tls_request(w, out, HTTPBIN_HOST, "/status/418", "418", ca.crt)
+        _tls_request(w, out, HELLO_HOST, "/hello", "200", ca.crt)
+    finally:
+        w.forget(str(d))
+    out(f"$ rm -r {d}")
+
+
+# -- 11 ------------------------------------------------------------------------------------
+
+TO_EGRESS = "outbound|80|httpbin|istio-egressgateway.istio-system.svc.cluster.local"
+
+
+def egress_gateway(w: World, out: Out) -> None:
+    r = w.egress.run([sys.executable, "-m", "pysidecar", "proxy-config", "listeners"], timeout=20)
+    _shell("pysidecar proxy-config listeners   # in the egress gateway pod: running, no Gateway yet", out,
+           r.stdout or r.stderr)  # fmt: skip
+    out("$ rm httpbin-vs.yaml   # kubectl delete virtualservice httpbin-ext (the 3 s timeout of step 5)")
+    _show_file(out, "egress-gateway.yaml", configs.EGRESS_GATEWAY_SEED, "client", "egress")
+    out("(with step 4's ServiceEntry httpbin-se.yaml, which istiod sends the egress gateway too)")
+    seed = configs.EGRESS_GATEWAY_SEED
+    took = w.reload_many({
+        "client": {"egress-gateway.yaml": seed, "httpbin-vs.yaml": None},
+        "egress": {"httpbin-se.yaml": configs.SE_HTTPBIN, "egress-gateway.yaml": seed},
+    })  # fmt: skip
+    out(f"(both proxies reloaded in {took:.1f}s, no restart)")
+
+    def origin(body: str) -> str | None:
+        try:
+            found = json.loads(body).get("origin")
+        except ValueError:
+            return None
+        return found if isinstance(found, str) else None
+
+    code, body = _settle(
+        lambda: w.status(w.client, "http://httpbin.org/ip"), lambda r: origin(r[1]) == w.egress.ip, RELOAD_TIMEOUT
+    )
+    _shell("curl http://httpbin.org/ip   # in the client pod", out, body)
+    expect(code == "200", f"200 from httpbin.org, got {code} {body[:200]!r}")
+    expect(origin(body) == w.egress.ip, f"httpbin.org to see the egress gateway {w.egress.ip}, got {origin(body)!r}")
+    code, body = w.status(w.client, "http://httpbin.org/headers")
+    try:
+        forwarded = json.loads(body)["headers"].get("X-Forwarded-For")
+    except (ValueError, KeyError):
+        forwarded = None
+    _shell("curl -s http://httpbin.org/headers | grep X-Forwarded-For", out, f'"X-Forwarded-For": "{forwarded}"')
+    expect(code == "200" and forwarded == w.client.ip, f"the gateway to add the client {w.client.ip}, got {forwarded!r}")
+    status, _ = _head(w, "client", "http://edition.cnn.com/")
+    _shell("curl -I http://edition.cnn.com/   # REGISTRY_ONLY still: no ServiceEntry, no gateway", out, status)
+    expect(status == "HTTP/1.1 502 Bad Gateway", f"edition.cnn.com still 502, got {status!r}")
+
+
 STEPS: list[Step] = [
     Step(
         "The interception rules",
@@ -362,5 +511,51 @@ STEPS: list[Step] = [
         "hosts.",
         listeners,
         proxies=(),
+    ),
+    Step(
+        "Ingress gateway: host and path routing (seed 001)",
+        "Pod `ingress` runs pysidecar in router mode (Istio's istio-ingressgateway, its Service maps "
+        "80 to targetPort 8080). The seed's Gateway and VirtualService for httpbin.example.com arrive "
+        "hot: /status and /delay go to httpbin:8000, any other path is Envoy's 404 (route not found).",
+        ingress_routing,
+        counters=(
+            r"^listener_manager\.lds\.update_success$",
+            r"^cluster\.outbound\|8000\|\|httpbin\.default\.svc\.cluster\.local\.upstream_rq_200$",
+            r"^http\.outbound_0\.0\.0\.0_8080\.downstream_rq_[24]xx$",
+        ),
+        proxies=("ingress",),
+        log_lines=(("ingress", 2),),
+    ),
+    Step(
+        "Ingress gateway: SIMPLE TLS, the certificate chosen by SNI (seed 001)",
+        "The seed's openssl commands (plus a subjectAltName, which curl checks) make a root CA and "
+        "a certificate per host, in a temporary directory; the Secrets "
+        "(credentialName) and an HTTPS Gateway with two SIMPLE servers arrive hot. The gateway "
+        "terminates TLS on 8443 with the certificate of the server the client's SNI names.",
+        ingress_tls,
+        counters=(
+            r"^listener_manager\.lds\.update_success$",
+            r"^listener\.0\.0\.0\.0_8443\.ssl\.handshake$",
+            r"^cluster\.outbound\|(8000\|\|httpbin|5000\|\|helloworld-v1)\.default\.svc\.cluster\.local\.upstream_rq_total$",
+        ),
+        proxies=("ingress",),
+        log_lines=(("ingress", 2),),
+    ),
+    Step(
+        "Egress gateway: httpbin.org through istio-egressgateway (seed 000)",
+        "Pod `egress` runs pysidecar in router mode (istio=egressgateway). The seed's Gateway, "
+        "VirtualService (bound to the gateway and to `mesh`, each route matching by `gateways`) and "
+        "DestinationRule go to both proxies: the client's sidecar (still REGISTRY_ONLY) sends "
+        "httpbin.org to the gateway's subset cluster, the gateway on to httpbin.org, and logs it "
+        "as the seed's gateway log shows (HTTP/1.1 here: the seed's sidecar speaks mTLS h2).",
+        egress_gateway,
+        counters=(
+            r"^listener_manager\.lds\.update_success$",
+            r"^cluster\.outbound\|80\|httpbin\|istio-egressgateway\.istio-system\.svc\.cluster\.local\.upstream_rq_(total|200)$",
+            r"^cluster\.outbound\|80\|\|httpbin\.org\.upstream_rq_(total|200)$",
+            r"\.rq_direct_response$",
+        ),
+        proxies=("client", "egress"),
+        log_lines=(("client", 3), ("egress", 2)),
     ),
 ]

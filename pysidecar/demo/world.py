@@ -11,15 +11,22 @@ files):
     myngx    myngx.example: an address with nothing behind it, like a Service VIP
     myapp    seed 002's inbound example: app on :80, one PREROUTING rule, a second proxy
     nettool  seed 002's client pod: curls the others, no sidecar
+    helloworld  seed 001's helloworld-v1: lab http server on :5000
+    ingress  seed 001's istio-ingressgateway: `pysidecar run --mode router --workload-labels
+             istio=ingressgateway` on its own -c directory (Service 80 → 8080, 443 → 8443)
+    egress   seed 000's istio-egressgateway: `pysidecar run --mode router --workload-labels
+             istio=egressgateway` (Service 80 → 8080), no interception
 
 Promises:
-- `build()` returns only once both proxies answer ready; any failure raises (the caller closes
+- `build()` returns only once every proxy answers ready (the gateways start with their
+  Services only, no Gateway yet: no listener but admin and readiness); any failure raises (the caller closes
   the lab, which removes pods, processes and /etc/netns entries).
-- The config directory is created outside the lab's log directory (so `Lab.logs()` keeps
-  working) and `close()` removes it; files are written atomically (temp name, rename), as a
+- Each proxy's config directory (and any scratch directory, such as a step's certificates)
+  is created outside the lab's log directory (so `Lab.logs()` keeps working), named with the
+  lab's prefix, and `close()` removes them all; files are written atomically (temp name, rename), as a
   ConfigMap volume update is, so the proxy never reads half a file.
-- `reload()` returns once the proxy has compiled and taken the new files (the reload counters
-  moved), or raises `Unexpected` with the rejection.
+- `reload()` / `reload_many()` return once every proxy concerned has compiled and taken the new
+  files (its reload counter moved), or raise `Unexpected` with the rejection.
 - Observation is read-only: stats come from the admin port (127.0.0.1:15000 inside the pod),
   Istio metrics from :15090, access-log lines from the files the proxies append to.
 """
@@ -33,7 +40,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pysidecar.demo import configs
@@ -82,10 +89,13 @@ class AccessLog:
         return lines
 
 
+# A proxy pod's config changes: file name → its new text, or None to remove it.
+Changes = Mapping[str, str | None]
+
+
 @dataclass
 class World:
     lab: Lab
-    config_dir: str
     client: Pod
     httpbin: Pod
     cnn: Pod
@@ -94,11 +104,33 @@ class World:
     myngx: Pod
     myapp: Pod
     nettool: Pod
+    helloworld: Pod
+    ingress: Pod
+    egress: Pod
+    # The -c directory of each pod running pysidecar on Istio YAML: client, ingress, egress.
+    config_dirs: dict[str, str] = field(default_factory=dict)
+    scratch: list[str] = field(default_factory=list)  # more directories to remove
     logs: dict[str, AccessLog] = field(default_factory=dict)
 
+    @property
+    def config_dir(self) -> str:
+        return self.config_dirs["client"]
+
     def close(self) -> None:
-        """Remove the config directory (the lab removes everything else)."""
-        shutil.rmtree(self.config_dir, ignore_errors=True)
+        """Remove the config and scratch directories (the lab removes everything else)."""
+        for d in [*self.config_dirs.values(), *self.scratch]:
+            shutil.rmtree(d, ignore_errors=True)
+
+    def mkdtemp(self, what: str) -> str:
+        """A scratch directory named with the lab's prefix, removed by `close()` at the latest."""
+        d = tempfile.mkdtemp(prefix=f"{self.lab.prefix}-{what}-")
+        self.scratch.append(d)
+        return d
+
+    def forget(self, d: str) -> None:
+        """Remove a scratch directory now."""
+        shutil.rmtree(d, ignore_errors=True)
+        self.scratch.remove(d)
 
     # -- traffic -------------------------------------------------------------------------
 
@@ -140,29 +172,46 @@ class World:
 
     # -- config --------------------------------------------------------------------------
 
-    def write(self, name: str, text: str) -> None:
-        tmp = os.path.join(self.config_dir, f".{name}.tmp")  # hidden: the loader skips it
+    def write(self, name: str, text: str | None, pod: str = "client") -> None:
+        """Write (None: remove) `name` in `pod`'s config directory."""
+        d = self.config_dirs[pod]
+        if text is None:
+            os.unlink(os.path.join(d, name))
+            return
+        tmp = os.path.join(d, f".{name}.tmp")  # hidden: the loader skips it
         with open(tmp, "w") as f:
             f.write(text)
         os.chmod(tmp, 0o644)
-        os.rename(tmp, os.path.join(self.config_dir, name))
+        os.rename(tmp, os.path.join(d, name))
 
-    def reload(self, name: str, text: str) -> float:
-        """Write `name` and wait until the proxy took it; return how long that took."""
-        before = self.stats(self.client)
-        done = before.get("listener_manager.lds.update_success", 0)
-        rejected = before.get("pysidecar.config_reload_rejected", 0)
+    def reload(self, name: str, text: str | None, pod: str = "client") -> float:
+        """Write (None: remove) `name` and wait until the proxy took it; how long that took."""
+        return self.reload_many({pod: {name: text}})
+
+    def reload_many(self, changes: Mapping[str, Changes]) -> float:
+        """Make the changes (pod → files, each pod's in the order given) and wait until every
+        pod's proxy has reloaded; how long that took. A proxy may take a change in two
+        reloads: callers that need all of it probe for it (the reload only says it started)."""
+        before = {pod: self.stats(self.lab.pod(pod)) for pod in changes}
         started = time.monotonic()
-        self.write(name, text)
+        for pod, files in changes.items():
+            for name, text in files.items():
+                self.write(name, text, pod)
+        waiting = set(changes)
         deadline = started + RELOAD_TIMEOUT
-        while time.monotonic() < deadline:
-            now = self.stats(self.client)
-            if now.get("pysidecar.config_reload_rejected", 0) > rejected:
-                raise Unexpected(f"the proxy to accept {name}; it rejected it (see its log)")
-            if now.get("listener_manager.lds.update_success", 0) > done:
-                return time.monotonic() - started
-            time.sleep(POLL)
-        raise Unexpected(f"the proxy to reload {name} within {RELOAD_TIMEOUT:.0f}s")
+        while waiting and time.monotonic() < deadline:
+            for pod in sorted(waiting):
+                now, old = self.stats(self.lab.pod(pod)), before[pod]
+                names = ", ".join(changes[pod])
+                if now.get("pysidecar.config_reload_rejected", 0) > old.get("pysidecar.config_reload_rejected", 0):
+                    raise Unexpected(f"the {pod} proxy to accept {names}; it rejected it (see its log)")
+                if now.get("listener_manager.lds.update_success", 0) > old.get("listener_manager.lds.update_success", 0):
+                    waiting.discard(pod)
+            if waiting:
+                time.sleep(POLL)
+        if waiting:
+            raise Unexpected(f"the {', '.join(sorted(waiting))} proxy to reload within {RELOAD_TIMEOUT:.0f}s")
+        return time.monotonic() - started
 
     # -- observation ---------------------------------------------------------------------
 
@@ -230,44 +279,73 @@ def _spawn_proxy(pod: Pod, args: Sequence[str], port: int, ready_url: str) -> No
     _wait_ready(pod, ready_url, lambda: proc.poll() is None)
 
 
+def _config_dir(lab: Lab, pod: str) -> str:
+    d = tempfile.mkdtemp(prefix=f"{lab.prefix}-{pod}-istio-")
+    os.chmod(d, 0o755)  # the proxy runs as uid 1337
+    return d
+
+
+def _start_gateway(w: World, pod: Pod, labels: str, say: Callable[[str], None]) -> None:
+    """`pysidecar run --mode router` on the pod's config directory, its access log on."""
+    log = _access_log(w.lab, f"{pod.name}-access.log")
+    args = ["run", "--mode", "router", "--workload-labels", labels, "--concurrency", "1"]
+    args += ["-c", w.config_dirs[pod.name], "--access-log", log]
+    say(f"{pod.name}: pysidecar {' '.join(args[:5])} -c {w.config_dirs[pod.name]}")
+    _spawn_proxy(pod, args, 15021, "http://127.0.0.1:15021/healthz/ready")
+    w.logs[pod.name] = AccessLog(f"{pod.name} gateway", log)
+
+
 def build(lab: Lab, say: Callable[[str], None]) -> World:
-    """Create the pods, the config, both proxies; see the module docstring."""
+    """Create the pods, the config, the proxies; see the module docstring."""
     say(f"lab {lab.prefix}: pods client, httpbin (httpbin.org), cnn (edition.cnn.com), "
-        "ngxv1, ngxv2, myngx (myngx.example), myapp, nettool")  # fmt: skip
-    client = lab.add_pod("client")
-    httpbin = lab.add_pod("httpbin", hostnames=["httpbin.org"])
-    cnn = lab.add_pod("cnn", hostnames=["edition.cnn.com"])
-    ngxv1 = lab.add_pod("ngxv1")
-    ngxv2 = lab.add_pod("ngxv2")
-    myngx = lab.add_pod("myngx", hostnames=["myngx.example"])
-    myapp = lab.add_pod("myapp")
-    nettool = lab.add_pod("nettool")
-
-    config_dir = tempfile.mkdtemp(prefix=f"{lab.prefix}-istio-")
-    os.chmod(config_dir, 0o755)  # the proxy runs as uid 1337
-    world = World(lab, config_dir, client, httpbin, cnn, ngxv1, ngxv2, myngx, myapp, nettool)
+        "ngxv1, ngxv2, myngx (myngx.example), myapp, nettool, helloworld, ingress, egress")  # fmt: skip
+    world = World(
+        lab,
+        client=lab.add_pod("client"),
+        httpbin=lab.add_pod("httpbin", hostnames=["httpbin.org"]),
+        cnn=lab.add_pod("cnn", hostnames=["edition.cnn.com"]),
+        ngxv1=lab.add_pod("ngxv1"),
+        ngxv2=lab.add_pod("ngxv2"),
+        myngx=lab.add_pod("myngx", hostnames=["myngx.example"]),
+        myapp=lab.add_pod("myapp"),
+        nettool=lab.add_pod("nettool"),
+        helloworld=lab.add_pod("helloworld"),
+        ingress=lab.add_pod("ingress"),
+        egress=lab.add_pod("egress"),
+    )
     try:
-        say("servers: httpbin.org :80 and :7 (echo), edition.cnn.com :80, v1, v2, the apps")
-        httpbin.spawn_server("http", 80, "--name", "httpbin.org")
-        httpbin.spawn_server("echo", 7)
-        cnn.spawn_server("http", 80, "--name", "edition.cnn.com")
-        ngxv1.spawn_server("http", 80, "--body", "v1\n", "--name", "ngxv1")
-        ngxv2.spawn_server("http", 80, "--body", "v2\n", "--name", "ngxv2")
-        client.spawn_server("http", 8080, "--name", "client-app")
-        myapp.spawn_server("http", 80, "--name", "myapp")
+        for pod in ("client", "ingress", "egress"):
+            world.config_dirs[pod] = _config_dir(lab, pod)
+        say("servers: httpbin.org :80 and :7 (echo), edition.cnn.com :80, v1, v2, helloworld-v1, the apps")
+        world.httpbin.spawn_server("http", 80, "--name", "httpbin.org")
+        world.httpbin.spawn_server("echo", 7)
+        world.cnn.spawn_server("http", 80, "--name", "edition.cnn.com")
+        world.ngxv1.spawn_server("http", 80, "--body", "v1\n", "--name", "ngxv1")
+        world.ngxv2.spawn_server("http", 80, "--body", "v2\n", "--name", "ngxv2")
+        world.helloworld.spawn_server("http", 5000, "--body", configs.HELLO)
+        world.client.spawn_server("http", 8080, "--name", "client-app")
+        world.myapp.spawn_server("http", 80, "--name", "myapp")
 
+        # What the cluster has before the tutorials start: the mesh config, sleep's Service,
+        # the gateways' Services (istio-system) and seed 001's backends.
+        egress_service = configs.egress_gateway_service(world.egress.ip)
         world.write("mesh.yaml", configs.mesh("ALLOW_ANY"))
         world.write("sleep-service.yaml", configs.SLEEP_SERVICE)
+        world.write("istio-egressgateway.yaml", egress_service)
+        world.write("istio-egressgateway.yaml", egress_service, "egress")
+        world.write("istio-ingressgateway.yaml", configs.INGRESS_SERVICE, "ingress")
+        world.write("backends.yaml", configs.ingress_backends(world.httpbin.ip, world.helloworld.ip), "ingress")
+
         client_log = _access_log(lab, "client-access.log")
-        say(f"client: pysidecar init {' '.join(_shown_args())}; pysidecar run -c {config_dir}")
-        client.install_interception()
+        say(f"client: pysidecar init {' '.join(_shown_args())}; pysidecar run -c {world.config_dir}")
+        world.client.install_interception()
         _spawn_proxy(
-            client,
-            ["run", "--concurrency", "2", "-c", config_dir, "--access-log", client_log],
+            world.client,
+            ["run", "--concurrency", "2", "-c", world.config_dir, "--access-log", client_log],
             15021,
             "http://127.0.0.1:15021/healthz/ready",
         )
-        world.logs["client"] = AccessLog("client", client_log)
+        world.logs["client"] = AccessLog("client sidecar", client_log)
 
         inbound = os.path.join(lab.logdir, "myapp-envoy.yaml")
         with open(inbound, "w") as f:
@@ -275,14 +353,16 @@ def build(lab: Lab, say: Callable[[str], None]) -> World:
         os.chmod(inbound, 0o644)
         myapp_log = _access_log(lab, "myapp-access.log")
         say("myapp: the seed's PREROUTING rule; pysidecar run -c myapp-envoy.yaml (seed 002)")
-        myapp.run(configs.INBOUND_RULE, check=True)
+        world.myapp.run(configs.INBOUND_RULE, check=True)
         _spawn_proxy(
-            myapp,
+            world.myapp,
             ["run", "--concurrency", "1", "-c", inbound, "--access-log", myapp_log],
             15006,
             "http://127.0.0.1:15000/ready",
         )
-        world.logs["myapp"] = AccessLog("myapp", myapp_log)
+        world.logs["myapp"] = AccessLog("myapp sidecar", myapp_log)
+        _start_gateway(world, world.ingress, "istio=ingressgateway", say)
+        _start_gateway(world, world.egress, "istio=egressgateway", say)
     except BaseException:
         world.close()
         raise

@@ -55,7 +55,7 @@ def stats(pod: Pod, admin: str = "127.0.0.1:15000") -> dict[str, int]:
     r = pod.run(["curl", "-sf", f"http://{admin}/stats?format=json"], check=True)
     out: dict[str, int] = {}
     for s in json.loads(r.stdout)["stats"]:
-        if isinstance(s["value"], int):
+        if isinstance(s.get("value"), int):  # Envoy also lists histograms (no "value")
             out[s["name"]] = s["value"]
     return out
 

@@ -3,7 +3,7 @@ the demo's lab outlives it, whether it finishes or is stopped half-way with SIGT
 (SIGINT to its whole process group, as a terminal sends it).
 
 "Nothing" means: no network namespace and no /etc/netns directory named with the lab's prefix,
-no temp directory or lab marker of it, and no process carrying the environment marker this test
+no temp directory (config directories, the TLS step's certificates) or lab marker of it, and no process carrying the environment marker this test
 gives the demo (every process the demo starts inherits its environment: servers, `ip netns
 exec`, setpriv, the proxies and their workers).
 """
@@ -92,30 +92,41 @@ def test_demo_passes_every_step_quickly_and_leaves_nothing() -> None:
     assert "FAILED" not in out
     assert f"{len(STEPS)}/{len(STEPS)} steps as expected" in out
     assert "pysidecar lab up" in out  # how to explore by hand
+    # Seed 001: each host served its own certificate, chosen by SNI.
+    assert "*  subject: CN=httpbin.example.com; O=httpbin organization" in out
+    assert "*  subject: CN=helloworld-v1.example.com; O=helloworld organization" in out
+    # Seed 000's egress gateway: the sidecar sent httpbin.org to the gateway, the gateway on.
+    egress = out[out.index("Egress gateway: httpbin.org through istio-egressgateway") :]
+    to_gateway = "outbound|80|httpbin|istio-egressgateway.istio-system.svc.cluster.local"
+    assert re.search(rf"^     cluster\.{re.escape(to_gateway)}\.upstream_rq_200: 0 -> 2$", egress, re.MULTILINE)
+    gateway_log = egress[egress.index("[egress gateway] access log") :]
+    assert re.search(r'"GET /ip HTTP/1\.1" 200 - via_upstream .* "httpbin\.org" "[\d.]+:80" outbound\|80\|\|httpbin\.org ', gateway_log)
     _assert_nothing_left(m.group("prefix"), mark, before)
 
 
 @pytest.mark.parametrize(
-    "how",
+    ("how", "when"),
     [
-        pytest.param("sigterm", id="SIGTERM to the demo"),
+        # While the 3 s timeout step runs: proxies, servers and reloaded config all exist.
+        pytest.param("sigterm", "== 5/", id="SIGTERM to the demo"),
         # Ctrl-C: the terminal sends SIGINT to the whole foreground process group, so the
-        # demo's children (proxies, servers, `ip netns exec`) get it at the same moment.
-        pytest.param("ctrl-c", id="SIGINT to its process group"),
+        # demo's children (proxies, servers, `ip netns exec`) get it at the same moment. Here
+        # while the TLS step has its certificates in a temporary directory.
+        pytest.param("ctrl-c", "   $ cd /tmp/", id="SIGINT to its process group"),
     ],
 )
-def test_stopped_mid_demo_cleans_up(how: str) -> None:
+def test_stopped_mid_demo_cleans_up(how: str, when: str) -> None:
     mark = uuid.uuid4().hex
     before = set(list_namespaces())
     proc = _demo(mark)
     assert proc.stdout is not None
     lines: list[str] = []
-    # Stop it while the 3 s timeout step runs: proxies, servers and reloaded config all exist.
     deadline = time.monotonic() + 60
     for line in proc.stdout:
         lines.append(line)
-        if line.startswith("== 5/") or time.monotonic() > deadline:
+        if line.startswith(when) or time.monotonic() > deadline:
             break
+    assert lines and lines[-1].startswith(when), "".join(lines)[-3000:]
     if how == "sigterm":
         proc.send_signal(signal.SIGTERM)
     else:

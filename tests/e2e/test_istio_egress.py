@@ -24,6 +24,7 @@ import yaml
 
 from pysidecar.config.export import to_envoy
 from pysidecar.config.loader import load
+from pysidecar.demo import configs
 from pysidecar.lab import Lab, Pod
 from pysidecar.lab.pod import DEFAULT_ISTIO_ARGS, PROXY_CAPS, PROXY_UID
 from tests.e2e.sidecar import connect, start_sidecar, stats
@@ -32,30 +33,6 @@ pytestmark = pytest.mark.e2e
 
 ENVOY = shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")
 
-MESH = """
-apiVersion: v1
-kind: ConfigMap
-metadata: {name: istio, namespace: istio-system}
-data:
-  mesh: |-
-    outboundTrafficPolicy:
-      mode: __MODE__
-"""
-SE_HTTPBIN = """
-apiVersion: networking.istio.io/v1alpha3
-kind: ServiceEntry
-metadata:
-  name: httpbin-ext
-spec:
-  hosts:
-  - httpbin.org
-  ports:
-  - number: 80
-    name: http
-    protocol: HTTP
-  resolution: DNS
-  location: MESH_EXTERNAL
-"""
 SE_GOOGLE = """
 apiVersion: networking.istio.io/v1alpha3
 kind: ServiceEntry
@@ -70,21 +47,6 @@ spec:
     protocol: HTTPS
   resolution: DNS
   location: MESH_EXTERNAL
-"""
-VS_TIMEOUT = """
-apiVersion: networking.istio.io/v1alpha3
-kind: VirtualService
-metadata:
-  name: httpbin-ext
-spec:
-  hosts:
-    - httpbin.org
-  http:
-  - timeout: 3s
-    route:
-      - destination:
-          host: httpbin.org
-        weight: 100
 """
 
 # The seed deploys samples/sleep: its Service (port 80, `http`) is what gives the sidecar a
@@ -155,13 +117,15 @@ def start(kind: str, pod: Pod, config_dir: str, init_args: list[str] | None = No
 
 
 def start_envoy(
-    pod: Pod, config_dir: str, labels: dict[str, str] | None = None, mode: str = "sidecar"
+    pod: Pod, config: str | list[str], labels: dict[str, str] | None = None, mode: str = "sidecar"
 ) -> subprocess.Popen[bytes]:
-    """Real Envoy (as uid 1337) on the export of the Istio YAML in `config_dir` (compiled for a
-    workload with `labels`, if given, as a sidecar or, with `mode` "router", a gateway)."""
-    out = os.path.join(pod.lab.logdir, "envoy.yaml")
+    """Real Envoy (as uid 1337) on the export of the Istio YAML in `config` (a directory or file,
+    or several; compiled for a workload with `labels`, if given, as a sidecar or, with `mode`
+    "router", a gateway)."""
+    out = os.path.join(pod.lab.logdir, f"{pod.name}-envoy.yaml")
+    paths = [config] if isinstance(config, str) else config
     with open(out, "w") as f:
-        yaml.safe_dump(to_envoy(load([config_dir], labels, mode=mode), mode), f, sort_keys=False)
+        yaml.safe_dump(to_envoy(load(paths, labels, mode=mode), mode), f, sort_keys=False)
     os.chmod(out, 0o644)
     proc = pod.spawn(
         [ENVOY, "-c", out, "--concurrency", "2", "--disable-hot-restart", "--log-level", "warning"],
@@ -200,7 +164,7 @@ def world(lab: Lab) -> tuple[Pod, Pod]:
 @pytest.mark.parametrize("proxy", PROXIES)
 def test_allow_any_passes_unknown_hosts(lab: Lab, world: tuple[Pod, Pod], proxy: str) -> None:
     app, _ = world
-    start(proxy, app, _config_dir(lab, {"mesh.yaml": MESH.replace("__MODE__", "ALLOW_ANY")}))
+    start(proxy, app, _config_dir(lab, {"mesh.yaml": configs.mesh("ALLOW_ANY")}))
     code, body = curl(app, "http://httpbin.org/headers")
     assert code == "200"
     # PassthroughCluster: no virtual host for httpbin.org, so no decorator.
@@ -210,10 +174,10 @@ def test_allow_any_passes_unknown_hosts(lab: Lab, world: tuple[Pod, Pod], proxy:
 @pytest.mark.parametrize("proxy", PROXIES)
 def test_registry_only_then_service_entry(lab: Lab, world: tuple[Pod, Pod], proxy: str) -> None:
     app, _ = world
-    d = _config_dir(lab, {"mesh.yaml": MESH.replace("__MODE__", "REGISTRY_ONLY")})
+    d = _config_dir(lab, {"mesh.yaml": configs.mesh("REGISTRY_ONLY")})
     proc = start(proxy, app, d)
     assert curl(app, "-I", "http://httpbin.org/headers")[0] == "502"
-    _write(d, "httpbin-se.yaml", SE_HTTPBIN)
+    _write(d, "httpbin-se.yaml", configs.SE_HTTPBIN)
     if proxy == "envoy":  # real Envoy does not read Istio YAML: restart it on the new export
         proc.terminate()
         proc.wait(10)
@@ -243,7 +207,7 @@ def _tls_server(lab: Lab) -> Pod:
 def test_https_service_entry_by_sni(lab: Lab, world: tuple[Pod, Pod], proxy: str) -> None:
     app, _ = world
     google = _tls_server(lab)
-    d = _config_dir(lab, {"mesh.yaml": MESH.replace("__MODE__", "REGISTRY_ONLY"), "google.yaml": SE_GOOGLE})
+    d = _config_dir(lab, {"mesh.yaml": configs.mesh("REGISTRY_ONLY"), "google.yaml": SE_GOOGLE})
     start(proxy, app, d)
     code, _ = curl(app, "-k", "https://www.google.com/")
     assert code == "200"
@@ -257,7 +221,7 @@ def test_virtual_service_timeout(lab: Lab, world: tuple[Pod, Pod], proxy: str) -
     app, _ = world
     d = _config_dir(
         lab,
-        {"mesh.yaml": MESH.replace("__MODE__", "REGISTRY_ONLY"), "se.yaml": SE_HTTPBIN, "vs.yaml": VS_TIMEOUT},
+        {"mesh.yaml": configs.mesh("REGISTRY_ONLY"), "se.yaml": configs.SE_HTTPBIN, "vs.yaml": configs.VS_HTTPBIN_TIMEOUT},
     )
     start(proxy, app, d)
     t0 = time.monotonic()
@@ -271,7 +235,7 @@ def test_virtual_service_timeout(lab: Lab, world: tuple[Pod, Pod], proxy: str) -
 @pytest.mark.parametrize("proxy", PROXIES)
 def test_excluded_ip_ranges_bypass_the_proxy(lab: Lab, world: tuple[Pod, Pod], proxy: str) -> None:
     app, httpbin = world
-    d = _config_dir(lab, {"mesh.yaml": MESH.replace("__MODE__", "REGISTRY_ONLY")})
+    d = _config_dir(lab, {"mesh.yaml": configs.mesh("REGISTRY_ONLY")})
     args = list(DEFAULT_ISTIO_ARGS)
     args[args.index("-x") + 1] = f"{httpbin.ip}/32"
     start(proxy, app, d, init_args=args)
@@ -283,10 +247,10 @@ def test_excluded_ip_ranges_bypass_the_proxy(lab: Lab, world: tuple[Pod, Pod], p
 
 def test_bad_file_on_reload_keeps_old_config(lab: Lab, world: tuple[Pod, Pod]) -> None:
     app, _ = world
-    d = _config_dir(lab, {"mesh.yaml": MESH.replace("__MODE__", "REGISTRY_ONLY"), "se.yaml": SE_HTTPBIN})
+    d = _config_dir(lab, {"mesh.yaml": configs.mesh("REGISTRY_ONLY"), "se.yaml": configs.SE_HTTPBIN})
     start("pysidecar", app, d)
     assert curl(app, "http://httpbin.org/headers")[0] == "200"
-    bad = VS_TIMEOUT.replace("host: httpbin.org\n        weight", "host: httpbin.org\n          subset: v9\n        weight")
+    bad = configs.VS_HTTPBIN_TIMEOUT.replace("host: httpbin.org\n        weight", "host: httpbin.org\n          subset: v9\n        weight")
     _write(d, "vs.yaml", bad)
     assert eventually(lambda: stats(app).get("pysidecar.config_reload_rejected", 0) == 1, timeout=10)
     assert curl(app, "http://httpbin.org/headers")[0] == "200"
@@ -305,7 +269,7 @@ def test_bad_file_on_reload_keeps_old_config(lab: Lab, world: tuple[Pod, Pod]) -
     assert "unknown subset 'v9'" in rejected["details"] and rejected["superseded"] is False
     assert rejected["last_update_attempt"].endswith("Z")
     # A fixed file is picked up: the 3 s timeout applies from then on.
-    _write(d, "vs.yaml", VS_TIMEOUT)
+    _write(d, "vs.yaml", configs.VS_HTTPBIN_TIMEOUT)
     assert eventually(lambda: stats(app).get("listener_manager.lds.update_success", 0) == 1, timeout=10)
     assert curl(app, "http://httpbin.org/delay/5")[0] == "504"
     assert _reload_dump(app)["last_rejected_config"]["superseded"] is True
@@ -339,7 +303,7 @@ spec:
 
 def test_open_connection_keeps_its_config_across_a_reload(lab: Lab, world: tuple[Pod, Pod]) -> None:
     app, httpbin = world
-    d = _config_dir(lab, {"se.yaml": SE_HTTPBIN, "vs.yaml": VS_HEADER.replace("__WHICH__", "old")})
+    d = _config_dir(lab, {"se.yaml": configs.SE_HTTPBIN, "vs.yaml": VS_HEADER.replace("__WHICH__", "old")})
     start("pysidecar", app, d)
 
     def get(conn: http.client.HTTPConnection) -> str | None:
@@ -377,10 +341,10 @@ def test_mesh_access_log_follows_a_reload(lab: Lab, world: tuple[Pod, Pod]) -> N
     with open(log, "w"):
         pass
     os.chmod(log, 0o666)  # the proxy runs as uid 1337
-    d = _config_dir(lab, {"mesh.yaml": MESH.replace("__MODE__", "ALLOW_ANY"), "se.yaml": SE_HTTPBIN})
+    d = _config_dir(lab, {"mesh.yaml": configs.mesh("ALLOW_ANY"), "se.yaml": configs.SE_HTTPBIN})
     start("pysidecar", app, d)
     assert curl(app, "http://httpbin.org/headers")[0] == "200"
-    mesh_on = MESH.replace("__MODE__", "ALLOW_ANY") + f"    accessLogFile: {log}\n    accessLogEncoding: JSON\n"
+    mesh_on = configs.mesh("ALLOW_ANY") + f"    accessLogFile: {log}\n    accessLogEncoding: JSON\n"
     _write(d, "mesh.yaml", mesh_on)
     assert eventually(lambda: stats(app).get("listener_manager.lds.update_success", 0) == 1, timeout=10)
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from pysidecar.demo import configs
+from pysidecar.demo.configs import HELLO
 from pysidecar.lab import Lab, Pod
 from tests.e2e.sidecar import connect, start_sidecar, stats
 from tests.e2e.test_istio_egress import ENVOY, curl, eventually, start_envoy
@@ -43,34 +45,8 @@ pytestmark = pytest.mark.e2e
 
 LABELS = {"istio": "ingressgateway"}
 PROXIES = ["pysidecar", pytest.param("envoy", marks=pytest.mark.envoy)]
-HELLO = "Hello version: v1, instance: helloworld-v1-5dfcf5d5cd-2l44c\n"
-
-SERVICES = """
-apiVersion: v1
-kind: Service
-metadata: {name: httpbin}
-spec:
-  clusterIP: 198.19.250.1
-  ports: [{name: http, port: 8000, targetPort: 80}]
-  selector: {app: httpbin}
----
-apiVersion: v1
-kind: Endpoints
-metadata: {name: httpbin}
-subsets: [{addresses: [{ip: __HTTPBIN__}], ports: [{name: http, port: 80}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: helloworld-v1}
-spec:
-  clusterIP: 198.19.250.2
-  ports: [{name: http, port: 5000}]
-  selector: {app: helloworld-v1}
----
-apiVersion: v1
-kind: Endpoints
-metadata: {name: helloworld-v1}
-subsets: [{addresses: [{ip: __HELLO__}], ports: [{name: http, port: 5000}]}]
+# The seed's backends (pysidecar.demo.configs) and my-nginx, PASSTHROUGH's upstream.
+MY_NGINX = """
 ---
 apiVersion: v1
 kind: Endpoints
@@ -136,7 +112,7 @@ def world(lab: Lab, certs: SeedCerts) -> Iterator[World]:
     os.chmod(d, 0o755)
     try:
         w = World(lab, gateway, client, d, certs)
-        w.services = SERVICES.replace("__HTTPBIN__", httpbin.ip).replace("__HELLO__", hello.ip).replace("__NGINX__", nginx.ip)
+        w.services = configs.ingress_backends(httpbin.ip, hello.ip) + MY_NGINX.replace("__NGINX__", nginx.ip)
         w.write({"ingress-service.yaml": INGRESS_SERVICE, "services.yaml": w.services})
         yield w
     finally:

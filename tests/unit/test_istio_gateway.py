@@ -12,23 +12,20 @@ import pytest
 from pysidecar.config.istio.gateway_compile import intersect
 from pysidecar.config.loader import load
 from pysidecar.config.node import ConfigError
+from pysidecar.demo.configs import (
+    GATEWAY_HTTP,
+    GATEWAY_TLS,
+    INGRESS_SERVICE,
+    VS_HELLOWORLD,
+    VS_HTTPBIN,
+)
 from pysidecar.model import Bootstrap, Listener, ListenerFilter, TcpProxy
 from pysidecar.model.http import HttpConnectionManager, RouteConfiguration
 from tests.tlscerts import SeedCerts, tls_secret
 
 LABELS = {"istio": "ingressgateway"}
+__all__ = ["GATEWAY_HTTP", "GATEWAY_TLS", "INGRESS_SERVICE", "VS_HELLOWORLD", "VS_HTTPBIN"]  # seed 001's YAML, shared
 
-INGRESS_SERVICE = """
-apiVersion: v1
-kind: Service
-metadata: {name: istio-ingressgateway, namespace: istio-system}
-spec:
-  clusterIP: 198.18.200.1
-  selector: {istio: ingressgateway}
-  ports:
-  - {name: http2, port: 80, targetPort: 8080}
-  - {name: https, port: 443, targetPort: 8443}
-"""
 HTTPBIN = """
 apiVersion: v1
 kind: Service
@@ -45,67 +42,6 @@ spec:
   clusterIP: 198.18.100.2
   ports: [{name: http, port: 5000}]
   selector: {app: helloworld-v1}
-"""
-GATEWAY_HTTP = """
-apiVersion: networking.istio.io/v1alpha3
-kind: Gateway
-metadata:
-  name: httpbin-gateway
-spec:
-  selector:
-    istio: ingressgateway
-  servers:
-  - port: {number: 80, name: http, protocol: HTTP}
-    hosts: ["__HOST__"]
-"""
-VS_HTTPBIN = """
-apiVersion: networking.istio.io/v1alpha3
-kind: VirtualService
-metadata:
-  name: httpbin
-spec:
-  hosts: ["__HOST__"]
-  gateways: [__GW__]
-  http:
-  - match:
-    - uri: {prefix: /status}
-    - uri: {prefix: /delay}
-    route:
-    - destination:
-        port: {number: 8000}
-        host: httpbin
-"""
-GATEWAY_TLS = """
-apiVersion: networking.istio.io/v1alpha3
-kind: Gateway
-metadata:
-  name: mygateway
-spec:
-  selector:
-    istio: ingressgateway
-  servers:
-  - port: {number: 443, name: https-httpbin, protocol: HTTPS}
-    tls: {mode: __MODE__, credentialName: httpbin-credential}
-    hosts: [httpbin.example.com]
-  - port: {number: 443, name: https-helloworld, protocol: HTTPS}
-    tls: {mode: SIMPLE, credentialName: helloworld-credential}
-    hosts: [helloworld-v1.example.com]
-"""
-VS_HELLOWORLD = """
-apiVersion: networking.istio.io/v1alpha3
-kind: VirtualService
-metadata:
-  name: helloworld-v1
-spec:
-  hosts: [helloworld-v1.example.com]
-  gateways: [mygateway]
-  http:
-  - match:
-    - uri: {exact: /hello}
-    route:
-    - destination:
-        host: helloworld-v1
-        port: {number: 5000}
 """
 
 

@@ -6,8 +6,9 @@ Promises:
   listener `0.0.0.0_<port>` that binds the port itself (bind_to_port, no original_dst, no
   iptables), traffic direction OUTBOUND, `tls_inspector` when a chain is chosen by SNI. As
   istiod does, a Kubernetes Service selecting the gateway workload translates a server port to
-  its targetPort (istio-ingressgateway: 80 → 8080, so `0.0.0.0_8080`, route config
-  `http.8080`, virtual hosts still `<host>:80`).
+  its targetPort (istio-ingressgateway and istio-egressgateway: 80 → 8080, so `0.0.0.0_8080`,
+  route config `http.8080`, virtual hosts and VirtualService `port` matches still the server's
+  80); a named targetPort is the number the Service's endpoints give that name.
 - HTTP servers share one chain: HCM (server `istio-envoy`, use_remote_address as an edge
   proxy) with route config `http.<listener port>`.
   HTTPS servers that terminate TLS (SIMPLE / MUTUAL) get a chain each, `server_names` = the
@@ -50,7 +51,7 @@ from pysidecar.config.istio.compile import (
 )
 from pysidecar.config.istio.documents import IstioConfig
 from pysidecar.config.istio.gateway import Gateway, Server
-from pysidecar.config.istio.registry import Protocol, Service
+from pysidecar.config.istio.registry import Protocol, Service, ServicePort
 from pysidecar.config.istio.secrets import Credential, CredentialError, Pem, credential
 from pysidecar.config.istio.sidecar_scope import host_matches
 from pysidecar.config.istio.virtual_service import VirtualService
@@ -306,16 +307,32 @@ def port_listener(port: int, servers: list[_Bound], cfg: IstioConfig, vss: list[
     )
 
 
+def _target_port(svc: Service, port: ServicePort) -> int | None:
+    """A Service port's targetPort; a named one is the number the Service's endpoints give
+    that name (istiod reads it off the gateway's own endpoint), None when none does."""
+    if port.target_port_name is None:
+        return port.target_port
+    for e in svc.endpoints:
+        found = dict(e.ports).get(port.target_port_name)
+        if found is not None:
+            return found
+    log.warning("%s: port %d: no endpoint names targetPort %r; the gateway binds %d",
+                svc.ref, port.number, port.target_port_name, port.number)  # fmt: skip
+    return None
+
+
 def target_ports(services: list[Service], labels: Mapping[str, str]) -> dict[int, int]:
     """istiod's gateway port translation: a Service selecting the gateway workload (as
-    istio-ingressgateway's does, 80 → 8080, 443 → 8443) maps a server port to the port the
-    listener binds."""
+    istio-ingressgateway's and istio-egressgateway's do, 80 → 8080, 443 → 8443; a named
+    targetPort through the endpoints' port names) maps a server port to the port the listener
+    binds."""
     out: dict[int, int] = {}
     for svc in services:
         if svc.selector and all(labels.get(k) == v for k, v in svc.selector):
             for p in svc.ports:
-                if p.target_port and p.target_port != p.number:
-                    out.setdefault(p.number, p.target_port)
+                target = _target_port(svc, p)
+                if target and target != p.number:
+                    out.setdefault(p.number, target)
     return out
 
 
