@@ -604,12 +604,11 @@ def http_connection_manager(node: Node) -> HttpConnectionManager:
         tc = rid.fields("typed_config").require("typed_config")
         if tc.type_url() != "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig":
             tc.fail("only the uuid request id extension is supported")
-    idle = 3600.0
+    idle, max_headers = 3600.0, 100
     if (cpo := f.get("common_http_protocol_options")) is not None:
         cf = cpo.fields("idle_timeout", "max_headers_count", "headers_with_underscores_action")
         idle = cf.opt("idle_timeout", Node.duration, 3600.0)
-        if (mhc := cf.get("max_headers_count")) is not None:
-            mhc.fail("max_headers_count is not supported (the limit is max_request_headers_kb)")
+        max_headers = cf.opt("max_headers_count", lambda n: n.integer(1), 100)
     if (hpo := f.get("http_protocol_options")) is not None:
         hpo.fields("accept_http_10")
     if (rt := f.get("request_timeout")) is not None and rt.duration() > 0:
@@ -647,6 +646,7 @@ def http_connection_manager(node: Node) -> HttpConnectionManager:
         stream_idle_timeout=f.opt("stream_idle_timeout", Node.duration, 300.0),
         idle_timeout=idle,
         max_request_headers_kb=f.opt("max_request_headers_kb", lambda n: n.integer(1, 8192), 60),
+        max_headers_count=max_headers,
         upgrade_types=tuple(upgrades),
         proxy_100_continue=f.opt("proxy_100_continue", Node.boolean, False),
         access_log=access_logs(f.get("access_log")),

@@ -276,7 +276,10 @@ def http_connection_manager(h: HttpConnectionManager) -> dict[str, Any]:
         "server_name": h.server_name,
         "request_headers_timeout": duration(h.request_headers_timeout),
         "stream_idle_timeout": duration(h.stream_idle_timeout),
-        "common_http_protocol_options": {"idle_timeout": duration(h.idle_timeout)},
+        "common_http_protocol_options": {
+            "idle_timeout": duration(h.idle_timeout),
+            "max_headers_count": h.max_headers_count,
+        },
         "max_request_headers_kb": h.max_request_headers_kb,
         "proxy_100_continue": h.proxy_100_continue,
     }

@@ -26,6 +26,8 @@ DEFAULT_RETRY_BASE_INTERVAL = 0.025
 DEFAULT_REQUEST_HEADERS_TIMEOUT = 10.0
 # max_request_headers_kb: Envoy's default 60 KiB, answered with 431 when exceeded.
 DEFAULT_MAX_REQUEST_HEADERS_KB = 60
+# common_http_protocol_options.max_headers_count: Envoy's default 100 (431 past it; Host counts).
+DEFAULT_MAX_HEADERS_COUNT = 100
 # common_http_protocol_options.idle_timeout: Envoy's default one hour.
 DEFAULT_HTTP_IDLE_TIMEOUT = 3600.0
 
@@ -266,6 +268,7 @@ class HttpConnectionManager:
     stream_idle_timeout: float = 300.0
     idle_timeout: float = DEFAULT_HTTP_IDLE_TIMEOUT
     max_request_headers_kb: int = DEFAULT_MAX_REQUEST_HEADERS_KB
+    max_headers_count: int = DEFAULT_MAX_HEADERS_COUNT
     upgrade_types: tuple[str, ...] = ()  # upgrade_configs[].upgrade_type, lower-case
     # Envoy's proxy_100_continue: false → Envoy answers `100 Continue` itself.
     proxy_100_continue: bool = False

@@ -7,6 +7,7 @@ exact bytes and parses the exact response, so header order and framing can be co
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import time
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,7 +156,8 @@ class Stack:
         self.dir = tempfile.mkdtemp(prefix="pysidecar-conf-")
         self.procs: list[subprocess.Popen[bytes]] = []
         self.ports = {
-            k: free_port() for k in ("v1", "v2", "dead", "ours", "envoy", "a1", "a2", "lab")
+            k: free_port()
+            for k in ("v1", "v2", "dead", "ours", "envoy", "ours_b", "envoy_b", "a1", "a2", "lab")
         }
         for name in ("v1", "v2"):
             self._nginx(name, self.ports[name])
@@ -166,11 +169,13 @@ class Stack:
         wait_port(self.ports["lab"], lab)
         template = (SCENARIOS / scenario).read_text()
         self.proxies: dict[str, int] = {}
+        self.proxies_b: dict[str, int] = {}  # a second listener, for scenarios that have one
         runs = [("ours", "a1")] + ([("envoy", "a2")] if envoy else [])
         for kind, admin in runs:
             values = {
                 "ADMIN_ADDR": "127.0.0.1", "ADMIN_PORT": self.ports[admin],
                 "LISTEN_ADDR": "127.0.0.1", "LISTEN_PORT": self.ports[kind],
+                "LISTEN_PORT_B": self.ports[f"{kind}_b"],
                 "V1_ADDR": "127.0.0.1", "V1_PORT": self.ports["v1"],
                 "V2_ADDR": "127.0.0.1", "V2_PORT": self.ports["v2"],
                 "DEAD_ADDR": "127.0.0.1", "DEAD_PORT": self.ports["dead"],
@@ -186,6 +191,8 @@ class Stack:
                         "--base-id", str(self.ports[kind])]  # fmt: skip
             self._spawn(argv, kind)
             self.proxies[kind] = self.ports[kind]
+            if "${LISTEN_PORT_B}" in template:
+                self.proxies_b[kind] = self.ports[f"{kind}_b"]
         for kind, port in self.proxies.items():
             wait_port(port, self.procs[-1 if kind == "envoy" else -2 if envoy else -1])
 
@@ -242,3 +249,26 @@ http {{
             except subprocess.TimeoutExpired:
                 p.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running(scenario: str, envoy: str | None) -> Iterator[Stack]:
+    """A Stack for the test module's fixture: logs printed when a test fails, always closed."""
+    s = Stack(scenario, envoy)
+    try:
+        yield s
+    except Exception:
+        print(s.logs())
+        raise
+    finally:
+        s.close()
+
+
+def same(results: dict[str, Response]) -> Response:
+    """pysidecar's answer, after checking that Envoy's (when it ran) is the same."""
+    ours = results["ours"]
+    if "envoy" in results:
+        assert ours.comparable() == results["envoy"].comparable(), (
+            f"pysidecar: {ours.comparable()}\nenvoy:     {results['envoy'].comparable()}"
+        )
+    return ours

@@ -14,7 +14,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conformance.harness import Response, Stack, envoy_binary, exchange, get, read_response
+from tests.conformance.harness import (
+    Response,
+    Stack,
+    envoy_binary,
+    exchange,
+    get,
+    read_response,
+    running,
+    same,
+)
 
 pytestmark = pytest.mark.envoy
 
@@ -43,28 +52,13 @@ BAD_INPUTS = {
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    s = Stack("seed002.yaml", ENVOY)
-    try:
+    with running("seed002.yaml", ENVOY) as s:
         yield s
-    except Exception:
-        print(s.logs())
-        raise
-    finally:
-        s.close()
 
 
 def both(stack: Stack, fn: object) -> dict[str, Response]:
     assert callable(fn)
     return {kind: fn(port) for kind, port in stack.proxies.items()}
-
-
-def same(results: dict[str, Response]) -> Response:
-    ours = results["ours"]
-    if "envoy" in results:
-        assert ours.comparable() == results["envoy"].comparable(), (
-            f"pysidecar: {ours.comparable()}\nenvoy:     {results['envoy'].comparable()}"
-        )
-    return ours
 
 
 def test_rewrite_route_headers_and_lua(stack: Stack) -> None:

@@ -130,3 +130,10 @@ def test_hcm_settings_we_would_not_honour_are_refused(tmp_path: Path, field: str
 def _indent() -> str:
     line = next(x for x in render().splitlines() if "codec_type: AUTO" in x)
     return line[: len(line) - len(line.lstrip())]
+
+
+def test_max_headers_count_loads_and_defaults_to_envoys_100(tmp_path: Path) -> None:
+    assert load(tmp_path, render()).max_headers_count == 100
+    opts = "common_http_protocol_options: {max_headers_count: 7}"
+    hcm = load(tmp_path, render(**{"codec_type: AUTO": f"codec_type: AUTO\n{_indent()}{opts}"}))
+    assert hcm.max_headers_count == 7

@@ -24,6 +24,7 @@ class CompiledHcm:
         "config",
         "decorate",
         "decorate_response",
+        "header_count_limit",
         "header_limit",
         "lua_request",
         "lua_response",
@@ -44,6 +45,7 @@ class CompiledHcm:
         # ...and on an inbound listener Envoy returns the operation to the caller instead.
         self.decorate_response = config.tracing and direction is TrafficDirection.INBOUND
         self.header_limit = config.max_request_headers_kb * 1024
+        self.header_count_limit = config.max_headers_count
         self.upgrades = frozenset(u.encode() for u in config.upgrade_types)
         req: list[tuple[int, bytes, bytes]] = []
         resp: list[tuple[int, bytes, bytes]] = []

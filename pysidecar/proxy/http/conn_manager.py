@@ -8,7 +8,8 @@ Promises:
   close`) or the connection must close (a reply sent before the request was read).
 - Bad traffic is answered and closed without disturbing any other connection: a malformed
   request or a Content-Length / Transfer-Encoding conflict → 400, headers over
-  max_request_headers_kb → 431, headers not complete within request_headers_timeout → 408;
+  max_request_headers_kb (counted as bytes arrive, whole lines or not) or more than
+  max_headers_count headers → 431, headers not complete within request_headers_timeout → 408;
   an unexpected exception → 500 (or a reset once a response started), never a worker crash.
 - Flow control: reading from the client pauses while a pipelined request waits, while the
   upstream cannot take more, or while a body waits for a connect beyond the buffer limit;
@@ -47,7 +48,12 @@ PAUSE_PIPELINE, PAUSE_UPSTREAM, PAUSE_BODY = 1, 2, 4
 
 
 class _HeadersTooLarge(Exception):
-    """Raised from a parser callback when the request head passes max_request_headers_kb."""
+    """Raised from a parser callback when the request head passes max_request_headers_kb
+    or max_headers_count; `details` is Envoy's response code details for the 431."""
+
+    def __init__(self, details: str = "http1.headers_too_large") -> None:
+        super().__init__(details)
+        self.details = details
 
 
 class HttpConnection(asyncio.Protocol):
@@ -59,10 +65,12 @@ class HttpConnection(asyncio.Protocol):
         "closing",
         "destination",
         "draining",
+        "head_raw",
         "head_size",
         "head_started",
         "headers_timer",
         "idle_timer",
+        "in_head",
         "listener_name",
         "local_address",
         "loop",
@@ -111,6 +119,8 @@ class HttpConnection(asyncio.Protocol):
         self.paused = 0
         self.paused_upstream: UpstreamConnection | None = None
         self.head_size = 0
+        self.in_head = False  # between on_message_begin and on_headers_complete
+        self.head_raw = 0  # bytes of the head in progress read after the read it began in
         self.headers_timer: asyncio.TimerHandle | None = None
         self.head_started = 0.0  # loop time the request head in progress began; 0: none
         self.idle_timer: asyncio.TimerHandle | None = None
@@ -204,11 +214,13 @@ class HttpConnection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
+            if self.in_head:
+                self._count_unfinished_head(len(data))
         except httptools.HttpParserUpgrade as e:
             self.upgrade_rest = data[int(e.args[0]) :]
         except httptools.HttpParserCallbackError as e:
             if isinstance(e.__context__, _HeadersTooLarge):
-                self._protocol_error(431, "http1.headers_too_large")
+                self._protocol_error(431, e.__context__.details)
             else:
                 self._internal_error(e.__context__ or e)
         except httptools.HttpParserError as e:
@@ -235,6 +247,8 @@ class HttpConnection(asyncio.Protocol):
         info.downstream_remote_address = self.peer
         self.parsing = st
         self.head_size = 0
+        self.in_head = True
+        self.head_raw = -1  # this read is not counted: part of it may be an earlier request's
         timeout = self.cfg.config.request_headers_timeout
         if timeout > 0:
             # One lazy timer per connection, not a timer per request: it checks the deadline of
@@ -254,10 +268,14 @@ class HttpConnection(asyncio.Protocol):
         self.head_size += len(name) + len(value) + 4
         if self.head_size > self.cfg.header_limit:
             raise _HeadersTooLarge()
-        self.parsing.headers.append((name.lower(), value))  # type: ignore[union-attr]
+        headers = self.parsing.headers  # type: ignore[union-attr]
+        headers.append((name.lower(), value))
+        if len(headers) > self.cfg.header_count_limit:  # Envoy's max_headers_count (Host counts)
+            raise _HeadersTooLarge("http1.too_many_headers")
 
     def on_headers_complete(self) -> None:
         self.head_started = 0.0
+        self.in_head = False
         st = self.parsing
         assert st is not None
         p = self.parser
@@ -294,6 +312,18 @@ class HttpConnection(asyncio.Protocol):
         self.head_size += n
         if self.head_size > self.cfg.header_limit:
             raise _HeadersTooLarge()
+
+    def _count_unfinished_head(self, n: int) -> None:
+        """A read ended inside a request head. httptools keeps an unfinished header line to
+        itself (on_header sees only whole lines), so a header without its CRLF would be held
+        until the headers timeout: count whole reads instead, after the one the head began in
+        (bounded by one read; that one may hold the end of the request before)."""
+        if self.head_raw < 0:
+            self.head_raw = 0
+            return
+        self.head_raw += n
+        if self.head_raw > self.cfg.header_limit:
+            self._protocol_error(431, "http1.headers_too_large")
 
     # == streams ==============================================================================
     def _start(self, st: ActiveStream) -> None:
