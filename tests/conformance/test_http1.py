@@ -6,9 +6,12 @@ order with volatile values by presence, body); what Envoy answers was measured o
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +100,87 @@ def test_max_headers_count_100_host_included(stack: Stack, count: int, status: i
     assert r.status == status
     if status == 431:
         assert r.body == b"Request Header Fields Too Large"
+
+
+# == C: Expect: 100-continue ====================================================================
+
+VOLATILE_LINES = ("date:", "x-request-id:", "x-envoy-upstream-service-time:")
+
+
+def curl_expect(port: int, host: str, path: str, body_file: str) -> tuple[list[str], bytes]:
+    """curl -H 'Expect: 100-continue' --data-binary @file: the response lines curl saw (the
+    interim 100 included; volatile values blanked) and the body."""
+    out = subprocess.run(
+        ["curl", "-sv", "--expect100-timeout", "3", "-H", "Expect: 100-continue",
+         "--data-binary", f"@{body_file}", "-H", f"Host: {host}",
+         f"http://127.0.0.1:{port}{path}"],
+        capture_output=True, timeout=20, check=False,
+    )  # fmt: skip
+    lines = []
+    for line in out.stderr.decode("latin-1").splitlines():
+        if line.startswith("< "):
+            text = line[2:].strip()
+            lines.append(text.split(":")[0] + ": <v>" if text.lower().startswith(VOLATILE_LINES) else text)
+    return lines, out.stdout
+
+
+@pytest.mark.parametrize(
+    ("host", "path", "status"),
+    [("nowhere.test", "/x", 404), ("lab.test", "/direct", 200), ("lab.test", "/fault", 418),
+     ("lab.test", "/status/201", 201)],
+)  # fmt: skip
+def test_expect_100_continue_is_answered_before_routing(
+    stack: Stack, tmp_path: Path, host: str, path: str, status: int
+) -> None:
+    """Envoy sends `100 Continue` on the request head, before any route or local reply."""
+    body = tmp_path / "body"
+    body.write_bytes(b"x" * 100_000)
+    seen = {k: curl_expect(p, host, path, str(body)) for k, p in stack.proxies.items()}
+    ours = seen["ours"]
+    assert ours[0][0] == "HTTP/1.1 100 Continue", ours
+    assert ours[0][1].startswith(f"HTTP/1.1 {status} "), ours
+    if "envoy" in seen:
+        assert ours == seen["envoy"]
+
+
+def test_local_reply_before_the_body_closes_the_connection(stack: Stack) -> None:
+    """A reply while the request body is unread says `connection: close` and closes: the bytes
+    that follow are not parsed as the old request's body (nor as a new request)."""
+
+    def run(s: socket.socket) -> Response:
+        s.sendall(b"POST /x HTTP/1.1\r\nHost: nowhere.test\r\nContent-Length: 5\r\n\r\n")
+        r = read(s)
+        with contextlib.suppress(OSError):
+            s.sendall(b"hello" + b"GET /status/200 HTTP/1.1\r\nHost: lab.test\r\n\r\n")
+        assert closed(s)
+        return r
+
+    r = on_both(stack.proxies, run)
+    assert (r.status, r.header("connection")) == (404, "close")
+
+
+def test_bodyless_local_reply_keeps_the_connection(stack: Stack) -> None:
+    def run(s: socket.socket) -> Response:
+        s.sendall(b"POST /x HTTP/1.1\r\nHost: nowhere.test\r\nContent-Length: 0\r\n\r\n")
+        first = read(s)
+        assert first.header("connection") is None
+        s.sendall(b"GET /status/200 HTTP/1.1\r\nHost: lab.test\r\n\r\n")
+        return read(s)
+
+    assert on_both(stack.proxies, run).status == 200
+
+
+def test_proxy_100_continue_passes_on_the_upstreams_100(stack: Stack) -> None:
+    """With proxy_100_continue, Expect goes upstream and the upstream's 100 comes back."""
+
+    def run(s: socket.socket) -> Response:
+        s.sendall(
+            b"POST /status/200 HTTP/1.1\r\nHost: lab.test\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 5\r\n\r\n"
+        )
+        interim = read(s)  # before the body is sent: only the upstream can have sent it
+        assert interim.status == 100
+        s.sendall(b"hello")
+        return read(s)
+
+    assert on_both(stack.proxies_b, run).status == 200

@@ -161,6 +161,7 @@ _REQUEST_SCAN.update(
         b"user-agent": _NOTE,
         b"x-request-id": _NOTE,
         b"x-forwarded-proto": _NOTE,
+        b"content-length": _NOTE,
         b"host": _NOTE_DROP,
         b"expect": _NOTE_DROP,
         b"connection": _NOTE_DROP,

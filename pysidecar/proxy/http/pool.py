@@ -204,7 +204,11 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if 100 <= status < 200 and status != 101:
-            self.informational = True  # 100 Continue & co: the client got ours already
+            # 100 Continue & co: passed on only under proxy_100_continue (the client has
+            # Envoy's own 100 otherwise); other 1xx are dropped.
+            self.informational = True
+            if status == 100 and self.stream is not None:
+                self.stream.upstream_continue()
             return
         stream = self.stream
         self.response_started = True

@@ -114,6 +114,7 @@ class ActiveStream:
         "cluster",
         "conn",
         "connecting",
+        "has_body",
         "head_out",
         "head_request",
         "headers",
@@ -165,6 +166,7 @@ class ActiveStream:
         self.retain = True
         self.paused_for_body = False
         self.chunked_in = False
+        self.has_body = False  # a body follows the head (content-length > 0 or chunked)
         self.chunked_out = False
         self.head_out = b""
         self.close_after = False
@@ -226,6 +228,14 @@ class ActiveStream:
         expect = noted.get(b"expect")
         te = noted.get(b"transfer-encoding")
         self.chunked_in = te is not None and b"chunked" in te.lower()
+        cl = noted.get(b"content-length")
+        self.has_body = self.chunked_in or (cl is not None and cl != b"0")
+        if (
+            expect is not None
+            and not cfg.config.proxy_100_continue
+            and expect.lower() == b"100-continue"
+        ):
+            conn.write(CONTINUE_100)  # as Envoy's decodeHeaders: before routing, local replies
 
         vh = cfg.table.virtual_host(host)
         route = (
@@ -276,8 +286,6 @@ class ActiveStream:
             up = [(b"host", up_host), *(h for h in strip_request(headers) if h[0] != b"host")]
         else:
             up = [(b"host", up_host), *clean]
-            if expect is not None and expect.lower() == b"100-continue":
-                conn.write(CONTINUE_100)
         if req_ops:
             up = apply_ops(up, req_ops)
         if cfg.lua_request:
@@ -341,6 +349,8 @@ class ActiveStream:
 
     def decode_complete(self) -> None:
         self.request_done = True
+        if self.has_body:  # Envoy times the upstream from the end of the request
+            self.attempt_started = self.conn.loop.time()
         if self.response_done or not self.started:
             if self.response_done:
                 self.conn.stream_done(self)
@@ -664,6 +674,11 @@ class ActiveStream:
             self.flush_head()
         self._finish()
 
+    def upstream_continue(self) -> None:
+        """The upstream's `100 Continue`: the client's, under proxy_100_continue."""
+        if self.conn.cfg.config.proxy_100_continue and not self.response_started:
+            self.conn.write(CONTINUE_100)
+
     def upstream_pause_writing(self) -> None:
         self.conn.pause_reading()
 
@@ -698,7 +713,9 @@ class ActiveStream:
             info.response_flags.append(flag)
         info.response_code = status
         info.response_code_details = details
-        if not self.keep_alive or conn.draining:
+        # A reply before the request's body is read ends the connection, as Envoy's does: what
+        # follows on it would otherwise be parsed as the old request's body.
+        if not self.keep_alive or conn.draining or (self.has_body and not self.request_done):
             self.close_after = True
         data = lr.local_reply(
             status,
