@@ -184,3 +184,27 @@ def test_proxy_100_continue_passes_on_the_upstreams_100(stack: Stack) -> None:
         return read(s)
 
     assert on_both(stack.proxies_b, run).status == 200
+
+
+# == G: transfer codings ========================================================================
+
+
+@pytest.mark.parametrize(
+    ("te", "status"),
+    [(b"gzip, chunked", 501), (b"deflate,chunked", 501), (b"gzip", 501), (b"identity", 501),
+     (b"chunked, gzip", 501), (b"gzip\r\nTransfer-Encoding: chunked", 501), (b"Chunked", 200)],
+)  # fmt: skip
+def test_transfer_encoding_other_than_chunked_is_501(stack: Stack, te: bytes, status: int) -> None:
+    """Envoy implements only the chunked transfer coding: anything else is 501 and a close."""
+
+    def run(s: socket.socket) -> Response:
+        s.sendall(
+            b"POST /status/200 HTTP/1.1\r\nHost: lab.test\r\nTransfer-Encoding: " + te
+            + b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )  # fmt: skip
+        return read(s)
+
+    r = on_both(stack.proxies, run)
+    assert r.status == status
+    if status == 501:
+        assert (r.body, r.header("connection")) == (b"Not Implemented", "close")

@@ -9,7 +9,8 @@ Promises:
 - Bad traffic is answered and closed without disturbing any other connection: a malformed
   request or a Content-Length / Transfer-Encoding conflict → 400, headers over
   max_request_headers_kb (counted as bytes arrive, whole lines or not) or more than
-  max_headers_count headers → 431, headers not complete within request_headers_timeout → 408;
+  max_headers_count headers → 431, a transfer-encoding other than chunked → 501, headers
+  not complete within request_headers_timeout → 408;
   an unexpected exception → 500 (or a reset once a response started), never a worker crash.
 - Flow control: reading from the client pauses while a pipelined request waits, while the
   upstream cannot take more, or while a body waits for a connect beyond the buffer limit;
@@ -47,12 +48,14 @@ log = logging.getLogger(__name__)
 PAUSE_PIPELINE, PAUSE_UPSTREAM, PAUSE_BODY = 1, 2, 4
 
 
-class _HeadersTooLarge(Exception):
-    """Raised from a parser callback when the request head passes max_request_headers_kb
-    or max_headers_count; `details` is Envoy's response code details for the 431."""
+class _Reject(Exception):
+    """Raised from a parser callback to answer the request head with a codec error: 431 when
+    it passes max_request_headers_kb or max_headers_count, 501 for a transfer-encoding other
+    than chunked; `details` is Envoy's response code details."""
 
-    def __init__(self, details: str = "http1.headers_too_large") -> None:
+    def __init__(self, status: int = 431, details: str = "http1.headers_too_large") -> None:
         super().__init__(details)
+        self.status = status
         self.details = details
 
 
@@ -219,12 +222,15 @@ class HttpConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade as e:
             self.upgrade_rest = data[int(e.args[0]) :]
         except httptools.HttpParserCallbackError as e:
-            if isinstance(e.__context__, _HeadersTooLarge):
-                self._protocol_error(431, e.__context__.details)
+            if isinstance(e.__context__, _Reject):
+                self._protocol_error(e.__context__.status, e.__context__.details)
             else:
                 self._internal_error(e.__context__ or e)
         except httptools.HttpParserError as e:
-            self._protocol_error(400, _codec_details(e))
+            if str(e) == _TE_AFTER_CHUNKED:  # `chunked, gzip`: llhttp stops inside the value
+                self._protocol_error(501, "http1.invalid_transfer_encoding")
+            else:
+                self._protocol_error(400, _codec_details(e))
         except Exception as e:  # a bug must cost this connection only, never the worker
             self._internal_error(e)
 
@@ -267,11 +273,16 @@ class HttpConnection(asyncio.Protocol):
         # Called per header: _count_head inlined.
         self.head_size += len(name) + len(value) + 4
         if self.head_size > self.cfg.header_limit:
-            raise _HeadersTooLarge()
+            raise _Reject()
         headers = self.parsing.headers  # type: ignore[union-attr]
-        headers.append((name.lower(), value))
+        name = name.lower()
+        headers.append((name, value))
         if len(headers) > self.cfg.header_count_limit:  # Envoy's max_headers_count (Host counts)
-            raise _HeadersTooLarge("http1.too_many_headers")
+            raise _Reject(431, "http1.too_many_headers")
+        # Envoy implements no transfer coding but chunked (llhttp would take `gzip, chunked`
+        # as chunked and drop the gzip).
+        if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
+            raise _Reject(501, "http1.invalid_transfer_encoding")
 
     def on_headers_complete(self) -> None:
         self.head_started = 0.0
@@ -311,7 +322,7 @@ class HttpConnection(asyncio.Protocol):
     def _count_head(self, n: int) -> None:
         self.head_size += n
         if self.head_size > self.cfg.header_limit:
-            raise _HeadersTooLarge()
+            raise _Reject()
 
     def _count_unfinished_head(self, n: int) -> None:
         """A read ended inside a request head. httptools keeps an unfinished header line to
@@ -503,6 +514,9 @@ class HttpConnection(asyncio.Protocol):
         self.active = None
         if self.transport is not None:
             self.transport.close()
+
+
+_TE_AFTER_CHUNKED = "Invalid `Transfer-Encoding` header value"  # llhttp's words
 
 
 def _codec_details(e: Exception) -> str:
