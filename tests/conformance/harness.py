@@ -62,6 +62,7 @@ class Response:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+    reason: str = ""  # the status line's reason phrase
 
     def header(self, name: str) -> str | None:
         for n, v in self.headers:
@@ -69,9 +70,9 @@ class Response:
                 return v
         return None
 
-    def comparable(self) -> tuple[int, list[tuple[str, str]], bytes]:
+    def comparable(self) -> tuple[str, list[tuple[str, str]], bytes]:
         return (
-            self.status,
+            f"{self.status} {self.reason}",
             [(n, "<v>" if n in VOLATILE else v) for n, v in self.headers],
             self.body,
         )
@@ -100,11 +101,12 @@ def _parse(
     sock: socket.socket, head: bytes, rest: bytes, head_request: bool
 ) -> tuple[Response, bytes]:
     lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ")[1])
+    _, code, reason = (lines[0] + " ").split(" ", 2)
+    status = int(code)
     headers = [(k.lower(), v.strip()) for k, v in (ln.split(":", 1) for ln in lines[1:])]
     hdr = dict(headers)
     if head_request or status in (204, 304) or 100 <= status < 200:
-        return Response(status, headers, b""), rest
+        return Response(status, headers, b"", reason.strip()), rest
     if "content-length" in hdr:
         n = int(hdr["content-length"])
         while len(rest) < n:
@@ -112,7 +114,7 @@ def _parse(
             if not data:
                 break
             rest += data
-        return Response(status, headers, rest[:n]), rest[n:]
+        return Response(status, headers, rest[:n], reason.strip()), rest[n:]
     if hdr.get("transfer-encoding") == "chunked":
         body = b""
         while True:
@@ -125,10 +127,10 @@ def _parse(
             body += rest[:size]
             rest = rest[size + 2 :]
             if size == 0:
-                return Response(status, headers, body), rest
+                return Response(status, headers, body, reason.strip()), rest
     while data := sock.recv(65536):
         rest += data
-    return Response(status, headers, rest), b""
+    return Response(status, headers, rest, reason.strip()), b""
 
 
 def _fail(buf: bytes) -> Response:

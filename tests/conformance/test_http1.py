@@ -208,3 +208,22 @@ def test_transfer_encoding_other_than_chunked_is_501(stack: Stack, te: bytes, st
     assert r.status == status
     if status == 501:
         assert (r.body, r.header("connection")) == (b"Not Implemented", "close")
+
+
+def test_reason_phrases_are_envoys(stack: Stack) -> None:
+    """Every status 200-599 from the upstream, on one connection: Envoy's status line (its
+    phrase table differs from Python's: 413 Payload Too Large, 418 Unknown, ...)."""
+
+    def run(s: socket.socket) -> list[tuple[str, list[tuple[str, str]], bytes]]:
+        out = []
+        for code in range(200, 600):
+            s.sendall(b"GET /status/%d HTTP/1.1\r\nHost: lab.test\r\n\r\n" % code)
+            out.append(read(s).comparable())
+        return out
+
+    seen = {}
+    for kind, port in stack.proxies.items():
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            seen[kind] = run(s)
+    if "envoy" in seen:
+        assert seen["ours"] == seen["envoy"]
