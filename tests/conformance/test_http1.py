@@ -7,6 +7,8 @@ order with volatile values by presence, body); what Envoy answers was measured o
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 import socket
 import subprocess
 import time
@@ -15,7 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conformance.harness import Response, Stack, envoy_binary, read_response, running, same
+from tests.conformance.harness import (
+    Response,
+    Stack,
+    envoy_binary,
+    exchange,
+    read_response,
+    running,
+    same,
+)
 
 pytestmark = pytest.mark.envoy
 
@@ -227,3 +237,62 @@ def test_reason_phrases_are_envoys(stack: Stack) -> None:
             seen[kind] = run(s)
     if "envoy" in seen:
         assert seen["ours"] == seen["envoy"]
+
+
+# == E: the request headers each proxy sends upstream ===========================================
+
+UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+CONTROL = (
+    b"x-envoy-retry-on: 5xx\r\nx-envoy-max-retries: 3\r\nx-envoy-upstream-rq-timeout-ms: 10\r\n"
+    b"x-envoy-expected-rq-timeout-ms: 5\r\nx-envoy-attempt-count: 9\r\nx-envoy-original-path: /zz\r\n"
+    b"x-envoy-force-trace: 1\r\nx-envoy-internal: true\r\nx-envoy-foo: bar\r\n"
+    b"x-envoy-decorator-operation: q\r\nx-envoy-retriable-status-codes: 500\r\n"
+    b"x-envoy-upstream-rq-per-try-timeout-ms: 4\r\nx-envoy-hedge-on-per-try-timeout: true\r\n"
+    b"x-envoy-ip-tags: a\r\nx-forwarded-for: 1.2.3.4\r\n"
+)
+UPSTREAM_CASES = {
+    "plain": b"GET /anything HTTP/1.1\r\nHost: lab.test\r\n\r\n",
+    "request_id_kept": b"GET /anything HTTP/1.1\r\nHost: lab.test\r\nx-request-id: abc\r\n"
+    b"x-forwarded-proto: https\r\n\r\n",
+    "route_timeout_and_mutations": b"GET /mut HTTP/1.1\r\nHost: lab.test\r\n"
+    b"x-envoy-original-path: /zz\r\n\r\n",
+    "control_headers": b"GET /anything HTTP/1.1\r\nHost: lab.test\r\n" + CONTROL + b"\r\n",
+    "chunked_with_route_timeout": b"POST /mut HTTP/1.1\r\nHost: lab.test\r\n"
+    b"Transfer-Encoding: chunked\r\nx-request-id: r1\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+    "hop_by_hop": b"GET /anything HTTP/1.1\r\nHost: lab.test\r\nTE: trailers, gzip\r\n"
+    b"Connection: x-hop, keep-alive\r\nx-hop: 1\r\nKeep-Alive: 5\r\nProxy-Connection: x\r\n"
+    b"x-other: 2\r\n\r\n",
+    "absolute_form": b"GET http://lab.test/anything HTTP/1.1\r\nHost: other\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(UPSTREAM_CASES))
+def test_upstream_request_headers_are_envoys(stack: Stack, case: str) -> None:
+    """What the upstream received (the lab's /anything echo), in order, x-request-id by
+    format: a UUID4 when the proxy made it, the client's when it sent one."""
+    seen = {}
+    for kind, port in stack.proxies.items():
+        r = exchange(port, UPSTREAM_CASES[case])
+        assert r is not None and r.status == 200, r
+        echo = json.loads(r.body)
+        headers = echo["headers"]
+        for h in headers:
+            if h[0] == "x-request-id":
+                assert UUID4.match(h[1]) or h[1] in ("abc", "r1"), h
+                h[1] = "<uuid4>" if UUID4.match(h[1]) else h[1]
+        seen[kind] = (r.comparable()[:2], echo["method"], echo["path"], headers, echo["body_length"])
+    ours = seen["ours"]
+    names = [h[0] for h in ours[3]]
+    assert names.count("x-request-id") == 1 and "x-forwarded-proto" in names
+    assert not {"x-envoy-retry-on", "x-envoy-max-retries", "x-envoy-ip-tags", "x-hop"} & set(names)
+    if "envoy" in seen:
+        assert ours == seen["envoy"]
+
+
+def test_expected_timeout_and_attempt_count(stack: Stack) -> None:
+    r = exchange(stack.proxies["ours"], UPSTREAM_CASES["route_timeout_and_mutations"])
+    assert r is not None
+    got = dict(json.loads(r.body)["headers"])
+    assert got["x-envoy-expected-rq-timeout-ms"] == "7000"
+    assert got["x-envoy-attempt-count"] == "1"
+    assert got["x-envoy-original-path"] == "/mut"  # the client's /zz overwritten in place

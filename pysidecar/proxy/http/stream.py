@@ -217,14 +217,17 @@ class ActiveStream:
         ua = noted.get(b"user-agent")
         info.user_agent = ua.decode("latin-1") if ua is not None else None
         rid = noted.get(b"x-request-id")
+        new_rid = rid is None
         if rid is None:
             rid = request_id()
-            headers.append((b"x-request-id", rid))
-            clean.append((b"x-request-id", rid))
+            headers.append((b"x-request-id", rid))  # route header matchers see it
         info.request_id = rid.decode("latin-1")
         upgrade_value = noted.get(b"upgrade") if self.upgrade else None
-        if b"close" in tokens(noted.get(b"connection")):
-            self.close_after = True
+        nominated = tokens(noted.get(b"connection"))
+        if nominated:
+            if b"close" in nominated:
+                self.close_after = True
+            nominated -= _CONNECTION_OWN
         expect = noted.get(b"expect")
         te = noted.get(b"transfer-encoding")
         self.chunked_in = te is not None and b"chunked" in te.lower()
@@ -280,24 +283,21 @@ class ActiveStream:
             req_ops, self.response_ops = route.weighted_ops[wi]
         rewritten = route.rewrite_path(path)
         up_host = action.host_rewrite_literal.encode() if action.host_rewrite_literal else host_b
-        up: Headers
-        if expect is not None and cfg.config.proxy_100_continue:
-            # Rare: expect goes upstream in its place, so take the general (two-pass) way.
-            up = [(b"host", up_host), *(h for h in strip_request(headers) if h[0] != b"host")]
-        else:
-            up = [(b"host", up_host), *clean]
-        if req_ops:
-            up = apply_ops(up, req_ops)
+        # Envoy's order: the client's headers in place (host first), then what the connection
+        # manager adds (x-forwarded-proto, a generated x-request-id, the decorator), the HTTP
+        # filters' additions, then the router's: expected timeout, attempt count, the route's
+        # header operations, x-envoy-original-path; transfer-encoding last (checked on 1.40).
+        up: Headers = [(b"host", up_host), *clean]
+        if nominated or expect is not None or b"te" in noted:
+            up = _clean_rare(up, nominated, expect is not None and cfg.config.proxy_100_continue)
+        if b"x-forwarded-proto" not in noted:
+            up.append((b"x-forwarded-proto", b"http"))
+        if new_rid:
+            up.append((b"x-request-id", rid))
+        if cfg.decorate and route.route.decorator is not None:
+            _set(up, noted, b"x-envoy-decorator-operation", route.route.decorator.operation.encode())
         if cfg.lua_request:
             up = apply_ops(up, cfg.lua_request)
-        # The scan saw the client's x-forwarded-proto; only header operations can add one.
-        xfp = (
-            get(up, b"x-forwarded-proto")
-            if req_ops or cfg.lua_request
-            else noted.get(b"x-forwarded-proto")
-        )
-        if xfp is None:
-            up.append((b"x-forwarded-proto", b"http"))
         policy = action.retry_policy or vh.vhost.retry_policy
         self.policy = policy
         self.retries_left = policy.num_retries if policy is not None else 0
@@ -310,12 +310,14 @@ class ActiveStream:
             expected = policy.per_try_timeout
         if expected > 0:
             up.append((b"x-envoy-expected-rq-timeout-ms", str(int(expected * 1000)).encode()))
+        if vh.vhost.include_request_attempt_count:
+            _set(up, noted, ATTEMPT_COUNT, b"1")  # a retry rewrites it (upstream_ready)
+        if req_ops:
+            up = apply_ops(up, req_ops)
         if rewritten is not None:
-            up.append((b"x-envoy-original-path", target))
+            _set(up, noted, b"x-envoy-original-path", target)
             target = rewritten.encode("latin-1")
             info.original_path = path
-        if cfg.decorate and route.route.decorator is not None:
-            up.append((b"x-envoy-decorator-operation", route.route.decorator.operation.encode()))
         if upgrade_value is not None:
             up.append((b"connection", b"upgrade"))
             up.append((b"upgrade", upgrade_value))
@@ -409,8 +411,8 @@ class ActiveStream:
                 local = up.local_address = _fmt((str(sock[0]), int(sock[1])))
         self.info.upstream_local_address = local
         headers = self.up_headers
-        if self.route is not None and self.route.vhost.vhost.include_request_attempt_count:
-            headers = [*headers, (b"x-envoy-attempt-count", str(self.attempt).encode())]
+        if self.attempt > 1 and self.route is not None and self.route.vhost.vhost.include_request_attempt_count:
+            headers = self.up_headers = replace_header(headers, ATTEMPT_COUNT, b"%d" % self.attempt)
         parts = [encode_request_head(self.method, self.up_target, headers)]
         if self.chunked_in:
             for p in self.body_parts:
@@ -745,6 +747,37 @@ class ActiveStream:
             self.paused_for_body = False
             self.conn.resume_reading()
         self.conn.stream_done(self)
+
+
+ATTEMPT_COUNT = b"x-envoy-attempt-count"
+# Connection tokens that are about the connection itself, not names of headers to drop.
+_CONNECTION_OWN = frozenset({b"close", b"keep-alive", b"upgrade"})
+
+
+def _set(up: Headers, noted: dict[bytes, bytes], name: bytes, value: bytes) -> None:
+    """Envoy's inline header set: the client's copy (kept by the scan) is overwritten in its
+    place, else the header goes at the end."""
+    if name in noted:
+        up[:] = replace_header(up, name, value)
+    else:
+        up.append((name, value))
+
+
+def _clean_rare(up: Headers, nominated: set[bytes], keep_expect: bool) -> Headers:
+    """The hop-by-hop cases Envoy handles header by header (rare: a list rebuilt): `te` goes
+    on only as `te: trailers`, headers the Connection header nominates are dropped, `expect`
+    goes upstream only under proxy_100_continue."""
+    drop = set(nominated)
+    if not keep_expect:
+        drop.add(b"expect")
+    out: Headers = []
+    for n, v in up:
+        if n == b"te":
+            if b"trailers" in tokens(v):
+                out.append((n, b"trailers"))
+        elif n not in drop:
+            out.append((n, v))
+    return out
 
 
 def _count_class(stats: ClusterHttpStats, status: int) -> None:
