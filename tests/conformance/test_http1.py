@@ -7,11 +7,14 @@ order with volatile values by presence, body); what Envoy answers was measured o
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import socket
 import subprocess
+import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -266,27 +269,40 @@ UPSTREAM_CASES = {
 }
 
 
+def upstream_view(port: int, parts: list[bytes]) -> tuple[object, ...]:
+    """Send a request in pieces (a pause between them) and return what the upstream received
+    (the lab's /anything echo) with the response head; x-request-id by format: a UUID4 when
+    the proxy made it, else the client's."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        for i, part in enumerate(parts):
+            if i:
+                time.sleep(0.02)
+            s.sendall(part)
+        r = read(s)
+    assert r.status == 200, r
+    echo = json.loads(r.body)
+    headers = echo["headers"]
+    for h in headers:
+        if h[0] == "x-request-id":
+            assert UUID4.match(h[1]) or h[1] in ("abc", "r1"), h
+            h[1] = "<uuid4>" if UUID4.match(h[1]) else h[1]
+    head = r.comparable()[:2]
+    return head, echo["method"], echo["path"], headers, echo["body_length"], echo["body_sha256"]
+
+
+def same_upstream_view(stack: Stack, parts: list[bytes]) -> tuple[object, ...]:
+    seen = {kind: upstream_view(port, parts) for kind, port in stack.proxies.items()}
+    if "envoy" in seen:
+        assert seen["ours"] == seen["envoy"]
+    return seen["ours"]
+
+
 @pytest.mark.parametrize("case", sorted(UPSTREAM_CASES))
 def test_upstream_request_headers_are_envoys(stack: Stack, case: str) -> None:
-    """What the upstream received (the lab's /anything echo), in order, x-request-id by
-    format: a UUID4 when the proxy made it, the client's when it sent one."""
-    seen = {}
-    for kind, port in stack.proxies.items():
-        r = exchange(port, UPSTREAM_CASES[case])
-        assert r is not None and r.status == 200, r
-        echo = json.loads(r.body)
-        headers = echo["headers"]
-        for h in headers:
-            if h[0] == "x-request-id":
-                assert UUID4.match(h[1]) or h[1] in ("abc", "r1"), h
-                h[1] = "<uuid4>" if UUID4.match(h[1]) else h[1]
-        seen[kind] = (r.comparable()[:2], echo["method"], echo["path"], headers, echo["body_length"])
-    ours = seen["ours"]
-    names = [h[0] for h in ours[3]]
+    ours = same_upstream_view(stack, [UPSTREAM_CASES[case]])
+    names = [h[0] for h in ours[3]]  # type: ignore[attr-defined]
     assert names.count("x-request-id") == 1 and "x-forwarded-proto" in names
     assert not {"x-envoy-retry-on", "x-envoy-max-retries", "x-envoy-ip-tags", "x-hop"} & set(names)
-    if "envoy" in seen:
-        assert ours == seen["envoy"]
 
 
 def test_expected_timeout_and_attempt_count(stack: Stack) -> None:
@@ -296,3 +312,109 @@ def test_expected_timeout_and_attempt_count(stack: Stack) -> None:
     assert got["x-envoy-expected-rq-timeout-ms"] == "7000"
     assert got["x-envoy-attempt-count"] == "1"
     assert got["x-envoy-original-path"] == "/mut"  # the client's /zz overwritten in place
+
+
+# == D: streaming and framing ===================================================================
+
+
+def test_chunked_request_streams_upstream_as_chunked(stack: Stack) -> None:
+    """A chunked request body sent in pieces reaches the upstream re-framed, whole."""
+    pieces = [b"%x\r\n%s\r\n" % (len(c), c) for c in (b"a" * 1000, b"b" * 70000, b"c")]
+    head = b"POST /anything HTTP/1.1\r\nHost: lab.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+    view = same_upstream_view(stack, [head, *pieces, b"0\r\n\r\n"])
+    assert view[4] == 71001
+    assert view[5] == hashlib.sha256(b"a" * 1000 + b"b" * 70000 + b"c").hexdigest()
+    assert ["transfer-encoding", "chunked"] in view[3]  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_chunked_response(stack: Stack, method: str) -> None:
+    """An upstream body without a length goes on chunked (HEAD: the header, no body)."""
+
+    def run(s: socket.socket) -> Response:
+        s.sendall(f"{method} /chunked/2000 HTTP/1.1\r\nHost: lab.test\r\n\r\n".encode())
+        return read(s, head_request=method == "HEAD")
+
+    r = on_both(stack.proxies, run)
+    assert r.header("transfer-encoding") == "chunked"
+    assert r.body == (b"".join(b"chunk %d\n" % i for i in range(2000)) if method == "GET" else b"")
+
+
+@pytest.mark.parametrize("code", [204, 304])
+def test_no_body_statuses_keep_the_connection(stack: Stack, code: int) -> None:
+    def run(s: socket.socket) -> Response:
+        s.sendall(b"GET /status/%d HTTP/1.1\r\nHost: lab.test\r\n\r\n" % code)
+        first = read(s)
+        assert first.body == b""
+        s.sendall(b"GET /status/200 HTTP/1.1\r\nHost: lab.test\r\n\r\n")
+        assert read(s).status == 200  # nothing was left between the two responses
+        return first
+
+    assert on_both(stack.proxies, run).status == code
+
+
+def test_upgrade_is_a_byte_tunnel_both_ways(stack: Stack) -> None:
+    """websocket upgrade (allowed by upgrade_configs): the 101 goes back, then bytes flow both
+    ways (those sent with the request head included) until the client's half-close."""
+
+    def run(s: socket.socket) -> Response:
+        s.sendall(
+            b"GET /upgrade HTTP/1.1\r\nHost: lab.test\r\nConnection: Upgrade\r\n"
+            b"Upgrade: websocket\r\n\r\nearly"
+        )
+        r = read(s)
+        got = b""
+        # Sent from a thread while this one reads: the echo would stall a sender that does
+        # not read (flow control all the way back), whichever proxy is in between.
+        sender = threading.Thread(target=s.sendall, args=(b"ping" + b"x" * 200_000,))
+        sender.start()
+        want = b"early" + b"ping" + b"x" * 200_000
+        while len(got) < len(want):
+            chunk = s.recv(65536)
+            assert chunk, got[:40]
+            got += chunk
+        sender.join()
+        assert got == want
+        s.shutdown(socket.SHUT_WR)
+        assert closed(s)
+        return r
+
+    assert on_both(stack.proxies, run).status == 101
+
+
+@pytest.mark.parametrize(("ports", "upgrade"), [("main", "foo"), ("b", "websocket")])
+def test_upgrade_not_configured_is_403(stack: Stack, ports: str, upgrade: str) -> None:
+    def run(s: socket.socket) -> Response:
+        s.sendall(
+            b"GET /upgrade HTTP/1.1\r\nHost: lab.test\r\nConnection: Upgrade\r\n"
+            b"Upgrade: " + upgrade.encode() + b"\r\n\r\n"
+        )
+        return read(s)
+
+    r = on_both(stack.proxies if ports == "main" else stack.proxies_b, run)
+    assert (r.status, r.header("connection")) == (403, "close")
+
+
+def admin_stat(port: int, name: str) -> int:
+    """One counter from the admin's text /stats (the same format on both proxies)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats?filter=^{re.escape(name)}$") as f:
+        text = f.read().decode()
+    values = [line.split(": ")[1] for line in text.splitlines() if line.startswith(name + ": ")]
+    assert len(values) == 1, text
+    return int(values[0])
+
+
+def test_upstream_pool_reuse(stack: Stack) -> None:
+    """Requests one after another, on one downstream connection and then on a new connection
+    each: one upstream connection serves them all."""
+    admins = {"ours": stack.ports["a1"], "envoy": stack.ports["a2"]}
+    for kind, port in stack.proxies.items():
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            for _ in range(10):
+                s.sendall(b"GET /pool HTTP/1.1\r\nHost: lab.test\r\n\r\n")
+                assert read(s).status == 200
+        for _ in range(10):
+            r = exchange(port, b"GET /pool HTTP/1.1\r\nHost: lab.test\r\nConnection: close\r\n\r\n")
+            assert r is not None and r.status == 200
+        assert admin_stat(admins[kind], "cluster.lab_pool.upstream_cx_total") == 1, kind
+        assert admin_stat(admins[kind], "cluster.lab_pool.upstream_rq_total") == 20, kind

@@ -212,6 +212,10 @@ class UpstreamConnection(asyncio.Protocol):
             return
         stream = self.stream
         self.response_started = True
+        if status == 101:
+            # The connection is a tunnel from here: httptools calls on_message_complete for the
+            # 101 before it stops at the upgrade, and that must not end the stream.
+            self.upgraded = True
         od = self.pool.outlier
         if od is not None:
             od.put_result(self.pool.host, status)

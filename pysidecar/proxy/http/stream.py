@@ -591,7 +591,8 @@ class ActiveStream:
         # One pass strips the upstream's hop-by-hop headers, puts our server in its place and
         # notes content-length and date; operations that touch those names re-check them.
         out, seen = scan_response(headers, cfg.server_header)
-        out.append((b"x-envoy-upstream-service-time", b"%d" % elapsed))
+        if status != 101:  # Envoy 1.40 sends no service time on a 101
+            out.append((b"x-envoy-upstream-service-time", b"%d" % elapsed))
         if cfg.decorate_response:
             decorator = self.route.route.decorator if self.route is not None else None
             if decorator is not None:
@@ -608,19 +609,20 @@ class ActiveStream:
                 )
                 out = replace_header(out, b"server", cfg.server)
                 seen |= HAS_SERVER
-        no_body = self.head_request or status in _NO_BODY_STATUS
+        chunked = False  # framed as chunked: the codec's transfer-encoding goes last
         if status == 101:
             out.append((b"connection", b"upgrade"))
             up_value = get(headers, b"upgrade")
             if up_value is not None:
                 out.append((b"upgrade", up_value))
             self.tunnel = True
-        elif not no_body and not seen & HAS_LENGTH:
+        elif status not in _NO_BODY_STATUS and not seen & HAS_LENGTH:
             if self.http10:
                 self.close_after = True  # HTTP/1.0 has no chunking: the close ends the body
             else:
-                self.chunked_out = True
-                out.append((b"transfer-encoding", b"chunked"))
+                # A HEAD response says it too, without a body (as Envoy 1.40 does).
+                chunked = True
+                self.chunked_out = not self.head_request
         if not seen & HAS_DATE:
             out.append((b"date", http_date()))
         if not seen & HAS_SERVER:
@@ -628,6 +630,8 @@ class ActiveStream:
         if status != 101 and (self.close_after or not self.keep_alive or conn.draining):
             self.close_after = True
             out.append((b"connection", b"close"))
+        if chunked:
+            out.append((b"transfer-encoding", b"chunked"))
         head = encode_head(status, out)
         if self.tunnel:
             conn.write(head)
