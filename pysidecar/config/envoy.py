@@ -352,6 +352,7 @@ def cluster(node: Node) -> Cluster:
         "circuit_breakers",
         "outlier_detection",
         "common_lb_config",
+        "typed_extension_protocol_options",
     )
     name = f.require("name").string()
     ctype = f.opt("type", lambda n: ClusterType(n.enum([t.value for t in ClusterType])), ClusterType.STATIC)
@@ -405,7 +406,29 @@ def cluster(node: Node) -> Cluster:
         circuit_breakers=f.opt("circuit_breakers", circuit_breakers, CircuitBreakers()),
         outlier_detection=f.opt("outlier_detection", outlier_detection, None),
         healthy_panic_threshold=f.opt("common_lb_config", panic_threshold, DEFAULT_PANIC_THRESHOLD),
+        http_idle_timeout=f.opt("typed_extension_protocol_options", http_protocol_options, 3600.0),
     )
+
+
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def http_protocol_options(node: Node) -> float:
+    """typed_extension_protocol_options with the upstream HttpProtocolOptions: HTTP/1.1
+    explicitly (or as the downstream used), and the idle timeout of upstream connections."""
+    f = node.fields(HTTP_PROTOCOL_OPTIONS)
+    opts = f.require(HTTP_PROTOCOL_OPTIONS)
+    if opts.type_url() != HTTP_PROTOCOL_OPTIONS:
+        opts.fail(f"expected a {HTTP_PROTOCOL_OPTIONS}")
+    of = opts.fields("@type", "common_http_protocol_options", "explicit_http_config", "use_downstream_protocol_config")
+    if (ex := of.get("explicit_http_config")) is not None:
+        ex.fields("http_protocol_options")
+    if (ud := of.get("use_downstream_protocol_config")) is not None:
+        ud.fields("http_protocol_options")
+    idle = 3600.0
+    if (cpo := of.get("common_http_protocol_options")) is not None:
+        idle = cpo.fields("idle_timeout").opt("idle_timeout", Node.duration, 3600.0)
+    return idle
 
 
 # -- bootstrap -------------------------------------------------------------------------------

@@ -137,6 +137,9 @@ class Cluster:
     circuit_breakers: CircuitBreakers = field(default_factory=CircuitBreakers)
     outlier_detection: OutlierDetection | None = None
     healthy_panic_threshold: float = DEFAULT_PANIC_THRESHOLD
+    # HttpProtocolOptions.common_http_protocol_options.idle_timeout: an upstream connection
+    # idle that long is closed (upstream_cx_idle_timeout); Envoy's and Istio's default 1 h.
+    http_idle_timeout: float = 3600.0
 
     @property
     def stat_name(self) -> str:

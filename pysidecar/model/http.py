@@ -115,6 +115,10 @@ class RetryPolicy:
     retriable_status_codes: tuple[int, ...] = ()
     base_interval: float = DEFAULT_RETRY_BASE_INTERVAL
     max_interval: float | None = None  # None: 10x base_interval, as Envoy
+    # retry_host_predicate envoy.retry_host_predicates.previous_hosts (Istio always sets it):
+    # a retry picks a host not tried yet, up to host_selection_retry_max_attempts picks.
+    previous_hosts: bool = False
+    host_selection_max_attempts: int = 1
 
     @property
     def max_backoff(self) -> float:
@@ -139,7 +143,8 @@ class RouteAction:
     cluster: str | None = None
     weighted_clusters: tuple[ClusterWeight, ...] = ()
     timeout: float = DEFAULT_ROUTE_TIMEOUT
-    idle_timeout: float = 0.0
+    # The route's stream idle timeout; None: the connection manager's stream_idle_timeout.
+    idle_timeout: float | None = None
     retry_policy: RetryPolicy | None = None
     prefix_rewrite: str | None = None
     regex_rewrite: RegexRewrite | None = None
@@ -269,6 +274,14 @@ class HttpConnectionManager:
     idle_timeout: float = DEFAULT_HTTP_IDLE_TIMEOUT
     max_request_headers_kb: int = DEFAULT_MAX_REQUEST_HEADERS_KB
     max_headers_count: int = DEFAULT_MAX_HEADERS_COUNT
+    # common_http_protocol_options.headers_with_underscores_action: ALLOW (Envoy's default),
+    # REJECT_REQUEST (400) or DROP_HEADER.
+    headers_with_underscores_action: str = "ALLOW"
+    # http_protocol_options.accept_http_10: Envoy's default false answers HTTP/1.0 with 426.
+    accept_http_10: bool = False
+    # After a reply that closes the connection, how long the client may take to close first
+    # (what it still sends is read and dropped, so our close does not reset the reply).
+    delayed_close_timeout: float = 1.0
     upgrade_types: tuple[str, ...] = ()  # upgrade_configs[].upgrade_type, lower-case
     # Envoy's proxy_100_continue: false → Envoy answers `100 Continue` itself.
     proxy_100_continue: bool = False

@@ -164,6 +164,7 @@ class HttpConnManagerStats(StatsBlock):
     downstream_rq_completed: Counter
     downstream_rq_timeout: Counter
     downstream_rq_header_timeout: Counter
+    downstream_rq_idle_timeout: Counter
     downstream_rq_rx_reset: Counter
     downstream_rq_tx_reset: Counter
     downstream_rq_ws_on_non_ws_route: Counter

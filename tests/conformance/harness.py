@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = Path(__file__).parent / "scenarios"
 # Values that differ between runs or proxies; compared by presence only.
+EXTRA_LISTENERS = ("_b", "_c")
 VOLATILE = {"date", "x-request-id", "x-envoy-upstream-service-time", "etag", "last-modified"}
 
 
@@ -80,6 +81,11 @@ class Response:
 
 # Bytes read past the end of a response (pipelining), kept for the next read on that socket.
 _leftover: weakref.WeakKeyDictionary[socket.socket, bytes] = weakref.WeakKeyDictionary()
+
+
+def take_leftover(sock: socket.socket) -> bytes:
+    """The bytes read past the last response on `sock` (after a 101: the tunnel's first)."""
+    return _leftover.pop(sock, b"")
 
 
 def read_response(sock: socket.socket, head_request: bool = False) -> Response | None:
@@ -159,8 +165,11 @@ class Stack:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.ports = {
             k: free_port()
-            for k in ("v1", "v2", "dead", "ours", "envoy", "ours_b", "envoy_b", "a1", "a2", "lab")
-        }
+            for k in (
+                "v1", "v2", "dead", "a1", "a2", "lab",
+                *(f"{kind}{x}" for kind in ("ours", "envoy") for x in ("", *EXTRA_LISTENERS)),
+            )
+        }  # fmt: skip
         for name in ("v1", "v2"):
             self._nginx(name, self.ports[name])
         lab = self._spawn(
@@ -171,13 +180,14 @@ class Stack:
         wait_port(self.ports["lab"], lab)
         template = (SCENARIOS / scenario).read_text()
         self.proxies: dict[str, int] = {}
-        self.proxies_b: dict[str, int] = {}  # a second listener, for scenarios that have one
+        # The further listeners of scenarios that have them (LISTEN_PORT_B, ...), by suffix.
+        self.extra: dict[str, dict[str, int]] = {x: {} for x in EXTRA_LISTENERS}
         runs = [("ours", "a1")] + ([("envoy", "a2")] if envoy else [])
         for kind, admin in runs:
             values = {
                 "ADMIN_ADDR": "127.0.0.1", "ADMIN_PORT": self.ports[admin],
                 "LISTEN_ADDR": "127.0.0.1", "LISTEN_PORT": self.ports[kind],
-                "LISTEN_PORT_B": self.ports[f"{kind}_b"],
+                **{f"LISTEN_PORT{x.upper()}": self.ports[f"{kind}{x}"] for x in EXTRA_LISTENERS},
                 "V1_ADDR": "127.0.0.1", "V1_PORT": self.ports["v1"],
                 "V2_ADDR": "127.0.0.1", "V2_PORT": self.ports["v2"],
                 "DEAD_ADDR": "127.0.0.1", "DEAD_PORT": self.ports["dead"],
@@ -193,8 +203,9 @@ class Stack:
                         "--base-id", str(self.ports[kind])]  # fmt: skip
             self._spawn(argv, kind)
             self.proxies[kind] = self.ports[kind]
-            if "${LISTEN_PORT_B}" in template:
-                self.proxies_b[kind] = self.ports[f"{kind}_b"]
+            for x in EXTRA_LISTENERS:
+                if "${LISTEN_PORT" + x.upper() + "}" in template:
+                    self.extra[x][kind] = self.ports[f"{kind}{x}"]
         for kind, port in self.proxies.items():
             wait_port(port, self.procs[-1 if kind == "envoy" else -2 if envoy else -1])
 

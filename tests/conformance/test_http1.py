@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conformance import harness
 from tests.conformance.harness import (
     Response,
     Stack,
@@ -196,7 +197,7 @@ def test_proxy_100_continue_passes_on_the_upstreams_100(stack: Stack) -> None:
         s.sendall(b"hello")
         return read(s)
 
-    assert on_both(stack.proxies_b, run).status == 200
+    assert on_both(stack.extra["_b"], run).status == 200
 
 
 # == G: transfer codings ========================================================================
@@ -363,7 +364,7 @@ def test_upgrade_is_a_byte_tunnel_both_ways(stack: Stack) -> None:
             b"Upgrade: websocket\r\n\r\nearly"
         )
         r = read(s)
-        got = b""
+        got = harness.take_leftover(s)  # tunnel bytes that came with the 101
         # Sent from a thread while this one reads: the echo would stall a sender that does
         # not read (flow control all the way back), whichever proxy is in between.
         sender = threading.Thread(target=s.sendall, args=(b"ping" + b"x" * 200_000,))
@@ -391,7 +392,7 @@ def test_upgrade_not_configured_is_403(stack: Stack, ports: str, upgrade: str) -
         )
         return read(s)
 
-    r = on_both(stack.proxies if ports == "main" else stack.proxies_b, run)
+    r = on_both(stack.proxies if ports == "main" else stack.extra["_b"], run)
     assert (r.status, r.header("connection")) == (403, "close")
 
 
@@ -418,3 +419,88 @@ def test_upstream_pool_reuse(stack: Stack) -> None:
             assert r is not None and r.status == 200
         assert admin_stat(admins[kind], "cluster.lab_pool.upstream_cx_total") == 1, kind
         assert admin_stat(admins[kind], "cluster.lab_pool.upstream_rq_total") == 20, kind
+
+
+# == F: timeouts and HTTP/1 options (listener_c: stream_idle_timeout 1s, underscores rejected,
+# HTTP/1.0 accepted; route /route_idle with idle_timeout 0.5s) =================================
+
+
+def timed_on_both(ports: dict[str, int], raw: bytes, within: tuple[float, float]) -> Response:
+    def run(s: socket.socket) -> Response:
+        start = time.monotonic()
+        s.sendall(raw)
+        r = read(s)
+        elapsed = time.monotonic() - start
+        assert within[0] <= elapsed <= within[1], elapsed
+        return r
+
+    return on_both(ports, run)
+
+
+def test_stream_idle_timeout_waiting_for_the_upstream_is_504(stack: Stack) -> None:
+    r = timed_on_both(
+        stack.extra["_c"], b"GET /delay/3 HTTP/1.1\r\nHost: x\r\n\r\n", (0.7, 1.3)
+    )
+    assert (r.status, r.body, r.header("connection")) == (504, b"stream timeout", None)
+
+
+def test_route_idle_timeout_overrides_the_stream_idle_timeout(stack: Stack) -> None:
+    r = timed_on_both(stack.extra["_c"], b"GET /route_idle HTTP/1.1\r\nHost: x\r\n\r\n", (0.3, 0.8))
+    assert (r.status, r.body) == (504, b"stream timeout")
+
+
+def test_stream_idle_timeout_with_the_body_unfinished_is_408_and_close(stack: Stack) -> None:
+    raw = b"POST /anything HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc"
+    r = timed_on_both(stack.extra["_c"], raw, (0.7, 1.3))
+    assert (r.status, r.body, r.header("connection")) == (408, b"stream timeout", "close")
+
+
+def test_headers_with_underscores_rejected(stack: Stack) -> None:
+    def run(s: socket.socket) -> Response:
+        s.sendall(b"GET /status/200 HTTP/1.1\r\nHost: x\r\nx_under: 1\r\n\r\n")
+        return read(s)
+
+    r = on_both(stack.extra["_c"], run)
+    assert (r.status, r.body, r.header("connection")) == (400, b"Bad Request", "close")
+
+
+@pytest.mark.parametrize(
+    ("listener", "raw", "status"),
+    [("main", b"GET /status/200 HTTP/1.0\r\nHost: lab.test\r\n\r\n", 426),
+     ("_c", b"GET /status/200 HTTP/1.0\r\nHost: x\r\n\r\n", 200),
+     ("_c", b"GET /status/200 HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n", 200),
+     ("_c", b"GET /status/200 HTTP/1.0\r\n\r\n", 400),
+     ("main", b"GET /status/200 HTTP/1.1\r\n\r\n", 400)],
+)  # fmt: skip
+def test_http10_and_missing_host(stack: Stack, listener: str, raw: bytes, status: int) -> None:
+    """accept_http_10 false (Envoy's default): 426; accepted: answered as HTTP/1.0 (status
+    line, connection: close or keep-alive); no Host: 400."""
+
+    def run(s: socket.socket) -> Response:
+        s.sendall(raw)
+        return read(s)
+
+    r = on_both(stack.proxies if listener == "main" else stack.extra[listener], run)
+    assert r.status == status
+
+
+def test_upstream_idle_connections_are_closed(stack: Stack) -> None:
+    """lab_idle's HttpProtocolOptions idle_timeout 0.5s: the idle upstream connection goes."""
+    name = "cluster.lab_idle.upstream_cx_idle_timeout"
+    admins = {"ours": stack.ports["a1"], "envoy": stack.ports["a2"]}
+    for kind, port in stack.extra["_c"].items():
+        before = admin_stat(admins[kind], name)
+        r = exchange(port, b"GET /status/200 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert r is not None and r.status == 200
+        time.sleep(1.2)
+        assert admin_stat(admins[kind], name) == before + 1, kind
+
+
+def test_retry_picks_a_host_not_tried(stack: Stack) -> None:
+    """previous_hosts: a connect-failure retry never goes back to the refusing host (30
+    requests with one retry each; without the predicate about a quarter would fail)."""
+    for port in stack.proxies.values():
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            for _ in range(30):
+                s.sendall(b"GET /flaky HTTP/1.1\r\nHost: lab.test\r\n\r\n")
+                assert read(s).status == 200

@@ -111,8 +111,13 @@ def service_cluster(
     connect = pool.connect_timeout if pool is not None and pool.connect_timeout is not None else mesh.connect_timeout
     name = outbound_cluster_name(port.number, svc.hostname, subset.name if subset else "")
     od = outlier_detection(policy.outlier_detection) if policy.outlier_detection is not None else None
+    # connectionPool.http.idleTimeout: the upstream connections' idle timeout (default 1 h).
+    idle = pool.idle_timeout if pool is not None and pool.idle_timeout is not None else 3600.0
     if svc.resolution is Resolution.NONE or policy.lb_policy is LbPolicy.CLUSTER_PROVIDED:
-        return Cluster(name, ClusterType.ORIGINAL_DST, connect, LbPolicy.CLUSTER_PROVIDED, circuit_breakers=circuit_breakers(pool))
+        return Cluster(
+            name, ClusterType.ORIGINAL_DST, connect, LbPolicy.CLUSTER_PROVIDED,
+            circuit_breakers=circuit_breakers(pool), http_idle_timeout=idle,
+        )  # fmt: skip
     ctype = {
         Resolution.STATIC: ClusterType.STATIC,
         Resolution.DNS: ClusterType.STRICT_DNS,
@@ -127,6 +132,7 @@ def service_cluster(
         circuit_breakers=circuit_breakers(pool),
         outlier_detection=od,
         healthy_panic_threshold=ISTIO_PANIC_THRESHOLD if od is not None else DEFAULT_PANIC_THRESHOLD,
+        http_idle_timeout=idle,
     )
 
 

@@ -57,7 +57,10 @@ PROXY_NAMESPACE = "default"
 
 # Istio's default HTTP retry policy (mesh defaultHttpRetryPolicy unset).
 DEFAULT_RETRY_ON = ("connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes")
-DEFAULT_RETRY = RetryPolicy(retry_on=DEFAULT_RETRY_ON, num_retries=2)
+# istiod adds the previous_hosts predicate with 5 host selection attempts to every policy.
+DEFAULT_RETRY = RetryPolicy(
+    retry_on=DEFAULT_RETRY_ON, num_retries=2, previous_hosts=True, host_selection_max_attempts=5
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,8 @@ def retry_policy(r: vs.Retries | None) -> RetryPolicy | None:
         num_retries=r.attempts,
         per_try_timeout=r.per_try_timeout,
         retriable_status_codes=tuple(codes),
+        previous_hosts=True,
+        host_selection_max_attempts=5,
     )
 
 

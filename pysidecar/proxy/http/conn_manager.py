@@ -72,6 +72,8 @@ class HttpConnection(asyncio.Protocol):
         "head_size",
         "head_started",
         "headers_timer",
+        "idle_mark",
+        "idle_moved",
         "idle_timer",
         "in_head",
         "listener_name",
@@ -87,6 +89,7 @@ class HttpConnection(asyncio.Protocol):
         "queue",
         "started_at",
         "stats",
+        "stream_idle_timer",
         "transport",
         "tunnel",
         "upgrade_rest",
@@ -127,6 +130,10 @@ class HttpConnection(asyncio.Protocol):
         self.headers_timer: asyncio.TimerHandle | None = None
         self.head_started = 0.0  # loop time the request head in progress began; 0: none
         self.idle_timer: asyncio.TimerHandle | None = None
+        # The stream idle timeout: one lazy timer per connection (see _on_stream_idle).
+        self.stream_idle_timer: asyncio.TimerHandle | None = None
+        self.idle_mark: tuple[object, ...] = ()
+        self.idle_moved = 0.0  # loop time the stream in progress was last seen to move
         self.listener_name: str | None = None
         self.local_address: str | None = None
         self.peer: str | None = None
@@ -155,7 +162,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        for t in (self.headers_timer, self.idle_timer):
+        for t in (self.headers_timer, self.idle_timer, self.stream_idle_timer):
             if t is not None:
                 t.cancel()
         streams = [s for s in (self.active, *self.queue) if s is not None]
@@ -174,6 +181,8 @@ class HttpConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         """A client's half-close: answer what was asked, then close; close at once if idle."""
+        if self.closing:
+            return False  # the end of a delayed close
         streams = [s for s in (self.active, self.parsing, *self.queue) if s is not None]
         if not streams or (self.tunnel is not None and self.tunnel.upstream is None):
             return False
@@ -194,9 +203,23 @@ class HttpConnection(asyncio.Protocol):
             self.transport.close()
 
     def close_when_flushed(self) -> None:
+        """Close once what is buffered is written. With delayed_close_timeout (Envoy's default
+        1 s), our side is shut (FIN after the buffer) and the client gets that long to close
+        first; what it still sends is read and dropped, so that the close cannot turn into a
+        reset that destroys the reply in flight."""
         self.closing = True
-        if self.transport is not None:
-            self.transport.close()  # asyncio writes what is buffered, then closes
+        t = self.transport
+        if t is None:
+            return
+        delay = self.cfg.config.delayed_close_timeout
+        if delay <= 0 or not t.can_write_eof():
+            t.close()  # asyncio writes what is buffered, then closes
+            return
+        t.write_eof()
+        if self.paused:
+            self.paused = 0
+            t.resume_reading()  # reading on is what lets the client's close arrive
+        self.loop.call_later(delay, t.close)  # a no-op once the transport is closed
 
     def abort(self) -> None:
         self.closing = True
@@ -276,6 +299,10 @@ class HttpConnection(asyncio.Protocol):
             raise _Reject()
         headers = self.parsing.headers  # type: ignore[union-attr]
         name = name.lower()
+        if self.cfg.underscores and b"_" in name:
+            if self.cfg.underscores == 1:
+                raise _Reject(400, "http1.unexpected_underscore")
+            return  # DROP_HEADER
         headers.append((name, value))
         if len(headers) > self.cfg.header_count_limit:  # Envoy's max_headers_count (Host counts)
             raise _Reject(431, "http1.too_many_headers")
@@ -295,6 +322,8 @@ class HttpConnection(asyncio.Protocol):
         st.keep_alive = p.should_keep_alive()
         st.upgrade = p.should_upgrade()
         st.head_request = st.method == b"HEAD"
+        if st.http10 and not self.cfg.config.accept_http_10:
+            raise _Reject(426, "http1.low_version")  # Envoy's default: no HTTP/1.0
         if st.upgrade:
             st.close_after = True  # the parser stops at an upgrade: nothing follows on it
         s = self.stats
@@ -338,6 +367,8 @@ class HttpConnection(asyncio.Protocol):
 
     # == streams ==============================================================================
     def _start(self, st: ActiveStream) -> None:
+        if self.stream_idle_timer is None and self.cfg.config.stream_idle_timeout > 0:
+            self.arm_stream_idle(st, self.cfg.config.stream_idle_timeout)
         try:
             st.start()
             if st.request_done:
@@ -454,6 +485,45 @@ class HttpConnection(asyncio.Protocol):
         else:
             self._arm_idle()
 
+    def arm_stream_idle(self, st: ActiveStream, timeout: float) -> None:
+        """(Re)start the stream idle timer for `st` (a route's idle_timeout restarts it)."""
+        if self.stream_idle_timer is not None:
+            self.stream_idle_timer.cancel()
+            self.stream_idle_timer = None
+        st.idle_timeout = timeout
+        if timeout > 0:  # a route's idle_timeout 0 turns it off for its streams
+            self.idle_mark = _progress(st)
+            self.idle_moved = self.loop.time()
+            self.stream_idle_timer = self.loop.call_later(timeout / _IDLE_TICKS, self._on_stream_idle)
+
+    def _on_stream_idle(self) -> None:
+        """Envoy's stream idle timeout without a timer per request or a clock read per read:
+        the timer ticks _IDLE_TICKS times a period and notes when the stream in progress
+        last moved (another stream, other byte counts either way, a response started); one
+        period without a move times it out. So it fires between one period and an eighth
+        more after the last activity."""
+        self.stream_idle_timer = None
+        st = self.active
+        if (
+            st is None
+            or st.response_done
+            or st.idle_timeout <= 0
+            or self.tunnel is not None
+            or self.closing
+        ):
+            return  # nothing in progress: the next stream arms it again
+        mark = _progress(st)
+        now = self.loop.time()
+        if mark != self.idle_mark:
+            self.idle_mark = mark
+            self.idle_moved = now
+        if now - self.idle_moved < st.idle_timeout - 1e-3:
+            tick = st.idle_timeout / _IDLE_TICKS
+            self.stream_idle_timer = self.loop.call_later(tick, self._on_stream_idle)
+            return
+        self.stats.downstream_rq_idle_timeout += 1
+        st.stream_idle_timeout()
+
     def _on_headers_timeout(self) -> None:
         self.headers_timer = None
         started = self.head_started
@@ -512,8 +582,15 @@ class HttpConnection(asyncio.Protocol):
         st.close_after = True
         self._record(st)
         self.active = None
-        if self.transport is not None:
-            self.transport.close()
+        self.close_when_flushed()
+
+
+_IDLE_TICKS = 8
+
+
+def _progress(st: ActiveStream) -> tuple[object, ...]:
+    info = st.info
+    return (st, info.bytes_received, info.bytes_sent, st.response_started)
 
 
 _TE_AFTER_CHUNKED = "Invalid `Transfer-Encoding` header value"  # llhttp's words

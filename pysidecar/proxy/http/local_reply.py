@@ -16,11 +16,12 @@ from pysidecar.proxy.http.headers import HeaderOps, apply_ops
 # Envoy's local reply bodies.
 UPSTREAM_TIMEOUT_BODY = b"upstream request timeout"
 NO_HEALTHY_UPSTREAM_BODY = b"no healthy upstream"
+STREAM_TIMEOUT_BODY = b"stream timeout"
 RESET_BODY_PREFIX = "upstream connect error or disconnect/reset before headers. "
 
 # Response flags (access log spelling).
-UH, UF, UO, NR, URX, NC, UT, UC, DPE, DC, LR = (
-    "UH", "UF", "UO", "NR", "URX", "NC", "UT", "UC", "DPE", "DC", "LR",
+UH, UF, UO, NR, URX, NC, UT, UC, DPE, DC, LR, SI = (
+    "UH", "UF", "UO", "NR", "URX", "NC", "UT", "UC", "DPE", "DC", "LR", "SI",
 )  # fmt: skip
 
 # Envoy's reset reason words, by our reset reason.

@@ -18,6 +18,8 @@ Promises:
   `stream.upstream_connect_failed(OVERFLOW)` and count upstream_rq_pending_overflow.
 - Every response status, connect failure and reset before a response is reported to the
   cluster's outlier detector, when it has one (failures as 503, Envoy's local-origin mapping).
+- An idle connection is closed once idle for the cluster's HTTP idle_timeout (Envoy's
+  upstream_cx_idle_timeout), by one lazy timer per pool, not a timer per release.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class UpstreamConnection(asyncio.Protocol):
         "cx_open",
         "head_keep_alive",
         "headers",
+        "idle_since",
         "informational",
         "local_address",
         "parser",
@@ -76,6 +79,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.closed = False
         self.informational = False
+        self.idle_since = 0.0
         self.request_done = False
         self.response_started = False
         self.upgraded = False
@@ -278,6 +282,8 @@ class HostPool:
         "cx_stats",
         "host",
         "idle",
+        "idle_timeout",
+        "idle_timer",
         "loop",
         "open",
         "outlier",
@@ -300,6 +306,8 @@ class HostPool:
         self.host = host
         self.buffer_limit = buffer_limit
         self.idle: list[UpstreamConnection] = []
+        self.idle_timeout = cluster.config.http_idle_timeout
+        self.idle_timer: asyncio.TimerHandle | None = None
         self.breaker = cluster.breaker
         self.outlier = cluster.outlier
         self.open = 0  # this host's connections, open or connecting
@@ -340,9 +348,27 @@ class HostPool:
         if conn.transport is not None:
             conn.transport.resume_reading()  # it may have been paused for a slow client
         self.idle.append(conn)
+        if self.idle_timeout > 0:
+            conn.idle_since = self.loop.time()
+            if self.idle_timer is None:
+                self.idle_timer = self.loop.call_later(self.idle_timeout, self._close_idle)
         if self.waiting:
             # Not from inside the parser callback that released it: on the next loop turn.
             self.loop.call_soon(self._serve_waiting)
+
+    def _close_idle(self) -> None:
+        """Close the connections idle for idle_timeout; wait for the next one to be."""
+        self.idle_timer = None
+        now = self.loop.time()
+        timeout = self.idle_timeout
+        for conn in [c for c in self.idle if now - c.idle_since >= timeout]:
+            self.idle.remove(conn)
+            if not conn.closed:
+                self.rq_stats.upstream_cx_idle_timeout += 1
+                conn.close()
+        if self.idle:
+            first = min(c.idle_since for c in self.idle)
+            self.idle_timer = self.loop.call_later(first + timeout - now, self._close_idle)
 
     def forget(self, conn: UpstreamConnection) -> None:
         if conn in self.idle:

@@ -51,6 +51,7 @@ from pysidecar.proxy.http.retry import (
     OVERFLOW,
     PER_TRY_TIMEOUT,
     backoff,
+    other_host,
     retriable_reset,
     retriable_status,
 )
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
     from pysidecar.proxy.http.conn_manager import HttpConnection
 
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+HTTP10 = b"HTTP/1.0"
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
@@ -119,6 +121,7 @@ class ActiveStream:
         "head_request",
         "headers",
         "http10",
+        "idle_timeout",
         "info",
         "keep_alive",
         "method",
@@ -139,6 +142,7 @@ class ActiveStream:
         "started",
         "timed_out",
         "timer",
+        "tried_hosts",
         "tunnel",
         "up_headers",
         "up_target",
@@ -189,6 +193,8 @@ class ActiveStream:
         self.retry_timer: asyncio.TimerHandle | None = None
         self.timed_out = False
         self.tunnel = False
+        self.idle_timeout = conn.cfg.config.stream_idle_timeout
+        self.tried_hosts: tuple[tuple[str, int], ...] = ()  # grown on retries only
 
     # == downstream events ===================================================================
     def start(self, fault_done: bool = False) -> None:
@@ -240,6 +246,10 @@ class ActiveStream:
         ):
             conn.write(CONTINUE_100)  # as Envoy's decodeHeaders: before routing, local replies
 
+        if not host_b:  # Envoy's 400 (HTTP/1.0 too: no default_host_for_http_10), and a close
+            self.close_after = True
+            self._local(400, b"", None, "missing_host_header")
+            return
         vh = cfg.table.virtual_host(host)
         route = (
             vh.select(path, _as_dict(strip_request(headers)) if vh.needs_headers else None)
@@ -255,12 +265,15 @@ class ActiveStream:
         if route.intercepts and intercept(self, route, host, path, fault_done):
             return  # delayed (start runs again), aborted or redirected
         self.route = route
+        action = route.action
+        idle = action.idle_timeout if action is not None else None
+        if idle is not None and idle != self.idle_timeout:
+            conn.arm_stream_idle(self, idle)
         direct = route.route.direct_response
         if direct is not None:
             conn.stats.rq_direct_response += 1
             self._local(direct.status, direct.body.encode(), None, "direct_response")
             return
-        action = route.action
         assert action is not None and vh is not None
         name, wi = route.pick_cluster(conn.worker.rng)
         cluster = conn.worker.clusters.get(name)
@@ -384,7 +397,14 @@ class ActiveStream:
         self.retry_timer = None
         cluster = self.cluster
         assert cluster is not None and self.rq_stats is not None
-        host = cluster.choose_host(self.conn.destination)
+        dest = self.conn.destination
+        host = cluster.choose_host(dest)
+        policy = self.policy
+        if host is not None and self.attempt and policy is not None and policy.previous_hosts:
+            assert self.pool is not None  # the previous attempt's
+            tried = self.tried_hosts = (*self.tried_hosts, self.pool.host)
+            pick = functools.partial(cluster.choose_host, dest)
+            host = other_host(pick, host, tried, policy.host_selection_max_attempts)
         if host is None:
             cluster.stats.upstream_cx_none_healthy += 1
             self._local(503, lr.NO_HEALTHY_UPSTREAM_BODY, lr.UH, "no_healthy_upstream")
@@ -545,6 +565,19 @@ class ActiveStream:
             self.info.response_flags.append(lr.URX)
         self._local(504, lr.UPSTREAM_TIMEOUT_BODY, None, "response_timeout")
 
+    def stream_idle_timeout(self) -> None:
+        """Nothing moved for the stream idle timeout: Envoy's 504 `stream timeout` once the
+        request is in (408 while it is still arriving, which also ends the connection), a
+        reset once the response started; flag SI."""
+        self.info.response_flags.append(lr.SI)
+        if self.response_started:
+            self.drop_upstream()
+            self.conn.abort()
+            self._finish()
+            return
+        status = 504 if self.request_done else 408
+        self._local(status, lr.STREAM_TIMEOUT_BODY, None, "stream_idle_timeout")
+
     def _on_timeout(self) -> None:
         self.timer = None
         self.timed_out = True
@@ -630,9 +663,13 @@ class ActiveStream:
         if status != 101 and (self.close_after or not self.keep_alive or conn.draining):
             self.close_after = True
             out.append((b"connection", b"close"))
+        elif self.http10:
+            out.append((b"connection", b"keep-alive"))  # HTTP/1.0 closes unless told
         if chunked:
             out.append((b"transfer-encoding", b"chunked"))
         head = encode_head(status, out)
+        if self.http10:
+            head = HTTP10 + head[8:]  # Envoy answers in the request's version
         if self.tunnel:
             conn.write(head)
             conn.start_tunnel(self)
@@ -733,7 +770,7 @@ class ActiveStream:
             head_only=self.head_request,
         )
         info.bytes_sent += 0 if self.head_request else len(body)
-        conn.write(data)
+        conn.write(HTTP10 + data[8:] if self.http10 else data)
         self.response_started = True
         self._finish()
 
