@@ -573,8 +573,10 @@ class HttpConnection(asyncio.Protocol):
         info.response_code_details = details
         info.bytes_sent = len(body)
         if self.transport is not None:
+            # A stream that was routed already (a bad body) has its route's response headers.
+            ops = st.response_ops if st.started else ()
             reply = lr.local_reply(
-                status, body, self.cfg.server, (), self.cfg.lua_response, close=True
+                status, body, self.cfg.server, ops, self.cfg.lua_response, close=True
             )
             self.write(reply)
         st.response_done = True
