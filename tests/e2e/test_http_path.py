@@ -14,7 +14,7 @@ import pytest
 
 from pysidecar.lab import Lab, Pod
 from tests.conformance.harness import read_response
-from tests.e2e.sidecar import connect, recv_all, start_sidecar, stats, write_config
+from tests.e2e.sidecar import BLOCK_ALL_VHOST, connect, recv_all, start_sidecar, stats, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -111,7 +111,8 @@ def test_bad_input_does_not_disturb_other_connections(seed: Pod) -> None:
     keep.close()
 
 
-REGISTRY_ONLY_HTTP = """
+REGISTRY_ONLY_HTTP = (
+    """
 admin:
   address: {socket_address: {address: 127.0.0.1, port_value: 15000}}
 static_resources:
@@ -162,13 +163,9 @@ static_resources:
                     retry_on: connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes
                     num_retries: 2
                     retriable_status_codes: [503]
-            - name: block_all
-              domains: ["*"]
-              routes:
-              - name: block_all
-                match: {prefix: /}
-                direct_response: {status: 502}
-          http_filters:
+"""
+    + BLOCK_ALL_VHOST
+    + """          http_filters:
           - name: envoy.filters.http.router
             typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
     default_filter_chain:
@@ -188,6 +185,7 @@ static_resources:
       cluster_name: outbound|80||ext.lab
       endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: ext.lab, port_value: 80}}}}]}]
 """
+)
 
 
 def test_registry_only_http_502_and_sniffed_routes(lab: Lab) -> None:

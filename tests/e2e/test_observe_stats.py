@@ -13,7 +13,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pysidecar.lab import Lab, Pod
-from tests.e2e.sidecar import closed_without_data, connect, recv_all, send_pattern, write_config
+from tests.e2e.sidecar import (
+    BLOCK_ALL_VHOST,
+    closed_without_data,
+    connect,
+    recv_all,
+    send_pattern,
+    write_config,
+)
 from tests.e2e.test_tcp_path import registry_only
 from tests.unit.test_prometheus import promtool_check
 
@@ -179,7 +186,8 @@ def test_registry_only_blocks_are_counted_and_logged(lab: Lab) -> None:
     assert _value(prom, "istio_tcp_connections_closed_total", **flags) == len(blocked)
 
 
-HTTP_LISTENER = """
+HTTP_LISTENER = (
+    """
   - name: 0.0.0.0_80
     address: {socket_address: {address: 0.0.0.0, port_value: 80}}
     bind_to_port: false
@@ -206,13 +214,9 @@ HTTP_LISTENER = """
               routes:
               - match: {prefix: /}
                 route: {cluster: "outbound|80||dead.lab", timeout: 0s}
-            - name: block_all
-              domains: ["*"]
-              routes:
-              - name: block_all
-                match: {prefix: /}
-                direct_response: {status: 502}
 """
+    + BLOCK_ALL_VHOST
+)
 HTTP_CLUSTERS = """
   - name: "outbound|80||ext.lab"
     alt_stat_name: "outbound|80||ext.lab;"
