@@ -145,7 +145,10 @@ def test_passthrough_counters_access_log_and_readiness(lab: Lab) -> None:
     assert "PassthroughCluster::198.19.0.10:9002::cx_total::2" in clusters.splitlines()
     assert _code(app, "http://127.0.0.1:15000/quitquitquit") == "400"  # GET on a POST-only path
     r = app.run([sys.executable, "-m", "pysidecar", "proxy-config", "listeners", "--port", "15001"], check=True)
-    assert r.stdout.splitlines()[1].split() == ["0.0.0.0", "15001", "Addr:", "*:15001", "BlackHoleCluster"]
+    assert [x.split() for x in r.stdout.splitlines()[1:]] == [
+        ["0.0.0.0", "15001", "ALL", "PassthroughCluster"],  # istioctl's order and words
+        ["0.0.0.0", "15001", "Addr:", "*:15001", "Non-HTTP/Non-TCP"],
+    ]
 
 
 def test_registry_only_blocks_are_counted_and_logged(lab: Lab) -> None:
