@@ -14,6 +14,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -504,3 +505,36 @@ def test_retry_picks_a_host_not_tried(stack: Stack) -> None:
             for _ in range(30):
                 s.sendall(b"GET /flaky HTTP/1.1\r\nHost: lab.test\r\n\r\n")
                 assert read(s).status == 200
+
+
+# == J: admin readiness (the last tests of the module: /drain_listeners stops the listeners) ==
+
+
+def admin_call(port: int, path: str, method: str = "GET") -> tuple[int, str]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
+    try:
+        with urllib.request.urlopen(req) as f:
+            return f.status, f.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_zz_ready_after_healthcheck_fail_and_drain_listeners(stack: Stack) -> None:
+    """Measured on Envoy 1.40: /healthcheck/fail → /ready `DRAINING` 503 and server.live 0;
+    /healthcheck/ok → LIVE; /drain_listeners stops the listeners and /ready stays LIVE 200."""
+    admins = {"ours": stack.ports["a1"], "envoy": stack.ports["a2"]}
+    seen: dict[str, list[object]] = {}
+    for kind, port in admins.items():
+        got: list[object] = [admin_call(port, "/ready")]
+        admin_call(port, "/healthcheck/fail", "POST")
+        got += [admin_call(port, "/ready"), admin_stat(port, "server.live"), admin_stat(port, "server.state")]
+        admin_call(port, "/healthcheck/ok", "POST")
+        got.append(admin_call(port, "/ready"))
+        admin_call(port, "/drain_listeners", "POST")
+        got += [admin_call(port, "/ready"), admin_stat(port, "server.live")]
+        seen[kind] = got
+    assert seen["ours"] == [
+        (200, "LIVE\n"), (503, "DRAINING\n"), 0, 0, (200, "LIVE\n"), (200, "LIVE\n"), 1,
+    ]  # fmt: skip
+    if "envoy" in seen:
+        assert seen["envoy"] == seen["ours"]
