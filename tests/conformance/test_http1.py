@@ -507,6 +507,18 @@ def test_retry_picks_a_host_not_tried(stack: Stack) -> None:
                 assert read(s).status == 200
 
 
+def test_upstream_service_time_counts_from_the_end_of_the_request(stack: Stack) -> None:
+    """A body sent 0.5 s after the head: Envoy's x-envoy-upstream-service-time (and
+    upstream_rq_time) start when the request is complete, not when the upstream was picked."""
+    for port in stack.proxies.values():
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"POST /status/200 HTTP/1.1\r\nHost: lab.test\r\nContent-Length: 5\r\n\r\n")
+            time.sleep(0.5)
+            s.sendall(b"hello")
+            r = read(s)
+        assert r.status == 200 and int(r.header("x-envoy-upstream-service-time") or "-1") < 250, r
+
+
 # == J: admin readiness (the last tests of the module: /drain_listeners stops the listeners) ==
 
 
@@ -538,3 +550,4 @@ def test_zz_ready_after_healthcheck_fail_and_drain_listeners(stack: Stack) -> No
     ]  # fmt: skip
     if "envoy" in seen:
         assert seen["envoy"] == seen["ours"]
+
