@@ -519,6 +519,30 @@ def test_upstream_service_time_counts_from_the_end_of_the_request(stack: Stack) 
         assert r.status == 200 and int(r.header("x-envoy-upstream-service-time") or "-1") < 250, r
 
 
+
+@pytest.mark.parametrize("listener", ["main", "_b"])
+def test_h2c_upgrade_is_proxied_as_a_plain_request(stack: Stack, listener: str) -> None:
+    """Envoy drops an HTTP/1.1 h2c upgrade (with or without upgrade_configs): Upgrade,
+    HTTP2-Settings and the Connection tokens never reach the upstream, the answer is the plain
+    response and the connection goes on (a second request, pipelined, is answered too)."""
+    h2c = (
+        b"GET /anything HTTP/1.1\r\nHost: lab.test\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+    )
+    ports = stack.proxies if listener == "main" else stack.extra[listener]
+    view = {kind: upstream_view(port, [h2c]) for kind, port in ports.items()}
+    names = [h[0] for h in view["ours"][3]]  # type: ignore[attr-defined]
+    assert not {"upgrade", "http2-settings", "connection"} & set(names), names
+    if "envoy" in view:
+        assert view["ours"] == view["envoy"]
+
+    def run(s: socket.socket) -> Response:
+        s.sendall(h2c + b"GET /status/201 HTTP/1.1\r\nHost: lab.test\r\n\r\n")
+        assert read(s).status == 200
+        return read(s)
+
+    assert on_both(ports, run).status == 201
+
 # == J: admin readiness (the last tests of the module: /drain_listeners stops the listeners) ==
 
 

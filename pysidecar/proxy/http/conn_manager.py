@@ -68,6 +68,7 @@ class HttpConnection(asyncio.Protocol):
         "closing",
         "destination",
         "draining",
+        "h2c",
         "head_raw",
         "head_size",
         "head_started",
@@ -126,6 +127,7 @@ class HttpConnection(asyncio.Protocol):
         self.paused_upstream: UpstreamConnection | None = None
         self.head_size = 0
         self.in_head = False  # between on_message_begin and on_headers_complete
+        self.h2c = False  # the request parsed last was an h2c upgrade, proxied as a plain one
         self.head_raw = 0  # bytes of the head in progress read after the read it began in
         self.headers_timer: asyncio.TimerHandle | None = None
         self.head_started = 0.0  # loop time the request head in progress began; 0: none
@@ -238,12 +240,24 @@ class HttpConnection(asyncio.Protocol):
         if self.upgrade_rest:  # bytes after an upgrade request, before the upstream's 101
             self.upgrade_rest += data
             return
+        self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
             if self.in_head:
                 self._count_unfinished_head(len(data))
         except httptools.HttpParserUpgrade as e:
-            self.upgrade_rest = data[int(e.args[0]) :]
+            rest = data[int(e.args[0]) :]
+            if self.h2c:
+                # The upgrade was h2c, which Envoy strips: the request was a plain one and
+                # the connection goes on as HTTP/1.1 with a fresh parser.
+                self.h2c = False
+                self.parser = httptools.HttpRequestParser(self)
+                if rest:
+                    self._parse(rest)
+            else:
+                self.upgrade_rest = rest
         except httptools.HttpParserCallbackError as e:
             if isinstance(e.__context__, _Reject):
                 self._protocol_error(e.__context__.status, e.__context__.details)
@@ -321,6 +335,12 @@ class HttpConnection(asyncio.Protocol):
         st.http10 = p.get_http_version() == "1.0"
         st.keep_alive = p.should_keep_alive()
         st.upgrade = p.should_upgrade()
+        if st.upgrade and _upgrade_value(st.headers) == b"h2c":
+            # Envoy's HTTP/1 codec drops an h2c upgrade (Upgrade, HTTP2-Settings; Connection
+            # names the latter, so it goes too): the request is proxied as a plain one.
+            st.upgrade = False
+            self.h2c = True
+            st.headers = [h for h in st.headers if h[0] not in (b"upgrade", b"http2-settings")]
         st.head_request = st.method == b"HEAD"
         if st.http10 and not self.cfg.config.accept_http_10:
             raise _Reject(426, "http1.low_version")  # Envoy's default: no HTTP/1.0
@@ -585,6 +605,13 @@ class HttpConnection(asyncio.Protocol):
         self._record(st)
         self.active = None
         self.close_when_flushed()
+
+
+def _upgrade_value(headers: list[tuple[bytes, bytes]]) -> bytes:
+    for n, v in headers:
+        if n == b"upgrade":
+            return v.strip().lower()
+    return b""
 
 
 _IDLE_TICKS = 8
