@@ -543,6 +543,25 @@ def test_h2c_upgrade_is_proxied_as_a_plain_request(stack: Stack, listener: str) 
 
     assert on_both(ports, run).status == 201
 
+
+def test_stream_idle_timeout_closes_an_idle_tunnel(stack: Stack) -> None:
+    """An upgraded stream that moves stays up past the stream idle timeout (1 s); once idle it
+    is closed (Envoy 1.40: EOF 2 s after the last byte, its delayed close included; ours at
+    the timeout, our side shut at once)."""
+    for kind, port in stack.extra["_c"].items():
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(
+                b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+            )
+            assert read(s).status == 101
+            for _ in range(3):  # 1.8 s of traffic: no timeout while bytes move
+                time.sleep(0.6)
+                s.sendall(b"x")
+                assert s.recv(10) == b"x", kind
+            last = time.monotonic()
+            assert closed(s, within=4)
+            assert 0.9 <= time.monotonic() - last <= 2.5, kind
+
 # == J: admin readiness (the last tests of the module: /drain_listeners stops the listeners) ==
 
 

@@ -523,14 +523,8 @@ class HttpConnection(asyncio.Protocol):
         period without a move times it out. So it fires between one period and an eighth
         more after the last activity."""
         self.stream_idle_timer = None
-        st = self.active
-        if (
-            st is None
-            or st.response_done
-            or st.idle_timeout <= 0
-            or self.tunnel is not None
-            or self.closing
-        ):
+        st = self.tunnel or self.active  # an upgraded stream idles out too
+        if st is None or st.response_done or st.idle_timeout <= 0 or self.closing:
             return  # nothing in progress: the next stream arms it again
         mark = _progress(st)
         now = self.loop.time()

@@ -570,6 +570,12 @@ class ActiveStream:
         request is in (408 while it is still arriving, which also ends the connection), a
         reset once the response started; flag SI."""
         self.info.response_flags.append(lr.SI)
+        if self.tunnel:  # an idle tunnel is closed, both ways
+            self.drop_upstream()
+            self.close_after = True
+            self.conn.close_when_flushed()
+            self._finish()
+            return
         if self.response_started:
             self.drop_upstream()
             self.conn.abort()
