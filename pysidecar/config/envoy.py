@@ -441,14 +441,15 @@ def cluster(node: Node) -> Cluster:
 
 def http_protocol_options(node: Node) -> tuple[float, int, float]:
     """typed_extension_protocol_options with HttpProtocolOptions: upstream HTTP/1.1 (what the
-    pools speak) and common_http_protocol_options idle_timeout, max_requests_per_connection,
+    pools speak; explicitly or as the downstream used) and common_http_protocol_options idle_timeout, max_requests_per_connection,
     max_connection_duration."""
     opts = node.fields(HTTP_PROTOCOL_OPTIONS).require(HTTP_PROTOCOL_OPTIONS)
-    f = opts.fields("@type", "common_http_protocol_options", "explicit_http_config")
+    f = opts.fields("@type", "common_http_protocol_options", "explicit_http_config", "use_downstream_protocol_config")
     if "@type" in f and opts.type_url() != HTTP_PROTOCOL_OPTIONS:
         f.require("@type").fail(f"expected type {HTTP_PROTOCOL_OPTIONS}")
-    if (explicit := f.get("explicit_http_config")) is not None:
-        explicit.fields("http_protocol_options")
+    for http1_only in ("explicit_http_config", "use_downstream_protocol_config"):
+        if (explicit := f.get(http1_only)) is not None:
+            explicit.fields("http_protocol_options")
     common = f.get("common_http_protocol_options")
     cf = common.fields("idle_timeout", "max_requests_per_connection", "max_connection_duration") if common is not None else None
     if cf is None:

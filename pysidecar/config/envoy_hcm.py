@@ -50,6 +50,8 @@ HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConn
 ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
 LUA_TYPE = "envoy.extensions.filters.http.lua.v3.Lua"
 FAULT_TYPE = "envoy.extensions.filters.http.fault.v3.HTTPFault"
+PREVIOUS_HOSTS_NAME = "envoy.retry_host_predicates.previous_hosts"
+PREVIOUS_HOSTS_TYPE = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 HTTP_FILTER_NAMES = {
     "envoy.filters.http.fault": FAULT_TYPE,
     "envoy.fault": FAULT_TYPE,
@@ -246,9 +248,15 @@ def retry_policy(node: Node) -> RetryPolicy:
                 ro.fail(
                     f"unknown retry_on condition {cond!r}; expected some of: {', '.join(sorted(RETRY_ON))}"
                 )
+    previous_hosts = False
     for pred in f.list("retry_host_predicate"):
-        pred.fields("name", "typed_config")  # previous_hosts: we pick hosts afresh anyway
-    f.opt("host_selection_retry_max_attempts", lambda n: n.integer(0), 1)
+        pf = pred.fields("name", "typed_config")
+        name = pf.opt("name", Node.string, "")
+        tc = pf.get("typed_config")
+        if name != PREVIOUS_HOSTS_NAME and (tc is None or tc.type_url() != PREVIOUS_HOSTS_TYPE):
+            pred.fail(f"only the {PREVIOUS_HOSTS_NAME} retry host predicate is supported")
+        previous_hosts = True
+    attempts = f.opt("host_selection_retry_max_attempts", lambda n: n.integer(1), 1)
     base, cap = 0.025, None
     if (bo := f.get("retry_back_off")) is not None:
         bf = bo.fields("base_interval", "max_interval")
@@ -258,7 +266,8 @@ def retry_policy(node: Node) -> RetryPolicy:
         cap = bf.opt("max_interval", Node.duration, None)
         if cap is not None and cap < base:
             bf.require("max_interval").fail("expected max_interval >= base_interval")
-    f.opt("per_try_idle_timeout", Node.duration, 0.0)
+    if (pti := f.get("per_try_idle_timeout")) is not None and pti.duration() > 0:
+        pti.fail("per_try_idle_timeout is not supported (per_try_timeout is)")
     return RetryPolicy(
         retry_on=on,
         num_retries=f.opt("num_retries", lambda n: n.integer(0), 1),
@@ -266,6 +275,8 @@ def retry_policy(node: Node) -> RetryPolicy:
         retriable_status_codes=tuple(n.integer(100, 599) for n in f.list("retriable_status_codes")),
         base_interval=base,
         max_interval=cap,
+        previous_hosts=previous_hosts,
+        host_selection_max_attempts=attempts,
     )
 
 
@@ -312,7 +323,7 @@ def route_action(node: Node) -> RouteAction:
         cluster=cluster.string() if cluster is not None else None,
         weighted_clusters=tuple(weights),
         timeout=f.opt("timeout", Node.duration, 15.0),
-        idle_timeout=f.opt("idle_timeout", Node.duration, 0.0),
+        idle_timeout=f.opt("idle_timeout", Node.duration, None),
         retry_policy=f.opt("retry_policy", retry_policy, None),
         prefix_rewrite=f.opt("prefix_rewrite", Node.string, None),
         regex_rewrite=rewrite,
@@ -597,18 +608,23 @@ def http_connection_manager(node: Node) -> HttpConnectionManager:
         tc = rid.fields("typed_config").require("typed_config")
         if tc.type_url() != "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig":
             tc.fail("only the uuid request id extension is supported")
-    idle = 3600.0
+    idle, max_headers, underscores = 3600.0, 100, "ALLOW"
     if (cpo := f.get("common_http_protocol_options")) is not None:
         cf = cpo.fields("idle_timeout", "max_headers_count", "headers_with_underscores_action")
         idle = cf.opt("idle_timeout", Node.duration, 3600.0)
-        if (mhc := cf.get("max_headers_count")) is not None:
-            mhc.fail("max_headers_count is not supported (the limit is max_request_headers_kb)")
+        max_headers = cf.opt("max_headers_count", lambda n: n.integer(1), 100)
+        underscores = cf.opt(
+            "headers_with_underscores_action",
+            lambda n: n.enum(["ALLOW", "REJECT_REQUEST", "DROP_HEADER"]),
+            "ALLOW",
+        )
+    accept_http_10 = False
     if (hpo := f.get("http_protocol_options")) is not None:
-        hpo.fields("accept_http_10")
+        accept_http_10 = hpo.fields("accept_http_10").opt("accept_http_10", Node.boolean, False)
     if (rt := f.get("request_timeout")) is not None and rt.duration() > 0:
         rt.fail("request_timeout is not supported (use the route's timeout)")
-    f.opt("delayed_close_timeout", Node.duration, 1.0)
-    f.opt("drain_timeout", Node.duration, 5.0)
+    if (dt := f.get("drain_timeout")) is not None and dt.duration() != 5.0:
+        dt.fail("drain_timeout other than Envoy's 5s is not supported (drains use --drain-time-s)")
     upgrades: list[str] = []
     for u in f.list("upgrade_configs"):
         uf = u.fields("upgrade_type", "enabled")
@@ -640,6 +656,10 @@ def http_connection_manager(node: Node) -> HttpConnectionManager:
         stream_idle_timeout=f.opt("stream_idle_timeout", Node.duration, 300.0),
         idle_timeout=idle,
         max_request_headers_kb=f.opt("max_request_headers_kb", lambda n: n.integer(1, 8192), 60),
+        max_headers_count=max_headers,
+        headers_with_underscores_action=underscores,
+        accept_http_10=accept_http_10,
+        delayed_close_timeout=f.opt("delayed_close_timeout", Node.duration, 1.0),
         upgrade_types=tuple(upgrades),
         proxy_100_continue=f.opt("proxy_100_continue", Node.boolean, False),
         access_log=access_logs(f.get("access_log")),

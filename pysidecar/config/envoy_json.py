@@ -58,6 +58,7 @@ FAULT = T + "envoy.extensions.filters.http.fault.v3.HTTPFault"
 LUA = "envoy.extensions.filters.http.lua.v3.Lua"
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 PREVIOUS_HOSTS = T + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 LISTENER_FILTER_TYPES = {
     "envoy.filters.listener.original_dst": T + "envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
     "envoy.filters.listener.tls_inspector": T + "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
@@ -159,11 +160,11 @@ def retry_policy(r: RetryPolicy) -> dict[str, Any]:
     out: dict[str, Any] = {
         "retry_on": ",".join(r.retry_on),
         "num_retries": r.num_retries,
-        # Istio always adds these: never retry on the host that just failed.
-        "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {"@type": PREVIOUS_HOSTS}}],
-        "host_selection_retry_max_attempts": 5,
+        "host_selection_retry_max_attempts": r.host_selection_max_attempts,
         "retry_back_off": {"base_interval": duration(r.base_interval), "max_interval": duration(r.max_backoff)},
     }
+    if r.previous_hosts:  # Istio always sets it: never retry on the host that just failed
+        out["retry_host_predicate"] = [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {"@type": PREVIOUS_HOSTS}}]
     if r.per_try_timeout:
         out["per_try_timeout"] = duration(r.per_try_timeout)
     if r.retriable_status_codes:
@@ -197,7 +198,7 @@ def route(r: Route) -> dict[str, Any]:
             action["weighted_clusters"] = {
                 "clusters": [{"name": w.name, "weight": w.weight, **mutations(w.mutations)} for w in a.weighted_clusters]
             }
-        if a.idle_timeout:
+        if a.idle_timeout is not None:
             action["idle_timeout"] = duration(a.idle_timeout)
         if a.retry_policy is not None:
             action["retry_policy"] = retry_policy(a.retry_policy)
@@ -288,8 +289,14 @@ def http_connection_manager(h: HttpConnectionManager) -> dict[str, Any]:
         "server_name": h.server_name,
         "request_headers_timeout": duration(h.request_headers_timeout),
         "stream_idle_timeout": duration(h.stream_idle_timeout),
-        "common_http_protocol_options": {"idle_timeout": duration(h.idle_timeout)},
+        "common_http_protocol_options": {
+            "idle_timeout": duration(h.idle_timeout),
+            "max_headers_count": h.max_headers_count,
+            "headers_with_underscores_action": h.headers_with_underscores_action,
+        },
         "max_request_headers_kb": h.max_request_headers_kb,
+        "http_protocol_options": {"accept_http_10": h.accept_http_10},
+        "delayed_close_timeout": duration(h.delayed_close_timeout),
         "proxy_100_continue": h.proxy_100_continue,
     }
     if h.tracing:
@@ -435,6 +442,10 @@ def cluster(c: Cluster) -> dict[str, Any]:
         out["upstream_bind_config"] = bind
     if c.alt_stat_name:
         out["alt_stat_name"] = c.alt_stat_name
+    if c.http_idle_timeout != 3600.0:
+        out["typed_extension_protocol_options"] = {
+            HTTP_OPTIONS: {"@type": T + HTTP_OPTIONS, "common_http_protocol_options": {"idle_timeout": duration(c.http_idle_timeout)}}
+        }
     if c.circuit_breakers != CircuitBreakers():
         cb = c.circuit_breakers
         limits = {"max_connections": cb.max_connections, "max_pending_requests": cb.max_pending_requests}

@@ -14,6 +14,10 @@ Kinds and what each promises (tests rely on these byte for byte):
               /bytes/<n>         n bytes of `source_bytes(n)`
               /ip                JSON {"origin": peer ip, "port": peer port, "local": [ip, port]}
               /anything[/...]    any method: JSON method, path, headers, body length + sha256
+              /chunked/<n>       n lines "chunk <i>\\n", each its own chunk (transfer-encoding:
+                                 chunked, no content-length)
+              /upgrade           `101 Switching Protocols` (upgrade: the request's), then echoes
+                                 every byte until the client's EOF
           HEAD works everywhere; request bodies may be Content-Length or chunked;
           `Expect: 100-continue` is answered; `--name` adds an `x-served-by` header.
 Every server listens on all addresses (IPv4 and IPv6) unless --host is given, and prints
@@ -218,10 +222,13 @@ async def read_body(
 
 
 class Streamed(NamedTuple):
-    """A response body sent piece by piece, with its length known up front."""
+    """A response body sent piece by piece; `length` None: sent chunked."""
 
-    length: int
+    length: int | None
     chunks: Iterator[bytes]
+
+
+UPGRADE = object()  # respond()'s body for /upgrade: the connection becomes an echo
 
 
 class HttpApp:
@@ -234,7 +241,7 @@ class HttpApp:
 
     async def respond(
         self, req: Request, peer: tuple[str, int], local: tuple[str, int]
-    ) -> tuple[int, list[tuple[str, str]], bytes | Streamed]:
+    ) -> tuple[int, list[tuple[str, str]], bytes | Streamed | object]:
         path = req.target.split("?", 1)[0]
         parts = [p for p in path.split("/") if p]
         text = [("content-type", "text/plain")]
@@ -263,6 +270,11 @@ class HttpApp:
                 [("content-type", "application/octet-stream")],
                 Streamed(n, iter_source_bytes(n)),
             )
+        if head == "chunked" and arg.isdigit():
+            lines = (f"chunk {i}\n".encode() for i in range(int(arg)))
+            return 200, text, Streamed(None, lines)
+        if head == "upgrade":
+            return 101, [("connection", "upgrade"), ("upgrade", req.header("upgrade") or "")], UPGRADE
         if head == "ip":
             return 200, *_json({"origin": peer[0], "port": peer[1], "local": list(local)})
         if head == "anything":
@@ -310,14 +322,24 @@ class HttpApp:
                     headers = [*headers, ("connection", "close")]
                 elif req.version == "HTTP/1.0":
                     headers = [*headers, ("connection", "keep-alive")]
+                if body is UPGRADE:
+                    writer.write(self.head_bytes(status, headers, None))
+                    await handle_echo(reader, writer)
+                    return
                 no_body = status in (204, 304) or 100 <= status < 200
+                assert isinstance(body, (bytes, Streamed))
                 length = body.length if isinstance(body, Streamed) else len(body)
+                chunked = length is None and status != 204
+                if chunked:
+                    headers = [*headers, ("transfer-encoding", "chunked")]
                 writer.write(self.head_bytes(status, headers, None if status == 204 else length))
                 if req.method != "HEAD" and not no_body:
                     if isinstance(body, Streamed):
                         for piece in body.chunks:
-                            writer.write(piece)
+                            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
                             await writer.drain()
+                        if chunked:
+                            writer.write(b"0\r\n\r\n")
                     else:
                         writer.write(body)
                 await writer.drain()

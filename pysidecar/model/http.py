@@ -26,6 +26,8 @@ DEFAULT_RETRY_BASE_INTERVAL = 0.025
 DEFAULT_REQUEST_HEADERS_TIMEOUT = 10.0
 # max_request_headers_kb: Envoy's default 60 KiB, answered with 431 when exceeded.
 DEFAULT_MAX_REQUEST_HEADERS_KB = 60
+# common_http_protocol_options.max_headers_count: Envoy's default 100 (431 past it; Host counts).
+DEFAULT_MAX_HEADERS_COUNT = 100
 # common_http_protocol_options.idle_timeout: Envoy's default one hour.
 DEFAULT_HTTP_IDLE_TIMEOUT = 3600.0
 
@@ -113,6 +115,10 @@ class RetryPolicy:
     retriable_status_codes: tuple[int, ...] = ()
     base_interval: float = DEFAULT_RETRY_BASE_INTERVAL
     max_interval: float | None = None  # None: 10x base_interval, as Envoy
+    # retry_host_predicate envoy.retry_host_predicates.previous_hosts (Istio always sets it):
+    # a retry picks a host not tried yet, up to host_selection_retry_max_attempts picks.
+    previous_hosts: bool = False
+    host_selection_max_attempts: int = 1
 
     @property
     def max_backoff(self) -> float:
@@ -122,7 +128,10 @@ class RetryPolicy:
 # Istio's default HTTP retry policy (istiod's retry.DefaultPolicy; MeshConfig
 # defaultHttpRetryPolicy replaces it).
 ISTIO_DEFAULT_RETRY_ON = ("connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes")
-ISTIO_DEFAULT_RETRY = RetryPolicy(retry_on=ISTIO_DEFAULT_RETRY_ON, num_retries=2)
+# istiod adds the previous_hosts predicate with 5 host selection attempts to every policy.
+ISTIO_DEFAULT_RETRY = RetryPolicy(
+    retry_on=ISTIO_DEFAULT_RETRY_ON, num_retries=2, previous_hosts=True, host_selection_max_attempts=5
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +152,8 @@ class RouteAction:
     cluster: str | None = None
     weighted_clusters: tuple[ClusterWeight, ...] = ()
     timeout: float = DEFAULT_ROUTE_TIMEOUT
-    idle_timeout: float = 0.0
+    # The route's stream idle timeout; None: the connection manager's stream_idle_timeout.
+    idle_timeout: float | None = None
     retry_policy: RetryPolicy | None = None
     prefix_rewrite: str | None = None
     regex_rewrite: RegexRewrite | None = None
@@ -275,6 +285,15 @@ class HttpConnectionManager:
     stream_idle_timeout: float = 300.0
     idle_timeout: float = DEFAULT_HTTP_IDLE_TIMEOUT
     max_request_headers_kb: int = DEFAULT_MAX_REQUEST_HEADERS_KB
+    max_headers_count: int = DEFAULT_MAX_HEADERS_COUNT
+    # common_http_protocol_options.headers_with_underscores_action: ALLOW (Envoy's default),
+    # REJECT_REQUEST (400) or DROP_HEADER.
+    headers_with_underscores_action: str = "ALLOW"
+    # http_protocol_options.accept_http_10: Envoy's default false answers HTTP/1.0 with 426.
+    accept_http_10: bool = False
+    # After a reply that closes the connection, how long the client may take to close first
+    # (what it still sends is read and dropped, so our close does not reset the reply).
+    delayed_close_timeout: float = 1.0
     upgrade_types: tuple[str, ...] = ()  # upgrade_configs[].upgrade_type, lower-case
     # Envoy's proxy_100_continue: false → Envoy answers `100 Continue` itself.
     proxy_100_continue: bool = False

@@ -3,9 +3,10 @@
 Promises:
 - GET `/stats` (text `name: value`, `?filter=<regex>`, `?format=json|prometheus`, `?usedonly`),
   `/stats/prometheus` (Istio's tag extraction, `observe.prometheus`), `/ready` (`LIVE` 200
-  once serving, `PRE_INITIALIZING` 503 before), `/server_info`, `/config_dump` (Envoy's
-  envoy.admin.v3 dump of the loaded model, then the reload counters and the last rejected
-  reload: file, YAML path, details, time), `/listeners` and `/clusters` (Envoy's text, or
+  once serving, `PRE_INITIALIZING` 503 before, `DRAINING` 503 after POST /healthcheck/fail
+  or while stopping; POST /drain_listeners leaves it LIVE, as Envoy 1.40), `/server_info`,
+  `/config_dump` (Envoy's envoy.admin.v3 dump of the loaded model, then the reload counters and
+  the last rejected reload: file, YAML path, details, time), `/listeners` and `/clusters` (Envoy's text, or
   `?format=json`). POST-only `/quitquitquit`, `/logging?level=`, `/reset_counters`,
   `/drain_listeners`, `/healthcheck/fail`, `/healthcheck/ok`: any other method answers 400.
 - Stats and host counters shown are the sum over all workers at the moment of the request.
@@ -43,6 +44,9 @@ class ProxyState(Protocol):
 
     @property
     def ready(self) -> bool: ...
+
+    @property
+    def server_state(self) -> str: ...
 
     async def merged_stats(self) -> dict[str, tuple[Kind, object]]: ...
 
@@ -104,14 +108,15 @@ def admin_routes(state: ProxyState) -> dict[str, Handler]:
         return Response(200, admin_views.stats_lines(names, merged))
 
     async def ready(req: Request) -> Response:
-        return Response(200, "LIVE\n") if state.ready else Response(503, "PRE_INITIALIZING\n")
+        now = state.server_state
+        return Response(200 if now == "LIVE" else 503, f"{now}\n")
 
     async def server_info(req: Request) -> Response:
         uptime = int(time.time() - state.started)
         return _json(
             {
                 "version": f"pysidecar/{__version__}",
-                "state": "LIVE" if state.ready else "PRE_INITIALIZING",
+                "state": state.server_state,
                 "uptime_current_epoch": f"{uptime}s",
                 "uptime_all_epochs": f"{uptime}s",
                 "command_line_options": {"config_path": ",".join(state.bootstrap.sources)},

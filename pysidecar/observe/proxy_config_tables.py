@@ -5,7 +5,8 @@ Promises:
   with istioctl's wording: MATCH `ALL`, or `SNI: a,b; Trans: tls; App: http/1.1,h2c;
   Addr: 10.0.0.0/8:80` (`Addr: *:15001` for a port alone); DESTINATION `Route: <name>`,
   `Inline Route: /*`, `Cluster: outbound|...`, a catch-all cluster by its bare name
-  (`PassthroughCluster`), or `Non-HTTP/Non-TCP`.
+  (`PassthroughCluster`), or `Non-HTTP/Non-TCP` (which is also what istioctl prints for a
+  tcp_proxy to BlackHoleCluster); a listener's rows ordered by DESTINATION, descending.
 - `route_rows`, `cluster_rows`, `endpoint_rows`: istioctl's routes, clusters and endpoints
   tables (NAME VHOST NAME DOMAINS MATCH VIRTUAL SERVICE / SERVICE FQDN PORT SUBSET DIRECTION
   TYPE DESTINATION RULE / ENDPOINT STATUS OUTLIER CHECK CLUSTER).
@@ -120,6 +121,8 @@ def describe_destination(filters: Sequence[Json]) -> str:
                 return "HTTP"
             return f"Route: {rc['name']}" if rc.get("name") else _inline_route(rc)
         if f.get("name") == "envoy.filters.network.tcp_proxy":
+            if cfg.get("cluster") == "BlackHoleCluster":
+                continue  # istioctl skips a tcp_proxy to BlackHoleCluster: Non-HTTP/Non-TCP
             if "cluster" in cfg:
                 return _cluster_name(cfg["cluster"])
             weighted = cfg.get("weighted_clusters", {}).get("clusters", [])
@@ -136,10 +139,15 @@ def listener_rows(dump: Json, port: int | None = None) -> list[Row]:
         if port is not None and lport != port:
             continue
         chains = [*x.get("filter_chains", []), *([x["default_filter_chain"]] if "default_filter_chain" in x else [])]
-        for i, chain in enumerate(chains):
-            row = (address, str(lport), describe_match(chain.get("filter_chain_match")),
-                   describe_destination(chain.get("filters", [])))  # fmt: skip
-            rows.append((lport, address, i, row))
+        mine = [
+            (address, str(lport), describe_match(chain.get("filter_chain_match")),
+             describe_destination(chain.get("filters", [])))
+            for chain in chains
+        ]  # fmt: skip
+        # istioctl orders a listener's chains by DESTINATION, descending (Route before
+        # PassthroughCluster before Non-HTTP/Non-TCP before Cluster: ...); ties keep their order.
+        mine.sort(key=lambda r: r[3], reverse=True)
+        rows.extend((lport, address, i, row) for i, row in enumerate(mine))
     return [r for *_key, r in sorted(rows)]
 
 

@@ -108,6 +108,19 @@ class StatsBlock(metaclass=_Declared):
 # -- the declaration tables (Envoy's names) ---------------------------------------------------
 
 
+class ServerStats(StatsBlock):
+    """`server.`: the main process's own (Envoy's state: 0 LIVE, 1 DRAINING, 2 PRE_INITIALIZING;
+    live is 0 once /healthcheck/fail said so, while state stays LIVE, as on Envoy 1.40)."""
+
+    concurrency: Gauge
+    live: Gauge
+    state: Gauge
+    uptime: Gauge
+
+
+SERVER_STATES = {"LIVE": 0, "DRAINING": 1, "PRE_INITIALIZING": 2}
+
+
 class ListenerStats(StatsBlock):
     downstream_cx_total: Counter
     downstream_cx_destroy: Counter
@@ -178,6 +191,7 @@ class HttpConnManagerStats(StatsBlock):
     downstream_rq_completed: Counter
     downstream_rq_timeout: Counter
     downstream_rq_header_timeout: Counter
+    downstream_rq_idle_timeout: Counter
     downstream_rq_rx_reset: Counter
     downstream_rq_tx_reset: Counter
     downstream_rq_ws_on_non_ws_route: Counter

@@ -43,7 +43,7 @@ from pysidecar.observe.access_format import FormatError
 from pysidecar.observe.access_log import formatter, from_flags
 from pysidecar.observe.admin import admin_routes, readiness_routes, stats_routes
 from pysidecar.observe.host_stats import HostSnapshot, merge_hosts
-from pysidecar.observe.stats import Kind, merge
+from pysidecar.observe.stats import SERVER_STATES, Kind, ServerStats, merge
 from pysidecar.proxy.control import ControlClient, Message, encode
 from pysidecar.proxy.logs import setup_logging
 
@@ -89,6 +89,7 @@ class Supervisor:
         self.concurrency: int = max(1, args.concurrency)
         self.started = time.time()
         self.healthy = True
+        self.server_stats = ServerStats("server.")
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._clients: dict[int, ControlClient] = {}
         self._ready: set[int] = set()
@@ -104,15 +105,29 @@ class Supervisor:
     def ready(self) -> bool:
         return self.healthy and not self._stopping and len(self._ready) == self.concurrency
 
+    @property
+    def server_state(self) -> str:
+        """Envoy's server state as /ready and /server_info spell it."""
+        if len(self._ready) < self.concurrency and not self._stopping:
+            return "PRE_INITIALIZING"
+        return "DRAINING" if self._stopping or not self.healthy else "LIVE"
+
     async def merged_stats(self) -> dict[str, tuple[Kind, object]]:
         snaps = await asyncio.gather(
             *(c.request("stats") for c in self._clients.values()), return_exceptions=True
         )
         good: list[dict[str, tuple[Kind, object]]] = [s for s in snaps if isinstance(s, dict)]
         merged = merge(good)
-        merged["server.concurrency"] = ("gauge", self.concurrency)
-        merged["server.live"] = ("gauge", 1 if self.ready else 0)
-        merged["server.uptime"] = ("gauge", int(time.time() - self.started))
+        server = self.server_stats
+        server.concurrency = self.concurrency
+        server.live = 1 if self.ready else 0
+        # /healthcheck/fail turns live off but leaves the state LIVE (as Envoy does).
+        state = self.server_state
+        if state == "DRAINING" and not self._stopping:
+            state = "LIVE"
+        server.state = SERVER_STATES[state]
+        server.uptime = int(time.time() - self.started)
+        merged.update((name, (kind, value)) for name, kind, value in server.items())
         merged.update(self.reload.stats())
         return merged
 
@@ -131,8 +146,8 @@ class Supervisor:
         await asyncio.gather(*(c.request("logging", level=level) for c in self._clients.values()))
 
     async def drain_listeners(self) -> None:
+        # Envoy stops the listeners and stays LIVE: readiness is not what this changes.
         await asyncio.gather(*(c.request("drain") for c in self._clients.values()))
-        self._ready.clear()
 
     def quit(self) -> None:
         asyncio.get_running_loop().call_soon(self.shutdown)

@@ -30,7 +30,16 @@ import ssl
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pysidecar.model import AccessLogConfig, Bootstrap, Listener, SocketAddress, TrafficDirection
+from pysidecar.model import (
+    AccessLogConfig,
+    Bootstrap,
+    Listener,
+    ListenerFilter,
+    SocketAddress,
+    TcpProxy,
+    TrafficDirection,
+)
+from pysidecar.model.http import HttpConnectionManager
 from pysidecar.model.tls import DownstreamTlsContext
 from pysidecar.observe import workload
 from pysidecar.observe.access_log import AccessLog
@@ -117,6 +126,23 @@ def bind_socket(address: SocketAddress, transparent: bool = False, freebind: boo
 
 def _host_name(h: Host) -> str:
     return f"[{h.address}]:{h.port}" if ":" in h.address else f"{h.address}:{h.port}"
+def declare_stats(store: StatsStore, bootstrap: Bootstrap) -> None:
+    """Envoy creates a component's stats with the component, so they read 0 before any traffic
+    (`http_inspector.http10_found 0`): the blocks of every listener, its listener filters and
+    its connection managers and tcp proxies."""
+    for lis in bootstrap.listeners:
+        store.listener(lis.address.listener_name)
+        if ListenerFilter.TLS_INSPECTOR in lis.listener_filters:
+            store.tls_inspector()
+        if ListenerFilter.HTTP_INSPECTOR in lis.listener_filters:
+            store.http_inspector()
+        chains = (*lis.filter_chains, *((lis.default_filter_chain,) if lis.default_filter_chain else ()))
+        for chain in chains:
+            for f in chain.filters:
+                if isinstance(f, HttpConnectionManager):
+                    store.http(f.stat_prefix)
+                elif isinstance(f, TcpProxy):
+                    store.tcp(f.stat_prefix)
 
 
 class Worker:
@@ -149,6 +175,7 @@ class Worker:
         self.clusters.update(bootstrap.clusters)
         await self.clusters.warm()
         self.snapshot = Snapshot.of(bootstrap)
+        declare_stats(self.stats, bootstrap)
         self._open_filter_logs(bootstrap)
         wanted: dict[tuple[str, int], tuple[Listener, bool]] = {}
         for lis in bootstrap.listeners:

@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = Path(__file__).parent / "scenarios"
 # Values that differ between runs or proxies; compared by presence only.
+EXTRA_LISTENERS = ("_b", "_c")
 VOLATILE = {"date", "x-request-id", "x-envoy-upstream-service-time", "etag", "last-modified"}
 
 
@@ -62,6 +63,7 @@ class Response:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+    reason: str = ""  # the status line's reason phrase
 
     def header(self, name: str) -> str | None:
         for n, v in self.headers:
@@ -69,9 +71,9 @@ class Response:
                 return v
         return None
 
-    def comparable(self) -> tuple[int, list[tuple[str, str]], bytes]:
+    def comparable(self) -> tuple[str, list[tuple[str, str]], bytes]:
         return (
-            self.status,
+            f"{self.status} {self.reason}",
             [(n, "<v>" if n in VOLATILE else v) for n, v in self.headers],
             self.body,
         )
@@ -79,6 +81,11 @@ class Response:
 
 # Bytes read past the end of a response (pipelining), kept for the next read on that socket.
 _leftover: weakref.WeakKeyDictionary[socket.socket, bytes] = weakref.WeakKeyDictionary()
+
+
+def take_leftover(sock: socket.socket) -> bytes:
+    """The bytes read past the last response on `sock` (after a 101: the tunnel's first)."""
+    return _leftover.pop(sock, b"")
 
 
 def read_response(sock: socket.socket, head_request: bool = False) -> Response | None:
@@ -100,11 +107,12 @@ def _parse(
     sock: socket.socket, head: bytes, rest: bytes, head_request: bool
 ) -> tuple[Response, bytes]:
     lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ")[1])
+    _, code, reason = (lines[0] + " ").split(" ", 2)
+    status = int(code)
     headers = [(k.lower(), v.strip()) for k, v in (ln.split(":", 1) for ln in lines[1:])]
     hdr = dict(headers)
     if head_request or status in (204, 304) or 100 <= status < 200:
-        return Response(status, headers, b""), rest
+        return Response(status, headers, b"", reason.strip()), rest
     if "content-length" in hdr:
         n = int(hdr["content-length"])
         while len(rest) < n:
@@ -112,7 +120,7 @@ def _parse(
             if not data:
                 break
             rest += data
-        return Response(status, headers, rest[:n]), rest[n:]
+        return Response(status, headers, rest[:n], reason.strip()), rest[n:]
     if hdr.get("transfer-encoding") == "chunked":
         body = b""
         while True:
@@ -125,10 +133,10 @@ def _parse(
             body += rest[:size]
             rest = rest[size + 2 :]
             if size == 0:
-                return Response(status, headers, body), rest
+                return Response(status, headers, body, reason.strip()), rest
     while data := sock.recv(65536):
         rest += data
-    return Response(status, headers, rest), b""
+    return Response(status, headers, rest, reason.strip()), b""
 
 
 def _fail(buf: bytes) -> Response:
@@ -149,19 +157,6 @@ def get(port: int, path: str, host: str = "abc.com", method: str = "GET") -> Res
     return r
 
 
-@contextlib.contextmanager
-def running(scenario: str, envoy: str | None) -> Iterator[Stack]:
-    """A Stack for the test module: its logs printed when the tests fail, always closed."""
-    s = Stack(scenario, envoy)
-    try:
-        yield s
-    except Exception:
-        print(s.logs())
-        raise
-    finally:
-        s.close()
-
-
 class Stack:
     """nginx v1/v2 upstreams, a lab http server, and the same bootstrap under both proxies."""
 
@@ -169,8 +164,12 @@ class Stack:
         self.dir = tempfile.mkdtemp(prefix="pysidecar-conf-")
         self.procs: list[subprocess.Popen[bytes]] = []
         self.ports = {
-            k: free_port() for k in ("v1", "v2", "dead", "ours", "envoy", "a1", "a2", "lab")
-        }
+            k: free_port()
+            for k in (
+                "v1", "v2", "dead", "a1", "a2", "lab",
+                *(f"{kind}{x}" for kind in ("ours", "envoy") for x in ("", *EXTRA_LISTENERS)),
+            )
+        }  # fmt: skip
         for name in ("v1", "v2"):
             self._nginx(name, self.ports[name])
         lab = self._spawn(
@@ -181,11 +180,14 @@ class Stack:
         wait_port(self.ports["lab"], lab)
         template = (SCENARIOS / scenario).read_text()
         self.proxies: dict[str, int] = {}
+        # The further listeners of scenarios that have them (LISTEN_PORT_B, ...), by suffix.
+        self.extra: dict[str, dict[str, int]] = {x: {} for x in EXTRA_LISTENERS}
         runs = [("ours", "a1")] + ([("envoy", "a2")] if envoy else [])
         for kind, admin in runs:
             values = {
                 "ADMIN_ADDR": "127.0.0.1", "ADMIN_PORT": self.ports[admin],
                 "LISTEN_ADDR": "127.0.0.1", "LISTEN_PORT": self.ports[kind],
+                **{f"LISTEN_PORT{x.upper()}": self.ports[f"{kind}{x}"] for x in EXTRA_LISTENERS},
                 "V1_ADDR": "127.0.0.1", "V1_PORT": self.ports["v1"],
                 "V2_ADDR": "127.0.0.1", "V2_PORT": self.ports["v2"],
                 "DEAD_ADDR": "127.0.0.1", "DEAD_PORT": self.ports["dead"],
@@ -202,6 +204,9 @@ class Stack:
                         "--base-id", str(self.ports[kind]), "--file-flush-interval-msec", "200"]  # fmt: skip
             self._spawn(argv, kind)
             self.proxies[kind] = self.ports[kind]
+            for x in EXTRA_LISTENERS:
+                if "${LISTEN_PORT" + x.upper() + "}" in template:
+                    self.extra[x][kind] = self.ports[f"{kind}{x}"]
         for kind, port in self.proxies.items():
             wait_port(port, self.procs[-1 if kind == "envoy" else -2 if envoy else -1])
 
@@ -258,3 +263,26 @@ http {{
             except subprocess.TimeoutExpired:
                 p.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running(scenario: str, envoy: str | None) -> Iterator[Stack]:
+    """A Stack for the test module's fixture: logs printed when a test fails, always closed."""
+    s = Stack(scenario, envoy)
+    try:
+        yield s
+    except Exception:
+        print(s.logs())
+        raise
+    finally:
+        s.close()
+
+
+def same(results: dict[str, Response]) -> Response:
+    """pysidecar's answer, after checking that Envoy's (when it ran) is the same."""
+    ours = results["ours"]
+    if "envoy" in results:
+        assert ours.comparable() == results["envoy"].comparable(), (
+            f"pysidecar: {ours.comparable()}\nenvoy:     {results['envoy'].comparable()}"
+        )
+    return ours

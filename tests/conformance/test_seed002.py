@@ -11,6 +11,7 @@ import math
 import socket
 import time
 from collections.abc import Iterator
+from http import HTTPStatus
 
 import pytest
 
@@ -22,6 +23,7 @@ from tests.conformance.harness import (
     get,
     read_response,
     running,
+    same,
 )
 
 pytestmark = pytest.mark.envoy
@@ -58,15 +60,6 @@ def stack() -> Iterator[Stack]:
 def both(stack: Stack, fn: object) -> dict[str, Response]:
     assert callable(fn)
     return {kind: fn(port) for kind, port in stack.proxies.items()}
-
-
-def same(results: dict[str, Response]) -> Response:
-    ours = results["ours"]
-    if "envoy" in results:
-        assert ours.comparable() == results["envoy"].comparable(), (
-            f"pysidecar: {ours.comparable()}\nenvoy:     {results['envoy'].comparable()}"
-        )
-    return ours
 
 
 def test_rewrite_route_headers_and_lua(stack: Stack) -> None:
@@ -143,16 +136,22 @@ def test_pipelined_requests_answered_in_order(stack: Stack) -> None:
 
 @pytest.mark.parametrize("name", sorted(BAD_INPUTS))
 def test_bad_input_gets_its_status_and_others_keep_working(stack: Stack, name: str) -> None:
+    """Status, headers and body as Envoy's (a bad chunk comes after routing: the route's
+    response headers are on its 400 too); a connection open meanwhile keeps working."""
     raw, status = BAD_INPUTS[name]
-    for port in stack.proxies.values():
+    answers = {}
+    for kind, port in stack.proxies.items():
         with socket.create_connection(("127.0.0.1", port), timeout=5) as keep:
             keep.sendall(b"GET /abc/index HTTP/1.1\r\nHost: abc.com\r\n\r\n")
             assert (r := read_response(keep)) is not None and r.status == 200
             bad = exchange(port, raw)
-            assert bad is not None and bad.status == status, (port, bad)
-            assert bad.header("connection") == "close"
+            assert bad is not None, port
+            answers[kind] = bad
             keep.sendall(b"GET /abc/index HTTP/1.1\r\nHost: abc.com\r\n\r\n")
             assert (r := read_response(keep)) is not None and r.status == 200
+    bad = same(answers)
+    assert bad.status == status and bad.header("connection") == "close"
+    assert bad.body == HTTPStatus(status).phrase.encode()
 
 
 def test_route_timeout_is_504_after_3s(stack: Stack) -> None:
@@ -160,7 +159,7 @@ def test_route_timeout_is_504_after_3s(stack: Stack) -> None:
         start = time.monotonic()
         r = get(port, "/slow")
         elapsed = time.monotonic() - start
-        assert 2.7 <= elapsed <= 3.5, elapsed
+        assert 2.7 <= elapsed <= 3.3, elapsed  # the route's 3 s, within the issue's 0.3 s
         return r
 
     r = same(both(stack, run))

@@ -13,6 +13,16 @@ from collections.abc import Sequence
 from pysidecar.lab import Lab, Pod
 from pysidecar.lab.pod import PROXY_CAPS
 
+# Istio's REGISTRY_ONLY catch-all virtual host (block_all: 502), at a route config's
+# virtual_hosts indentation in the tests' listener YAML.
+BLOCK_ALL_VHOST = """            - name: block_all
+              domains: ["*"]
+              routes:
+              - name: block_all
+                match: {prefix: /}
+                direct_response: {status: 502}
+"""
+
 
 def write_config(lab: Lab, name: str, text: str) -> str:
     path = os.path.join(lab.logdir, name)

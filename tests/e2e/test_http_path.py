@@ -6,6 +6,7 @@ Upstreams are the lab's http servers in their own pods; the sidecar runs as uid 
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from pysidecar.lab import Lab, Pod
 from tests.conformance.harness import read_response
-from tests.e2e.sidecar import connect, recv_all, start_sidecar, stats, write_config
+from tests.e2e.sidecar import BLOCK_ALL_VHOST, connect, recv_all, start_sidecar, stats, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -52,8 +53,11 @@ def seed(lab: Lab) -> Pod:
 
 def test_seed_routes_headers_and_split(seed: Pod) -> None:
     base = "http://198.19.0.20:8080"
-    code, _ = curl(seed, "-H", "Host: abc.com", f"{base}/abc/anything")
-    assert code == "404"  # the lab server has no /anything.html: the rewrite reached it
+    code, body = curl(seed, "-H", "Host: abc.com", f"{base}/abc/anything/x")
+    assert code == "200"
+    echo = json.loads(body)  # the lab server's /anything echo: what reached the upstream
+    assert echo["path"] == "/anything/x.html"  # regex_rewrite ^/abc/(.*?)$ -> /\1.html
+    assert ["x-envoy-original-path", "/abc/anything/x"] in echo["headers"]
     r = seed.run(["curl", "-si", "-H", "Host: abc.com", f"{base}/"]).stdout.lower()
     assert "server: envoy" in r and "myname: chengzw" in r and "location: china" in r
     counts = {"v1\n": 0, "v2\n": 0}
@@ -108,7 +112,8 @@ def test_bad_input_does_not_disturb_other_connections(seed: Pod) -> None:
     keep.close()
 
 
-REGISTRY_ONLY_HTTP = """
+REGISTRY_ONLY_HTTP = (
+    """
 admin:
   address: {socket_address: {address: 127.0.0.1, port_value: 15000}}
 static_resources:
@@ -160,13 +165,9 @@ static_resources:
                     retry_on: connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes
                     num_retries: 2
                     retriable_status_codes: [503]
-            - name: block_all
-              domains: ["*"]
-              routes:
-              - name: block_all
-                match: {prefix: /}
-                direct_response: {status: 502}
-          http_filters:
+"""
+    + BLOCK_ALL_VHOST
+    + """          http_filters:
           - name: envoy.filters.http.router
             typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
     default_filter_chain:
@@ -186,6 +187,7 @@ static_resources:
       cluster_name: outbound|80||ext.lab
       endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: ext.lab, port_value: 80}}}}]}]
 """
+)
 
 
 def test_registry_only_http_502_and_sniffed_routes(lab: Lab) -> None:
@@ -212,10 +214,11 @@ def test_registry_only_http_502_and_sniffed_routes(lab: Lab) -> None:
     assert s.recv(100).startswith(b"HTTP/1.1 400")  # the http server behind answers raw TCP
     s.close()
     st = stats(app)
-    assert st["http_inspector.http11_found"] >= 2
-    assert st["http_inspector.http_not_found"] >= 1
-    assert st["tls_inspector.tls_not_found"] >= 3
-    assert st["http.outbound_0.0.0.0_80.rq_direct_response"] >= 1
+    # Exactly: two curls, one raw connection, and nothing else went through the inspectors.
+    assert st["http_inspector.http11_found"] == 2
+    assert st["http_inspector.http_not_found"] == 1
+    assert st["tls_inspector.tls_not_found"] == 3
+    assert st["http.outbound_0.0.0.0_80.rq_direct_response"] == 1
 
 
 def test_server_first_protocol_continues_after_listener_filters_timeout(lab: Lab) -> None:

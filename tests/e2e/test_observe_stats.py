@@ -13,8 +13,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pysidecar.lab import Lab, Pod
-from tests.e2e.sidecar import closed_without_data, connect, recv_all, send_pattern, write_config
+from tests.e2e.sidecar import (
+    BLOCK_ALL_VHOST,
+    closed_without_data,
+    connect,
+    recv_all,
+    send_pattern,
+    write_config,
+)
 from tests.e2e.test_tcp_path import registry_only
+from tests.unit.test_prometheus import promtool_check
 
 pytestmark = pytest.mark.e2e
 
@@ -107,6 +115,7 @@ def test_passthrough_counters_access_log_and_readiness(lab: Lab) -> None:
     sent = sum(sizes) + echoed
 
     lines = _lines(log, n)
+    promtool_check(app.run(["curl", "-sf", "http://127.0.0.1:15090/stats/prometheus"], check=True).stdout)
     prom = _scrape(app, "http://127.0.0.1:15090/stats/prometheus")
     assert _value(prom, "envoy_listener_downstream_cx_total", listener_address="0.0.0.0_15001") == n
     assert _value(prom, "envoy_tcp_downstream_cx_total", tcp_prefix="PassthroughCluster") == n
@@ -136,7 +145,10 @@ def test_passthrough_counters_access_log_and_readiness(lab: Lab) -> None:
     assert "PassthroughCluster::198.19.0.10:9002::cx_total::2" in clusters.splitlines()
     assert _code(app, "http://127.0.0.1:15000/quitquitquit") == "400"  # GET on a POST-only path
     r = app.run([sys.executable, "-m", "pysidecar", "proxy-config", "listeners", "--port", "15001"], check=True)
-    assert r.stdout.splitlines()[1].split() == ["0.0.0.0", "15001", "Addr:", "*:15001", "BlackHoleCluster"]
+    assert [x.split() for x in r.stdout.splitlines()[1:]] == [
+        ["0.0.0.0", "15001", "ALL", "PassthroughCluster"],  # istioctl's order and words
+        ["0.0.0.0", "15001", "Addr:", "*:15001", "Non-HTTP/Non-TCP"],
+    ]
 
 
 def test_registry_only_blocks_are_counted_and_logged(lab: Lab) -> None:
@@ -177,7 +189,8 @@ def test_registry_only_blocks_are_counted_and_logged(lab: Lab) -> None:
     assert _value(prom, "istio_tcp_connections_closed_total", **flags) == len(blocked)
 
 
-HTTP_LISTENER = """
+HTTP_LISTENER = (
+    """
   - name: 0.0.0.0_80
     address: {socket_address: {address: 0.0.0.0, port_value: 80}}
     bind_to_port: false
@@ -205,6 +218,8 @@ HTTP_LISTENER = """
               - match: {prefix: /}
                 route: {cluster: "outbound|80||dead.lab", timeout: 0s}
 """
+    + BLOCK_ALL_VHOST
+)
 HTTP_CLUSTERS = """
   - name: "outbound|80||ext.lab"
     alt_stat_name: "outbound|80||ext.lab;"
@@ -229,7 +244,7 @@ HTTP_CLUSTERS = """
 
 def test_http_requests_by_code_class_across_workers(lab: Lab) -> None:
     app = lab.add_pod("app")
-    ext = lab.add_pod("ext", address="198.19.0.10", hostnames=["ext.lab", "dead.lab"])
+    ext = lab.add_pod("ext", address="198.19.0.10", hostnames=["ext.lab", "dead.lab", "other.lab"])
     ext.spawn_server("http", 80)
     log = _access_log(lab)
     config = write_config(lab, "http.yaml", registry_only(HTTP_LISTENER, HTTP_CLUSTERS))
@@ -242,7 +257,7 @@ def test_http_requests_by_code_class_across_workers(lab: Lab) -> None:
         time.sleep(0.05)
 
     script = {"http://ext.lab/status/200": 6, "http://ext.lab/status/404": 3, "http://ext.lab/nothing-here": 2,
-              "http://dead.lab/": 2}  # fmt: skip
+              "http://dead.lab/": 2, "http://other.lab/": 2}  # fmt: skip
     got: dict[str, list[str]] = {}
     for url, times in script.items():
         for _ in range(times):
@@ -253,12 +268,39 @@ def test_http_requests_by_code_class_across_workers(lab: Lab) -> None:
         "http://ext.lab/status/404": ["404"] * 3,
         "http://ext.lab/nothing-here": ["404"] * 2,  # no route: NR
         "http://dead.lab/": ["503"] * 2,  # connection refused: UF
+        "http://other.lab/": ["502"] * 2,  # REGISTRY_ONLY: block_all
     }
+    n = sum(script.values())
+    # Both workers took requests: each keeps its own idle connection to ext.lab.
+    ss = app.run(["ss", "-tnpH", "state", "established", "dst", "198.19.0.10:80"], check=True).stdout
+    assert len(set(re.findall(r"pid=(\d+)", ss))) == 2, ss
+    # The live exposition (admin's: a -c Envoy config names no :15090), not a synthetic one.
+    promtool_check(app.run(["curl", "-sf", "http://127.0.0.1:15000/stats/prometheus"], check=True).stdout)
     prom = _scrape(app, "http://127.0.0.1:15000/stats/prometheus")
     hcm = {"http_conn_manager_prefix": "outbound_0.0.0.0_80"}
+    assert _value(prom, "envoy_http_downstream_cx_total", **hcm) == n  # a connection each
+    # (No downstream_rq_total check here: the parser names the per-class counter
+    # envoy_http_downstream_rq "..._total" too, so the two would add up.)
     assert _value(prom, "envoy_http_downstream_rq", response_code_class="2xx", **hcm) == 6
     assert _value(prom, "envoy_http_downstream_rq", response_code_class="4xx", **hcm) == 5
-    assert _value(prom, "envoy_http_downstream_rq", response_code_class="5xx", **hcm) == 2
+    assert _value(prom, "envoy_http_downstream_rq", response_code_class="5xx", **hcm) == 4
+    assert _value(prom, "envoy_http_rq_direct_response", **hcm) == 2
+    # Bytes: what curl sent, exactly; what came back, the bodies plus a head each.
+    version = app.run(["curl", "--version"], check=True).stdout.split()[1]
+    sent = sum(
+        len(f"GET /{u.split('/', 3)[3]} HTTP/1.1\r\nHost: {u.split('/')[2]}\r\nUser-Agent: curl/{version}\r\nAccept: */*\r\n\r\n")
+        * times
+        for u, times in script.items()
+    )
+    assert _value(prom, "envoy_http_downstream_cx_rx_bytes_total", **hcm) == sent
+    uf_body = len(b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure")
+    tx = _value(prom, "envoy_http_downstream_cx_tx_bytes_total", **hcm)
+    assert 2 * uf_body + 100 * n <= tx <= 2 * uf_body + 300 * n, tx
+    assert _value(prom, "istio_request_bytes_count") == n
+    assert _value(prom, "istio_request_bytes_sum") == 0  # no request bodies
+    assert _value(prom, "istio_response_bytes_count") == n
+    assert _value(prom, "istio_response_bytes_sum") == 2 * uf_body  # only the 503s had one
+    assert _value(prom, "istio_requests_total", response_code="502", response_flags="-") == 2
     assert _value(prom, "envoy_cluster_upstream_rq", response_code="200", cluster_name="outbound|80||ext.lab") == 6
     assert _value(prom, "envoy_cluster_upstream_rq", response_code="404", cluster_name="outbound|80||ext.lab") == 3
     requests = {"reporter": "source", "destination_service": "ext.lab"}
@@ -268,8 +310,8 @@ def test_http_requests_by_code_class_across_workers(lab: Lab) -> None:
     assert _value(prom, "istio_requests_total", response_code="404", response_flags="NR") == 2
     assert _value(prom, "istio_request_duration_milliseconds_count", **requests) == 9
 
-    lines = _lines(log, 13)
-    assert len(lines) == 13, lines
+    lines = _lines(log, n)
+    assert len(lines) == n, lines
     assert sum('"GET /status/200 HTTP/1.1" 200 - via_upstream' in x for x in lines) == 6
     assert sum('"GET /nothing-here HTTP/1.1" 404 NR route_not_found' in x for x in lines) == 2
     assert sum('"GET / HTTP/1.1" 503 UF' in x and "outbound|80||dead.lab" in x for x in lines) == 2

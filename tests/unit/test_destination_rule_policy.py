@@ -249,7 +249,9 @@ def test_mesh_default_http_retry_policy_for_routes_without_retries(tmp_path: Pat
     (tmp_path / "a").mkdir()
     mesh = "defaultHttpRetryPolicy: {attempts: 5, retryOn: 'gateway-error,503', perTryTimeout: 2s}\n"
     got = _retries(_load(tmp_path / "a", _se(), vs, mesh))
-    assert got["rest"] == RetryPolicy(("gateway-error", "retriable-status-codes"), 5, 2.0, (503,))
+    assert got["rest"] == RetryPolicy(
+        ("gateway-error", "retriable-status-codes"), 5, 2.0, (503,), previous_hosts=True, host_selection_max_attempts=5
+    )
     own = got["own"]  # the VirtualService's own retries: Istio's defaults but for attempts
     assert own is not None and own.num_retries == 1 and own.retry_on == ISTIO_DEFAULT_RETRY.retry_on
     # A service without a VirtualService: its default route too; attempts 0 turns retries off.

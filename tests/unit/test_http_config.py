@@ -134,3 +134,43 @@ def test_hcm_settings_we_would_not_honour_are_refused(tmp_path: Path, field: str
 def _indent() -> str:
     line = next(x for x in render().splitlines() if "codec_type: AUTO" in x)
     return line[: len(line) - len(line.lstrip())]
+
+
+def test_max_headers_count_loads_and_defaults_to_envoys_100(tmp_path: Path) -> None:
+    assert load(tmp_path, render()).max_headers_count == 100
+    opts = "common_http_protocol_options: {max_headers_count: 7}"
+    hcm = load(tmp_path, render(**{"codec_type: AUTO": f"codec_type: AUTO\n{_indent()}{opts}"}))
+    assert hcm.max_headers_count == 7
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "words", "path"),
+    [
+        ("route: {cluster: refused}", "route: {cluster: refused, retry_policy: {per_try_idle_timeout: 1s}}",
+         "per_try_idle_timeout is not supported", "retry_policy.per_try_idle_timeout"),
+        ("route: {cluster: refused}",
+         "route: {cluster: refused, retry_policy: {retry_host_predicate: [{name: envoy.retry_host_predicates.omit_canary_hosts}]}}",
+         "only the envoy.retry_host_predicates.previous_hosts", "retry_host_predicate[0]"),
+        ("codec_type: AUTO", "codec_type: AUTO\n          drain_timeout: 9s", "drain_timeout", "typed_config.drain_timeout"),
+    ],
+)  # fmt: skip
+def test_fields_we_do_not_implement_are_refused(tmp_path: Path, old: str, new: str, words: str, path: str) -> None:
+    e = error(tmp_path, render(**{old: new}))
+    assert words in e.message and e.path.endswith(path), (e.message, e.path)
+
+
+def test_implemented_fields_load(tmp_path: Path) -> None:
+    hcm = load(tmp_path, render())
+    assert (hcm.stream_idle_timeout, hcm.accept_http_10, hcm.delayed_close_timeout) == (300.0, False, 1.0)
+    assert hcm.headers_with_underscores_action == "ALLOW"
+    text = render(**{
+        "route: {cluster: refused}": "route: {cluster: refused, idle_timeout: 2s, retry_policy: {"
+        "retry_host_predicate: [{name: envoy.retry_host_predicates.previous_hosts}], host_selection_retry_max_attempts: 4}}",
+        "codec_type: AUTO": "codec_type: AUTO\n          http_protocol_options: {accept_http_10: true}\n"
+        "          common_http_protocol_options: {headers_with_underscores_action: DROP_HEADER}",
+    })  # fmt: skip
+    hcm = load(tmp_path, text)
+    action = hcm.route_config.virtual_hosts[0].routes[2].route
+    assert action is not None and action.idle_timeout == 2.0 and action.retry_policy is not None
+    assert (action.retry_policy.previous_hosts, action.retry_policy.host_selection_max_attempts) == (True, 4)
+    assert hcm.accept_http_10 and hcm.headers_with_underscores_action == "DROP_HEADER"

@@ -11,6 +11,7 @@ from pysidecar.proxy.http.retry import (
     CONNECTION_TERMINATION,
     PER_TRY_TIMEOUT,
     backoff,
+    other_host,
     retriable_reset,
     retriable_status,
 )
@@ -66,3 +67,12 @@ def test_reset_before_request_retries_connect_failures_only() -> None:
     policy = RetryPolicy(retry_on=("reset-before-request",), num_retries=2)
     assert retriable_reset(policy, CONNECT_FAILURE)
     assert not retriable_reset(policy, CONNECTION_TERMINATION)
+
+
+def test_previous_hosts_picks_again_while_the_pick_was_tried() -> None:
+    picks = iter(["a", "a", "b", "c"])
+    assert other_host(lambda: next(picks), "a", ("a",), 5) == "b"
+    picks = iter(["a", "a"])
+    assert other_host(lambda: next(picks), "a", ("a",), 2) == "a"  # attempts spent: last pick
+    assert other_host(lambda: None, "a", ("a",), 5) == "a"
+    assert other_host(lambda: "z", "b", ("a",), 5) == "b"  # not tried: no new pick

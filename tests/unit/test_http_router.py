@@ -141,7 +141,8 @@ def test_header_ops_levels_and_actions() -> None:
     req, resp = compile_ops((route, config))
     assert apply_ops([], req) == [(b"x-a", b"route"), (b"x-a", b"global")]
     out = apply_ops([(b"x-b", b"0"), (b"x-c", b"0"), (b"x-gone", b"1"), (b"x-b", b"2")], resp)
-    assert out == [(b"x-b", b"1"), (b"x-c", b"0")]
+    # Envoy's setCopy: every x-b removed, the new one added at the end.
+    assert out == [(b"x-c", b"0"), (b"x-b", b"1")]
 
 
 def test_strip_request_drops_hop_by_hop_and_envoy_control() -> None:

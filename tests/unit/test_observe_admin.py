@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 from typing import Any
@@ -17,6 +18,8 @@ from pysidecar.observe.host_stats import COUNTERS, HostSnapshot, HostStats, merg
 from pysidecar.observe.http_server import Request, Response
 from pysidecar.observe.stats import Kind, StatsStore
 from pysidecar.observe.stream_info import StreamInfo
+from pysidecar.proxy.main import Supervisor
+from pysidecar.proxy.worker import declare_stats
 
 
 class FakeProxy:
@@ -24,6 +27,7 @@ class FakeProxy:
         self.bootstrap = bootstrap
         self.started = 1606339578.0
         self.ready = False
+        self.server_state = "PRE_INITIALIZING"
         self.store = StatsStore()
         self.store.listener("0.0.0.0_15001").downstream_cx_total = 3
         self.store.cluster("outbound|80||httpbin.org;").upstream_cx_connect_ms.record(2.0)
@@ -98,9 +102,12 @@ def test_ready_follows_the_proxy() -> None:
     assert (call(proxy, "/ready").status, text(call(proxy, "/ready"))) == (503, "PRE_INITIALIZING\n")
     r = readiness_routes(proxy)
     assert call(proxy, "/healthz/ready", routes=r).status == 503
-    proxy.ready = True
+    proxy.ready, proxy.server_state = True, "LIVE"
     assert (call(proxy, "/ready").status, text(call(proxy, "/ready"))) == (200, "LIVE\n")
     assert call(proxy, "/healthz/ready", routes=r).status == 200
+    proxy.ready, proxy.server_state = False, "DRAINING"  # after /healthcheck/fail, as Envoy
+    assert (call(proxy, "/ready").status, text(call(proxy, "/ready"))) == (503, "DRAINING\n")
+    assert json.loads(text(call(proxy, "/server_info")))["state"] == "DRAINING"
 
 
 def test_stats_text_filter_json_usedonly_prometheus() -> None:
@@ -202,3 +209,32 @@ def test_config_dump_is_envoy_shaped() -> None:
 @pytest.mark.parametrize(("seconds", "text_"), [(10.0, "10s"), (0.25, "0.250s"), (0.0, "0s"), (3600, "3600s")])
 def test_durations_read_like_protobuf_json(seconds: float, text_: str) -> None:
     assert duration(seconds) == text_
+
+
+def test_main_process_state_as_envoys() -> None:
+    """The main process's server state and server.* stats (one ServerStats table), measured on
+    Envoy 1.40: /healthcheck/fail → DRAINING 503 with server.live 0 and server.state 0;
+    /drain_listeners leaves it LIVE."""
+    proxy = Supervisor(_bootstrap(), argparse.Namespace(concurrency=2))
+    assert proxy.server_state == "PRE_INITIALIZING"
+    proxy._ready = {0, 1}
+    assert (proxy.server_state, proxy.ready) == ("LIVE", True)
+    proxy.set_healthy(False)
+    assert (proxy.server_state, proxy.ready) == ("DRAINING", False)
+    stats = asyncio.run(proxy.merged_stats())
+    assert (stats["server.live"], stats["server.state"], stats["server.concurrency"]) == (
+        ("gauge", 0), ("gauge", 0), ("gauge", 2),
+    )  # fmt: skip
+    proxy.set_healthy(True)
+    asyncio.run(proxy.drain_listeners())
+    assert (proxy.server_state, proxy.ready) == ("LIVE", True)
+
+
+def test_stats_are_declared_with_their_listeners() -> None:
+    """At 0 before any traffic, as Envoy shows them (seed 002: http_inspector.http10_found 0)."""
+    store = StatsStore()
+    declare_stats(store, standard_sidecar())
+    names = store.snapshot()
+    for name in ("http_inspector.http10_found", "tls_inspector.tls_not_found",
+                 "listener.0.0.0.0_15001.downstream_cx_total", "tcp.PassthroughCluster.downstream_cx_total"):
+        assert names[name] == ("counter", 0), name  # fmt: skip

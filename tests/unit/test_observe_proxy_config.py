@@ -70,16 +70,16 @@ def test_listener_table_reads_like_istioctl() -> None:
         "10.96.0.10 53    ALL                                  Cluster: outbound|53||kube-dns.kube-system.svc.cluster.local\n"
         "0.0.0.0    80    Trans: raw_buffer; App: http/1.1,h2c Route: 80\n"
         "0.0.0.0    80    ALL                                  PassthroughCluster\n"
-        "0.0.0.0    15001 Addr: *:15001                        BlackHoleCluster\n"
         "0.0.0.0    15001 ALL                                  PassthroughCluster\n"
-        "0.0.0.0    15006 Addr: *:15006                        BlackHoleCluster\n"
+        "0.0.0.0    15001 Addr: *:15001                        Non-HTTP/Non-TCP\n"
+        "0.0.0.0    15006 Addr: *:15006                        Non-HTTP/Non-TCP\n"
         "0.0.0.0    15006 ALL                                  InboundPassthroughCluster\n"
-    )
+    )  # as the seed's istioctl table: tcp_proxy to BlackHoleCluster is Non-HTTP/Non-TCP
 
 
 def test_listener_port_filter() -> None:
     rows = t.listener_rows(_dump(), port=15001)
-    assert [r[2] for r in rows] == ["Addr: *:15001", "ALL"]
+    assert [r[2] for r in rows] == ["ALL", "Addr: *:15001"]
 
 
 def test_match_descriptions() -> None:
@@ -129,3 +129,25 @@ def test_yaml_and_json_output_use_istioctl_camel_case() -> None:
     assert out[0]["filterChains"][0]["filters"][0]["typedConfig"]["@type"].endswith("TcpProxy")
     routes = json.loads(render("routes", _args(output="json", name="80"), _dump()))
     assert routes[0]["virtualHosts"][1]["routes"][0]["directResponse"] == {"status": 502}
+
+
+def test_listener_chains_ordered_as_istioctl() -> None:
+    """Seed 002's 15006 rows: Non-HTTP/Non-TCP, then InboundPassthroughClusterIpv4, then
+    Cluster: inbound|8080|| (DESTINATION descending), whatever the chain order."""
+
+    def chain(match: dict[str, object], cluster: str) -> dict[str, object]:
+        tcp = {"name": "envoy.filters.network.tcp_proxy", "typed_config": {"cluster": cluster}}
+        return {"filter_chain_match": match, "filters": [tcp]}
+
+    listener = {
+        "address": {"socket_address": {"address": "0.0.0.0", "port_value": 15006}},
+        "filter_chains": [
+            chain({"destination_port": 8080, "transport_protocol": "raw_buffer"}, "inbound|8080||"),
+            chain({"transport_protocol": "raw_buffer"}, "InboundPassthroughClusterIpv4"),
+            chain({"destination_port": 15006}, "BlackHoleCluster"),
+        ],
+    }
+    dump = {"configs": [{"@type": t.ADMIN_TYPE + "ListenersConfigDump", "static_listeners": [{"listener": listener}]}]}
+    assert [r[3] for r in t.listener_rows(dump)] == [
+        "Non-HTTP/Non-TCP", "InboundPassthroughClusterIpv4", "Cluster: inbound|8080||",
+    ]  # fmt: skip

@@ -128,10 +128,16 @@ def _promtool() -> str | None:
 
 
 def test_promtool_accepts_the_exposition() -> None:
+    promtool_check(_text())
+
+
+def promtool_check(text: str) -> None:
+    """`promtool check metrics` on an exposition: no parse error, only the lint advice that
+    Envoy's own output draws too (also run on a live proxy's :15090 by tests/e2e)."""
     promtool = _promtool()
     if promtool is None:
         pytest.skip("promtool (Debian package prometheus) is not installed")
-    r = subprocess.run([promtool, "check", "metrics"], input=_text(), capture_output=True, text=True, check=False)
+    r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
     # Exit 1 is a parse error. Exit 3 is lint advice, which Envoy's and Istio's own output
     # draws too: their names (`_total` or not, `_ms`, `_milliseconds`), no HELP text.
     assert r.returncode in (0, 3), r.stdout + r.stderr

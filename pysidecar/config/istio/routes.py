@@ -90,6 +90,8 @@ def retry_policy(r: vs.Retries | None, default: RetryPolicy | None = DEFAULT_RET
         num_retries=r.attempts,
         per_try_timeout=r.per_try_timeout,
         retriable_status_codes=tuple(codes),
+        previous_hosts=True,
+        host_selection_max_attempts=5,
     )
     # istiod: backoff is the retry_back_off base_interval (max_interval stays Envoy's 10x).
     return replace(policy, base_interval=r.backoff) if r.backoff is not None else policy

@@ -2,8 +2,8 @@
 
 Promises:
 - `encode_head` / `encode_request_head` build a whole head in one bytes object (one write).
-- Status lines carry the standard reason phrase for the code, whatever the upstream sent,
-  as Envoy's codec does; unknown codes get "Unknown".
+- Status lines carry Envoy's reason phrase for the code, whatever the upstream sent, as
+  Envoy's codec does; unknown codes get "Unknown".
 - `http_date()` is the IMF-fixdate of the current second, computed at most once per second.
 """
 
@@ -15,9 +15,21 @@ from http import HTTPStatus
 
 Headers = list[tuple[bytes, bytes]]
 
+# Where Envoy's reason phrases (CodeUtility::toString) differ from Python's, measured on
+# Envoy 1.40 for every code 200-599 proxied from an upstream.
+_ENVOY_PHRASES = {
+    413: "Payload Too Large",
+    414: "URI Too Long",
+    416: "Range Not Satisfiable",
+    418: "Unknown",
+    451: "Unknown",
+    599: "Last Unassigned Server Error Code",
+}
 _STATUS_LINES: dict[int, bytes] = {}
 for _s in HTTPStatus:
     _STATUS_LINES[_s.value] = f"HTTP/1.1 {_s.value} {_s.phrase}\r\n".encode()
+for _code, _phrase in _ENVOY_PHRASES.items():
+    _STATUS_LINES[_code] = f"HTTP/1.1 {_code} {_phrase}\r\n".encode()
 
 CHUNK_END = b"0\r\n\r\n"
 CRLF = b"\r\n"

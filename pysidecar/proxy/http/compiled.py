@@ -25,6 +25,7 @@ class CompiledHcm:
         "decorate",
         "decorate_response",
         "edge",
+        "header_count_limit",
         "header_limit",
         "lua_request",
         "lua_response",
@@ -32,6 +33,7 @@ class CompiledHcm:
         "server",
         "server_header",
         "table",
+        "underscores",
         "upgrades",
     )
 
@@ -46,6 +48,11 @@ class CompiledHcm:
         self.decorate_response = config.tracing and direction is TrafficDirection.INBOUND
         self.header_limit = config.max_request_headers_kb * 1024
         self.edge = config.use_remote_address
+        self.header_count_limit = config.max_headers_count
+        # headers_with_underscores_action: 0 ALLOW, 1 REJECT_REQUEST, 2 DROP_HEADER.
+        self.underscores = ("ALLOW", "REJECT_REQUEST", "DROP_HEADER").index(
+            config.headers_with_underscores_action
+        )
         self.upgrades = frozenset(u.encode() for u in config.upgrade_types)
         req: list[tuple[int, bytes, bytes]] = []
         resp: list[tuple[int, bytes, bytes]] = []

@@ -8,7 +8,9 @@ Promises:
   close`) or the connection must close (a reply sent before the request was read).
 - Bad traffic is answered and closed without disturbing any other connection: a malformed
   request or a Content-Length / Transfer-Encoding conflict → 400, headers over
-  max_request_headers_kb → 431, headers not complete within request_headers_timeout → 408;
+  max_request_headers_kb (counted as bytes arrive, whole lines or not) or more than
+  max_headers_count headers → 431, a transfer-encoding other than chunked → 501, headers
+  not complete within request_headers_timeout → 408;
   an unexpected exception → 500 (or a reset once a response started), never a worker crash.
 - Flow control: reading from the client pauses while a pipelined request waits, while the
   upstream cannot take more, or while a body waits for a connect beyond the buffer limit;
@@ -48,8 +50,15 @@ log = logging.getLogger(__name__)
 PAUSE_PIPELINE, PAUSE_UPSTREAM, PAUSE_BODY = 1, 2, 4
 
 
-class _HeadersTooLarge(Exception):
-    """Raised from a parser callback when the request head passes max_request_headers_kb."""
+class _Reject(Exception):
+    """Raised from a parser callback to answer the request head with a codec error: 431 when
+    it passes max_request_headers_kb or max_headers_count, 501 for a transfer-encoding other
+    than chunked; `details` is Envoy's response code details."""
+
+    def __init__(self, status: int = 431, details: str = "http1.headers_too_large") -> None:
+        super().__init__(details)
+        self.status = status
+        self.details = details
 
 
 class HttpConnection(asyncio.Protocol):
@@ -61,10 +70,15 @@ class HttpConnection(asyncio.Protocol):
         "closing",
         "destination",
         "draining",
+        "h2c",
+        "head_raw",
         "head_size",
         "head_started",
         "headers_timer",
+        "idle_mark",
+        "idle_moved",
         "idle_timer",
+        "in_head",
         "listener_name",
         "local_address",
         "loop",
@@ -81,6 +95,7 @@ class HttpConnection(asyncio.Protocol):
         "server_name",
         "started_at",
         "stats",
+        "stream_idle_timer",
         "transport",
         "tunnel",
         "upgrade_rest",
@@ -116,9 +131,16 @@ class HttpConnection(asyncio.Protocol):
         self.paused = 0
         self.paused_upstream: UpstreamConnection | None = None
         self.head_size = 0
+        self.in_head = False  # between on_message_begin and on_headers_complete
+        self.h2c = False  # the request parsed last was an h2c upgrade, proxied as a plain one
+        self.head_raw = 0  # bytes of the head in progress read after the read it began in
         self.headers_timer: asyncio.TimerHandle | None = None
         self.head_started = 0.0  # loop time the request head in progress began; 0: none
         self.idle_timer: asyncio.TimerHandle | None = None
+        # The stream idle timeout: one lazy timer per connection (see _on_stream_idle).
+        self.stream_idle_timer: asyncio.TimerHandle | None = None
+        self.idle_mark: tuple[object, ...] = ()
+        self.idle_moved = 0.0  # loop time the stream in progress was last seen to move
         self.listener_name: str | None = None
         self.local_address: str | None = None
         self.peer: str | None = None
@@ -151,7 +173,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        for t in (self.headers_timer, self.idle_timer):
+        for t in (self.headers_timer, self.idle_timer, self.stream_idle_timer):
             if t is not None:
                 t.cancel()
         streams = [s for s in (self.active, *self.queue) if s is not None]
@@ -170,6 +192,8 @@ class HttpConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         """A client's half-close: answer what was asked, then close; close at once if idle."""
+        if self.closing:
+            return False  # the end of a delayed close
         streams = [s for s in (self.active, self.parsing, *self.queue) if s is not None]
         if not streams or (self.tunnel is not None and self.tunnel.upstream is None):
             return False
@@ -190,9 +214,23 @@ class HttpConnection(asyncio.Protocol):
             self.transport.close()
 
     def close_when_flushed(self) -> None:
+        """Close once what is buffered is written. With delayed_close_timeout (Envoy's default
+        1 s), our side is shut (FIN after the buffer) and the client gets that long to close
+        first; what it still sends is read and dropped, so that the close cannot turn into a
+        reset that destroys the reply in flight."""
         self.closing = True
-        if self.transport is not None:
-            self.transport.close()  # asyncio writes what is buffered, then closes
+        t = self.transport
+        if t is None:
+            return
+        delay = self.cfg.config.delayed_close_timeout
+        if delay <= 0 or not t.can_write_eof():
+            t.close()  # asyncio writes what is buffered, then closes
+            return
+        t.write_eof()
+        if self.paused:
+            self.paused = 0
+            t.resume_reading()  # reading on is what lets the client's close arrive
+        self.loop.call_later(delay, t.close)  # a no-op once the transport is closed
 
     def abort(self) -> None:
         self.closing = True
@@ -211,17 +249,34 @@ class HttpConnection(asyncio.Protocol):
         if self.upgrade_rest:  # bytes after an upgrade request, before the upstream's 101
             self.upgrade_rest += data
             return
+        self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
+            if self.in_head:
+                self._count_unfinished_head(len(data))
         except httptools.HttpParserUpgrade as e:
-            self.upgrade_rest = data[int(e.args[0]) :]
+            rest = data[int(e.args[0]) :]
+            if self.h2c:
+                # The upgrade was h2c, which Envoy strips: the request was a plain one and
+                # the connection goes on as HTTP/1.1 with a fresh parser.
+                self.h2c = False
+                self.parser = httptools.HttpRequestParser(self)
+                if rest:
+                    self._parse(rest)
+            else:
+                self.upgrade_rest = rest
         except httptools.HttpParserCallbackError as e:
-            if isinstance(e.__context__, _HeadersTooLarge):
-                self._protocol_error(431, "http1.headers_too_large")
+            if isinstance(e.__context__, _Reject):
+                self._protocol_error(e.__context__.status, e.__context__.details)
             else:
                 self._internal_error(e.__context__ or e)
         except httptools.HttpParserError as e:
-            self._protocol_error(400, _codec_details(e))
+            if str(e) == _TE_AFTER_CHUNKED:  # `chunked, gzip`: llhttp stops inside the value
+                self._protocol_error(501, "http1.invalid_transfer_encoding")
+            else:
+                self._protocol_error(400, _codec_details(e))
         except Exception as e:  # a bug must cost this connection only, never the worker
             self._internal_error(e)
 
@@ -245,6 +300,8 @@ class HttpConnection(asyncio.Protocol):
         info.requested_server_name = self.server_name
         self.parsing = st
         self.head_size = 0
+        self.in_head = True
+        self.head_raw = -1  # this read is not counted: part of it may be an earlier request's
         timeout = self.cfg.config.request_headers_timeout
         if timeout > 0:
             # One lazy timer per connection, not a timer per request: it checks the deadline of
@@ -263,11 +320,24 @@ class HttpConnection(asyncio.Protocol):
         # Called per header: _count_head inlined.
         self.head_size += len(name) + len(value) + 4
         if self.head_size > self.cfg.header_limit:
-            raise _HeadersTooLarge()
-        self.parsing.headers.append((name.lower(), value))  # type: ignore[union-attr]
+            raise _Reject()
+        headers = self.parsing.headers  # type: ignore[union-attr]
+        name = name.lower()
+        if self.cfg.underscores and b"_" in name:
+            if self.cfg.underscores == 1:
+                raise _Reject(400, "http1.unexpected_underscore")
+            return  # DROP_HEADER
+        headers.append((name, value))
+        if len(headers) > self.cfg.header_count_limit:  # Envoy's max_headers_count (Host counts)
+            raise _Reject(431, "http1.too_many_headers")
+        # Envoy implements no transfer coding but chunked (llhttp would take `gzip, chunked`
+        # as chunked and drop the gzip).
+        if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
+            raise _Reject(501, "http1.invalid_transfer_encoding")
 
     def on_headers_complete(self) -> None:
         self.head_started = 0.0
+        self.in_head = False
         st = self.parsing
         assert st is not None
         p = self.parser
@@ -275,7 +345,15 @@ class HttpConnection(asyncio.Protocol):
         st.http10 = p.get_http_version() == "1.0"
         st.keep_alive = p.should_keep_alive()
         st.upgrade = p.should_upgrade()
+        if st.upgrade and _upgrade_value(st.headers) == b"h2c":
+            # Envoy's HTTP/1 codec drops an h2c upgrade (Upgrade, HTTP2-Settings; Connection
+            # names the latter, so it goes too): the request is proxied as a plain one.
+            st.upgrade = False
+            self.h2c = True
+            st.headers = [h for h in st.headers if h[0] not in (b"upgrade", b"http2-settings")]
         st.head_request = st.method == b"HEAD"
+        if st.http10 and not self.cfg.config.accept_http_10:
+            raise _Reject(426, "http1.low_version")  # Envoy's default: no HTTP/1.0
         if st.upgrade:
             st.close_after = True  # the parser stops at an upgrade: nothing follows on it
         s = self.stats
@@ -303,10 +381,24 @@ class HttpConnection(asyncio.Protocol):
     def _count_head(self, n: int) -> None:
         self.head_size += n
         if self.head_size > self.cfg.header_limit:
-            raise _HeadersTooLarge()
+            raise _Reject()
+
+    def _count_unfinished_head(self, n: int) -> None:
+        """A read ended inside a request head. httptools keeps an unfinished header line to
+        itself (on_header sees only whole lines), so a header without its CRLF would be held
+        until the headers timeout: count whole reads instead, after the one the head began in
+        (bounded by one read; that one may hold the end of the request before)."""
+        if self.head_raw < 0:
+            self.head_raw = 0
+            return
+        self.head_raw += n
+        if self.head_raw > self.cfg.header_limit:
+            self._protocol_error(431, "http1.headers_too_large")
 
     # == streams ==============================================================================
     def _start(self, st: ActiveStream) -> None:
+        if self.stream_idle_timer is None and self.cfg.config.stream_idle_timeout > 0:
+            self.arm_stream_idle(st, self.cfg.config.stream_idle_timeout)
         try:
             st.start()
             if st.request_done:
@@ -423,6 +515,39 @@ class HttpConnection(asyncio.Protocol):
         else:
             self._arm_idle()
 
+    def arm_stream_idle(self, st: ActiveStream, timeout: float) -> None:
+        """(Re)start the stream idle timer for `st` (a route's idle_timeout restarts it)."""
+        if self.stream_idle_timer is not None:
+            self.stream_idle_timer.cancel()
+            self.stream_idle_timer = None
+        st.idle_timeout = timeout
+        if timeout > 0:  # a route's idle_timeout 0 turns it off for its streams
+            self.idle_mark = _progress(st)
+            self.idle_moved = self.loop.time()
+            self.stream_idle_timer = self.loop.call_later(timeout / _IDLE_TICKS, self._on_stream_idle)
+
+    def _on_stream_idle(self) -> None:
+        """Envoy's stream idle timeout without a timer per request or a clock read per read:
+        the timer ticks _IDLE_TICKS times a period and notes when the stream in progress
+        last moved (another stream, other byte counts either way, a response started); one
+        period without a move times it out. So it fires between one period and an eighth
+        more after the last activity."""
+        self.stream_idle_timer = None
+        st = self.tunnel or self.active  # an upgraded stream idles out too
+        if st is None or st.response_done or st.idle_timeout <= 0 or self.closing:
+            return  # nothing in progress: the next stream arms it again
+        mark = _progress(st)
+        now = self.loop.time()
+        if mark != self.idle_mark:
+            self.idle_mark = mark
+            self.idle_moved = now
+        if now - self.idle_moved < st.idle_timeout - 1e-3:
+            tick = st.idle_timeout / _IDLE_TICKS
+            self.stream_idle_timer = self.loop.call_later(tick, self._on_stream_idle)
+            return
+        self.stats.downstream_rq_idle_timeout += 1
+        st.stream_idle_timeout()
+
     def _on_headers_timeout(self) -> None:
         self.headers_timer = None
         started = self.head_started
@@ -472,8 +597,10 @@ class HttpConnection(asyncio.Protocol):
         info.response_code_details = details
         info.bytes_sent = len(body)
         if self.transport is not None:
+            # A stream that was routed already (a bad body) has its route's response headers.
+            ops = st.response_ops if st.started else ()
             reply = lr.local_reply(
-                status, body, self.cfg.server, (), self.cfg.lua_response, close=True
+                status, body, self.cfg.server, ops, self.cfg.lua_response, close=True
             )
             self.write(reply)
         st.response_done = True
@@ -481,8 +608,25 @@ class HttpConnection(asyncio.Protocol):
         st.close_after = True
         self._record(st)
         self.active = None
-        if self.transport is not None:
-            self.transport.close()
+        self.close_when_flushed()
+
+
+def _upgrade_value(headers: list[tuple[bytes, bytes]]) -> bytes:
+    for n, v in headers:
+        if n == b"upgrade":
+            return v.strip().lower()
+    return b""
+
+
+_IDLE_TICKS = 8
+
+
+def _progress(st: ActiveStream) -> tuple[object, ...]:
+    info = st.info
+    return (st, info.bytes_received, info.bytes_sent, st.response_started)
+
+
+_TE_AFTER_CHUNKED = "Invalid `Transfer-Encoding` header value"  # llhttp's words
 
 
 def _codec_details(e: Exception) -> str:

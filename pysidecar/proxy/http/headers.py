@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from pysidecar.model.http import HeaderAppendAction, HeaderMutations
+from pysidecar.model.http import HeaderAppendAction, HeaderMutations, HeaderValueOption
 
 Headers = list[tuple[bytes, bytes]]
 # One operation: (op, name, value); op is one of the constants below.
@@ -62,12 +62,13 @@ ENVOY_CONTROL = frozenset(
         b"x-envoy-hedge-on-per-try-timeout",
         b"x-envoy-upstream-alt-stat-name",
         b"x-envoy-upstream-rq-timeout-alt-response",
-        b"x-envoy-original-path",
         b"x-envoy-internal",
-        b"x-envoy-decorator-operation",
-        b"x-envoy-attempt-count",
+        b"x-envoy-ip-tags",
     }
 )
+# Envoy's headers a client may send that Envoy overwrites in place when it sets them (and
+# otherwise forwards): scan_request keeps and notes them.
+ENVOY_SET_IN_PLACE = (b"x-envoy-original-path", b"x-envoy-decorator-operation", b"x-envoy-attempt-count")
 # The response headers Envoy computes itself; an upstream's copies are replaced.
 RESPONSE_OWN = frozenset({b"x-envoy-upstream-service-time"})
 
@@ -76,17 +77,22 @@ def compile_ops(levels: Iterable[HeaderMutations]) -> tuple[HeaderOps, HeaderOps
     req: list[HeaderOp] = []
     resp: list[HeaderOp] = []
     for m in levels:
-        req.extend((REMOVE, n.encode("latin-1"), b"") for n in m.request_headers_to_remove)
-        req.extend(
-            (_ACTION[h.append_action], h.key.encode("latin-1"), h.value.encode("latin-1"))
-            for h in m.request_headers_to_add
-        )
-        resp.extend((REMOVE, n.encode("latin-1"), b"") for n in m.response_headers_to_remove)
-        resp.extend(
-            (_ACTION[h.append_action], h.key.encode("latin-1"), h.value.encode("latin-1"))
-            for h in m.response_headers_to_add
-        )
+        req += _level_ops(m.request_headers_to_remove, m.request_headers_to_add)
+        resp += _level_ops(m.response_headers_to_remove, m.response_headers_to_add)
     return tuple(req), tuple(resp)
+
+
+def _level_ops(remove: Iterable[str], add: Iterable[HeaderValueOption]) -> list[HeaderOp]:
+    """One level's operations in Envoy's HeaderParser order: removes, then the overwrites,
+    then the additions, each group in config order (checked on Envoy 1.40)."""
+    ops = [(REMOVE, n.encode("latin-1"), b"") for n in remove]
+    adds = [(_ACTION[h.append_action], h.key.encode("latin-1"), h.value.encode("latin-1")) for h in add]
+    ops += [o for o in adds if o[0] in _OVERWRITES]
+    ops += [o for o in adds if o[0] not in _OVERWRITES]
+    return ops
+
+
+_OVERWRITES = frozenset({OVERWRITE_OR_ADD, OVERWRITE_IF_EXISTS})
 
 
 def apply_ops(headers: Headers, ops: HeaderOps) -> Headers:
@@ -102,10 +108,11 @@ def apply_ops(headers: Headers, ops: HeaderOps) -> Headers:
         elif op == ADD_IF_ABSENT:
             if not present:
                 headers.append((name, value))
-        elif op == OVERWRITE_OR_ADD:
-            headers = replace_header(headers, name, value) if present else [*headers, (name, value)]
-        elif op == OVERWRITE_IF_EXISTS and present:
-            headers = replace_header(headers, name, value)
+        elif op == OVERWRITE_OR_ADD or (op == OVERWRITE_IF_EXISTS and present):
+            # Envoy's setCopy: every copy removed, the new value added at the end (1.40).
+            if present:
+                headers = [h for h in headers if h[0] != name]
+            headers.append((name, value))
     return headers
 
 
@@ -153,17 +160,22 @@ def connection_tokens(headers: Headers) -> set[bytes]:
 # What a scan does with a header, by name; names not in the table are forwarded untouched
 # (the common case costs one dict miss).
 _DROP, _NOTE, _NOTE_DROP = 0, 1, 2
-# Request headers the connection manager asks about. host and expect are noted and left out:
-# the upstream head puts its own host first, and expect is answered here unless proxied.
+# Request headers the connection manager asks about. host is noted and left out: the upstream
+# head puts its own host first.
 _REQUEST_SCAN: dict[bytes, int] = {n: _DROP for n in HOP_BY_HOP | ENVOY_CONTROL}
 _REQUEST_SCAN.update(
     {
         b"user-agent": _NOTE,
         b"x-request-id": _NOTE,
         b"x-forwarded-proto": _NOTE,
+        b"content-length": _NOTE,
         b"host": _NOTE_DROP,
-        b"expect": _NOTE_DROP,
+        # Kept and noted: the connection manager drops expect (unless proxied) and keeps only
+        # `te: trailers` (stream._clean_rare).
+        b"expect": _NOTE,
+        b"te": _NOTE,
         b"connection": _NOTE_DROP,
+        **dict.fromkeys(ENVOY_SET_IN_PLACE, _NOTE),
         b"upgrade": _NOTE_DROP,
         b"transfer-encoding": _NOTE_DROP,
     }
@@ -171,7 +183,7 @@ _REQUEST_SCAN.update(
 
 
 def scan_request(headers: Headers) -> tuple[Headers, dict[bytes, bytes]]:
-    """(forwardable headers without host and expect, {noted name: value}).
+    """(forwardable headers without host, {noted name: value}).
 
     A noted value is the first one sent, except Connection, whose values are joined with ","
     so that its tokens can all be read (`connection_tokens` semantics)."""

@@ -16,11 +16,12 @@ from pysidecar.proxy.http.headers import HeaderOps, apply_ops
 # Envoy's local reply bodies.
 UPSTREAM_TIMEOUT_BODY = b"upstream request timeout"
 NO_HEALTHY_UPSTREAM_BODY = b"no healthy upstream"
+STREAM_TIMEOUT_BODY = b"stream timeout"
 RESET_BODY_PREFIX = "upstream connect error or disconnect/reset before headers. "
 
 # Response flags (access log spelling).
-UH, UF, UO, NR, URX, NC, UT, UC, DPE, DC, LR = (
-    "UH", "UF", "UO", "NR", "URX", "NC", "UT", "UC", "DPE", "DC", "LR",
+UH, UF, UO, NR, URX, NC, UT, UC, DPE, DC, LR, SI = (
+    "UH", "UF", "UO", "NR", "URX", "NC", "UT", "UC", "DPE", "DC", "LR", "SI",
 )  # fmt: skip
 
 # Envoy's reset reason words, by our reset reason.
@@ -61,8 +62,8 @@ def local_reply(
 ) -> bytes:
     """A whole local reply, headers in Envoy 1.40's order (checked against it): the route's
     response headers, content-length and content-type when there is a body, the HTTP filters'
-    additions, date, server, then `content-length: 0` for an empty body (for HEAD, Envoy
-    announces an empty body as chunked instead), then `connection: close`."""
+    additions, date, server, `connection: close`, then `content-length: 0` for an empty body
+    (for HEAD, Envoy announces an empty body as chunked instead)."""
     headers: list[tuple[bytes, bytes]] = apply_ops([], route_ops) if route_ops else []
     if body:
         headers.append((b"content-length", str(len(body)).encode()))
@@ -71,11 +72,11 @@ def local_reply(
         headers = apply_ops(headers, filter_ops)
     headers.append((b"date", http_date()))
     headers.append((b"server", server))
+    if close:
+        headers.append((b"connection", b"close"))
     if not body:
         headers.append(
             (b"transfer-encoding", b"chunked") if head_only else (b"content-length", b"0")
         )
-    if close:
-        headers.append((b"connection", b"close"))
     head = encode_head(status, headers)
     return head if head_only else head + body

@@ -84,6 +84,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.closed = False
         self.informational = False
+        self.idle_since = 0.0
         self.request_done = False
         self.response_started = False
         self.upgraded = False
@@ -218,10 +219,18 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if 100 <= status < 200 and status != 101:
-            self.informational = True  # 100 Continue & co: the client got ours already
+            # 100 Continue & co: passed on only under proxy_100_continue (the client has
+            # Envoy's own 100 otherwise); other 1xx are dropped.
+            self.informational = True
+            if status == 100 and self.stream is not None:
+                self.stream.upstream_continue()
             return
         stream = self.stream
         self.response_started = True
+        if status == 101:
+            # The connection is a tunnel from here: httptools calls on_message_complete for the
+            # 101 before it stops at the upgrade, and that must not end the stream.
+            self.upgraded = True
         od = self.pool.outlier
         if od is not None:
             od.put_result(self.pool.host, status)

@@ -8,13 +8,19 @@ Promises:
   `retriable-4xx` 409). Whether retries are left is the caller's count against num_retries.
 - `backoff(retry, policy, rng)` is Envoy's fully jittered exponential backoff: a uniform draw
   from [0, min((2^retry - 1) * base, max)) seconds, retry counted from 1.
+- `other_host(choose, host, tried, attempts)` is the previous_hosts retry predicate: a host
+  already tried is picked again up to `attempts` times; the last pick stands.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Container
+from typing import TypeVar
 
 from pysidecar.model.http import RetryPolicy
+
+H = TypeVar("H")
 
 # Why an attempt ended without a response (Envoy's stream reset reasons we can produce).
 CONNECT_FAILURE = "connect_failure"
@@ -25,6 +31,25 @@ PER_TRY_TIMEOUT = "per_try_timeout"
 OVERFLOW = "overflow"
 
 _CONNECT = frozenset({CONNECT_FAILURE, CONNECT_TIMEOUT})
+
+
+def other_host(
+    choose: Callable[[], H | None],
+    host: H,
+    tried: Container[object],
+    attempts: int,
+    key: Callable[[H], object] = lambda h: h,
+) -> H:
+    """Envoy's previous_hosts predicate: pick again (at most `attempts` times) while the pick's
+    `key` is among the hosts already tried."""
+    for _ in range(attempts):
+        if key(host) not in tried:
+            break
+        again = choose()
+        if again is None:
+            break
+        host = again
+    return host
 
 
 def retriable_reset(policy: RetryPolicy, reason: str) -> bool:

@@ -54,6 +54,7 @@ from pysidecar.proxy.http.retry import (
     OVERFLOW,
     PER_TRY_TIMEOUT,
     backoff,
+    other_host,
     retriable_reset,
     retriable_status,
 )
@@ -65,9 +66,14 @@ if TYPE_CHECKING:
     from pysidecar.proxy.http.conn_manager import HttpConnection
 
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+HTTP10 = b"HTTP/1.0"
 _NO_BODY_STATUS = frozenset({204, 304})
 # require_tls ALL's answer: the same request over https, 301 (Envoy's SslRedirectRoute).
 HTTPS_REDIRECT = RedirectAction(https_redirect=True, response_code=301)
+
+
+def _host_key(h: Host) -> tuple[str, int]:
+    return h.key
 
 
 @functools.lru_cache(maxsize=4096)
@@ -120,10 +126,12 @@ class ActiveStream:
         "cluster",
         "conn",
         "connecting",
+        "has_body",
         "head_out",
         "head_request",
         "headers",
         "http10",
+        "idle_timeout",
         "info",
         "keep_alive",
         "lb_host",
@@ -145,6 +153,7 @@ class ActiveStream:
         "started",
         "timed_out",
         "timer",
+        "tried_hosts",
         "tunnel",
         "up_headers",
         "up_target",
@@ -172,6 +181,7 @@ class ActiveStream:
         self.retain = True
         self.paused_for_body = False
         self.chunked_in = False
+        self.has_body = False  # a body follows the head (content-length > 0 or chunked)
         self.chunked_out = False
         self.head_out = b""
         self.close_after = False
@@ -195,6 +205,8 @@ class ActiveStream:
         self.retry_timer: asyncio.TimerHandle | None = None
         self.timed_out = False
         self.tunnel = False
+        self.idle_timeout = conn.cfg.config.stream_idle_timeout
+        self.tried_hosts: tuple[tuple[str, int], ...] = ()  # grown on retries only
 
     # == downstream events ===================================================================
     def start(self, fault_done: bool = False) -> None:
@@ -226,18 +238,33 @@ class ActiveStream:
         ua = noted.get(b"user-agent")
         info.user_agent = ua.decode("latin-1") if ua is not None else None
         rid = noted.get(b"x-request-id")
+        new_rid = rid is None
         if rid is None:
             rid = request_id()
-            headers.append((b"x-request-id", rid))
-            clean.append((b"x-request-id", rid))
+            headers.append((b"x-request-id", rid))  # route header matchers see it
         info.request_id = rid.decode("latin-1")
         upgrade_value = noted.get(b"upgrade") if self.upgrade else None
-        if b"close" in tokens(noted.get(b"connection")):
-            self.close_after = True
+        nominated = tokens(noted.get(b"connection"))
+        if nominated:
+            if b"close" in nominated:
+                self.close_after = True
+            nominated -= _CONNECTION_OWN
         expect = noted.get(b"expect")
         te = noted.get(b"transfer-encoding")
         self.chunked_in = te is not None and b"chunked" in te.lower()
+        cl = noted.get(b"content-length")
+        self.has_body = self.chunked_in or (cl is not None and cl != b"0")
+        if (
+            expect is not None
+            and not cfg.config.proxy_100_continue
+            and expect.lower() == b"100-continue"
+        ):
+            conn.write(CONTINUE_100)  # as Envoy's decodeHeaders: before routing, local replies
 
+        if not host_b:  # Envoy's 400 (HTTP/1.0 too: no default_host_for_http_10), and a close
+            self.close_after = True
+            self._local(400, b"", None, "missing_host_header")
+            return
         vh = cfg.table.virtual_host(host)
         route = (
             vh.select(path, _as_dict(strip_request(headers)) if vh.needs_headers else None)
@@ -259,12 +286,15 @@ class ActiveStream:
         if route.intercepts and intercept(self, route, host, path, fault_done):
             return  # delayed (start runs again), aborted or redirected
         self.route = route
+        action = route.action
+        idle = action.idle_timeout if action is not None else None
+        if idle is not None and idle != self.idle_timeout:
+            conn.arm_stream_idle(self, idle)
         direct = route.route.direct_response
         if direct is not None:
             conn.stats.rq_direct_response += 1
             self._local(direct.status, direct.body.encode(), None, "direct_response")
             return
-        action = route.action
         assert action is not None and vh is not None
         name, wi = route.pick_cluster(conn.worker.rng)
         cluster = conn.worker.clusters.get(name)
@@ -287,26 +317,21 @@ class ActiveStream:
             req_ops, self.response_ops = route.weighted_ops[wi]
         rewritten = route.rewrite_path(path)
         up_host = action.host_rewrite_literal.encode() if action.host_rewrite_literal else host_b
-        up: Headers
-        if expect is not None and cfg.config.proxy_100_continue:
-            # Rare: expect goes upstream in its place, so take the general (two-pass) way.
-            up = [(b"host", up_host), *(h for h in strip_request(headers) if h[0] != b"host")]
-        else:
-            up = [(b"host", up_host), *clean]
-            if expect is not None and expect.lower() == b"100-continue":
-                conn.write(CONTINUE_100)
-        if req_ops:
-            up = apply_ops(up, req_ops)
+        # Envoy's order: the client's headers in place (host first), then what the connection
+        # manager adds (x-forwarded-proto, a generated x-request-id, the decorator), the HTTP
+        # filters' additions, then the router's: expected timeout, attempt count, the route's
+        # header operations, x-envoy-original-path; transfer-encoding last (checked on 1.40).
+        up: Headers = [(b"host", up_host), *clean]
+        if nominated or expect is not None or b"te" in noted:
+            up = _clean_rare(up, nominated, expect is not None and cfg.config.proxy_100_continue)
+        if b"x-forwarded-proto" not in noted:
+            up.append((b"x-forwarded-proto", conn.scheme))
+        if new_rid:
+            up.append((b"x-request-id", rid))
+        if cfg.decorate and route.route.decorator is not None:
+            _set(up, noted, b"x-envoy-decorator-operation", route.route.decorator.operation.encode())
         if cfg.lua_request:
             up = apply_ops(up, cfg.lua_request)
-        # The scan saw the client's x-forwarded-proto; only header operations can add one.
-        xfp = (
-            get(up, b"x-forwarded-proto")
-            if req_ops or cfg.lua_request
-            else noted.get(b"x-forwarded-proto")
-        )
-        if xfp is None:
-            up.append((b"x-forwarded-proto", conn.scheme))
         policy = action.retry_policy or vh.vhost.retry_policy
         self.policy = policy
         self.retries_left = policy.num_retries if policy is not None else 0
@@ -319,12 +344,14 @@ class ActiveStream:
             expected = policy.per_try_timeout
         if expected > 0:
             up.append((b"x-envoy-expected-rq-timeout-ms", str(int(expected * 1000)).encode()))
+        if vh.vhost.include_request_attempt_count:
+            _set(up, noted, ATTEMPT_COUNT, b"1")  # a retry rewrites it (upstream_ready)
+        if req_ops:
+            up = apply_ops(up, req_ops)
         if rewritten is not None:
-            up.append((b"x-envoy-original-path", target))
+            _set(up, noted, b"x-envoy-original-path", target)
             target = rewritten.encode("latin-1")
             info.original_path = path
-        if cfg.decorate and route.route.decorator is not None:
-            up.append((b"x-envoy-decorator-operation", route.route.decorator.operation.encode()))
         if upgrade_value is not None:
             up.append((b"connection", b"upgrade"))
             up.append((b"upgrade", upgrade_value))
@@ -358,6 +385,8 @@ class ActiveStream:
 
     def decode_complete(self) -> None:
         self.request_done = True
+        if self.has_body:  # Envoy times the upstream from the end of the request
+            self.attempt_started = self.conn.loop.time()
         if self.response_done or not self.started:
             if self.response_done:
                 self.conn.stream_done(self)
@@ -389,7 +418,14 @@ class ActiveStream:
         self.retry_timer = None
         cluster = self.cluster
         assert cluster is not None and self.rq_stats is not None
-        picked = cluster.choose_host(self.conn.destination)
+        dest = self.conn.destination
+        picked = cluster.choose_host(dest)
+        policy = self.policy
+        if picked is not None and self.attempt and policy is not None and policy.previous_hosts:
+            assert self.pool is not None  # the previous attempt's
+            tried = self.tried_hosts = (*self.tried_hosts, self.pool.host)
+            pick = functools.partial(cluster.choose_host, dest)
+            picked = other_host(pick, picked, tried, policy.host_selection_max_attempts, _host_key)
         if picked is None:
             cluster.stats.upstream_cx_none_healthy += 1
             self._local(503, lr.NO_HEALTHY_UPSTREAM_BODY, lr.UH, "no_healthy_upstream")
@@ -419,8 +455,8 @@ class ActiveStream:
                 local = up.local_address = _fmt((str(sock[0]), int(sock[1])))
         self.info.upstream_local_address = local
         headers = self.up_headers
-        if self.route is not None and self.route.vhost.vhost.include_request_attempt_count:
-            headers = [*headers, (b"x-envoy-attempt-count", str(self.attempt).encode())]
+        if self.attempt > 1 and self.route is not None and self.route.vhost.vhost.include_request_attempt_count:
+            headers = self.up_headers = replace_header(headers, ATTEMPT_COUNT, b"%d" % self.attempt)
         parts = [encode_request_head(self.method, self.up_target, headers)]
         if self.chunked_in:
             for p in self.body_parts:
@@ -557,6 +593,25 @@ class ActiveStream:
             self.info.response_flags.append(lr.URX)
         self._local(504, lr.UPSTREAM_TIMEOUT_BODY, None, "response_timeout")
 
+    def stream_idle_timeout(self) -> None:
+        """Nothing moved for the stream idle timeout: Envoy's 504 `stream timeout` once the
+        request is in (408 while it is still arriving, which also ends the connection), a
+        reset once the response started; flag SI."""
+        self.info.response_flags.append(lr.SI)
+        if self.tunnel:  # an idle tunnel is closed, both ways
+            self.drop_upstream()
+            self.close_after = True
+            self.conn.close_when_flushed()
+            self._finish()
+            return
+        if self.response_started:
+            self.drop_upstream()
+            self.conn.abort()
+            self._finish()
+            return
+        status = 504 if self.request_done else 408
+        self._local(status, lr.STREAM_TIMEOUT_BODY, None, "stream_idle_timeout")
+
     def _on_timeout(self) -> None:
         self.timer = None
         self.timed_out = True
@@ -603,7 +658,8 @@ class ActiveStream:
         # One pass strips the upstream's hop-by-hop headers, puts our server in its place and
         # notes content-length and date; operations that touch those names re-check them.
         out, seen = scan_response(headers, cfg.server_header)
-        out.append((b"x-envoy-upstream-service-time", b"%d" % elapsed))
+        if status != 101:  # Envoy 1.40 sends no service time on a 101
+            out.append((b"x-envoy-upstream-service-time", b"%d" % elapsed))
         if cfg.decorate_response:
             decorator = self.route.route.decorator if self.route is not None else None
             if decorator is not None:
@@ -620,19 +676,20 @@ class ActiveStream:
                 )
                 out = replace_header(out, b"server", cfg.server)
                 seen |= HAS_SERVER
-        no_body = self.head_request or status in _NO_BODY_STATUS
+        chunked = False  # framed as chunked: the codec's transfer-encoding goes last
         if status == 101:
             out.append((b"connection", b"upgrade"))
             up_value = get(headers, b"upgrade")
             if up_value is not None:
                 out.append((b"upgrade", up_value))
             self.tunnel = True
-        elif not no_body and not seen & HAS_LENGTH:
+        elif status not in _NO_BODY_STATUS and not seen & HAS_LENGTH:
             if self.http10:
                 self.close_after = True  # HTTP/1.0 has no chunking: the close ends the body
             else:
-                self.chunked_out = True
-                out.append((b"transfer-encoding", b"chunked"))
+                # A HEAD response says it too, without a body (as Envoy 1.40 does).
+                chunked = True
+                self.chunked_out = not self.head_request
         if not seen & HAS_DATE:
             out.append((b"date", http_date()))
         if not seen & HAS_SERVER:
@@ -640,7 +697,13 @@ class ActiveStream:
         if status != 101 and (self.close_after or not self.keep_alive or conn.draining):
             self.close_after = True
             out.append((b"connection", b"close"))
+        elif self.http10:
+            out.append((b"connection", b"keep-alive"))  # HTTP/1.0 closes unless told
+        if chunked:
+            out.append((b"transfer-encoding", b"chunked"))
         head = encode_head(status, out)
+        if self.http10:
+            head = HTTP10 + head[8:]  # Envoy answers in the request's version
         if self.tunnel:
             conn.write(head)
             conn.start_tunnel(self)
@@ -688,6 +751,11 @@ class ActiveStream:
             self.flush_head()
         self._finish()
 
+    def upstream_continue(self) -> None:
+        """The upstream's `100 Continue`: the client's, under proxy_100_continue."""
+        if self.conn.cfg.config.proxy_100_continue and not self.response_started:
+            self.conn.write(CONTINUE_100)
+
     def upstream_pause_writing(self) -> None:
         self.conn.pause_reading()
 
@@ -722,7 +790,9 @@ class ActiveStream:
             info.response_flags.append(flag)
         info.response_code = status
         info.response_code_details = details
-        if not self.keep_alive or conn.draining:
+        # A reply before the request's body is read ends the connection, as Envoy's does: what
+        # follows on it would otherwise be parsed as the old request's body.
+        if not self.keep_alive or conn.draining or (self.has_body and not self.request_done):
             self.close_after = True
         data = lr.local_reply(
             status,
@@ -734,7 +804,7 @@ class ActiveStream:
             head_only=self.head_request,
         )
         info.bytes_sent += 0 if self.head_request else len(body)
-        conn.write(data)
+        conn.write(HTTP10 + data[8:] if self.http10 else data)
         self.response_started = True
         self._finish()
 
@@ -752,6 +822,37 @@ class ActiveStream:
             self.paused_for_body = False
             self.conn.resume_reading()
         self.conn.stream_done(self)
+
+
+ATTEMPT_COUNT = b"x-envoy-attempt-count"
+# Connection tokens that are about the connection itself, not names of headers to drop.
+_CONNECTION_OWN = frozenset({b"close", b"keep-alive", b"upgrade"})
+
+
+def _set(up: Headers, noted: dict[bytes, bytes], name: bytes, value: bytes) -> None:
+    """Envoy's inline header set: the client's copy (kept by the scan) is overwritten in its
+    place, else the header goes at the end."""
+    if name in noted:
+        up[:] = replace_header(up, name, value)
+    else:
+        up.append((name, value))
+
+
+def _clean_rare(up: Headers, nominated: set[bytes], keep_expect: bool) -> Headers:
+    """The hop-by-hop cases Envoy handles header by header (rare: a list rebuilt): `te` goes
+    on only as `te: trailers`, headers the Connection header nominates are dropped, `expect`
+    goes upstream only under proxy_100_continue."""
+    drop = set(nominated)
+    if not keep_expect:
+        drop.add(b"expect")
+    out: Headers = []
+    for n, v in up:
+        if n == b"te":
+            if b"trailers" in tokens(v):
+                out.append((n, b"trailers"))
+        elif n not in drop:
+            out.append((n, v))
+    return out
 
 
 def _count_class(stats: ClusterHttpStats, status: int) -> None:
