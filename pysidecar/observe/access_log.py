@@ -6,7 +6,9 @@ Promises:
   --access-log-format F` (`from_flags`), or from an Envoy filter's `access_log` list.
   `formatter(config)` checks and compiles the format, so a bad one fails at config load.
 - `AccessLog` writes whole lines to a file opened with O_APPEND, so several workers can share
-  one file (or /dev/stdout) without tearing lines. Lines are buffered and written once a second
+  one file (or /dev/stdout) without tearing lines. `/dev/stdout` and `/dev/stderr` are the
+  process's own descriptors (dup'ed, as Envoy's stdout/stderr destinations), not reopened: a
+  proxy running as 1337 may not open the pipe or file a root-owned runtime gave it. Lines are buffered and written once a second
   (Envoy's file flush interval) or when 64 KiB are waiting, so the data path does no syscall
   per line. `close()` writes what is left.
 """
@@ -56,6 +58,10 @@ def formatter(config: AccessLogConfig) -> Formatter:
     return compile_json(fields)
 
 
+# Paths that name the process's own output streams, which every worker inherits.
+STD_STREAMS = {"/dev/stdout": 1, "/dev/stderr": 2}
+
+
 class AccessLog:
     """One worker's log: format a finished stream, buffer the line, flush in whole lines."""
 
@@ -63,7 +69,11 @@ class AccessLog:
         assert config.path is not None
         self.format = formatter(config)
         self.loop = loop
-        self.fd = os.open(config.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        std = STD_STREAMS.get(config.path)
+        if std is not None:
+            self.fd = os.dup(std)  # not inheritable, like O_CLOEXEC
+        else:
+            self.fd = os.open(config.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self._lines: list[str] = []
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None

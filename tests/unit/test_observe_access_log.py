@@ -155,3 +155,28 @@ def test_writer_buffers_whole_lines_and_appends(tmp_path: Path) -> None:
     asyncio.run(run())
     assert path.read_text() == "existing\n418\n135\n418\n"
     assert oct(os.stat(path).st_mode & 0o777) in ("0o644", "0o600", "0o640")
+
+
+def test_stdout_is_the_inherited_descriptor_not_reopened(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    # In a container the proxy (uid 1337) may not reopen the runtime's root-owned stdout as
+    # /dev/stdout (EACCES); like Envoy's stdout destination, the log writes to fd 1 itself.
+    real_open = os.open
+
+    def no_reopen(path: str, *args: int) -> int:
+        if path in ("/dev/stdout", "/dev/stderr"):
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *args)
+
+    monkeypatch.setattr(os, "open", no_reopen)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for path in ("/dev/stdout", "/dev/stderr"):
+            a = AccessLog(AccessLogConfig(path, "TEXT", "%RESPONSE_CODE%"), loop)
+            a.log(http_record())
+            a.close()
+
+    asyncio.run(run())
+    out, err = capfd.readouterr()
+    assert (out, err) == ("418\n", "418\n")
+    os.fstat(1)  # the process's own stdout is still open
