@@ -37,7 +37,9 @@ from pysidecar.model import SocketAddress
 from pysidecar.observe.stats import HttpConnManagerStats
 from pysidecar.observe.stream_info import StreamInfo
 from pysidecar.proxy.http import local_reply as lr
+from pysidecar.proxy.http.codec import CHUNK_END, CRLF, encode_head
 from pysidecar.proxy.http.compiled import CompiledHcm
+from pysidecar.proxy.http.headers import Headers
 from pysidecar.proxy.http.pool import PoolManager, UpstreamConnection
 from pysidecar.proxy.http.stream import ActiveStream
 
@@ -45,6 +47,10 @@ if TYPE_CHECKING:
     from pysidecar.proxy.worker import Worker
 
 log = logging.getLogger(__name__)
+
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+HTTP10 = b"HTTP/1.0"
+_NO_BODY_STATUS = frozenset({204, 304})
 
 # Why reading from the client is paused; reading resumes when no reason is left.
 PAUSE_PIPELINE, PAUSE_UPSTREAM, PAUSE_BODY = 1, 2, 4
@@ -289,6 +295,87 @@ class HttpConnection(asyncio.Protocol):
         self.stats.downstream_cx_tx_bytes_total += sum(map(len, parts))
         assert self.transport is not None
         self.transport.writelines(parts)
+
+    # == the codec's encoding side: what ActiveStream hands its downstream ======================
+    def encode_continue(self, st: ActiveStream) -> None:
+        self.write(CONTINUE_100)
+
+    def encode_headers(self, st: ActiveStream, status: int, headers: Headers, has_length: bool) -> None:
+        """The response head: HTTP/1 adds connection and chunked framing (HEAD / 204 / 304 have
+        no body), answers in the request's version, and holds the head until the first body
+        bytes (or the end of the upstream's read, `encode_flush`) so that head and body leave
+        in one write: a syscall per response. A 101 is written at once."""
+        chunked = False  # framed as chunked: transfer-encoding goes last
+        if status == 101:
+            head = encode_head(status, headers)
+            self.write(HTTP10 + head[8:] if st.http10 else head)
+            return
+        if status not in _NO_BODY_STATUS and not has_length:
+            if st.http10:
+                st.close_after = True  # HTTP/1.0 has no chunking: the close ends the body
+            else:
+                # A HEAD response says it too, without a body (as Envoy 1.40 does).
+                chunked = True
+                st.chunked_out = not st.head_request
+        if st.close_after or not st.keep_alive or self.draining:
+            st.close_after = True
+            headers.append((b"connection", b"close"))
+        elif st.http10:
+            headers.append((b"connection", b"keep-alive"))  # HTTP/1.0 closes unless told
+        if chunked:
+            headers.append((b"transfer-encoding", b"chunked"))
+        head = encode_head(status, headers)
+        st.head_out = HTTP10 + head[8:] if st.http10 else head
+
+    def encode_flush(self, st: ActiveStream) -> None:
+        head = st.head_out
+        if head:
+            st.head_out = b""
+            self.write(head)
+
+    def encode_data(self, st: ActiveStream, data: bytes) -> None:
+        head = st.head_out
+        if st.chunked_out:
+            parts = [b"%x\r\n" % len(data), data, CRLF]
+            if head:
+                parts.insert(0, head)
+        elif head:
+            parts = [head, data]
+        else:
+            self.write(data)
+            return
+        st.head_out = b""
+        self.writelines(parts)
+
+    def encode_end(self, st: ActiveStream) -> None:
+        head = st.head_out
+        if st.chunked_out:
+            st.head_out = b""
+            self.write(head + CHUNK_END if head else CHUNK_END)
+        elif head:
+            st.head_out = b""
+            self.write(head)
+
+    def encode_local_reply(self, st: ActiveStream, status: int, body: bytes) -> None:
+        """A local reply, whole. One sent before the request's body is read ends the
+        connection, as Envoy's does: what follows would be parsed as that body."""
+        if not st.keep_alive or self.draining or (st.has_body and not st.request_done):
+            st.close_after = True
+        cfg = self.cfg
+        data = lr.local_reply(
+            status,
+            body,
+            cfg.server,
+            st.response_ops,
+            cfg.lua_response,
+            close=st.close_after,
+            head_only=st.head_request,
+        )
+        self.write(HTTP10 + data[8:] if st.http10 else data)
+
+    def reset_stream(self, st: ActiveStream) -> None:
+        """A response cannot go on (mid-body timeout, upstream reset): HTTP/1 can only close."""
+        self.abort()
 
     # -- httptools callbacks ---------------------------------------------------------------------
     def on_message_begin(self) -> None:
