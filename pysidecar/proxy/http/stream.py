@@ -64,6 +64,7 @@ from pysidecar.proxy.lb import Host
 if TYPE_CHECKING:
     from pysidecar.model.http import RetryPolicy
     from pysidecar.proxy.http.conn_manager import HttpConnection
+    from pysidecar.proxy.http.h2_conn import Http2Connection
 
 # require_tls ALL's answer: the same request over https, 301 (Envoy's SslRedirectRoute).
 HTTPS_REDIRECT = RedirectAction(https_redirect=True, response_code=301)
@@ -159,7 +160,7 @@ class ActiveStream:
         "url",
     )
 
-    def __init__(self, conn: HttpConnection) -> None:
+    def __init__(self, conn: HttpConnection | Http2Connection) -> None:
         self.conn = conn
         self.url = b""
         self.method = b""
@@ -355,6 +356,10 @@ class ActiveStream:
             up.append((b"upgrade", upgrade_value))
         if self.chunked_in:
             up.append((b"transfer-encoding", b"chunked"))
+        elif cl is None and self.method not in _NO_BODY_METHODS and not self.upgrade:
+            # Envoy's HTTP/1 upstream codec says so for a bodiless request of a method that
+            # usually has a body (POST, PUT, OPTIONS, ...; checked on 1.40, HTTP/1 and HTTP/2).
+            up.append((b"content-length", b"0"))
         self.up_headers = up
         self.up_target = target
         self.start_attempt()
@@ -379,7 +384,7 @@ class ActiveStream:
         if self.body_bytes > self.conn.buffer_limit and not self.paused_for_body:
             self.retain = False
             self.paused_for_body = True
-            self.conn.pause_reading()
+            self.conn.pause_stream(self)
 
     def decode_complete(self) -> None:
         self.request_done = True
@@ -466,7 +471,7 @@ class ActiveStream:
         up.writelines(parts)
         if self.paused_for_body:
             self.paused_for_body = False
-            self.conn.resume_reading()
+            self.conn.resume_stream(self)
         if self.request_done:
             self._request_sent(up)
 
@@ -716,10 +721,10 @@ class ActiveStream:
             self.conn.encode_continue(self)
 
     def upstream_pause_writing(self) -> None:
-        self.conn.pause_reading()
+        self.conn.pause_stream(self)
 
     def upstream_resume_writing(self) -> None:
-        self.conn.resume_reading()
+        self.conn.resume_stream(self)
 
     # -- websocket and other upgrades: a byte tunnel after 101 ---------------------------------
     def upstream_tunnel_data(self, data: bytes) -> None:
@@ -766,11 +771,13 @@ class ActiveStream:
         self.timer = self.per_try_timer = self.retry_timer = None
         if self.paused_for_body:
             self.paused_for_body = False
-            self.conn.resume_reading()
+            self.conn.resume_stream(self)
         self.conn.stream_done(self)
 
 
 ATTEMPT_COUNT = b"x-envoy-attempt-count"
+# HeaderUtility::requestShouldHaveNoBody: no `content-length: 0` is added for these.
+_NO_BODY_METHODS = frozenset({b"GET", b"HEAD", b"DELETE", b"TRACE", b"CONNECT"})
 # Connection tokens that are about the connection itself, not names of headers to drop.
 _CONNECTION_OWN = frozenset({b"close", b"keep-alive", b"upgrade"})
 
