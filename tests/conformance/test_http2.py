@@ -22,6 +22,7 @@ from pathlib import Path
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import pytest
 
@@ -168,7 +169,8 @@ def test_large_response_through_small_windows(stack: Stack) -> None:
 
 
 def raw_h2(port: int, headers: list[tuple[bytes, bytes]]) -> str:
-    """What a proxy does with one header block: `status <code>` or `closed`."""
+    """What a proxy does with one header block: `status <code>`, `reset <code>` (the stream's
+    RST_STREAM) or `closed` (the connection)."""
     c = h2.connection.H2Connection(
         h2.config.H2Configuration(
             client_side=True, header_encoding=None, validate_outbound_headers=False,
@@ -189,7 +191,9 @@ def raw_h2(port: int, headers: list[tuple[bytes, bytes]]) -> str:
             for ev in c.receive_data(data):
                 if isinstance(ev, h2.events.ResponseReceived):
                     return "status " + dict(ev.headers or [])[b":status"].decode()
-                if isinstance(ev, (h2.events.ConnectionTerminated, h2.events.StreamReset)):
+                if isinstance(ev, h2.events.StreamReset):
+                    return f"reset {h2.errors.ErrorCodes(ev.error_code or 0).name}"
+                if isinstance(ev, h2.events.ConnectionTerminated):
                     return "closed"
             s.sendall(c.data_to_send())
 
@@ -214,6 +218,37 @@ def test_malformed_headers(stack: Stack, case: str) -> None:
     headers, expected = MALFORMED[case]
     for kind, port in stack.proxies.items():
         assert raw_h2(port, headers) == expected, kind
+
+
+RESET = "reset INTERNAL_ERROR"
+# The header block's names and values: 55 bytes of pseudo-headers, then x-big (5) and its value.
+LIMITS = {
+    "100 headers (pseudo-headers count)": ([*BASE, *((b"x-h%d" % i, b"v") for i in range(96))], "status 200"),
+    "101 headers": ([*BASE, *((b"x-h%d" % i, b"v") for i in range(97))], RESET),
+    "60 KiB of names and values": ([*BASE, (b"x-big", b"a" * (61440 - 60))], "status 200"),
+    "one byte more": ([*BASE, (b"x-big", b"a" * (61440 - 59))], RESET),
+    "70 KB": ([*BASE, (b"x-big", b"a" * 70000)], RESET),
+}
+
+
+@pytest.mark.parametrize("case", list(LIMITS))
+def test_header_limits_reset_the_stream_only(stack: Stack, case: str) -> None:
+    """max_headers_count and max_request_headers_kb: RST_STREAM, as Envoy 1.40, counted."""
+    headers, expected = LIMITS[case]
+    for kind, port in stack.proxies.items():
+        before = stats(stack, kind)
+        assert raw_h2(port, headers) == expected, kind
+        after = stats(stack, kind)
+        assert after["http.h2.downstream_rq_total"] - before["http.h2.downstream_rq_total"] == 1, kind
+        if expected == RESET:
+            assert after["http.h2.downstream_rq_rx_reset"] - before.get("http.h2.downstream_rq_rx_reset", 0) == 1
+
+
+def test_underscore_rejected_by_stream_reset(stack: Stack) -> None:
+    """headers_with_underscores_action REJECT_REQUEST (the second listener): HTTP/2 resets."""
+    for kind, port in stack.extra["_b"].items():
+        assert raw_h2(port, [*BASE, (b"x_a", b"v")]) == RESET, kind
+        assert raw_h2(port, [*BASE, (b"x-a", b"v")]) == "status 200", kind
 
 
 def test_codec_http2_only_listener(stack: Stack) -> None:

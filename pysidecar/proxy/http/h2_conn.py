@@ -139,6 +139,9 @@ class Http2Connection(Downstream):
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.cfg.header_limit,
             },
         )
+        # h2's header decoder would end the connection past its 64 KiB; the limits above are
+        # checked per stream in _request, as Envoy does (bounded still, at 4 times).
+        self.h2.decoder.max_header_list_size = 4 * self.cfg.header_limit
         self.h2.initiate_connection()
         if cx_window > _H2_DEFAULT_WINDOW:
             self.h2.increment_flow_control_window(cx_window - _H2_DEFAULT_WINDOW)
@@ -240,6 +243,24 @@ class Http2Connection(Downstream):
             self.close_when_flushed()
 
     def _request(self, sid: int, raw: list[tuple[bytes, bytes]], ended: bool) -> None:
+        cfg = self.cfg
+        if (
+            len(raw) > cfg.header_count_limit
+            or sum(len(n) + len(v) for n, v in raw) > cfg.header_limit
+            or (cfg.underscores == 1 and any(b"_" in n for n, _ in raw))
+        ):
+            # Envoy 1.40 (checked): over max_headers_count (pseudo-headers count), over
+            # max_request_headers_kb (names and values), an underscore under REJECT_REQUEST:
+            # this stream is reset, the connection goes on; counted as a request, reset.
+            s = self.stats
+            s.downstream_rq_total += 1
+            s.downstream_rq_http2_total += 1
+            s.downstream_rq_rx_reset += 1
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            return
+        if cfg.underscores == 2:  # DROP_HEADER
+            raw = [h for h in raw if b"_" not in h[0]]
         problem = malformed(raw)
         if problem is not None:
             self._protocol_error(ValueError(problem))
