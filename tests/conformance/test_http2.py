@@ -282,3 +282,42 @@ def test_access_log_says_http2(stack: Stack) -> None:
     if ENVOY:
         # Bytes sent differ by the JSON echo's request id only in value, not length.
         assert lines["envoy"] == ours
+
+
+def test_route_timeout_504(stack: Stack) -> None:
+    started = time.monotonic()
+    r = on_both(stack, "/slow")  # timeout 1s to a 3 s answer, on each proxy in turn
+    assert (r.status, r.body) == (504, b"upstream request timeout")
+    assert time.monotonic() - started < 2 * 1.5
+
+
+def test_stream_idle_timeout_504(stack: Stack) -> None:
+    """stream_idle_timeout 1s (the second listener): no response for 1 s is Envoy's 504."""
+    for kind, port in stack.extra["_b"].items():
+        started = time.monotonic()
+        r = curl(port, "/delay/3")
+        assert (r.status, r.body) == (504, b"stream timeout"), kind
+        assert 0.9 < time.monotonic() - started < 1.6, kind
+
+
+def test_streams_over_max_concurrent_streams_are_refused(stack: Stack) -> None:
+    """102 requests sent at once, before the proxy's SETTINGS (max_concurrent_streams 100) are
+    read: the first 100 are answered, the 2 after them get RST_STREAM REFUSED_STREAM."""
+    for kind, port in stack.proxies.items():
+        c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        results: dict[int, str] = {}
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            c.initiate_connection()
+            for i in range(102):
+                c.send_headers(1 + 2 * i, [*BASE[:2], (b":path", b"/delay/0.3"), BASE[3]], end_stream=True)
+            s.sendall(c.data_to_send())
+            while len(results) < 102:
+                data = s.recv(65536)
+                assert data, f"{kind}: closed after {len(results)} answers"
+                for ev in c.receive_data(data):
+                    if isinstance(ev, h2.events.ResponseReceived):
+                        results[ev.stream_id or 0] = dict(ev.headers or [])[b":status"].decode()
+                    elif isinstance(ev, h2.events.StreamReset):
+                        results[ev.stream_id or 0] = h2.errors.ErrorCodes(ev.error_code or 0).name
+                s.sendall(c.data_to_send())
+        assert [results[1 + 2 * i] for i in range(102)] == ["200"] * 100 + ["REFUSED_STREAM"] * 2, kind

@@ -86,6 +86,7 @@ class Http2Connection(Downstream):
         "held",
         "idle_marks",
         "ids",
+        "max_streams",
         "paused",
         "paused_upstreams",
         "pending",
@@ -120,6 +121,7 @@ class Http2Connection(Downstream):
         self.paused_upstreams: list[UpstreamConnection] = []
         self.write_blocked = False
         self.flush_scheduled = False
+        self.max_streams = DEFAULT_MAX_CONCURRENT_STREAMS
 
     # == lifecycle ============================================================================
     def start(self, transport: asyncio.Transport, initial: bytes) -> None:
@@ -131,18 +133,16 @@ class Http2Connection(Downstream):
         window = (o and o.initial_stream_window_size) or DEFAULT_STREAM_WINDOW
         cx_window = (o and o.initial_connection_window_size) or DEFAULT_CONNECTION_WINDOW
         streams = (o and o.max_concurrent_streams) or DEFAULT_MAX_CONCURRENT_STREAMS
-        self.h2.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: streams,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.cfg.header_limit,
-            },
-        )
+        self.max_streams = streams
+        self.h2.local_settings = _settings(streams, window, self.cfg.header_limit)
         # h2's header decoder would end the connection past its 64 KiB; the limits above are
         # checked per stream in _request, as Envoy does (bounded still, at 4 times).
         self.h2.decoder.max_header_list_size = 4 * self.cfg.header_limit
         self.h2.initiate_connection()
+        # The SETTINGS frame is written: from here h2 enforces nothing on stream counts (past
+        # its limit it raises mid-read, losing the other frames' events); _request refuses the
+        # excess streams one by one, as Envoy does.
+        self.h2.local_settings = _settings(DEFAULT_MAX_CONCURRENT_STREAMS, window, self.cfg.header_limit)
         if cx_window > _H2_DEFAULT_WINDOW:
             self.h2.increment_flow_control_window(cx_window - _H2_DEFAULT_WINDOW)
         self._flush()
@@ -258,6 +258,11 @@ class Http2Connection(Downstream):
             s.downstream_rq_rx_reset += 1
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.h2.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            return
+        if len(self.streams) >= self.max_streams:  # this one would be one too many
+            # Over the max_concurrent_streams we announced: REFUSED_STREAM (Envoy 1.40, checked).
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         if cfg.underscores == 2:  # DROP_HEADER
             raw = [h for h in raw if b"_" not in h[0]]
@@ -644,6 +649,17 @@ class Http2Connection(Downstream):
 
 
 _IDLE_TICKS = 8
+
+
+def _settings(streams: int, window: int, header_list: int) -> h2.settings.Settings:
+    return h2.settings.Settings(
+        client=False,
+        initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: streams,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: header_list,
+        },
+    )
 _PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority"})
 # Connection-specific headers (RFC 9113 8.2.2); `te` is allowed as `trailers` only.
 _CONNECTION_SPECIFIC = frozenset(
