@@ -321,3 +321,34 @@ def test_streams_over_max_concurrent_streams_are_refused(stack: Stack) -> None:
                         results[ev.stream_id or 0] = h2.errors.ErrorCodes(ev.error_code or 0).name
                 s.sendall(c.data_to_send())
         assert [results[1 + 2 * i] for i in range(102)] == ["200"] * 100 + ["REFUSED_STREAM"] * 2, kind
+
+
+def test_request_trailers_are_dropped_and_the_body_ends_once(stack: Stack) -> None:
+    """HEADERS, DATA, then trailers: the HTTP/1.1 upstream gets the chunked body once, without
+    the trailers (Envoy's HTTP/1 codec sends none unless enable_trailers)."""
+    seen = {}
+    for kind, port in stack.proxies.items():
+        c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        body = b""
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            c.initiate_connection()
+            c.send_headers(1, [(b":method", b"POST"), *BASE[1:2], (b":path", b"/anything"), BASE[3]])
+            c.send_data(1, b"x" * 1000)
+            c.send_headers(1, [(b"x-trailer", b"t")], end_stream=True)
+            s.sendall(c.data_to_send())
+            done = False
+            while not done:
+                data = s.recv(65536)
+                assert data, kind
+                for ev in c.receive_data(data):
+                    if isinstance(ev, h2.events.DataReceived):
+                        body += ev.data or b""
+                        c.acknowledge_received_data(ev.flow_controlled_length or 0, 1)
+                    done = done or isinstance(ev, h2.events.StreamEnded)
+                s.sendall(c.data_to_send())
+        answer = json.loads(body)
+        seen[kind] = ([h for h in answer["headers"] if h[0] != "x-request-id"], answer["body_length"])
+    assert seen["ours"][1] == 1000
+    assert "x-trailer" not in dict(seen["ours"][0])
+    if "envoy" in seen:
+        assert seen["ours"] == seen["envoy"]

@@ -235,12 +235,13 @@ class Http2Connection(Downstream):
             self._reset_by_client(ev.stream_id or 0)
         elif isinstance(ev, h2.events.WindowUpdated):
             self._window_updated(ev.stream_id or 0)
-        elif isinstance(ev, h2.events.TrailersReceived):
-            st = self.streams.get(ev.stream_id or 0)
-            if st is not None:  # trailers are dropped: the HTTP/1 upstream gets the body's end
-                st.decode_complete()
         elif isinstance(ev, h2.events.ConnectionTerminated):
-            self.close_when_flushed()
+            # The client's GOAWAY: no new streams from it; the open ones finish, then we close.
+            self.draining = True
+            if not self.streams:
+                self.close_when_flushed()
+        # Request trailers (TrailersReceived) are dropped: StreamEnded follows them, and the
+        # HTTP/1 upstream gets the body's end.
 
     def _request(self, sid: int, raw: list[tuple[bytes, bytes]], ended: bool) -> None:
         cfg = self.cfg
