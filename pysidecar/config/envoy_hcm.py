@@ -32,6 +32,7 @@ from pysidecar.model.http import (
     HeaderMatcher,
     HeaderMutations,
     HeaderValueOption,
+    Http2Options,
     HttpConnectionManager,
     HttpFilter,
     LuaHeaderAdd,
@@ -591,6 +592,7 @@ def http_connection_manager(node: Node) -> HttpConnectionManager:
         "use_remote_address", "normalize_path", "merge_slashes", "path_with_escaped_slashes_action",
         "request_id_extension", "generate_request_id", "proxy_100_continue", "http_protocol_options",
         "server_header_transformation", "delayed_close_timeout", "drain_timeout", "access_log",
+        "http2_protocol_options",
     )  # fmt: skip
     if "rds" in (node.value or {}):
         node.fail("rds is not supported: give an inline route_config")
@@ -638,8 +640,21 @@ def http_connection_manager(node: Node) -> HttpConnectionManager:
     codec = f.opt(
         "codec_type", lambda n: CodecType(n.enum([c.value for c in CodecType])), CodecType.AUTO
     )
-    if codec is CodecType.HTTP2:
-        f.require("codec_type").fail("codec_type HTTP2 is not supported yet (HTTP/1.1 only)")
+    http2 = None
+    if (h2o := f.get("http2_protocol_options")) is not None:
+        hf = h2o.fields(
+            "max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size"
+        )
+        # Envoy's bounds: streams 1..2^31-1, windows 65535..2^31-1.
+        http2 = Http2Options(
+            max_concurrent_streams=hf.opt("max_concurrent_streams", lambda n: n.integer(1, 2**31 - 1), None),
+            initial_stream_window_size=hf.opt(
+                "initial_stream_window_size", lambda n: n.integer(65535, 2**31 - 1), None
+            ),
+            initial_connection_window_size=hf.opt(
+                "initial_connection_window_size", lambda n: n.integer(65535, 2**31 - 1), None
+            ),
+        )
     rc = route_configuration(route_node)
     filters = http_filters(f.require("http_filters"))
     faulty = any(r.fault is not None for vh in rc.virtual_hosts for r in vh.routes)
@@ -664,6 +679,7 @@ def http_connection_manager(node: Node) -> HttpConnectionManager:
         proxy_100_continue=f.opt("proxy_100_continue", Node.boolean, False),
         access_log=access_logs(f.get("access_log")),
         use_remote_address=f.opt("use_remote_address", Node.boolean, False),
+        http2=http2,
     )
 
 

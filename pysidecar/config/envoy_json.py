@@ -279,6 +279,18 @@ def http_filter(f: HttpFilter) -> dict[str, Any]:
     return {"name": f.name, "typed_config": {"@type": T + f.type_url}}
 
 
+def _http2_options(h: HttpConnectionManager) -> dict[str, Any]:
+    o = h.http2
+    if o is None:
+        return {}
+    fields = {
+        "max_concurrent_streams": o.max_concurrent_streams,
+        "initial_stream_window_size": o.initial_stream_window_size,
+        "initial_connection_window_size": o.initial_connection_window_size,
+    }
+    return {"http2_protocol_options": {k: v for k, v in fields.items() if v is not None}}
+
+
 def http_connection_manager(h: HttpConnectionManager) -> dict[str, Any]:
     out: dict[str, Any] = {
         "@type": HCM,
@@ -296,6 +308,7 @@ def http_connection_manager(h: HttpConnectionManager) -> dict[str, Any]:
         },
         "max_request_headers_kb": h.max_request_headers_kb,
         "http_protocol_options": {"accept_http_10": h.accept_http_10},
+        **_http2_options(h),
         "delayed_close_timeout": duration(h.delayed_close_timeout),
         "proxy_100_continue": h.proxy_100_continue,
     }

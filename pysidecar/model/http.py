@@ -245,6 +245,16 @@ class RouteConfiguration:
     ignore_port_in_host_matching: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Http2Options:
+    """http2_protocol_options: max_concurrent_streams, initial_stream_window_size,
+    initial_connection_window_size (None: not given)."""
+
+    max_concurrent_streams: int | None = None
+    initial_stream_window_size: int | None = None
+    initial_connection_window_size: int | None = None
+
+
 class CodecType(enum.Enum):
     AUTO = "AUTO"
     HTTP1 = "HTTP1"
@@ -301,6 +311,10 @@ class HttpConnectionManager:
     # An edge proxy (Istio's gateways): x-forwarded-for gets the peer, x-forwarded-proto the
     # connection's scheme, external peers a fresh x-request-id (proxy/http/edge.py).
     use_remote_address: bool = False
+    # http2_protocol_options, the subset supported. The windows are not Envoy's defaults
+    # (256 MiB each): a client may send a whole window that the proxy must then hold, so
+    # pysidecar's defaults stay small; None is exported as "Envoy's default".
+    http2: Http2Options | None = None
 
     @property
     def cluster_names(self) -> tuple[str, ...]:

@@ -183,6 +183,7 @@ class HttpConnManagerStats(StatsBlock):
     downstream_cx_upgrades_total: Counter
     downstream_rq_total: Counter
     downstream_rq_http1_total: Counter
+    downstream_rq_http2_total: Counter
     downstream_rq_1xx: Counter
     downstream_rq_2xx: Counter
     downstream_rq_3xx: Counter
@@ -203,6 +204,7 @@ class HttpConnManagerStats(StatsBlock):
     rq_total: Counter
     downstream_cx_active: Gauge
     downstream_cx_http1_active: Gauge
+    downstream_cx_http2_active: Gauge
     downstream_cx_upgrades_active: Gauge
     downstream_rq_active: Gauge
     downstream_rq_time: Histogram

@@ -17,8 +17,10 @@ Promises:
   has: a server-first protocol waits that long, as on Envoy, and is proxied as TCP; without it
   (Envoy's default) the connection is closed and counted in the listener's
   downstream_pre_cx_timeout.
-- The h2c preface is reported as not-HTTP to chain matching until an HTTP/2 codec exists, so
-  such connections take the listener's TCP chain.
+- The h2c preface is reported to chain matching as ALPN `h2c` (Istio's HTTP chains match
+  `http/1.1` and `h2c`). The HCM's codec_type picks the codec: HTTP1, HTTP2, or AUTO as
+  Envoy's: HTTP/2 when TLS negotiated ALPN `h2` or the first bytes are the HTTP/2 preface
+  (read until they can tell, `CodecSniff`), else HTTP/1.
 - A chain with a TLS transport socket terminates TLS first (proxy/tls_terminate.py, the
   chain's SSLContext from the snapshot): its network filter runs on the clear text, the HCM
   says `x-forwarded-proto: https`, tcp_proxy never splices, and handshakes are counted in
@@ -45,10 +47,11 @@ from pysidecar.model import (
     SocketAddress,
     TcpProxy,
 )
-from pysidecar.model.http import HttpConnectionManager
+from pysidecar.model.http import CodecType, HttpConnectionManager
 from pysidecar.observe.stats import ListenerStats
 from pysidecar.proxy.http.compiled import compiled
 from pysidecar.proxy.http.conn_manager import HttpConnection
+from pysidecar.proxy.http.h2_conn import PREFACE, Http2Connection
 from pysidecar.proxy.http.pool import pools_for
 from pysidecar.proxy.inspect import MAX_CLIENT_HELLO, TOO_LARGE, Inspection, TlsHello, decide
 from pysidecar.proxy.listener_table import ConnectionInfo, needs_inspection, select_filter_chain
@@ -61,8 +64,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# HTTP/2 (h2c) has no codec yet: such connections are matched as not-HTTP.
-HTTP2_SUPPORTED = False
 
 
 class ActiveConnection(asyncio.Protocol):
@@ -160,8 +161,6 @@ class ActiveConnection(asyncio.Protocol):
             self.sniff_timer = None
         self._count(found)
         protocols = found.application_protocols
-        if protocols == ("h2c",) and not HTTP2_SUPPORTED:
-            protocols = ()
         assert self.destination is not None
         info = ConnectionInfo(self.destination, found.transport_protocol, found.server_name, protocols)
         initial, self.sniff_buf = self.sniff_buf, b""
@@ -245,7 +244,7 @@ class ActiveConnection(asyncio.Protocol):
 
     def _attach(
         self, network_filter: NetworkFilter, info: ConnectionInfo, transport: asyncio.Transport, initial: bytes, secure: bool
-    ) -> TcpProxySession | HttpConnection:
+    ) -> TcpProxySession | HttpConnection | Http2Connection | CodecSniff:
         """Hand the connection (clear text, or the TLS transport when `secure`) to its filter."""
         if isinstance(network_filter, TcpProxy):
             session = TcpProxySession(
@@ -269,28 +268,52 @@ class ActiveConnection(asyncio.Protocol):
             session.start(transport, initial, self.worker.clusters, self.worker.rng, splice=not secure)
             return session
         if isinstance(network_filter, HttpConnectionManager):
-            conn = HttpConnection(
-                self.worker,
-                pools_for(self.worker, self.worker.loop),
-                compiled(network_filter, self.listener.traffic_direction),
-                info.destination,
-                self.listener.per_connection_buffer_limit_bytes,
-                self.closed,
-            )
-            conn.listener_name = self.listener.name
-            conn.local_address = str(info.destination)
-            conn.server_name = info.server_name or None
-            if secure:
-                conn.scheme = b"https"
-            peer = transport.get_extra_info("peername")
-            if peer:
-                conn.peer = str(SocketAddress(str(peer[0]), int(peer[1])))
-                conn.peer_ip = str(peer[0])
-            self.worker.connections.add(conn)
-            transport.set_protocol(conn)
-            conn.start(transport, initial)
-            return conn
+            return self._attach_http(network_filter, info, transport, initial, secure)
         raise AssertionError(f"no data path for network filter {type(network_filter).__name__}")
+
+    def _attach_http(
+        self, hcm: HttpConnectionManager, info: ConnectionInfo, transport: asyncio.Transport, initial: bytes, secure: bool
+    ) -> HttpConnection | Http2Connection | CodecSniff:
+        codec = hcm.codec_type
+        h2 = codec is CodecType.HTTP2
+        if codec is CodecType.AUTO:
+            ssl_object = transport.get_extra_info("ssl_object") if secure else None
+            alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+            if alpn == "h2" or initial.startswith(PREFACE):
+                h2 = True
+            elif PREFACE.startswith(initial):  # too few bytes to tell (none, without sniffing)
+                sniff = CodecSniff(self, hcm, info, transport, secure, initial)
+                self.worker.connections.add(sniff)
+                transport.set_protocol(sniff)
+                return sniff
+        return self.start_http(hcm, info, transport, initial, secure, h2)
+
+    def start_http(
+        self, hcm: HttpConnectionManager, info: ConnectionInfo, transport: asyncio.Transport, initial: bytes,
+        secure: bool, h2: bool,
+    ) -> HttpConnection | Http2Connection:  # fmt: skip
+        kind = Http2Connection if h2 else HttpConnection
+        conn = kind(
+            self.worker,
+            pools_for(self.worker, self.worker.loop),
+            compiled(hcm, self.listener.traffic_direction),
+            info.destination,
+            self.listener.per_connection_buffer_limit_bytes,
+            self.closed,
+        )
+        conn.listener_name = self.listener.name
+        conn.local_address = str(info.destination)
+        conn.server_name = info.server_name or None
+        if secure:
+            conn.scheme = b"https"
+        peer = transport.get_extra_info("peername")
+        if peer:
+            conn.peer = str(SocketAddress(str(peer[0]), int(peer[1])))
+            conn.peer_ip = str(peer[0])
+        self.worker.connections.add(conn)
+        transport.set_protocol(conn)
+        conn.start(transport, initial)
+        return conn
 
     def closed(self, session: object) -> None:
         if self.stats is not None:
@@ -316,3 +339,38 @@ class ActiveConnection(asyncio.Protocol):
             self.sniff_timer.cancel()
             self.sniff_timer = None
         self.closed(self)
+
+
+class CodecSniff(asyncio.Protocol):
+    """codec_type AUTO before the first bytes tell: the HTTP/2 preface, or HTTP/1."""
+
+    __slots__ = ("buf", "hcm", "info", "owner", "secure", "transport")
+
+    def __init__(
+        self, owner: ActiveConnection, hcm: HttpConnectionManager, info: ConnectionInfo,
+        transport: asyncio.Transport, secure: bool, initial: bytes,
+    ) -> None:  # fmt: skip
+        self.owner = owner
+        self.hcm = hcm
+        self.info = info
+        self.transport = transport
+        self.secure = secure
+        self.buf = initial
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if PREFACE.startswith(self.buf) and len(self.buf) < len(PREFACE):
+            return
+        self.owner.worker.connections.discard(self)
+        h2 = self.buf.startswith(PREFACE)
+        self.owner.start_http(self.hcm, self.info, self.transport, self.buf, self.secure, h2)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner.worker.connections.discard(self)
+        self.owner.closed(self)

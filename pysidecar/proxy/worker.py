@@ -51,6 +51,7 @@ from pysidecar.proxy.cluster_manager import ClusterManager
 from pysidecar.proxy.connection import ActiveConnection
 from pysidecar.proxy.control import ControlProtocol, Message
 from pysidecar.proxy.http.conn_manager import HttpConnection
+from pysidecar.proxy.http.h2_conn import Http2Connection
 from pysidecar.proxy.lb import Host
 from pysidecar.proxy.listener_table import ListenerTable
 from pysidecar.proxy.tls_context import contexts_for
@@ -295,8 +296,8 @@ class Worker:
         self.stop_accepting()
         self.draining = True
         for conn in self.connections:
-            if isinstance(conn, HttpConnection):
-                conn.draining = True
+            if isinstance(conn, (HttpConnection, Http2Connection)):
+                conn.start_drain()
         deadline = self.loop.time() + self.drain_time
         while self.connections and self.loop.time() < deadline:
             await asyncio.sleep(0.05)

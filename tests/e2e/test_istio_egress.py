@@ -359,3 +359,28 @@ def test_mesh_access_log_follows_a_reload(lab: Lab, world: tuple[Pod, Pod]) -> N
     assert eventually(lambda: any(x["path"] == "/status/418" for x in logged()), timeout=10)
     line = next(x for x in logged() if x["path"] == "/status/418")
     assert line["authority"] == "httpbin.org" and line["upstream_cluster"] == "outbound|80||httpbin.org"
+
+
+@pytest.mark.parametrize("proxy", PROXIES)
+def test_http2_prior_knowledge_through_15001(lab: Lab, world: tuple[Pod, Pod], proxy: str) -> None:
+    """h2c from the app: the sniffed preface takes the HTTP chain of 0.0.0.0_80 (ALPN h2c), the
+    ServiceEntry's route answers over HTTP/2, the upstream hop is HTTP/1.1."""
+    app, _ = world
+    start(proxy, app, _config_dir(lab, {"mesh.yaml": configs.mesh("REGISTRY_ONLY"), "se.yaml": configs.SE_HTTPBIN}))
+    r = app.run(
+        ["curl", "-s", "-m", "10", "--http2-prior-knowledge", "-w", "\n%{http_code} %{http_version}",
+         "http://httpbin.org/headers"],
+        timeout=15,
+    )  # fmt: skip
+    body, _, status = r.stdout.rpartition("\n")
+    assert status == "200 2", r.stdout
+    assert json.loads(body)["headers"]["X-Envoy-Decorator-Operation"] == "httpbin.org:80/*"
+    # Many streams on one connection, all answered; counted as HTTP/2 by the HCM.
+    r = app.run(["h2load", "-n", "100", "-c", "2", "-m", "10", "http://httpbin.org/status/200"], timeout=30)
+    assert "100 succeeded, 0 failed" in r.stdout and "status codes: 100 2xx" in r.stdout, r.stdout
+    s = stats(app)
+    assert s["http.outbound_0.0.0.0_80.downstream_cx_http2_total"] == 3
+    assert s["http.outbound_0.0.0.0_80.downstream_rq_2xx"] == 101
+    assert s["http_inspector.http2_found"] == 3
+    # Under REGISTRY_ONLY an unknown host on port 80 is block_all's 502, over HTTP/2 too.
+    assert curl(app, "--http2-prior-knowledge", "-H", "Host: unknown.example", "http://httpbin.org/")[0] == "502"

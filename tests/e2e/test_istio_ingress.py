@@ -362,3 +362,25 @@ def test_credential_rotation_is_picked_up(world: World, tmp_path: Path) -> None:
     assert eventually(lambda: world.https("httpbin.example.com", "/status/418", "--cacert", str(new_ca.crt))[0] == "418")
     code, _, log = world.https("httpbin.example.com", "/status/418")  # the old CA
     assert code == "000" and "certificate" in log.lower()
+
+
+@pytest.mark.parametrize("proxy", PROXIES)
+def test_tls_gateway_answers_h2_by_alpn(world: World, proxy: str) -> None:
+    """An HTTPS server offers ALPN h2 and http/1.1, as istiod's: curl --http2 gets HTTP/2 over
+    TLS, --http1.1 HTTP/1.1, on the same listener; the HCM counts each."""
+    certs = world.certs
+    world.write(_tls_files(certs, "SIMPLE", tls_secret("httpbin-credential", certs.httpbin)))
+    world.start(proxy)
+    host = "httpbin.example.com"
+    for flag, version in (("--http2", "2"), ("--http1.1", "1.1")):
+        r = world.client.run(
+            ["curl", "-s", "-k", "-i", "-m", "10", flag, "-w", "\n%{http_code} %{http_version}",
+             "--resolve", f"{host}:8443:{world.gateway.ip}", f"https://{host}:8443/status/418"],
+            timeout=15,
+        )  # fmt: skip
+        out, _, status = r.stdout.rpartition("\n")
+        assert status == f"418 {version}", r.stdout
+        assert "server: istio-envoy" in out.lower()
+    s = stats(world.gateway)
+    assert s["http.outbound_0.0.0.0_8443.downstream_cx_http2_total"] == 1
+    assert s["http.outbound_0.0.0.0_8443.downstream_cx_http1_total"] == 1

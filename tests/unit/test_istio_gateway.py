@@ -190,7 +190,7 @@ def test_simple_tls_one_chain_per_host(tmp_path: Path, certs: SeedCerts) -> None
     ts = httpbin.transport_socket
     assert ts is not None and not ts.require_client_certificate and ts.trusted_ca is None
     assert ts.tls_certificates[0].certificate_chain.inline_string == certs.httpbin.crt_text()
-    assert ts.alpn_protocols == ("http/1.1",)
+    assert ts.alpn_protocols == ("h2", "http/1.1")
     h = httpbin.terminal_filter
     assert isinstance(h, HttpConnectionManager)
     assert h.route_config.name == "https.443.https-httpbin.mygateway.default"

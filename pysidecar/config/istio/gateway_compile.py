@@ -83,8 +83,7 @@ log = logging.getLogger(__name__)
 
 GATEWAY_SERVER_NAME = "istio-envoy"
 BLACKHOLE_VHOST = "blackhole"
-# istiod offers h2 too; pysidecar has no HTTP/2 codec, so its gateways negotiate HTTP/1.1 only.
-HTTPS_ALPN = ("http/1.1",)
+HTTPS_ALPN = ("h2", "http/1.1")  # as istiod sets on HTTPS gateway servers
 
 
 @dataclass(frozen=True, slots=True)

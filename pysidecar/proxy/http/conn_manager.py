@@ -18,7 +18,7 @@ Promises:
 - After a 101 response the connection is a byte tunnel to the upstream connection.
 - While the worker drains (SIGTERM), every response carries `connection: close` and the
   connection closes after it, as Envoy's drain does for HTTP/1.
-- Every finished stream is recorded in one place (`_record`): HCM stats, its StreamInfo
+- Every finished stream is recorded in one place (`Downstream.record`): HCM stats, its StreamInfo
   finished, and `worker.stream_complete(info)` when the worker has it.
 """
 
@@ -29,15 +29,16 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httptools
 
 from pysidecar.model import SocketAddress
-from pysidecar.observe.stats import HttpConnManagerStats
-from pysidecar.observe.stream_info import StreamInfo
 from pysidecar.proxy.http import local_reply as lr
+from pysidecar.proxy.http.codec import CHUNK_END, CRLF, encode_head
 from pysidecar.proxy.http.compiled import CompiledHcm
+from pysidecar.proxy.http.downstream import Downstream
+from pysidecar.proxy.http.headers import Headers
 from pysidecar.proxy.http.pool import PoolManager, UpstreamConnection
 from pysidecar.proxy.http.stream import ActiveStream
 
@@ -45,6 +46,10 @@ if TYPE_CHECKING:
     from pysidecar.proxy.worker import Worker
 
 log = logging.getLogger(__name__)
+
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+HTTP10 = b"HTTP/1.0"
+_NO_BODY_STATUS = frozenset({204, 304})
 
 # Why reading from the client is paused; reading resumes when no reason is left.
 PAUSE_PIPELINE, PAUSE_UPSTREAM, PAUSE_BODY = 1, 2, 4
@@ -61,15 +66,9 @@ class _Reject(Exception):
         self.details = details
 
 
-class HttpConnection(asyncio.Protocol):
+class HttpConnection(Downstream):
     __slots__ = (
-        "_record_cb",
         "active",
-        "buffer_limit",
-        "cfg",
-        "closing",
-        "destination",
-        "draining",
         "h2c",
         "head_raw",
         "head_size",
@@ -77,29 +76,14 @@ class HttpConnection(asyncio.Protocol):
         "headers_timer",
         "idle_mark",
         "idle_moved",
-        "idle_timer",
         "in_head",
-        "listener_name",
-        "local_address",
-        "loop",
-        "on_close",
         "parser",
         "parsing",
         "paused",
         "paused_upstream",
-        "peer",
-        "peer_ip",
-        "pools",
         "queue",
-        "scheme",
-        "server_name",
-        "started_at",
-        "stats",
-        "stream_idle_timer",
-        "transport",
         "tunnel",
         "upgrade_rest",
-        "worker",
     )
 
     def __init__(
@@ -111,23 +95,13 @@ class HttpConnection(asyncio.Protocol):
         buffer_limit: int,
         on_close: Callable[[HttpConnection], None],
     ) -> None:
-        self.worker = worker
-        self.loop = worker.loop
-        self.pools = pools
-        self.cfg = cfg
-        self.stats: HttpConnManagerStats = worker.stats.http(cfg.config.stat_prefix)
-        self.destination = destination
-        self.buffer_limit = buffer_limit
-        self.on_close = on_close
-        self.transport: asyncio.Transport | None = None
+        super().__init__(worker, pools, cfg, destination, buffer_limit, on_close)
         self.parser = httptools.HttpRequestParser(self)
         self.parsing: ActiveStream | None = None
         self.active: ActiveStream | None = None
         self.queue: deque[ActiveStream] = deque()
         self.tunnel: ActiveStream | None = None
         self.upgrade_rest = b""
-        self.closing = False
-        self.draining = worker.draining  # set by the worker's drain: responses say close
         self.paused = 0
         self.paused_upstream: UpstreamConnection | None = None
         self.head_size = 0
@@ -136,40 +110,20 @@ class HttpConnection(asyncio.Protocol):
         self.head_raw = 0  # bytes of the head in progress read after the read it began in
         self.headers_timer: asyncio.TimerHandle | None = None
         self.head_started = 0.0  # loop time the request head in progress began; 0: none
-        self.idle_timer: asyncio.TimerHandle | None = None
-        # The stream idle timeout: one lazy timer per connection (see _on_stream_idle).
-        self.stream_idle_timer: asyncio.TimerHandle | None = None
+        # The stream idle timer (Downstream's) ticks over these (see _on_stream_idle).
         self.idle_mark: tuple[object, ...] = ()
         self.idle_moved = 0.0  # loop time the stream in progress was last seen to move
-        self.listener_name: str | None = None
-        self.local_address: str | None = None
-        self.peer: str | None = None
-        self.peer_ip = ""  # the downstream address without port (x-forwarded-for on edge HCMs)
-        # The downstream connection's scheme: x-forwarded-proto when the client sent none.
-        self.scheme = b"http"
-        self.server_name: str | None = None  # the TLS SNI, for %REQUESTED_SERVER_NAME%
-        self.started_at = 0.0
-        self._record_cb: Callable[[StreamInfo], Any] | None = getattr(
-            worker, "stream_complete", None
-        )
 
     # == lifecycle ============================================================================
     def start(self, transport: asyncio.Transport, initial: bytes) -> None:
         """Take over an accepted connection (its protocol was switched to this one)."""
-        self.transport = transport
-        transport.set_write_buffer_limits(high=self.buffer_limit)
-        self.started_at = self.loop.time()
+        self.begin(transport)
         s = self.stats
-        s.downstream_cx_total += 1
         s.downstream_cx_http1_total += 1
-        s.downstream_cx_active += 1
         s.downstream_cx_http1_active += 1
         self._arm_idle()
         if initial:
             self.data_received(initial)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # pragma: no cover
-        raise AssertionError("HttpConnection is attached with set_protocol")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -208,11 +162,6 @@ class HttpConnection(asyncio.Protocol):
             st.close_after = True
         return self.active is not None
 
-    def close(self) -> None:
-        """Close now (drain's end); open streams are reset by connection_lost."""
-        if self.transport is not None:
-            self.transport.close()
-
     def close_when_flushed(self) -> None:
         """Close once what is buffered is written. With delayed_close_timeout (Envoy's default
         1 s), our side is shut (FIN after the buffer) and the client gets that long to close
@@ -231,11 +180,6 @@ class HttpConnection(asyncio.Protocol):
             self.paused = 0
             t.resume_reading()  # reading on is what lets the client's close arrive
         self.loop.call_later(delay, t.close)  # a no-op once the transport is closed
-
-    def abort(self) -> None:
-        self.closing = True
-        if self.transport is not None:
-            self.transport.abort()
 
     # == bytes in =============================================================================
     def data_received(self, data: bytes) -> None:
@@ -289,6 +233,87 @@ class HttpConnection(asyncio.Protocol):
         self.stats.downstream_cx_tx_bytes_total += sum(map(len, parts))
         assert self.transport is not None
         self.transport.writelines(parts)
+
+    # == the codec's encoding side: what ActiveStream hands its downstream ======================
+    def encode_continue(self, st: ActiveStream) -> None:
+        self.write(CONTINUE_100)
+
+    def encode_headers(self, st: ActiveStream, status: int, headers: Headers, has_length: bool) -> None:
+        """The response head: HTTP/1 adds connection and chunked framing (HEAD / 204 / 304 have
+        no body), answers in the request's version, and holds the head until the first body
+        bytes (or the end of the upstream's read, `encode_flush`) so that head and body leave
+        in one write: a syscall per response. A 101 is written at once."""
+        chunked = False  # framed as chunked: transfer-encoding goes last
+        if status == 101:
+            head = encode_head(status, headers)
+            self.write(HTTP10 + head[8:] if st.http10 else head)
+            return
+        if status not in _NO_BODY_STATUS and not has_length:
+            if st.http10:
+                st.close_after = True  # HTTP/1.0 has no chunking: the close ends the body
+            else:
+                # A HEAD response says it too, without a body (as Envoy 1.40 does).
+                chunked = True
+                st.chunked_out = not st.head_request
+        if st.close_after or not st.keep_alive or self.draining:
+            st.close_after = True
+            headers.append((b"connection", b"close"))
+        elif st.http10:
+            headers.append((b"connection", b"keep-alive"))  # HTTP/1.0 closes unless told
+        if chunked:
+            headers.append((b"transfer-encoding", b"chunked"))
+        head = encode_head(status, headers)
+        st.head_out = HTTP10 + head[8:] if st.http10 else head
+
+    def encode_flush(self, st: ActiveStream) -> None:
+        head = st.head_out
+        if head:
+            st.head_out = b""
+            self.write(head)
+
+    def encode_data(self, st: ActiveStream, data: bytes) -> None:
+        head = st.head_out
+        if st.chunked_out:
+            parts = [b"%x\r\n" % len(data), data, CRLF]
+            if head:
+                parts.insert(0, head)
+        elif head:
+            parts = [head, data]
+        else:
+            self.write(data)
+            return
+        st.head_out = b""
+        self.writelines(parts)
+
+    def encode_end(self, st: ActiveStream) -> None:
+        head = st.head_out
+        if st.chunked_out:
+            st.head_out = b""
+            self.write(head + CHUNK_END if head else CHUNK_END)
+        elif head:
+            st.head_out = b""
+            self.write(head)
+
+    def encode_local_reply(self, st: ActiveStream, status: int, body: bytes) -> None:
+        """A local reply, whole. One sent before the request's body is read ends the
+        connection, as Envoy's does: what follows would be parsed as that body."""
+        if not st.keep_alive or self.draining or (st.has_body and not st.request_done):
+            st.close_after = True
+        cfg = self.cfg
+        data = lr.local_reply(
+            status,
+            body,
+            cfg.server,
+            st.response_ops,
+            cfg.lua_response,
+            close=st.close_after,
+            head_only=st.head_request,
+        )
+        self.write(HTTP10 + data[8:] if st.http10 else data)
+
+    def reset_stream(self, st: ActiveStream) -> None:
+        """A response cannot go on (mid-body timeout, upstream reset): HTTP/1 can only close."""
+        self.abort()
 
     # -- httptools callbacks ---------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -409,7 +434,7 @@ class HttpConnection(asyncio.Protocol):
     def stream_done(self, st: ActiveStream) -> None:
         """Called by a stream when its response is over, and again when its request is."""
         if st.info.end_time is None:
-            self._record(st)
+            self.record(st)
         if st is not self.active or not (st.request_done or st.close_after):
             return
         self.active = None
@@ -429,32 +454,9 @@ class HttpConnection(asyncio.Protocol):
         if self.active is None and self.idle_timer is None:
             self._arm_idle()
 
-    def _record(self, st: ActiveStream) -> None:
-        """The one place a finished request is accounted: stats, StreamInfo, the worker hook."""
-        info = st.info
-        info.finish()
-        s = self.stats
-        s.downstream_rq_active -= 1
-        s.downstream_rq_completed += 1
-        code = info.response_code // 100
-        if code == 2:
-            s.downstream_rq_2xx += 1
-        elif code == 5:
-            s.downstream_rq_5xx += 1
-        elif code == 4:
-            s.downstream_rq_4xx += 1
-        elif code == 3:
-            s.downstream_rq_3xx += 1
-        elif code == 1:
-            s.downstream_rq_1xx += 1
-        assert info.end_time is not None
-        s.downstream_rq_time.record((info.end_time - info.start_time) * 1000)
-        cb = self._record_cb
-        if cb is not None:
-            try:
-                cb(info)
-            except Exception:  # an access log bug must not break the data path
-                log.exception("stream_complete failed")
+    def start_drain(self) -> None:
+        """The worker drains: every response from now on says close (see encode_headers)."""
+        self.draining = True
 
     def start_tunnel(self, st: ActiveStream) -> None:
         self.tunnel = st
@@ -479,6 +481,13 @@ class HttpConnection(asyncio.Protocol):
 
     def resume_reading(self, reason: int = PAUSE_UPSTREAM) -> None:
         self.pause_clear(reason)
+
+    def pause_stream(self, st: ActiveStream) -> None:
+        """The stream's upstream cannot take more (or its body waits for a connect)."""
+        self.pause_reading(PAUSE_UPSTREAM)
+
+    def resume_stream(self, st: ActiveStream) -> None:
+        self.pause_clear(PAUSE_UPSTREAM)
 
     def pause_clear(self, reasons: int) -> None:
         if not self.paused & reasons:
@@ -585,7 +594,7 @@ class HttpConnection(asyncio.Protocol):
             self.active.drop_upstream()
         st = self.active or self.parsing or ActiveStream(self)
         if self.active is None:
-            self.stats.downstream_rq_active += 1  # _record takes it back
+            self.stats.downstream_rq_active += 1  # record takes it back
         self.active = st
         self.parsing = None
         self.closing = True
@@ -606,7 +615,7 @@ class HttpConnection(asyncio.Protocol):
         st.response_done = True
         st.request_done = True
         st.close_after = True
-        self._record(st)
+        self.record(st)
         self.active = None
         self.close_when_flushed()
 

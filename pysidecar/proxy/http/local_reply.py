@@ -51,6 +51,23 @@ def reset_details(reason: str, transport_failure: str | None) -> str:
     return f"upstream_reset_before_response_started{{{words}}}"
 
 
+def local_reply_headers(
+    status: int, body: bytes, server: bytes, route_ops: HeaderOps = (), filter_ops: HeaderOps = ()
+) -> list[tuple[bytes, bytes]]:
+    """A local reply's headers, any protocol, in Envoy 1.40's order (checked against it): the
+    route's response headers, content-length and content-type when there is a body, the HTTP
+    filters' additions, date, server."""
+    headers: list[tuple[bytes, bytes]] = apply_ops([], route_ops) if route_ops else []
+    if body:
+        headers.append((b"content-length", str(len(body)).encode()))
+        headers.append((b"content-type", b"text/plain"))
+    if filter_ops:
+        headers = apply_ops(headers, filter_ops)
+    headers.append((b"date", http_date()))
+    headers.append((b"server", server))
+    return headers
+
+
 def local_reply(
     status: int,
     body: bytes,
@@ -60,18 +77,10 @@ def local_reply(
     close: bool = False,
     head_only: bool = False,
 ) -> bytes:
-    """A whole local reply, headers in Envoy 1.40's order (checked against it): the route's
-    response headers, content-length and content-type when there is a body, the HTTP filters'
-    additions, date, server, `connection: close`, then `content-length: 0` for an empty body
-    (for HEAD, Envoy announces an empty body as chunked instead)."""
-    headers: list[tuple[bytes, bytes]] = apply_ops([], route_ops) if route_ops else []
-    if body:
-        headers.append((b"content-length", str(len(body)).encode()))
-        headers.append((b"content-type", b"text/plain"))
-    if filter_ops:
-        headers = apply_ops(headers, filter_ops)
-    headers.append((b"date", http_date()))
-    headers.append((b"server", server))
+    """A whole HTTP/1.1 local reply: `local_reply_headers`, then `connection: close`, then
+    `content-length: 0` for an empty body (for HEAD, Envoy announces an empty body as chunked
+    instead)."""
+    headers = local_reply_headers(status, body, server, route_ops, filter_ops)
     if close:
         headers.append((b"connection", b"close"))
     if not body:

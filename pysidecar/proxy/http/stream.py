@@ -30,7 +30,7 @@ from pysidecar.observe.stats import ClusterHttpStats
 from pysidecar.observe.stream_info import StreamInfo
 from pysidecar.proxy.cluster_manager import ClusterRuntime
 from pysidecar.proxy.http import local_reply as lr
-from pysidecar.proxy.http.codec import CHUNK_END, CRLF, encode_head, encode_request_head, http_date
+from pysidecar.proxy.http.codec import CHUNK_END, CRLF, encode_request_head, http_date
 from pysidecar.proxy.http.edge import edge_request
 from pysidecar.proxy.http.headers import (
     APPEND,
@@ -64,10 +64,8 @@ from pysidecar.proxy.lb import Host
 if TYPE_CHECKING:
     from pysidecar.model.http import RetryPolicy
     from pysidecar.proxy.http.conn_manager import HttpConnection
+    from pysidecar.proxy.http.h2_conn import Http2Connection
 
-CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
-HTTP10 = b"HTTP/1.0"
-_NO_BODY_STATUS = frozenset({204, 304})
 # require_tls ALL's answer: the same request over https, 301 (Envoy's SslRedirectRoute).
 HTTPS_REDIRECT = RedirectAction(https_redirect=True, response_code=301)
 
@@ -162,7 +160,7 @@ class ActiveStream:
         "url",
     )
 
-    def __init__(self, conn: HttpConnection) -> None:
+    def __init__(self, conn: HttpConnection | Http2Connection) -> None:
         self.conn = conn
         self.url = b""
         self.method = b""
@@ -231,7 +229,8 @@ class ActiveStream:
             host_b, target = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
         path = target.decode("latin-1")
         host = host_b.decode("latin-1")
-        info.protocol = "HTTP/1.0" if self.http10 else "HTTP/1.1"
+        if info.protocol is None:  # an HTTP/2 connection sets its own
+            info.protocol = "HTTP/1.0" if self.http10 else "HTTP/1.1"
         info.method = self.method.decode("latin-1")
         info.path = path
         info.authority = host or None
@@ -259,7 +258,7 @@ class ActiveStream:
             and not cfg.config.proxy_100_continue
             and expect.lower() == b"100-continue"
         ):
-            conn.write(CONTINUE_100)  # as Envoy's decodeHeaders: before routing, local replies
+            conn.encode_continue(self)  # as Envoy's decodeHeaders: before routing, local replies
 
         if not host_b:  # Envoy's 400 (HTTP/1.0 too: no default_host_for_http_10), and a close
             self.close_after = True
@@ -357,6 +356,10 @@ class ActiveStream:
             up.append((b"upgrade", upgrade_value))
         if self.chunked_in:
             up.append((b"transfer-encoding", b"chunked"))
+        elif cl is None and self.method not in _NO_BODY_METHODS and not self.upgrade:
+            # Envoy's HTTP/1 upstream codec says so for a bodiless request of a method that
+            # usually has a body (POST, PUT, OPTIONS, ...; checked on 1.40, HTTP/1 and HTTP/2).
+            up.append((b"content-length", b"0"))
         self.up_headers = up
         self.up_target = target
         self.start_attempt()
@@ -381,7 +384,7 @@ class ActiveStream:
         if self.body_bytes > self.conn.buffer_limit and not self.paused_for_body:
             self.retain = False
             self.paused_for_body = True
-            self.conn.pause_reading()
+            self.conn.pause_stream(self)
 
     def decode_complete(self) -> None:
         self.request_done = True
@@ -468,7 +471,7 @@ class ActiveStream:
         up.writelines(parts)
         if self.paused_for_body:
             self.paused_for_body = False
-            self.conn.resume_reading()
+            self.conn.resume_stream(self)
         if self.request_done:
             self._request_sent(up)
 
@@ -496,7 +499,7 @@ class ActiveStream:
             self.rq_stats.upstream_rq_rx_reset += 1  # type: ignore[union-attr]
             self.info.response_flags.append(lr.UC)
             self.close_after = True
-            self.conn.abort()
+            self.conn.reset_stream(self)
             self._finish()
             return
         self._reset_before_response(reason, failure)
@@ -582,7 +585,7 @@ class ActiveStream:
         self._end_attempt()
         if self.response_started:
             self.info.response_flags.append(lr.UT)
-            self.conn.abort()
+            self.conn.reset_stream(self)
             self._finish()
             return
         policy = self.policy
@@ -606,7 +609,7 @@ class ActiveStream:
             return
         if self.response_started:
             self.drop_upstream()
-            self.conn.abort()
+            self.conn.reset_stream(self)
             self._finish()
             return
         status = 504 if self.request_done else 408
@@ -620,7 +623,7 @@ class ActiveStream:
         self.drop_upstream()
         self.info.response_flags.append(lr.UT)
         if self.response_started:
-            self.conn.abort()
+            self.conn.reset_stream(self)
             self._finish()
             return
         self._local(504, lr.UPSTREAM_TIMEOUT_BODY, None, "response_timeout")
@@ -676,63 +679,28 @@ class ActiveStream:
                 )
                 out = replace_header(out, b"server", cfg.server)
                 seen |= HAS_SERVER
-        chunked = False  # framed as chunked: the codec's transfer-encoding goes last
         if status == 101:
             out.append((b"connection", b"upgrade"))
             up_value = get(headers, b"upgrade")
             if up_value is not None:
                 out.append((b"upgrade", up_value))
             self.tunnel = True
-        elif status not in _NO_BODY_STATUS and not seen & HAS_LENGTH:
-            if self.http10:
-                self.close_after = True  # HTTP/1.0 has no chunking: the close ends the body
-            else:
-                # A HEAD response says it too, without a body (as Envoy 1.40 does).
-                chunked = True
-                self.chunked_out = not self.head_request
         if not seen & HAS_DATE:
             out.append((b"date", http_date()))
         if not seen & HAS_SERVER:
             out.append(cfg.server_header)
-        if status != 101 and (self.close_after or not self.keep_alive or conn.draining):
-            self.close_after = True
-            out.append((b"connection", b"close"))
-        elif self.http10:
-            out.append((b"connection", b"keep-alive"))  # HTTP/1.0 closes unless told
-        if chunked:
-            out.append((b"transfer-encoding", b"chunked"))
-        head = encode_head(status, out)
-        if self.http10:
-            head = HTTP10 + head[8:]  # Envoy answers in the request's version
+        # The codec frames it (HTTP/1: connection, chunking, the head held for the body).
+        conn.encode_headers(self, status, out, seen & HAS_LENGTH != 0)
         if self.tunnel:
-            conn.write(head)
             conn.start_tunnel(self)
-        else:
-            # Held until the first body bytes (or the end of this read from the upstream,
-            # `flush_head`) so that head and body leave in one write: a syscall per response.
-            self.head_out = head
 
     def flush_head(self) -> None:
-        """Write a response head that is still held (see upstream_headers)."""
-        head = self.head_out
-        if head:
-            self.head_out = b""
-            self.conn.write(head)
+        """Write a response head the codec still holds (HTTP/1: see encode_headers)."""
+        self.conn.encode_flush(self)
 
     def upstream_body(self, data: bytes) -> None:
         self.info.bytes_sent += len(data)
-        head = self.head_out
-        if self.chunked_out:
-            parts = [b"%x\r\n" % len(data), data, CRLF]
-            if head:
-                parts.insert(0, head)
-        elif head:
-            parts = [head, data]
-        else:
-            self.conn.write(data)
-            return
-        self.head_out = b""
-        self.conn.writelines(parts)
+        self.conn.encode_data(self, data)
 
     def upstream_complete(self) -> None:
         self.upstream = None
@@ -744,23 +712,19 @@ class ActiveStream:
             )
         if self.response_done:
             return
-        if self.chunked_out:
-            head, self.head_out = self.head_out, b""
-            self.conn.write(head + CHUNK_END if head else CHUNK_END)
-        else:
-            self.flush_head()
+        self.conn.encode_end(self)
         self._finish()
 
     def upstream_continue(self) -> None:
         """The upstream's `100 Continue`: the client's, under proxy_100_continue."""
         if self.conn.cfg.config.proxy_100_continue and not self.response_started:
-            self.conn.write(CONTINUE_100)
+            self.conn.encode_continue(self)
 
     def upstream_pause_writing(self) -> None:
-        self.conn.pause_reading()
+        self.conn.pause_stream(self)
 
     def upstream_resume_writing(self) -> None:
-        self.conn.resume_reading()
+        self.conn.resume_stream(self)
 
     # -- websocket and other upgrades: a byte tunnel after 101 ---------------------------------
     def upstream_tunnel_data(self, data: bytes) -> None:
@@ -790,21 +754,8 @@ class ActiveStream:
             info.response_flags.append(flag)
         info.response_code = status
         info.response_code_details = details
-        # A reply before the request's body is read ends the connection, as Envoy's does: what
-        # follows on it would otherwise be parsed as the old request's body.
-        if not self.keep_alive or conn.draining or (self.has_body and not self.request_done):
-            self.close_after = True
-        data = lr.local_reply(
-            status,
-            body,
-            conn.cfg.server,
-            self.response_ops,
-            conn.cfg.lua_response,
-            close=self.close_after,
-            head_only=self.head_request,
-        )
         info.bytes_sent += 0 if self.head_request else len(body)
-        conn.write(HTTP10 + data[8:] if self.http10 else data)
+        conn.encode_local_reply(self, status, body)
         self.response_started = True
         self._finish()
 
@@ -820,11 +771,13 @@ class ActiveStream:
         self.timer = self.per_try_timer = self.retry_timer = None
         if self.paused_for_body:
             self.paused_for_body = False
-            self.conn.resume_reading()
+            self.conn.resume_stream(self)
         self.conn.stream_done(self)
 
 
 ATTEMPT_COUNT = b"x-envoy-attempt-count"
+# HeaderUtility::requestShouldHaveNoBody: no `content-length: 0` is added for these.
+_NO_BODY_METHODS = frozenset({b"GET", b"HEAD", b"DELETE", b"TRACE", b"CONNECT"})
 # Connection tokens that are about the connection itself, not names of headers to drop.
 _CONNECTION_OWN = frozenset({b"close", b"keep-alive", b"upgrade"})
 

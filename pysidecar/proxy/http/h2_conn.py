@@ -1,0 +1,710 @@
+"""envoy.filters.network.http_connection_manager over HTTP/2: the downstream connection.
+
+A thin asyncio.Protocol over h2's sans-I/O `H2Connection`: each request stream runs the same
+`ActiveStream` as HTTP/1 (routing, retries, timeouts, header operations, local replies) to the
+same HTTP/1.1 upstream pools; this module only turns h2 events into stream calls and the
+stream's encode_* calls into frames.
+
+Promises:
+- A stream's headers become the HTTP/1-shaped request ActiveStream knows: `:method`, `:path`
+  (the URL), `:authority` as the first header, `host` (a `host` header the client also sent is
+  dropped, as Envoy keeps one authority). A request body without content-length goes upstream
+  chunked, as Envoy's HTTP/1 upstream codec sends it.
+- Malformed frames or headers (h2's validation: missing or repeated pseudo-headers, upper-case
+  names, connection-specific headers) end the whole connection with GOAWAY PROTOCOL_ERROR, as
+  Envoy does by default (`override_stream_error_on_invalid_http_message` false), counted in
+  downstream_cx_protocol_error.
+- Flow control both ways, never unbounded: request DATA is acknowledged (WINDOW_UPDATE) only
+  once handed to the stream, and not while the stream is paused (its upstream cannot take
+  more, or its body waits for a connect beyond the buffer limit): the client's windows bound
+  what is held. Response bytes beyond the client's window wait per stream while that stream's
+  upstream stops being read; they go out on WINDOW_UPDATE. A full socket buffer pauses every
+  stream's upstream.
+- Frames of one loop iteration leave in one write.
+- A mid-response failure resets that stream only (RST_STREAM INTERNAL_ERROR); a drain sends
+  GOAWAY (NO_ERROR) and closes once the open streams are done; the idle timeout closes a
+  connection without streams the same way.
+- HCM stats: downstream_cx_http2_total / _active, downstream_rq_http2_total and the shared
+  ones (record_stream); the access log's %PROTOCOL% is `HTTP/2`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from pysidecar.model import SocketAddress
+from pysidecar.proxy.http import local_reply as lr
+from pysidecar.proxy.http.compiled import CompiledHcm
+from pysidecar.proxy.http.downstream import Downstream
+from pysidecar.proxy.http.headers import Headers
+from pysidecar.proxy.http.pool import PoolManager, UpstreamConnection
+from pysidecar.proxy.http.stream import ActiveStream
+
+if TYPE_CHECKING:
+    from pysidecar.proxy.worker import Worker
+
+log = logging.getLogger(__name__)
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# pysidecar's windows when http2_protocol_options does not say (Envoy's are 256 MiB: what a
+# client may send unasked, and so what a slow upstream would make us hold).
+DEFAULT_STREAM_WINDOW = 1 << 20
+DEFAULT_CONNECTION_WINDOW = 4 << 20
+DEFAULT_MAX_CONCURRENT_STREAMS = 2**31 - 1  # Envoy's
+_H2_DEFAULT_WINDOW = 65535  # the connection window every HTTP/2 connection starts with
+# ActiveStream.head_out while the stream's response head waits in `held`: the pool then calls
+# flush_head at the end of the upstream's read, as for HTTP/1's held head.
+HELD = b"held"
+
+
+class _Pending:
+    """Response bytes the client's window does not take yet, and whether the end follows."""
+
+    __slots__ = ("data", "end")
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.end = False
+
+
+class Http2Connection(Downstream):
+    __slots__ = (
+        "ended",
+        "flush_scheduled",
+        "h2",
+        "held",
+        "idle_marks",
+        "ids",
+        "max_streams",
+        "paused",
+        "paused_upstreams",
+        "pending",
+        "streams",
+        "unacked",
+        "write_blocked",
+    )
+
+    def __init__(
+        self,
+        worker: Worker,
+        pools: PoolManager,
+        cfg: CompiledHcm,
+        destination: SocketAddress,
+        buffer_limit: int,
+        on_close: Callable[[Http2Connection], None],
+    ) -> None:
+        super().__init__(worker, pools, cfg, destination, buffer_limit, on_close)
+        self.h2 = h2.connection.H2Connection(
+            # Request headers are checked by `malformed` (h2's own checks refuse a host that
+            # differs from :authority, which Envoy takes, using :authority).
+            h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=False)
+        )
+        self.streams: dict[int, ActiveStream] = {}
+        self.ids: dict[ActiveStream, int] = {}
+        self.pending: dict[int, _Pending] = {}
+        self.held: dict[int, Headers] = {}  # response heads not sent yet (encode_headers)
+        self.ended: set[int] = set()  # streams whose END_STREAM went out
+        self.idle_marks: dict[ActiveStream, tuple[tuple[int, int, bool], float]] = {}
+        self.unacked: dict[int, int] = {}  # stream id → DATA bytes held back while paused
+        self.paused: dict[int, int] = {}  # stream id → pause count
+        self.paused_upstreams: list[UpstreamConnection] = []
+        self.write_blocked = False
+        self.flush_scheduled = False
+        self.max_streams = DEFAULT_MAX_CONCURRENT_STREAMS
+
+    # == lifecycle ============================================================================
+    def start(self, transport: asyncio.Transport, initial: bytes) -> None:
+        self.begin(transport)
+        s = self.stats
+        s.downstream_cx_http2_total += 1
+        s.downstream_cx_http2_active += 1
+        o = self.cfg.config.http2
+        window = (o and o.initial_stream_window_size) or DEFAULT_STREAM_WINDOW
+        cx_window = (o and o.initial_connection_window_size) or DEFAULT_CONNECTION_WINDOW
+        streams = (o and o.max_concurrent_streams) or DEFAULT_MAX_CONCURRENT_STREAMS
+        self.max_streams = streams
+        self.h2.local_settings = _settings(streams, window, self.cfg.header_limit)
+        # h2's header decoder would end the connection past its 64 KiB; the limits above are
+        # checked per stream in _request, as Envoy does (bounded still, at 4 times).
+        self.h2.decoder.max_header_list_size = 4 * self.cfg.header_limit
+        self.h2.initiate_connection()
+        # The SETTINGS frame is written: from here h2 enforces nothing on stream counts (past
+        # its limit it raises mid-read, losing the other frames' events); _request refuses the
+        # excess streams one by one, as Envoy does.
+        self.h2.local_settings = _settings(DEFAULT_MAX_CONCURRENT_STREAMS, window, self.cfg.header_limit)
+        if cx_window > _H2_DEFAULT_WINDOW:
+            self.h2.increment_flow_control_window(cx_window - _H2_DEFAULT_WINDOW)
+        self._flush()
+        self._arm_idle()
+        if self.draining:
+            self.start_drain()
+        if initial:
+            self.data_received(initial)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        for t in (self.idle_timer, self.stream_idle_timer):
+            if t is not None:
+                t.cancel()
+        streams = list(self.streams.values())
+        self.streams.clear()
+        for st in streams:
+            st.downstream_reset()
+        s = self.stats
+        s.downstream_cx_active -= 1
+        s.downstream_cx_http2_active -= 1
+        s.downstream_cx_destroy += 1
+        s.downstream_cx_length_ms.record((self.loop.time() - self.started_at) * 1000)
+        self.on_close(self)
+
+    def eof_received(self) -> bool:
+        return False  # HTTP/2 has no half-close of the connection: close it
+
+    def close_when_flushed(self) -> None:
+        """GOAWAY, then close once what is buffered is written."""
+        if self.closing:
+            return
+        self.closing = True
+        self._goaway(h2.errors.ErrorCodes.NO_ERROR)
+        if self.transport is not None:
+            self.transport.close()
+
+    def start_drain(self) -> None:
+        """The worker drains: GOAWAY now (no new streams), close when the open ones are done."""
+        self.draining = True
+        if not self.streams:
+            self.close_when_flushed()
+            return
+        self._goaway(h2.errors.ErrorCodes.NO_ERROR)
+
+    def _goaway(self, code: h2.errors.ErrorCodes) -> None:
+        if self.h2.state_machine.state is h2.connection.ConnectionState.CLOSED:
+            return
+        try:
+            self.h2.close_connection(error_code=code)
+        except h2.exceptions.ProtocolError:
+            return  # a GOAWAY went out already
+        self._flush()
+
+    # == bytes in =============================================================================
+    def data_received(self, data: bytes) -> None:
+        self.stats.downstream_cx_rx_bytes_total += len(data)
+        if self.closing:
+            return
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as e:
+            self._protocol_error(e)
+            return
+        self._events(events)
+        self._schedule_flush()
+
+    def _events(self, events: list[h2.events.Event]) -> None:
+        for ev in events:
+            if self.closing:  # a protocol error ended the connection: the rest is moot
+                return
+            try:
+                self._event(ev)
+            except Exception as e:  # a bug must cost this connection only, never the worker
+                log.error("http2 connection error: %r", e, exc_info=e)
+                self._goaway(h2.errors.ErrorCodes.INTERNAL_ERROR)
+                self.abort()
+                return
+
+    def _event(self, ev: h2.events.Event) -> None:
+        if isinstance(ev, h2.events.DataReceived):
+            self._data(ev.stream_id, ev.data or b"", ev.flow_controlled_length or 0)
+        elif isinstance(ev, h2.events.RequestReceived):
+            self._request(ev.stream_id, ev.headers or [], ev.stream_ended is not None)
+        elif isinstance(ev, h2.events.StreamEnded):
+            st = self.streams.get(ev.stream_id or 0)
+            if st is not None:
+                st.decode_complete()
+        elif isinstance(ev, h2.events.StreamReset):
+            self._reset_by_client(ev.stream_id or 0)
+        elif isinstance(ev, h2.events.WindowUpdated):
+            self._window_updated(ev.stream_id or 0)
+        elif isinstance(ev, h2.events.ConnectionTerminated):
+            # The client's GOAWAY: no new streams from it; the open ones finish, then we close.
+            self.draining = True
+            if not self.streams:
+                self.close_when_flushed()
+        # Request trailers (TrailersReceived) are dropped: StreamEnded follows them, and the
+        # HTTP/1 upstream gets the body's end.
+
+    def _request(self, sid: int, raw: list[tuple[bytes, bytes]], ended: bool) -> None:
+        cfg = self.cfg
+        if (
+            len(raw) > cfg.header_count_limit
+            or sum(len(n) + len(v) for n, v in raw) > cfg.header_limit
+            or (cfg.underscores == 1 and any(b"_" in n for n, _ in raw))
+        ):
+            # Envoy 1.40 (checked): over max_headers_count (pseudo-headers count), over
+            # max_request_headers_kb (names and values), an underscore under REJECT_REQUEST:
+            # this stream is reset, the connection goes on; counted as a request, reset.
+            s = self.stats
+            s.downstream_rq_total += 1
+            s.downstream_rq_http2_total += 1
+            s.downstream_rq_rx_reset += 1
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            return
+        if len(self.streams) >= self.max_streams:  # this one would be one too many
+            # Over the max_concurrent_streams we announced: REFUSED_STREAM (Envoy 1.40, checked).
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        if cfg.underscores == 2:  # DROP_HEADER
+            raw = [h for h in raw if b"_" not in h[0]]
+        problem = malformed(raw)
+        if problem is not None:
+            self._protocol_error(ValueError(problem))
+            return
+        if self.draining:
+            self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        st = ActiveStream(self)
+        info = st.info
+        info.protocol = "HTTP/2"
+        info.listener_name = self.listener_name
+        info.downstream_local_address = self.local_address
+        info.downstream_remote_address = self.peer
+        info.requested_server_name = self.server_name
+        authority = b""
+        headers: Headers = []
+        host: bytes | None = None
+        length = False
+        for n, v in raw:
+            if n[:1] == b":":
+                if n == b":method":
+                    st.method = v
+                elif n == b":path":
+                    st.url = v
+                elif n == b":authority":
+                    authority = v
+            elif n == b"host":
+                host = v
+            else:
+                if n == b"content-length":
+                    length = True
+                headers.append((n, v))
+        authority = authority or host or b""
+        if authority:
+            headers.insert(0, (b"host", authority))
+        st.headers = headers
+        st.head_request = st.method == b"HEAD"
+        if not ended and not length:
+            headers.append((b"transfer-encoding", b"chunked"))  # a body without a length
+        self.streams[sid] = st
+        self.ids[st] = sid
+        s = self.stats
+        s.downstream_rq_total += 1
+        s.downstream_rq_http2_total += 1
+        s.downstream_rq_active += 1
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        if self.stream_idle_timer is None and self.cfg.config.stream_idle_timeout > 0:
+            self._arm_stream_idle_tick(self.cfg.config.stream_idle_timeout)
+        try:
+            st.start()
+        except Exception as e:
+            log.error("http2 stream error: %r", e, exc_info=e)
+            if not st.response_started:
+                st._local(500, b"Internal Server Error", None, "internal_error")
+            else:
+                self.reset_stream(st)
+
+    def _data(self, sid: int, data: bytes, flow: int) -> None:
+        st = self.streams.get(sid)
+        if st is not None and data:
+            st.decode_body(data)
+        if not flow:
+            return
+        if sid in self.paused and st is not None:
+            self.unacked[sid] = self.unacked.get(sid, 0) + flow
+            return
+        self._ack(sid, flow)
+
+    def _ack(self, sid: int, n: int) -> None:
+        # For a stream gone meanwhile, h2 still opens the connection's window.
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.h2.acknowledge_received_data(n, sid)
+
+    def _reset_by_client(self, sid: int) -> None:
+        self.pending.pop(sid, None)
+        self.held.pop(sid, None)
+        self.unacked.pop(sid, None)
+        self.paused.pop(sid, None)
+        st = self.streams.pop(sid, None)
+        if st is not None:
+            self.ids.pop(st, None)
+            st.downstream_reset()
+            self._maybe_idle()
+
+    # == the codec's encoding side ==============================================================
+    def _sid(self, st: ActiveStream) -> int | None:
+        return self.ids.get(st)
+
+    def encode_continue(self, st: ActiveStream) -> None:
+        sid = self._sid(st)
+        if sid is not None:
+            self.h2.send_headers(sid, [(b":status", b"100")])
+            self._schedule_flush()
+
+    def encode_headers(self, st: ActiveStream, status: int, headers: Headers, has_length: bool) -> None:
+        """The response head is held, as HTTP/1's is, until the first body bytes, the end (then
+        HEADERS carries END_STREAM, as Envoy sends a bodiless response) or the end of the
+        upstream's read (`encode_flush`; the pool calls it while `head_out` is set)."""
+        sid = self._sid(st)
+        if sid is not None:
+            self.held[sid] = [(b":status", b"%d" % status), *headers]
+            st.head_out = HELD
+
+    def _send_head(self, st: ActiveStream, sid: int, end: bool) -> bool:
+        st.head_out = b""
+        block = self.held.pop(sid)
+        try:
+            self.h2.send_headers(sid, block, end_stream=end)
+        except h2.exceptions.ProtocolError as e:
+            log.debug("http2: response headers refused: %r", e)
+            self.reset_stream(st)
+            return False
+        if end:
+            self.ended.add(sid)
+        self._schedule_flush()
+        return True
+
+    def encode_flush(self, st: ActiveStream) -> None:
+        sid = self._sid(st)
+        if sid is not None and sid in self.held:
+            self._send_head(st, sid, False)
+
+    def encode_data(self, st: ActiveStream, data: bytes) -> None:
+        sid = self._sid(st)
+        if sid is None or (sid in self.held and not self._send_head(st, sid, False)) or not self._open(sid):
+            return
+        self._send(sid, data, False)
+
+    def encode_end(self, st: ActiveStream) -> None:
+        sid = self._sid(st)
+        if sid is None:
+            return
+        if sid in self.held:
+            self._send_head(st, sid, True)
+        elif self._open(sid):
+            self._send(sid, b"", True)
+
+    def encode_local_reply(self, st: ActiveStream, status: int, body: bytes) -> None:
+        sid = self._sid(st)
+        if sid is None:
+            return
+        cfg = self.cfg
+        headers = lr.local_reply_headers(status, body, cfg.server, st.response_ops, cfg.lua_response)
+        end = st.head_request or not body
+        try:
+            self.h2.send_headers(sid, [(b":status", b"%d" % status), *headers], end_stream=end)
+        except h2.exceptions.ProtocolError as e:
+            log.debug("http2: local reply refused: %r", e)
+            self.reset_stream(st)
+            return
+        if not end:
+            self._send(sid, body, True)
+        self._schedule_flush()
+
+    def reset_stream(self, st: ActiveStream) -> None:
+        sid = self._sid(st)
+        if sid is None:
+            return
+        self.pending.pop(sid, None)
+        self.held.pop(sid, None)
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.h2.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        self.stats.downstream_rq_tx_reset += 1
+        self._schedule_flush()
+
+    def start_tunnel(self, st: ActiveStream) -> None:
+        """A 101 cannot be carried on HTTP/2 (extended CONNECT is not implemented): reset."""
+        st.drop_upstream()
+        self.reset_stream(st)
+
+    def write(self, data: bytes) -> None:
+        """Tunnel bytes: never, on HTTP/2 (see start_tunnel)."""
+
+    def _open(self, sid: int) -> bool:
+        if sid in self.ended:
+            return False
+        stream = self.h2.streams.get(sid)
+        return stream is not None and not stream.closed
+
+    def _send(self, sid: int, data: bytes, end: bool) -> None:
+        """DATA within the client's windows; the rest waits in `pending` for WINDOW_UPDATE,
+        with the stream's upstream paused meanwhile."""
+        p = self.pending.get(sid)
+        if p is not None:
+            if data:
+                p.data.append(data)
+            p.end = p.end or end
+            return
+        rest = self._send_window(sid, data)
+        if rest:
+            p = self.pending[sid] = _Pending()
+            p.data.append(rest)
+            p.end = end
+            self._pause_upstream(sid)
+        elif end:
+            self.ended.add(sid)
+            self.h2.end_stream(sid)
+        self._schedule_flush()
+
+    def _send_window(self, sid: int, data: bytes) -> bytes:
+        h = self.h2
+        while data:
+            window = min(h.local_flow_control_window(sid), h.max_outbound_frame_size)
+            if window <= 0:
+                return data
+            h.send_data(sid, data[:window])
+            data = data[window:]
+        return b""
+
+    def _window_updated(self, sid: int) -> None:
+        for s in (list(self.pending) if sid == 0 else [sid]):
+            p = self.pending.get(s)
+            if p is None or not self._open(s):
+                self.pending.pop(s, None)
+                continue
+            while p.data:
+                rest = self._send_window(s, p.data[0])
+                if rest:
+                    p.data[0] = rest
+                    break
+                p.data.pop(0)
+            if not p.data:
+                del self.pending[s]
+                if p.end:  # the stream is done on our side already: `ended` is not needed
+                    self.h2.end_stream(s)
+                self._resume_upstream(s)
+
+    def _pause_upstream(self, sid: int) -> None:
+        st = self.streams.get(sid)
+        up = st.upstream if st is not None else None
+        if up is not None and up.transport is not None:
+            up.transport.pause_reading()
+
+    def _resume_upstream(self, sid: int) -> None:
+        if self.write_blocked:
+            return  # resume_writing resumes every stream
+        st = self.streams.get(sid)
+        up = st.upstream if st is not None else None
+        if up is not None and up.transport is not None and not up.closed:
+            up.transport.resume_reading()
+
+    def _schedule_flush(self) -> None:
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        data = self.h2.data_to_send()
+        t = self.transport
+        if data and t is not None and not t.is_closing():
+            self.stats.downstream_cx_tx_bytes_total += len(data)
+            t.write(data)
+
+    # == streams ==============================================================================
+    def stream_done(self, st: ActiveStream) -> None:
+        """Called by a stream when its response is over, and again when its request is."""
+        if st.info.end_time is None:
+            self.record(st)
+        if not st.response_done:
+            return
+        sid = self.ids.pop(st, None)
+        if sid is None:
+            return
+        self.streams.pop(sid, None)
+        self.paused.pop(sid, None)
+        self.ended.discard(sid)
+        self.held.pop(sid, None)
+        self.idle_marks.pop(st, None)
+        held = self.unacked.pop(sid, 0)
+        if held:
+            self._ack(sid, held)
+        self._schedule_flush()
+        self._maybe_idle()
+
+    def _maybe_idle(self) -> None:
+        if self.streams:
+            return
+        if self.draining:
+            self.loop.call_soon(self._close_if_idle)
+        else:
+            self._arm_idle()
+
+    def _close_if_idle(self) -> None:
+        if not self.streams and not self.pending:
+            self.close_when_flushed()
+
+    # == flow control ===========================================================================
+    def pause_stream(self, st: ActiveStream) -> None:
+        sid = self._sid(st)
+        if sid is not None:
+            self.paused[sid] = self.paused.get(sid, 0) + 1
+            self.stats.downstream_flow_control_paused_reading_total += 1
+
+    def resume_stream(self, st: ActiveStream) -> None:
+        sid = self._sid(st)
+        if sid is None or sid not in self.paused:
+            return
+        n = self.paused[sid] - 1
+        if n > 0:
+            self.paused[sid] = n
+            return
+        del self.paused[sid]
+        self.stats.downstream_flow_control_resumed_reading_total += 1
+        held = self.unacked.pop(sid, 0)
+        if held:
+            self._ack(sid, held)
+            self._schedule_flush()
+
+    def pause_writing(self) -> None:
+        self.write_blocked = True
+        for st in self.streams.values():
+            up = st.upstream
+            if up is not None and up.transport is not None:
+                up.transport.pause_reading()
+                self.paused_upstreams.append(up)
+
+    def resume_writing(self) -> None:
+        self.write_blocked = False
+        ups, self.paused_upstreams = self.paused_upstreams, []
+        for up in ups:
+            st = up.stream
+            sid = self.ids.get(st) if st is not None else None
+            if up.transport is not None and not up.closed and (sid is None or sid not in self.pending):
+                up.transport.resume_reading()
+
+    # == timers and errors ======================================================================
+    def _arm_idle(self) -> None:
+        timeout = self.cfg.config.idle_timeout
+        if timeout > 0 and self.idle_timer is None:
+            self.idle_timer = self.loop.call_later(timeout, self._on_idle)
+
+    def _on_idle(self) -> None:
+        self.idle_timer = None
+        if not self.streams:
+            self.stats.downstream_cx_idle_timeout += 1
+            self.close_when_flushed()
+
+    def arm_stream_idle(self, st: ActiveStream, timeout: float) -> None:
+        """A route's idle_timeout for this stream (the connection's tick checks every stream)."""
+        st.idle_timeout = timeout
+        if timeout > 0 and self.stream_idle_timer is None:
+            self._arm_stream_idle_tick(timeout)
+
+    def _arm_stream_idle_tick(self, timeout: float) -> None:
+        self.stream_idle_timer = self.loop.call_later(timeout / _IDLE_TICKS, self._on_stream_idle)
+
+    def _on_stream_idle(self) -> None:
+        """Envoy's stream idle timeout, per stream, from one connection timer: each tick notes
+        which streams moved (bytes either way, a response started); a stream unmoved for its
+        timeout gets the stream's own ending (504 / 408 / reset, flag SI)."""
+        self.stream_idle_timer = None
+        if self.closing or not self.streams:
+            return
+        now = self.loop.time()
+        shortest = 0.0
+        for st in list(self.streams.values()):
+            if st.response_done or st.idle_timeout <= 0:
+                continue
+            mark = (st.info.bytes_received, st.info.bytes_sent, st.response_started)
+            seen = self.idle_marks.get(st)
+            if seen is None or seen[0] != mark:
+                self.idle_marks[st] = (mark, now)
+            elif now - seen[1] >= st.idle_timeout - 1e-3:
+                self.stats.downstream_rq_idle_timeout += 1
+                st.stream_idle_timeout()
+                continue
+            shortest = st.idle_timeout if not shortest else min(shortest, st.idle_timeout)
+        if shortest:
+            self._arm_stream_idle_tick(shortest)
+
+    def _protocol_error(self, e: Exception) -> None:
+        log.debug("http2 protocol error: %r", e)
+        self.stats.downstream_cx_protocol_error += 1
+        self._goaway(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+_IDLE_TICKS = 8
+
+
+def _settings(streams: int, window: int, header_list: int) -> h2.settings.Settings:
+    return h2.settings.Settings(
+        client=False,
+        initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: streams,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: header_list,
+        },
+    )
+_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority"})
+# Connection-specific headers (RFC 9113 8.2.2); `te` is allowed as `trailers` only.
+_CONNECTION_SPECIFIC = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+
+
+def malformed(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """Why a request header block is malformed, or None. Envoy 1.40 (checked) ends the
+    connection for each of these: a missing, repeated, unknown or late pseudo-header, an
+    empty :path or one not starting with `/` (`*` for OPTIONS), neither :authority nor host,
+    an upper-case name, a connection-specific header, `te` other than `trailers`."""
+    seen: dict[bytes, bytes] = {}
+    regular = False
+    host = False
+    for n, v in headers:
+        if n[:1] == b":":
+            if regular:
+                return f"pseudo-header {n!r} after a regular header"
+            if n not in _PSEUDO:
+                return f"unknown pseudo-header {n!r}"
+            if n in seen:
+                return f"repeated pseudo-header {n!r}"
+            seen[n] = v
+            continue
+        regular = True
+        if n != n.lower():
+            return f"upper-case header name {n!r}"
+        if n in _CONNECTION_SPECIFIC:
+            return f"connection-specific header {n!r}"
+        if n == b"te" and v.strip().lower() != b"trailers":
+            return "te other than trailers"
+        if n == b"host":
+            host = True
+    method = seen.get(b":method")
+    if method is None:
+        return "no :method"
+    if method == b"CONNECT":
+        return None if b":authority" in seen and b":path" not in seen else "malformed CONNECT"
+    path = seen.get(b":path")
+    if path is None or b":scheme" not in seen:
+        return "no :path or :scheme"
+    if not path.startswith(b"/") and not (path == b"*" and method == b"OPTIONS"):
+        return "a :path that is not absolute"
+    if b":authority" not in seen and not host:
+        return "neither :authority nor host"
+    return None
