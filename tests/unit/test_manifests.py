@@ -312,7 +312,7 @@ def test_gateway_tls_from_the_credentials_secret(tmp_path: Path, certs: SeedCert
     assert lis is not None
     (chain,) = lis.filter_chains
     assert chain.filter_chain_match.server_names == ("httpbin.example.com",)
-    assert chain.transport_socket is not None and chain.transport_socket.alpn_protocols == ("http/1.1",)
+    assert chain.transport_socket is not None and chain.transport_socket.alpn_protocols == ("h2", "http/1.1")
     hcm = chain.terminal_filter
     assert isinstance(hcm, HttpConnectionManager)
     (vh,) = hcm.route_config.virtual_hosts
