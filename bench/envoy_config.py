@@ -53,7 +53,7 @@ def _tcp_listener(name: str, port: int, cluster: str) -> dict[str, Any]:
     }
 
 
-def _http_listener() -> dict[str, Any]:
+def _http_listener(access_log: bool = True) -> dict[str, Any]:
     route_config = {
         "name": "bench",
         "virtual_hosts": [
@@ -81,14 +81,12 @@ def _http_listener() -> dict[str, Any]:
         "stat_prefix": "http_bench",
         "route_config": route_config,
         "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
-        # Istio's sidecars log every request; /dev/null keeps the formatting cost, not the disk.
-        "access_log": [
-            {
-                "name": "envoy.access_loggers.file",
-                "typed_config": {"@type": FILE_LOG, "path": "/dev/null"},
-            }
-        ],
     }
+    if access_log:
+        # Istio's sidecars log every request; /dev/null keeps the formatting cost, not the disk.
+        hcm["access_log"] = [
+            {"name": "envoy.access_loggers.file", "typed_config": {"@type": FILE_LOG, "path": "/dev/null"}}
+        ]
     return {
         "name": "http_bench",
         "address": _addr(HTTP_PORT),
@@ -114,13 +112,15 @@ def _cluster(name: str, port: int) -> dict[str, Any]:
     }
 
 
-def bootstrap(http: bool = True) -> str:
+def bootstrap(http: bool = True, access_log: bool = True) -> str:
+    """The bench's one Envoy YAML; `access_log` False drops the HCM's access log (stats stay on),
+    for the target that measures what logging costs."""
     listeners = [
         _tcp_listener("tcp_bench", TCP_PORT, "nginx"),
         _tcp_listener("bulk_bench", BULK_PORT, "iperf"),
     ]
     if http:
-        listeners.append(_http_listener())
+        listeners.append(_http_listener(access_log))
     doc = {
         "admin": {"address": _addr(ADMIN_PORT)},
         "static_resources": {

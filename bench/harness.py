@@ -530,6 +530,10 @@ def goals(summary: dict[str, Any]) -> list[dict[str, Any]]:
         v = m.get("tcp_1k", {}).get(target, {}).get("rss_mb")
         return float(v) if isinstance(v, int | float) else None  # concurrency 1: one worker
 
+    def rps(scenario: str, target: str) -> float | None:
+        v = m.get(scenario, {}).get(target, {}).get("rps")
+        return float(v) if isinstance(v, int | float) else None
+
     def na_reason(scenario: str) -> str | None:
         cell = m.get(scenario, {}).get("pysidecar", {})
         return cell.get("na") if isinstance(cell, dict) else None
@@ -590,6 +594,14 @@ def goals(summary: dict[str, Any]) -> list[dict[str, Any]]:
         1.0,
         "lat_http",
     )
+    if "pysidecar-nolog" in m.get("http_1k", {}):
+        goal(
+            "HTTP/1.1 req/s with access log vs stats only (pysidecar)",
+            ratio(rps("http_1k", "pysidecar"), rps("http_1k", "pysidecar-nolog")),
+            ">=",
+            0.9,
+            "http_1k",
+        )
     goal(
         "RSS per worker vs Envoy",
         ratio(rss_per_worker("pysidecar"), rss_per_worker("envoy")),
@@ -774,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, help="seconds per measurement (default 5; quick 2)")
     ap.add_argument("--reps", type=int, help="alternating repetitions (default 3; quick 1)")
     ap.add_argument("--targets", default="direct,envoy,pysidecar",
-                    help="comma list of direct, envoy, pysidecar, pysidecar-nosplice")  # fmt: skip
+                    help="comma list of direct, envoy, pysidecar, pysidecar-nosplice, pysidecar-nolog")  # fmt: skip
     ap.add_argument("--scenarios", default=",".join(TCP_SCENARIOS + HTTP_SCENARIOS))
     ap.add_argument(
         "--profile", action="store_true", help="py-spy the pysidecar worker per scenario instead"
@@ -803,6 +815,10 @@ def main(argv: list[str] | None = None) -> int:
     full.write_text(cfg.bootstrap(http=True))
     refusal = pysidecar_refusal(full)
     configs = {"envoy": full, "pysidecar": full}
+    if "pysidecar-nolog" in s.targets:
+        nolog = workdir / "envoy-nolog.yaml"
+        nolog.write_text(cfg.bootstrap(http=True, access_log=False))
+        configs["pysidecar-nolog"] = nolog
     http_na = None
     if refusal is not None:
         # pysidecar runs the same file less the HCM listener (its TCP listeners are identical);
@@ -830,7 +846,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         for rep in range(s.reps):
             for tname in s.targets:
-                cfg_path = configs["envoy" if tname == "envoy" else "pysidecar"]
+                cfg_path = configs.get(tname, configs["pysidecar"])
                 na = http_na if tname.startswith("pysidecar") else None
                 with proxy(tname, cfg_path, workdir, na) as target:
                     # Warm-up: first connections, first code paths (not measured).
