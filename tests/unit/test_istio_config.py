@@ -259,10 +259,20 @@ def test_workload_selector_warns_and_is_ignored(tmp_path: Path, caplog: pytest.L
 
 
 def test_unknown_kinds_are_skipped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    pa = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: pa}\nspec: {}\n"
-    b = load([write(tmp_path, "pa.yaml", pa + "---\n" + SE_TCP)])
-    assert "PeerAuthentication pa ignored" in caplog.text
+    dep = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec: {}\n"
+    b = load([write(tmp_path, "dep.yaml", dep + "---\n" + SE_TCP)])
+    assert "Deployment web ignored" in caplog.text
     assert b.listener("198.18.5.5_3306") is not None
+
+
+@pytest.mark.parametrize("kind", ["PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication"])
+def test_unenforced_security_kinds_are_refused(tmp_path: Path, kind: str) -> None:
+    doc = f"apiVersion: security.istio.io/v1\nkind: {kind}\nmetadata: {{name: p}}\nspec: {{}}\n"
+    f = write(tmp_path, "sec.yaml", SE_TCP + "---\n" + doc)
+    with pytest.raises(ConfigError) as e:
+        load([f])
+    assert e.value.file == f and e.value.path == "kind"
+    assert kind in e.value.message and "refused" in e.value.message
 
 
 def test_envoy_bootstrap_alone_is_unchanged(tmp_path: Path) -> None:
