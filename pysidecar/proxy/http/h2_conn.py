@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -43,11 +44,19 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack
 
 from pysidecar.model import SocketAddress
 from pysidecar.proxy.http import local_reply as lr
 from pysidecar.proxy.http.compiled import CompiledHcm
 from pysidecar.proxy.http.downstream import Downstream
+from pysidecar.proxy.http.h2_limits import (
+    COMPRESSION_ERROR,
+    ProtocolConstraints,
+    is_premature,
+    too_many_premature_resets,
+    with_goaway_code,
+)
 from pysidecar.proxy.http.header_validation import h2_request_problem
 from pysidecar.proxy.http.headers import Headers
 from pysidecar.proxy.http.pool import PoolManager, UpstreamConnection
@@ -82,9 +91,13 @@ class _Pending:
 
 class Http2Connection(Downstream):
     __slots__ = (
+        "batch_resets",
+        "closed_streams",
+        "constraints",
         "ended",
         "flush_scheduled",
         "h2",
+        "h2stats",
         "held",
         "idle_marks",
         "ids",
@@ -92,6 +105,7 @@ class Http2Connection(Downstream):
         "paused",
         "paused_upstreams",
         "pending",
+        "premature_resets",
         "streams",
         "unacked",
         "write_blocked",
@@ -124,6 +138,12 @@ class Http2Connection(Downstream):
         self.write_blocked = False
         self.flush_scheduled = False
         self.max_streams = DEFAULT_MAX_CONCURRENT_STREAMS
+        # Envoy's flood limits and premature-reset accounting (h2_limits).
+        self.constraints = ProtocolConstraints()
+        self.h2stats = worker.stats.http2()
+        self.closed_streams = 0
+        self.premature_resets = 0
+        self.batch_resets: set[int] = set()  # streams the read being handled also resets
 
     # == lifecycle ============================================================================
     def start(self, transport: asyncio.Transport, initial: bytes) -> None:
@@ -204,6 +224,10 @@ class Http2Connection(Downstream):
         self.stats.downstream_cx_rx_bytes_total += len(data)
         if self.closing:
             return
+        flood = self.constraints.inbound(data)
+        if flood is not None:
+            self._flood(flood)
+            return
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as e:
@@ -213,6 +237,9 @@ class Http2Connection(Downstream):
         self._schedule_flush()
 
     def _events(self, events: list[h2.events.Event]) -> None:
+        # A stream the same read opens and resets (rapid reset) is never started: nothing of it
+        # reaches an upstream.
+        self.batch_resets = {e.stream_id or 0 for e in events if isinstance(e, h2.events.StreamReset)}
         for ev in events:
             if self.closing:  # a protocol error ended the connection: the rest is moot
                 return
@@ -319,6 +346,8 @@ class Http2Connection(Downstream):
             self.idle_timer = None
         if self.stream_idle_timer is None and self.cfg.config.stream_idle_timeout > 0:
             self._arm_stream_idle_tick(self.cfg.config.stream_idle_timeout)
+        if sid in self.batch_resets:
+            return  # its StreamReset follows in this read
         try:
             st.start()
         except Exception as e:
@@ -345,6 +374,7 @@ class Http2Connection(Downstream):
             self.h2.acknowledge_received_data(n, sid)
 
     def _reset_by_client(self, sid: int) -> None:
+        self.h2stats.rx_reset += 1
         self.pending.pop(sid, None)
         self.held.pop(sid, None)
         self.unacked.pop(sid, None)
@@ -353,11 +383,13 @@ class Http2Connection(Downstream):
         if st is not None:
             self.ids.pop(st, None)
             st.downstream_reset()
+            self._stream_closed(st)
             self._maybe_idle()
 
     # == the codec's encoding side ==============================================================
     def _sid(self, st: ActiveStream) -> int | None:
-        return self.ids.get(st)
+        # None once the connection failed: a late upstream answer is dropped quietly.
+        return None if self.closing else self.ids.get(st)
 
     def encode_continue(self, st: ActiveStream) -> None:
         sid = self._sid(st)
@@ -434,6 +466,7 @@ class Http2Connection(Downstream):
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.h2.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
         self.stats.downstream_rq_tx_reset += 1
+        self.h2stats.tx_reset += 1
         self._schedule_flush()
 
     def start_tunnel(self, st: ActiveStream) -> None:
@@ -519,9 +552,17 @@ class Http2Connection(Downstream):
 
     def _flush(self) -> None:
         self.flush_scheduled = False
-        data = self.h2.data_to_send()
+        self._write(self.h2.data_to_send())
+
+    def _write(self, data: bytes) -> None:
         t = self.transport
         if data and t is not None and not t.is_closing():
+            if not self.closing:
+                flood = self.constraints.outbound(data, t.get_write_buffer_size() > 0)
+                if flood is not None:  # the client does not read what it makes us send
+                    self._count_flood(flood)
+                    self.abort()
+                    return
             self.stats.downstream_cx_tx_bytes_total += len(data)
             t.write(data)
 
@@ -544,6 +585,7 @@ class Http2Connection(Downstream):
         if held:
             self._ack(sid, held)
         self._schedule_flush()
+        self._stream_closed(st)
         self._maybe_idle()
 
     def _maybe_idle(self) -> None:
@@ -643,15 +685,62 @@ class Http2Connection(Downstream):
             self._arm_stream_idle_tick(shortest)
 
     def _protocol_error(self, e: Exception) -> None:
+        """A connection error: GOAWAY (h2 queued one with the error's own code, e.g.
+        COMPRESSION_ERROR for HPACK, when it raised; else PROTOCOL_ERROR), then close."""
         log.debug("http2 protocol error: %r", e)
         self.stats.downstream_cx_protocol_error += 1
+        if str(e) == _TOO_MANY_CONTINUATIONS:  # h2 holds a header block to 64 frames
+            self.h2stats.header_overflow += 1
+        if isinstance(e.__cause__, hpack.HPACKError):  # a header block that cannot be decoded
+            self._write(with_goaway_code(self.h2.data_to_send(), COMPRESSION_ERROR))
         self._goaway(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        self._close_failed()
+
+    def _flood(self, stat: str) -> None:
+        """An inbound flood (h2_limits): GOAWAY ENHANCE_YOUR_CALM, counted, then close."""
+        self._count_flood(stat)
+        self._goaway(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+        self._close_failed()
+
+    def _count_flood(self, stat: str) -> None:
+        log.debug("http2 flood: %s", stat)
+        h = self.h2stats
+        setattr(h, stat, getattr(h, stat) + 1)
+
+    def _close_failed(self) -> None:
+        """Close after a connection error: the open streams are reset now (their upstreams
+        dropped, so no late answer arrives); what is queued gets a second to leave, as
+        Envoy's delayed close, then the connection is aborted (a client that does not read
+        cannot hold it open)."""
+        self._flush()  # the GOAWAY
         self.closing = True
-        if self.transport is not None:
-            self.transport.close()
+        streams = list(self.streams.values())
+        self.streams.clear()
+        self.ids.clear()
+        for st in streams:
+            st.downstream_reset()
+        t = self.transport
+        if t is not None:
+            t.close()
+            self.loop.call_later(_ABORT_AFTER_S, t.abort)
+
+    def _stream_closed(self, st: ActiveStream) -> None:
+        """Envoy's premature-reset accounting (CVE-2023-44487): every ended stream counts;
+        too many ended early without a response close the connection."""
+        self.closed_streams += 1
+        info = st.info
+        if is_premature(time.time() - info.start_time, info.response_code):
+            self.premature_resets += 1
+            if too_many_premature_resets(self.closed_streams, self.premature_resets) and not self.closing:
+                self.stats.downstream_rq_too_many_premature_resets += 1
+                self.stats.downstream_cx_protocol_error += 1
+                self._goaway(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+                self._close_failed()
 
 
 _IDLE_TICKS = 8
+_ABORT_AFTER_S = 1.0  # Envoy's delayed_close_timeout default
+_TOO_MANY_CONTINUATIONS = "Too many continuation frames received."
 
 
 def _settings(streams: int, window: int, header_list: int) -> h2.settings.Settings:
