@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
@@ -183,3 +184,26 @@ def test_gauges_never_below_zero(stack: Stack, kind: str, channel: grpc.Channel)
     negative = {k: v for k, v in s.items() if v < 0}
     assert negative == {}
     assert s.get("cluster.grpc.upstream_rq_active", 0) == 0 and s.get("cluster.dead.upstream_rq_active", 0) == 0
+
+
+ALL_KINDS = [pytest.param("envoy", marks=pytest.mark.skipif(ENVOY is None, reason="envoy not installed")), "ours"]
+
+
+@pytest.mark.parametrize("http", ["--http1.1", "--http2-prior-knowledge"])
+@pytest.mark.parametrize("proxy", ALL_KINDS)
+def test_http1_cluster_to_an_http2_server(stack: Stack, proxy: str, http: str) -> None:
+    """HTTP/1.1 to the gRPC server (cluster grpc_h1): the server's SETTINGS arrive before the
+    pool hands the connection over and break the HTTP/1 parse. Envoy 1.40: 502 `protocol
+    error`, upstream_cx_protocol_error; the request is no longer active (pysidecar ended the
+    attempt twice here, leaving upstream_rq_active at -1, and answered 503 UC)."""
+    before = stats(stack, proxy)
+    r = subprocess.run(
+        ["curl", "-sS", http, "-w", "\n%{http_code}", f"http://127.0.0.1:{stack.proxies[proxy]}/h1/x"],
+        capture_output=True, text=True, timeout=20, check=True,
+    )  # fmt: skip
+    body, code = r.stdout.rsplit("\n", 1)
+    assert (code, body) == ("502", "upstream connect error or disconnect/reset before headers. reset reason: protocol error")
+    after = stats(stack, proxy)
+    assert after["cluster.grpc_h1.upstream_cx_protocol_error"] - before.get("cluster.grpc_h1.upstream_cx_protocol_error", 0) == 1
+    assert after["cluster.grpc_h1.upstream_rq_502"] - before.get("cluster.grpc_h1.upstream_rq_502", 0) == 1
+    assert after.get("cluster.grpc_h1.upstream_rq_active", 0) == 0
