@@ -239,7 +239,7 @@ def test_file_based_lds_reload_with_empty_stat_prefix_keeps_the_old_listener(
     while not all(_stat(admin, "listener_manager.lds.update_rejected") == 1 for _, admin, _ in dynamic.values()):
         assert time.monotonic() < deadline, {k: _stat(a, "listener_manager.lds.update_rejected") for k, (_, a, _) in dynamic.items()}
         time.sleep(0.1)
-    for port, admin, lds in dynamic.values():
+    for port, _, lds in dynamic.values():
         assert get(port, "/").body == b"v1"  # the old listener keeps serving
         # A good update afterwards is taken.
         _replace(lds, LDS.format(port=port, stat_prefix="ingress_http", body="v3"))
