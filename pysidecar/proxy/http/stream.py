@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,7 @@ from pysidecar.proxy.cluster_manager import ClusterRuntime
 from pysidecar.proxy.http import local_reply as lr
 from pysidecar.proxy.http.codec import CHUNK_END, CRLF, encode_request_head, http_date
 from pysidecar.proxy.http.edge import edge_request
+from pysidecar.proxy.http.header_validation import hcm_path_reply, upstream_head_problem
 from pysidecar.proxy.http.headers import (
     APPEND,
     HAS_DATE,
@@ -61,11 +63,14 @@ from pysidecar.proxy.http.retry import (
 )
 from pysidecar.proxy.http.router import CompiledRoute, redirect_location
 from pysidecar.proxy.lb import Host
+from pysidecar.proxy.loop_detect import LOOP_DETAILS, LOOP_STATUS, forwarding_loop, loop_message
 
 if TYPE_CHECKING:
     from pysidecar.model.http import RetryPolicy
     from pysidecar.proxy.http.conn_manager import HttpConnection
     from pysidecar.proxy.http.h2_conn import Http2Connection
+
+log = logging.getLogger(__name__)
 
 # require_tls ALL's answer: the same request over https, 301 (Envoy's SslRedirectRoute).
 HTTPS_REDIRECT = RedirectAction(https_redirect=True, response_code=301)
@@ -267,6 +272,11 @@ class ActiveStream:
             self.close_after = True
             self._local(400, b"", None, "missing_host_header")
             return
+        refused = hcm_path_reply(target)
+        if refused is not None:  # a fragment (400, and a close) or `*` (404)
+            self.close_after = self.close_after or refused[0] == 400
+            self._local(refused[0], b"", None, refused[1])
+            return
         vh = cfg.table.virtual_host(host)
         route = (
             vh.select(path, _as_dict(strip_request(headers)) if vh.needs_headers else None)
@@ -436,9 +446,15 @@ class ActiveStream:
             cluster.stats.upstream_cx_none_healthy += 1
             self._local(503, lr.NO_HEALTHY_UPSTREAM_BODY, lr.UH, "no_healthy_upstream")
             return
+        host = picked.key
+        own = forwarding_loop(host[0], host[1], self.conn.worker.snapshot.own, dest.address)
+        if own is not None:
+            message = loop_message(cluster.config.name, host[0], host[1], own)
+            log.warning("%s", message)
+            self._local(LOOP_STATUS, message.encode(), None, LOOP_DETAILS)
+            return
         picked.active += 1
         self.lb_host = picked
-        host = picked.key
         self.attempt += 1
         self.info.upstream_host = _fmt(host)
         stats = self.rq_stats
@@ -464,7 +480,12 @@ class ActiveStream:
         headers = self.up_headers
         if self.attempt > 1 and self.route is not None and self.route.vhost.vhost.include_request_attempt_count:
             headers = self.up_headers = replace_header(headers, ATTEMPT_COUNT, b"%d" % self.attempt)
-        parts = [encode_request_head(self.method, self.up_target, headers)]
+        head = encode_request_head(self.method, self.up_target, headers)
+        problem = upstream_head_problem(self.method, self.up_target, headers, head)
+        if problem is not None:  # never written: it could frame a second request (smuggling)
+            self._local(503, b"", None, "invalid_upstream_request{" + problem.replace(" ", "_") + "}")
+            return
+        parts = [head]
         if self.chunked_in:
             for p in self.body_parts:
                 parts += (b"%x\r\n" % len(p), p, CRLF)
