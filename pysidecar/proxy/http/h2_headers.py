@@ -1,12 +1,14 @@
 """HTTP/2 header rules for what the proxy sends upstream (RFC 9113 section 8.2), as pure functions.
 
 Promises:
-- `request_block(method, scheme, target, headers)` is a valid HTTP/2 request header block:
+- `request_block(method, scheme, target, headers)` is an HTTP/2 request header block:
   pseudo-headers first (`:method`, `:scheme`, `:authority` from `host`, `:path`), names
   lower-case, and none of the connection-specific headers HTTP/2 forbids (`connection`,
   `keep-alive`, `proxy-connection`, `transfer-encoding`, `upgrade`, `host`), `te` only as
-  `trailers`, as Envoy's HTTP/2 codec sends it. What a downstream HTTP/2 codec refuses is
-  therefore never produced upstream.
+  `trailers`, as Envoy's HTTP/2 codec sends it.
+- `request_problem(block)` is the downstream HTTP/2 codec's own check
+  (header_validation.h2_request_problem): the upstream codec refuses to send a block it names,
+  so what is refused downstream is never produced upstream.
 - `response_status(headers)` reads `:status` (None when missing or not three digits);
   `strip_pseudo(headers)` leaves the regular headers.
 - `trailer_block(headers)` drops pseudo-headers and connection-specific names from trailers.
@@ -14,12 +16,14 @@ Promises:
 
 from __future__ import annotations
 
-Headers = list[tuple[bytes, bytes]]
+from pysidecar.proxy.http.header_validation import CONNECTION_SPECIFIC as _HOP
+from pysidecar.proxy.http.header_validation import Headers
+from pysidecar.proxy.http.header_validation import h2_request_problem as request_problem
 
-# RFC 9113 8.2.2: these make an HTTP/2 message malformed.
-CONNECTION_SPECIFIC = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"}
-)
+__all__ = ["CONNECTION_SPECIFIC", "Headers", "request_block", "request_problem", "response_status"]
+
+# RFC 9113 8.2.2's connection-specific headers, and `host` (sent as :authority).
+CONNECTION_SPECIFIC = _HOP | {b"host"}
 
 
 def request_block(method: bytes, scheme: bytes, target: bytes, headers: Headers) -> Headers:

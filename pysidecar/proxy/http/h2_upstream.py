@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import h2.config
 import h2.connection
@@ -39,8 +39,15 @@ import h2.exceptions
 import h2.settings
 
 from pysidecar.model.http import Http2Options
-from pysidecar.proxy.http.h2_headers import Headers, response_status, strip_pseudo, trailer_block
+from pysidecar.proxy.http.h2_headers import (
+    Headers,
+    request_problem,
+    response_status,
+    strip_pseudo,
+    trailer_block,
+)
 from pysidecar.proxy.http.retry import CONNECTION_TERMINATION, PROTOCOL_ERROR
+from pysidecar.proxy.http.upstream_callbacks import UpstreamStreamCallbacks
 
 if TYPE_CHECKING:
     from pysidecar.proxy.http.h2_pool import Http2HostPool
@@ -54,8 +61,7 @@ REMOTE_REFUSED = "remote_refused_stream_reset"
 # proxy's client took it (Envoy's 256 MiB defaults would let one stream fill memory).
 DEFAULT_STREAM_WINDOW = 1024 * 1024
 DEFAULT_CONNECTION_WINDOW = 4 * 1024 * 1024
-# Envoy's upstream default for max_concurrent_streams.
-DEFAULT_MAX_CONCURRENT_STREAMS = 2**31 - 1
+DEFAULT_MAX_CONCURRENT_STREAMS = 2**31 - 1  # Envoy's upstream default
 
 
 class _ClientConnection(h2.connection.H2Connection):
@@ -69,19 +75,6 @@ class _ClientConnection(h2.connection.H2Connection):
         result = super()._receive_goaway_frame(frame)
         self.state_machine.state = state
         return result
-
-
-class UpstreamStreamCallbacks(Protocol):
-    """What the router side of one request hears from its upstream stream."""
-
-    def upstream_headers(self, status: int, headers: Headers) -> None: ...
-    def upstream_continue(self) -> None: ...
-    def upstream_body(self, data: bytes) -> None: ...
-    def upstream_trailers(self, trailers: Headers) -> None: ...
-    def upstream_complete(self) -> None: ...
-    def upstream_reset(self, reason: str, failure: str | None) -> None: ...
-    def upstream_pause_writing(self) -> None: ...
-    def upstream_resume_writing(self) -> None: ...
 
 
 class H2UpstreamStream:
@@ -123,6 +116,10 @@ class H2UpstreamStream:
     # -- the router's side ------------------------------------------------------------------
     def send_headers(self, block: Headers, end_stream: bool) -> None:
         conn = self.conn
+        if (problem := request_problem(block)) is not None:  # what downstream would refuse
+            log.debug("http2 upstream: request headers not sent: %s", problem)
+            conn.fail_stream(self, PROTOCOL_ERROR)
+            return
         try:
             conn.h2.send_headers(self.sid, block, end_stream=end_stream)
         except h2.exceptions.ProtocolError as e:  # a header block h2 refuses: never sent
