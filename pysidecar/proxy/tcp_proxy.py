@@ -42,6 +42,7 @@ from pysidecar.proxy.circuit_breaker import CircuitBreaker
 from pysidecar.proxy.cluster_manager import ClusterManager, ClusterRuntime
 from pysidecar.proxy.lb import Host
 from pysidecar.proxy.splice import SpliceRelay
+from pysidecar.proxy.upstream_tls import open_connection
 
 # Response flags, Envoy's spelling, for the access log.
 NO_HEALTHY_UPSTREAM = "UH"
@@ -186,6 +187,8 @@ class TcpProxySession(asyncio.Protocol):
             return
         breaker.cx += 1
         self._breaker = breaker
+        # splice(2) would move clear text past an upstream TLS session.
+        splice = splice and cluster.upstream_tls(host) is None
         relay = SpliceRelay.attach(self, transport, initial, host[0]) if splice else None
         if relay is not None:
             self._splice = relay
@@ -206,9 +209,7 @@ class TcpProxySession(asyncio.Protocol):
         if relay is not None:
             opening = relay.connect(host, bind)
         else:
-            opening = self.loop.create_connection(
-                lambda: _Upstream(self), host[0], host[1], local_addr=(bind, 0) if bind else None
-            )
+            opening = open_connection(self.loop, lambda: _Upstream(self), host, bind, cluster.upstream_tls(host))
         connecting = self.loop.create_task(opening)
         timer = self.loop.call_later(cluster.config.connect_timeout, connecting.cancel)
         try:

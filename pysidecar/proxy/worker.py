@@ -86,7 +86,7 @@ class Snapshot:
         chains = [c for x in bootstrap.listeners for c in (*x.filter_chains, x.default_filter_chain) if c is not None]
         return cls(
             bootstrap, ListenerTable.build(bootstrap), {x.name: x for x in bootstrap.listeners}, inbound,
-            contexts_for(chains),
+            contexts_for(chains, bootstrap.identity.snapshot() if bootstrap.identity else {}),
         )  # fmt: skip
 
 
@@ -173,7 +173,7 @@ class Worker:
 
     # -- config ------------------------------------------------------------------------------
     async def apply(self, bootstrap: Bootstrap) -> None:
-        self.clusters.update(bootstrap.clusters)
+        self.clusters.update(bootstrap.clusters, bootstrap.identity.snapshot() if bootstrap.identity else None)
         await self.clusters.warm()
         self.snapshot = Snapshot.of(bootstrap)
         declare_stats(self.stats, bootstrap)
