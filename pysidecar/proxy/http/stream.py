@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 from typing import TYPE_CHECKING
 
@@ -60,11 +61,14 @@ from pysidecar.proxy.http.retry import (
 )
 from pysidecar.proxy.http.router import CompiledRoute, redirect_location
 from pysidecar.proxy.lb import Host
+from pysidecar.proxy.loop_detect import LOOP_DETAILS, LOOP_STATUS, forwarding_loop, loop_message
 
 if TYPE_CHECKING:
     from pysidecar.model.http import RetryPolicy
     from pysidecar.proxy.http.conn_manager import HttpConnection
     from pysidecar.proxy.http.h2_conn import Http2Connection
+
+log = logging.getLogger(__name__)
 
 # require_tls ALL's answer: the same request over https, 301 (Envoy's SslRedirectRoute).
 HTTPS_REDIRECT = RedirectAction(https_redirect=True, response_code=301)
@@ -433,9 +437,15 @@ class ActiveStream:
             cluster.stats.upstream_cx_none_healthy += 1
             self._local(503, lr.NO_HEALTHY_UPSTREAM_BODY, lr.UH, "no_healthy_upstream")
             return
+        host = picked.key
+        own = forwarding_loop(host[0], host[1], self.conn.worker.snapshot.own, dest.address)
+        if own is not None:
+            message = loop_message(cluster.config.name, host[0], host[1], own)
+            log.warning("%s", message)
+            self._local(LOOP_STATUS, message.encode(), None, LOOP_DETAILS)
+            return
         picked.active += 1
         self.lb_host = picked
-        host = picked.key
         self.attempt += 1
         self.info.upstream_host = _fmt(host)
         stats = self.rq_stats
