@@ -33,6 +33,7 @@ from pysidecar.proxy.cluster_manager import ClusterRuntime
 from pysidecar.proxy.http import local_reply as lr
 from pysidecar.proxy.http.codec import CHUNK_END, CRLF, encode_request_head, http_date
 from pysidecar.proxy.http.edge import edge_request
+from pysidecar.proxy.http.header_validation import hcm_path_reply, upstream_head_problem
 from pysidecar.proxy.http.headers import (
     APPEND,
     HAS_DATE,
@@ -268,6 +269,11 @@ class ActiveStream:
             self.close_after = True
             self._local(400, b"", None, "missing_host_header")
             return
+        refused = hcm_path_reply(target)
+        if refused is not None:  # a fragment (400, and a close) or `*` (404)
+            self.close_after = self.close_after or refused[0] == 400
+            self._local(refused[0], b"", None, refused[1])
+            return
         vh = cfg.table.virtual_host(host)
         route = (
             vh.select(path, _as_dict(strip_request(headers)) if vh.needs_headers else None)
@@ -470,7 +476,12 @@ class ActiveStream:
         headers = self.up_headers
         if self.attempt > 1 and self.route is not None and self.route.vhost.vhost.include_request_attempt_count:
             headers = self.up_headers = replace_header(headers, ATTEMPT_COUNT, b"%d" % self.attempt)
-        parts = [encode_request_head(self.method, self.up_target, headers)]
+        head = encode_request_head(self.method, self.up_target, headers)
+        problem = upstream_head_problem(self.method, self.up_target, headers, head)
+        if problem is not None:  # never written: it could frame a second request (smuggling)
+            self._local(503, b"", None, "invalid_upstream_request{" + problem.replace(" ", "_") + "}")
+            return
+        parts = [head]
         if self.chunked_in:
             for p in self.body_parts:
                 parts += (b"%x\r\n" % len(p), p, CRLF)
