@@ -21,7 +21,12 @@ from pysidecar.model.http import (
     HttpConnectionManager,
     RetryPolicy,
 )
-from pysidecar.model.tls import DownstreamTlsContext
+from pysidecar.model.tls import (
+    DownstreamTlsContext,
+    TransportSocketMatch,
+    UpstreamTlsContext,
+    WorkloadIdentity,
+)
 
 # Envoy's cluster connect_timeout default is 5s; Istio's sidecar sets 10s (MeshConfig.connectTimeout).
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -98,6 +103,9 @@ class OutboundTrafficPolicy(enum.Enum):
 class LbEndpoint:
     address: SocketAddress
     load_balancing_weight: int = 1
+    # metadata.filter_metadata["envoy.transport_socket_match"]: picks the cluster's
+    # transport_socket_matches entry (Istio: tlsMode=istio for a pod with a sidecar).
+    transport_socket_match: tuple[tuple[str, str], ...] = ()
 
 
 # Envoy's circuit breaker thresholds when a cluster sets none; Istio always writes its own
@@ -185,10 +193,23 @@ class Cluster:
     # fields given; None in a field: Envoy's default).
     upstream_http_protocol: UpstreamHttpProtocol = UpstreamHttpProtocol.HTTP1
     http2_options: Http2Options = field(default_factory=Http2Options)
+    # TLS origination: transport_socket for every endpoint, or transport_socket_matches chosen
+    # by each endpoint's metadata (Istio's auto mTLS); neither: plaintext.
+    transport_socket: UpstreamTlsContext | None = None
+    transport_socket_matches: tuple[TransportSocketMatch, ...] = ()
 
     @property
     def stat_name(self) -> str:
         return self.alt_stat_name or self.name
+
+    def upstream_tls(self, endpoint_metadata: tuple[tuple[str, str], ...]) -> UpstreamTlsContext | None:
+        """The TLS context for an endpoint (Envoy's transport socket match), None: plaintext."""
+        if self.transport_socket_matches:
+            have = dict(endpoint_metadata)
+            for m in self.transport_socket_matches:
+                if all(have.get(k) == v for k, v in m.match):
+                    return m.transport_socket
+        return self.transport_socket
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +329,12 @@ class MeshConfig:
     # h2UpgradePolicy: UPGRADE makes outbound clusters of HTTP ports speak HTTP/2 unless a
     # DestinationRule says DO_NOT_UPGRADE (istiod's shouldH2Upgrade); default DO_NOT_UPGRADE.
     h2_upgrade: bool = False
+    # Workload identities are spiffe://<trust_domain>/ns/<ns>/sa/<sa>.
+    trust_domain: str = "cluster.local"
+    # PeerAuthentication in this namespace without a selector is mesh-wide.
+    root_namespace: str = "istio-system"
+    # enableAutoMtls: endpoints with a sidecar get mutual TLS unless a DestinationRule says.
+    enable_auto_mtls: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +350,8 @@ class Bootstrap:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     # Where this config came from (files), for error messages and /config_dump.
     sources: tuple[str, ...] = ()
+    # The workload certificate (Istio's file-mounted SVID) the TLS contexts name, when loaded.
+    identity: WorkloadIdentity | None = None
 
     def cluster(self, name: str) -> Cluster | None:
         for c in self.clusters:
