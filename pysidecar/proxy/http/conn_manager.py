@@ -9,7 +9,8 @@ Promises:
 - Bad traffic is answered and closed without disturbing any other connection: a malformed
   request or a Content-Length / Transfer-Encoding conflict → 400, headers over
   max_request_headers_kb (counted as bytes arrive, whole lines or not) or more than
-  max_headers_count headers → 431, a transfer-encoding other than chunked → 501, headers
+  max_headers_count headers → 431, a transfer-encoding other than chunked → 501, a version
+  other than 1.0 / 1.1 → 426, a Host with invalid characters → 400 (header_validation), headers
   not complete within request_headers_timeout → 408;
   an unexpected exception → 500 (or a reset once a response started), never a worker crash.
 - Flow control: reading from the client pauses while a pipelined request waits, while the
@@ -38,6 +39,7 @@ from pysidecar.proxy.http import local_reply as lr
 from pysidecar.proxy.http.codec import CHUNK_END, CRLF, encode_head
 from pysidecar.proxy.http.compiled import CompiledHcm
 from pysidecar.proxy.http.downstream import Downstream
+from pysidecar.proxy.http.header_validation import h1_request_problem
 from pysidecar.proxy.http.headers import Headers
 from pysidecar.proxy.http.pool import PoolManager, UpstreamConnection
 from pysidecar.proxy.http.stream import ActiveStream
@@ -219,6 +221,8 @@ class HttpConnection(Downstream):
         except httptools.HttpParserError as e:
             if str(e) == _TE_AFTER_CHUNKED:  # `chunked, gzip`: llhttp stops inside the value
                 self._protocol_error(501, "http1.invalid_transfer_encoding")
+            elif str(e) == _BAD_VERSION:  # HTTP/1.2, HTTP/3.0: Envoy's 426, as for HTTP/2.0
+                self._protocol_error(426, "low_version")
             else:
                 self._protocol_error(400, _codec_details(e))
         except Exception as e:  # a bug must cost this connection only, never the worker
@@ -377,6 +381,9 @@ class HttpConnection(Downstream):
             self.h2c = True
             st.headers = [h for h in st.headers if h[0] not in (b"upgrade", b"http2-settings")]
         st.head_request = st.method == b"HEAD"
+        refused = h1_request_problem(st.method, st.url, p.get_http_version(), st.headers)
+        if refused is not None:
+            raise _Reject(*refused)
         if st.http10 and not self.cfg.config.accept_http_10:
             raise _Reject(426, "http1.low_version")  # Envoy's default: no HTTP/1.0
         if st.upgrade:
@@ -636,8 +643,12 @@ def _progress(st: ActiveStream) -> tuple[object, ...]:
 
 
 _TE_AFTER_CHUNKED = "Invalid `Transfer-Encoding` header value"  # llhttp's words
+_BAD_VERSION = "Invalid HTTP version"
 
 
 def _codec_details(e: Exception) -> str:
-    """Envoy-style details for a parse error: `http1.codec_error` plus llhttp's reason."""
-    return "http1.codec_error{" + str(e).replace(" ", "_") + "}"
+    """Envoy 1.40's details for a parse error (checked): `http1.invalid_characters` for a
+    forbidden byte in a header value, `http1.codec_error` for the rest (llhttp's reason is in
+    the debug log)."""
+    log.debug("http1 codec error: %s", e)
+    return "http1.invalid_characters" if str(e) == "Invalid header value char" else "http1.codec_error"

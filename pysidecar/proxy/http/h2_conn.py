@@ -10,8 +10,9 @@ Promises:
   (the URL), `:authority` as the first header, `host` (a `host` header the client also sent is
   dropped, as Envoy keeps one authority). A request body without content-length goes upstream
   chunked, as Envoy's HTTP/1 upstream codec sends it.
-- Malformed frames or headers (h2's validation: missing or repeated pseudo-headers, upper-case
-  names, connection-specific headers) end the whole connection with GOAWAY PROTOCOL_ERROR, as
+- Malformed frames or headers (header_validation: missing or repeated pseudo-headers, names
+  that are not lower-case tokens, CR / LF / NUL / controls in values, an invalid :method,
+  :path, :authority or host, connection-specific headers) end the whole connection with GOAWAY PROTOCOL_ERROR, as
   Envoy does by default (`override_stream_error_on_invalid_http_message` false), counted in
   downstream_cx_protocol_error.
 - Flow control both ways, never unbounded: request DATA is acknowledged (WINDOW_UPDATE) only
@@ -47,6 +48,7 @@ from pysidecar.model import SocketAddress
 from pysidecar.proxy.http import local_reply as lr
 from pysidecar.proxy.http.compiled import CompiledHcm
 from pysidecar.proxy.http.downstream import Downstream
+from pysidecar.proxy.http.header_validation import h2_request_problem
 from pysidecar.proxy.http.headers import Headers
 from pysidecar.proxy.http.pool import PoolManager, UpstreamConnection
 from pysidecar.proxy.http.stream import ActiveStream
@@ -106,7 +108,7 @@ class Http2Connection(Downstream):
     ) -> None:
         super().__init__(worker, pools, cfg, destination, buffer_limit, on_close)
         self.h2 = h2.connection.H2Connection(
-            # Request headers are checked by `malformed` (h2's own checks refuse a host that
+            # Request headers are checked by `h2_request_problem` (h2's own checks refuse a host that
             # differs from :authority, which Envoy takes, using :authority).
             h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=False)
         )
@@ -267,7 +269,7 @@ class Http2Connection(Downstream):
             return
         if cfg.underscores == 2:  # DROP_HEADER
             raw = [h for h in raw if b"_" not in h[0]]
-        problem = malformed(raw)
+        problem = h2_request_problem(raw)
         if problem is not None:
             self._protocol_error(ValueError(problem))
             return
@@ -661,50 +663,3 @@ def _settings(streams: int, window: int, header_list: int) -> h2.settings.Settin
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: header_list,
         },
     )
-_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority"})
-# Connection-specific headers (RFC 9113 8.2.2); `te` is allowed as `trailers` only.
-_CONNECTION_SPECIFIC = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
-)
-
-
-def malformed(headers: list[tuple[bytes, bytes]]) -> str | None:
-    """Why a request header block is malformed, or None. Envoy 1.40 (checked) ends the
-    connection for each of these: a missing, repeated, unknown or late pseudo-header, an
-    empty :path or one not starting with `/` (`*` for OPTIONS), neither :authority nor host,
-    an upper-case name, a connection-specific header, `te` other than `trailers`."""
-    seen: dict[bytes, bytes] = {}
-    regular = False
-    host = False
-    for n, v in headers:
-        if n[:1] == b":":
-            if regular:
-                return f"pseudo-header {n!r} after a regular header"
-            if n not in _PSEUDO:
-                return f"unknown pseudo-header {n!r}"
-            if n in seen:
-                return f"repeated pseudo-header {n!r}"
-            seen[n] = v
-            continue
-        regular = True
-        if n != n.lower():
-            return f"upper-case header name {n!r}"
-        if n in _CONNECTION_SPECIFIC:
-            return f"connection-specific header {n!r}"
-        if n == b"te" and v.strip().lower() != b"trailers":
-            return "te other than trailers"
-        if n == b"host":
-            host = True
-    method = seen.get(b":method")
-    if method is None:
-        return "no :method"
-    if method == b"CONNECT":
-        return None if b":authority" in seen and b":path" not in seen else "malformed CONNECT"
-    path = seen.get(b":path")
-    if path is None or b":scheme" not in seen:
-        return "no :path or :scheme"
-    if not path.startswith(b"/") and not (path == b"*" and method == b"OPTIONS"):
-        return "a :path that is not absolute"
-    if b":authority" not in seen and not host:
-        return "neither :authority nor host"
-    return None

@@ -43,7 +43,9 @@ from pysidecar.proxy.http.retry import (
     CONNECT_TIMEOUT,
     CONNECTION_TERMINATION,
     OVERFLOW,
+    PROTOCOL_ERROR,
 )
+from pysidecar.proxy.upstream_tls import open_connection
 
 if TYPE_CHECKING:
     from pysidecar.proxy.http.stream import ActiveStream
@@ -170,7 +172,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.parser = httptools.HttpResponseParser(self)
             self._message_complete(self.head_keep_alive)
         except httptools.HttpParserError:
-            self._reset(CONNECTION_TERMINATION)
+            # Not HTTP/1.1 (an HTTP/2 server's SETTINGS, garbage): Envoy's 502 protocol error.
+            self.pool.rq_stats.upstream_cx_protocol_error += 1
+            self._reset(PROTOCOL_ERROR)
             return
         # A response head held for its body (one write for both) goes out by the end of the
         # read that brought it.
@@ -478,9 +482,7 @@ class HostPool:
         bind = self.cluster.bind_address_for(self.host[0])
         started = self.loop.time()
         fut = asyncio.ensure_future(
-            self.loop.create_connection(
-                lambda: conn, self.host[0], self.host[1], local_addr=(bind, 0) if bind else None
-            )
+            open_connection(self.loop, lambda: conn, self.host, bind, self.cluster.upstream_tls(self.host), http=True)
         )
         timer = self.loop.call_later(self.cluster.config.connect_timeout, fut.cancel)
         fut.add_done_callback(self._settled(conn, timer, started))
@@ -506,7 +508,8 @@ class HostPool:
                     stream.upstream_ready(conn)
                 else:
                     conn.stream = None
-                    self.release(conn)
+                    if not conn.closed:  # it may have spoken and failed already
+                        self.release(conn)
                     if wanted:
                         assert stream is not None
                         self._overflow(stream)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,7 @@ from pysidecar.proxy.cluster_manager import ClusterRuntime
 from pysidecar.proxy.http import local_reply as lr
 from pysidecar.proxy.http.codec import CHUNK_END, CRLF, encode_request_head, http_date
 from pysidecar.proxy.http.edge import edge_request
+from pysidecar.proxy.http.header_validation import hcm_path_reply, upstream_head_problem
 from pysidecar.proxy.http.headers import (
     APPEND,
     HAS_DATE,
@@ -53,6 +55,7 @@ from pysidecar.proxy.http.pool import HostPool, UpstreamConnection
 from pysidecar.proxy.http.retry import (
     OVERFLOW,
     PER_TRY_TIMEOUT,
+    PROTOCOL_ERROR,
     backoff,
     other_host,
     retriable_reset,
@@ -60,11 +63,14 @@ from pysidecar.proxy.http.retry import (
 )
 from pysidecar.proxy.http.router import CompiledRoute, redirect_location
 from pysidecar.proxy.lb import Host
+from pysidecar.proxy.loop_detect import LOOP_DETAILS, LOOP_STATUS, forwarding_loop, loop_message
 
 if TYPE_CHECKING:
     from pysidecar.model.http import RetryPolicy
     from pysidecar.proxy.http.conn_manager import HttpConnection
     from pysidecar.proxy.http.h2_conn import Http2Connection
+
+log = logging.getLogger(__name__)
 
 # require_tls ALL's answer: the same request over https, 301 (Envoy's SslRedirectRoute).
 HTTPS_REDIRECT = RedirectAction(https_redirect=True, response_code=301)
@@ -115,6 +121,7 @@ def request_id() -> bytes:
 class ActiveStream:
     __slots__ = (
         "attempt",
+        "attempt_open",
         "attempt_started",
         "body_bytes",
         "body_parts",
@@ -190,6 +197,7 @@ class ActiveStream:
         self.lb_host: Host | None = None  # the attempt's host, counted in Host.active
         self.upstream: UpstreamConnection | None = None
         self.connecting: UpstreamConnection | None = None
+        self.attempt_open = False  # between start_attempt and _end_attempt (upstream_rq_active)
         self.up_headers: Headers = []
         self.up_target = b""
         self.response_ops: tuple[tuple[int, bytes, bytes], ...] = ()
@@ -263,6 +271,11 @@ class ActiveStream:
         if not host_b:  # Envoy's 400 (HTTP/1.0 too: no default_host_for_http_10), and a close
             self.close_after = True
             self._local(400, b"", None, "missing_host_header")
+            return
+        refused = hcm_path_reply(target)
+        if refused is not None:  # a fragment (400, and a close) or `*` (404)
+            self.close_after = self.close_after or refused[0] == 400
+            self._local(refused[0], b"", None, refused[1])
             return
         vh = cfg.table.virtual_host(host)
         route = (
@@ -433,14 +446,21 @@ class ActiveStream:
             cluster.stats.upstream_cx_none_healthy += 1
             self._local(503, lr.NO_HEALTHY_UPSTREAM_BODY, lr.UH, "no_healthy_upstream")
             return
+        host = picked.key
+        own = forwarding_loop(host[0], host[1], self.conn.worker.snapshot.own, dest.address)
+        if own is not None:
+            message = loop_message(cluster.config.name, host[0], host[1], own)
+            log.warning("%s", message)
+            self._local(LOOP_STATUS, message.encode(), None, LOOP_DETAILS)
+            return
         picked.active += 1
         self.lb_host = picked
-        host = picked.key
         self.attempt += 1
         self.info.upstream_host = _fmt(host)
         stats = self.rq_stats
         stats.upstream_rq_total += 1
         stats.upstream_rq_active += 1
+        self.attempt_open = True
         self.attempt_started = self.conn.loop.time()
         self.pool = pool = self.conn.pools.pool(cluster, stats, host, self.conn.buffer_limit)
         conn = pool.acquire(self)
@@ -460,7 +480,12 @@ class ActiveStream:
         headers = self.up_headers
         if self.attempt > 1 and self.route is not None and self.route.vhost.vhost.include_request_attempt_count:
             headers = self.up_headers = replace_header(headers, ATTEMPT_COUNT, b"%d" % self.attempt)
-        parts = [encode_request_head(self.method, self.up_target, headers)]
+        head = encode_request_head(self.method, self.up_target, headers)
+        problem = upstream_head_problem(self.method, self.up_target, headers, head)
+        if problem is not None:  # never written: it could frame a second request (smuggling)
+            self._local(503, b"", None, "invalid_upstream_request{" + problem.replace(" ", "_") + "}")
+            return
+        parts = [head]
         if self.chunked_in:
             for p in self.body_parts:
                 parts += (b"%x\r\n" % len(p), p, CRLF)
@@ -492,7 +517,7 @@ class ActiveStream:
         self._reset_before_response(reason, failure)
 
     def upstream_reset(self, reason: str, failure: str | None) -> None:
-        self.upstream = None
+        self.upstream = self.connecting = None
         self._end_attempt()
         if self.response_started:
             # Mid-body: nothing more can be said to the client; close it (Envoy's UC).
@@ -512,17 +537,27 @@ class ActiveStream:
         if retriable and self._retry():
             return
         flags = self.info.response_flags
+        status = 503
         if reason == OVERFLOW:  # a circuit breaker refused it: UO, x-envoy-overloaded
             flags.append(lr.UO)
             self.response_ops = (*self.response_ops, OVERLOADED)
+        elif reason == PROTOCOL_ERROR:  # Envoy: 502, UPE
+            flags.append(lr.UPE)
+            status = 502
         else:
             flags.append(lr.UF if reason in ("connect_failure", "connect_timeout") else lr.UC)
         if retriable and self.retried:
             flags.append(lr.URX)
             self.rq_stats.upstream_rq_retry_limit_exceeded += 1  # type: ignore[union-attr]
         self.info.response_code_details = lr.reset_details(reason, failure)
+        if reason != OVERFLOW and self.rq_stats is not None:
+            # Envoy's chargeUpstreamAbort: the local reply's code is the upstream's for the
+            # cluster's stats (upstream_rq_503 for a refused connect, _502 for a protocol error).
+            self.rq_stats.count_code(status)
+            _count_class(self.rq_stats, status)
+            self.rq_stats.upstream_rq_completed += 1
         self._local(
-            503,
+            status,
             lr.reset_body(reason, self.retried),
             None,
             lr.reset_details(reason, failure),
@@ -552,8 +587,12 @@ class ActiveStream:
         if self.per_try_timer is not None:
             self.per_try_timer.cancel()
             self.per_try_timer = None
-        if self.rq_stats is not None:
+        # Once per attempt: an upstream that speaks before the pool hands its connection over
+        # (an HTTP/2 server's SETTINGS) resets the stream while it is still `connecting`, and
+        # the local reply's drop_upstream ended the same attempt again (upstream_rq_active -1).
+        if self.rq_stats is not None and self.attempt_open:
             self.rq_stats.upstream_rq_active -= 1
+        self.attempt_open = False
         host = self.lb_host
         if host is not None:
             host.active -= 1
