@@ -9,7 +9,7 @@ import pytest
 
 from pysidecar.config.envoy_json import http_connection_manager as export_hcm
 from pysidecar.model.http import CodecType, Http2Options
-from pysidecar.proxy.http.h2_conn import malformed
+from pysidecar.proxy.http.http2.header_check import malformed
 from tests.unit.test_http_config import error, load, render
 
 H2 = """codec_type: HTTP2
