@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pysidecar.proxy.http.http1.conn_pool import HostPool
 
@@ -25,20 +26,12 @@ if TYPE_CHECKING:
     from pysidecar.proxy.http.codec import ConnPool
 
 
-class PoolKind(Protocol):
-    """A pool class: made per (cluster, host) with the loop and the cluster's stats."""
-
-    def __call__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        cluster: ClusterRuntime,
-        rq_stats: ClusterHttpStats,
-        host: tuple[str, int],
-        buffer_limit: int,
-    ) -> ConnPool: ...
-
-
-POOL_KINDS: dict[str, PoolKind] = {"http1": HostPool}  # type: ignore[dict-item]
+# A pool class: made per (cluster, host) with the loop, the cluster, its request stats, the
+# host and the listener's buffer limit.
+PoolKind = Callable[
+    [asyncio.AbstractEventLoop, "ClusterRuntime", "ClusterHttpStats", tuple[str, int], int], "ConnPool"
+]
+POOL_KINDS: dict[str, PoolKind] = {"http1": HostPool}
 
 
 def upstream_protocol(cluster: Cluster) -> str:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from pysidecar.observe.stats import ClusterHttpStats
 from pysidecar.proxy.http import local_reply as lr
+from pysidecar.proxy.http.filters.base import PassThroughFilter
 from pysidecar.proxy.http.headers import APPEND, apply_ops, get, replace_header, set_in_place
 from pysidecar.proxy.http.retry import (
     OVERFLOW,
@@ -42,7 +43,7 @@ from pysidecar.proxy.http.upstream_request import UpstreamRequest
 if TYPE_CHECKING:
     import asyncio
 
-    from pysidecar.model.http import HttpFilter, RetryPolicy
+    from pysidecar.model.http import RetryPolicy
     from pysidecar.proxy.cluster_manager import ClusterRuntime
     from pysidecar.proxy.http.active_stream import ActiveStream
     from pysidecar.proxy.http.codec import UpstreamCodec
@@ -61,18 +62,10 @@ def _host_key(h: Host) -> tuple[str, int]:
     return h.key
 
 
-class RouterFilter:
+class RouterFilter(PassThroughFilter):
     """The chain's last filter: what the router decides before any attempt."""
 
-    __slots__ = ("config",)
-    encodes = False
-    touches_noted = False
-
-    def __init__(self, config: HttpFilter) -> None:
-        self.config = config
-
-    def encode_headers(self, stream: ActiveStream, headers: Headers) -> Headers:
-        return headers
+    __slots__ = ()
 
     def decode_headers(self, stream: ActiveStream) -> bool:
         conn = stream.conn
@@ -404,10 +397,7 @@ class Router:
     def drop_upstream(self) -> None:
         """Stop everything in flight: timers, the attempt (its connection closed, or given back
         to the pool if still connecting)."""
-        for t in (self.timer, self.retry_timer):
-            if t is not None:
-                t.cancel()
-        self.timer = self.retry_timer = None
+        self._stop_timers()
         req = self.request
         if req is not None:
             req.drop()
@@ -416,13 +406,16 @@ class Router:
         """The stream is over: the retry slot goes back, the timers stop."""
         if self.retried:
             self.cluster.breaker.retries -= 1
+        self._stop_timers()
+        req = self.request
+        if req is not None:
+            req.cancel_per_try_timer()
+
+    def _stop_timers(self) -> None:
         for t in (self.timer, self.retry_timer):
             if t is not None:
                 t.cancel()
         self.timer = self.retry_timer = None
-        req = self.request
-        if req is not None:
-            req.cancel_per_try_timer()
 
 
 def _count_class(stats: ClusterHttpStats, status: int) -> None:

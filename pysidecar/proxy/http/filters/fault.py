@@ -22,12 +22,12 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
-from pysidecar.model.http import FaultInjection, HttpFilter
+from pysidecar.model.http import FaultInjection
 from pysidecar.observe.stats import FaultStats
+from pysidecar.proxy.http.filters.base import PassThroughFilter
 
 if TYPE_CHECKING:
     from pysidecar.proxy.http.active_stream import ActiveStream
-    from pysidecar.proxy.http.headers import Headers
 
 ABORT_BODY = b"fault filter abort"
 ABORT_DETAILS = "fault_filter_abort"
@@ -55,15 +55,10 @@ def fault_abort(f: FaultInjection, rng: random.Random) -> int | None:
     return f.abort_status
 
 
-class FaultFilter:
+class FaultFilter(PassThroughFilter):
     """The chain's fault filter: the route's fault, drawn per request."""
 
-    __slots__ = ("config",)
-    encodes = False
-    touches_noted = False
-
-    def __init__(self, config: HttpFilter) -> None:
-        self.config = config
+    __slots__ = ()
 
     def decode_headers(self, stream: ActiveStream) -> bool:
         route = stream.route
@@ -79,9 +74,6 @@ class FaultFilter:
             stream.filter_timer = conn.loop.call_later(delay, _delay_over, stream, fault)
             return False
         return _abort(stream, fault)
-
-    def encode_headers(self, stream: ActiveStream, headers: Headers) -> Headers:
-        return headers
 
 
 def _abort(stream: ActiveStream, fault: FaultInjection) -> bool:

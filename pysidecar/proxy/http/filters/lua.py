@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pysidecar.model.http import HttpFilter
+from pysidecar.proxy.http.filters.base import PassThroughFilter
 from pysidecar.proxy.http.headers import APPEND, RESPONSE_NOTED, HeaderOps, apply_ops, touches
 
 if TYPE_CHECKING:
@@ -19,10 +20,11 @@ if TYPE_CHECKING:
     from pysidecar.proxy.http.headers import Headers
 
 
-class LuaFilter:
-    __slots__ = ("encodes", "request_ops", "response_ops", "touches_noted")
+class LuaFilter(PassThroughFilter):
+    __slots__ = ("request_ops", "response_ops")
 
     def __init__(self, config: HttpFilter) -> None:
+        super().__init__(config)
         req: list[tuple[int, bytes, bytes]] = []
         resp: list[tuple[int, bytes, bytes]] = []
         for add in config.lua_adds:
