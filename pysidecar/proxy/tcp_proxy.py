@@ -30,6 +30,7 @@ Promises:
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import socket
 from collections.abc import Callable, Coroutine
@@ -41,7 +42,10 @@ from pysidecar.observe.stream_info import StreamInfo
 from pysidecar.proxy.circuit_breaker import CircuitBreaker
 from pysidecar.proxy.cluster_manager import ClusterManager, ClusterRuntime
 from pysidecar.proxy.lb import Host
+from pysidecar.proxy.loop_detect import forwarding_loop, loop_message
 from pysidecar.proxy.splice import SpliceRelay
+
+log = logging.getLogger(__name__)
 
 # Response flags, Envoy's spelling, for the access log.
 NO_HEALTHY_UPSTREAM = "UH"
@@ -149,6 +153,7 @@ class TcpProxySession(asyncio.Protocol):
         clusters: ClusterManager,
         rng: random.Random,
         splice: bool = True,
+        own: frozenset[SocketAddress] = frozenset(),
     ) -> None:
         """Take over an accepted connection (its protocol is switched to this session);
         `splice` False keeps the bytes in Python (a TLS transport's are clear text only there)."""
@@ -171,6 +176,11 @@ class TcpProxySession(asyncio.Protocol):
         if picked is None:
             cluster.stats.upstream_cx_none_healthy += 1
             self.info.response_flags.append(NO_HEALTHY_UPSTREAM)
+            self.close()
+            return
+        own_listener = forwarding_loop(picked.address, picked.port, own, self.destination.address)
+        if own_listener is not None:
+            log.warning("%s", loop_message(cluster.config.name, picked.address, picked.port, own_listener))
             self.close()
             return
         picked.active += 1

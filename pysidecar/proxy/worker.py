@@ -54,6 +54,7 @@ from pysidecar.proxy.http.http1.server_codec import HttpConnection
 from pysidecar.proxy.http.http2.server_codec import Http2Connection
 from pysidecar.proxy.lb import Host
 from pysidecar.proxy.listener_table import ListenerTable
+from pysidecar.proxy.loop_detect import own_sockets
 from pysidecar.proxy.tls_context import contexts_for
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class Snapshot:
     inbound: frozenset[str]
     # The filter chains' TLS transport sockets, each built once when the config is loaded.
     tls_contexts: dict[DownstreamTlsContext, ssl.SSLContext]
+    # The addresses our bound listeners accept on: an upstream among them is a forwarding loop.
+    own: frozenset[SocketAddress] = frozenset()
 
     @classmethod
     def of(cls, bootstrap: Bootstrap) -> Snapshot:
@@ -86,7 +89,7 @@ class Snapshot:
         chains = [c for x in bootstrap.listeners for c in (*x.filter_chains, x.default_filter_chain) if c is not None]
         return cls(
             bootstrap, ListenerTable.build(bootstrap), {x.name: x for x in bootstrap.listeners}, inbound,
-            contexts_for(chains),
+            contexts_for(chains), own_sockets(bootstrap.listeners),
         )  # fmt: skip
 
 

@@ -7,8 +7,11 @@ Promises:
   `ingress.py`, as istiod's ingress controller does); the `istio` ConfigMap; a kind-less
   MeshConfig document; `kind: List` (its items). Gateways and Secrets are kept for router mode;
   a sidecar ignores them.
-- Kinds neither has a use for (Deployment, PeerAuthentication, ...) are skipped with a
-  warning naming file and resource; a wrong apiVersion for a known kind is an error.
+- Kinds neither has a use for (Deployment, ConfigMap, ...) are skipped with a warning naming
+  file and resource; a wrong apiVersion for a known kind is an error.
+- Security kinds (security.istio.io PeerAuthentication, AuthorizationPolicy,
+  RequestAuthentication) are REFUSED while not enforced: skipping a DENY policy would run a
+  proxy that looks protected and is not. The error names file, YAML path and why.
 - Two mesh configs are an error naming both files.
 """
 
@@ -40,6 +43,8 @@ log = logging.getLogger(__name__)
 NETWORKING_VERSIONS = ("v1alpha3", "v1beta1", "v1")
 INGRESS_APIS = ("networking.k8s.io/v1", "networking.k8s.io/v1beta1", "extensions/v1beta1")
 NETWORKING_KINDS = ("ServiceEntry", "VirtualService", "DestinationRule", "Sidecar", "Gateway")
+# security.istio.io kinds not enforced (yet): refused at load, never skipped.
+UNENFORCED_SECURITY_KINDS = ("PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +102,12 @@ class _Collector:
                 doc.child("apiVersion", api).fail(
                     f"{kind} needs apiVersion networking.istio.io/{{{','.join(NETWORKING_VERSIONS)}}}, got {api!r}"
                 )
+        if kind in UNENFORCED_SECURITY_KINDS or api.startswith("security.istio.io/"):
+            doc.child("kind", kind).fail(
+                f"{kind} ({api}) is refused: pysidecar does not enforce it yet, and a security "
+                "policy that is loaded but not enforced would leave traffic unprotected; remove it "
+                "or run real Envoy (pysidecar envoy-config)"
+            )
         if kind == "ServiceEntry":
             self.services.extend(service_entry(doc))
         elif kind == "VirtualService":

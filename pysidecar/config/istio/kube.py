@@ -2,7 +2,8 @@
 
 Promises:
 - A Service becomes `<name>.<namespace>.svc.cluster.local` with its clusterIP as VIP and
-  resolution STATIC (istiod's EDS), headless (`clusterIP: None`) → NONE (passthrough),
+  resolution STATIC (istiod's EDS), headless (`clusterIP: None`, and only that: a Service
+  without clusterIP is load-balanced, on the wildcard listener) → NONE (passthrough),
   `type: ExternalName` → DNS to the external name. UDP/SCTP ports are skipped, as istiod does.
 - Port protocol: `appProtocol`, else the port name prefix (`http-web` → HTTP), else sniffed.
 - Endpoints come from EndpointSlices (label `kubernetes.io/service-name`), or when a service
@@ -104,8 +105,14 @@ def service(doc: Node) -> Service:
             resolution = Resolution.DNS
             endpoints = (Endpoint(external),)
             addresses: tuple[str, ...] = ()
-        elif cluster_ip in ("None", ""):
+        elif cluster_ip == "None":
             resolution = Resolution.NONE
+            addresses = ()
+        elif not cluster_ip:
+            # No clusterIP in the YAML (a manifest before the API server allocates one): still a
+            # load-balanced Service, as istiod decides (only `None` is headless); no VIP is known,
+            # so it is served on the wildcard listener of its port.
+            resolution = Resolution.STATIC
             addresses = ()
         else:
             resolution = Resolution.STATIC

@@ -5,7 +5,7 @@ Promises:
 - `start()` does what the connection manager does before the filters (Envoy's
   decodeHeaders): one pass over the request headers (hop-by-hop and control headers out, the
   few it decides on noted), the edge headers (use_remote_address), x-request-id, 100-continue,
-  400 for a request without host, the route (`route_table.resolve_route`, require_tls
+  400 for a request without host, `header_validation.hcm_path_reply` (a fragment, `*`), the route (`route_table.resolve_route`, require_tls
   included), and the base of the upstream request's headers; then it runs the HTTP filter
   chain (`filter.py`: fault, lua, ..., router last). A filter that stops the chain resumes it
   with `continue_decoding`.
@@ -31,6 +31,7 @@ from pysidecar.observe.stream_info import StreamInfo
 from pysidecar.proxy.http import local_reply as lr
 from pysidecar.proxy.http import stream_state as ss
 from pysidecar.proxy.http.edge import edge_request
+from pysidecar.proxy.http.header_validation import hcm_path_reply
 from pysidecar.proxy.http.headers import (
     HAS_DATE,
     HAS_LENGTH,
@@ -190,6 +191,11 @@ class ActiveStream:
         if not host_b:  # Envoy's 400 (HTTP/1.0 too: no default_host_for_http_10), and a close
             self.close_after = True
             self.send_local_reply(lr.MISSING_HOST)
+            return
+        refused = hcm_path_reply(target)
+        if refused is not None:  # a fragment (400, and a close) or `*` (404)
+            self.close_after = self.close_after or refused[0] == 400
+            self.local_reply(refused[0], b"", (), refused[1])
             return
         self.vhost, route, self.tls_redirect = resolve_route(
             cfg.table, host, path, headers, noted.get(b"x-forwarded-proto") or conn.scheme

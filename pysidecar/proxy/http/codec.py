@@ -148,8 +148,9 @@ class UpstreamCodec(Protocol):
 
     def encode_headers(
         self, method: bytes, target: bytes, headers: Headers, body: list[bytes], chunked: bool
-    ) -> None:
-        """The request head with what is buffered of the body, in one write."""
+    ) -> str | None:
+        """The request head with what is buffered of the body, in one write; or, when the head
+        must not be written (header_validation.upstream_head_problem), why, writing nothing."""
 
     def encode_data(self, data: bytes) -> None: ...
 

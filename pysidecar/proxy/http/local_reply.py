@@ -76,6 +76,11 @@ def redirect(status: int) -> LocalReply:
     return LocalReply(status, b"", (), REDIRECT_DETAILS)
 
 
+def invalid_upstream_request(problem: str) -> LocalReply:
+    """The upstream codec refused to write the request head (header_validation): 503."""
+    return LocalReply(503, b"", (), "invalid_upstream_request{" + problem.replace(" ", "_") + "}")
+
+
 def stream_idle_reply(request_done: bool) -> LocalReply:
     """The stream idle timeout before a response: 504 once the request is in, 408 while it is
     still arriving (the SI flag is the stream's, whatever the ending)."""

@@ -15,6 +15,8 @@ Promises:
   breaker (UO, upstream_rq_retry_overflow); an attempt that fails before a response and is
   not retried gets `local_reply.reset_reply` (503 UF / UC / UO, URX).
 - A response that started cannot be replaced: a failure then resets the stream (UC / UT).
+- An attempt to a host that is one of our own listeners is answered 508 (a forwarding loop,
+  `loop_detect`) instead of connected.
 - Timers are loop handles, never tasks; every attempt's accounting (upstream_rq_active, the
   host's active count) is undone exactly once.
 """
@@ -22,6 +24,7 @@ Promises:
 from __future__ import annotations
 
 import functools
+import logging
 from typing import TYPE_CHECKING
 
 from pysidecar.observe.stats import ClusterHttpStats
@@ -39,6 +42,7 @@ from pysidecar.proxy.http.retry import (
 from pysidecar.proxy.http.route_table import HTTPS_REDIRECT, redirect_location
 from pysidecar.proxy.http.stream_state import REQUEST_DONE, RESPONSE_DONE, RESPONSE_STARTED
 from pysidecar.proxy.http.upstream_request import UpstreamRequest
+from pysidecar.proxy.loop_detect import LOOP_DETAILS, LOOP_STATUS, forwarding_loop, loop_message
 
 if TYPE_CHECKING:
     import asyncio
@@ -50,6 +54,8 @@ if TYPE_CHECKING:
     from pysidecar.proxy.http.headers import Headers
     from pysidecar.proxy.http.route_table import CompiledRoute
     from pysidecar.proxy.lb import Host
+
+log = logging.getLogger(__name__)
 
 ATTEMPT_COUNT = b"x-envoy-attempt-count"
 # Envoy's header on a circuit breaker's 503 (after the route's response headers).
@@ -232,8 +238,15 @@ class Router:
             cluster.stats.upstream_cx_none_healthy += 1
             stream.send_local_reply(lr.NO_HEALTHY_UPSTREAM)
             return
+        host = picked.key
+        own = forwarding_loop(host[0], host[1], conn.worker.snapshot.own, dest.address)
+        if own is not None:  # an upstream that is one of our own listeners: 508, not a storm
+            message = loop_message(cluster.config.name, host[0], host[1], own)
+            log.warning("%s", message)
+            stream.local_reply(LOOP_STATUS, message.encode(), (), LOOP_DETAILS)
+            return
         self.attempt += 1
-        pool = conn.pools.pool(cluster, self.rq_stats, picked.key, conn.buffer_limit)
+        pool = conn.pools.pool(cluster, self.rq_stats, host, conn.buffer_limit)
         self.request = req = UpstreamRequest(self, pool, picked)
         req.start()
 
@@ -249,7 +262,10 @@ class Router:
             headers = stream.up_headers = replace_header(
                 headers, ATTEMPT_COUNT, b"%d" % self.attempt
             )
-        up.encode_headers(stream.method, self.target, headers, stream.body_parts, stream.chunked_in)
+        problem = up.encode_headers(stream.method, self.target, headers, stream.body_parts, stream.chunked_in)
+        if problem is not None:  # never written: it could frame a second request (smuggling)
+            stream.send_local_reply(lr.invalid_upstream_request(problem))
+            return
         stream.body_taken()
         if stream.state & REQUEST_DONE:
             req.request_sent()

@@ -3,7 +3,8 @@ connection to an upstream host, carrying one request at a time for its pool.
 
 Promises:
 - It implements `codec.UpstreamCodec`: `encode_headers` writes the request head with what is
-  buffered of the body in one write (chunk-framed when the request is chunked),
+  buffered of the body in one write (chunk-framed when the request is chunked), never a head
+  that could frame a second request (`header_validation.upstream_head_problem`: refused),
   `encode_data` / `encode_end` the rest; read-disable is `pause_reading` / `resume_reading`.
 - It parses responses with httptools and reports each event to the one attempt attached to it
   (`codec.ResponseDecoder`); it never buffers a body. A response to HEAD ends with its head;
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from pysidecar.proxy.http.header_validation import upstream_head_problem
 from pysidecar.proxy.http.http1.wire import CHUNK_END, CRLF, encode_request_head
 from pysidecar.proxy.http.retry import CONNECTION_TERMINATION
 
@@ -129,16 +131,21 @@ class UpstreamConnection(asyncio.Protocol):
     # -- the request: codec.UpstreamCodec ------------------------------------------------
     def encode_headers(
         self, method: bytes, target: bytes, headers: Headers, body: list[bytes], chunked: bool
-    ) -> None:
+    ) -> str | None:
+        head = encode_request_head(method, target, headers)
+        problem = upstream_head_problem(method, target, headers, head)
+        if problem is not None:
+            return problem
         self.chunked = chunked
         self.head_request = method == b"HEAD"
-        parts = [encode_request_head(method, target, headers)]
+        parts = [head]
         if chunked:
             for p in body:
                 parts += (b"%x\r\n" % len(p), p, CRLF)
         else:
             parts.extend(body)
         self.writelines(parts)
+        return None
 
     def encode_data(self, data: bytes) -> None:
         if self.chunked:

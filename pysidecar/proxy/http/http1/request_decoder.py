@@ -5,7 +5,9 @@ Promises:
 - Request heads are bounded as they arrive: over max_request_headers_kb (counted per header,
   and per read for a head not finished) → 431, over max_headers_count → 431, an underscore
   under REJECT_REQUEST → 400 (DROP_HEADER drops it), a transfer-encoding other than chunked →
-  501, HTTP/1.0 unless accepted → 426 (`Reject`, answered by the connection).
+  501, HTTP/1.0 unless accepted → 426, what `header_validation.h1_request_problem` refuses (a
+  version other than 1.0 / 1.1, a Host with invalid characters, ...) (`Reject`, answered by
+  the connection).
 - An h2c upgrade is dropped as Envoy's HTTP/1 codec drops it: the request goes on as a plain
   one. Any other upgrade ends what can follow on the connection.
 - A request whose turn has come starts at once (`_start`); a pipelined one waits in order,
@@ -20,6 +22,7 @@ from collections import deque
 import httptools
 
 from pysidecar.proxy.http.active_stream import ActiveStream
+from pysidecar.proxy.http.header_validation import h1_request_problem
 from pysidecar.proxy.http.http1.response_encoder import Http1ResponseEncoder
 
 # Why reading from the client is paused; reading resumes when no reason is left.
@@ -140,6 +143,9 @@ class Http1RequestDecoder(Http1ResponseEncoder):
             self.h2c = True
             st.headers = [h for h in st.headers if h[0] not in (b"upgrade", b"http2-settings")]
         st.head_request = st.method == b"HEAD"
+        refused = h1_request_problem(st.method, st.url, p.get_http_version(), st.headers)
+        if refused is not None:
+            raise Reject(*refused)
         if st.http10 and not self.cfg.config.accept_http_10:
             raise Reject(426, "http1.low_version")  # Envoy's default: no HTTP/1.0
         if st.upgrade:

@@ -11,7 +11,8 @@ Promises:
 - Bad traffic is answered and closed without disturbing any other connection: a malformed
   request or a Content-Length / Transfer-Encoding conflict → 400, headers over
   max_request_headers_kb (counted as bytes arrive, whole lines or not) or more than
-  max_headers_count headers → 431, a transfer-encoding other than chunked → 501, headers
+  max_headers_count headers → 431, a transfer-encoding other than chunked → 501, a version
+  other than 1.0 / 1.1 → 426, a Host with invalid characters → 400 (header_validation), headers
   not complete within request_headers_timeout → 408;
   an unexpected exception → 500 (or a reset once a response started), never a worker crash.
 - Flow control: reading from the client pauses while a pipelined request waits, while the
@@ -199,6 +200,8 @@ class HttpConnection(Http1RequestDecoder):
         except httptools.HttpParserError as e:
             if str(e) == _TE_AFTER_CHUNKED:  # `chunked, gzip`: llhttp stops inside the value
                 self._protocol_error(501, "http1.invalid_transfer_encoding")
+            elif str(e) == _BAD_VERSION:  # HTTP/1.2, HTTP/3.0: Envoy's 426, as for HTTP/2.0
+                self._protocol_error(426, "low_version")
             else:
                 self._protocol_error(400, _codec_details(e))
         except Exception as e:  # a bug must cost this connection only, never the worker
@@ -409,8 +412,12 @@ def _progress(st: ActiveStream) -> tuple[object, ...]:
 
 
 _TE_AFTER_CHUNKED = "Invalid `Transfer-Encoding` header value"  # llhttp's words
+_BAD_VERSION = "Invalid HTTP version"
 
 
 def _codec_details(e: Exception) -> str:
-    """Envoy-style details for a parse error: `http1.codec_error` plus llhttp's reason."""
-    return "http1.codec_error{" + str(e).replace(" ", "_") + "}"
+    """Envoy 1.40's details for a parse error (checked): `http1.invalid_characters` for a
+    forbidden byte in a header value, `http1.codec_error` for the rest (llhttp's reason is in
+    the debug log)."""
+    log.debug("http1 codec error: %s", e)
+    return "http1.invalid_characters" if str(e) == "Invalid header value char" else "http1.codec_error"

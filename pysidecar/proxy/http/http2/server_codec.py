@@ -11,8 +11,9 @@ Promises:
   (the URL), `:authority` as the first header, `host` (a `host` header the client also sent is
   dropped, as Envoy keeps one authority). A request body without content-length goes upstream
   chunked, as Envoy's HTTP/1 upstream codec sends it.
-- Malformed frames or headers (h2's validation: missing or repeated pseudo-headers, upper-case
-  names, connection-specific headers) end the whole connection with GOAWAY PROTOCOL_ERROR, as
+- Malformed frames or headers (header_validation: missing or repeated pseudo-headers, names
+  that are not lower-case tokens, CR / LF / NUL / controls in values, an invalid :method,
+  :path, :authority or host, connection-specific headers) end the whole connection with GOAWAY PROTOCOL_ERROR, as
   Envoy does by default (`override_stream_error_on_invalid_http_message` false), counted in
   downstream_cx_protocol_error.
 - Flow control both ways, never unbounded: request DATA is acknowledged (WINDOW_UPDATE) only
@@ -49,8 +50,8 @@ from pysidecar.proxy.http import local_reply as lr
 from pysidecar.proxy.http.active_stream import ActiveStream
 from pysidecar.proxy.http.compiled import CompiledHcm
 from pysidecar.proxy.http.conn_pool import PoolManager
+from pysidecar.proxy.http.header_validation import h2_request_problem
 from pysidecar.proxy.http.headers import Headers
-from pysidecar.proxy.http.http2.header_check import malformed
 from pysidecar.proxy.http.http2.response_encoder import Http2ResponseEncoder
 from pysidecar.proxy.http.stream_state import RESPONSE_DONE, RESPONSE_STARTED
 
@@ -89,7 +90,7 @@ class Http2Connection(Http2ResponseEncoder):
     ) -> None:
         super().__init__(worker, pools, cfg, destination, buffer_limit, on_close)
         self.h2 = h2.connection.H2Connection(
-            # Request headers are checked by `malformed` (h2's own checks refuse a host that
+            # Request headers are checked by `h2_request_problem` (h2's own checks refuse a host that
             # differs from :authority, which Envoy takes, using :authority).
             h2.config.H2Configuration(
                 client_side=False, header_encoding=None, validate_inbound_headers=False
@@ -254,7 +255,7 @@ class Http2Connection(Http2ResponseEncoder):
             return
         if cfg.underscores == 2:  # DROP_HEADER
             raw = [h for h in raw if b"_" not in h[0]]
-        problem = malformed(raw)
+        problem = h2_request_problem(raw)
         if problem is not None:
             self._protocol_error(ValueError(problem))
             return
