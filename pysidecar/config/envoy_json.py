@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pysidecar.config.envoy_json_tls import cluster_tls, endpoint_metadata
 from pysidecar.model import (
     DEFAULT_LISTENER_FILTERS_TIMEOUT,
     DEFAULT_PANIC_THRESHOLD,
@@ -437,7 +438,13 @@ def cluster(c: Cluster) -> dict[str, Any]:
         out["load_assignment"] = {
             "cluster_name": c.name,
             "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": socket_address(e.address)}, "load_balancing_weight": e.load_balancing_weight} for e in c.endpoints]}
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": socket_address(e.address)}, "load_balancing_weight": e.load_balancing_weight}
+                        | endpoint_metadata(e)
+                        for e in c.endpoints
+                    ]
+                }
             ]
             if c.endpoints
             else [],
@@ -455,6 +462,7 @@ def cluster(c: Cluster) -> dict[str, Any]:
         out["upstream_bind_config"] = bind
     if c.alt_stat_name:
         out["alt_stat_name"] = c.alt_stat_name
+    out |= cluster_tls(c)
     if c.http_idle_timeout != 3600.0:
         out["typed_extension_protocol_options"] = {
             HTTP_OPTIONS: {"@type": T + HTTP_OPTIONS, "common_http_protocol_options": {"idle_timeout": duration(c.http_idle_timeout)}}

@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 
 from pysidecar.model.access_log import AccessLogConfig as AccessLogConfig
 from pysidecar.model.http import ISTIO_DEFAULT_RETRY, HttpConnectionManager, RetryPolicy
-from pysidecar.model.tls import DownstreamTlsContext
+from pysidecar.model.tls import (
+    DownstreamTlsContext,
+    TransportSocketMatch,
+    UpstreamTlsContext,
+    WorkloadIdentity,
+)
 
 # Envoy's cluster connect_timeout default is 5s; Istio's sidecar sets 10s (MeshConfig.connectTimeout).
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -93,6 +98,9 @@ class OutboundTrafficPolicy(enum.Enum):
 class LbEndpoint:
     address: SocketAddress
     load_balancing_weight: int = 1
+    # metadata.filter_metadata["envoy.transport_socket_match"]: picks the cluster's
+    # transport_socket_matches entry (Istio: tlsMode=istio for a pod with a sidecar).
+    transport_socket_match: tuple[tuple[str, str], ...] = ()
 
 
 # Envoy's circuit breaker thresholds when a cluster sets none; Istio always writes its own
@@ -159,10 +167,23 @@ class Cluster:
     http_idle_timeout: float = DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT
     max_requests_per_connection: int = 0
     max_connection_duration: float = 0.0
+    # TLS origination: transport_socket for every endpoint, or transport_socket_matches chosen
+    # by each endpoint's metadata (Istio's auto mTLS); neither: plaintext.
+    transport_socket: UpstreamTlsContext | None = None
+    transport_socket_matches: tuple[TransportSocketMatch, ...] = ()
 
     @property
     def stat_name(self) -> str:
         return self.alt_stat_name or self.name
+
+    def upstream_tls(self, endpoint_metadata: tuple[tuple[str, str], ...]) -> UpstreamTlsContext | None:
+        """The TLS context for an endpoint (Envoy's transport socket match), None: plaintext."""
+        if self.transport_socket_matches:
+            have = dict(endpoint_metadata)
+            for m in self.transport_socket_matches:
+                if all(have.get(k) == v for k, v in m.match):
+                    return m.transport_socket
+        return self.transport_socket
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +300,12 @@ class MeshConfig:
     access_log_format: str = ""
     # defaultHttpRetryPolicy: the retries of routes whose VirtualService sets none (None: none).
     default_http_retry_policy: RetryPolicy | None = ISTIO_DEFAULT_RETRY
+    # Workload identities are spiffe://<trust_domain>/ns/<ns>/sa/<sa>.
+    trust_domain: str = "cluster.local"
+    # PeerAuthentication in this namespace without a selector is mesh-wide.
+    root_namespace: str = "istio-system"
+    # enableAutoMtls: endpoints with a sidecar get mutual TLS unless a DestinationRule says.
+    enable_auto_mtls: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +321,8 @@ class Bootstrap:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     # Where this config came from (files), for error messages and /config_dump.
     sources: tuple[str, ...] = ()
+    # The workload certificate (Istio's file-mounted SVID) the TLS contexts name, when loaded.
+    identity: WorkloadIdentity | None = None
 
     def cluster(self, name: str) -> Cluster | None:
         for c in self.clusters:

@@ -89,7 +89,8 @@ class Snapshot:
         chains = [c for x in bootstrap.listeners for c in (*x.filter_chains, x.default_filter_chain) if c is not None]
         return cls(
             bootstrap, ListenerTable.build(bootstrap), {x.name: x for x in bootstrap.listeners}, inbound,
-            contexts_for(chains), own_sockets(bootstrap.listeners),
+            contexts_for(chains, bootstrap.identity.snapshot() if bootstrap.identity else {}),
+            own_sockets(bootstrap.listeners),
         )  # fmt: skip
 
 
@@ -176,7 +177,7 @@ class Worker:
 
     # -- config ------------------------------------------------------------------------------
     async def apply(self, bootstrap: Bootstrap) -> None:
-        self.clusters.update(bootstrap.clusters)
+        self.clusters.update(bootstrap.clusters, bootstrap.identity.snapshot() if bootstrap.identity else None)
         await self.clusters.warm()
         self.snapshot = Snapshot.of(bootstrap)
         declare_stats(self.stats, bootstrap)

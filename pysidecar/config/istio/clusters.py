@@ -15,6 +15,9 @@ Promises:
   interval, baseEjectionTime (also the max ejection time when above 300 s),
   maxEjectionPercent, and the panic threshold set to minHealthPercent (0: no panic mode);
   the deprecated consecutiveErrors counts gateway errors only, as istiod maps it.
+- TLS (config/istio/mtls.py): the DestinationRule's tls for the port (portLevelSettings, else
+  the subset's, else the rule's), or auto mTLS; endpoints of pods labelled
+  `security.istio.io/tlsMode: istio` carry metadata tlsMode=istio, as istiod's endpoints do.
 - connectionPool.http idleTimeout and maxRequestsPerConnection, and tcp.maxConnectionDuration,
   become the cluster's upstream HTTP options (common_http_protocol_options), which the pools
   honour.
@@ -27,6 +30,7 @@ from dataclasses import replace
 
 from pysidecar.config.istio import destination_rule as drule
 from pysidecar.config.istio.destination_rule import DestinationRule, Subset, TrafficPolicy
+from pysidecar.config.istio.mtls import cluster_tls
 from pysidecar.config.istio.registry import Resolution, Service, ServicePort, outbound_cluster_name
 from pysidecar.model import (
     DEFAULT_PANIC_THRESHOLD,
@@ -42,6 +46,7 @@ from pysidecar.model import (
     OutlierDetection,
     SocketAddress,
 )
+from pysidecar.model.tls import TLS_MODE_ISTIO, TLS_MODE_KEY, TLS_MODE_LABEL, WorkloadIdentity
 
 # istiod's default load balancer since 1.14 (DestinationRule simple: UNSPECIFIED).
 DEFAULT_LB = LbPolicy.LEAST_REQUEST
@@ -102,6 +107,8 @@ def _policy(dr: DestinationRule | None, subset: Subset | None) -> TrafficPolicy:
         lb_policy=over.lb_policy or base.lb_policy,
         connection_pool=over.connection_pool or base.connection_pool,
         outlier_detection=over.outlier_detection or base.outlier_detection,
+        tls=over.tls or base.tls,
+        port_tls=over.port_tls or base.port_tls,
     )
 
 
@@ -109,8 +116,12 @@ def _endpoints(svc: Service, port: ServicePort, subset: Subset | None) -> tuple[
     if svc.resolution in (Resolution.DNS, Resolution.DNS_ROUND_ROBIN) and not svc.endpoints:
         return (LbEndpoint(SocketAddress(svc.hostname, port.target_port or port.number)),)
     chosen = [e for e in svc.endpoints if subset is None or e.has_labels(subset.labels)]
+    istio = ((TLS_MODE_KEY, TLS_MODE_ISTIO),)
     out = tuple(
-        LbEndpoint(SocketAddress(e.address, e.port_for(port)), e.weight)
+        LbEndpoint(
+            SocketAddress(e.address, e.port_for(port)), e.weight,
+            istio if dict(e.labels).get(TLS_MODE_LABEL) == TLS_MODE_ISTIO else (),
+        )
         for e in chosen
         if not e.address.startswith("unix://")
     )
@@ -161,7 +172,10 @@ def service_cluster(
 
 
 def build_clusters(
-    services: Iterable[Service], rules: dict[str, DestinationRule], mesh: MeshConfig
+    services: Iterable[Service],
+    rules: dict[str, DestinationRule],
+    mesh: MeshConfig,
+    identity: WorkloadIdentity | None = None,
 ) -> tuple[Cluster, ...]:
     out: dict[str, Cluster] = {}
     for svc in services:
@@ -169,5 +183,6 @@ def build_clusters(
         for port in svc.ports:
             for subset in (None, *(dr.subsets if dr is not None else ())):
                 c = service_cluster(svc, port, mesh, dr, subset)
-                out.setdefault(c.name, c)
+                if c.name not in out:
+                    out[c.name] = cluster_tls(c, svc, _policy(dr, subset).tls_for(port.number), identity, mesh)
     return tuple(out.values())

@@ -36,11 +36,8 @@ IGNORED_FIELDS = (
     "enable_tracing",
     "default_providers",
     "extension_providers",
-    "root_namespace",
-    "trust_domain",
     "trust_domain_aliases",
     "enable_prometheus_merge",
-    "enable_auto_mtls",
     "default_service_export_to",
     "default_virtual_service_export_to",
     "default_destination_rule_export_to",
@@ -115,6 +112,9 @@ MESH_FIELDS = (
     "h2_upgrade_policy",
     "path_normalization",
     "default_http_retry_policy",
+    "trust_domain",
+    "root_namespace",
+    "enable_auto_mtls",
     *IGNORED_FIELDS,
 )
 
@@ -176,6 +176,9 @@ def mesh_config(node: Node) -> MeshConfig:
         # Converted as istiod converts a VirtualService's retries (attempts 0: no retries).
         retry = retry_policy(retries(n))
     return MeshConfig(
+        trust_domain=f.opt("trust_domain", Node.string, default.trust_domain),
+        root_namespace=f.opt("root_namespace", Node.string, default.root_namespace),
+        enable_auto_mtls=f.opt("enable_auto_mtls", Node.boolean, default.enable_auto_mtls),
         default_http_retry_policy=retry,
         outbound_traffic_policy=mode,
         connect_timeout=f.opt("connect_timeout", Node.duration, default.connect_timeout),

@@ -93,6 +93,9 @@ class Endpoint:
     ports: tuple[tuple[str, int], ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
     weight: int = 1
+    # The workload's Kubernetes service account (Pod spec.serviceAccountName, ServiceEntry
+    # endpoints[].serviceAccount), in the service's namespace: its SPIFFE identity.
+    service_account: str = ""
 
     def port_for(self, port: ServicePort) -> int:
         by_name = dict(self.ports)
@@ -121,6 +124,8 @@ class Service:
     ref: str = ""
     # Kubernetes spec.selector: the pods (and so the sidecars) that serve it, for inbound.
     selector: tuple[tuple[str, str], ...] = ()
+    # ServiceEntry subjectAltNames: the identities its endpoints may present.
+    subject_alt_names: tuple[str, ...] = ()
 
     def port(self, number: int) -> ServicePort | None:
         for p in self.ports:

@@ -37,6 +37,7 @@ from pysidecar.observe.stats import ClusterHttpStats, ClusterStats
 from pysidecar.proxy.cluster_manager import ClusterRuntime
 from pysidecar.proxy.http.http1.client_codec import UpstreamConnection
 from pysidecar.proxy.http.retry import CONNECT_FAILURE, CONNECT_TIMEOUT, OVERFLOW
+from pysidecar.proxy.upstream_tls import open_connection
 
 if TYPE_CHECKING:
     from pysidecar.proxy.http.codec import UpstreamAttempt
@@ -237,9 +238,7 @@ class HostPool:
         bind = self.cluster.bind_address_for(self.host[0])
         started = self.loop.time()
         fut = asyncio.ensure_future(
-            self.loop.create_connection(
-                lambda: conn, self.host[0], self.host[1], local_addr=(bind, 0) if bind else None
-            )
+            open_connection(self.loop, lambda: conn, self.host, bind, self.cluster.upstream_tls(self.host), http=True)
         )
         timer = self.loop.call_later(self.cluster.config.connect_timeout, fut.cancel)
         fut.add_done_callback(self._settled(conn, timer, started))
