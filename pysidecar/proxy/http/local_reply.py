@@ -26,8 +26,8 @@ STREAM_TIMEOUT_BODY = b"stream timeout"
 RESET_BODY_PREFIX = "upstream connect error or disconnect/reset before headers. "
 
 # Response flags (access log spelling).
-UH, UF, UO, NR, URX, NC, UT, UC, DPE, DC, LR, SI = (
-    "UH", "UF", "UO", "NR", "URX", "NC", "UT", "UC", "DPE", "DC", "LR", "SI",
+UH, UF, UO, NR, URX, NC, UT, UC, DPE, DC, LR, SI, UPE, UR = (
+    "UH", "UF", "UO", "NR", "URX", "NC", "UT", "UC", "DPE", "DC", "LR", "SI", "UPE", "UR",
 )  # fmt: skip
 
 # Envoy's reset reason words, by our reset reason.
@@ -36,9 +36,13 @@ RESET_WORDS = {
     "connect_timeout": "connection timeout",
     "connection_termination": "connection termination",
     "per_try_timeout": "connection timeout",
+    "protocol_error": "protocol error",
+    "remote_reset": "remote reset",
+    "remote_refused_stream_reset": "remote refused stream reset",
 }
 _CONNECT_REASONS = ("connect_failure", "connect_timeout")
 _OVERFLOW = "overflow"  # retry.OVERFLOW: a circuit breaker refused the request
+_PROTOCOL_ERROR = "protocol_error"  # retry.PROTOCOL_ERROR: the upstream's bytes broke the codec
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,14 +94,17 @@ def stream_idle_reply(request_done: bool) -> LocalReply:
 def reset_reply(reason: str, failure: str | None, retriable: bool, retried: bool) -> LocalReply:
     """An attempt ended without a response and is not retried: 503 with Envoy's body. Flags:
     UO for a circuit breaker's refusal, UF for a connect failure or timeout, UC otherwise;
-    URX when it was retriable and retries ran out."""
+    URX when it was retriable and retries ran out. A protocol error is Envoy's 502 UPE."""
+    status = 503
     if reason == _OVERFLOW:
         flags: tuple[str, ...] = (UO,)
+    elif reason == _PROTOCOL_ERROR:
+        flags, status = (UPE,), 502
     else:
         flags = (UF,) if reason in _CONNECT_REASONS else (UC,)
     if retriable and retried:
         flags = (*flags, URX)
-    return LocalReply(503, reset_body(reason, retried), flags, reset_details(reason, failure))
+    return LocalReply(status, reset_body(reason, retried), flags, reset_details(reason, failure))
 
 
 def reset_body(reason: str, retried: bool) -> bytes:

@@ -24,7 +24,7 @@ import httptools
 
 from pysidecar.proxy.http.header_validation import upstream_head_problem
 from pysidecar.proxy.http.http1.wire import CHUNK_END, CRLF, encode_request_head
-from pysidecar.proxy.http.retry import CONNECTION_TERMINATION
+from pysidecar.proxy.http.retry import CONNECTION_TERMINATION, PROTOCOL_ERROR
 
 if TYPE_CHECKING:
     from pysidecar.proxy.http.codec import UpstreamAttempt
@@ -210,7 +210,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.parser = httptools.HttpResponseParser(self)
             self._message_complete(self.head_keep_alive)
         except httptools.HttpParserError:
-            self._reset(CONNECTION_TERMINATION)
+            # Not HTTP/1.1 (an HTTP/2 server's SETTINGS, garbage): Envoy's 502 protocol error.
+            self.pool.rq_stats.upstream_cx_protocol_error += 1
+            self._reset(PROTOCOL_ERROR)
             return
         # A response head held for its body (one write for both) goes out by the end of the
         # read that brought it.
