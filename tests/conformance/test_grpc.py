@@ -13,12 +13,14 @@ grpc-status 14; a gRPC error status from the upstream passes through as it is (H
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -42,12 +44,29 @@ KINDS = [
 def stack() -> Iterator[Stack]:
     if shutil.which("nginx") is None:
         pytest.skip("nginx needed by the harness")
-    with running("grpc.yaml", ENVOY, ("grpc",)) as s:
+    with running("grpc.yaml", ENVOY, ("grpc", "h2c")) as s:
         srv = s._spawn(
             [sys.executable, "-m", "tests.grpc_app", "serve", "--port", str(s.ports["grpc"]), "--name", "up"], "grpc"
         )
         wait_port(s.ports["grpc"], srv)
+        _h2c_nginx(s)
         yield s
+
+
+def _h2c_nginx(s: Stack) -> None:
+    """nginx with `listen ... http2` and no TLS: HTTP/2 with prior knowledge only."""
+    root = os.path.join(s.dir, "h2c")
+    os.makedirs(os.path.join(root, "html"))
+    Path(root, "html", "index.html").write_text("h2c\n")
+    conf = os.path.join(root, "nginx.conf")
+    user = "user root;" if os.geteuid() == 0 else ""
+    Path(conf).write_text(
+        f"daemon off; pid {root}/nginx.pid; error_log {root}/error.log; {user}\n"
+        "events { worker_connections 256; }\n"
+        f"http {{ access_log off; default_type text/html; client_body_temp_path {root}/tmp;"
+        f" server {{ listen 127.0.0.1:{s.ports['h2c']} http2; root {root}/html; }} }}\n"
+    )
+    wait_port(s.ports["h2c"], s._spawn(["nginx", "-p", root, "-c", conf], "nginx-h2c"))
 
 
 @pytest.fixture(params=KINDS)
@@ -207,3 +226,35 @@ def test_http1_cluster_to_an_http2_server(stack: Stack, proxy: str, http: str) -
     assert after["cluster.grpc_h1.upstream_cx_protocol_error"] - before.get("cluster.grpc_h1.upstream_cx_protocol_error", 0) == 1
     assert after["cluster.grpc_h1.upstream_rq_502"] - before.get("cluster.grpc_h1.upstream_rq_502", 0) == 1
     assert after.get("cluster.grpc_h1.upstream_rq_active", 0) == 0
+
+
+@pytest.mark.parametrize("http", ["--http2-prior-knowledge", "--http1.1"])
+@pytest.mark.parametrize("proxy", KINDS)
+def test_curl_to_an_h2c_only_upstream(stack: Stack, proxy: str, http: str) -> None:
+    """An upstream that speaks only h2c (nginx `listen ... http2`), HTTP/2 or HTTP/1.1 from
+    the client: the cluster's explicit HTTP/2 reaches it (issue 14: pysidecar answered 503)."""
+    if proxy not in stack.proxies:
+        pytest.skip(f"{proxy} not running")
+    r = subprocess.run(
+        ["curl", "-sS", http, "-w", "\n%{http_code}", f"http://127.0.0.1:{stack.proxies[proxy]}/h2c/index.html"],
+        capture_output=True, text=True, timeout=20, check=True,
+    )  # fmt: skip
+    assert r.stdout == "h2c\n\n200"
+
+
+@pytest.mark.parametrize("proxy", KINDS)
+def test_h2load_to_an_h2c_only_upstream(stack: Stack, proxy: str) -> None:
+    """h2load: 400 requests on 4 connections x 10 streams, all 200, multiplexed upstream on
+    few connections (Envoy 1.40: one per worker)."""
+    if proxy not in stack.proxies or shutil.which("h2load") is None:
+        pytest.skip("h2load or the proxy missing")
+    before = stats(stack, proxy)
+    r = subprocess.run(
+        ["h2load", "-n", "400", "-c", "4", "-m", "10", f"http://127.0.0.1:{stack.proxies[proxy]}/h2c/index.html"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert "400 succeeded" in r.stdout and "status codes: 400 2xx" in r.stdout, r.stdout
+    after = stats(stack, proxy)
+    opened = after["cluster.h2c.upstream_cx_http2_total"] - before.get("cluster.h2c.upstream_cx_http2_total", 0)
+    assert 0 <= opened <= 1 and after["cluster.h2c.upstream_cx_active"] == 1
+    assert after["cluster.h2c.upstream_rq_200"] - before.get("cluster.h2c.upstream_rq_200", 0) == 400
