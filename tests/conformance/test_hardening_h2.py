@@ -165,12 +165,15 @@ def test_streams_answered_before_a_reset_are_not_premature(stack: tuple[Stack, U
 @pytest.mark.parametrize("frame", ["ping", "settings"])
 def test_control_frame_flood_from_a_client_that_does_not_read(stack: tuple[Stack, UpstreamSpy], frame: str) -> None:
     """20000 PINGs (SETTINGS) whose ACKs the client never reads: both proxies close; pysidecar
-    counts http2.outbound_control_flood (Envoy's nghttp2 stops it first, uncounted)."""
+    counts http2.outbound_control_flood or outbound_flood (Envoy's nghttp2 stops it first,
+    uncounted)."""
     one = PingFrame(0, opaque_data=b"12345678").serialize() if frame == "ping" else SettingsFrame(0).serialize()
     results = run(stack, PREFACE + one * 20000, read=False)
     for kind, (outcome, _, _) in results.items():
         assert outcome.closed, kind
-    assert results["ours"][1].get("http2.outbound_control_flood") == 1, results["ours"][1]
+    # One read may bring more than 10000 of them: then the frame count trips first.
+    ours = results["ours"][1]
+    assert ours.get("http2.outbound_control_flood", 0) + ours.get("http2.outbound_flood", 0) == 1, ours
 
 
 def test_control_frames_a_client_reads_are_no_flood(stack: tuple[Stack, UpstreamSpy]) -> None:

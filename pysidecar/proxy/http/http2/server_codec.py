@@ -166,7 +166,7 @@ class Http2Connection(Http2ResponseEncoder):
         streams = list(self.streams.values())
         self.streams.clear()
         for st in streams:
-            st.downstream_reset()
+            self._drop(st)
         s = self.stats
         s.downstream_cx_active -= 1
         s.downstream_cx_http2_active -= 1
@@ -366,9 +366,21 @@ class Http2Connection(Http2ResponseEncoder):
         st = self.streams.pop(sid, None)
         if st is not None:
             self.ids.pop(st, None)
-            st.downstream_reset()
+            self._drop(st)
             self._stream_closed(st)
             self._maybe_idle()
+
+    def _drop(self, st: ActiveStream) -> None:
+        """The client reset a stream (or its connection failed): a stream never started (the
+        same read opened and reset it) ends here, accounted as a downstream reset."""
+        if st.started:
+            st.downstream_reset()
+            return
+        st.info.response_flags.append(lr.DC)
+        self.stats.downstream_rq_rx_reset += 1
+        st.abandon()
+        if st.info.end_time is None:
+            self.record(st)
 
     # == streams ==============================================================================
     def stream_done(self, st: ActiveStream) -> None:
@@ -515,7 +527,7 @@ class Http2Connection(Http2ResponseEncoder):
         self.streams.clear()
         self.ids.clear()
         for st in streams:
-            st.downstream_reset()
+            self._drop(st)
         t = self.transport
         if t is not None:
             t.close()
