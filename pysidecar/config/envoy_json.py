@@ -18,12 +18,14 @@ from pysidecar.model import (
     DEFAULT_PANIC_THRESHOLD,
     DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT,
     AccessLogConfig,
+    Bootstrap,
     CircuitBreakers,
     Cluster,
     ClusterType,
     DnsLookupFamily,
     FilterChain,
     FilterChainMatch,
+    LbEndpoint,
     Listener,
     NetworkFilter,
     SocketAddress,
@@ -497,3 +499,48 @@ def cluster(c: Cluster) -> dict[str, Any]:
             }
         }
     return out
+
+
+# -- the sidecar's own ports, as Istio's bootstrap serves them -----------------------------------
+
+# Istio's bootstrap name for the admin-backed cluster behind :15090 (and here :15021 too).
+STATS_CLUSTER = "prometheus_stats"
+
+
+def _admin_listener(name: str, at: SocketAddress, prefix: str, rewrite: str | None) -> dict[str, Any]:
+    """A listener answering one path from Envoy's admin, as Istio's bootstrap does for :15090."""
+    action: dict[str, Any] = {"cluster": STATS_CLUSTER}
+    if rewrite is not None:
+        action["prefix_rewrite"] = rewrite
+    hcm = {
+        "@type": HCM,
+        "stat_prefix": name,
+        "codec_type": "AUTO",
+        "route_config": {
+            "virtual_hosts": [{"name": "backend", "domains": ["*"], "routes": [{"match": {"prefix": prefix}, "route": action}]}]
+        },
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+    }
+    return {
+        "name": name,
+        "address": socket_address(at),
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
+    }
+
+
+def admin_port_resources(b: Bootstrap) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The listeners for :15090 (/stats/prometheus) and :15021 (/healthz/ready, onto the
+    admin's /ready) and their admin cluster: what pysidecar's main process serves on those
+    ports, written as Istio's bootstrap gives them to Envoy (export) and as its dump shows them
+    (`istioctl proxy-config listeners`: `Inline Route: /healthz/ready*`)."""
+    if b.admin is None:
+        return [], []
+    listeners: list[dict[str, Any]] = []
+    if b.stats_address is not None:
+        listeners.append(_admin_listener("prometheus_stats_listener", b.stats_address, "/stats/prometheus", None))
+    if b.readiness_address is not None:
+        listeners.append(_admin_listener("readiness_listener", b.readiness_address, "/healthz/ready", "/ready"))
+    if not listeners:
+        return [], []
+    admin_cluster = Cluster(STATS_CLUSTER, ClusterType.STATIC, 0.25, endpoints=(LbEndpoint(b.admin.address),))
+    return listeners, [cluster(admin_cluster)]
