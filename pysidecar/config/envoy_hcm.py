@@ -20,6 +20,7 @@ import re
 
 from pysidecar.config import envoy
 from pysidecar.config.access_log import access_logs
+from pysidecar.config.envoy_tracing import tracing
 from pysidecar.config.node import Fields, Node
 from pysidecar.model import Bootstrap
 from pysidecar.model.http import (
@@ -631,11 +632,6 @@ def http_connection_manager(node: Node) -> HttpConnectionManager:
         uf = u.fields("upgrade_type", "enabled")
         if uf.opt("enabled", Node.boolean, True):
             upgrades.append(uf.require("upgrade_type").string().lower())
-    if (tr := f.get("tracing")) is not None:
-        tr.fields(
-            "client_sampling", "random_sampling", "overall_sampling", "custom_tags", "provider",
-            "max_path_tag_length", "verbose", "spawn_upstream_span",
-        )  # fmt: skip
     codec = f.opt(
         "codec_type", lambda n: CodecType(n.enum([c.value for c in CodecType])), CodecType.AUTO
     )
@@ -665,7 +661,7 @@ def http_connection_manager(node: Node) -> HttpConnectionManager:
         codec_type=codec,
         http_filters=filters,
         server_name=f.opt("server_name", Node.header_value, "envoy"),
-        tracing="tracing" in f,
+        tracing=tracing(f.require("tracing")) if "tracing" in f else None,
         request_headers_timeout=f.opt("request_headers_timeout", Node.duration, 10.0),
         stream_idle_timeout=f.opt("stream_idle_timeout", Node.duration, 300.0),
         idle_timeout=idle,
@@ -692,10 +688,14 @@ def check_route_clusters(b: Bootstrap, root: Node) -> None:
             chains.append(("default_filter_chain", lis.default_filter_chain))
         for where, chain in chains:
             for fi, nf in enumerate(chain.filters):
-                if (
-                    not isinstance(nf, HttpConnectionManager)
-                    or not nf.route_config.validate_clusters
-                ):
+                if not isinstance(nf, HttpConnectionManager):
+                    continue
+                zipkin = nf.tracing.provider if nf.tracing is not None else None
+                if zipkin is not None and zipkin.collector_cluster not in known:
+                    listeners.child(li, None).child(f"{where}.filters[{fi}].typed_config.tracing.provider", None).fail(
+                        f"unknown collector_cluster {zipkin.collector_cluster!r} (Envoy refuses it at load)"
+                    )
+                if not nf.route_config.validate_clusters:
                     continue
                 for vi, vh in enumerate(nf.route_config.virtual_hosts):
                     for ri, r in enumerate(vh.routes):

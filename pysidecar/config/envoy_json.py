@@ -42,6 +42,7 @@ from pysidecar.model.http import (
     Route,
     RouteConfiguration,
     RouteMatch,
+    Tracing,
     VirtualHost,
 )
 from pysidecar.model.tls import (
@@ -281,6 +282,31 @@ def http_filter(f: HttpFilter) -> dict[str, Any]:
     return {"name": f.name, "typed_config": {"@type": T + f.type_url}}
 
 
+def tracing(t: Tracing) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in (("client_sampling", t.client_sampling), ("random_sampling", t.random_sampling),
+                        ("overall_sampling", t.overall_sampling)):  # fmt: skip
+        if value != 100.0:
+            out[name] = {"value": value}
+    if t.custom_tags:
+        out["custom_tags"] = [{"tag": k, "literal": {"value": v}} for k, v in t.custom_tags]
+    if t.max_path_tag_length != 256:
+        out["max_path_tag_length"] = t.max_path_tag_length
+    if (z := t.provider) is not None:
+        config: dict[str, Any] = {
+            "@type": T + "envoy.config.trace.v3.ZipkinConfig",
+            "collector_cluster": z.collector_cluster,
+            "collector_endpoint": z.collector_endpoint,
+            "collector_endpoint_version": "HTTP_JSON",
+            "trace_id_128bit": z.trace_id_128bit,
+            "shared_span_context": z.shared_span_context,
+        }
+        if z.collector_hostname:
+            config["collector_hostname"] = z.collector_hostname
+        out["provider"] = {"name": "envoy.tracers.zipkin", "typed_config": config}
+    return out
+
+
 def _http2_options(h: HttpConnectionManager) -> dict[str, Any]:
     o = h.http2
     if o is None:
@@ -314,8 +340,8 @@ def http_connection_manager(h: HttpConnectionManager) -> dict[str, Any]:
         "delayed_close_timeout": duration(h.delayed_close_timeout),
         "proxy_100_continue": h.proxy_100_continue,
     }
-    if h.tracing:
-        out["tracing"] = {}
+    if h.tracing is not None:
+        out["tracing"] = tracing(h.tracing)
     if h.upgrade_types:
         out["upgrade_configs"] = [{"upgrade_type": u} for u in h.upgrade_types]
     if h.access_log:

@@ -31,6 +31,7 @@ from pysidecar.config.sidecar import add_interception_mode_argument, resolve_int
 from pysidecar.model import Bootstrap
 from pysidecar.observe import workload
 
+
 def to_envoy(b: Bootstrap, proxy_type: str = "sidecar") -> dict[str, Any]:
     """`proxy_type`: the node id's first field, `sidecar` or `router` (Istio's gateways)."""
     listeners = [listener(x) for x in b.listeners]

@@ -281,6 +281,31 @@ class HttpFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class ZipkinProvider:
+    """envoy.tracers.zipkin (ZipkinConfig), HTTP_JSON only: Zipkin v2 spans POSTed to a cluster."""
+
+    collector_cluster: str
+    collector_endpoint: str = "/api/v2/spans"
+    trace_id_128bit: bool = False
+    # Envoy's default: the server span reuses the client's span id (Istio sets false).
+    shared_span_context: bool = True
+    collector_hostname: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Tracing:
+    """The HCM's `tracing`: sampling percentages (Envoy's defaults: 100 each), literal custom
+    tags, and the provider (None: decisions and x-request-id marks only, no spans)."""
+
+    client_sampling: float = 100.0
+    random_sampling: float = 100.0
+    overall_sampling: float = 100.0
+    custom_tags: tuple[tuple[str, str], ...] = ()
+    max_path_tag_length: int = 256
+    provider: ZipkinProvider | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class HttpConnectionManager:
     """envoy.filters.network.http_connection_manager."""
 
@@ -289,8 +314,9 @@ class HttpConnectionManager:
     codec_type: CodecType = CodecType.AUTO
     http_filters: tuple[HttpFilter, ...] = ()
     server_name: str = "envoy"
-    # `tracing` present (even `{}`): enables x-envoy-decorator-operation on outbound listeners.
-    tracing: bool = False
+    # `tracing` present (even `{}`): enables x-envoy-decorator-operation on outbound listeners,
+    # the trace decision (x-request-id) and, with a provider, spans and B3 headers.
+    tracing: Tracing | None = None
     request_headers_timeout: float = DEFAULT_REQUEST_HEADERS_TIMEOUT
     stream_idle_timeout: float = 300.0
     idle_timeout: float = DEFAULT_HTTP_IDLE_TIMEOUT

@@ -18,7 +18,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pysidecar.config.envoy_json import admin_port_resources, cluster, listener, route_configuration, socket_address
+from pysidecar.config.envoy_json import (
+    admin_port_resources,
+    cluster,
+    listener,
+    route_configuration,
+    socket_address,
+)
 from pysidecar.model import Bootstrap
 from pysidecar.observe.access_format import iso_time
 
@@ -40,6 +46,12 @@ def route_configs(b: Bootstrap) -> list[Json]:
                 if rc is not None:
                     seen.setdefault(rc.name, {"@type": ROUTE_TYPE, **route_configuration(rc)})
     return list(seen.values())
+
+
+def _inline_routes(x: Json) -> Json:
+    """The unnamed inline route config of a :15090 / :15021 listener, as Envoy dumps it."""
+    rc = x["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+    return {"@type": ROUTE_TYPE, **rc}
 
 
 def config_dump(b: Bootstrap, last_updated: float, reload: Json | None = None) -> Json:
@@ -72,7 +84,10 @@ def config_dump(b: Bootstrap, last_updated: float, reload: Json | None = None) -
             },
             {
                 "@type": ADMIN_TYPE + "RoutesConfigDump",
-                "static_route_configs": [{"route_config": r, "last_updated": stamp} for r in route_configs(b)],
+                "static_route_configs": [
+                    {"route_config": r, "last_updated": stamp}
+                    for r in [*route_configs(b), *(_inline_routes(x) for x in own_listeners)]
+                ],
             },
             *([reload] if reload is not None else []),
         ]

@@ -43,7 +43,7 @@ def _section(dump: Json, kind: str) -> Json:
 
 
 def resources(dump: Json, kind: str) -> list[Json]:
-    """The listeners / clusters / route configs of a dump, static ones first."""
+    """The listeners / clusters / route configs of a dump, dynamic ones first, as istioctl reads them."""
     key, static, dynamic = {
         "listeners": ("listener", "static_listeners", "dynamic_listeners"),
         "clusters": ("cluster", "static_clusters", "dynamic_active_clusters"),
@@ -52,7 +52,7 @@ def resources(dump: Json, kind: str) -> list[Json]:
     section = _section(dump, {"listeners": "ListenersConfigDump", "clusters": "ClustersConfigDump",
                               "routes": "RoutesConfigDump"}[kind])  # fmt: skip
     out: list[Json] = []
-    for entry in [*section.get(static, []), *section.get(dynamic, [])]:
+    for entry in [*section.get(dynamic, []), *section.get(static, [])]:
         holder = entry.get("active_state", entry)
         if key in holder:
             out.append(holder[key])

@@ -66,14 +66,17 @@ def _dump() -> dict:
 
 def test_listener_table_reads_like_istioctl() -> None:
     assert t.table(t.LISTENER_HEADER, t.listener_rows(_dump())) == (
-        "ADDRESS    PORT  MATCH                                DESTINATION\n"
-        "10.96.0.10 53    ALL                                  Cluster: outbound|53||kube-dns.kube-system.svc.cluster.local\n"
-        "0.0.0.0    80    Trans: raw_buffer; App: http/1.1,h2c Route: 80\n"
-        "0.0.0.0    80    ALL                                  PassthroughCluster\n"
-        "0.0.0.0    15001 ALL                                  PassthroughCluster\n"
-        "0.0.0.0    15001 Addr: *:15001                        Non-HTTP/Non-TCP\n"
-        "0.0.0.0    15006 Addr: *:15006                        Non-HTTP/Non-TCP\n"
-        "0.0.0.0    15006 ALL                                  InboundPassthroughCluster\n"
+        "ADDRESS    PORT  MATCH                                                 DESTINATION\n"
+        "10.96.0.10 53    ALL                                                   Cluster: outbound|53||kube-dns.kube-system.svc.cluster.local\n"
+        "0.0.0.0    80    Trans: raw_buffer; App: http/1.1,h2c                  Route: 80\n"
+        "0.0.0.0    80    ALL                                                   PassthroughCluster\n"
+        "0.0.0.0    15001 ALL                                                   PassthroughCluster\n"
+        "0.0.0.0    15001 Addr: *:15001                                         Non-HTTP/Non-TCP\n"
+        "0.0.0.0    15006 Addr: *:15006                                         Non-HTTP/Non-TCP\n"
+        "0.0.0.0    15006 Trans: raw_buffer; App: http/1.1,h2c; Addr: ::/0      InboundPassthroughClusterIpv6\n"
+        "0.0.0.0    15006 Trans: raw_buffer; Addr: ::/0                         InboundPassthroughClusterIpv6\n"
+        "0.0.0.0    15006 Trans: raw_buffer; App: http/1.1,h2c; Addr: 0.0.0.0/0 InboundPassthroughClusterIpv4\n"
+        "0.0.0.0    15006 Trans: raw_buffer; Addr: 0.0.0.0/0                    InboundPassthroughClusterIpv4\n"
     )  # as the seed's istioctl table: tcp_proxy to BlackHoleCluster is Non-HTTP/Non-TCP
 
 
@@ -125,7 +128,12 @@ def test_destinations() -> None:
 
 def test_route_cluster_endpoint_tables() -> None:
     dump = _dump()
-    assert t.route_rows(dump) == [("80", "httpbin.org:80", "httpbin.org", "/*", ""), ("80", "block_all", "*", "/*", "")]
+    # Inline route configs are in Envoy's dump too: istioctl lists them (Istio's inbound passthrough).
+    assert t.route_rows(dump) == [
+        ("80", "httpbin.org:80", "httpbin.org", "/*", ""), ("80", "block_all", "*", "/*", ""),
+        ("InboundPassthroughClusterIpv4", "inbound|http|0", "*", "/*", ""),
+        ("InboundPassthroughClusterIpv6", "inbound|http|0", "*", "/*", ""),
+    ]  # fmt: skip
     rows = t.cluster_rows(dump)
     assert ("BlackHoleCluster", "-", "-", "-", "STATIC", "") in rows
     assert ("PassthroughCluster", "-", "-", "-", "ORIGINAL_DST", "") in rows

@@ -39,6 +39,7 @@ from pysidecar.config.istio.inbound import build_inbound, inbound_ports, with_in
 from pysidecar.config.istio.meta import DEFAULT_NAMESPACE
 from pysidecar.config.istio.registry import Protocol, Service, ServicePort, outbound_cluster_name
 from pysidecar.config.istio.sidecar_scope import Sidecar, host_matches
+from pysidecar.config.istio.tracing import with_mesh_tracing
 from pysidecar.config.istio.virtual_service import (
     MESH_GATEWAY,
     L4Route,
@@ -448,6 +449,6 @@ def compile_config(
     # circuit breakers too, not plain Envoy's 1024.
     base = replace(base, clusters=tuple(replace(c, circuit_breakers=ISTIO_CIRCUIT_BREAKERS) for c in base.clusters))
     base = with_inbound(base, build_inbound(inbound_ports(cfg.services, workload_labels or {}, cfg.pods), mesh))
-    out = replace(with_resources(base, listeners, clusters), sources=cfg.files or base.sources)
+    out = with_mesh_tracing(replace(with_resources(base, listeners, clusters), sources=cfg.files or base.sources))
     access_log = mesh_access_log(mesh) if mesh_access_log_on else None
     return with_access_log(out, access_log) if access_log is not None else out
