@@ -303,6 +303,7 @@ def main(args: argparse.Namespace) -> int:
         mesh_access_log=args.access_log is None,
         interception_mode=interception,
         mode=args.mode,
+        cert_dir=args.cert_dir,
     )
     try:
         bootstrap = args.loader(args.config)

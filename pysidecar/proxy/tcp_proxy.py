@@ -44,6 +44,7 @@ from pysidecar.proxy.cluster_manager import ClusterManager, ClusterRuntime
 from pysidecar.proxy.lb import Host
 from pysidecar.proxy.loop_detect import forwarding_loop, loop_message
 from pysidecar.proxy.splice import SpliceRelay
+from pysidecar.proxy.upstream_tls import open_connection
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,8 @@ class TcpProxySession(asyncio.Protocol):
             return
         breaker.cx += 1
         self._breaker = breaker
+        # splice(2) would move clear text past an upstream TLS session.
+        splice = splice and cluster.upstream_tls(host) is None
         relay = SpliceRelay.attach(self, transport, initial, host[0]) if splice else None
         if relay is not None:
             self._splice = relay
@@ -216,9 +219,7 @@ class TcpProxySession(asyncio.Protocol):
         if relay is not None:
             opening = relay.connect(host, bind)
         else:
-            opening = self.loop.create_connection(
-                lambda: _Upstream(self), host[0], host[1], local_addr=(bind, 0) if bind else None
-            )
+            opening = open_connection(self.loop, lambda: _Upstream(self), host, bind, cluster.upstream_tls(host))
         connecting = self.loop.create_task(opening)
         timer = self.loop.call_later(cluster.config.connect_timeout, connecting.cancel)
         try:

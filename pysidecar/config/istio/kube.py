@@ -177,6 +177,13 @@ def endpoints(doc: Node) -> EndpointSet:
         return EndpointSet(f"{meta.name}.{meta.namespace}", tuple(out), from_slice=False)
 
 
+def pod_service_account(doc: Node) -> str:
+    """A Pod document's spec.serviceAccountName (Kubernetes' default: `default`)."""
+    spec = _member(doc, "spec").value
+    name = spec.get("serviceAccountName") or spec.get("serviceAccount") if isinstance(spec, dict) else None
+    return str(name) if name else "default"
+
+
 def pod_labels(doc: Node) -> tuple[str, tuple[tuple[str, str], ...]] | None:
     """(pod IP, labels) from a Pod document, when it has an IP."""
     if not isinstance(doc.value, dict):
@@ -222,7 +229,10 @@ def _merged(a: tuple[tuple[str, int], ...], b: tuple[tuple[str, int], ...]) -> t
 
 
 def attach_endpoints(
-    services: list[Service], sets: list[EndpointSet], pods: dict[str, tuple[tuple[str, str], ...]]
+    services: list[Service],
+    sets: list[EndpointSet],
+    pods: dict[str, tuple[tuple[str, str], ...]],
+    accounts: dict[str, str] | None = None,
 ) -> list[Service]:
     """Kubernetes services with their endpoints and pod labels. As istiod, a service with
     EndpointSlices takes its endpoints from them only (every slice naming it), the legacy
@@ -241,7 +251,10 @@ def attach_endpoints(
             out.append(svc)
             continue
         key = svc.hostname.removesuffix(f".svc.{DOMAIN_SUFFIX}")
-        eps = tuple(replace(e, labels=pods.get(e.address, e.labels)) for e in by_service.get(key, {}).values())
+        eps = tuple(
+            replace(e, labels=pods.get(e.address, e.labels), service_account=(accounts or {}).get(e.address, e.service_account))
+            for e in by_service.get(key, {}).values()
+        )
         out.append(replace(svc, endpoints=eps))
     return out
 
