@@ -272,15 +272,13 @@ def route_configuration(rc: RouteConfiguration) -> dict[str, Any]:
 
 
 def http_filter(f: HttpFilter) -> dict[str, Any]:
-    if f.type_url == LUA:
-        request = [a for a in f.lua_adds if not a.response]
-        response = [a for a in f.lua_adds if a.response]
-        code = "".join(
-            f"function envoy_on_{which}(h)\n" + "".join(f'  h:headers():add("{a.key}", "{a.value}")\n' for a in adds) + "end\n"
-            for which, adds in (("request", request), ("response", response))
-            if adds
-        )
-        return {"name": f.name, "typed_config": {"@type": T + LUA, "default_source_code": {"inline_string": code}}}
+    if f.type_url == LUA and f.lua is not None:
+        config: dict[str, Any] = {"@type": T + LUA}
+        if f.lua.code:
+            config["default_source_code"] = {"inline_string": f.lua.code}
+        if f.lua.source_codes:
+            config["source_codes"] = {name: {"inline_string": code} for name, code in f.lua.source_codes}
+        return {"name": f.name, "typed_config": config}
     return {"name": f.name, "typed_config": {"@type": T + f.type_url}}
 
 

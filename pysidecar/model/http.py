@@ -262,22 +262,21 @@ class CodecType(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class LuaHeaderAdd:
-    """The one Lua shape supported: `<handle>:headers():add("k", "v")` in envoy_on_request /
-    envoy_on_response."""
+class LuaConfig:
+    """envoy.extensions.filters.http.lua.v3.Lua: the script every stream runs
+    (`default_source_code`, or the deprecated `inline_code`), and the named `source_codes`."""
 
-    response: bool
-    key: str
-    value: str
+    code: str
+    source_codes: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class HttpFilter:
-    """An HTTP filter of the chain. `router` is always last; `lua` keeps its header adds."""
+    """An HTTP filter of the chain. `router` is always last; `lua` holds a Lua filter's scripts."""
 
     name: str
     type_url: str
-    lua_adds: tuple[LuaHeaderAdd, ...] = ()
+    lua: LuaConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
