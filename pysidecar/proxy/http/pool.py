@@ -44,6 +44,7 @@ from pysidecar.proxy.http.retry import (
     CONNECTION_TERMINATION,
     OVERFLOW,
 )
+from pysidecar.proxy.peer_tls import uri_san
 from pysidecar.proxy.upstream_tls import open_connection
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class UpstreamConnection(asyncio.Protocol):
         "informational",
         "local_address",
         "parser",
+        "peer_uri_san",
         "pending",
         "pool",
         "request_done",
@@ -91,6 +93,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.upgraded = False
         self.head_keep_alive = False
         self.local_address: str | None = None  # "ip:port", filled by the first stream
+        self.peer_uri_san: str | None = None  # the upstream certificate's URI SAN (mTLS)
         self.pending = False  # holds a pending-request slot of the circuit breaker
         self.counted = False  # holds a request slot of the circuit breaker
         self.cx_open = False  # holds a connection slot of the circuit breaker
@@ -500,6 +503,7 @@ class HostPool:
                 reason, failure = CONNECT_FAILURE, _transport_failure(exc)
             else:
                 self.cx_stats.upstream_cx_connect_ms.record((self.loop.time() - started) * 1000.0)
+                conn.peer_uri_san = uri_san(conn.transport)
                 if wanted and self.breaker.can_request():
                     assert stream is not None
                     stream.upstream_ready(conn)

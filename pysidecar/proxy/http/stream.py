@@ -61,6 +61,7 @@ from pysidecar.proxy.http.retry import (
     retriable_status,
 )
 from pysidecar.proxy.http.router import CompiledRoute, redirect_location
+from pysidecar.proxy.http.xfcc import forward_client_cert
 from pysidecar.proxy.lb import Host
 from pysidecar.proxy.loop_detect import LOOP_DETAILS, LOOP_STATUS, forwarding_loop, loop_message
 
@@ -227,6 +228,7 @@ class ActiveStream:
         if cfg.edge:
             clean, noted = edge_request(clean, noted, conn.peer_ip, conn.scheme)
             info.x_forwarded_for = (get(clean, b"x-forwarded-for") or b"").decode("latin-1")
+        clean = forward_client_cert(clean, cfg.xfcc_mode, cfg.xfcc_details, conn.tls)
         host_b = noted.get(b"host", b"")
         if url[:7].lower() == b"http://":  # absolute-form: the URL's authority wins
             rest = url[7:]
@@ -473,6 +475,7 @@ class ActiveStream:
             if sock:
                 local = up.local_address = _fmt((str(sock[0]), int(sock[1])))
         self.info.upstream_local_address = local
+        self.info.upstream_peer_uri_san = up.peer_uri_san
         headers = self.up_headers
         if self.attempt > 1 and self.route is not None and self.route.vhost.vhost.include_request_attempt_count:
             headers = self.up_headers = replace_header(headers, ATTEMPT_COUNT, b"%d" % self.attempt)
