@@ -16,15 +16,14 @@ import ipaddress
 from collections.abc import Callable
 
 from pysidecar.config.access_log import access_logs
-from pysidecar.config.envoy_json import HTTP_PROTOCOL_OPTIONS
 from pysidecar.config.envoy_tls import transport_socket
+from pysidecar.config.envoy_upstream_http import cluster_http_options
 from pysidecar.config.node import ConfigError, Node, load_documents
 from pysidecar.model import (
     DEFAULT_BUFFER_LIMIT,
     DEFAULT_LISTENER_FILTERS_TIMEOUT,
     DEFAULT_PANIC_THRESHOLD,
     DEFAULT_TCP_IDLE_TIMEOUT,
-    DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT,
     Admin,
     Bootstrap,
     CidrRange,
@@ -378,6 +377,7 @@ def cluster(node: Node) -> Cluster:
         "outlier_detection",
         "common_lb_config",
         "typed_extension_protocol_options",
+        "http2_protocol_options",
     )
     name = f.require("name").nonempty()
     ctype = f.opt("type", lambda n: ClusterType(n.enum([t.value for t in ClusterType])), ClusterType.STATIC)
@@ -417,9 +417,7 @@ def cluster(node: Node) -> Cluster:
             if (proto := af.get("protocol")) is not None:
                 proto.enum(["TCP"])
             bind += (af.require("address").string(),)
-    idle, per_connection, max_duration = f.opt(
-        "typed_extension_protocol_options", http_protocol_options, (DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT, 0, 0.0)
-    )
+    http = cluster_http_options(f.get("typed_extension_protocol_options"), f.get("http2_protocol_options"))
     connect = f.get("connect_timeout")
     refresh = f.get("dns_refresh_rate")
     alt = f.get("alt_stat_name")
@@ -441,31 +439,11 @@ def cluster(node: Node) -> Cluster:
         circuit_breakers=f.opt("circuit_breakers", circuit_breakers, CircuitBreakers()),
         outlier_detection=f.opt("outlier_detection", outlier_detection, None),
         healthy_panic_threshold=f.opt("common_lb_config", panic_threshold, DEFAULT_PANIC_THRESHOLD),
-        http_idle_timeout=idle,
-        max_requests_per_connection=per_connection,
-        max_connection_duration=max_duration,
-    )
-
-
-def http_protocol_options(node: Node) -> tuple[float, int, float]:
-    """typed_extension_protocol_options with HttpProtocolOptions: upstream HTTP/1.1 (what the
-    pools speak; explicitly or as the downstream used) and common_http_protocol_options idle_timeout, max_requests_per_connection,
-    max_connection_duration."""
-    opts = node.fields(HTTP_PROTOCOL_OPTIONS).require(HTTP_PROTOCOL_OPTIONS)
-    f = opts.fields("@type", "common_http_protocol_options", "explicit_http_config", "use_downstream_protocol_config")
-    if "@type" in f and opts.type_url() != HTTP_PROTOCOL_OPTIONS:
-        f.require("@type").fail(f"expected type {HTTP_PROTOCOL_OPTIONS}")
-    for http1_only in ("explicit_http_config", "use_downstream_protocol_config"):
-        if (explicit := f.get(http1_only)) is not None:
-            explicit.fields("http_protocol_options")
-    common = f.get("common_http_protocol_options")
-    cf = common.fields("idle_timeout", "max_requests_per_connection", "max_connection_duration") if common is not None else None
-    if cf is None:
-        return DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT, 0, 0.0
-    return (
-        cf.opt("idle_timeout", Node.duration, DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT),
-        cf.opt("max_requests_per_connection", lambda n: n.integer(0), 0),
-        cf.opt("max_connection_duration", Node.duration, 0.0),
+        http_idle_timeout=http.http_idle_timeout,
+        max_requests_per_connection=http.max_requests_per_connection,
+        max_connection_duration=http.max_connection_duration,
+        upstream_http_protocol=http.upstream_http_protocol,
+        http2_options=http.http2_options,
     )
 
 

@@ -20,6 +20,7 @@ import re
 
 from pysidecar.config import envoy
 from pysidecar.config.access_log import access_logs
+from pysidecar.config.envoy_upstream_http import http2_options
 from pysidecar.config.node import Fields, Node
 from pysidecar.model import Bootstrap
 from pysidecar.model.http import (
@@ -34,7 +35,6 @@ from pysidecar.model.http import (
     HeaderMatcher,
     HeaderMutations,
     HeaderValueOption,
-    Http2Options,
     HttpConnectionManager,
     HttpFilter,
     LuaHeaderAdd,
@@ -643,19 +643,7 @@ def http_connection_manager(node: Node) -> HttpConnectionManager:
     )
     http2 = None
     if (h2o := f.get("http2_protocol_options")) is not None:
-        hf = h2o.fields(
-            "max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size"
-        )
-        # Envoy's bounds: streams 1..2^31-1, windows 65535..2^31-1.
-        http2 = Http2Options(
-            max_concurrent_streams=hf.opt("max_concurrent_streams", lambda n: n.integer(1, 2**31 - 1), None),
-            initial_stream_window_size=hf.opt(
-                "initial_stream_window_size", lambda n: n.integer(65535, 2**31 - 1), None
-            ),
-            initial_connection_window_size=hf.opt(
-                "initial_connection_window_size", lambda n: n.integer(65535, 2**31 - 1), None
-            ),
-        )
+        http2 = http2_options(h2o)
     rc = route_configuration(route_node)
     filters = http_filters(f.require("http_filters"))
     faulty = any(r.fault is not None for vh in rc.virtual_hosts for r in vh.routes)

@@ -21,6 +21,12 @@ Promises:
 - connectionPool.http idleTimeout and maxRequestsPerConnection, and tcp.maxConnectionDuration,
   become the cluster's upstream HTTP options (common_http_protocol_options), which the pools
   honour.
+- The upstream HTTP protocol is istiod's (`upstream_protocol`): HTTP/2 for ports of protocol
+  http2 / grpc / grpc-web (max_concurrent_streams 2^30), the downstream's for sniffed ports;
+  outbound HTTP ports are upgraded to HTTP/2 by the mesh's h2UpgradePolicy UPGRADE or the
+  DestinationRule's http.h2UpgradePolicy UPGRADE (DO_NOT_UPGRADE keeps HTTP/1.1; UPGRADE
+  also upgrades a sniffed port); http.maxConcurrentStreams lowers the HTTP/2 stream limit;
+  http.useClientProtocol makes it the downstream's.
 """
 
 from __future__ import annotations
@@ -31,10 +37,17 @@ from dataclasses import replace
 from pysidecar.config.istio import destination_rule as drule
 from pysidecar.config.istio.destination_rule import DestinationRule, Subset, TrafficPolicy
 from pysidecar.config.istio.mtls import cluster_tls
-from pysidecar.config.istio.registry import Resolution, Service, ServicePort, outbound_cluster_name
+from pysidecar.config.istio.registry import (
+    Protocol,
+    Resolution,
+    Service,
+    ServicePort,
+    outbound_cluster_name,
+)
 from pysidecar.model import (
     DEFAULT_PANIC_THRESHOLD,
     DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT,
+    ISTIO_H2_MAX_CONCURRENT_STREAMS,
     ISTIO_UNLIMITED,
     CircuitBreakers,
     Cluster,
@@ -45,7 +58,9 @@ from pysidecar.model import (
     MeshConfig,
     OutlierDetection,
     SocketAddress,
+    UpstreamHttpProtocol,
 )
+from pysidecar.model.http import Http2Options
 from pysidecar.model.tls import TLS_MODE_ISTIO, TLS_MODE_KEY, TLS_MODE_LABEL, WorkloadIdentity
 
 # istiod's default load balancer since 1.14 (DestinationRule simple: UNSPECIFIED).
@@ -97,6 +112,46 @@ def outlier_detection(od: drule.OutlierDetection) -> OutlierDetection:
     )
 
 
+# istiod's http2ProtocolOptions(): what every HTTP/2-capable cluster it writes carries.
+ISTIO_HTTP2_OPTIONS = Http2Options(max_concurrent_streams=ISTIO_H2_MAX_CONCURRENT_STREAMS)
+
+
+def should_h2_upgrade(
+    protocol: Protocol, mesh_upgrade: bool, pool: drule.ConnectionPool | None
+) -> bool:
+    """istiod's shouldH2Upgrade (outbound clusters only): useClientProtocol never upgrades; a
+    DestinationRule's UPGRADE / DO_NOT_UPGRADE wins (UPGRADE even on a sniffed port: the user
+    says it is HTTP); otherwise HTTP ports follow the mesh's h2UpgradePolicy."""
+    if pool is not None:
+        if pool.use_client_protocol:
+            return False
+        if pool.h2_upgrade is not None:
+            return pool.h2_upgrade
+    return protocol.is_http and mesh_upgrade
+
+
+def upstream_protocol(
+    protocol: Protocol, outbound: bool, mesh: MeshConfig, pool: drule.ConnectionPool | None
+) -> tuple[UpstreamHttpProtocol, Http2Options]:
+    """The cluster's upstream HTTP protocol and HTTP/2 options, in istiod's order:
+    setUpstreamProtocol (port protocol), applyH2Upgrade (outbound), applyConnectionPool
+    (maxConcurrentStreams on an explicit HTTP/2 cluster, then useClientProtocol)."""
+    kind = UpstreamHttpProtocol.HTTP1
+    h2 = Http2Options()
+    if protocol.is_http2:
+        kind, h2 = UpstreamHttpProtocol.HTTP2, ISTIO_HTTP2_OPTIONS
+    elif protocol is Protocol.UNSUPPORTED:
+        kind, h2 = UpstreamHttpProtocol.USE_DOWNSTREAM, ISTIO_HTTP2_OPTIONS
+    if outbound and should_h2_upgrade(protocol, mesh.h2_upgrade, pool):
+        # setH2Options replaces use_downstream_protocol_config too (a sniffed port, UPGRADE).
+        kind, h2 = UpstreamHttpProtocol.HTTP2, ISTIO_HTTP2_OPTIONS
+    if pool is not None and pool.max_concurrent_streams and kind is UpstreamHttpProtocol.HTTP2:
+        h2 = Http2Options(max_concurrent_streams=pool.max_concurrent_streams)
+    if pool is not None and pool.use_client_protocol:
+        kind, h2 = UpstreamHttpProtocol.USE_DOWNSTREAM, ISTIO_HTTP2_OPTIONS
+    return kind, h2
+
+
 def _policy(dr: DestinationRule | None, subset: Subset | None) -> TrafficPolicy:
     """The subset's policy overlaid on the rule's, field by field, as istiod merges them."""
     base = dr.traffic_policy if dr is not None and dr.traffic_policy is not None else TrafficPolicy()
@@ -141,10 +196,12 @@ def service_cluster(
     idle = pool.idle_timeout if pool is not None and pool.idle_timeout is not None else DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT
     per_connection = (pool.max_requests_per_connection or 0) if pool is not None else 0
     max_duration = (pool.max_connection_duration or 0.0) if pool is not None else 0.0
+    http_protocol, h2 = upstream_protocol(port.protocol, True, mesh, pool)
     if svc.resolution is Resolution.NONE or policy.lb_policy is LbPolicy.CLUSTER_PROVIDED:
         return Cluster(
             name, ClusterType.ORIGINAL_DST, connect, LbPolicy.CLUSTER_PROVIDED, circuit_breakers=circuit_breakers(pool),
             http_idle_timeout=idle, max_requests_per_connection=per_connection, max_connection_duration=max_duration,
+            upstream_http_protocol=http_protocol, http2_options=h2,
         )  # fmt: skip
     ctype = {
         Resolution.STATIC: ClusterType.STATIC,
@@ -168,6 +225,8 @@ def service_cluster(
         http_idle_timeout=idle,
         max_requests_per_connection=per_connection,
         max_connection_duration=max_duration,
+        upstream_http_protocol=http_protocol,
+        http2_options=h2,
     )
 
 

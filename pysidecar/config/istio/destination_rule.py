@@ -8,9 +8,11 @@ Promises:
   maxEjectionPercent, minHealthPercent, the deprecated consecutiveErrors) are parsed and
   checked; subset names are unique. connectionPool.http.maxRequestsPerConnection too.
 - tcp.maxConnectionDuration too (the upstream HTTP connections' max_connection_duration).
-- What pysidecar would not do is refused, naming the field: tcp.idleTimeout, tunnel, proxyProtocol, local-origin outlier splitting. Fields that change
-  only the upstream wire (tcp.tcpKeepalive, http.h2UpgradePolicy, useClientProtocol,
-  maxConcurrentStreams: upstream stays HTTP/1.1) are warned about and ignored.
+- http.h2UpgradePolicy (DEFAULT | DO_NOT_UPGRADE | UPGRADE), useClientProtocol and
+  maxConcurrentStreams: the clusters' upstream HTTP protocol (config/istio/clusters.py).
+- What pysidecar would not do is refused, naming the field: tcp.idleTimeout, tunnel,
+  proxyProtocol, local-origin outlier splitting. tcp.tcpKeepalive, which changes only the
+  socket options, is warned about and ignored.
 - `workloadSelector` is ignored with a warning.
 - `trafficPolicy.tls` (ClientTLSSettings): mode DISABLE, SIMPLE, MUTUAL, ISTIO_MUTUAL with
   clientCertificate / privateKey / caCertificates (files), sni, subjectAltNames,
@@ -52,6 +54,10 @@ class ConnectionPool:
     idle_timeout: float | None = None
     max_requests_per_connection: int | None = None
     max_connection_duration: float | None = None
+    # http.h2UpgradePolicy (None: DEFAULT, the mesh's), useClientProtocol, maxConcurrentStreams.
+    h2_upgrade: bool | None = None
+    use_client_protocol: bool = False
+    max_concurrent_streams: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,11 +147,9 @@ def connection_pool(node: Node) -> ConnectionPool:
         if http
         else None
     )  # fmt: skip
+    upgrade = "DEFAULT"
     if hf is not None:
-        # Requests still reach the service the same: only the upstream wire protocol differs.
-        upstream_h1 = "pysidecar's upstream connections are HTTP/1.1"
-        for name in ("h2_upgrade_policy", "use_client_protocol", "max_concurrent_streams"):
-            _ignored(hf, name, upstream_h1)
+        upgrade = hf.opt("h2_upgrade_policy", lambda n: n.enum(["DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"]), "DEFAULT")
     return ConnectionPool(
         max_connections=tf.opt("max_connections", _count, None) if tf else None,
         connect_timeout=tf.opt("connect_timeout", Node.duration, None) if tf else None,
@@ -155,6 +159,9 @@ def connection_pool(node: Node) -> ConnectionPool:
         idle_timeout=hf.opt("idle_timeout", Node.duration, None) if hf else None,
         max_requests_per_connection=hf.opt("max_requests_per_connection", _count, None) if hf else None,
         max_connection_duration=tf.opt("max_connection_duration", Node.duration, None) if tf else None,
+        h2_upgrade=None if upgrade == "DEFAULT" else upgrade == "UPGRADE",
+        use_client_protocol=hf.opt("use_client_protocol", Node.boolean, False) if hf else False,
+        max_concurrent_streams=hf.opt("max_concurrent_streams", _count, None) if hf else None,
     )
 
 

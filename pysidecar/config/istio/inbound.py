@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 
 from pysidecar.config.istio import mtls
 from pysidecar.config.istio import routes as rt
-from pysidecar.config.istio.clusters import ISTIO_CIRCUIT_BREAKERS
+from pysidecar.config.istio.clusters import ISTIO_CIRCUIT_BREAKERS, upstream_protocol
 from pysidecar.config.istio.kube import PodPorts
 from pysidecar.config.istio.peer_authentication import MtlsModes
 from pysidecar.config.istio.registry import Protocol, Service, ServicePort
@@ -232,6 +232,9 @@ def filter_chains(p: InboundPort, mode: str = "DISABLE", identity: WorkloadIdent
 
 
 def cluster(p: InboundPort, mesh: MeshConfig) -> Cluster:
+    # istiod's setUpstreamProtocol for inbound: HTTP/2 to grpc/http2 ports, the downstream's
+    # protocol to sniffed ones (no h2 upgrade inbound).
+    http_protocol, h2 = upstream_protocol(p.protocol, False, mesh, None)
     return Cluster(
         name=p.cluster_name,
         type=ClusterType.ORIGINAL_DST,
@@ -239,6 +242,8 @@ def cluster(p: InboundPort, mesh: MeshConfig) -> Cluster:
         lb_policy=LbPolicy.CLUSTER_PROVIDED,
         upstream_bind_addresses=INBOUND_PASSTHROUGH_BIND,
         circuit_breakers=ISTIO_CIRCUIT_BREAKERS,
+        upstream_http_protocol=http_protocol,
+        http2_options=h2,
     )
 
 

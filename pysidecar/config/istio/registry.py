@@ -35,6 +35,15 @@ class Protocol(enum.Enum):
         return self in (Protocol.HTTP, Protocol.HTTP2, Protocol.GRPC, Protocol.GRPC_WEB)
 
     @property
+    def is_http2(self) -> bool:
+        """Istio's IsHTTP2: ports whose upstream connections speak HTTP/2."""
+        return self in (Protocol.HTTP2, Protocol.GRPC, Protocol.GRPC_WEB)
+
+    @property
+    def is_grpc(self) -> bool:
+        return self in (Protocol.GRPC, Protocol.GRPC_WEB)
+
+    @property
     def is_tls(self) -> bool:
         return self in (Protocol.HTTPS, Protocol.TLS)
 

@@ -46,7 +46,7 @@ _SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9+\-.]*\Z")
 
 _PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority"})
 # Connection-specific headers (RFC 9113 §8.2.2); `te` is allowed as `trailers` only.
-_CONNECTION_SPECIFIC = frozenset(
+CONNECTION_SPECIFIC = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
 
@@ -154,7 +154,7 @@ def h2_request_problem(headers: Headers) -> str | None:
         problem = name_problem(n, lower_only=True)
         if problem is not None:
             return problem
-        if n in _CONNECTION_SPECIFIC:
+        if n in CONNECTION_SPECIFIC:
             return f"connection-specific header {n!r}"
         if n == b"te" and v.strip().lower() != b"trailers":
             return "te other than trailers"

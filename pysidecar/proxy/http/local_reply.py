@@ -20,8 +20,8 @@ STREAM_TIMEOUT_BODY = b"stream timeout"
 RESET_BODY_PREFIX = "upstream connect error or disconnect/reset before headers. "
 
 # Response flags (access log spelling).
-UH, UF, UO, NR, URX, NC, UT, UC, DPE, DC, LR, SI = (
-    "UH", "UF", "UO", "NR", "URX", "NC", "UT", "UC", "DPE", "DC", "LR", "SI",
+UH, UF, UO, NR, URX, NC, UT, UC, DPE, DC, LR, SI, UPE, UR = (
+    "UH", "UF", "UO", "NR", "URX", "NC", "UT", "UC", "DPE", "DC", "LR", "SI", "UPE", "UR",
 )  # fmt: skip
 
 # Envoy's reset reason words, by our reset reason.
@@ -30,6 +30,9 @@ RESET_WORDS = {
     "connect_timeout": "connection timeout",
     "connection_termination": "connection termination",
     "per_try_timeout": "connection timeout",
+    "protocol_error": "protocol error",
+    "remote_reset": "remote reset",
+    "remote_refused_stream_reset": "remote refused stream reset",
 }
 
 

@@ -43,6 +43,7 @@ from pysidecar.proxy.http.retry import (
     CONNECT_TIMEOUT,
     CONNECTION_TERMINATION,
     OVERFLOW,
+    PROTOCOL_ERROR,
 )
 from pysidecar.proxy.peer_tls import uri_san
 from pysidecar.proxy.upstream_tls import open_connection
@@ -174,7 +175,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.parser = httptools.HttpResponseParser(self)
             self._message_complete(self.head_keep_alive)
         except httptools.HttpParserError:
-            self._reset(CONNECTION_TERMINATION)
+            # Not HTTP/1.1 (an HTTP/2 server's SETTINGS, garbage): Envoy's 502 protocol error.
+            self.pool.rq_stats.upstream_cx_protocol_error += 1
+            self._reset(PROTOCOL_ERROR)
             return
         # A response head held for its body (one write for both) goes out by the end of the
         # read that brought it.
@@ -509,7 +512,8 @@ class HostPool:
                     stream.upstream_ready(conn)
                 else:
                     conn.stream = None
-                    self.release(conn)
+                    if not conn.closed:  # it may have spoken and failed already
+                        self.release(conn)
                     if wanted:
                         assert stream is not None
                         self._overflow(stream)

@@ -55,6 +55,7 @@ from pysidecar.proxy.http.pool import HostPool, UpstreamConnection
 from pysidecar.proxy.http.retry import (
     OVERFLOW,
     PER_TRY_TIMEOUT,
+    PROTOCOL_ERROR,
     backoff,
     other_host,
     retriable_reset,
@@ -121,6 +122,7 @@ def request_id() -> bytes:
 class ActiveStream:
     __slots__ = (
         "attempt",
+        "attempt_open",
         "attempt_started",
         "body_bytes",
         "body_parts",
@@ -196,6 +198,7 @@ class ActiveStream:
         self.lb_host: Host | None = None  # the attempt's host, counted in Host.active
         self.upstream: UpstreamConnection | None = None
         self.connecting: UpstreamConnection | None = None
+        self.attempt_open = False  # between start_attempt and _end_attempt (upstream_rq_active)
         self.up_headers: Headers = []
         self.up_target = b""
         self.response_ops: tuple[tuple[int, bytes, bytes], ...] = ()
@@ -459,6 +462,7 @@ class ActiveStream:
         stats = self.rq_stats
         stats.upstream_rq_total += 1
         stats.upstream_rq_active += 1
+        self.attempt_open = True
         self.attempt_started = self.conn.loop.time()
         self.pool = pool = self.conn.pools.pool(cluster, stats, host, self.conn.buffer_limit)
         conn = pool.acquire(self)
@@ -516,7 +520,7 @@ class ActiveStream:
         self._reset_before_response(reason, failure)
 
     def upstream_reset(self, reason: str, failure: str | None) -> None:
-        self.upstream = None
+        self.upstream = self.connecting = None
         self._end_attempt()
         if self.response_started:
             # Mid-body: nothing more can be said to the client; close it (Envoy's UC).
@@ -536,17 +540,27 @@ class ActiveStream:
         if retriable and self._retry():
             return
         flags = self.info.response_flags
+        status = 503
         if reason == OVERFLOW:  # a circuit breaker refused it: UO, x-envoy-overloaded
             flags.append(lr.UO)
             self.response_ops = (*self.response_ops, OVERLOADED)
+        elif reason == PROTOCOL_ERROR:  # Envoy: 502, UPE
+            flags.append(lr.UPE)
+            status = 502
         else:
             flags.append(lr.UF if reason in ("connect_failure", "connect_timeout") else lr.UC)
         if retriable and self.retried:
             flags.append(lr.URX)
             self.rq_stats.upstream_rq_retry_limit_exceeded += 1  # type: ignore[union-attr]
         self.info.response_code_details = lr.reset_details(reason, failure)
+        if reason != OVERFLOW and self.rq_stats is not None:
+            # Envoy's chargeUpstreamAbort: the local reply's code is the upstream's for the
+            # cluster's stats (upstream_rq_503 for a refused connect, _502 for a protocol error).
+            self.rq_stats.count_code(status)
+            _count_class(self.rq_stats, status)
+            self.rq_stats.upstream_rq_completed += 1
         self._local(
-            503,
+            status,
             lr.reset_body(reason, self.retried),
             None,
             lr.reset_details(reason, failure),
@@ -576,8 +590,12 @@ class ActiveStream:
         if self.per_try_timer is not None:
             self.per_try_timer.cancel()
             self.per_try_timer = None
-        if self.rq_stats is not None:
+        # Once per attempt: an upstream that speaks before the pool hands its connection over
+        # (an HTTP/2 server's SETTINGS) resets the stream while it is still `connecting`, and
+        # the local reply's drop_upstream ended the same attempt again (upstream_rq_active -1).
+        if self.rq_stats is not None and self.attempt_open:
             self.rq_stats.upstream_rq_active -= 1
+        self.attempt_open = False
         host = self.lb_host
         if host is not None:
             host.active -= 1
