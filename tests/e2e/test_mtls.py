@@ -13,8 +13,8 @@ import json
 import os
 import shutil
 import subprocess
-import time
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
