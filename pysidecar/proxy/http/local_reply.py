@@ -127,6 +127,13 @@ def reset_details(reason: str, transport_failure: str | None) -> str:
     return f"upstream_reset_before_response_started{{{words}}}"
 
 
+def reset_after_response(reason: str) -> tuple[str, str]:
+    """(flag, details) of a reset once the response started: UPE for a protocol error (a short
+    body, a bad chunk), UC otherwise; `upstream_reset_after_response_started{...}` (Envoy 1.40)."""
+    words = RESET_WORDS.get(reason, reason).replace(" ", "_")
+    return (UPE if reason == _PROTOCOL_ERROR else UC), f"upstream_reset_after_response_started{{{words}}}"
+
+
 def local_reply_head(body: bytes, route_ops: HeaderOps = ()) -> Headers:
     """A local reply's first headers, any protocol, in Envoy 1.40's order (checked against it):
     the route's response headers, content-length and content-type when there is a body."""

@@ -336,10 +336,13 @@ class Router:
         """The attempt failed: a connect failure, a refusal or a reset by the upstream."""
         stream = self.stream
         if stream.state & RESPONSE_STARTED:
-            # Mid-body: nothing more can be said to the client; close it (Envoy's UC).
+            # Mid-body: nothing more can be said to the client; close it (Envoy's UC, UPE for
+            # a protocol error, with its details).
             self.rq_stats.upstream_rq_rx_reset += 1
             stream.close_after = True
-            stream.reset(lr.UC)
+            flag, details = lr.reset_after_response(reason)
+            stream.info.response_code_details = details
+            stream.reset(flag)
             return
         if stream.state & RESPONSE_DONE:
             return
