@@ -52,9 +52,9 @@ from pysidecar.model import (
 from pysidecar.model.http import CodecType, HttpConnectionManager
 from pysidecar.observe.stats import ListenerStats
 from pysidecar.proxy.http.compiled import compiled
-from pysidecar.proxy.http.conn_manager import HttpConnection
-from pysidecar.proxy.http.h2_conn import PREFACE, Http2Connection
-from pysidecar.proxy.http.pool import pools_for
+from pysidecar.proxy.http.conn_pool import pools_for
+from pysidecar.proxy.http.http1.server_codec import HttpConnection
+from pysidecar.proxy.http.http2.server_codec import PREFACE, Http2Connection
 from pysidecar.proxy.inspect import MAX_CLIENT_HELLO, TOO_LARGE, Inspection, TlsHello, decide
 from pysidecar.proxy.listener_table import ConnectionInfo, select_filter_chain
 from pysidecar.proxy.original_dst import original_dst

@@ -50,8 +50,8 @@ from pysidecar.observe.stream_info import StreamInfo
 from pysidecar.proxy.cluster_manager import ClusterManager
 from pysidecar.proxy.connection import ActiveConnection
 from pysidecar.proxy.control import ControlProtocol, Message
-from pysidecar.proxy.http.conn_manager import HttpConnection
-from pysidecar.proxy.http.h2_conn import Http2Connection
+from pysidecar.proxy.http.http1.server_codec import HttpConnection
+from pysidecar.proxy.http.http2.server_codec import Http2Connection
 from pysidecar.proxy.lb import Host
 from pysidecar.proxy.listener_table import ListenerTable
 from pysidecar.proxy.loop_detect import own_sockets

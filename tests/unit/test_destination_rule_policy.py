@@ -18,7 +18,7 @@ from pysidecar.config.loader import load
 from pysidecar.config.node import ConfigError
 from pysidecar.model import DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT, Bootstrap, CircuitBreakers, Cluster
 from pysidecar.model.http import ISTIO_DEFAULT_RETRY, HttpConnectionManager, RetryPolicy
-from pysidecar.proxy.http.pool import UpstreamConnection
+from pysidecar.proxy.http.http1.client_codec import UpstreamConnection
 from tests.unit.test_circuit_breaker import ISTIO, FakeStream, _pool
 from tests.unit.test_export import assert_envoy_accepts, needs_envoy
 

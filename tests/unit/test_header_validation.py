@@ -10,7 +10,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pysidecar.proxy.http.codec import encode_request_head
 from pysidecar.proxy.http.header_validation import (
     authority_problem,
     h1_request_problem,
@@ -22,6 +21,7 @@ from pysidecar.proxy.http.header_validation import (
     upstream_head_problem,
     value_ok,
 )
+from pysidecar.proxy.http.http1.wire import encode_request_head
 
 BASE = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/a"), (b":authority", b"a.test")]
 

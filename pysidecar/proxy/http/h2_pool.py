@@ -30,7 +30,7 @@ from pysidecar.model.http import Http2Options
 from pysidecar.observe.stats import ClusterHttpStats, ClusterStats
 from pysidecar.proxy.cluster_manager import ClusterRuntime
 from pysidecar.proxy.http.h2_upstream import H2UpstreamStream, Http2UpstreamConnection
-from pysidecar.proxy.http.pool import _transport_failure
+from pysidecar.proxy.http.http1.conn_pool import _transport_failure
 from pysidecar.proxy.http.retry import CONNECT_FAILURE, CONNECT_TIMEOUT, OVERFLOW
 from pysidecar.proxy.http.upstream_callbacks import UpstreamStreamCallbacks
 
