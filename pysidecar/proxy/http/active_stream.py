@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pysidecar.observe.stream_info import StreamInfo
+from pysidecar.proxy.http import grpc
 from pysidecar.proxy.http import local_reply as lr
 from pysidecar.proxy.http import stream_state as ss
 from pysidecar.proxy.http.edge import edge_request
@@ -380,6 +381,13 @@ class ActiveStream:
         self.conn.encode_end(self)
         self.finish()
 
+    def encode_trailers(self, trailers: Headers) -> None:
+        """The upstream's response trailers end the response (gRPC's grpc-status rides here)."""
+        if self.state & RESPONSE_DONE:
+            return
+        self.conn.encode_trailers(self, trailers)
+        self.finish()
+
     def encode_tunnel_data(self, data: bytes) -> None:
         self.info.bytes_sent += len(data)
         self.conn.write(data)
@@ -406,12 +414,19 @@ class ActiveStream:
         self.drop_upstream()
         if flags:
             info.response_flags += flags
-        info.response_code = status
         info.response_code_details = details
-        info.bytes_sent += 0 if self.head_request else len(body)
-        self.conn.encode_local_reply(
-            self, status, body, self.local_reply_headers(status, body, self.response_ops)
-        )
+        if grpc.is_grpc(get(self.headers, b"content-type")):
+            # Envoy answers a gRPC request with a trailers-only response: 200, grpc-status
+            # mapped from the status, the body as grpc-message (checked on 1.40).
+            info.response_code = 200
+            head = grpc.local_reply_headers(status, body, http_date(), self.conn.cfg.server)
+            self.conn.encode_local_reply(self, 200, b"", head[1:])
+        else:
+            info.response_code = status
+            info.bytes_sent += 0 if self.head_request else len(body)
+            self.conn.encode_local_reply(
+                self, status, body, self.local_reply_headers(status, body, self.response_ops)
+            )
         self.state = ss.advance(self.state, ss.RESPONSE_START)
         self.finish()
 

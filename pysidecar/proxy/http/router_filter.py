@@ -28,6 +28,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from pysidecar.observe.stats import ClusterHttpStats
+from pysidecar.proxy.http import grpc
 from pysidecar.proxy.http import local_reply as lr
 from pysidecar.proxy.http.filters.base import PassThroughFilter
 from pysidecar.proxy.http.headers import APPEND, apply_ops, get, replace_header, set_in_place
@@ -246,7 +247,9 @@ class Router:
             stream.local_reply(LOOP_STATUS, message.encode(), (), LOOP_DETAILS)
             return
         self.attempt += 1
-        pool = conn.pools.pool(cluster, self.rq_stats, host, conn.buffer_limit)
+        pool = conn.pools.pool(
+            cluster, self.rq_stats, host, conn.buffer_limit, self.stream.info.protocol == "HTTP/2"
+        )
         self.request = req = UpstreamRequest(self, pool, picked)
         req.start()
 
@@ -362,17 +365,23 @@ class Router:
 
     def on_headers(self, req: UpstreamRequest, status: int, headers: Headers) -> None:
         stats = self.rq_stats
-        stats.count_code(status)
-        _count_class(stats, status)
         req.cancel_per_try_timer()
         policy = self.policy
         stream = self.stream
-        if policy is not None and status != 101 and retriable_status(policy, status):
+        if (
+            policy is not None
+            and status != 101
+            and (retriable_status(policy, status) or grpc.retriable_grpc(policy.retry_on, headers))
+        ):
             if self._retry():
+                # Envoy charges a retried response to retry.upstream_rq_<code>, not to the
+                # cluster's upstream_rq_<code> (checked on 1.40 with a gRPC retry).
                 req.abandon()
                 return
             if self.retried:
                 stream.info.response_flags.append(lr.URX)
+        stats.count_code(status)
+        _count_class(stats, status)
         if self.retried and status < 500:
             stats.upstream_rq_retry_success += 1
         elapsed = int((stream.conn.loop.time() - req.attempt_started) * 1000)
@@ -382,7 +391,10 @@ class Router:
         stats = self.rq_stats
         stats.upstream_rq_completed += 1
         stats.upstream_rq_time.record((self.stream.conn.loop.time() - req.attempt_started) * 1000)
-        self.stream.encode_end()
+        if req.trailers is not None:
+            self.stream.encode_trailers(req.trailers)
+        else:
+            self.stream.encode_end()
 
     def _retry(self) -> bool:
         """Schedule another attempt when the policy, the count and the body allow it."""
