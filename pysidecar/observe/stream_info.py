@@ -43,6 +43,11 @@ class StreamInfo:
     requested_server_name: str | None = None
     route_name: str | None = None
     listener_name: str | None = None
+    # A gRPC request (content-type application/grpc) and the grpc-status it ended with
+    # (response trailers, a trailers-only response, or a local reply's): Istio's
+    # request_protocol="grpc" and grpc_response_status.
+    grpc: bool = False
+    grpc_status: int | None = None
     # Headers for %REQ(X)% / %RESP(X)% beyond the named fields above (keys lower-case); the HTTP
     # path may leave them None: the common headers have fields of their own.
     request_headers: Mapping[str, str] | None = None

@@ -264,3 +264,24 @@ def test_h2load_to_an_h2c_only_upstream(stack: Stack, proxy: str) -> None:
     opened = after["cluster.h2c.upstream_cx_http2_total"] - before.get("cluster.h2c.upstream_cx_http2_total", 0)
     assert 0 <= opened <= 1 and after["cluster.h2c.upstream_cx_active"] == 1
     assert after["cluster.h2c.upstream_rq_200"] - before.get("cluster.h2c.upstream_rq_200", 0) == 400
+
+
+def test_istio_metrics_say_grpc_and_its_status(stack: Stack, channel_ours: grpc.Channel) -> None:
+    channel = channel_ours
+    """pysidecar's istio_requests_total for gRPC: request_protocol="grpc" and
+    grpc_response_status from the trailers (0), a trailers-only upstream status (13) and a
+    local reply (12, no route) — Istio's stats filter reports these labels."""
+    app.unary(channel, b"ok")
+    _error(lambda: app.unary(channel, b"status:13"))
+    _error(lambda: app.unary(channel, b"x", service="other.Svc"))
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.ports['a1']}/stats/prometheus", timeout=5) as r:
+        text = r.read().decode()
+    got = set(re.findall(r'istio_requests_total\{[^}]*request_protocol="(\w+)"[^}]*grpc_response_status="(\d*)"', text))
+    assert {("grpc", "0"), ("grpc", "13"), ("grpc", "12")} <= got
+
+
+@pytest.fixture
+def channel_ours(stack: Stack) -> Iterator[grpc.Channel]:
+    ch = app.channel(stack.proxies["ours"])
+    yield ch
+    ch.close()

@@ -157,6 +157,7 @@ class ActiveStream:
             host_b, target = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
         self.target = target
         self.noted = noted
+        info.grpc = grpc.is_grpc(get(headers, b"content-type"))
         path = self.path = target.decode("latin-1")
         host = self.host = host_b.decode("latin-1")
         if info.protocol is None:  # an HTTP/2 connection sets its own
@@ -328,6 +329,8 @@ class ActiveStream:
         info.response_code = status
         info.response_code_details = "via_upstream"
         info.upstream_service_time_ms = service_time_ms
+        if info.grpc:  # a trailers-only response carries its grpc-status in the head
+            info.grpc_status = grpc.grpc_status(headers)
         # One pass strips the upstream's hop-by-hop headers, puts our server in its place and
         # notes content-length and date; operations that touch those names re-check them.
         out, seen = scan_response(headers, cfg.server_header)
@@ -385,6 +388,8 @@ class ActiveStream:
         """The upstream's response trailers end the response (gRPC's grpc-status rides here)."""
         if self.state & RESPONSE_DONE:
             return
+        if self.info.grpc:
+            self.info.grpc_status = grpc.grpc_status(trailers)
         self.conn.encode_trailers(self, trailers)
         self.finish()
 
@@ -415,10 +420,11 @@ class ActiveStream:
         if flags:
             info.response_flags += flags
         info.response_code_details = details
-        if grpc.is_grpc(get(self.headers, b"content-type")):
+        if info.grpc:
             # Envoy answers a gRPC request with a trailers-only response: 200, grpc-status
             # mapped from the status, the body as grpc-message (checked on 1.40).
             info.response_code = 200
+            info.grpc_status = grpc.http_to_grpc_status(status)
             head = grpc.local_reply_headers(status, body, http_date(), self.conn.cfg.server)
             self.conn.encode_local_reply(self, 200, b"", head[1:])
         else:
