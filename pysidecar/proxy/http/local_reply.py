@@ -42,6 +42,7 @@ RESET_WORDS = {
 }
 _CONNECT_REASONS = ("connect_failure", "connect_timeout")
 _OVERFLOW = "overflow"  # retry.OVERFLOW: a circuit breaker refused the request
+_PROTOCOL_ERROR = "protocol_error"  # retry.PROTOCOL_ERROR: the upstream's bytes broke the codec
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +94,11 @@ def stream_idle_reply(request_done: bool) -> LocalReply:
 def reset_reply(reason: str, failure: str | None, retriable: bool, retried: bool) -> LocalReply:
     """An attempt ended without a response and is not retried: 503 with Envoy's body. Flags:
     UO for a circuit breaker's refusal, UF for a connect failure or timeout, UC otherwise;
-    URX when it was retriable and retries ran out. A protocol error is 502 UPE."""
+    URX when it was retriable and retries ran out. A protocol error is Envoy's 502 UPE."""
     status = 503
     if reason == _OVERFLOW:
         flags: tuple[str, ...] = (UO,)
-    elif reason == "protocol_error":  # the upstream's bytes broke the codec: Envoy's 502 UPE
+    elif reason == _PROTOCOL_ERROR:
         flags, status = (UPE,), 502
     else:
         flags = (UF,) if reason in _CONNECT_REASONS else (UC,)

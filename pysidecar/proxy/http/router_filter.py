@@ -352,15 +352,16 @@ class Router:
             return
         if reason == OVERFLOW:  # a circuit breaker refused it: UO, x-envoy-overloaded
             stream.response_ops = (*stream.response_ops, OVERLOADED)
+        stats = self.rq_stats
         if retriable and self.retried:
-            self.rq_stats.upstream_rq_retry_limit_exceeded += 1
+            stats.upstream_rq_retry_limit_exceeded += 1
         reply = lr.reset_reply(reason, failure, retriable, self.retried)
         if reason != OVERFLOW:
-            # Envoy's chargeUpstreamAbort: the local reply's code is charged to the cluster
-            # (upstream_rq_503 for a refused connect, _502 for a protocol error).
-            self.rq_stats.count_code(reply.status)
-            _count_class(self.rq_stats, reply.status)
-            self.rq_stats.upstream_rq_completed += 1
+            # Envoy's chargeUpstreamAbort: the local reply's code is the upstream's for the
+            # cluster's stats (upstream_rq_503 for a refused connect, _502 for a protocol error).
+            stats.count_code(reply.status)
+            _count_class(stats, reply.status)
+            stats.upstream_rq_completed += 1
         stream.send_local_reply(reply)
 
     def on_headers(self, req: UpstreamRequest, status: int, headers: Headers) -> None:

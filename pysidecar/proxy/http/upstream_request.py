@@ -129,7 +129,7 @@ class UpstreamRequest:
         self.router.on_complete(self)
 
     def upstream_reset(self, reason: str, failure: str | None) -> None:
-        self.upstream = None
+        self.upstream = self.connecting = None  # an upstream may speak (and fail) while connecting
         self._end()
         self.router.on_reset(self, reason, failure)
 

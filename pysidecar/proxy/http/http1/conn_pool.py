@@ -256,7 +256,7 @@ class HostPool:
                 self.cx_stats.upstream_cx_connect_timeout += 1
                 reason = CONNECT_TIMEOUT
             elif (exc := fut.exception()) is not None:
-                reason, failure = CONNECT_FAILURE, _transport_failure(exc)
+                reason, failure = CONNECT_FAILURE, transport_failure(exc)
             else:
                 self.cx_stats.upstream_cx_connect_ms.record((self.loop.time() - started) * 1000.0)
                 if wanted and self.breaker.can_request():
@@ -281,7 +281,7 @@ class HostPool:
         return done
 
 
-def _transport_failure(exc: BaseException) -> str | None:
+def transport_failure(exc: BaseException) -> str | None:
     """Envoy's transport failure reason for a failed connect: `delayed connect error: 111`."""
     if isinstance(exc, OSError) and exc.errno is not None:
         return f"delayed connect error: {exc.errno}"

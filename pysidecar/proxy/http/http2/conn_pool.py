@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from pysidecar.model.http import Http2Options
 from pysidecar.observe.stats import ClusterHttpStats, ClusterStats
 from pysidecar.proxy.cluster_manager import ClusterRuntime
-from pysidecar.proxy.http.http1.conn_pool import _transport_failure
+from pysidecar.proxy.http.http1.conn_pool import transport_failure
 from pysidecar.proxy.http.http2.client_codec import Http2UpstreamConnection
 from pysidecar.proxy.http.http2.client_stream import H2UpstreamStream
 from pysidecar.proxy.http.retry import CONNECT_FAILURE, CONNECT_TIMEOUT, OVERFLOW
@@ -220,7 +220,7 @@ class Http2HostPool:
                 self.cx_stats.upstream_cx_connect_timeout += 1
                 reason = CONNECT_TIMEOUT
             elif (exc := fut.exception()) is not None:
-                reason, failure = CONNECT_FAILURE, _transport_failure(exc)
+                reason, failure = CONNECT_FAILURE, transport_failure(exc)
             else:
                 self.cx_stats.upstream_cx_connect_ms.record((self.loop.time() - started) * 1000.0)
                 self._serve()
