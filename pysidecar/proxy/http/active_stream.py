@@ -411,9 +411,11 @@ class ActiveStream:
 
     # == endings ================================================================================
     def send_local_reply(self, reply: lr.LocalReply) -> None:
-        self.local_reply(reply.status, reply.body, reply.flags, reply.details)
+        self.local_reply(reply.status, reply.body, reply.flags, reply.details, reply.grpc_status)
 
-    def local_reply(self, status: int, body: bytes, flags: tuple[str, ...], details: str) -> None:
+    def local_reply(
+        self, status: int, body: bytes, flags: tuple[str, ...], details: str, grpc_status: int | None = None
+    ) -> None:
         """Answer the request ourselves (Envoy's sendLocalReply) and finish the stream."""
         info = self.info
         self.drop_upstream()
@@ -424,8 +426,8 @@ class ActiveStream:
             # Envoy answers a gRPC request with a trailers-only response: 200, grpc-status
             # mapped from the status, the body as grpc-message (checked on 1.40).
             info.response_code = 200
-            info.grpc_status = grpc.http_to_grpc_status(status)
-            head = grpc.local_reply_headers(status, body, http_date(), self.conn.cfg.server)
+            info.grpc_status = grpc.http_to_grpc_status(status) if grpc_status is None else grpc_status
+            head = grpc.local_reply_headers(info.grpc_status, body, http_date(), self.conn.cfg.server)
             self.conn.encode_local_reply(self, 200, b"", head[1:])
         else:
             info.response_code = status

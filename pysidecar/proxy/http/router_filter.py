@@ -182,6 +182,7 @@ class Router:
     __slots__ = (
         "attempt",
         "cluster",
+        "duration_timer",
         "policy",
         "request",
         "retried",
@@ -220,6 +221,13 @@ class Router:
         self.timer: asyncio.TimerHandle | None = None
         self.retry_timer: asyncio.TimerHandle | None = None
         self.tried_hosts: tuple[tuple[str, int], ...] = ()  # grown on retries only
+        self.duration_timer: asyncio.TimerHandle | None = None
+        action = route.action
+        if action is not None and (action.max_stream_duration or action.grpc_timeout_header_max is not None):
+            header = get(stream.headers, b"grpc-timeout") if stream.info.grpc else None
+            limit = grpc.stream_duration(action.max_stream_duration, action.grpc_timeout_header_max, header)
+            if limit > 0:
+                self.duration_timer = stream.conn.loop.call_later(limit, self._on_max_duration)
 
     # == attempts ================================================================================
     def start_attempt(self) -> None:
@@ -320,6 +328,15 @@ class Router:
             stream.reset()
             return
         stream.send_local_reply(lr.ROUTE_TIMEOUT)
+
+    def _on_max_duration(self) -> None:
+        self.duration_timer = None
+        stream = self.stream
+        stream.drop_upstream()
+        if stream.state & RESPONSE_STARTED:
+            stream.reset("DT")
+            return
+        stream.send_local_reply(lr.DURATION_TIMEOUT)
 
     def on_per_try_timeout(self, req: UpstreamRequest) -> None:
         self.rq_stats.upstream_rq_per_try_timeout += 1
@@ -448,10 +465,10 @@ class Router:
             req.cancel_per_try_timer()
 
     def _stop_timers(self) -> None:
-        for t in (self.timer, self.retry_timer):
+        for t in (self.timer, self.retry_timer, self.duration_timer):
             if t is not None:
                 t.cancel()
-        self.timer = self.retry_timer = None
+        self.timer = self.retry_timer = self.duration_timer = None
 
 
 def _count_class(stats: ClusterHttpStats, status: int) -> None:
