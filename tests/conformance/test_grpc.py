@@ -155,7 +155,7 @@ def test_deadline_exceeded_by_the_client(stack: Stack, kind: str, channel: grpc.
     e = _error(lambda: app.unary(channel, b"sleep:2", timeout=0.5))
     assert e.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     # The client's RST_STREAM reaches the proxy a moment after the client gave up.
-    for _ in range(40):
+    for _ in range(100):
         if stats(stack, kind).get("http.grpc.downstream_rq_rx_reset", 0) - before == 1:
             break
         time.sleep(0.05)

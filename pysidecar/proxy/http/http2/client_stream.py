@@ -29,6 +29,7 @@ from pysidecar.proxy.http.http2.request_headers import (
 )
 from pysidecar.proxy.http.retry import PROTOCOL_ERROR
 from pysidecar.proxy.http.upstream_callbacks import UpstreamStreamCallbacks
+from pysidecar.proxy.peer_tls import uri_san
 
 if TYPE_CHECKING:
     from pysidecar.proxy.http.http2.client_codec import Http2UpstreamConnection
@@ -122,6 +123,10 @@ class H2UpstreamStream:
 
     def sockname(self) -> str | None:
         return self.conn.local_address
+
+    def peer_uri_san(self) -> str | None:
+        """The upstream certificate's URI SAN when the connection is TLS (None for h2c)."""
+        return uri_san(self.conn.transport)
 
     def encode_headers(
         self, method: bytes, target: bytes, headers: Headers, body: list[bytes], chunked: bool
