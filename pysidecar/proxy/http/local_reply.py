@@ -69,6 +69,8 @@ ROUTE_TIMEOUT = LocalReply(504, UPSTREAM_TIMEOUT_BODY, (), "response_timeout")
 # grpc_timeout_header_max): Envoy's 408 DT, DEADLINE_EXCEEDED to gRPC (checked on 1.40).
 DURATION_TIMEOUT = LocalReply(408, b"downstream duration timeout", ("DT",), "max_duration_timeout", 4)
 INTERNAL_ERROR = LocalReply(500, b"Internal Server Error", (), "internal_error")
+# A filter buffering a request body past the buffer limit (Envoy's decoder buffer overflow).
+PAYLOAD_TOO_LARGE = LocalReply(413, b"Payload Too Large", (), "request_payload_too_large")
 
 
 def cluster_not_found(status: int) -> LocalReply:
