@@ -39,11 +39,12 @@ HELD = b"held"
 class Pending:
     """Response bytes the client's window does not take yet, and whether the end follows."""
 
-    __slots__ = ("data", "end")
+    __slots__ = ("data", "end", "trailers")
 
     def __init__(self) -> None:
         self.data: list[bytes] = []
         self.end = False
+        self.trailers: Headers | None = None  # sent as the end, after the data
 
 
 class Http2ResponseEncoder(Downstream):
@@ -125,6 +126,24 @@ class Http2ResponseEncoder(Downstream):
             self._send_head(st, sid, True)
         elif self._open(sid):
             self._send(sid, b"", True)
+
+    def encode_trailers(self, st: ActiveStream, trailers: Headers) -> None:
+        """Trailers end the stream: HEADERS with END_STREAM once the data before them is out."""
+        sid = self._sid(st)
+        if sid is None or (sid in self.held and not self._send_head(st, sid, False)) or not self._open(sid):
+            return
+        p = self.pending.get(sid)
+        if p is not None:
+            p.trailers, p.end = trailers, True
+            return
+        self.ended.add(sid)
+        try:
+            self.h2.send_headers(sid, trailers, end_stream=True)
+        except h2.exceptions.ProtocolError as e:
+            log.debug("http2: trailers refused: %r", e)
+            self.reset_stream(st)
+            return
+        self._schedule_flush()
 
     def encode_local_reply(
         self, st: ActiveStream, status: int, body: bytes, headers: Headers
@@ -212,7 +231,9 @@ class Http2ResponseEncoder(Downstream):
                 p.data.pop(0)
             if not p.data:
                 del self.pending[s]
-                if p.end:  # the stream is done on our side already: `ended` is not needed
+                if p.trailers is not None:
+                    self.h2.send_headers(s, p.trailers, end_stream=True)
+                elif p.end:  # the stream is done on our side already: `ended` is not needed
                     self.h2.end_stream(s)
                 self._resume_upstream(s)
 
