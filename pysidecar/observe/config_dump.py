@@ -8,7 +8,7 @@ Promises:
   fields left out as proto3 JSON leaves them out.
 - Listeners and clusters are `static_listeners` / `static_clusters` (they come from a file, not
   xDS); inline route configurations of HTTP connection managers are `static_route_configs`.
-- Every resource is rendered by config/envoy_json.py, the same code `pysidecar envoy-config`
+- Every resource is rendered by common/envoy_json.py, the same code `pysidecar envoy-config`
   uses, so the dump shows exactly what real Envoy would be given.
 """
 
@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pysidecar.config.envoy_json import cluster, listener, route_configuration, socket_address
+from pysidecar.common.access_format import iso_time
+from pysidecar.common.envoy_json import cluster, listener, route_configuration, socket_address
 from pysidecar.model import Bootstrap
-from pysidecar.observe.access_format import iso_time
 
 Json = dict[str, Any]
 ADMIN_TYPE = "type.googleapis.com/envoy.admin.v3."
