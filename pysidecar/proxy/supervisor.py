@@ -34,6 +34,7 @@ import time
 
 import uvloop
 
+from pysidecar import native
 from pysidecar.common import workload
 from pysidecar.common.access_format import FormatError, formatter
 from pysidecar.config.loader import load
@@ -320,8 +321,9 @@ def main(args: argparse.Namespace) -> int:
         return 2
     args.access_log_config = access_log if access_log.path else None
     log.info(
-        "pysidecar starting: %d listeners, %d clusters from %s, concurrency %d",
+        "pysidecar starting: %d listeners, %d clusters from %s, concurrency %d, data path %s",
         len(bootstrap.listeners), len(bootstrap.clusters), ", ".join(bootstrap.sources), args.concurrency,
+        native.status(),
     )  # fmt: skip
     result: int = uvloop.run(Supervisor(bootstrap, args).run())
     return result
