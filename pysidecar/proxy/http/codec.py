@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from pysidecar.proxy.http.compiled import CompiledHcm
     from pysidecar.proxy.http.conn_pool import PoolManager
     from pysidecar.proxy.http.headers import Headers
+    from pysidecar.proxy.peer_tls import DownstreamTls
     from pysidecar.proxy.worker import Worker
 
 
@@ -56,6 +57,7 @@ class DownstreamCodec(Protocol):
     scheme: bytes
     peer_ip: str
     draining: bool
+    tls: DownstreamTls | None  # the terminated TLS session's peer (x-forwarded-client-cert)
 
     def encode_continue(self, st: ActiveStream) -> None: ...
 
@@ -69,6 +71,9 @@ class DownstreamCodec(Protocol):
     def encode_data(self, st: ActiveStream, data: bytes) -> None: ...
 
     def encode_end(self, st: ActiveStream) -> None: ...
+
+    def encode_trailers(self, st: ActiveStream, trailers: Headers) -> None:
+        """The response's end with trailers (HTTP/2: a HEADERS frame with END_STREAM)."""
 
     def encode_local_reply(
         self, st: ActiveStream, status: int, body: bytes, headers: Headers
@@ -104,6 +109,9 @@ class ResponseDecoder(Protocol):
 
     def upstream_body(self, data: bytes) -> None: ...
 
+    def upstream_trailers(self, trailers: Headers) -> None:
+        """Response trailers (HTTP/2): the end follows with upstream_complete."""
+
     def upstream_read_done(self) -> None:
         """The end of one read from the upstream: a held response head goes out now."""
 
@@ -138,13 +146,19 @@ class UpstreamAttempt(ResponseDecoder, PoolCallbacks, Protocol):
 class UpstreamCodec(Protocol):
     """One upstream connection (or HTTP/2 stream) carrying one attempt."""
 
-    closed: bool
-    local_address: str | None
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def local_address(self) -> str | None: ...
 
     def attach(self, stream: UpstreamAttempt) -> None: ...
 
     def sockname(self) -> str | None:
         """Our address on this connection, `ip:port` (cached by the codec)."""
+
+    def peer_uri_san(self) -> str | None:
+        """The upstream certificate's URI SAN on a TLS connection (its SPIFFE identity)."""
 
     def encode_headers(
         self, method: bytes, target: bytes, headers: Headers, body: list[bytes], chunked: bool
@@ -156,6 +170,9 @@ class UpstreamCodec(Protocol):
 
     def encode_end(self) -> None:
         """The request is complete (HTTP/1 chunked: the last chunk)."""
+
+    def encode_trailers(self, trailers: Headers) -> None:
+        """The request is complete with trailers (HTTP/2; HTTP/1 drops them, as Envoy)."""
 
     def write(self, data: bytes) -> None:
         """Tunnel bytes after a 101."""
