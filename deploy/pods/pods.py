@@ -475,10 +475,19 @@ def pod_iptables(podman: Podman, pod: Pod) -> dict[str, str]:
     return out
 
 
-def proxy_users(podman: Podman, pod: Pod) -> set[str]:
-    """The uids the sidecar's processes run as, from the host (`podman top ... huser`)."""
-    out = podman.run("top", f"{pod.name}-istio-proxy", "huser")
-    return {line.strip() for line in out.splitlines()[1:] if line.strip()}
+def uids(podman: Podman, container: str) -> set[int]:
+    """The effective uids of the container's processes, read from the host's /proc."""
+    pids = podman.run("top", container, "hpid").split()[1:]
+    out = set()
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                out.add(int(line.split()[2]))
+    return out
+
+
+def proxy_users(podman: Podman, pod: Pod) -> set[int]:
+    return uids(podman, f"{pod.name}-istio-proxy")
 
 
 def gateway_curl(podman: Podman, *args: str) -> str:
@@ -507,7 +516,7 @@ def check(podman: Podman, since: str) -> None:
                                          "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006",
                                          "-m owner --uid-owner 1337 -j RETURN")), nat)  # fmt: skip
         users = proxy_users(podman, pod)
-        ok(f"{pod.name}: istio-proxy runs as uid 1337 (podman top: {sorted(users)})", users == {"1337"})
+        ok(f"{pod.name}: istio-proxy runs as uid 1337 (its processes: {sorted(users)})", users == {1337})
         ok(f"{pod.name}: /healthz/ready answers 200 from the node", readiness(podman, pod) == 200)
     before = {pod: scrape(podman, pod) for pod in (HTTPBIN, SLEEP)}
     head, body = client_curl(podman, "http://httpbin:8000/headers")
@@ -529,7 +538,7 @@ def check(podman: Podman, since: str) -> None:
     ok(f"httpbin's :15090 scrape counts them on InboundPassthroughCluster (+{moved:.0f} bytes to the app)",
        moved > 0)
     users = proxy_users(podman, GATEWAY)
-    ok(f"gateway runs as uid 1337 (podman top: {sorted(users)})", users == {"1337"})
+    ok(f"gateway runs as uid 1337 (its processes: {sorted(users)})", users == {1337})
     head = gateway_curl(podman, "-H", "Host: httpbin.example.com", f"http://{GATEWAY.ip}:8080/status/200")
     ok("gateway: Host httpbin.example.com /status/200 -> 200 (through httpbin's sidecar)",
        head.startswith("HTTP/1.1 200") and "x-served-by: httpbin" in head.lower(), head)
