@@ -40,6 +40,7 @@ from bench import envoy_config as cfg
 from bench.parse import (
     added,
     median,
+    parse_h2load,
     parse_h2load_log,
     parse_iperf3,
     parse_proc_stat,
@@ -59,11 +60,14 @@ PLACEMENT = (
 )
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WRK_CONNECTIONS = 50
+# HTTP/2 load (http2_1k): as many streams in flight as wrk's 50 connections, on 5 connections.
+H2_CONNECTIONS = 5
+H2_STREAMS = 10
 LAT_CLIENTS = 10
 LAT_RPS = 1000  # total, split over LAT_CLIENTS
 
 TCP_SCENARIOS = ("tcp_1k", "tcp_1m", "bulk", "lat_tcp")
-HTTP_SCENARIOS = ("http_1k", "http_1m", "lat_http")
+HTTP_SCENARIOS = ("http_1k", "http_1m", "http2_1k", "lat_http")
 
 
 @dataclass
@@ -248,6 +252,14 @@ def proxy_command(name: str, config: Path) -> tuple[list[str], dict[str, str]]:
             str(VENV_BIN / "envoy"), "-c", str(config), "--concurrency", "1",
             "--disable-hot-restart", "--log-level", "warn", "--drain-time-s", "1",
         ], env  # fmt: skip
+    if name == "pysidecar-before":
+        # Another tree's pysidecar (PYSIDECAR_BEFORE: a checkout of the commit to compare
+        # against) on this venv: PYTHONPATH puts it before the editable install, workers too.
+        env["PYTHONPATH"] = os.environ["PYSIDECAR_BEFORE"]
+        return [
+            str(VENV_BIN / "python"), "-c", "import sys; from pysidecar.cli import main; sys.exit(main())",
+            "run", "-c", str(config), "--concurrency", "1", "--log-level", "warning", "--drain-time-s", "1",
+        ], env  # fmt: skip
     if name.startswith("pysidecar"):
         if name == "pysidecar-nosplice":
             env["PYSIDECAR_SPLICE"] = "0"
@@ -376,6 +388,21 @@ def wrk(target: Target, port: int, path: str, seconds: float) -> dict[str, Any]:
     return res
 
 
+def h2load(target: Target, port: int, path: str, seconds: float) -> dict[str, Any]:
+    """HTTP/2 with prior knowledge (h2c): H2_CONNECTIONS connections of H2_STREAMS streams."""
+    cmd = [
+        "h2load", "-t1", f"-c{H2_CONNECTIONS}", f"-m{H2_STREAMS}", f"-D{max(1, round(seconds))}",
+        f"http://127.0.0.1:{port}{path}",
+    ]  # fmt: skip
+    out, extra = measure_proxy(target, seconds, lambda: run(cmd, seconds + 30))
+    w = parse_h2load(out)
+    res: dict[str, Any] = {"rps": w.rps, "bytes_per_s": w.bytes_per_s, "requests": w.requests, "errors": w.errors}
+    res.update(extra)
+    if "cpu_s" in extra and w.requests:
+        res["cpu_s_per_1k_req"] = extra["cpu_s"] / (w.requests / 1000.0)
+    return res
+
+
 def bulk(target: Target, seconds: float) -> dict[str, Any]:
     cmd = [
         "iperf3",
@@ -417,6 +444,8 @@ def run_scenario(
     target: Target, scenario: str, s: Settings, workdir: Path, rep: int
 ) -> dict[str, Any]:
     d = s.duration
+    if scenario == "http2_1k" and target.name == "direct":
+        return {"na": "the upstream (nginx) serves no h2c"}
     if scenario.startswith(("http", "lat_http")) and target.name == "direct":
         return {"same_as": scenario.replace("http", "tcp")}
     if scenario.startswith(("http", "lat_http")) and target.http_na:
@@ -430,6 +459,8 @@ def run_scenario(
         return wrk(target, target.http_port(), "/1k", d)
     if scenario == "http_1m":
         return wrk(target, target.http_port(), "/1m", d)
+    if scenario == "http2_1k":
+        return h2load(target, target.http_port(), "/1k", d)
     if scenario == "bulk":
         return bulk(target, d)
     if scenario == "lat_tcp":
@@ -447,6 +478,7 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("tcp_1m", "rps", "req/s"),
     ("http_1k", "rps", "req/s"),
     ("http_1m", "rps", "req/s"),
+    ("http2_1k", "rps", "req/s"),
     ("bulk", "gbit_per_s", "Gbit/s"),
     ("lat_tcp", "p50_ms", "ms"),
     ("lat_tcp", "p99_ms", "ms"),
@@ -456,6 +488,7 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("lat_http", "p999_ms", "ms"),
     ("tcp_1k", "cpu_s_per_1k_req", "cpu s"),
     ("http_1k", "cpu_s_per_1k_req", "cpu s"),
+    ("http2_1k", "cpu_s_per_1k_req", "cpu s"),
     ("bulk", "cpu_s_per_gb", "cpu s"),
     ("tcp_1k", "rss_mb", "MB"),
     ("tcp_1k", "rss_worker_mb", "MB"),
@@ -514,6 +547,8 @@ def summarize(runs: list[dict[str, Any]], targets: tuple[str, ...]) -> dict[str,
             else:
                 row[f"{t}_vs_envoy"] = ratio(v, e)
                 row[f"{t}_vs_direct"] = ratio(v, d)
+                if "pysidecar-before" in targets and t != "pysidecar-before":
+                    row[f"{t}_vs_before"] = ratio(v, value(scenario, "pysidecar-before", metric))
         ratios[key] = row
     return {"medians": summary, "ratios": ratios, "value": None}
 
@@ -786,7 +821,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, help="seconds per measurement (default 5; quick 2)")
     ap.add_argument("--reps", type=int, help="alternating repetitions (default 3; quick 1)")
     ap.add_argument("--targets", default="direct,envoy,pysidecar",
-                    help="comma list of direct, envoy, pysidecar, pysidecar-nosplice, pysidecar-nolog")  # fmt: skip
+                    help="comma list of direct, envoy, pysidecar, pysidecar-nosplice, pysidecar-nolog, "
+                    "pysidecar-before (the tree in $PYSIDECAR_BEFORE, for before/after runs)")  # fmt: skip
     ap.add_argument("--scenarios", default=",".join(TCP_SCENARIOS + HTTP_SCENARIOS))
     ap.add_argument(
         "--profile", action="store_true", help="py-spy the pysidecar worker per scenario instead"

@@ -56,6 +56,19 @@ def parse_wrk(text: str) -> WrkResult:
     return WrkResult(requests, seconds, rps, bps, errors)
 
 
+def parse_h2load(text: str) -> WrkResult:
+    """h2load's summary: `finished in 2.00s, 12345.67 req/s, 15.2MB/s` and `requests: N total,
+    N started, N done, S succeeded, F failed, E errored, T timeout`."""
+    m = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s, ([\d.]+)([KMG]?B)/s", text)
+    r = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded", text)
+    if m is None or r is None:
+        raise ValueError("no 'finished in' / 'requests:' lines in h2load output")
+    seconds = float(m.group(1)) * (1e-3 if m.group(2) == "ms" else 1.0)
+    bps = float(m.group(4)) * _BYTE_UNITS[m.group(5)]
+    total, done, ok = int(r.group(1)), int(r.group(2)), int(r.group(3))
+    return WrkResult(done, seconds, float(m.group(3)), bps, total - ok)
+
+
 @dataclass(frozen=True, slots=True)
 class IperfResult:
     bits_per_s: float  # as received by the server

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "wait": ("pysidecar.inject.wait", "wait until the sidecar is ready (:15021/healthz/ready); the postStart hook"),
     "envoy-config": ("pysidecar.config.export", "write the config as an Envoy v3 bootstrap (to run real Envoy on it)"),
     "lab": ("pysidecar.lab.cli", "lab pods to explore by hand: lab up | shell POD | list | down"),
+    "native": ("pysidecar.native_build", "compile the data path with mypyc (build), or say if the build is fresh (check, status)"),
     "proxy-config": ("pysidecar.observe.proxy_config", "show a running proxy's listeners, routes, clusters, endpoints like istioctl"),
 }
 

@@ -42,7 +42,7 @@ def access_log(node: Node) -> AccessLogConfig:
     kind = tc.type_url()
     if kind == FILE:
         tf = tc.fields("@type", "path", "log_format", "format")
-        path = tf.require("path").string()
+        path = tf.require("path").nonempty()
     elif kind in _STREAM_PATHS:
         tf = tc.fields("@type", "log_format")
         path = _STREAM_PATHS[kind]

@@ -16,15 +16,14 @@ import ipaddress
 from collections.abc import Callable
 
 from pysidecar.config.access_log import access_logs
-from pysidecar.config.envoy_json import HTTP_PROTOCOL_OPTIONS
 from pysidecar.config.envoy_tls import transport_socket
+from pysidecar.config.envoy_upstream_http import cluster_http_options
 from pysidecar.config.node import ConfigError, Node, load_documents
 from pysidecar.model import (
     DEFAULT_BUFFER_LIMIT,
     DEFAULT_LISTENER_FILTERS_TIMEOUT,
     DEFAULT_PANIC_THRESHOLD,
     DEFAULT_TCP_IDLE_TIMEOUT,
-    DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT,
     Admin,
     Bootstrap,
     CidrRange,
@@ -69,7 +68,7 @@ def socket_address(node: Node) -> SocketAddress:
     if f.opt("ipv4_compat", Node.boolean, False):
         f.require("ipv4_compat").fail("ipv4_compat: true is not supported: IPv6 sockets are IPv6-only; "
                                       "add an IPv4 address (additional_addresses) instead")  # fmt: skip
-    host = f.require("address").string()
+    host = f.require("address").nonempty()
     port = f.get("port_value")
     return SocketAddress(host, port.port() if port is not None else 0)
 
@@ -77,7 +76,7 @@ def socket_address(node: Node) -> SocketAddress:
 def _filter_type(f_node: Node, known_names: dict[str, str]) -> tuple[str, Node]:
     """A filter's type URL: from its typed_config, else from a well-known filter name."""
     f = f_node.fields("name", "typed_config")
-    name = f.require("name").string()
+    name = f.require("name").nonempty()
     tc = f.get("typed_config")
     if tc is not None:
         return tc.type_url(), tc
@@ -96,7 +95,7 @@ def tcp_proxy(node: Node) -> TcpProxy:
     )
     if (attempts := f.get("max_connect_attempts")) is not None:
         attempts.integer(1, 1)  # we make one connect attempt, as Envoy's default does
-    stat_prefix = f.require("stat_prefix").string()
+    stat_prefix = f.require("stat_prefix").nonempty()
     cluster = f.get("cluster")
     weighted = f.get("weighted_clusters")
     if (cluster is None) == (weighted is None):
@@ -105,7 +104,7 @@ def tcp_proxy(node: Node) -> TcpProxy:
     if weighted is not None:
         for c in weighted.fields("clusters").require("clusters").items():
             cf = c.fields("name", "weight")
-            weights.append(WeightedCluster(cf.require("name").string(), cf.require("weight").integer(0)))
+            weights.append(WeightedCluster(cf.require("name").nonempty(), cf.require("weight").integer(1)))
         if not weights or sum(w.weight for w in weights) == 0:
             weighted.fail("expected at least one cluster with a weight above 0")
     idle = f.get("idle_timeout")
@@ -259,6 +258,7 @@ def listener(node: Node, index: int) -> Listener:
 
 def load_assignment(node: Node) -> tuple[LbEndpoint, ...]:
     f = node.fields("cluster_name", "endpoints")
+    f.require("cluster_name").nonempty()  # Envoy's ClusterLoadAssignment: min_len 1
     out: list[LbEndpoint] = []
     for locality in f.list("endpoints"):
         lf = locality.fields("lb_endpoints", "locality", "load_balancing_weight", "priority")
@@ -305,6 +305,13 @@ def circuit_breakers(node: Node) -> CircuitBreakers:
     return found
 
 
+def _dns_refresh_rate(n: Node) -> float:
+    rate = n.duration()
+    if rate <= 0.001:  # Envoy's validation: gt 1ms
+        n.fail(f"expected a duration above 1ms (Envoy's validation), got {n.value!r}")
+    return rate
+
+
 def _count(n: Node) -> int:
     return n.integer(0)
 
@@ -337,9 +344,9 @@ def outlier_detection(node: Node) -> OutlierDetection:
         enforcing_consecutive_gateway_failure=f.opt(
             "enforcing_consecutive_gateway_failure", _percent, d.enforcing_consecutive_gateway_failure
         ),
-        interval=f.opt("interval", Node.duration, d.interval),
-        base_ejection_time=f.opt("base_ejection_time", Node.duration, d.base_ejection_time),
-        max_ejection_time=f.opt("max_ejection_time", Node.duration, d.max_ejection_time),
+        interval=f.opt("interval", Node.positive_duration, d.interval),
+        base_ejection_time=f.opt("base_ejection_time", Node.positive_duration, d.base_ejection_time),
+        max_ejection_time=f.opt("max_ejection_time", Node.positive_duration, d.max_ejection_time),
         max_ejection_percent=f.opt("max_ejection_percent", _percent, d.max_ejection_percent),
     )
 
@@ -370,8 +377,9 @@ def cluster(node: Node) -> Cluster:
         "outlier_detection",
         "common_lb_config",
         "typed_extension_protocol_options",
+        "http2_protocol_options",
     )
-    name = f.require("name").string()
+    name = f.require("name").nonempty()
     ctype = f.opt("type", lambda n: ClusterType(n.enum([t.value for t in ClusterType])), ClusterType.STATIC)
     lb = f.get("lb_policy")
     policy = LbPolicy(lb.enum([p.value for p in LbPolicy])) if lb is not None else LbPolicy.ROUND_ROBIN
@@ -409,9 +417,7 @@ def cluster(node: Node) -> Cluster:
             if (proto := af.get("protocol")) is not None:
                 proto.enum(["TCP"])
             bind += (af.require("address").string(),)
-    idle, per_connection, max_duration = f.opt(
-        "typed_extension_protocol_options", http_protocol_options, (DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT, 0, 0.0)
-    )
+    http = cluster_http_options(f.get("typed_extension_protocol_options"), f.get("http2_protocol_options"))
     connect = f.get("connect_timeout")
     refresh = f.get("dns_refresh_rate")
     alt = f.get("alt_stat_name")
@@ -419,11 +425,11 @@ def cluster(node: Node) -> Cluster:
         name=name,
         type=ctype,
         # Plain Envoy's default connect_timeout is 5 s; Istio's sidecar always sets it.
-        connect_timeout=connect.duration() if connect is not None else 5.0,
+        connect_timeout=connect.positive_duration() if connect is not None else 5.0,
         lb_policy=policy,
         endpoints=endpoints,
         upstream_bind_addresses=bind,
-        dns_refresh_rate=refresh.duration() if refresh is not None else 5.0,
+        dns_refresh_rate=_dns_refresh_rate(refresh) if refresh is not None else 5.0,
         dns_lookup_family=f.opt(
             "dns_lookup_family",
             lambda n: DnsLookupFamily(n.enum([d.value for d in DnsLookupFamily])),
@@ -433,31 +439,11 @@ def cluster(node: Node) -> Cluster:
         circuit_breakers=f.opt("circuit_breakers", circuit_breakers, CircuitBreakers()),
         outlier_detection=f.opt("outlier_detection", outlier_detection, None),
         healthy_panic_threshold=f.opt("common_lb_config", panic_threshold, DEFAULT_PANIC_THRESHOLD),
-        http_idle_timeout=idle,
-        max_requests_per_connection=per_connection,
-        max_connection_duration=max_duration,
-    )
-
-
-def http_protocol_options(node: Node) -> tuple[float, int, float]:
-    """typed_extension_protocol_options with HttpProtocolOptions: upstream HTTP/1.1 (what the
-    pools speak; explicitly or as the downstream used) and common_http_protocol_options idle_timeout, max_requests_per_connection,
-    max_connection_duration."""
-    opts = node.fields(HTTP_PROTOCOL_OPTIONS).require(HTTP_PROTOCOL_OPTIONS)
-    f = opts.fields("@type", "common_http_protocol_options", "explicit_http_config", "use_downstream_protocol_config")
-    if "@type" in f and opts.type_url() != HTTP_PROTOCOL_OPTIONS:
-        f.require("@type").fail(f"expected type {HTTP_PROTOCOL_OPTIONS}")
-    for http1_only in ("explicit_http_config", "use_downstream_protocol_config"):
-        if (explicit := f.get(http1_only)) is not None:
-            explicit.fields("http_protocol_options")
-    common = f.get("common_http_protocol_options")
-    cf = common.fields("idle_timeout", "max_requests_per_connection", "max_connection_duration") if common is not None else None
-    if cf is None:
-        return DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT, 0, 0.0
-    return (
-        cf.opt("idle_timeout", Node.duration, DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT),
-        cf.opt("max_requests_per_connection", lambda n: n.integer(0), 0),
-        cf.opt("max_connection_duration", Node.duration, 0.0),
+        http_idle_timeout=http.http_idle_timeout,
+        max_requests_per_connection=http.max_requests_per_connection,
+        max_connection_duration=http.max_connection_duration,
+        upstream_http_protocol=http.upstream_http_protocol,
+        http2_options=http.http2_options,
     )
 
 

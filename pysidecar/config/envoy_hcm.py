@@ -20,6 +20,7 @@ import re
 
 from pysidecar.config import envoy
 from pysidecar.config.access_log import access_logs
+from pysidecar.config.envoy_upstream_http import http2_options
 from pysidecar.config.node import Fields, Node
 from pysidecar.model import Bootstrap
 from pysidecar.model.http import (
@@ -32,7 +33,6 @@ from pysidecar.model.http import (
     HeaderMatcher,
     HeaderMutations,
     HeaderValueOption,
-    Http2Options,
     HttpConnectionManager,
     HttpFilter,
     LuaHeaderAdd,
@@ -94,14 +94,15 @@ def regex(node: Node) -> str:
     f = node.fields("google_re2", "regex")
     if (g := f.get("google_re2")) is not None:
         g.fields("max_program_size")
+    f.require("regex").nonempty()  # RegexMatcher: min_len 1
     return f.require("regex").regex()
 
 
 def header_value_option(node: Node) -> HeaderValueOption:
     f = node.fields("header", "append", "append_action", "keep_empty_value")
     hf = f.require("header").fields("key", "value", "raw_value")
-    key = hf.require("key").string().lower()
-    if not key or key.startswith(":") or key == "host":
+    key = hf.require("key").header_name().lower()
+    if key.startswith(":") or key == "host":
         hf.require("key").fail(
             f"cannot add header {key!r}: pseudo headers and host are not mutable"
         )
@@ -118,7 +119,7 @@ def header_value_option(node: Node) -> HeaderValueOption:
             aa.fail("set either 'append' or 'append_action', not both")
         action = HeaderAppendAction(aa.enum([a.value for a in HeaderAppendAction]))
     f.opt("keep_empty_value", Node.boolean, False)
-    return HeaderValueOption(key, value.string() if value is not None else "", action)
+    return HeaderValueOption(key, value.header_value() if value is not None else "", action)
 
 
 MUTATION_FIELDS = (
@@ -135,13 +136,13 @@ def mutations(f: Fields) -> HeaderMutations:
             header_value_option(n) for n in f.list("request_headers_to_add")
         ),
         request_headers_to_remove=tuple(
-            n.string().lower() for n in f.list("request_headers_to_remove")
+            n.header_name().lower() for n in f.list("request_headers_to_remove")
         ),
         response_headers_to_add=tuple(
             header_value_option(n) for n in f.list("response_headers_to_add")
         ),
         response_headers_to_remove=tuple(
-            n.string().lower() for n in f.list("response_headers_to_remove")
+            n.header_name().lower() for n in f.list("response_headers_to_remove")
         ),
     )
 
@@ -151,7 +152,7 @@ def header_matcher(node: Node) -> HeaderMatcher:
         "name", "exact_match", "prefix_match", "suffix_match", "contains_match",
         "safe_regex_match", "present_match", "invert_match", "string_match",
     )  # fmt: skip
-    name = f.require("name").string().lower()
+    name = f.require("name").header_name().lower()
     kinds: dict[str, str | bool | None] = {}
     if (sm := f.get("string_match")) is not None:
         sf = sm.fields("exact", "prefix", "suffix", "contains", "safe_regex", "ignore_case")
@@ -159,7 +160,7 @@ def header_matcher(node: Node) -> HeaderMatcher:
             sm.fail("ignore_case is not supported")
         for k in ("exact", "prefix", "suffix", "contains"):
             if (v := sf.get(k)) is not None:
-                kinds[k] = v.string()
+                kinds[k] = v.string() if k == "exact" else v.nonempty()  # StringMatcher: min_len 1
         if (rx := sf.get("safe_regex")) is not None:
             kinds["safe_regex"] = regex(rx)
     for k in ("exact", "prefix", "suffix", "contains"):
@@ -192,7 +193,7 @@ def _str(v: str | bool | None) -> str | None:
 
 def query_parameter_matcher(node: Node) -> QueryParameterMatcher:
     f = node.fields("name", "string_match", "present_match")
-    name = f.require("name").string()
+    name = f.require("name").nonempty()
     if (sm := f.get("string_match")) is not None:
         if "present_match" in f:
             node.fail("expected one of string_match, present_match")
@@ -207,7 +208,7 @@ def query_parameter_matcher(node: Node) -> QueryParameterMatcher:
         return QueryParameterMatcher(
             name,
             exact=sf.opt("exact", Node.string, None),
-            prefix=sf.opt("prefix", Node.string, None),
+            prefix=sf.opt("prefix", Node.nonempty, None),
             safe_regex=sf.opt("safe_regex", regex, None),
         )
     # present_match (true or false) and no match kind at all both mean "present" in Envoy.
@@ -261,10 +262,8 @@ def retry_policy(node: Node) -> RetryPolicy:
     base, cap = 0.025, None
     if (bo := f.get("retry_back_off")) is not None:
         bf = bo.fields("base_interval", "max_interval")
-        base = bf.require("base_interval").duration()
-        if base <= 0:
-            bf.require("base_interval").fail("expected a duration above 0")
-        cap = bf.opt("max_interval", Node.duration, None)
+        base = bf.require("base_interval").positive_duration()
+        cap = bf.opt("max_interval", Node.positive_duration, None)
         if cap is not None and cap < base:
             bf.require("max_interval").fail("expected max_interval >= base_interval")
     if (pti := f.get("per_try_idle_timeout")) is not None and pti.duration() > 0:
@@ -298,7 +297,7 @@ def route_action(node: Node) -> RouteAction:
             cf = c.fields("name", "weight", *MUTATION_FIELDS)
             weights.append(
                 ClusterWeight(
-                    cf.require("name").string(), cf.require("weight").integer(0), mutations(cf)
+                    cf.require("name").nonempty(), cf.require("weight").integer(0), mutations(cf)
                 )
             )
         if not weights or sum(w.weight for w in weights) == 0:
@@ -321,14 +320,14 @@ def route_action(node: Node) -> RouteAction:
         node.fail("set either 'prefix_rewrite' or 'regex_rewrite', not both")
     cnf = f.get("cluster_not_found_response_code")
     return RouteAction(
-        cluster=cluster.string() if cluster is not None else None,
+        cluster=cluster.nonempty() if cluster is not None else None,
         weighted_clusters=tuple(weights),
         timeout=f.opt("timeout", Node.duration, 15.0),
         idle_timeout=f.opt("idle_timeout", Node.duration, None),
         retry_policy=f.opt("retry_policy", retry_policy, None),
-        prefix_rewrite=f.opt("prefix_rewrite", Node.string, None),
+        prefix_rewrite=f.opt("prefix_rewrite", Node.header_value, None),
         regex_rewrite=rewrite,
-        host_rewrite_literal=f.opt("host_rewrite_literal", Node.string, None),
+        host_rewrite_literal=f.opt("host_rewrite_literal", Node.header_value, None),
         cluster_not_found_response_code=(
             {"SERVICE_UNAVAILABLE": 503, "NOT_FOUND": 404, "INTERNAL_SERVER_ERROR": 500}[
                 cnf.enum(["SERVICE_UNAVAILABLE", "NOT_FOUND", "INTERNAL_SERVER_ERROR"])
@@ -367,7 +366,7 @@ def redirect_action(node: Node) -> RedirectAction:
         node.fail("set either 'path_redirect' or 'prefix_rewrite', not both")
     code = f.opt("response_code", lambda n: n.enum(list(REDIRECT_CODES)), "MOVED_PERMANENTLY")
     return RedirectAction(
-        host_redirect=f.opt("host_redirect", Node.string, ""),
+        host_redirect=f.opt("host_redirect", Node.header_value, ""),
         path_redirect=f.opt("path_redirect", Node.string, ""),
         port_redirect=f.opt("port_redirect", lambda n: n.integer(0, 65535), 0),
         scheme_redirect=f.opt("scheme_redirect", Node.string, ""),
@@ -403,7 +402,7 @@ def fault(node: Node) -> FaultInjection:
         df = d.fields("fixed_delay", "header_delay", "percentage")
         if "header_delay" in df:
             d.fail("header_delay is not supported; use fixed_delay")
-        out = FaultInjection(delay=df.require("fixed_delay").duration(), delay_percent=fractional_percent(df.get("percentage")))
+        out = FaultInjection(delay=df.require("fixed_delay").positive_duration(), delay_percent=fractional_percent(df.get("percentage")))
     if (a := f.get("abort")) is not None:
         af = a.fields("http_status", "grpc_status", "header_abort", "percentage")
         if "http_status" not in af:
@@ -441,7 +440,7 @@ def route(node: Node, index: int) -> Route:
         name=f.opt("name", Node.string, ""),
         route=f.opt("route", route_action, None),
         direct_response=f.opt("direct_response", direct_response, None),
-        decorator=Decorator(dec.fields("operation", "propagate").require("operation").string())
+        decorator=Decorator(dec.fields("operation", "propagate").require("operation").nonempty())
         if dec is not None
         else None,
         mutations=mutations(f),
@@ -468,7 +467,7 @@ def virtual_host(node: Node) -> VirtualHost:
         "include_attempt_count_in_response", "require_tls", *MUTATION_FIELDS,
     )  # fmt: skip
     domains_node = f.require("domains")
-    domains = tuple(n.string().lower() for n in domains_node.items())
+    domains = tuple(n.header_value().lower() for n in domains_node.items())
     if not domains:
         domains_node.fail("expected at least one domain")
     for i, d in enumerate(domains):
@@ -480,7 +479,7 @@ def virtual_host(node: Node) -> VirtualHost:
             )
     f.opt("include_attempt_count_in_response", Node.boolean, False)
     return VirtualHost(
-        name=f.require("name").string(),
+        name=f.require("name").nonempty(),
         domains=domains,
         routes=tuple(route(n, i) for i, n in enumerate(f.list("routes"))),
         mutations=mutations(f),
@@ -547,7 +546,7 @@ def lua_adds(node: Node, code: str) -> tuple[LuaHeaderAdd, ...]:
 
 def http_filter(node: Node) -> HttpFilter:
     type_name, config = envoy._filter_type(node, HTTP_FILTER_NAMES)
-    name = node.fields("name", "typed_config").require("name").string()
+    name = node.fields("name", "typed_config").require("name").nonempty()
     if type_name == ROUTER_TYPE:
         rf = config.fields("@type", "suppress_envoy_headers", "start_child_span", "dynamic_stats")
         if rf.opt("suppress_envoy_headers", Node.boolean, False):
@@ -642,30 +641,18 @@ def http_connection_manager(node: Node) -> HttpConnectionManager:
     )
     http2 = None
     if (h2o := f.get("http2_protocol_options")) is not None:
-        hf = h2o.fields(
-            "max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size"
-        )
-        # Envoy's bounds: streams 1..2^31-1, windows 65535..2^31-1.
-        http2 = Http2Options(
-            max_concurrent_streams=hf.opt("max_concurrent_streams", lambda n: n.integer(1, 2**31 - 1), None),
-            initial_stream_window_size=hf.opt(
-                "initial_stream_window_size", lambda n: n.integer(65535, 2**31 - 1), None
-            ),
-            initial_connection_window_size=hf.opt(
-                "initial_connection_window_size", lambda n: n.integer(65535, 2**31 - 1), None
-            ),
-        )
+        http2 = http2_options(h2o)
     rc = route_configuration(route_node)
     filters = http_filters(f.require("http_filters"))
     faulty = any(r.fault is not None for vh in rc.virtual_hosts for r in vh.routes)
     if faulty and not any(x.type_url == FAULT_TYPE for x in filters):
         route_node.fail("routes inject faults but envoy.filters.http.fault is not in http_filters")
     return HttpConnectionManager(
-        stat_prefix=f.require("stat_prefix").string(),
+        stat_prefix=f.require("stat_prefix").nonempty(),
         route_config=rc,
         codec_type=codec,
         http_filters=filters,
-        server_name=f.opt("server_name", Node.string, "envoy"),
+        server_name=f.opt("server_name", Node.header_value, "envoy"),
         tracing="tracing" in f,
         request_headers_timeout=f.opt("request_headers_timeout", Node.duration, 10.0),
         stream_idle_timeout=f.opt("stream_idle_timeout", Node.duration, 300.0),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pysidecar.config.envoy_json_tls import cluster_tls, endpoint_metadata
 from pysidecar.model import (
     DEFAULT_LISTENER_FILTERS_TIMEOUT,
     DEFAULT_PANIC_THRESHOLD,
@@ -28,11 +29,13 @@ from pysidecar.model import (
     NetworkFilter,
     SocketAddress,
     TcpProxy,
+    UpstreamHttpProtocol,
 )
 from pysidecar.model.http import (
     FaultInjection,
     HeaderMatcher,
     HeaderMutations,
+    Http2Options,
     HttpConnectionManager,
     HttpFilter,
     QueryParameterMatcher,
@@ -58,7 +61,6 @@ FAULT = T + "envoy.extensions.filters.http.fault.v3.HTTPFault"
 LUA = "envoy.extensions.filters.http.lua.v3.Lua"
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 PREVIOUS_HOSTS = T + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
-HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 LISTENER_FILTER_TYPES = {
     "envoy.filters.listener.original_dst": T + "envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
     "envoy.filters.listener.tls_inspector": T + "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
@@ -280,15 +282,7 @@ def http_filter(f: HttpFilter) -> dict[str, Any]:
 
 
 def _http2_options(h: HttpConnectionManager) -> dict[str, Any]:
-    o = h.http2
-    if o is None:
-        return {}
-    fields = {
-        "max_concurrent_streams": o.max_concurrent_streams,
-        "initial_stream_window_size": o.initial_stream_window_size,
-        "initial_connection_window_size": o.initial_connection_window_size,
-    }
-    return {"http2_protocol_options": {k: v for k, v in fields.items() if v is not None}}
+    return {} if h.http2 is None else {"http2_protocol_options": _h2(h.http2)}
 
 
 def http_connection_manager(h: HttpConnectionManager) -> dict[str, Any]:
@@ -426,6 +420,40 @@ def listener(lis: Listener, redact: bool = False) -> dict[str, Any]:
     return out
 
 
+def _h2(o: Http2Options) -> dict[str, Any]:
+    fields = {
+        "max_concurrent_streams": o.max_concurrent_streams,
+        "initial_stream_window_size": o.initial_stream_window_size,
+        "initial_connection_window_size": o.initial_connection_window_size,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _http_protocol_options(c: Cluster) -> dict[str, Any] | None:
+    """The cluster's HttpProtocolOptions as istiod writes them: present when the upstream is
+    not plain HTTP/1.1 or a common option differs from Envoy's default."""
+    common: dict[str, Any] = {}
+    if c.http_idle_timeout != DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT:
+        common["idle_timeout"] = duration(c.http_idle_timeout)
+    if c.max_requests_per_connection:
+        common["max_requests_per_connection"] = c.max_requests_per_connection
+    if c.max_connection_duration:
+        common["max_connection_duration"] = duration(c.max_connection_duration)
+    kind = c.upstream_http_protocol
+    if not common and kind is UpstreamHttpProtocol.HTTP1:
+        return None
+    out: dict[str, Any] = {"@type": T + HTTP_PROTOCOL_OPTIONS}
+    if common:
+        out["common_http_protocol_options"] = common
+    if kind is UpstreamHttpProtocol.USE_DOWNSTREAM:
+        out["use_downstream_protocol_config"] = {"http_protocol_options": {}, "http2_protocol_options": _h2(c.http2_options)}
+    elif kind is UpstreamHttpProtocol.HTTP2:
+        out["explicit_http_config"] = {"http2_protocol_options": _h2(c.http2_options)}
+    else:
+        out["explicit_http_config"] = {"http_protocol_options": {}}
+    return out
+
+
 def cluster(c: Cluster) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": c.name,
@@ -437,7 +465,13 @@ def cluster(c: Cluster) -> dict[str, Any]:
         out["load_assignment"] = {
             "cluster_name": c.name,
             "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": socket_address(e.address)}, "load_balancing_weight": e.load_balancing_weight} for e in c.endpoints]}
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": socket_address(e.address)}, "load_balancing_weight": e.load_balancing_weight}
+                        | endpoint_metadata(e)
+                        for e in c.endpoints
+                    ]
+                }
             ]
             if c.endpoints
             else [],
@@ -455,10 +489,7 @@ def cluster(c: Cluster) -> dict[str, Any]:
         out["upstream_bind_config"] = bind
     if c.alt_stat_name:
         out["alt_stat_name"] = c.alt_stat_name
-    if c.http_idle_timeout != 3600.0:
-        out["typed_extension_protocol_options"] = {
-            HTTP_OPTIONS: {"@type": T + HTTP_OPTIONS, "common_http_protocol_options": {"idle_timeout": duration(c.http_idle_timeout)}}
-        }
+    out |= cluster_tls(c)
     if c.circuit_breakers != CircuitBreakers():
         cb = c.circuit_breakers
         limits = {"max_connections": cb.max_connections, "max_pending_requests": cb.max_pending_requests}
@@ -480,20 +511,6 @@ def cluster(c: Cluster) -> dict[str, Any]:
         }
     if c.healthy_panic_threshold != DEFAULT_PANIC_THRESHOLD:
         out["common_lb_config"] = {"healthy_panic_threshold": {"value": c.healthy_panic_threshold}}
-    common: dict[str, Any] = {}
-    if c.http_idle_timeout != DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT:
-        common["idle_timeout"] = duration(c.http_idle_timeout)
-    if c.max_requests_per_connection:
-        common["max_requests_per_connection"] = c.max_requests_per_connection
-    if c.max_connection_duration:
-        common["max_connection_duration"] = duration(c.max_connection_duration)
-    if common:
-        # Upstream HTTP/1.1, as pysidecar's pools speak it (and Envoy's default).
-        out["typed_extension_protocol_options"] = {
-            HTTP_PROTOCOL_OPTIONS: {
-                "@type": T + HTTP_PROTOCOL_OPTIONS,
-                "common_http_protocol_options": common,
-                "explicit_http_config": {"http_protocol_options": {}},
-            }
-        }
+    if (http := _http_protocol_options(c)) is not None:
+        out["typed_extension_protocol_options"] = {HTTP_PROTOCOL_OPTIONS: http}
     return out

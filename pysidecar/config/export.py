@@ -105,7 +105,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         namespace = workload.resolve_namespace(args.namespace)
-        bootstrap = load(args.config, labels, namespace=namespace, interception_mode=interception, mode=args.mode)
+        bootstrap = load(args.config, labels, namespace=namespace, interception_mode=interception, mode=args.mode, cert_dir=args.cert_dir)
         text = dump(bootstrap, args.mode)
     except ConfigError as e:
         print(f"pysidecar: configuration error: {e}", file=sys.stderr)

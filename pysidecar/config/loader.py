@@ -16,7 +16,12 @@ Promises:
 - `interception_mode` (`pysidecar run --interception-mode`) shapes the standard sidecar and
   compiled Istio configs as istiod would (`sidecar.with_interception_mode`); an Envoy
   bootstrap says for itself what its listeners are (`transparent: true`).
-- `watched_files(paths, bootstrap)` lists what a reload has to look at.
+- `watched_files(paths, bootstrap)` lists what a reload has to look at, the workload
+  certificate files included: a rotated certificate is a reload (a bad one is rejected and
+  the old identity keeps serving).
+- `cert_dir` (Istio's file-mounted certificates, `pysidecar run --cert-dir`): the workload
+  identity Istio YAML is compiled with (config/identity.py). Named explicitly, its files must
+  load; the default /etc/certs without any of them means no identity (plaintext mesh).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from pysidecar.config import envoy
+from pysidecar.config.identity import DEFAULT_CERT_DIR, load_identity
 from pysidecar.config.istio.compile import compile_config
 from pysidecar.config.istio.documents import collect
 from pysidecar.config.istio.gateway_compile import compile_gateway, router_skeleton
@@ -77,6 +83,7 @@ def load(
     mesh_access_log: bool = True,
     interception_mode: str = "REDIRECT",
     mode: str = "sidecar",
+    cert_dir: str | None = None,
 ) -> Bootstrap:
     """The config `paths` name; `workload_labels` (the pod's labels) give Istio YAML its inbound
     side (or, with `mode` "router", select its Gateways) and `namespace` (the pod's) its short
@@ -103,8 +110,10 @@ def load(
         raise ConfigError(paths[0], "", "no configuration documents found")
     if mode == "router":
         return compile_gateway(collect(istio_docs), workload_labels, mesh_access_log)
+    cfg = collect(istio_docs)
+    identity = load_identity(cert_dir or DEFAULT_CERT_DIR, required=cert_dir is not None)
     return with_interception_mode(
-        compile_config(collect(istio_docs), workload_labels, namespace, mesh_access_log), interception_mode
+        compile_config(cfg, workload_labels, namespace, mesh_access_log, identity), interception_mode
     )
 
 
@@ -173,4 +182,6 @@ def watched_files(paths: Sequence[str], bootstrap: Bootstrap) -> list[str]:
     """Every file a reload depends on: what `-c` names now, plus the xDS files loaded."""
     found = config_files(paths) if paths else []
     extra = [s for s in bootstrap.sources if os.path.exists(s)]
+    if bootstrap.identity is not None:
+        extra += list(bootstrap.identity.snapshot())
     return list(dict.fromkeys(found + extra))

@@ -51,6 +51,8 @@ def _describe(value: object) -> str:
 TYPE_PREFIX = "type.googleapis.com/"
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|ms|m|h)?$")
+# protoc-gen-validate's non-strict HTTP_HEADER_NAME / HTTP_HEADER_VALUE: only these three are refused.
+_HEADER_FORBIDDEN = re.compile(r"[\x00\r\n]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,36 @@ class Node:
         if isinstance(self.value, bool) or not isinstance(self.value, str | int | float):
             self.fail(f"expected a string, got {_describe(self.value)}")
         return str(self.value)
+
+    # -- Envoy's proto validation rules (protoc-gen-validate), as `envoy --mode validate` applies
+    # them: values Envoy refuses are refused here too, with the rule named.
+    def nonempty(self) -> str:
+        """A string under `(validate.rules).string = {min_len: 1}`."""
+        s = self.string()
+        if not s:
+            self.fail("expected a non-empty string (Envoy's validation: min_len 1)")
+        return s
+
+    def header_name(self) -> str:
+        """`{min_len: 1, well_known_regex: HTTP_HEADER_NAME, strict: false}`: no NUL, CR, LF."""
+        s = self.nonempty()
+        if _HEADER_FORBIDDEN.search(s):
+            self.fail(f"expected an HTTP header name without NUL, CR or LF, got {s!r}")
+        return s
+
+    def header_value(self) -> str:
+        """`{well_known_regex: HTTP_HEADER_VALUE, strict: false}`: no NUL, CR, LF."""
+        s = self.string()
+        if _HEADER_FORBIDDEN.search(s):
+            self.fail(f"expected an HTTP header value without NUL, CR or LF, got {s!r}")
+        return s
+
+    def positive_duration(self) -> float:
+        """A Duration under `(validate.rules).duration = {gt {}}`."""
+        d = self.duration()
+        if d <= 0:
+            self.fail(f"expected a duration above 0 (Envoy's validation: gt 0s), got {_describe(self.value)}")
+        return d
 
     def integer(self, minimum: int | None = None, maximum: int | None = None) -> int:
         v = self.value

@@ -353,7 +353,8 @@ def egress_gateway_service(gateway_ip: str) -> str:
 
 
 # Seed 001's backends, `kubectl apply -f samples/httpbin/httpbin.yaml` and helloworld-v1: their
-# Services and Endpoints (the lab pods' addresses), as the ingress gateway sees them.
+# Services and Endpoints (the lab pods' addresses), as the ingress gateway sees them. helloworld-v1
+# is the seed's Service as written, without a clusterIP: load-balanced, not headless.
 INGRESS_BACKENDS = """\
 apiVersion: v1
 kind: Service
@@ -370,11 +371,16 @@ subsets: [{addresses: [{ip: __HTTPBIN__}], ports: [{name: http, port: 80}]}]
 ---
 apiVersion: v1
 kind: Service
-metadata: {name: helloworld-v1}
+metadata:
+  name: helloworld-v1
+  labels:
+    app: helloworld-v1
 spec:
-  clusterIP: 198.19.250.2
-  ports: [{name: http, port: 5000}]
-  selector: {app: helloworld-v1}
+  ports:
+  - name: http
+    port: 5000
+  selector:
+    app: helloworld-v1
 ---
 apiVersion: v1
 kind: Endpoints

@@ -15,8 +15,18 @@ import enum
 from dataclasses import dataclass, field
 
 from pysidecar.model.access_log import AccessLogConfig as AccessLogConfig
-from pysidecar.model.http import ISTIO_DEFAULT_RETRY, HttpConnectionManager, RetryPolicy
-from pysidecar.model.tls import DownstreamTlsContext
+from pysidecar.model.http import (
+    ISTIO_DEFAULT_RETRY,
+    Http2Options,
+    HttpConnectionManager,
+    RetryPolicy,
+)
+from pysidecar.model.tls import (
+    DownstreamTlsContext,
+    TransportSocketMatch,
+    UpstreamTlsContext,
+    WorkloadIdentity,
+)
 
 # Envoy's cluster connect_timeout default is 5s; Istio's sidecar sets 10s (MeshConfig.connectTimeout).
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -93,6 +103,9 @@ class OutboundTrafficPolicy(enum.Enum):
 class LbEndpoint:
     address: SocketAddress
     load_balancing_weight: int = 1
+    # metadata.filter_metadata["envoy.transport_socket_match"]: picks the cluster's
+    # transport_socket_matches entry (Istio: tlsMode=istio for a pod with a sidecar).
+    transport_socket_match: tuple[tuple[str, str], ...] = ()
 
 
 # Envoy's circuit breaker thresholds when a cluster sets none; Istio always writes its own
@@ -136,6 +149,23 @@ class OutlierDetection:
     max_ejection_percent: int = 10
 
 
+class UpstreamHttpProtocol(enum.Enum):
+    """Which HTTP a cluster's upstream connections speak: the upstream_protocol_options of
+    its `envoy.extensions.upstreams.http.v3.HttpProtocolOptions` (or the older cluster-level
+    `http2_protocol_options`, which means HTTP2)."""
+
+    HTTP1 = "HTTP1"  # explicit_http_config.http_protocol_options, or none given (Envoy's default)
+    HTTP2 = "HTTP2"  # explicit_http_config.http2_protocol_options: h2c (prior knowledge) or h2
+    # use_downstream_protocol_config: HTTP/2 for a request that came over HTTP/2, else HTTP/1.1
+    # (istiod's choice for sniffed ports and DestinationRule useClientProtocol).
+    USE_DOWNSTREAM = "USE_DOWNSTREAM"
+
+
+# istiod's http2ProtocolOptions(): Envoy's upstream default (2^31-1) is "too low for the data
+# path" in an older istiod's words, so it writes 2^30 on every HTTP/2-capable cluster.
+ISTIO_H2_MAX_CONCURRENT_STREAMS = 1073741824
+
+
 @dataclass(frozen=True, slots=True)
 class Cluster:
     name: str
@@ -159,10 +189,27 @@ class Cluster:
     http_idle_timeout: float = DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT
     max_requests_per_connection: int = 0
     max_connection_duration: float = 0.0
+    # The upstream HTTP protocol and, when it may be HTTP/2, its http2_protocol_options (the
+    # fields given; None in a field: Envoy's default).
+    upstream_http_protocol: UpstreamHttpProtocol = UpstreamHttpProtocol.HTTP1
+    http2_options: Http2Options = field(default_factory=Http2Options)
+    # TLS origination: transport_socket for every endpoint, or transport_socket_matches chosen
+    # by each endpoint's metadata (Istio's auto mTLS); neither: plaintext.
+    transport_socket: UpstreamTlsContext | None = None
+    transport_socket_matches: tuple[TransportSocketMatch, ...] = ()
 
     @property
     def stat_name(self) -> str:
         return self.alt_stat_name or self.name
+
+    def upstream_tls(self, endpoint_metadata: tuple[tuple[str, str], ...]) -> UpstreamTlsContext | None:
+        """The TLS context for an endpoint (Envoy's transport socket match), None: plaintext."""
+        if self.transport_socket_matches:
+            have = dict(endpoint_metadata)
+            for m in self.transport_socket_matches:
+                if all(have.get(k) == v for k, v in m.match):
+                    return m.transport_socket
+        return self.transport_socket
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +326,15 @@ class MeshConfig:
     access_log_format: str = ""
     # defaultHttpRetryPolicy: the retries of routes whose VirtualService sets none (None: none).
     default_http_retry_policy: RetryPolicy | None = ISTIO_DEFAULT_RETRY
+    # h2UpgradePolicy: UPGRADE makes outbound clusters of HTTP ports speak HTTP/2 unless a
+    # DestinationRule says DO_NOT_UPGRADE (istiod's shouldH2Upgrade); default DO_NOT_UPGRADE.
+    h2_upgrade: bool = False
+    # Workload identities are spiffe://<trust_domain>/ns/<ns>/sa/<sa>.
+    trust_domain: str = "cluster.local"
+    # PeerAuthentication in this namespace without a selector is mesh-wide.
+    root_namespace: str = "istio-system"
+    # enableAutoMtls: endpoints with a sidecar get mutual TLS unless a DestinationRule says.
+    enable_auto_mtls: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +350,8 @@ class Bootstrap:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     # Where this config came from (files), for error messages and /config_dump.
     sources: tuple[str, ...] = ()
+    # The workload certificate (Istio's file-mounted SVID) the TLS contexts name, when loaded.
+    identity: WorkloadIdentity | None = None
 
     def cluster(self, name: str) -> Cluster | None:
         for c in self.clusters:

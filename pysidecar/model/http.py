@@ -7,7 +7,7 @@ Promises:
 - Defaults are plain Envoy's (route timeout 15 s, one retry when a retry_policy is present,
   backoff 25 ms / 250 ms); Istio's front end sets Istio's values explicitly.
 - Regexes are kept as source text; the router compiles them once per config
-  (`proxy.http.router`), and the front end has already checked they compile.
+  (`proxy.http.route_table`), and the front end has already checked they compile.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ Promises:
   Prometheus name (after Istio's tag extraction, `observe.tags`), counters typed `counter`,
   gauges `gauge`, histograms `histogram` with cumulative `_bucket{le=...}`, `_sum`, `_count`.
 - `render(snapshot)` writes those families in the Prometheus text format 0.0.4 the way Envoy
-  does: `# TYPE` lines, no `_total` added to counters (prometheus-client's own writer would add
+  does: `# TYPE` lines, braces even around no labels (`envoy_http_inspector_http11_found{} 3`),
+  no `_total` added to counters (prometheus-client's own writer would add
   it and sort labels), labels in extraction order, integers without a decimal point.
   The output parses with prometheus-client's parser and `promtool check metrics`.
 - A Prometheus name reached by stats of two different kinds keeps the first kind; the others
@@ -88,5 +89,5 @@ def render(snapshot: Snapshot) -> str:
         out.append(f"# TYPE {metric.name} {metric.type}\n")
         for s in metric.samples:
             labels = ",".join(f'{k}="{_escape(v)}"' for k, v in s.labels.items())
-            out.append(f"{s.name}{{{labels}}} {_number(s.value)}\n" if labels else f"{s.name} {_number(s.value)}\n")
+            out.append(f"{s.name}{{{labels}}} {_number(s.value)}\n")
     return "".join(out)

@@ -238,6 +238,8 @@ class ClusterHttpStats(StatsBlock, _OpenBlock):
     upstream_rq_rx_reset: Counter
     upstream_rq_tx_reset: Counter
     upstream_cx_http1_total: Counter
+    upstream_cx_http2_total: Counter
+    upstream_cx_protocol_error: Counter
     upstream_cx_idle_timeout: Counter
     upstream_cx_max_duration_reached: Counter
     upstream_cx_max_requests: Counter

@@ -141,6 +141,11 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
         help="the namespace of the pod this sidecar serves: its hosts are reachable by short name "
         "(`httpbin` for httpbin.NS.svc.cluster.local; default: $POD_NAMESPACE, else default)",
     )  # fmt: skip
+    parser.add_argument(
+        "--cert-dir", metavar="DIR", default=os.environ.get("PYSIDECAR_CERT_DIR") or None,
+        help="the workload certificate, Istio's file-mounted layout: cert-chain.pem, key.pem, root-cert.pem "
+        "(default: $PYSIDECAR_CERT_DIR, else /etc/certs when present; named explicitly, the files must load)",
+    )  # fmt: skip
 
 
 def resolve_namespace(flag: str | None, environ: Mapping[str, str] = os.environ) -> str:

@@ -16,6 +16,10 @@ Promises:
 - Each runtime carries the cluster's circuit breaker and, when configured, its outlier
   detector (both per worker: see `proxy.circuit_breaker`); the balancer picks from
   `lb_hosts`, the hosts outlier detection has not ejected (or all of them in panic).
+- Upstream TLS: `upstream_tls(host)` is the host's UpstreamTls (Envoy's transport socket
+  match on the endpoint's metadata; hosts found by DNS take the first endpoint's), None for
+  plaintext. The contexts are built per config by `update` (from the identity's snapshot), so
+  a rotated certificate reaches kept runtimes too.
 - `update(clusters)` keeps the runtime (hosts, balancer state, DNS task) of every cluster whose
   definition did not change, so a reload does not disturb traffic to unchanged clusters.
 """
@@ -27,13 +31,15 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from pysidecar.model import Cluster, ClusterType, DnsLookupFamily, SocketAddress
+from pysidecar.model.tls import UpstreamTlsContext
 from pysidecar.observe.stats import ClusterStats, StatsStore, outlier_detection_stats
 from pysidecar.proxy.circuit_breaker import CircuitBreaker
 from pysidecar.proxy.lb import Host, LoadBalancer, load_balancer
 from pysidecar.proxy.outlier import OutlierDetector, lb_hosts
+from pysidecar.proxy.upstream_tls import UpstreamTls, client_contexts
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,9 @@ class ClusterRuntime:
         "lb_hosts",
         "outlier",
         "stats",
+        "tls_by_host",
+        "tls_default",
+        "tls_table",
     )
 
     def __init__(
@@ -70,6 +79,13 @@ class ClusterRuntime:
             )
         self._sweep: asyncio.TimerHandle | None = None
         self._dns_task: asyncio.Task[None] | None = None
+        # Transport socket per endpoint address (STATIC), else the first endpoint's.
+        self.tls_by_host: dict[tuple[str, int], UpstreamTlsContext | None] = {
+            (e.address.address, e.address.port): config.upstream_tls(e.transport_socket_match) for e in config.endpoints
+        }
+        first = config.endpoints[0].transport_socket_match if config.endpoints else ()
+        self.tls_default = config.upstream_tls(first)
+        self.tls_table: Mapping[UpstreamTlsContext, UpstreamTls] = {}
         if config.type is ClusterType.STATIC:
             self._set_hosts(
                 Host(e.address.address, e.address.port, e.load_balancing_weight) for e in config.endpoints
@@ -83,6 +99,10 @@ class ClusterRuntime:
         if self.config.type is ClusterType.ORIGINAL_DST:
             return Host(original_dst.address, original_dst.port) if original_dst is not None else None
         return self.balancer.choose(self.lb_hosts)
+
+    def upstream_tls(self, host: tuple[str, int]) -> UpstreamTls | None:
+        ctx = self.tls_by_host.get(host, self.tls_default)
+        return None if ctx is None else self.tls_table[ctx]
 
     def bind_address_for(self, upstream_ip: str) -> str | None:
         """The upstream_bind_config source address of the upstream's address family, if any."""
@@ -207,7 +227,14 @@ class ClusterManager:
     def get(self, name: str) -> ClusterRuntime | None:
         return self.clusters.get(name)
 
-    def update(self, clusters: Iterable[Cluster]) -> None:
+    def update(self, clusters: Iterable[Cluster], files: Mapping[str, str] | None = None) -> None:
+        """`files`: the workload identity's texts (file name → PEM) the contexts are built from."""
+        clusters = list(clusters)
+        wanted = [
+            t for c in clusters for t in (c.transport_socket, *(m.transport_socket for m in c.transport_socket_matches))
+            if t is not None
+        ]  # fmt: skip
+        table = client_contexts(wanted, files or {})
         fresh: dict[str, ClusterRuntime] = {}
         for c in clusters:
             old = self.clusters.get(c.name)
@@ -217,6 +244,8 @@ class ClusterManager:
             runtime = ClusterRuntime(c, self._stats.cluster(c.stat_name), self._stats, self._loop.time)
             runtime.start(self._loop)
             fresh[c.name] = runtime
+        for runtime in fresh.values():
+            runtime.tls_table = table
         for name, old in self.clusters.items():
             if fresh.get(name) is not old:
                 old.stop()

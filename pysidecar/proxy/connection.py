@@ -8,9 +8,11 @@ Promises:
   filter chain, and switches the transport's protocol to the chain's network filter. The
   listener's stats (downstream_cx_total / _active / _destroy, no_filter_chain_match) count it
   on the listener that finally handles it, as Envoy does.
-- Sniffing (listener filters tls_inspector / http_inspector) runs only when the handling
-  listener has those filters and one of its chains can only be chosen with what they find;
-  otherwise the chain is chosen at accept, without waiting for a byte. Sniffing reads until
+- Sniffing (listener filters tls_inspector / http_inspector) runs on every connection of a
+  listener that has those filters, as Envoy runs every configured listener filter: their
+  counters (`http_inspector.http11_found`, ...) count each inspected connection even when no
+  chain matches on what they find. A listener without them chooses its chain at accept,
+  without waiting for a byte. Sniffing reads until
   the inspectors can decide, the peer closes, or the handling listener's
   listener_filters_timeout (Envoy's 15 s default; 0: no limit) passes. Then, with
   continue_on_listener_filters_timeout (Istio's listeners set it), it continues with what it
@@ -50,11 +52,11 @@ from pysidecar.model import (
 from pysidecar.model.http import CodecType, HttpConnectionManager
 from pysidecar.observe.stats import ListenerStats
 from pysidecar.proxy.http.compiled import compiled
-from pysidecar.proxy.http.conn_manager import HttpConnection
-from pysidecar.proxy.http.h2_conn import PREFACE, Http2Connection
-from pysidecar.proxy.http.pool import pools_for
+from pysidecar.proxy.http.conn_pool import pools_for
+from pysidecar.proxy.http.http1.server_codec import HttpConnection
+from pysidecar.proxy.http.http2.server_codec import PREFACE, Http2Connection
 from pysidecar.proxy.inspect import MAX_CLIENT_HELLO, TOO_LARGE, Inspection, TlsHello, decide
-from pysidecar.proxy.listener_table import ConnectionInfo, needs_inspection, select_filter_chain
+from pysidecar.proxy.listener_table import ConnectionInfo, select_filter_chain
 from pysidecar.proxy.original_dst import original_dst
 from pysidecar.proxy.tcp_proxy import TcpProxySession
 from pysidecar.proxy.tls_terminate import HandshakeFailed, terminate
@@ -114,7 +116,7 @@ class ActiveConnection(asyncio.Protocol):
         filters = listener.listener_filters
         sniff_tls = ListenerFilter.TLS_INSPECTOR in filters
         sniff_http = ListenerFilter.HTTP_INSPECTOR in filters
-        if (sniff_tls or sniff_http) and needs_inspection(listener):
+        if sniff_tls or sniff_http:
             self.snapshot = snapshot
             self.destination = destination
             if listener.listener_filters_timeout > 0:
@@ -159,7 +161,10 @@ class ActiveConnection(asyncio.Protocol):
         if self.sniff_timer is not None:
             self.sniff_timer.cancel()
             self.sniff_timer = None
-        self._count(found)
+        if self.sniff_buf:
+            # A peer that closes (or a timeout that passes) before its first byte is counted by
+            # neither of Envoy's inspectors: they count what they read.
+            self._count(found)
         protocols = found.application_protocols
         assert self.destination is not None
         info = ConnectionInfo(self.destination, found.transport_protocol, found.server_name, protocols)
@@ -265,7 +270,9 @@ class ActiveConnection(asyncio.Protocol):
             self.worker.connections.add(session)
             transport.set_protocol(session)
             # splice(2) would move ciphertext: a TLS transport always takes the Protocol path.
-            session.start(transport, initial, self.worker.clusters, self.worker.rng, splice=not secure)
+            session.start(
+                transport, initial, self.worker.clusters, self.worker.rng, splice=not secure, own=self.worker.snapshot.own
+            )
             return session
         if isinstance(network_filter, HttpConnectionManager):
             return self._attach_http(network_filter, info, transport, initial, secure)

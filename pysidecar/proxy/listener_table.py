@@ -164,8 +164,3 @@ def select_filter_chain(listener: Listener, info: ConnectionInfo) -> FilterChain
         if not candidates:
             return listener.default_filter_chain
     return candidates[0]
-
-
-def needs_inspection(listener: Listener) -> bool:
-    """Whether any chain of the listener can only be chosen after sniffing the first bytes."""
-    return any(c.filter_chain_match.needs_inspection for c in listener.filter_chains)

@@ -33,6 +33,7 @@ import time
 
 import uvloop
 
+from pysidecar import native
 from pysidecar.config.loader import load
 from pysidecar.config.node import ConfigError
 from pysidecar.config.sidecar import add_interception_mode_argument, resolve_interception_mode
@@ -303,6 +304,7 @@ def main(args: argparse.Namespace) -> int:
         mesh_access_log=args.access_log is None,
         interception_mode=interception,
         mode=args.mode,
+        cert_dir=args.cert_dir,
     )
     try:
         bootstrap = args.loader(args.config)
@@ -317,8 +319,9 @@ def main(args: argparse.Namespace) -> int:
         return 2
     args.access_log_config = access_log if access_log.path else None
     log.info(
-        "pysidecar starting: %d listeners, %d clusters from %s, concurrency %d",
+        "pysidecar starting: %d listeners, %d clusters from %s, concurrency %d, data path %s",
         len(bootstrap.listeners), len(bootstrap.clusters), ", ".join(bootstrap.sources), args.concurrency,
+        native.status(),
     )  # fmt: skip
     result: int = uvloop.run(Supervisor(bootstrap, args).run())
     return result

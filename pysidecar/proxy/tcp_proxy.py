@@ -30,6 +30,7 @@ Promises:
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import socket
 from collections.abc import Callable, Coroutine
@@ -41,7 +42,11 @@ from pysidecar.observe.stream_info import StreamInfo
 from pysidecar.proxy.circuit_breaker import CircuitBreaker
 from pysidecar.proxy.cluster_manager import ClusterManager, ClusterRuntime
 from pysidecar.proxy.lb import Host
+from pysidecar.proxy.loop_detect import forwarding_loop, loop_message
 from pysidecar.proxy.splice import SpliceRelay
+from pysidecar.proxy.upstream_tls import open_connection
+
+log = logging.getLogger(__name__)
 
 # Response flags, Envoy's spelling, for the access log.
 NO_HEALTHY_UPSTREAM = "UH"
@@ -149,6 +154,7 @@ class TcpProxySession(asyncio.Protocol):
         clusters: ClusterManager,
         rng: random.Random,
         splice: bool = True,
+        own: frozenset[SocketAddress] = frozenset(),
     ) -> None:
         """Take over an accepted connection (its protocol is switched to this session);
         `splice` False keeps the bytes in Python (a TLS transport's are clear text only there)."""
@@ -173,6 +179,11 @@ class TcpProxySession(asyncio.Protocol):
             self.info.response_flags.append(NO_HEALTHY_UPSTREAM)
             self.close()
             return
+        own_listener = forwarding_loop(picked.address, picked.port, own, self.destination.address)
+        if own_listener is not None:
+            log.warning("%s", loop_message(cluster.config.name, picked.address, picked.port, own_listener))
+            self.close()
+            return
         picked.active += 1
         self._lb_host = picked
         self.upstream_host = host = picked.key
@@ -186,6 +197,8 @@ class TcpProxySession(asyncio.Protocol):
             return
         breaker.cx += 1
         self._breaker = breaker
+        # splice(2) would move clear text past an upstream TLS session.
+        splice = splice and cluster.upstream_tls(host) is None
         relay = SpliceRelay.attach(self, transport, initial, host[0]) if splice else None
         if relay is not None:
             self._splice = relay
@@ -206,9 +219,7 @@ class TcpProxySession(asyncio.Protocol):
         if relay is not None:
             opening = relay.connect(host, bind)
         else:
-            opening = self.loop.create_connection(
-                lambda: _Upstream(self), host[0], host[1], local_addr=(bind, 0) if bind else None
-            )
+            opening = open_connection(self.loop, lambda: _Upstream(self), host, bind, cluster.upstream_tls(host))
         connecting = self.loop.create_task(opening)
         timer = self.loop.call_later(cluster.config.connect_timeout, connecting.cancel)
         try:

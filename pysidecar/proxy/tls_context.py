@@ -10,8 +10,10 @@ Promises:
   into a ConfigError at load time: the data path never meets a context it cannot build.
 - Inline strings are written to a private temporary file only while they are loaded (Python's
   ssl reads certificate chains and keys from files only) and removed at once.
-- `contexts_for(chains)` builds each distinct context of a config once; the worker calls it
+- `contexts_for(chains, files)` builds each distinct context of a config once; the worker calls it
   when a config is loaded (so a reload re-reads certificate files), never per connection.
+  `files` (file name → text: the workload identity loaded with the config) is used instead of
+  reading those files again, so a context is built from exactly what the config validated.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ import contextlib
 import os
 import ssl
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 from pysidecar.model import FilterChain
-from pysidecar.model.tls import DataSource, DownstreamTlsContext
+from pysidecar.model.tls import DataSource, DownstreamTlsContext, TlsCertificate
 
 # Envoy's default for downstream TLS (tls_minimum_protocol_version unset): TLS 1.2.
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
@@ -38,10 +40,15 @@ class TlsContextError(Exception):
         self.message = message
 
 
-def _read(source: DataSource, part: str, index: int) -> str:
+NO_FILES: Mapping[str, str] = {}
+
+
+def _read(source: DataSource, part: str, index: int, files: Mapping[str, str] = NO_FILES) -> str:
     if source.inline_string is not None:
         return source.inline_string
     assert source.filename is not None
+    if (known := files.get(source.filename)) is not None:
+        return known
     try:
         with open(source.filename, encoding="utf-8") as f:
             return f.read()
@@ -72,28 +79,37 @@ def _as_files(texts: Iterable[str]) -> Iterator[list[str]]:
         yield paths
 
 
-def server_context(ctx: DownstreamTlsContext) -> ssl.SSLContext:
+def load_certificate(out: ssl.SSLContext, cert: TlsCertificate, i: int, files: Mapping[str, str] = NO_FILES) -> None:
+    """Load one certificate chain and its key into `out`, checked."""
+    chain = _read(cert.certificate_chain, "certificate_chain", i, files)
+    _check_certificates(chain, "certificate_chain", i, cert.certificate_chain)
+    key = _read(cert.private_key, "private_key", i, files)
+    if "PRIVATE KEY-----" not in key:
+        raise TlsContextError("private_key", i, cert.private_key, "no PEM private key found")
+    with _as_files((chain, key)) as (chain_file, key_file):
+        try:
+            out.load_cert_chain(chain_file, key_file)
+        except ssl.SSLError as e:
+            raise TlsContextError(
+                "private_key", i, cert.private_key, f"does not load or does not match the certificate: {e.reason or e}"
+            ) from e
+
+
+def load_trusted_ca(out: ssl.SSLContext, source: DataSource, files: Mapping[str, str] = NO_FILES) -> None:
+    ca = _read(source, "trusted_ca", 0, files)
+    _check_certificates(ca, "trusted_ca", 0, source)
+    out.load_verify_locations(cadata=ca)
+
+
+def server_context(ctx: DownstreamTlsContext, files: Mapping[str, str] = NO_FILES) -> ssl.SSLContext:
     if not ctx.tls_certificates:
         raise TlsContextError("tls_certificates", 0, DataSource(), "a server needs at least one certificate")
     out = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     out.minimum_version = MINIMUM_VERSION
     for i, cert in enumerate(ctx.tls_certificates):
-        chain = _read(cert.certificate_chain, "certificate_chain", i)
-        _check_certificates(chain, "certificate_chain", i, cert.certificate_chain)
-        key = _read(cert.private_key, "private_key", i)
-        if "PRIVATE KEY-----" not in key:
-            raise TlsContextError("private_key", i, cert.private_key, "no PEM private key found")
-        with _as_files((chain, key)) as (chain_file, key_file):
-            try:
-                out.load_cert_chain(chain_file, key_file)
-            except ssl.SSLError as e:
-                raise TlsContextError(
-                    "private_key", i, cert.private_key, f"does not load or does not match the certificate: {e.reason or e}"
-                ) from e
+        load_certificate(out, cert, i, files)
     if ctx.trusted_ca is not None:
-        ca = _read(ctx.trusted_ca, "trusted_ca", 0)
-        _check_certificates(ca, "trusted_ca", 0, ctx.trusted_ca)
-        out.load_verify_locations(cadata=ca)
+        load_trusted_ca(out, ctx.trusted_ca, files)
         out.verify_mode = ssl.CERT_REQUIRED if ctx.require_client_certificate else ssl.CERT_OPTIONAL
     elif ctx.require_client_certificate:
         raise TlsContextError("trusted_ca", 0, DataSource(), "require_client_certificate needs a validation_context.trusted_ca")
@@ -102,11 +118,13 @@ def server_context(ctx: DownstreamTlsContext) -> ssl.SSLContext:
     return out
 
 
-def contexts_for(chains: Iterable[FilterChain]) -> dict[DownstreamTlsContext, ssl.SSLContext]:
+def contexts_for(
+    chains: Iterable[FilterChain], files: Mapping[str, str] = NO_FILES
+) -> dict[DownstreamTlsContext, ssl.SSLContext]:
     """One SSLContext per distinct transport socket of `chains`, built now (at config load)."""
     out: dict[DownstreamTlsContext, ssl.SSLContext] = {}
     for chain in chains:
         ts = chain.transport_socket
         if ts is not None and ts not in out:
-            out[ts] = server_context(ts)
+            out[ts] = server_context(ts, files)
     return out

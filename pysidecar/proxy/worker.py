@@ -50,10 +50,11 @@ from pysidecar.observe.stream_info import StreamInfo
 from pysidecar.proxy.cluster_manager import ClusterManager
 from pysidecar.proxy.connection import ActiveConnection
 from pysidecar.proxy.control import ControlProtocol, Message
-from pysidecar.proxy.http.conn_manager import HttpConnection
-from pysidecar.proxy.http.h2_conn import Http2Connection
+from pysidecar.proxy.http.http1.server_codec import HttpConnection
+from pysidecar.proxy.http.http2.server_codec import Http2Connection
 from pysidecar.proxy.lb import Host
 from pysidecar.proxy.listener_table import ListenerTable
+from pysidecar.proxy.loop_detect import own_sockets
 from pysidecar.proxy.tls_context import contexts_for
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class Snapshot:
     inbound: frozenset[str]
     # The filter chains' TLS transport sockets, each built once when the config is loaded.
     tls_contexts: dict[DownstreamTlsContext, ssl.SSLContext]
+    # The addresses our bound listeners accept on: an upstream among them is a forwarding loop.
+    own: frozenset[SocketAddress] = frozenset()
 
     @classmethod
     def of(cls, bootstrap: Bootstrap) -> Snapshot:
@@ -86,7 +89,8 @@ class Snapshot:
         chains = [c for x in bootstrap.listeners for c in (*x.filter_chains, x.default_filter_chain) if c is not None]
         return cls(
             bootstrap, ListenerTable.build(bootstrap), {x.name: x for x in bootstrap.listeners}, inbound,
-            contexts_for(chains),
+            contexts_for(chains, bootstrap.identity.snapshot() if bootstrap.identity else {}),
+            own_sockets(bootstrap.listeners),
         )  # fmt: skip
 
 
@@ -173,7 +177,7 @@ class Worker:
 
     # -- config ------------------------------------------------------------------------------
     async def apply(self, bootstrap: Bootstrap) -> None:
-        self.clusters.update(bootstrap.clusters)
+        self.clusters.update(bootstrap.clusters, bootstrap.identity.snapshot() if bootstrap.identity else None)
         await self.clusters.warm()
         self.snapshot = Snapshot.of(bootstrap)
         declare_stats(self.stats, bootstrap)

@@ -160,13 +160,14 @@ def get(port: int, path: str, host: str = "abc.com", method: str = "GET") -> Res
 class Stack:
     """nginx v1/v2 upstreams, a lab http server, and the same bootstrap under both proxies."""
 
-    def __init__(self, scenario: str, envoy: str | None) -> None:
+    def __init__(self, scenario: str, envoy: str | None, more_ports: tuple[str, ...] = ()) -> None:
+        """`more_ports`: further free ports a scenario names (`grpc` fills dollar-brace GRPC_PORT)."""
         self.dir = tempfile.mkdtemp(prefix="pysidecar-conf-")
         self.procs: list[subprocess.Popen[bytes]] = []
         self.ports = {
             k: free_port()
             for k in (
-                "v1", "v2", "dead", "a1", "a2", "lab",
+                "v1", "v2", "dead", "a1", "a2", "lab", *more_ports,
                 *(f"{kind}{x}" for kind in ("ours", "envoy") for x in ("", *EXTRA_LISTENERS)),
             )
         }  # fmt: skip
@@ -192,6 +193,7 @@ class Stack:
                 "V2_ADDR": "127.0.0.1", "V2_PORT": self.ports["v2"],
                 "DEAD_ADDR": "127.0.0.1", "DEAD_PORT": self.ports["dead"],
                 "LAB_ADDR": "127.0.0.1", "LAB_PORT": self.ports["lab"],
+                **{f"{name.upper()}_PORT": self.ports[name] for name in more_ports},
             }  # fmt: skip
             path = os.path.join(self.dir, f"{kind}.yaml")
             Path(path).write_text(render(template, values))
@@ -266,9 +268,9 @@ http {{
 
 
 @contextlib.contextmanager
-def running(scenario: str, envoy: str | None) -> Iterator[Stack]:
+def running(scenario: str, envoy: str | None, more_ports: tuple[str, ...] = ()) -> Iterator[Stack]:
     """A Stack for the test module's fixture: logs printed when a test fails, always closed."""
-    s = Stack(scenario, envoy)
+    s = Stack(scenario, envoy, more_ports)
     try:
         yield s
     except Exception:

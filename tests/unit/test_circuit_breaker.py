@@ -23,7 +23,8 @@ from pysidecar.model import (
 from pysidecar.observe.stats import StatsStore
 from pysidecar.proxy.circuit_breaker import CircuitBreaker
 from pysidecar.proxy.cluster_manager import ClusterRuntime
-from pysidecar.proxy.http.pool import HostPool, UpstreamConnection
+from pysidecar.proxy.http.http1.client_codec import UpstreamConnection
+from pysidecar.proxy.http.http1.conn_pool import HostPool
 from pysidecar.proxy.http.retry import OVERFLOW
 
 

@@ -18,7 +18,7 @@ from pysidecar.config.loader import load
 from pysidecar.config.node import ConfigError
 from pysidecar.model import DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT, Bootstrap, CircuitBreakers, Cluster
 from pysidecar.model.http import ISTIO_DEFAULT_RETRY, HttpConnectionManager, RetryPolicy
-from pysidecar.proxy.http.pool import UpstreamConnection
+from pysidecar.proxy.http.http1.client_codec import UpstreamConnection
 from tests.unit.test_circuit_breaker import ISTIO, FakeStream, _pool
 from tests.unit.test_export import assert_envoy_accepts, needs_envoy
 
@@ -218,8 +218,9 @@ def test_traffic_policy_fields_pysidecar_would_not_honour_are_refused(
 def test_wire_level_fields_are_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     pool = {"tcp": {"tcpKeepalive": {"time": "10s"}}, "http": {"h2UpgradePolicy": "UPGRADE", "useClientProtocol": True}}
     _load(tmp_path, _se(), _dr({"connectionPool": pool}))
-    for field in ("tcp.tcpKeepalive", "http.h2UpgradePolicy", "http.useClientProtocol"):
-        assert f"spec.trafficPolicy.connectionPool.{field}: ignored" in caplog.text
+    assert "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive: ignored" in caplog.text
+    # The upstream protocol fields are acted on (tests/unit/test_upstream_http_config.py).
+    assert "h2UpgradePolicy" not in caplog.text and "useClientProtocol" not in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -261,9 +262,9 @@ def test_mesh_default_http_retry_policy_for_routes_without_retries(tmp_path: Pat
     assert _retries(_load(tmp_path / "c", _se())) == {"default": ISTIO_DEFAULT_RETRY}
 
 
-def test_mesh_path_normalization_none_and_h2_upgrade(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    _load(tmp_path, "pathNormalization: {normalization: NONE}\nh2UpgradePolicy: UPGRADE\naccessLogFile: ''\n")
-    assert "h2UpgradePolicy: UPGRADE ignored" in caplog.text
+def test_mesh_path_normalization_none_and_h2_upgrade(tmp_path: Path) -> None:
+    b = _load(tmp_path, "pathNormalization: {normalization: NONE}\nh2UpgradePolicy: UPGRADE\naccessLogFile: ''\n")
+    assert b.mesh.h2_upgrade
 
 
 def test_sidecar_egress_proxy_refused(tmp_path: Path) -> None:

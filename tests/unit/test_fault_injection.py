@@ -12,7 +12,7 @@ from pysidecar.config.envoy import load_file
 from pysidecar.config.export import to_envoy
 from pysidecar.config.node import ConfigError
 from pysidecar.model.http import FaultInjection
-from pysidecar.proxy.http.fault import fault_abort, fault_delay, percent_hit
+from pysidecar.proxy.http.filters.fault import fault_abort, fault_delay, percent_hit
 
 
 def test_percentages() -> None:

@@ -1,5 +1,5 @@
 """HTTP/2 downstream: the HCM's codec_type / http2_protocol_options from Envoy YAML, and the
-request header checks (`h2_conn.malformed`) that end a connection as Envoy's do."""
+request header checks (`header_validation.h2_request_problem`) that end a connection as Envoy's do."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from pysidecar.config.envoy_json import http_connection_manager as export_hcm
 from pysidecar.model.http import CodecType, Http2Options
-from pysidecar.proxy.http.h2_conn import malformed
+from pysidecar.proxy.http.header_validation import h2_request_problem as malformed
 from tests.unit.test_http_config import error, load, render
 
 H2 = """codec_type: HTTP2

@@ -18,7 +18,7 @@ from pysidecar.model.http import (
     VirtualHost,
 )
 from pysidecar.proxy.http.headers import apply_ops, compile_ops, strip_request
-from pysidecar.proxy.http.router import RouteTable, strip_port
+from pysidecar.proxy.http.route_table import RouteTable, strip_port
 
 
 def _vh(name: str, *domains: str, routes: tuple[Route, ...] = ()) -> VirtualHost:
@@ -85,7 +85,7 @@ def test_route_order_and_match_kinds() -> None:
 
 
 def test_header_matcher_kinds_and_invert() -> None:
-    from pysidecar.proxy.http.router import CompiledHeaderMatcher
+    from pysidecar.proxy.http.route_table import CompiledHeaderMatcher
 
     m = CompiledHeaderMatcher(HeaderMatcher("a", prefix="x", invert_match=True))
     assert m.matches({"a": "yz"}) and not m.matches({"a": "xy"}) and not m.matches({})

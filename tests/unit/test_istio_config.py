@@ -180,6 +180,38 @@ def test_kubernetes_service_and_endpoint_slice(tmp_path: Path) -> None:
     assert sniffed.filter_chains[0].filter_chain_match.application_protocols == ("http/1.1", "h2c")
 
 
+def test_only_cluster_ip_none_is_headless(tmp_path: Path) -> None:
+    """Seed 001's helloworld-v1 Service has no clusterIP: istiod load-balances it over its
+    endpoints (ClientSideLB); only `clusterIP: None` makes a passthrough (ORIGINAL_DST) cluster,
+    which a gateway would send back to its own original destination, itself."""
+    hello = """
+    apiVersion: v1
+    kind: Service
+    metadata:
+      name: helloworld-v1
+      labels:
+        app: helloworld-v1
+    spec:
+      ports:
+      - name: http
+        port: 5000
+      selector:
+        app: helloworld-v1
+    ---
+    apiVersion: v1
+    kind: Endpoints
+    metadata: {name: helloworld-v1}
+    subsets: [{addresses: [{ip: 10.1.0.8}], ports: [{name: http, port: 5000}]}]
+    """
+    b = load([write(tmp_path / "lb", "k8s.yaml", hello)])
+    c = b.cluster("outbound|5000||helloworld-v1.default.svc.cluster.local")
+    assert c is not None and c.type is ClusterType.STATIC
+    assert [e.address for e in c.endpoints] == [SocketAddress("10.1.0.8", 5000)]
+    headless = hello.replace("    spec:\n", "    spec:\n      clusterIP: None\n")
+    c = load([write(tmp_path / "headless", "k8s.yaml", headless)]).cluster("outbound|5000||helloworld-v1.default.svc.cluster.local")
+    assert c is not None and c.type is ClusterType.ORIGINAL_DST
+
+
 def test_endpoint_slices_win_over_endpoints_and_addresses_count_once(tmp_path: Path) -> None:
     # A dump of a namespace holds both objects for a Service; istiod reads the slices only.
     extra = """
@@ -227,10 +259,20 @@ def test_workload_selector_warns_and_is_ignored(tmp_path: Path, caplog: pytest.L
 
 
 def test_unknown_kinds_are_skipped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    pa = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: pa}\nspec: {}\n"
-    b = load([write(tmp_path, "pa.yaml", pa + "---\n" + SE_TCP)])
-    assert "PeerAuthentication pa ignored" in caplog.text
+    dep = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec: {}\n"
+    b = load([write(tmp_path, "dep.yaml", dep + "---\n" + SE_TCP)])
+    assert "Deployment web ignored" in caplog.text
     assert b.listener("198.18.5.5_3306") is not None
+
+
+@pytest.mark.parametrize("kind", ["AuthorizationPolicy", "RequestAuthentication"])
+def test_unenforced_security_kinds_are_refused(tmp_path: Path, kind: str) -> None:
+    doc = f"apiVersion: security.istio.io/v1\nkind: {kind}\nmetadata: {{name: p}}\nspec: {{}}\n"
+    f = write(tmp_path, "sec.yaml", SE_TCP + "---\n" + doc)
+    with pytest.raises(ConfigError) as e:
+        load([f])
+    assert e.value.file == f and e.value.path == "kind"
+    assert kind in e.value.message and "refused" in e.value.message
 
 
 def test_envoy_bootstrap_alone_is_unchanged(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pysidecar.model.http import (
     RouteMatch,
     VirtualHost,
 )
-from pysidecar.proxy.http.router import RouteTable, query_params, redirect_location
+from pysidecar.proxy.http.route_table import RouteTable, query_params, redirect_location
 
 
 def test_location_keeps_what_the_redirect_does_not_change() -> None:

@@ -37,6 +37,7 @@ from pysidecar.config.istio.destination_rule import DestinationRule
 from pysidecar.config.istio.documents import IstioConfig
 from pysidecar.config.istio.inbound import build_inbound, inbound_ports, with_inbound
 from pysidecar.config.istio.meta import DEFAULT_NAMESPACE
+from pysidecar.config.istio.peer_authentication import effective
 from pysidecar.config.istio.registry import Protocol, Service, ServicePort, outbound_cluster_name
 from pysidecar.config.istio.sidecar_scope import Sidecar, host_matches
 from pysidecar.config.istio.virtual_service import (
@@ -65,6 +66,7 @@ from pysidecar.model import (
     TrafficDirection,
     WeightedCluster,
 )
+from pysidecar.model.tls import WorkloadIdentity
 
 log = logging.getLogger(__name__)
 
@@ -427,6 +429,7 @@ def compile_config(
     workload_labels: Mapping[str, str] | None = None,
     namespace: str = DEFAULT_NAMESPACE,
     mesh_access_log_on: bool = True,
+    identity: WorkloadIdentity | None = None,
 ) -> Bootstrap:
     """The sidecar's config; `workload_labels` (the pod's labels) select its inbound Services,
     `namespace` (the pod's) decides which hosts are reachable by their bare short name. The
@@ -441,13 +444,21 @@ def compile_config(
     if scope is not None:
         vss = [v for v in vss if any(scope.sees(v.meta.namespace, h) for h in v.hosts)]
     resolved_rules = {s.hostname: dr for s in services if (dr := rule_for(s.hostname, rules)) is not None}
-    clusters = build_clusters(services, resolved_rules, mesh)
+    clusters = build_clusters(services, resolved_rules, mesh, identity)
     listeners = build_listeners(services, vss, mesh, namespace)
     base = standard_sidecar(mesh)
     # istiod gives its own clusters (PassthroughCluster, BlackHoleCluster, ...) unlimited
     # circuit breakers too, not plain Envoy's 1024.
     base = replace(base, clusters=tuple(replace(c, circuit_breakers=ISTIO_CIRCUIT_BREAKERS) for c in base.clusters))
-    base = with_inbound(base, build_inbound(inbound_ports(cfg.services, workload_labels or {}, cfg.pods), mesh))
-    out = replace(with_resources(base, listeners, clusters), sources=cfg.files or base.sources)
+    modes = effective(cfg.peer_authentications, namespace, workload_labels or {}, mesh.root_namespace)
+    if identity is None and "STRICT" in modes.all_modes:
+        strict = next(p for p in cfg.peer_authentications if p.mode == "STRICT" or any(m == "STRICT" for _, m in p.port_modes))
+        raise ConfigError(
+            strict.meta.file, "spec.mtls", f"{strict.meta.ref}: STRICT needs the workload certificate "
+            "(cert-chain.pem, key.pem, root-cert.pem in --cert-dir, default /etc/certs), and none was found",
+        )  # fmt: skip
+    inbound = build_inbound(inbound_ports(cfg.services, workload_labels or {}, cfg.pods), mesh, modes, identity)
+    base = with_inbound(base, inbound)
+    out = replace(with_resources(base, listeners, clusters), sources=cfg.files or base.sources, identity=identity)
     access_log = mesh_access_log(mesh) if mesh_access_log_on else None
     return with_access_log(out, access_log) if access_log is not None else out

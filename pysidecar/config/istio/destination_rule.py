@@ -8,10 +8,18 @@ Promises:
   maxEjectionPercent, minHealthPercent, the deprecated consecutiveErrors) are parsed and
   checked; subset names are unique. connectionPool.http.maxRequestsPerConnection too.
 - tcp.maxConnectionDuration too (the upstream HTTP connections' max_connection_duration).
-- What pysidecar would not do is refused, naming the field: tcp.idleTimeout, tunnel, proxyProtocol, local-origin outlier splitting. Fields that change
-  only the upstream wire (tcp.tcpKeepalive, http.h2UpgradePolicy, useClientProtocol,
-  maxConcurrentStreams: upstream stays HTTP/1.1) are warned about and ignored.
+- http.h2UpgradePolicy (DEFAULT | DO_NOT_UPGRADE | UPGRADE), useClientProtocol and
+  maxConcurrentStreams: the clusters' upstream HTTP protocol (config/istio/clusters.py).
+- What pysidecar would not do is refused, naming the field: tcp.idleTimeout, tunnel,
+  proxyProtocol, local-origin outlier splitting. tcp.tcpKeepalive, which changes only the
+  socket options, is warned about and ignored.
 - `workloadSelector` is ignored with a warning.
+- `trafficPolicy.tls` (ClientTLSSettings): mode DISABLE, SIMPLE, MUTUAL, ISTIO_MUTUAL with
+  clientCertificate / privateKey / caCertificates (files), sni, subjectAltNames,
+  insecureSkipVerify, on the rule, a subset, or a port (portLevelSettings[].port.number + tls).
+  MUTUAL needs clientCertificate and privateKey (istiod's check). credentialName (a sidecar
+  reads no Secret: istiod drops it for a sidecar without workloadSelector) and caCrl are
+  refused. Other portLevelSettings fields are ignored with a warning.
 """
 
 from __future__ import annotations
@@ -46,6 +54,10 @@ class ConnectionPool:
     idle_timeout: float | None = None
     max_requests_per_connection: int | None = None
     max_connection_duration: float | None = None
+    # http.h2UpgradePolicy (None: DEFAULT, the mesh's), useClientProtocol, maxConcurrentStreams.
+    h2_upgrade: bool | None = None
+    use_client_protocol: bool = False
+    max_concurrent_streams: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +72,30 @@ class OutlierDetection:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientTls:
+    """networking.istio.io ClientTLSSettings."""
+
+    mode: str = "DISABLE"  # DISABLE | SIMPLE | MUTUAL | ISTIO_MUTUAL
+    client_certificate: str = ""
+    private_key: str = ""
+    ca_certificates: str = ""
+    sni: str = ""
+    subject_alt_names: tuple[str, ...] = ()
+    insecure_skip_verify: bool = False
+    where: str = ""  # file: YAML path, for errors found when compiling
+
+
+@dataclass(frozen=True, slots=True)
 class TrafficPolicy:
     lb_policy: LbPolicy | None = None
     connection_pool: ConnectionPool | None = None
     outlier_detection: OutlierDetection | None = None
+    tls: ClientTls | None = None
+    # portLevelSettings[].tls by port number.
+    port_tls: tuple[tuple[int, ClientTls], ...] = ()
+
+    def tls_for(self, port: int) -> ClientTls | None:
+        return dict(self.port_tls).get(port, self.tls)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +147,9 @@ def connection_pool(node: Node) -> ConnectionPool:
         if http
         else None
     )  # fmt: skip
+    upgrade = "DEFAULT"
     if hf is not None:
-        # Requests still reach the service the same: only the upstream wire protocol differs.
-        upstream_h1 = "pysidecar's upstream connections are HTTP/1.1"
-        for name in ("h2_upgrade_policy", "use_client_protocol", "max_concurrent_streams"):
-            _ignored(hf, name, upstream_h1)
+        upgrade = hf.opt("h2_upgrade_policy", lambda n: n.enum(["DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"]), "DEFAULT")
     return ConnectionPool(
         max_connections=tf.opt("max_connections", _count, None) if tf else None,
         connect_timeout=tf.opt("connect_timeout", Node.duration, None) if tf else None,
@@ -129,6 +159,9 @@ def connection_pool(node: Node) -> ConnectionPool:
         idle_timeout=hf.opt("idle_timeout", Node.duration, None) if hf else None,
         max_requests_per_connection=hf.opt("max_requests_per_connection", _count, None) if hf else None,
         max_connection_duration=tf.opt("max_connection_duration", Node.duration, None) if tf else None,
+        h2_upgrade=None if upgrade == "DEFAULT" else upgrade == "UPGRADE",
+        use_client_protocol=hf.opt("use_client_protocol", Node.boolean, False) if hf else False,
+        max_concurrent_streams=hf.opt("max_concurrent_streams", _count, None) if hf else None,
     )
 
 
@@ -162,22 +195,49 @@ def traffic_policy(node: Node) -> TrafficPolicy:
             ch.fail("consistentHash load balancing is not supported by pysidecar")
         if (simple := lf.get("simple")) is not None:
             lb = SIMPLE_LB[simple.enum(list(SIMPLE_LB))]
-    if (tls := f.get("tls")) is not None:
-        mode = tls.fields(
-            "mode", "client_certificate", "private_key", "ca_certificates", "credential_name",
-            "subject_alt_names", "sni", "insecure_skip_verify", "ca_crl",
-        ).opt("mode", lambda n: n.enum(["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"]), "DISABLE")  # fmt: skip
-        if mode not in ("DISABLE", "ISTIO_MUTUAL"):
-            tls.fail(f"tls mode {mode} (TLS origination) is not supported by pysidecar")
-    if f.get("port_level_settings") is not None:
-        log.warning("%s: %s: portLevelSettings ignored", node.file, node.path)
+    port_tls: list[tuple[int, ClientTls]] = []
+    for pn in f.list("port_level_settings"):
+        pf = pn.fields("port", "load_balancer", "connection_pool", "outlier_detection", "tls")
+        number = pf.require("port").fields("number").require("number").port()
+        if (t := pf.get("tls")) is not None:
+            port_tls.append((number, client_tls(t)))
+        if any(k in pf for k in ("load_balancer", "connection_pool", "outlier_detection")):
+            log.warning("%s: %s: portLevelSettings other than tls ignored", pn.file, pn.path)
     _unsupported(f, "tunnel", "upstream traffic is not tunnelled (CONNECT / POST)")
     _unsupported(f, "proxy_protocol", "no PROXY protocol header is sent upstream")
     return TrafficPolicy(
         lb_policy=lb,
         connection_pool=f.opt("connection_pool", connection_pool, None),
         outlier_detection=f.opt("outlier_detection", outlier_detection, None),
+        tls=f.opt("tls", client_tls, None),
+        port_tls=tuple(port_tls),
     )
+
+
+TLS_MODES = ("DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL")
+
+
+def client_tls(node: Node) -> ClientTls:
+    f = node.fields(
+        "mode", "client_certificate", "private_key", "ca_certificates", "credential_name",
+        "subject_alt_names", "sni", "insecure_skip_verify", "ca_crl",
+    )  # fmt: skip
+    _unsupported(f, "credential_name", "a sidecar reads no Secret (istiod drops credentialName for sidecars); use file paths")
+    _unsupported(f, "ca_crl", "certificate revocation lists are not checked")
+    mode = f.opt("mode", lambda n: n.enum(TLS_MODES), "DISABLE")
+    out = ClientTls(
+        mode=mode,
+        client_certificate=f.opt("client_certificate", Node.string, ""),
+        private_key=f.opt("private_key", Node.string, ""),
+        ca_certificates=f.opt("ca_certificates", Node.string, ""),
+        sni=f.opt("sni", Node.string, ""),
+        subject_alt_names=tuple(n.string() for n in f.list("subject_alt_names")),
+        insecure_skip_verify=f.opt("insecure_skip_verify", Node.boolean, False),
+        where=f"{node.file}: {node.path}",
+    )
+    if mode == "MUTUAL" and not (out.client_certificate and out.private_key):
+        node.fail("tls mode MUTUAL needs clientCertificate and privateKey (istiod: must not be empty)")
+    return out
 
 
 def destination_rule(doc: Node) -> DestinationRule:

@@ -7,8 +7,11 @@ Promises:
   `ingress.py`, as istiod's ingress controller does); the `istio` ConfigMap; a kind-less
   MeshConfig document; `kind: List` (its items). Gateways and Secrets are kept for router mode;
   a sidecar ignores them.
-- Kinds neither has a use for (Deployment, PeerAuthentication, ...) are skipped with a
-  warning naming file and resource; a wrong apiVersion for a known kind is an error.
+- Kinds neither has a use for (Deployment, ConfigMap, ...) are skipped with a warning naming
+  file and resource; a wrong apiVersion for a known kind is an error.
+- PeerAuthentication (security.istio.io v1 / v1beta1) is kept for the inbound chains.
+- Security kinds not enforced (AuthorizationPolicy, RequestAuthentication) are REFUSED: skipping a DENY policy would run a
+  proxy that looks protected and is not. The error names file, YAML path and why.
 - Two mesh configs are an error naming both files.
 """
 
@@ -27,6 +30,7 @@ from pysidecar.config.istio.mesh import (
     is_mesh_document,
     mesh_config,
 )
+from pysidecar.config.istio.peer_authentication import PeerAuthentication, peer_authentication
 from pysidecar.config.istio.registry import Service
 from pysidecar.config.istio.secrets import Secret, secret
 from pysidecar.config.istio.service_entry import service_entry
@@ -40,6 +44,9 @@ log = logging.getLogger(__name__)
 NETWORKING_VERSIONS = ("v1alpha3", "v1beta1", "v1")
 INGRESS_APIS = ("networking.k8s.io/v1", "networking.k8s.io/v1beta1", "extensions/v1beta1")
 NETWORKING_KINDS = ("ServiceEntry", "VirtualService", "DestinationRule", "Sidecar", "Gateway")
+# security.istio.io kinds not enforced (yet): refused at load, never skipped.
+UNENFORCED_SECURITY_KINDS = ("AuthorizationPolicy", "RequestAuthentication")
+SECURITY_VERSIONS = ("v1", "v1beta1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +61,7 @@ class IstioConfig:
     files: tuple[str, ...] = ()
     # Pod documents' labels and named container ports (named targetPorts, inbound).
     pods: tuple[kube.PodPorts, ...] = ()
+    peer_authentications: tuple[PeerAuthentication, ...] = ()
 
 
 @dataclass
@@ -63,6 +71,8 @@ class _Collector:
     services: list[Service] = field(default_factory=list)
     endpoint_sets: list[kube.EndpointSet] = field(default_factory=list)
     pods: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    pod_accounts: dict[str, str] = field(default_factory=dict)
+    peer_authentications: list[PeerAuthentication] = field(default_factory=list)
     pod_ports: list[kube.PodPorts] = field(default_factory=list)
     virtual_services: list[VirtualService] = field(default_factory=list)
     destination_rules: list[DestinationRule] = field(default_factory=list)
@@ -97,6 +107,18 @@ class _Collector:
                 doc.child("apiVersion", api).fail(
                     f"{kind} needs apiVersion networking.istio.io/{{{','.join(NETWORKING_VERSIONS)}}}, got {api!r}"
                 )
+        if kind == "PeerAuthentication":
+            group, _, version = api.partition("/")
+            if group != "security.istio.io" or version not in SECURITY_VERSIONS:
+                doc.child("apiVersion", api).fail(f"PeerAuthentication needs apiVersion security.istio.io/{{v1,v1beta1}}, got {api!r}")
+            self.peer_authentications.append(peer_authentication(doc))
+            return
+        if kind in UNENFORCED_SECURITY_KINDS or api.startswith("security.istio.io/"):
+            doc.child("kind", kind).fail(
+                f"{kind} ({api}) is refused: pysidecar does not enforce it yet, and a security "
+                "policy that is loaded but not enforced would leave traffic unprotected; remove it "
+                "or run real Envoy (pysidecar envoy-config)"
+            )
         if kind == "ServiceEntry":
             self.services.extend(service_entry(doc))
         elif kind == "VirtualService":
@@ -124,6 +146,7 @@ class _Collector:
             found = kube.pod_labels(doc)
             if found is not None:
                 self.pods[found[0]] = found[1]
+                self.pod_accounts[found[0]] = kube.pod_service_account(doc)
             self.pod_ports.append(kube.pod_ports(doc))
         elif is_istio_configmap(value):
             self.set_mesh(doc, configmap_mesh(doc))
@@ -133,7 +156,7 @@ class _Collector:
             log.warning("%s: %s %s ignored: not a kind a sidecar acts on", doc.file, kind or "<no kind>", name)
 
     def result(self, files: tuple[str, ...]) -> IstioConfig:
-        services = tuple(kube.attach_endpoints(self.services, self.endpoint_sets, self.pods))
+        services = tuple(kube.attach_endpoints(self.services, self.endpoint_sets, self.pods, self.pod_accounts))
         gw, ingress_vss = to_istio(self.ingresses, self.ingress_classes, {s.hostname: s for s in services})
         return IstioConfig(
             mesh=self.mesh,
@@ -145,6 +168,7 @@ class _Collector:
             secrets=tuple(self.secrets),
             files=files,
             pods=tuple(self.pod_ports),
+            peer_authentications=tuple(self.peer_authentications),
         )
 
 

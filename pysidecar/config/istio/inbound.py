@@ -22,8 +22,11 @@ Promises:
     like InboundPassthroughCluster), mesh connect timeout, istiod's unlimited circuit breakers.
 - `with_inbound(bootstrap, inbound)` appends the chains to the virtualInbound listener, after
   its blackhole and passthrough chains (as istiod orders them), and adds the clusters.
-- Plaintext chains only: istiod's shape under PeerAuthentication DISABLE, since there is no
-  mTLS here (istiod's default PERMISSIVE adds `tls` chains with Istio ALPNs in front).
+- Per port, the PeerAuthentication mode (`MtlsModes`) picks istiod's chains: DISABLE, or no
+  workload identity: plaintext only (the shapes above); PERMISSIVE: mTLS chains (transport
+  `tls`, Istio's ALPNs, terminating with the workload certificate and requiring a client
+  certificate, config/istio/mtls.py) in front of the plaintext ones; STRICT: TLS chains only, so
+  plaintext finds no chain and is closed (listener `no_filter_chain_match`).
 - Pure: labels and Pod ports are inputs; nothing is read from the environment.
 """
 
@@ -33,9 +36,11 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
+from pysidecar.config.istio import mtls
 from pysidecar.config.istio import routes as rt
-from pysidecar.config.istio.clusters import ISTIO_CIRCUIT_BREAKERS
+from pysidecar.config.istio.clusters import ISTIO_CIRCUIT_BREAKERS, upstream_protocol
 from pysidecar.config.istio.kube import PodPorts
+from pysidecar.config.istio.peer_authentication import MtlsModes
 from pysidecar.config.istio.registry import Protocol, Service, ServicePort
 from pysidecar.config.sidecar import INBOUND_PASSTHROUGH_BIND
 from pysidecar.model import (
@@ -59,6 +64,7 @@ from pysidecar.model.http import (
     RouteMatch,
     VirtualHost,
 )
+from pysidecar.model.tls import WorkloadIdentity
 
 log = logging.getLogger(__name__)
 
@@ -177,22 +183,54 @@ def connection_manager(p: InboundPort) -> HttpConnectionManager:
     return replace(hcm, server_name=INBOUND_SERVER_NAME)
 
 
-def _match(p: InboundPort, alpns: tuple[str, ...] = ()) -> FilterChainMatch:
-    return FilterChainMatch(destination_port=p.target_port, transport_protocol=PLAINTEXT, application_protocols=alpns)
+def _match(p: InboundPort, alpns: tuple[str, ...] = (), transport: str = PLAINTEXT) -> FilterChainMatch:
+    return FilterChainMatch(destination_port=p.target_port, transport_protocol=transport, application_protocols=alpns)
 
 
-def filter_chains(p: InboundPort) -> tuple[FilterChain, ...]:
+def filter_chains(p: InboundPort, mode: str = "DISABLE", identity: WorkloadIdentity | None = None) -> tuple[FilterChain, ...]:
+    """istiod's getFilterChainMatchOptions for the port's protocol and mTLS mode."""
     http = FilterChain(p.chain_name, (connection_manager(p),), _match(p))
     tcp = FilterChain(p.chain_name, (TcpProxy(stat_prefix=p.cluster_name, cluster=p.cluster_name),), _match(p))
+    if identity is None or mode == "DISABLE":
+        if p.protocol.is_http:
+            return (http,)
+        if p.protocol is Protocol.UNSUPPORTED:
+            # Sniffed: the HTTP chain only for what the HTTP inspector recognised.
+            return (replace(http, filter_chain_match=_match(p, HTTP_ALPNS)), tcp)
+        return (tcp,)
+    tls = mtls.TLS_TRANSPORT
+
+    def mtls_chain(chain: FilterChain, alpns: tuple[str, ...], is_http: bool) -> FilterChain:
+        assert identity is not None
+        return replace(
+            chain, filter_chain_match=_match(p, alpns, tls), transport_socket=mtls.downstream_context(identity, is_http)
+        )
+
+    tls_passthrough = replace(tcp, filter_chain_match=_match(p, (), tls))
+    if mode == "STRICT":
+        if p.protocol.is_http:
+            return (mtls_chain(http, (), True),)
+        if p.protocol is Protocol.UNSUPPORTED:
+            return (mtls_chain(http, mtls.MTLS_HTTP_ALPNS, True), mtls_chain(tcp, (), False))
+        return (mtls_chain(tcp, (), False),)
+    # PERMISSIVE
     if p.protocol.is_http:
-        return (http,)
+        return (mtls_chain(http, mtls.ALL_ISTIO_MTLS_ALPNS, True), http)
     if p.protocol is Protocol.UNSUPPORTED:
-        # Sniffed: the HTTP chain only for what the HTTP inspector recognised.
-        return (replace(http, filter_chain_match=_match(p, HTTP_ALPNS)), tcp)
-    return (tcp,)
+        return (
+            mtls_chain(http, mtls.MTLS_HTTP_ALPNS, True),
+            replace(http, filter_chain_match=_match(p, HTTP_ALPNS)),
+            mtls_chain(tcp, mtls.MTLS_TCP_WITH_MXC_ALPNS, False),
+            tcp,
+            tls_passthrough,
+        )
+    return (mtls_chain(tcp, mtls.ALL_ISTIO_MTLS_ALPNS, False), tls_passthrough, tcp)
 
 
 def cluster(p: InboundPort, mesh: MeshConfig) -> Cluster:
+    # istiod's setUpstreamProtocol for inbound: HTTP/2 to grpc/http2 ports, the downstream's
+    # protocol to sniffed ones (no h2 upgrade inbound).
+    http_protocol, h2 = upstream_protocol(p.protocol, False, mesh, None)
     return Cluster(
         name=p.cluster_name,
         type=ClusterType.ORIGINAL_DST,
@@ -200,13 +238,21 @@ def cluster(p: InboundPort, mesh: MeshConfig) -> Cluster:
         lb_policy=LbPolicy.CLUSTER_PROVIDED,
         upstream_bind_addresses=INBOUND_PASSTHROUGH_BIND,
         circuit_breakers=ISTIO_CIRCUIT_BREAKERS,
+        upstream_http_protocol=http_protocol,
+        http2_options=h2,
     )
 
 
-def build_inbound(ports: Iterable[InboundPort], mesh: MeshConfig) -> Inbound:
+def build_inbound(
+    ports: Iterable[InboundPort],
+    mesh: MeshConfig,
+    modes: MtlsModes | None = None,
+    identity: WorkloadIdentity | None = None,
+) -> Inbound:
     ports = tuple(ports)
+    modes = modes or MtlsModes("DISABLE")
     return Inbound(
-        chains=tuple(c for p in ports for c in filter_chains(p)),
+        chains=tuple(c for p in ports for c in filter_chains(p, modes.for_port(p.target_port), identity)),
         clusters=tuple(cluster(p, mesh) for p in ports),
     )
 

@@ -2,7 +2,8 @@
 
 Promises:
 - A Service becomes `<name>.<namespace>.svc.cluster.local` with its clusterIP as VIP and
-  resolution STATIC (istiod's EDS), headless (`clusterIP: None`) → NONE (passthrough),
+  resolution STATIC (istiod's EDS), headless (`clusterIP: None`, and only that: a Service
+  without clusterIP is load-balanced, on the wildcard listener) → NONE (passthrough),
   `type: ExternalName` → DNS to the external name. UDP/SCTP ports are skipped, as istiod does.
 - Port protocol: `appProtocol`, else the port name prefix (`http-web` → HTTP), else sniffed.
 - Endpoints come from EndpointSlices (label `kubernetes.io/service-name`), or when a service
@@ -104,8 +105,14 @@ def service(doc: Node) -> Service:
             resolution = Resolution.DNS
             endpoints = (Endpoint(external),)
             addresses: tuple[str, ...] = ()
-        elif cluster_ip in ("None", ""):
+        elif cluster_ip == "None":
             resolution = Resolution.NONE
+            addresses = ()
+        elif not cluster_ip:
+            # No clusterIP in the YAML (a manifest before the API server allocates one): still a
+            # load-balanced Service, as istiod decides (only `None` is headless); no VIP is known,
+            # so it is served on the wildcard listener of its port.
+            resolution = Resolution.STATIC
             addresses = ()
         else:
             resolution = Resolution.STATIC
@@ -170,6 +177,13 @@ def endpoints(doc: Node) -> EndpointSet:
         return EndpointSet(f"{meta.name}.{meta.namespace}", tuple(out), from_slice=False)
 
 
+def pod_service_account(doc: Node) -> str:
+    """A Pod document's spec.serviceAccountName (Kubernetes' default: `default`)."""
+    spec = _member(doc, "spec").value
+    name = spec.get("serviceAccountName") or spec.get("serviceAccount") if isinstance(spec, dict) else None
+    return str(name) if name else "default"
+
+
 def pod_labels(doc: Node) -> tuple[str, tuple[tuple[str, str], ...]] | None:
     """(pod IP, labels) from a Pod document, when it has an IP."""
     if not isinstance(doc.value, dict):
@@ -215,7 +229,10 @@ def _merged(a: tuple[tuple[str, int], ...], b: tuple[tuple[str, int], ...]) -> t
 
 
 def attach_endpoints(
-    services: list[Service], sets: list[EndpointSet], pods: dict[str, tuple[tuple[str, str], ...]]
+    services: list[Service],
+    sets: list[EndpointSet],
+    pods: dict[str, tuple[tuple[str, str], ...]],
+    accounts: dict[str, str] | None = None,
 ) -> list[Service]:
     """Kubernetes services with their endpoints and pod labels. As istiod, a service with
     EndpointSlices takes its endpoints from them only (every slice naming it), the legacy
@@ -234,7 +251,10 @@ def attach_endpoints(
             out.append(svc)
             continue
         key = svc.hostname.removesuffix(f".svc.{DOMAIN_SUFFIX}")
-        eps = tuple(replace(e, labels=pods.get(e.address, e.labels)) for e in by_service.get(key, {}).values())
+        eps = tuple(
+            replace(e, labels=pods.get(e.address, e.labels), service_account=(accounts or {}).get(e.address, e.service_account))
+            for e in by_service.get(key, {}).values()
+        )
         out.append(replace(svc, endpoints=eps))
     return out
 

@@ -5,8 +5,8 @@ Promises:
   `defaultConfig.holdApplicationUntilProxyStarts`; the access log settings (`accessLogFile`,
   `accessLogEncoding`, `accessLogFormat`) are checked; `defaultHttpRetryPolicy` replaces
   Istio's default retries of routes without their own. A `pathNormalization` other than NONE
-  is refused (pysidecar forwards paths as received),
-  `h2UpgradePolicy: UPGRADE` is warned about (upstream stays HTTP/1.1). Other MeshConfig fields
+  is refused (pysidecar forwards paths as received); `h2UpgradePolicy` (DO_NOT_UPGRADE |
+  UPGRADE) is the default of outbound HTTP clusters' upstream protocol. Other MeshConfig fields
   istiod knows are accepted and ignored (they concern the control plane); an unknown field is
   an error.
 - Errors inside a ConfigMap's `data.mesh` name the ConfigMap's file and `data.mesh.<inner path>`;
@@ -36,11 +36,8 @@ IGNORED_FIELDS = (
     "enable_tracing",
     "default_providers",
     "extension_providers",
-    "root_namespace",
-    "trust_domain",
     "trust_domain_aliases",
     "enable_prometheus_merge",
-    "enable_auto_mtls",
     "default_service_export_to",
     "default_virtual_service_export_to",
     "default_destination_rule_export_to",
@@ -115,6 +112,9 @@ MESH_FIELDS = (
     "h2_upgrade_policy",
     "path_normalization",
     "default_http_retry_policy",
+    "trust_domain",
+    "root_namespace",
+    "enable_auto_mtls",
     *IGNORED_FIELDS,
 )
 
@@ -122,8 +122,6 @@ MESH_FIELDS = (
 def _data_plane_fields_not_honoured(f: Fields) -> None:
     """MeshConfig fields that would change what the sidecar does, which pysidecar does not do:
     refused where traffic would differ, warned where only the wire protocol would."""
-    if (n := f.get("h2_upgrade_policy")) is not None and n.enum(["DO_NOT_UPGRADE", "UPGRADE"]) == "UPGRADE":
-        log.warning("%s: %s: UPGRADE ignored (pysidecar's upstream connections are HTTP/1.1)", n.file, n.path)
     if (n := f.get("path_normalization")) is not None:
         kind = n.fields("normalization").opt(
             "normalization",
@@ -176,6 +174,9 @@ def mesh_config(node: Node) -> MeshConfig:
         # Converted as istiod converts a VirtualService's retries (attempts 0: no retries).
         retry = retry_policy(retries(n))
     return MeshConfig(
+        trust_domain=f.opt("trust_domain", Node.string, default.trust_domain),
+        root_namespace=f.opt("root_namespace", Node.string, default.root_namespace),
+        enable_auto_mtls=f.opt("enable_auto_mtls", Node.boolean, default.enable_auto_mtls),
         default_http_retry_policy=retry,
         outbound_traffic_policy=mode,
         connect_timeout=f.opt("connect_timeout", Node.duration, default.connect_timeout),
@@ -183,6 +184,8 @@ def mesh_config(node: Node) -> MeshConfig:
         access_log_file=f.opt("access_log_file", Node.string, ""),
         access_log_encoding=encoding,
         access_log_format=log_format,
+        h2_upgrade=f.opt("h2_upgrade_policy", lambda n: n.enum(["DO_NOT_UPGRADE", "UPGRADE"]), "DO_NOT_UPGRADE")
+        == "UPGRADE",
     )
 
 

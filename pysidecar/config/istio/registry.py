@@ -35,6 +35,15 @@ class Protocol(enum.Enum):
         return self in (Protocol.HTTP, Protocol.HTTP2, Protocol.GRPC, Protocol.GRPC_WEB)
 
     @property
+    def is_http2(self) -> bool:
+        """Istio's IsHTTP2: ports whose upstream connections speak HTTP/2."""
+        return self in (Protocol.HTTP2, Protocol.GRPC, Protocol.GRPC_WEB)
+
+    @property
+    def is_grpc(self) -> bool:
+        return self in (Protocol.GRPC, Protocol.GRPC_WEB)
+
+    @property
     def is_tls(self) -> bool:
         return self in (Protocol.HTTPS, Protocol.TLS)
 
@@ -93,6 +102,9 @@ class Endpoint:
     ports: tuple[tuple[str, int], ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
     weight: int = 1
+    # The workload's Kubernetes service account (Pod spec.serviceAccountName, ServiceEntry
+    # endpoints[].serviceAccount), in the service's namespace: its SPIFFE identity.
+    service_account: str = ""
 
     def port_for(self, port: ServicePort) -> int:
         by_name = dict(self.ports)
@@ -121,6 +133,8 @@ class Service:
     ref: str = ""
     # Kubernetes spec.selector: the pods (and so the sidecars) that serve it, for inbound.
     selector: tuple[tuple[str, str], ...] = ()
+    # ServiceEntry subjectAltNames: the identities its endpoints may present.
+    subject_alt_names: tuple[str, ...] = ()
 
     def port(self, number: int) -> ServicePort | None:
         for p in self.ports:

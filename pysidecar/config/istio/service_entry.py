@@ -86,6 +86,7 @@ def _endpoint(node: Node, resolution: Resolution) -> Endpoint:
         ports=ports,
         labels=string_map(f.get("labels")),
         weight=f.opt("weight", lambda n: n.integer(1), 1),
+        service_account=f.opt("service_account", Node.string, ""),
     )
 
 
@@ -128,7 +129,7 @@ def _services(meta: ObjectMeta, spec: Node) -> list[Service]:
                 f"wildcard host {h!r} cannot be resolved by DNS without endpoints"
             )
     f.list("export_to")
-    f.list("subject_alt_names")
+    sans = tuple(n.string() for n in f.list("subject_alt_names"))
     return [
         Service(
             hostname=h,
@@ -139,6 +140,7 @@ def _services(meta: ObjectMeta, spec: Node) -> list[Service]:
             endpoints=endpoints,
             mesh_external=location == "MESH_EXTERNAL",
             ref=meta.ref,
+            subject_alt_names=sans,
         )
         for h in hosts
     ]

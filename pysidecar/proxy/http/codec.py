@@ -1,76 +1,180 @@
-"""HTTP/1.1 wire encoding: status lines, header blocks, chunk framing, the Date header.
+"""The seams of the HTTP path, declared: what the connection-manager stream, the router and the
+codecs may call on each other (Envoy's `envoy/http/codec.h` and `conn_pool.h`, in Python).
 
-Promises:
-- `encode_head` / `encode_request_head` build a whole head in one bytes object (one write).
-- Status lines carry Envoy's reason phrase for the code, whatever the upstream sent, as
-  Envoy's codec does; unknown codes get "Unknown".
-- `http_date()` is the IMF-fixdate of the current second, computed at most once per second.
+    downstream codec ──(DownstreamCodec)── ActiveStream ── filters ── Router
+                                                                        │ one per attempt
+                                                UpstreamRequest ◀───────┘
+    ConnPool.acquire(PoolCallbacks) ─▶ UpstreamCodec ─(ResponseDecoder)─▶ UpstreamRequest
+
+- `DownstreamCodec`: a downstream connection as the stream sees it, whatever its protocol
+  (`http1.server_codec.HttpConnection`, `http2.server_codec.Http2Connection`): encode the
+  response (continue, headers, data, end, a local reply), reset the stream, read-disable it
+  (`pause_stream` / `resume_stream`: the watermarks of the opposite side), and hear that the
+  stream is over (`stream_done`).
+- `UpstreamCodec`: one upstream connection as an attempt uses it: encode the request (headers
+  with what is buffered of the body, data, end), read-disable (`pause_reading` /
+  `resume_reading`: the downstream's watermarks), give it up (`detach_and_close`) or stop
+  waiting for it (`cancel`). `http1.client_codec.UpstreamConnection` is one.
+- `ResponseDecoder`: what an upstream codec reports to the attempt attached to it.
+- `ConnPool` / `PoolCallbacks`: a per-host pool hands an attempt a connection now, or later
+  through `upstream_ready` / `upstream_connect_failed` (Envoy's onPoolReady / onPoolFailure).
+
+Adding HTTP/2 to upstreams touches none of the stream, the router or the upstream request:
+write an `UpstreamCodec` (one h2 stream of a shared connection; `encode_headers` ignores
+`chunked`, HTTP/2 frames the body itself) and a `ConnPool` whose `acquire` hands out such
+streams, and name the pool class in `conn_pool.POOL_KINDS` under the protocol that
+`conn_pool.upstream_protocol(cluster)` returns for the cluster. TLS to upstreams is the same:
+a pool whose connect wraps the socket.
 """
 
 from __future__ import annotations
 
-import time
-from email.utils import formatdate
-from http import HTTPStatus
+from typing import TYPE_CHECKING, Protocol
 
-Headers = list[tuple[bytes, bytes]]
+if TYPE_CHECKING:
+    import asyncio
 
-# Where Envoy's reason phrases (CodeUtility::toString) differ from Python's, measured on
-# Envoy 1.40 for every code 200-599 proxied from an upstream.
-_ENVOY_PHRASES = {
-    413: "Payload Too Large",
-    414: "URI Too Long",
-    416: "Range Not Satisfiable",
-    418: "Unknown",
-    451: "Unknown",
-    599: "Last Unassigned Server Error Code",
-}
-_STATUS_LINES: dict[int, bytes] = {}
-for _s in HTTPStatus:
-    _STATUS_LINES[_s.value] = f"HTTP/1.1 {_s.value} {_s.phrase}\r\n".encode()
-for _code, _phrase in _ENVOY_PHRASES.items():
-    _STATUS_LINES[_code] = f"HTTP/1.1 {_code} {_phrase}\r\n".encode()
-
-CHUNK_END = b"0\r\n\r\n"
-CRLF = b"\r\n"
+    from pysidecar.model import SocketAddress
+    from pysidecar.observe.stats import HttpConnManagerStats
+    from pysidecar.proxy.http.active_stream import ActiveStream
+    from pysidecar.proxy.http.compiled import CompiledHcm
+    from pysidecar.proxy.http.conn_pool import PoolManager
+    from pysidecar.proxy.http.headers import Headers
+    from pysidecar.proxy.worker import Worker
 
 
-def status_line(status: int) -> bytes:
-    line = _STATUS_LINES.get(status)
-    if line is None:
-        line = _STATUS_LINES[status] = f"HTTP/1.1 {status} Unknown\r\n".encode()
-    return line
+class DownstreamCodec(Protocol):
+    """A downstream HTTP connection, as its streams use it."""
+
+    cfg: CompiledHcm
+    stats: HttpConnManagerStats
+    loop: asyncio.AbstractEventLoop
+    worker: Worker
+    pools: PoolManager
+    destination: SocketAddress
+    buffer_limit: int
+    scheme: bytes
+    peer_ip: str
+    draining: bool
+
+    def encode_continue(self, st: ActiveStream) -> None: ...
+
+    def encode_headers(
+        self, st: ActiveStream, status: int, headers: Headers, has_length: bool
+    ) -> None:
+        """The response head; the codec may hold it until `encode_flush` or the first data."""
+
+    def encode_flush(self, st: ActiveStream) -> None: ...
+
+    def encode_data(self, st: ActiveStream, data: bytes) -> None: ...
+
+    def encode_end(self, st: ActiveStream) -> None: ...
+
+    def encode_local_reply(
+        self, st: ActiveStream, status: int, body: bytes, headers: Headers
+    ) -> None:
+        """A whole local reply: `headers` are local_reply_headers after the encoder filters."""
+
+    def reset_stream(self, st: ActiveStream) -> None: ...
+
+    def pause_stream(self, st: ActiveStream) -> None:
+        """Read-disable: stop taking the stream's request bytes (its upstream is full)."""
+
+    def resume_stream(self, st: ActiveStream) -> None: ...
+
+    def stream_done(self, st: ActiveStream) -> None:
+        """The stream's response is over (called again when its request is)."""
+
+    def start_tunnel(self, st: ActiveStream) -> None: ...
+
+    def write(self, data: bytes) -> None:
+        """Tunnel bytes after a 101."""
+
+    def close_when_flushed(self) -> None: ...
+
+    def arm_stream_idle(self, st: ActiveStream, timeout: float) -> None: ...
 
 
-def encode_head(status: int, headers: Headers) -> bytes:
-    parts = [status_line(status)]
-    for n, v in headers:
-        parts += (n, b": ", v, CRLF)
-    parts.append(CRLF)
-    return b"".join(parts)
+class ResponseDecoder(Protocol):
+    """What an upstream codec calls on the attempt attached to it."""
+
+    def upstream_continue(self) -> None: ...
+
+    def upstream_headers(self, status: int, headers: Headers) -> None: ...
+
+    def upstream_body(self, data: bytes) -> None: ...
+
+    def upstream_read_done(self) -> None:
+        """The end of one read from the upstream: a held response head goes out now."""
+
+    def upstream_complete(self) -> None: ...
+
+    def upstream_reset(self, reason: str, failure: str | None) -> None: ...
+
+    def upstream_pause_writing(self) -> None: ...
+
+    def upstream_resume_writing(self) -> None: ...
+
+    def upstream_tunnel_data(self, data: bytes) -> None: ...
+
+    def upstream_tunnel_closed(self) -> None: ...
 
 
-def encode_request_head(method: bytes, target: bytes, headers: Headers) -> bytes:
-    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
-    for n, v in headers:
-        parts += (n, b": ", v, CRLF)
-    parts.append(CRLF)
-    return b"".join(parts)
+class PoolCallbacks(Protocol):
+    """What a pool calls on an attempt waiting for a connection."""
+
+    connecting: UpstreamCodec | None
+
+    def upstream_ready(self, up: UpstreamCodec) -> None: ...
+
+    def upstream_connect_failed(self, reason: str, failure: str | None) -> None: ...
 
 
-def chunk(data: bytes) -> list[bytes]:
-    """One chunk of a chunked body, as pieces for writelines (no copy of the data)."""
-    return [b"%x\r\n" % len(data), data, CRLF]
+class UpstreamAttempt(ResponseDecoder, PoolCallbacks, Protocol):
+    """An attempt, as its pool and then its connection see it (Envoy's UpstreamRequest is
+    both the pool's callbacks and the codec's response decoder)."""
 
 
-_date_cache: list[object] = [0, b""]
+class UpstreamCodec(Protocol):
+    """One upstream connection (or HTTP/2 stream) carrying one attempt."""
+
+    closed: bool
+    local_address: str | None
+
+    def attach(self, stream: UpstreamAttempt) -> None: ...
+
+    def sockname(self) -> str | None:
+        """Our address on this connection, `ip:port` (cached by the codec)."""
+
+    def encode_headers(
+        self, method: bytes, target: bytes, headers: Headers, body: list[bytes], chunked: bool
+    ) -> str | None:
+        """The request head with what is buffered of the body, in one write; or, when the head
+        must not be written (header_validation.upstream_head_problem), why, writing nothing."""
+
+    def encode_data(self, data: bytes) -> None: ...
+
+    def encode_end(self) -> None:
+        """The request is complete (HTTP/1 chunked: the last chunk)."""
+
+    def write(self, data: bytes) -> None:
+        """Tunnel bytes after a 101."""
+
+    def write_eof(self) -> None:
+        """The client half-closed a tunnel."""
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def detach_and_close(self) -> None: ...
+
+    def cancel(self) -> None: ...
 
 
-def http_date() -> bytes:
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache[0] = now
-        _date_cache[1] = formatdate(now, usegmt=True).encode()
-    value = _date_cache[1]
-    assert isinstance(value, bytes)
-    return value
+class ConnPool(Protocol):
+    """Connections to one host of one cluster."""
+
+    host: tuple[str, int]
+
+    def acquire(self, stream: UpstreamAttempt) -> UpstreamCodec | None: ...

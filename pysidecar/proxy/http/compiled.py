@@ -5,15 +5,16 @@ Promises:
   listener direction (a per-process cache keyed by identity, bounded), so connections never
   compile routes, regexes or header blocks themselves.
 - Everything the hot path needs is precomputed here: the route table, the server header,
-  whether decorator operations are sent, the Lua header additions as header operations.
+  whether decorator operations are sent, the HTTP filter chain (`filter.build_chain`) and
+  which of its filters see responses.
 """
 
 from __future__ import annotations
 
 from pysidecar.model import TrafficDirection
 from pysidecar.model.http import HttpConnectionManager
-from pysidecar.proxy.http.headers import APPEND, RESPONSE_NOTED, HeaderOps, touches
-from pysidecar.proxy.http.router import RouteTable
+from pysidecar.proxy.http.filter import StreamFilter, build_chain
+from pysidecar.proxy.http.route_table import RouteTable
 
 # Configs seen by this process; reloads add entries, so the cache is cleared when it grows.
 _CACHE_LIMIT = 256
@@ -25,11 +26,11 @@ class CompiledHcm:
         "decorate",
         "decorate_response",
         "edge",
+        "encoders",
+        "encoders_touch_noted",
+        "filters",
         "header_count_limit",
         "header_limit",
-        "lua_request",
-        "lua_response",
-        "lua_touches_noted",
         "server",
         "server_header",
         "table",
@@ -54,17 +55,12 @@ class CompiledHcm:
             config.headers_with_underscores_action
         )
         self.upgrades = frozenset(u.encode() for u in config.upgrade_types)
-        req: list[tuple[int, bytes, bytes]] = []
-        resp: list[tuple[int, bytes, bytes]] = []
-        for f in config.http_filters:
-            for add in f.lua_adds:
-                (resp if add.response else req).append(
-                    (APPEND, add.key.encode("latin-1"), add.value.encode("latin-1"))
-                )
-        self.lua_request: HeaderOps = tuple(req)
-        self.lua_response: HeaderOps = tuple(resp)
-        # Whether the filters' response additions need the general header path (stream.py).
-        self.lua_touches_noted = touches(self.lua_response, RESPONSE_NOTED)
+        self.filters: tuple[StreamFilter, ...] = build_chain(config)
+        # The filters that see response heads, in config order as before the chain existed
+        # (Envoy runs encoders in reverse: the same for one Lua filter, the usual case).
+        self.encoders = tuple(f for f in self.filters if f.encodes)
+        # Whether the encoders' additions need the general header path (active_stream.py).
+        self.encoders_touch_noted = any(f.touches_noted for f in self.encoders)
 
 
 _cache: dict[tuple[int, TrafficDirection], CompiledHcm] = {}

@@ -1,5 +1,5 @@
-"""What every downstream HTTP connection has, whatever its codec (HTTP/1 `conn_manager`,
-HTTP/2 `h2_conn`): the HCM's config and stats, where it came from, and the one place a
+"""What every downstream HTTP connection has, whatever its codec (HTTP/1 `http1.server_codec`,
+HTTP/2 `http2.server_codec`): the HCM's config and stats, where it came from, and the one place a
 finished request is accounted (`record_stream`).
 
 Promises:
@@ -20,10 +20,10 @@ from pysidecar.model import SocketAddress
 from pysidecar.observe.stats import HttpConnManagerStats
 from pysidecar.observe.stream_info import StreamInfo
 from pysidecar.proxy.http.compiled import CompiledHcm
-from pysidecar.proxy.http.pool import PoolManager
+from pysidecar.proxy.http.conn_pool import PoolManager
 
 if TYPE_CHECKING:
-    from pysidecar.proxy.http.stream import ActiveStream
+    from pysidecar.proxy.http.active_stream import ActiveStream
     from pysidecar.proxy.worker import Worker
 
 log = logging.getLogger(__name__)

@@ -12,11 +12,14 @@ Promises:
 - `scan_request` / `scan_response` are the data path's versions of those: one pass over the
   list that strips, and notes the few headers the connection manager decides on, so a request
   does not walk its headers once per question (`get` after `get` was a profile hot spot).
+- `http_date()` is the IMF-fixdate of the current second, computed at most once per second.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
+from email.utils import formatdate
 
 from pysidecar.model.http import HeaderAppendAction, HeaderMutations, HeaderValueOption
 
@@ -248,3 +251,53 @@ def scan_response(headers: Headers, server: tuple[bytes, bytes]) -> tuple[Header
 def touches(ops: HeaderOps, names: frozenset[bytes]) -> bool:
     """Whether any operation names one of `names`."""
     return any(op[1] in names for op in ops)
+
+
+def set_in_place(up: Headers, noted: dict[bytes, bytes], name: bytes, value: bytes) -> None:
+    """Envoy's inline header set: the client's copy (kept by the scan) is overwritten in its
+    place, else the header goes at the end."""
+    if name in noted:
+        up[:] = replace_header(up, name, value)
+    else:
+        up.append((name, value))
+
+
+def strip_hop_by_hop_rare(up: Headers, nominated: set[bytes], keep_expect: bool) -> Headers:
+    """The hop-by-hop cases Envoy handles header by header (rare: a list rebuilt): `te` goes
+    on only as `te: trailers`, headers the Connection header nominates are dropped, `expect`
+    goes upstream only under proxy_100_continue."""
+    drop = set(nominated)
+    if not keep_expect:
+        drop.add(b"expect")
+    out: Headers = []
+    for n, v in up:
+        if n == b"te":
+            if b"trailers" in tokens(v):
+                out.append((n, b"trailers"))
+        elif n not in drop:
+            out.append((n, v))
+    return out
+
+
+def as_dict(headers: Headers) -> dict[str, str]:
+    """Header matchers see one value per name; repeated headers join with ',' as in Envoy."""
+    out: dict[str, str] = {}
+    for n, v in headers:
+        name = n.decode("latin-1")
+        value = v.decode("latin-1")
+        out[name] = f"{out[name]},{value}" if name in out else value
+    return out
+
+
+_date_cache: list[object] = [0, b""]
+
+
+def http_date() -> bytes:
+    """The IMF-fixdate of the current second (the Date header), computed at most once per second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = formatdate(now, usegmt=True).encode()
+    value = _date_cache[1]
+    assert isinstance(value, bytes)
+    return value

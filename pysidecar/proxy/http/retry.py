@@ -29,6 +29,9 @@ CONNECTION_TERMINATION = "connection_termination"
 PER_TRY_TIMEOUT = "per_try_timeout"
 # A circuit breaker refused the request (Envoy's Overflow reset reason): never retried.
 OVERFLOW = "overflow"
+# The upstream's bytes broke the codec (an HTTP/1 parse error, an HTTP/2 connection error):
+# Envoy's 502 `protocol error`, flag UPE.
+PROTOCOL_ERROR = "protocol_error"
 
 _CONNECT = frozenset({CONNECT_FAILURE, CONNECT_TIMEOUT})
 

@@ -1,17 +1,19 @@
-"""envoy.filters.network.http_connection_manager over HTTP/2: the downstream connection.
+"""The HTTP/2 downstream codec (Envoy's Http2::ServerConnectionImpl with the connection
+manager's connection): one client connection of an http_connection_manager.
 
 A thin asyncio.Protocol over h2's sans-I/O `H2Connection`: each request stream runs the same
 `ActiveStream` as HTTP/1 (routing, retries, timeouts, header operations, local replies) to the
-same HTTP/1.1 upstream pools; this module only turns h2 events into stream calls and the
-stream's encode_* calls into frames.
+same upstream pools; this module turns h2 events into stream calls, and
+`response_encoder.Http2ResponseEncoder` the stream's encode_* calls into frames.
 
 Promises:
 - A stream's headers become the HTTP/1-shaped request ActiveStream knows: `:method`, `:path`
   (the URL), `:authority` as the first header, `host` (a `host` header the client also sent is
   dropped, as Envoy keeps one authority). A request body without content-length goes upstream
   chunked, as Envoy's HTTP/1 upstream codec sends it.
-- Malformed frames or headers (h2's validation: missing or repeated pseudo-headers, upper-case
-  names, connection-specific headers) end the whole connection with GOAWAY PROTOCOL_ERROR, as
+- Malformed frames or headers (header_validation: missing or repeated pseudo-headers, names
+  that are not lower-case tokens, CR / LF / NUL / controls in values, an invalid :method,
+  :path, :authority or host, connection-specific headers) end the whole connection with GOAWAY PROTOCOL_ERROR, as
   Envoy does by default (`override_stream_error_on_invalid_http_message` false), counted in
   downstream_cx_protocol_error.
 - Flow control both ways, never unbounded: request DATA is acknowledged (WINDOW_UPDATE) only
@@ -45,13 +47,16 @@ import h2.settings
 
 from pysidecar.model import SocketAddress
 from pysidecar.proxy.http import local_reply as lr
+from pysidecar.proxy.http.active_stream import ActiveStream
 from pysidecar.proxy.http.compiled import CompiledHcm
-from pysidecar.proxy.http.downstream import Downstream
+from pysidecar.proxy.http.conn_pool import PoolManager
+from pysidecar.proxy.http.header_validation import h2_request_problem
 from pysidecar.proxy.http.headers import Headers
-from pysidecar.proxy.http.pool import PoolManager, UpstreamConnection
-from pysidecar.proxy.http.stream import ActiveStream
+from pysidecar.proxy.http.http2.response_encoder import Http2ResponseEncoder
+from pysidecar.proxy.http.stream_state import RESPONSE_DONE, RESPONSE_STARTED
 
 if TYPE_CHECKING:
+    from pysidecar.proxy.http.codec import UpstreamCodec
     from pysidecar.proxy.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -63,36 +68,15 @@ DEFAULT_STREAM_WINDOW = 1 << 20
 DEFAULT_CONNECTION_WINDOW = 4 << 20
 DEFAULT_MAX_CONCURRENT_STREAMS = 2**31 - 1  # Envoy's
 _H2_DEFAULT_WINDOW = 65535  # the connection window every HTTP/2 connection starts with
-# ActiveStream.head_out while the stream's response head waits in `held`: the pool then calls
-# flush_head at the end of the upstream's read, as for HTTP/1's held head.
-HELD = b"held"
 
 
-class _Pending:
-    """Response bytes the client's window does not take yet, and whether the end follows."""
-
-    __slots__ = ("data", "end")
-
-    def __init__(self) -> None:
-        self.data: list[bytes] = []
-        self.end = False
-
-
-class Http2Connection(Downstream):
+class Http2Connection(Http2ResponseEncoder):
     __slots__ = (
-        "ended",
-        "flush_scheduled",
-        "h2",
-        "held",
         "idle_marks",
-        "ids",
         "max_streams",
         "paused",
         "paused_upstreams",
-        "pending",
-        "streams",
         "unacked",
-        "write_blocked",
     )
 
     def __init__(
@@ -106,19 +90,21 @@ class Http2Connection(Downstream):
     ) -> None:
         super().__init__(worker, pools, cfg, destination, buffer_limit, on_close)
         self.h2 = h2.connection.H2Connection(
-            # Request headers are checked by `malformed` (h2's own checks refuse a host that
+            # Request headers are checked by `h2_request_problem` (h2's own checks refuse a host that
             # differs from :authority, which Envoy takes, using :authority).
-            h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=False)
+            h2.config.H2Configuration(
+                client_side=False, header_encoding=None, validate_inbound_headers=False
+            )
         )
-        self.streams: dict[int, ActiveStream] = {}
-        self.ids: dict[ActiveStream, int] = {}
-        self.pending: dict[int, _Pending] = {}
-        self.held: dict[int, Headers] = {}  # response heads not sent yet (encode_headers)
-        self.ended: set[int] = set()  # streams whose END_STREAM went out
+        self.streams = {}
+        self.ids = {}
+        self.pending = {}
+        self.held = {}
+        self.ended = set()
         self.idle_marks: dict[ActiveStream, tuple[tuple[int, int, bool], float]] = {}
         self.unacked: dict[int, int] = {}  # stream id → DATA bytes held back while paused
         self.paused: dict[int, int] = {}  # stream id → pause count
-        self.paused_upstreams: list[UpstreamConnection] = []
+        self.paused_upstreams: list[tuple[int, UpstreamCodec]] = []
         self.write_blocked = False
         self.flush_scheduled = False
         self.max_streams = DEFAULT_MAX_CONCURRENT_STREAMS
@@ -142,7 +128,9 @@ class Http2Connection(Downstream):
         # The SETTINGS frame is written: from here h2 enforces nothing on stream counts (past
         # its limit it raises mid-read, losing the other frames' events); _request refuses the
         # excess streams one by one, as Envoy does.
-        self.h2.local_settings = _settings(DEFAULT_MAX_CONCURRENT_STREAMS, window, self.cfg.header_limit)
+        self.h2.local_settings = _settings(
+            DEFAULT_MAX_CONCURRENT_STREAMS, window, self.cfg.header_limit
+        )
         if cx_window > _H2_DEFAULT_WINDOW:
             self.h2.increment_flow_control_window(cx_window - _H2_DEFAULT_WINDOW)
         self._flush()
@@ -267,7 +255,7 @@ class Http2Connection(Downstream):
             return
         if cfg.underscores == 2:  # DROP_HEADER
             raw = [h for h in raw if b"_" not in h[0]]
-        problem = malformed(raw)
+        problem = h2_request_problem(raw)
         if problem is not None:
             self._protocol_error(ValueError(problem))
             return
@@ -321,8 +309,8 @@ class Http2Connection(Downstream):
             st.start()
         except Exception as e:
             log.error("http2 stream error: %r", e, exc_info=e)
-            if not st.response_started:
-                st._local(500, b"Internal Server Error", None, "internal_error")
+            if not st.state & RESPONSE_STARTED:
+                st.send_local_reply(lr.INTERNAL_ERROR)
             else:
                 self.reset_stream(st)
 
@@ -353,182 +341,12 @@ class Http2Connection(Downstream):
             st.downstream_reset()
             self._maybe_idle()
 
-    # == the codec's encoding side ==============================================================
-    def _sid(self, st: ActiveStream) -> int | None:
-        return self.ids.get(st)
-
-    def encode_continue(self, st: ActiveStream) -> None:
-        sid = self._sid(st)
-        if sid is not None:
-            self.h2.send_headers(sid, [(b":status", b"100")])
-            self._schedule_flush()
-
-    def encode_headers(self, st: ActiveStream, status: int, headers: Headers, has_length: bool) -> None:
-        """The response head is held, as HTTP/1's is, until the first body bytes, the end (then
-        HEADERS carries END_STREAM, as Envoy sends a bodiless response) or the end of the
-        upstream's read (`encode_flush`; the pool calls it while `head_out` is set)."""
-        sid = self._sid(st)
-        if sid is not None:
-            self.held[sid] = [(b":status", b"%d" % status), *headers]
-            st.head_out = HELD
-
-    def _send_head(self, st: ActiveStream, sid: int, end: bool) -> bool:
-        st.head_out = b""
-        block = self.held.pop(sid)
-        try:
-            self.h2.send_headers(sid, block, end_stream=end)
-        except h2.exceptions.ProtocolError as e:
-            log.debug("http2: response headers refused: %r", e)
-            self.reset_stream(st)
-            return False
-        if end:
-            self.ended.add(sid)
-        self._schedule_flush()
-        return True
-
-    def encode_flush(self, st: ActiveStream) -> None:
-        sid = self._sid(st)
-        if sid is not None and sid in self.held:
-            self._send_head(st, sid, False)
-
-    def encode_data(self, st: ActiveStream, data: bytes) -> None:
-        sid = self._sid(st)
-        if sid is None or (sid in self.held and not self._send_head(st, sid, False)) or not self._open(sid):
-            return
-        self._send(sid, data, False)
-
-    def encode_end(self, st: ActiveStream) -> None:
-        sid = self._sid(st)
-        if sid is None:
-            return
-        if sid in self.held:
-            self._send_head(st, sid, True)
-        elif self._open(sid):
-            self._send(sid, b"", True)
-
-    def encode_local_reply(self, st: ActiveStream, status: int, body: bytes) -> None:
-        sid = self._sid(st)
-        if sid is None:
-            return
-        cfg = self.cfg
-        headers = lr.local_reply_headers(status, body, cfg.server, st.response_ops, cfg.lua_response)
-        end = st.head_request or not body
-        try:
-            self.h2.send_headers(sid, [(b":status", b"%d" % status), *headers], end_stream=end)
-        except h2.exceptions.ProtocolError as e:
-            log.debug("http2: local reply refused: %r", e)
-            self.reset_stream(st)
-            return
-        if not end:
-            self._send(sid, body, True)
-        self._schedule_flush()
-
-    def reset_stream(self, st: ActiveStream) -> None:
-        sid = self._sid(st)
-        if sid is None:
-            return
-        self.pending.pop(sid, None)
-        self.held.pop(sid, None)
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            self.h2.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
-        self.stats.downstream_rq_tx_reset += 1
-        self._schedule_flush()
-
-    def start_tunnel(self, st: ActiveStream) -> None:
-        """A 101 cannot be carried on HTTP/2 (extended CONNECT is not implemented): reset."""
-        st.drop_upstream()
-        self.reset_stream(st)
-
-    def write(self, data: bytes) -> None:
-        """Tunnel bytes: never, on HTTP/2 (see start_tunnel)."""
-
-    def _open(self, sid: int) -> bool:
-        if sid in self.ended:
-            return False
-        stream = self.h2.streams.get(sid)
-        return stream is not None and not stream.closed
-
-    def _send(self, sid: int, data: bytes, end: bool) -> None:
-        """DATA within the client's windows; the rest waits in `pending` for WINDOW_UPDATE,
-        with the stream's upstream paused meanwhile."""
-        p = self.pending.get(sid)
-        if p is not None:
-            if data:
-                p.data.append(data)
-            p.end = p.end or end
-            return
-        rest = self._send_window(sid, data)
-        if rest:
-            p = self.pending[sid] = _Pending()
-            p.data.append(rest)
-            p.end = end
-            self._pause_upstream(sid)
-        elif end:
-            self.ended.add(sid)
-            self.h2.end_stream(sid)
-        self._schedule_flush()
-
-    def _send_window(self, sid: int, data: bytes) -> bytes:
-        h = self.h2
-        while data:
-            window = min(h.local_flow_control_window(sid), h.max_outbound_frame_size)
-            if window <= 0:
-                return data
-            h.send_data(sid, data[:window])
-            data = data[window:]
-        return b""
-
-    def _window_updated(self, sid: int) -> None:
-        for s in (list(self.pending) if sid == 0 else [sid]):
-            p = self.pending.get(s)
-            if p is None or not self._open(s):
-                self.pending.pop(s, None)
-                continue
-            while p.data:
-                rest = self._send_window(s, p.data[0])
-                if rest:
-                    p.data[0] = rest
-                    break
-                p.data.pop(0)
-            if not p.data:
-                del self.pending[s]
-                if p.end:  # the stream is done on our side already: `ended` is not needed
-                    self.h2.end_stream(s)
-                self._resume_upstream(s)
-
-    def _pause_upstream(self, sid: int) -> None:
-        st = self.streams.get(sid)
-        up = st.upstream if st is not None else None
-        if up is not None and up.transport is not None:
-            up.transport.pause_reading()
-
-    def _resume_upstream(self, sid: int) -> None:
-        if self.write_blocked:
-            return  # resume_writing resumes every stream
-        st = self.streams.get(sid)
-        up = st.upstream if st is not None else None
-        if up is not None and up.transport is not None and not up.closed:
-            up.transport.resume_reading()
-
-    def _schedule_flush(self) -> None:
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            self.loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self.flush_scheduled = False
-        data = self.h2.data_to_send()
-        t = self.transport
-        if data and t is not None and not t.is_closing():
-            self.stats.downstream_cx_tx_bytes_total += len(data)
-            t.write(data)
-
     # == streams ==============================================================================
     def stream_done(self, st: ActiveStream) -> None:
         """Called by a stream when its response is over, and again when its request is."""
         if st.info.end_time is None:
             self.record(st)
-        if not st.response_done:
+        if not st.state & RESPONSE_DONE:
             return
         sid = self.ids.pop(st, None)
         if sid is None:
@@ -580,20 +398,18 @@ class Http2Connection(Downstream):
 
     def pause_writing(self) -> None:
         self.write_blocked = True
-        for st in self.streams.values():
-            up = st.upstream
-            if up is not None and up.transport is not None:
-                up.transport.pause_reading()
-                self.paused_upstreams.append(up)
+        for sid, st in self.streams.items():
+            up = st.upstream()
+            if up is not None:
+                up.pause_reading()
+                self.paused_upstreams.append((sid, up))
 
     def resume_writing(self) -> None:
         self.write_blocked = False
         ups, self.paused_upstreams = self.paused_upstreams, []
-        for up in ups:
-            st = up.stream
-            sid = self.ids.get(st) if st is not None else None
-            if up.transport is not None and not up.closed and (sid is None or sid not in self.pending):
-                up.transport.resume_reading()
+        for sid, up in ups:
+            if sid not in self.pending:
+                up.resume_reading()
 
     # == timers and errors ======================================================================
     def _arm_idle(self) -> None:
@@ -626,9 +442,9 @@ class Http2Connection(Downstream):
         now = self.loop.time()
         shortest = 0.0
         for st in list(self.streams.values()):
-            if st.response_done or st.idle_timeout <= 0:
+            if st.state & RESPONSE_DONE or st.idle_timeout <= 0:
                 continue
-            mark = (st.info.bytes_received, st.info.bytes_sent, st.response_started)
+            mark = (st.info.bytes_received, st.info.bytes_sent, st.state & RESPONSE_STARTED != 0)
             seen = self.idle_marks.get(st)
             if seen is None or seen[0] != mark:
                 self.idle_marks[st] = (mark, now)
@@ -661,50 +477,3 @@ def _settings(streams: int, window: int, header_list: int) -> h2.settings.Settin
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: header_list,
         },
     )
-_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority"})
-# Connection-specific headers (RFC 9113 8.2.2); `te` is allowed as `trailers` only.
-_CONNECTION_SPECIFIC = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
-)
-
-
-def malformed(headers: list[tuple[bytes, bytes]]) -> str | None:
-    """Why a request header block is malformed, or None. Envoy 1.40 (checked) ends the
-    connection for each of these: a missing, repeated, unknown or late pseudo-header, an
-    empty :path or one not starting with `/` (`*` for OPTIONS), neither :authority nor host,
-    an upper-case name, a connection-specific header, `te` other than `trailers`."""
-    seen: dict[bytes, bytes] = {}
-    regular = False
-    host = False
-    for n, v in headers:
-        if n[:1] == b":":
-            if regular:
-                return f"pseudo-header {n!r} after a regular header"
-            if n not in _PSEUDO:
-                return f"unknown pseudo-header {n!r}"
-            if n in seen:
-                return f"repeated pseudo-header {n!r}"
-            seen[n] = v
-            continue
-        regular = True
-        if n != n.lower():
-            return f"upper-case header name {n!r}"
-        if n in _CONNECTION_SPECIFIC:
-            return f"connection-specific header {n!r}"
-        if n == b"te" and v.strip().lower() != b"trailers":
-            return "te other than trailers"
-        if n == b"host":
-            host = True
-    method = seen.get(b":method")
-    if method is None:
-        return "no :method"
-    if method == b"CONNECT":
-        return None if b":authority" in seen and b":path" not in seen else "malformed CONNECT"
-    path = seen.get(b":path")
-    if path is None or b":scheme" not in seen:
-        return "no :path or :scheme"
-    if not path.startswith(b"/") and not (path == b"*" and method == b"OPTIONS"):
-        return "a :path that is not absolute"
-    if b":authority" not in seen and not host:
-        return "neither :authority nor host"
-    return None

@@ -1,7 +1,9 @@
-"""envoy.filters.network.http_connection_manager over HTTP/1.1: the downstream connection.
+"""The HTTP/1.1 downstream codec (Envoy's Http1::ServerConnectionImpl with the connection
+manager's connection): one client connection of an http_connection_manager.
 
 Promises:
-- Parses requests with httptools as bytes arrive; each request becomes an `ActiveStream`.
+- Parses requests with httptools as bytes arrive; each request becomes an `ActiveStream`;
+  responses are framed by `response_encoder.Http1ResponseEncoder` (`codec.DownstreamCodec`).
   Requests are answered in order: a pipelined request waits (reading paused) until the one
   before it has its whole response written, as Envoy's HTTP/1 codec does.
 - Keep-alive unless the client asks otherwise (HTTP/1.0 without keep-alive, `connection:
@@ -9,7 +11,8 @@ Promises:
 - Bad traffic is answered and closed without disturbing any other connection: a malformed
   request or a Content-Length / Transfer-Encoding conflict → 400, headers over
   max_request_headers_kb (counted as bytes arrive, whole lines or not) or more than
-  max_headers_count headers → 431, a transfer-encoding other than chunked → 501, headers
+  max_headers_count headers → 431, a transfer-encoding other than chunked → 501, a version
+  other than 1.0 / 1.1 → 426, a Host with invalid characters → 400 (header_validation), headers
   not complete within request_headers_timeout → 408;
   an unexpected exception → 500 (or a reset once a response started), never a worker crash.
 - Flow control: reading from the client pauses while a pipelined request waits, while the
@@ -35,53 +38,32 @@ import httptools
 
 from pysidecar.model import SocketAddress
 from pysidecar.proxy.http import local_reply as lr
-from pysidecar.proxy.http.codec import CHUNK_END, CRLF, encode_head
+from pysidecar.proxy.http.active_stream import ActiveStream
 from pysidecar.proxy.http.compiled import CompiledHcm
-from pysidecar.proxy.http.downstream import Downstream
-from pysidecar.proxy.http.headers import Headers
-from pysidecar.proxy.http.pool import PoolManager, UpstreamConnection
-from pysidecar.proxy.http.stream import ActiveStream
+from pysidecar.proxy.http.conn_pool import PoolManager
+from pysidecar.proxy.http.http1.request_decoder import (
+    PAUSE_BODY,
+    PAUSE_PIPELINE,
+    PAUSE_UPSTREAM,
+    Http1RequestDecoder,
+    Reject,
+)
+from pysidecar.proxy.http.http1.response_encoder import local_reply_bytes
+from pysidecar.proxy.http.stream_state import REQUEST_DONE, RESPONSE_DONE, RESPONSE_STARTED, STARTED
 
 if TYPE_CHECKING:
+    from pysidecar.proxy.http.codec import UpstreamCodec
     from pysidecar.proxy.worker import Worker
 
 log = logging.getLogger(__name__)
 
-CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
-HTTP10 = b"HTTP/1.0"
-_NO_BODY_STATUS = frozenset({204, 304})
 
-# Why reading from the client is paused; reading resumes when no reason is left.
-PAUSE_PIPELINE, PAUSE_UPSTREAM, PAUSE_BODY = 1, 2, 4
-
-
-class _Reject(Exception):
-    """Raised from a parser callback to answer the request head with a codec error: 431 when
-    it passes max_request_headers_kb or max_headers_count, 501 for a transfer-encoding other
-    than chunked; `details` is Envoy's response code details."""
-
-    def __init__(self, status: int = 431, details: str = "http1.headers_too_large") -> None:
-        super().__init__(details)
-        self.status = status
-        self.details = details
-
-
-class HttpConnection(Downstream):
+class HttpConnection(Http1RequestDecoder):
     __slots__ = (
-        "active",
-        "h2c",
-        "head_raw",
-        "head_size",
-        "head_started",
-        "headers_timer",
         "idle_mark",
         "idle_moved",
-        "in_head",
-        "parser",
-        "parsing",
         "paused",
         "paused_upstream",
-        "queue",
         "tunnel",
         "upgrade_rest",
     )
@@ -97,18 +79,18 @@ class HttpConnection(Downstream):
     ) -> None:
         super().__init__(worker, pools, cfg, destination, buffer_limit, on_close)
         self.parser = httptools.HttpRequestParser(self)
-        self.parsing: ActiveStream | None = None
-        self.active: ActiveStream | None = None
-        self.queue: deque[ActiveStream] = deque()
+        self.parsing = None
+        self.active = None
+        self.queue = deque()
         self.tunnel: ActiveStream | None = None
         self.upgrade_rest = b""
         self.paused = 0
-        self.paused_upstream: UpstreamConnection | None = None
+        self.paused_upstream: UpstreamCodec | None = None
         self.head_size = 0
         self.in_head = False  # between on_message_begin and on_headers_complete
         self.h2c = False  # the request parsed last was an h2c upgrade, proxied as a plain one
         self.head_raw = 0  # bytes of the head in progress read after the read it began in
-        self.headers_timer: asyncio.TimerHandle | None = None
+        self.headers_timer = None
         self.head_started = 0.0  # loop time the request head in progress began; 0: none
         # The stream idle timer (Downstream's) ticks over these (see _on_stream_idle).
         self.idle_mark: tuple[object, ...] = ()
@@ -149,14 +131,13 @@ class HttpConnection(Downstream):
         if self.closing:
             return False  # the end of a delayed close
         streams = [s for s in (self.active, self.parsing, *self.queue) if s is not None]
-        if not streams or (self.tunnel is not None and self.tunnel.upstream is None):
+        tunnel_up = self.tunnel.upstream() if self.tunnel is not None else None
+        if not streams or (self.tunnel is not None and tunnel_up is None):
             return False
-        if self.tunnel is not None:
-            up = self.tunnel.upstream
-            if up is not None and up.transport is not None and up.transport.can_write_eof():
-                up.transport.write_eof()
+        if tunnel_up is not None:
+            tunnel_up.write_eof()
             return True
-        if self.parsing is not None and not self.parsing.started:
+        if self.parsing is not None and not self.parsing.state & STARTED:
             self.parsing = None  # an unfinished request head: nothing to answer
         for st in streams:
             st.close_after = True
@@ -212,222 +193,29 @@ class HttpConnection(Downstream):
             else:
                 self.upgrade_rest = rest
         except httptools.HttpParserCallbackError as e:
-            if isinstance(e.__context__, _Reject):
+            if isinstance(e.__context__, Reject):
                 self._protocol_error(e.__context__.status, e.__context__.details)
             else:
                 self._internal_error(e.__context__ or e)
         except httptools.HttpParserError as e:
             if str(e) == _TE_AFTER_CHUNKED:  # `chunked, gzip`: llhttp stops inside the value
                 self._protocol_error(501, "http1.invalid_transfer_encoding")
+            elif str(e) == _BAD_VERSION:  # HTTP/1.2, HTTP/3.0: Envoy's 426, as for HTTP/2.0
+                self._protocol_error(426, "low_version")
             else:
                 self._protocol_error(400, _codec_details(e))
         except Exception as e:  # a bug must cost this connection only, never the worker
             self._internal_error(e)
 
-    def write(self, data: bytes) -> None:
-        self.stats.downstream_cx_tx_bytes_total += len(data)
-        assert self.transport is not None
-        self.transport.write(data)
-
-    def writelines(self, parts: list[bytes]) -> None:
-        self.stats.downstream_cx_tx_bytes_total += sum(map(len, parts))
-        assert self.transport is not None
-        self.transport.writelines(parts)
-
-    # == the codec's encoding side: what ActiveStream hands its downstream ======================
-    def encode_continue(self, st: ActiveStream) -> None:
-        self.write(CONTINUE_100)
-
-    def encode_headers(self, st: ActiveStream, status: int, headers: Headers, has_length: bool) -> None:
-        """The response head: HTTP/1 adds connection and chunked framing (HEAD / 204 / 304 have
-        no body), answers in the request's version, and holds the head until the first body
-        bytes (or the end of the upstream's read, `encode_flush`) so that head and body leave
-        in one write: a syscall per response. A 101 is written at once."""
-        chunked = False  # framed as chunked: transfer-encoding goes last
-        if status == 101:
-            head = encode_head(status, headers)
-            self.write(HTTP10 + head[8:] if st.http10 else head)
-            return
-        if status not in _NO_BODY_STATUS and not has_length:
-            if st.http10:
-                st.close_after = True  # HTTP/1.0 has no chunking: the close ends the body
-            else:
-                # A HEAD response says it too, without a body (as Envoy 1.40 does).
-                chunked = True
-                st.chunked_out = not st.head_request
-        if st.close_after or not st.keep_alive or self.draining:
-            st.close_after = True
-            headers.append((b"connection", b"close"))
-        elif st.http10:
-            headers.append((b"connection", b"keep-alive"))  # HTTP/1.0 closes unless told
-        if chunked:
-            headers.append((b"transfer-encoding", b"chunked"))
-        head = encode_head(status, headers)
-        st.head_out = HTTP10 + head[8:] if st.http10 else head
-
-    def encode_flush(self, st: ActiveStream) -> None:
-        head = st.head_out
-        if head:
-            st.head_out = b""
-            self.write(head)
-
-    def encode_data(self, st: ActiveStream, data: bytes) -> None:
-        head = st.head_out
-        if st.chunked_out:
-            parts = [b"%x\r\n" % len(data), data, CRLF]
-            if head:
-                parts.insert(0, head)
-        elif head:
-            parts = [head, data]
-        else:
-            self.write(data)
-            return
-        st.head_out = b""
-        self.writelines(parts)
-
-    def encode_end(self, st: ActiveStream) -> None:
-        head = st.head_out
-        if st.chunked_out:
-            st.head_out = b""
-            self.write(head + CHUNK_END if head else CHUNK_END)
-        elif head:
-            st.head_out = b""
-            self.write(head)
-
-    def encode_local_reply(self, st: ActiveStream, status: int, body: bytes) -> None:
-        """A local reply, whole. One sent before the request's body is read ends the
-        connection, as Envoy's does: what follows would be parsed as that body."""
-        if not st.keep_alive or self.draining or (st.has_body and not st.request_done):
-            st.close_after = True
-        cfg = self.cfg
-        data = lr.local_reply(
-            status,
-            body,
-            cfg.server,
-            st.response_ops,
-            cfg.lua_response,
-            close=st.close_after,
-            head_only=st.head_request,
-        )
-        self.write(HTTP10 + data[8:] if st.http10 else data)
-
-    def reset_stream(self, st: ActiveStream) -> None:
-        """A response cannot go on (mid-body timeout, upstream reset): HTTP/1 can only close."""
-        self.abort()
-
-    # -- httptools callbacks ---------------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        st = ActiveStream(self)
-        info = st.info
-        info.listener_name = self.listener_name
-        info.downstream_local_address = self.local_address
-        info.downstream_remote_address = self.peer
-        info.requested_server_name = self.server_name
-        self.parsing = st
-        self.head_size = 0
-        self.in_head = True
-        self.head_raw = -1  # this read is not counted: part of it may be an earlier request's
-        timeout = self.cfg.config.request_headers_timeout
-        if timeout > 0:
-            # One lazy timer per connection, not a timer per request: it checks the deadline of
-            # the head in progress when it fires (see _on_headers_timeout).
-            self.head_started = self.loop.time()
-            if self.headers_timer is None:
-                self.headers_timer = self.loop.call_later(timeout, self._on_headers_timeout)
-
-    def on_url(self, url: bytes) -> None:
-        self._count_head(len(url))
-        st = self.parsing
-        assert st is not None
-        st.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        # Called per header: _count_head inlined.
-        self.head_size += len(name) + len(value) + 4
-        if self.head_size > self.cfg.header_limit:
-            raise _Reject()
-        headers = self.parsing.headers  # type: ignore[union-attr]
-        name = name.lower()
-        if self.cfg.underscores and b"_" in name:
-            if self.cfg.underscores == 1:
-                raise _Reject(400, "http1.unexpected_underscore")
-            return  # DROP_HEADER
-        headers.append((name, value))
-        if len(headers) > self.cfg.header_count_limit:  # Envoy's max_headers_count (Host counts)
-            raise _Reject(431, "http1.too_many_headers")
-        # Envoy implements no transfer coding but chunked (llhttp would take `gzip, chunked`
-        # as chunked and drop the gzip).
-        if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
-            raise _Reject(501, "http1.invalid_transfer_encoding")
-
-    def on_headers_complete(self) -> None:
-        self.head_started = 0.0
-        self.in_head = False
-        st = self.parsing
-        assert st is not None
-        p = self.parser
-        st.method = p.get_method()
-        st.http10 = p.get_http_version() == "1.0"
-        st.keep_alive = p.should_keep_alive()
-        st.upgrade = p.should_upgrade()
-        if st.upgrade and _upgrade_value(st.headers) == b"h2c":
-            # Envoy's HTTP/1 codec drops an h2c upgrade (Upgrade, HTTP2-Settings; Connection
-            # names the latter, so it goes too): the request is proxied as a plain one.
-            st.upgrade = False
-            self.h2c = True
-            st.headers = [h for h in st.headers if h[0] not in (b"upgrade", b"http2-settings")]
-        st.head_request = st.method == b"HEAD"
-        if st.http10 and not self.cfg.config.accept_http_10:
-            raise _Reject(426, "http1.low_version")  # Envoy's default: no HTTP/1.0
-        if st.upgrade:
-            st.close_after = True  # the parser stops at an upgrade: nothing follows on it
-        s = self.stats
-        s.downstream_rq_total += 1
-        s.downstream_rq_http1_total += 1
-        s.downstream_rq_active += 1
-        if self.active is None:
-            self.active = st
-            self._start(st)
-        else:
-            self.queue.append(st)
-            self.pause_reading(PAUSE_PIPELINE)
-
-    def on_body(self, body: bytes) -> None:
-        st = self.parsing
-        if st is not None and body:
-            st.decode_body(body)
-
-    def on_message_complete(self) -> None:
-        st = self.parsing
-        self.parsing = None
-        if st is not None:
-            st.decode_complete()
-
-    def _count_head(self, n: int) -> None:
-        self.head_size += n
-        if self.head_size > self.cfg.header_limit:
-            raise _Reject()
-
-    def _count_unfinished_head(self, n: int) -> None:
-        """A read ended inside a request head. httptools keeps an unfinished header line to
-        itself (on_header sees only whole lines), so a header without its CRLF would be held
-        until the headers timeout: count whole reads instead, after the one the head began in
-        (bounded by one read; that one may hold the end of the request before)."""
-        if self.head_raw < 0:
-            self.head_raw = 0
-            return
-        self.head_raw += n
-        if self.head_raw > self.cfg.header_limit:
-            self._protocol_error(431, "http1.headers_too_large")
-
     # == streams ==============================================================================
+    def new_stream(self) -> ActiveStream:
+        return ActiveStream(self)
+
     def _start(self, st: ActiveStream) -> None:
         if self.stream_idle_timer is None and self.cfg.config.stream_idle_timeout > 0:
             self.arm_stream_idle(st, self.cfg.config.stream_idle_timeout)
         try:
             st.start()
-            if st.request_done:
-                st.arm_route_timer()
         except Exception as e:
             self._internal_error(e, st)
 
@@ -435,7 +223,7 @@ class HttpConnection(Downstream):
         """Called by a stream when its response is over, and again when its request is."""
         if st.info.end_time is None:
             self.record(st)
-        if st is not self.active or not (st.request_done or st.close_after):
+        if st is not self.active or not (st.state & REQUEST_DONE or st.close_after):
             return
         self.active = None
         if self.paused:  # tested here: this runs once per request, reading is rarely paused
@@ -462,9 +250,6 @@ class HttpConnection(Downstream):
         self.tunnel = st
         self.stats.downstream_cx_upgrades_total += 1
         self.stats.downstream_cx_upgrades_active += 1
-        if st.timer is not None:  # an upgraded stream has no response end to time
-            st.timer.cancel()
-            st.timer = None
         if self.idle_timer is not None:
             self.idle_timer.cancel()
             self.idle_timer = None
@@ -499,16 +284,16 @@ class HttpConnection(Downstream):
 
     def pause_writing(self) -> None:
         st = self.tunnel or self.active
-        up = st.upstream if st is not None else None
-        if up is not None and up.transport is not None:
-            up.transport.pause_reading()
+        up = st.upstream() if st is not None else None
+        if up is not None:
+            up.pause_reading()
             self.paused_upstream = up
 
     def resume_writing(self) -> None:
         up = self.paused_upstream
         self.paused_upstream = None
-        if up is not None and up.transport is not None and not up.closed:
-            up.transport.resume_reading()
+        if up is not None:
+            up.resume_reading()
 
     # == timers and errors ======================================================================
     def _arm_idle(self) -> None:
@@ -533,7 +318,9 @@ class HttpConnection(Downstream):
         if timeout > 0:  # a route's idle_timeout 0 turns it off for its streams
             self.idle_mark = _progress(st)
             self.idle_moved = self.loop.time()
-            self.stream_idle_timer = self.loop.call_later(timeout / _IDLE_TICKS, self._on_stream_idle)
+            self.stream_idle_timer = self.loop.call_later(
+                timeout / _IDLE_TICKS, self._on_stream_idle
+            )
 
     def _on_stream_idle(self) -> None:
         """Envoy's stream idle timeout without a timer per request or a clock read per read:
@@ -543,7 +330,7 @@ class HttpConnection(Downstream):
         more after the last activity."""
         self.stream_idle_timer = None
         st = self.tunnel or self.active  # an upgraded stream idles out too
-        if st is None or st.response_done or st.idle_timeout <= 0 or self.closing:
+        if st is None or st.state & RESPONSE_DONE or st.idle_timeout <= 0 or self.closing:
             return  # nothing in progress: the next stream arms it again
         mark = _progress(st)
         now = self.loop.time()
@@ -574,7 +361,7 @@ class HttpConnection(Downstream):
 
     def _protocol_error(self, status: int, details: str) -> None:
         self.stats.downstream_cx_protocol_error += 1
-        if self.active is not None and self.active.response_started:
+        if self.active is not None and self.active.state & RESPONSE_STARTED:
             self.abort()  # a reply cannot be put in the middle of another response
             return
         # Envoy's codec errors answer with the reason phrase as body ("Bad Request").
@@ -583,7 +370,7 @@ class HttpConnection(Downstream):
     def _internal_error(self, exc: BaseException, st: ActiveStream | None = None) -> None:
         log.error("http connection error: %r", exc, exc_info=exc)
         st = st or self.active
-        if st is not None and st.response_started:
+        if st is not None and st.state & RESPONSE_STARTED:
             self.abort()
             return
         self._reply_and_close(500, b"Internal Server Error", "internal_error", None)
@@ -607,24 +394,13 @@ class HttpConnection(Downstream):
         info.bytes_sent = len(body)
         if self.transport is not None:
             # A stream that was routed already (a bad body) has its route's response headers.
-            ops = st.response_ops if st.started else ()
-            reply = lr.local_reply(
-                status, body, self.cfg.server, ops, self.cfg.lua_response, close=True
-            )
-            self.write(reply)
-        st.response_done = True
-        st.request_done = True
-        st.close_after = True
+            ops = st.response_ops if st.state & STARTED else ()
+            headers = st.local_reply_headers(status, body, ops)
+            self.write(local_reply_bytes(status, body, headers, close=True, head_only=False))
+        st.abandon()
         self.record(st)
         self.active = None
         self.close_when_flushed()
-
-
-def _upgrade_value(headers: list[tuple[bytes, bytes]]) -> bytes:
-    for n, v in headers:
-        if n == b"upgrade":
-            return v.strip().lower()
-    return b""
 
 
 _IDLE_TICKS = 8
@@ -632,12 +408,16 @@ _IDLE_TICKS = 8
 
 def _progress(st: ActiveStream) -> tuple[object, ...]:
     info = st.info
-    return (st, info.bytes_received, info.bytes_sent, st.response_started)
+    return (st, info.bytes_received, info.bytes_sent, st.state & RESPONSE_STARTED)
 
 
 _TE_AFTER_CHUNKED = "Invalid `Transfer-Encoding` header value"  # llhttp's words
+_BAD_VERSION = "Invalid HTTP version"
 
 
 def _codec_details(e: Exception) -> str:
-    """Envoy-style details for a parse error: `http1.codec_error` plus llhttp's reason."""
-    return "http1.codec_error{" + str(e).replace(" ", "_") + "}"
+    """Envoy 1.40's details for a parse error (checked): `http1.invalid_characters` for a
+    forbidden byte in a header value, `http1.codec_error` for the rest (llhttp's reason is in
+    the debug log)."""
+    log.debug("http1 codec error: %s", e)
+    return "http1.invalid_characters" if str(e) == "Invalid header value char" else "http1.codec_error"

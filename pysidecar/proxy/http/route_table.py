@@ -1,4 +1,5 @@
-"""Route matching as pure functions over a table compiled once per route configuration.
+"""Which route, which cluster: route matching as pure functions over a table compiled once per
+route configuration.
 
 Promises:
 - `RouteTable.build(route_config)` compiles domains, path matchers, regexes, header matchers,
@@ -16,6 +17,8 @@ Promises:
 - Query parameter matchers (Envoy's QueryParameterMatcher) see the first value of each name in
   the raw (not percent-decoded) query string; a name without `=` has the value "". No matcher
   kind (or present_match) means "present". Routes without them never parse the query.
+- `resolve_route` is the connection manager's route for a request (require_tls included);
+  `CompiledRoute.pick_cluster` the router's cluster (weighted clusters drawn).
 - `redirect_location` builds a redirect's Location as Envoy's Utility::newUri does.
 """
 
@@ -36,7 +39,7 @@ from pysidecar.model.http import (
     RouteMatch,
     VirtualHost,
 )
-from pysidecar.proxy.http.headers import HeaderOps, compile_ops
+from pysidecar.proxy.http.headers import HeaderOps, Headers, as_dict, compile_ops, strip_request
 from pysidecar.regex import Regex
 
 _PREFIX, _PATH, _REGEX, _SEPARATED = 0, 1, 2, 3
@@ -372,3 +375,21 @@ def strip_port(host: str) -> str:
     if host.count(":") == 1:
         return host.split(":", 1)[0]
     return host
+
+
+# require_tls ALL's answer: the same request over https, 301 (Envoy's SslRedirectRoute).
+HTTPS_REDIRECT = RedirectAction(https_redirect=True, response_code=301)
+
+
+def resolve_route(
+    table: RouteTable, host: str, path: str, headers: Headers, scheme: bytes
+) -> tuple[CompiledVirtualHost | None, CompiledRoute | None, bool]:
+    """Which route a request takes (the connection manager's cached route): (virtual host,
+    route or None, whether require_tls answers it with a redirect instead). As Envoy's
+    SslRedirectRoute, an unmet require_tls hides the route: no filter sees its config."""
+    vh = table.virtual_host(host)
+    if vh is None:
+        return None, None, False
+    if vh.vhost.require_tls and scheme != b"https":
+        return vh, None, True
+    return vh, vh.select(path, as_dict(strip_request(headers)) if vh.needs_headers else None), False
