@@ -24,6 +24,8 @@ from pysidecar.config.envoy_upstream_http import http2_options
 from pysidecar.config.node import Fields, Node
 from pysidecar.model import Bootstrap
 from pysidecar.model.http import (
+    XFCC_DETAILS,
+    XFCC_MODES,
     ClusterWeight,
     CodecType,
     Decorator,
@@ -591,7 +593,7 @@ def http_connection_manager(node: Node) -> HttpConnectionManager:
         "use_remote_address", "normalize_path", "merge_slashes", "path_with_escaped_slashes_action",
         "request_id_extension", "generate_request_id", "proxy_100_continue", "http_protocol_options",
         "server_header_transformation", "delayed_close_timeout", "drain_timeout", "access_log",
-        "http2_protocol_options",
+        "http2_protocol_options", "forward_client_cert_details", "set_current_client_cert_details",
     )  # fmt: skip
     if "rds" in (node.value or {}):
         node.fail("rds is not supported: give an inline route_config")
@@ -667,7 +669,18 @@ def http_connection_manager(node: Node) -> HttpConnectionManager:
         access_log=access_logs(f.get("access_log")),
         use_remote_address=f.opt("use_remote_address", Node.boolean, False),
         http2=http2,
+        forward_client_cert_details=f.opt("forward_client_cert_details", lambda n: n.enum(XFCC_MODES), "SANITIZE"),
+        set_current_client_cert_details=f.opt("set_current_client_cert_details", _cert_details, ()),
     )
+
+
+def _cert_details(node: Node) -> tuple[str, ...]:
+    """set_current_client_cert_details: which of subject, cert, chain, dns, uri are set."""
+    f = node.fields(*XFCC_DETAILS)
+    for part in ("cert", "chain"):
+        if (n := f.get(part)) is not None and n.boolean():
+            n.fail(f"{part}: true (the PEM in x-forwarded-client-cert) is not supported; subject, dns and uri are")
+    return tuple(d for d in XFCC_DETAILS if f.opt(d, Node.boolean, False))
 
 
 def check_route_clusters(b: Bootstrap, root: Node) -> None:

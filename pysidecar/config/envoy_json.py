@@ -314,6 +314,10 @@ def http_connection_manager(h: HttpConnectionManager) -> dict[str, Any]:
         out["access_log"] = [access_log(a) for a in h.access_log]
     if h.use_remote_address:
         out["use_remote_address"] = True
+    if h.forward_client_cert_details != "SANITIZE":
+        out["forward_client_cert_details"] = h.forward_client_cert_details
+    if h.set_current_client_cert_details:
+        out["set_current_client_cert_details"] = {d: True for d in h.set_current_client_cert_details}
     return out
 
 

@@ -280,6 +280,11 @@ class HttpFilter:
     lua_adds: tuple[LuaHeaderAdd, ...] = ()
 
 
+# forward_client_cert_details and set_current_client_cert_details (Envoy's enum and fields).
+XFCC_MODES = ("SANITIZE", "FORWARD_ONLY", "APPEND_FORWARD", "SANITIZE_SET", "ALWAYS_FORWARD_ONLY")
+XFCC_DETAILS = ("subject", "cert", "chain", "dns", "uri")
+
+
 @dataclass(frozen=True, slots=True)
 class HttpConnectionManager:
     """envoy.filters.network.http_connection_manager."""
@@ -315,6 +320,10 @@ class HttpConnectionManager:
     # (256 MiB each): a client may send a whole window that the proxy must then hold, so
     # pysidecar's defaults stay small; None is exported as "Envoy's default".
     http2: Http2Options | None = None
+    # x-forwarded-client-cert (proxy/http/xfcc.py): Envoy's default SANITIZE; Istio's sidecar
+    # inbound APPEND_FORWARD with set_current_client_cert_details subject, uri, dns.
+    forward_client_cert_details: str = "SANITIZE"
+    set_current_client_cert_details: tuple[str, ...] = ()
 
     @property
     def cluster_names(self) -> tuple[str, ...]:

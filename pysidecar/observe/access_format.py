@@ -198,6 +198,9 @@ _SIMPLE: dict[str, Getter] = {
     "DOWNSTREAM_REMOTE_ADDRESS": _field("downstream_remote_address"),
     "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": lambda i: _without_port(i.downstream_remote_address),
     "REQUESTED_SERVER_NAME": _field("requested_server_name"),
+    "DOWNSTREAM_PEER_URI_SAN": _field("downstream_peer_uri_san"),
+    "DOWNSTREAM_LOCAL_URI_SAN": _field("downstream_local_uri_san"),
+    "UPSTREAM_PEER_URI_SAN": _field("upstream_peer_uri_san"),
     "ROUTE_NAME": _field("route_name"),
     "HOSTNAME": lambda i: _HOSTNAME,
 }

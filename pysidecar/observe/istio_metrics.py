@@ -13,7 +13,11 @@ Promises:
   response_code, no grpc_response_status). A TCP connection is counted when it closes: the
   data path reports a connection once, finished.
 - Reporter is `source` for outbound listeners, `destination` for inbound ones; our side of the
-  labels comes from `WorkloadMetadata`, the peer's side is `unknown` (no metadata exchange).
+  labels comes from `WorkloadMetadata`, the peer's side is `unknown` (no metadata exchange)
+  except the principals, which mutual TLS tells as Istio's stats plugin reads them: inbound,
+  source_principal is the client certificate's URI SAN, destination_principal our own, and
+  connection_security_policy `mutual_tls` (else `none`); outbound, destination_principal is
+  the upstream certificate's URI SAN and source_principal our own (policy `unknown`).
 - `record()` costs one tuple and one dict lookup per stream once a label set has been seen;
   labels are computed on the first sighting only. Distinct label sets are capped
   (MAX_LABEL_SETS) so a client inventing Host headers cannot grow memory without bound.
@@ -109,10 +113,28 @@ def _workload(side: str, meta: WorkloadMetadata | None) -> dict[str, str]:
     }
 
 
+def _principals(info: StreamInfo, inbound: bool, own: str | None) -> dict[str, str]:
+    tls = info.downstream_tls
+    if inbound:
+        mutual = tls is not None and tls.mutual
+        return {
+            "source_principal": (tls.peer_uri if mutual else None) or UNKNOWN,
+            "destination_principal": (tls.local_uri if mutual else None) or UNKNOWN,
+            "connection_security_policy": "mutual_tls" if mutual else "none",
+        }
+    peer = info.upstream_peer_uri_san
+    return {
+        "source_principal": (own if peer else None) or UNKNOWN,
+        "destination_principal": peer or UNKNOWN,
+        "connection_security_policy": UNKNOWN,
+    }
+
+
 def labels_for(
-    meta: WorkloadMetadata, inbound: bool, info: StreamInfo, names: tuple[str, ...]
+    meta: WorkloadMetadata, inbound: bool, info: StreamInfo, names: tuple[str, ...], own: str | None = None
 ) -> tuple[tuple[str, str], ...]:
-    """Istio's labels for one finished stream, in Istio's order (`names`)."""
+    """Istio's labels for one finished stream, in Istio's order (`names`); `own`: our SPIFFE
+    identity, when we have one."""
     service, service_name, service_ns = destination_service(info.upstream_cluster, info.authority)
     values: dict[str, str] = {
         "reporter": "destination" if inbound else "source",
@@ -125,8 +147,7 @@ def labels_for(
         "response_code": str(info.response_code),
         "grpc_response_status": "",
         "response_flags": info.response_flags_text,
-        # No mTLS: an inbound connection is known to be plain text, outbound is not reported.
-        "connection_security_policy": "none" if inbound else UNKNOWN,
+        **_principals(info, inbound, own),
     }
     return tuple((k, values[k]) for k in names)
 
@@ -144,15 +165,31 @@ class IstioRecorder:
         self.meta = meta
         self._http: dict[tuple[Any, ...], IstioHttpStats] = {}
         self._tcp: dict[tuple[Any, ...], IstioTcpStats] = {}
+        # Our SPIFFE identity (the config's workload certificate), set by the worker per config.
+        self.own: str | None = None
+
+    def _peers(self, info: StreamInfo) -> tuple[str | None, str | None, str | None]:
+        """What of the stream's TLS changes its labels (part of the label-set key)."""
+        tls = info.downstream_tls
+        if tls is None:
+            return (None, None, info.upstream_peer_uri_san)
+        return (tls.peer_uri if tls.mutual else "", tls.local_uri, info.upstream_peer_uri_san)
+
+    def set_identity(self, spiffe_id: str | None) -> None:
+        """Our identity for the principals; label sets computed under another are dropped."""
+        if spiffe_id != self.own:
+            self.own = spiffe_id
+            self._http.clear()
+            self._tcp.clear()
 
     def record(self, info: StreamInfo, inbound: bool) -> None:
         flags = info.response_flags
         if info.protocol is None:
-            key: tuple[Any, ...] = (inbound, info.upstream_cluster, tuple(flags))
+            key: tuple[Any, ...] = (inbound, info.upstream_cluster, tuple(flags), *self._peers(info))
             tcp = self._tcp.get(key)
             if tcp is None:
                 tcp = self._tcp[key] = self.stats.block(
-                    IstioTcpStats, encode_scope(labels_for(self.meta, inbound, info, TCP_LABELS))
+                    IstioTcpStats, encode_scope(labels_for(self.meta, inbound, info, TCP_LABELS, self.own))
                 )
             tcp.istio_tcp_connections_opened_total += 1
             tcp.istio_tcp_connections_closed_total += 1
@@ -160,10 +197,10 @@ class IstioRecorder:
             tcp.istio_tcp_sent_bytes_total += info.bytes_sent
             return
         authority = info.authority if len(self._http) < MAX_LABEL_SETS else None
-        key = (inbound, info.upstream_cluster, authority, info.response_code, tuple(flags))
+        key = (inbound, info.upstream_cluster, authority, info.response_code, tuple(flags), *self._peers(info))
         http = self._http.get(key)
         if http is None:
-            labels = labels_for(self.meta, inbound, info, HTTP_LABELS)
+            labels = labels_for(self.meta, inbound, info, HTTP_LABELS, self.own)
             if authority is None and info.upstream_cluster in _CATCH_ALLS:
                 labels = tuple((k, UNKNOWN if k == "destination_service" else v) for k, v in labels)
             http = self._http[key] = self.stats.block(IstioHttpStats, encode_scope(labels))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -43,6 +44,10 @@ class StreamInfo:
     requested_server_name: str | None = None
     route_name: str | None = None
     listener_name: str | None = None
+    # The downstream TLS session (proxy/peer_tls.DownstreamTls) and the upstream's URI SAN:
+    # %DOWNSTREAM_PEER_URI_SAN%, %UPSTREAM_PEER_URI_SAN%, Istio's principals.
+    downstream_tls: Any = None
+    upstream_peer_uri_san: str | None = None
     # Headers for %REQ(X)% / %RESP(X)% beyond the named fields above (keys lower-case); the HTTP
     # path may leave them None: the common headers have fields of their own.
     request_headers: Mapping[str, str] | None = None
@@ -54,6 +59,14 @@ class StreamInfo:
             return None
         # Whole microseconds first, so float noise (3.9999996 ms) does not lose a millisecond.
         return round((self.end_time - self.start_time) * 1e6) // 1000
+
+    @property
+    def downstream_peer_uri_san(self) -> str | None:
+        return None if self.downstream_tls is None else self.downstream_tls.peer_uri
+
+    @property
+    def downstream_local_uri_san(self) -> str | None:
+        return None if self.downstream_tls is None else self.downstream_tls.local_uri
 
     @property
     def response_flags_text(self) -> str:

@@ -58,6 +58,7 @@ from pysidecar.proxy.http.http2.server_codec import PREFACE, Http2Connection
 from pysidecar.proxy.inspect import MAX_CLIENT_HELLO, TOO_LARGE, Inspection, TlsHello, decide
 from pysidecar.proxy.listener_table import ConnectionInfo, select_filter_chain
 from pysidecar.proxy.original_dst import original_dst
+from pysidecar.proxy.peer_tls import DownstreamTls
 from pysidecar.proxy.tcp_proxy import TcpProxySession
 from pysidecar.proxy.tls_terminate import HandshakeFailed, terminate
 
@@ -76,6 +77,7 @@ class ActiveConnection(asyncio.Protocol):
         "destination",
         "handshake",
         "listener",
+        "peer_tls",
         "snapshot",
         "sniff_buf",
         "sniff_timer",
@@ -95,6 +97,7 @@ class ActiveConnection(asyncio.Protocol):
         self.sniff_buf = b""
         self.sniff_timer: asyncio.TimerHandle | None = None
         self.handshake: asyncio.Task[None] | None = None
+        self.peer_tls: DownstreamTls | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -216,11 +219,11 @@ class ActiveConnection(asyncio.Protocol):
             transport.pause_reading()
             # Tracked like a session while it shakes hands, so a drain can close it.
             self.worker.connections.add(self)
-            self.handshake = self.worker.loop.create_task(self._terminate(context, chain, info, initial))
+            self.handshake = self.worker.loop.create_task(self._terminate(snapshot, context, chain, info, initial))
             return
         self._attach(chain.terminal_filter, info, transport, initial, secure=False)
 
-    async def _terminate(self, context: ssl.SSLContext, chain: FilterChain, info: ConnectionInfo, initial: bytes) -> None:
+    async def _terminate(self, snapshot: Snapshot, context: ssl.SSLContext, chain: FilterChain, info: ConnectionInfo, initial: bytes) -> None:
         """TLS first (transport_socket), then the chain's network filter on the clear text."""
         assert self.transport is not None
         stats = self.worker.stats.listener_ssl(self.listener.address.listener_name)
@@ -240,6 +243,12 @@ class ActiveConnection(asyncio.Protocol):
         stats.handshake += 1
         if not tls.get_extra_info("peercert"):
             stats.no_certificate += 1
+        identity = snapshot.bootstrap.identity
+        ts = chain.transport_socket
+        own = ts is not None and identity is not None and any(
+            c.certificate_chain.filename == identity.cert_chain_file for c in ts.tls_certificates
+        )
+        self.peer_tls = DownstreamTls.of(tls, identity.spiffe_id if own and identity else None)
         if held.lost:
             self.closed(None)
             return
@@ -264,6 +273,7 @@ class ActiveConnection(asyncio.Protocol):
             record.listener_name = self.listener.name
             record.downstream_local_address = str(info.destination)
             record.requested_server_name = info.server_name or None
+            record.downstream_tls = self.peer_tls
             peer = transport.get_extra_info("peername")
             if peer:
                 record.downstream_remote_address = str(SocketAddress(str(peer[0]), int(peer[1])))
@@ -311,6 +321,7 @@ class ActiveConnection(asyncio.Protocol):
         conn.listener_name = self.listener.name
         conn.local_address = str(info.destination)
         conn.server_name = info.server_name or None
+        conn.tls = self.peer_tls
         if secure:
             conn.scheme = b"https"
         peer = transport.get_extra_info("peername")

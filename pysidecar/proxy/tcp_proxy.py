@@ -43,6 +43,7 @@ from pysidecar.proxy.circuit_breaker import CircuitBreaker
 from pysidecar.proxy.cluster_manager import ClusterManager, ClusterRuntime
 from pysidecar.proxy.lb import Host
 from pysidecar.proxy.loop_detect import forwarding_loop, loop_message
+from pysidecar.proxy.peer_tls import uri_san
 from pysidecar.proxy.splice import SpliceRelay
 from pysidecar.proxy.upstream_tls import open_connection
 
@@ -269,6 +270,7 @@ class TcpProxySession(asyncio.Protocol):
         stats.upstream_cx_active += 1
         self.upstream = transport
         self.info.upstream_local_address = _fmt(transport.get_extra_info("sockname"))
+        self.info.upstream_peer_uri_san = uri_san(transport)
         transport.set_write_buffer_limits(high=self.limit)
         if self._pending:
             transport.writelines(self._pending)

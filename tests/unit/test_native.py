@@ -20,7 +20,7 @@ from pysidecar import native
 from pysidecar.native_build import closure
 
 PROBE = (
-    "import pysidecar.proxy.http.headers as h, pysidecar.proxy.http.stream as s;"
+    "import pysidecar.proxy.http.headers as h, pysidecar.proxy.http.active_stream as s;"
     "from pysidecar import native;"
     "print(h.__file__.endswith('.so'), s.__file__.endswith('.so'), hasattr(h, 'EDITED'));"
     "print(native.status())"

@@ -180,7 +180,11 @@ def connection_manager(p: InboundPort) -> HttpConnectionManager:
     vhost = VirtualHost(name=f"inbound|http|{p.service_port}", domains=("*",), routes=(default_route(p),))
     rc = RouteConfiguration(name=p.cluster_name, virtual_hosts=(vhost,), validate_clusters=False)
     hcm = rt.connection_manager(f"inbound_{p.chain_name}", rc)
-    return replace(hcm, server_name=INBOUND_SERVER_NAME)
+    # listener_inbound.go: append the client's certificate details to XFCC and forward it.
+    return replace(
+        hcm, server_name=INBOUND_SERVER_NAME,
+        forward_client_cert_details="APPEND_FORWARD", set_current_client_cert_details=("subject", "dns", "uri"),
+    )  # fmt: skip
 
 
 def _match(p: InboundPort, alpns: tuple[str, ...] = (), transport: str = PLAINTEXT) -> FilterChainMatch:

@@ -52,6 +52,7 @@ from pysidecar.proxy.http.headers import (
 from pysidecar.proxy.http.request_id import request_id
 from pysidecar.proxy.http.route_table import resolve_route
 from pysidecar.proxy.http.stream_state import RESPONSE_DONE, RESPONSE_STARTED, STARTED
+from pysidecar.proxy.http.xfcc import forward_client_cert
 
 if TYPE_CHECKING:
     import asyncio
@@ -149,6 +150,7 @@ class ActiveStream:
         if cfg.edge:
             clean, noted = edge_request(clean, noted, conn.peer_ip, conn.scheme)
             info.x_forwarded_for = (get(clean, b"x-forwarded-for") or b"").decode("latin-1")
+        clean = forward_client_cert(clean, cfg.xfcc_mode, cfg.xfcc_details, conn.tls)
         host_b = noted.get(b"host", b"")
         if url[:7].lower() == b"http://":  # absolute-form: the URL's authority wins
             rest = url[7:]

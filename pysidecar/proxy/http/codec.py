@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from pysidecar.proxy.http.compiled import CompiledHcm
     from pysidecar.proxy.http.conn_pool import PoolManager
     from pysidecar.proxy.http.headers import Headers
+    from pysidecar.proxy.peer_tls import DownstreamTls
     from pysidecar.proxy.worker import Worker
 
 
@@ -56,6 +57,7 @@ class DownstreamCodec(Protocol):
     scheme: bytes
     peer_ip: str
     draining: bool
+    tls: DownstreamTls | None  # the terminated TLS session's peer (x-forwarded-client-cert)
 
     def encode_continue(self, st: ActiveStream) -> None: ...
 
@@ -145,6 +147,9 @@ class UpstreamCodec(Protocol):
 
     def sockname(self) -> str | None:
         """Our address on this connection, `ip:port` (cached by the codec)."""
+
+    def peer_uri_san(self) -> str | None:
+        """The upstream certificate's URI SAN on a TLS connection (its SPIFFE identity)."""
 
     def encode_headers(
         self, method: bytes, target: bytes, headers: Headers, body: list[bytes], chunked: bool

@@ -36,6 +36,8 @@ class CompiledHcm:
         "table",
         "underscores",
         "upgrades",
+        "xfcc_details",
+        "xfcc_mode",
     )
 
     def __init__(self, config: HttpConnectionManager, direction: TrafficDirection) -> None:
@@ -49,6 +51,8 @@ class CompiledHcm:
         self.decorate_response = config.tracing and direction is TrafficDirection.INBOUND
         self.header_limit = config.max_request_headers_kb * 1024
         self.edge = config.use_remote_address
+        self.xfcc_mode = config.forward_client_cert_details
+        self.xfcc_details = config.set_current_client_cert_details
         self.header_count_limit = config.max_headers_count
         # headers_with_underscores_action: 0 ALLOW, 1 REJECT_REQUEST, 2 DROP_HEADER.
         self.underscores = ("ALLOW", "REJECT_REQUEST", "DROP_HEADER").index(

@@ -21,6 +21,7 @@ from pysidecar.observe.stats import HttpConnManagerStats
 from pysidecar.observe.stream_info import StreamInfo
 from pysidecar.proxy.http.compiled import CompiledHcm
 from pysidecar.proxy.http.conn_pool import PoolManager
+from pysidecar.proxy.peer_tls import DownstreamTls
 
 if TYPE_CHECKING:
     from pysidecar.proxy.http.active_stream import ActiveStream
@@ -50,6 +51,7 @@ class Downstream(asyncio.Protocol):
         "started_at",
         "stats",
         "stream_idle_timer",
+        "tls",
         "transport",
         "worker",
     )
@@ -84,6 +86,7 @@ class Downstream(asyncio.Protocol):
         # The downstream connection's scheme: x-forwarded-proto when the client sent none.
         self.scheme = b"http"
         self.server_name: str | None = None  # the TLS SNI, for %REQUESTED_SERVER_NAME%
+        self.tls: DownstreamTls | None = None  # the terminated TLS session's peer, if any
         self.started_at = 0.0
         self._record_cb: Callable[[StreamInfo], Any] | None = getattr(worker, "stream_complete", None)
 

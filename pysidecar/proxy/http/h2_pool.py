@@ -33,6 +33,7 @@ from pysidecar.proxy.http.h2_upstream import H2UpstreamStream, Http2UpstreamConn
 from pysidecar.proxy.http.http1.conn_pool import transport_failure
 from pysidecar.proxy.http.retry import CONNECT_FAILURE, CONNECT_TIMEOUT, OVERFLOW
 from pysidecar.proxy.http.upstream_callbacks import UpstreamStreamCallbacks
+from pysidecar.proxy.upstream_tls import open_connection
 
 
 class PoolClient(UpstreamStreamCallbacks, Protocol):
@@ -200,9 +201,7 @@ class Http2HostPool:
         bind = self.cluster.bind_address_for(self.host[0])
         started = self.loop.time()
         fut = asyncio.ensure_future(
-            self.loop.create_connection(
-                lambda: conn, self.host[0], self.host[1], local_addr=(bind, 0) if bind else None
-            )
+            open_connection(self.loop, lambda: conn, self.host, bind, self.cluster.upstream_tls(self.host), http="2")
         )
         timer = self.loop.call_later(self.cluster.config.connect_timeout, fut.cancel)
         fut.add_done_callback(self._settled(conn, timer, started))

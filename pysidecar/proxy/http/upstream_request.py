@@ -75,6 +75,7 @@ class UpstreamRequest:
         self.upstream = up
         up.attach(self)
         self.router.stream.info.upstream_local_address = up.sockname()
+        self.router.stream.info.upstream_peer_uri_san = up.peer_uri_san()
         self.router.encode_request(self, up)
 
     def upstream_connect_failed(self, reason: str, failure: str | None) -> None:

@@ -25,6 +25,7 @@ import httptools
 from pysidecar.proxy.http.header_validation import upstream_head_problem
 from pysidecar.proxy.http.http1.wire import CHUNK_END, CRLF, encode_request_head
 from pysidecar.proxy.http.retry import CONNECTION_TERMINATION, PROTOCOL_ERROR
+from pysidecar.proxy.peer_tls import uri_san
 
 if TYPE_CHECKING:
     from pysidecar.proxy.http.codec import UpstreamAttempt
@@ -167,6 +168,9 @@ class UpstreamConnection(asyncio.Protocol):
                 host, port = str(sock[0]), int(sock[1])
                 local = self.local_address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return local
+
+    def peer_uri_san(self) -> str | None:
+        return uri_san(self.transport)
 
     def write_eof(self) -> None:
         t = self.transport

@@ -238,7 +238,7 @@ class HostPool:
         bind = self.cluster.bind_address_for(self.host[0])
         started = self.loop.time()
         fut = asyncio.ensure_future(
-            open_connection(self.loop, lambda: conn, self.host, bind, self.cluster.upstream_tls(self.host), http=True)
+            open_connection(self.loop, lambda: conn, self.host, bind, self.cluster.upstream_tls(self.host), http="1.1")
         )
         timer = self.loop.call_later(self.cluster.config.connect_timeout, fut.cancel)
         fut.add_done_callback(self._settled(conn, timer, started))

@@ -89,6 +89,7 @@ class Http1RequestDecoder(Http1ResponseEncoder):
         info.downstream_local_address = self.local_address
         info.downstream_remote_address = self.peer
         info.requested_server_name = self.server_name
+        info.downstream_tls = self.tls
         self.parsing = st
         self.head_size = 0
         self.in_head = True

@@ -269,6 +269,7 @@ class Http2Connection(Http2ResponseEncoder):
         info.downstream_local_address = self.local_address
         info.downstream_remote_address = self.peer
         info.requested_server_name = self.server_name
+        info.downstream_tls = self.tls
         authority = b""
         headers: Headers = []
         host: bytes | None = None
