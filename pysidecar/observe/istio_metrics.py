@@ -27,7 +27,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pysidecar.model import BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER
+from pysidecar.model import (
+    BLACKHOLE_CLUSTER,
+    INBOUND_PASSTHROUGH_CLUSTER_IPV4,
+    INBOUND_PASSTHROUGH_CLUSTER_IPV6,
+    PASSTHROUGH_CLUSTER,
+)
 from pysidecar.observe.stats import Counter, Histogram, StatsBlock, StatsStore
 from pysidecar.observe.stream_info import StreamInfo
 from pysidecar.observe.workload import UNKNOWN, WorkloadMetadata
@@ -65,7 +70,7 @@ TCP_LABELS: tuple[str, ...] = tuple(
 
 # Beyond this many label sets per worker, the Host header no longer makes a new one.
 MAX_LABEL_SETS = 10_000
-_CATCH_ALLS = (PASSTHROUGH_CLUSTER, BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER)
+_CATCH_ALLS = (PASSTHROUGH_CLUSTER, BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER_IPV4, INBOUND_PASSTHROUGH_CLUSTER_IPV6)
 
 
 class IstioHttpStats(StatsBlock):

@@ -13,7 +13,7 @@ from pysidecar.model.http import (
     FaultInjection,
     HttpConnectionManager,
     HttpFilter,
-    LuaHeaderAdd,
+    LuaConfig,
     Route,
     RouteAction,
     RouteConfiguration,
@@ -92,7 +92,8 @@ def _hcm(filters: tuple[HttpFilter, ...], fault: bool = False) -> HttpConnection
 
 
 def test_the_chain_is_the_configured_filters_router_last() -> None:
-    lua = HttpFilter("envoy.filters.http.lua", LUA_TYPE, (LuaHeaderAdd(True, "x-a", "1"),))
+    code = 'function envoy_on_response(h) h:headers():add("x-a", "1") end'
+    lua = HttpFilter("envoy.filters.http.lua", LUA_TYPE, lua=LuaConfig(code))
     chain = build_chain(_hcm((lua, ROUTER)))
     assert [type(f) for f in chain] == [LuaFilter, RouterFilter]
     assert chain[0].encodes and not chain[1].encodes

@@ -56,6 +56,7 @@ from pysidecar.proxy.http.xfcc import forward_client_cert
 
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Callable
 
     from pysidecar.proxy.http.codec import DownstreamCodec, UpstreamCodec
     from pysidecar.proxy.http.headers import HeaderOps
@@ -70,6 +71,7 @@ class ActiveStream:
     __slots__ = (
         "body_bytes",
         "body_parts",
+        "body_waiter",
         "chunked_in",
         "chunked_out",
         "close_after",
@@ -129,6 +131,8 @@ class ActiveStream:
         self.response_ops: HeaderOps = ()
         self.route: CompiledRoute | None = None
         self.router: Router | None = None
+        # A filter that needs the whole request body (Lua's body()): called at its end.
+        self.body_waiter: Callable[[], None] | None = None
         self.filter_timer: asyncio.TimerHandle | None = (
             None  # a filter holding the request (fault delay): its timer
         )
@@ -199,13 +203,7 @@ class ActiveStream:
             self.close_after = self.close_after or refused[0] == 400
             self.local_reply(refused[0], b"", (), refused[1])
             return
-        self.vhost, route, self.tls_redirect = resolve_route(
-            cfg.table, host, path, headers, noted.get(b"x-forwarded-proto") or conn.scheme
-        )
-        self.route = route
-        if route is not None:
-            info.route_name = route.route.name or None
-            self.response_ops = route.response_ops
+        route = self.route_request(headers)
         # The base of the upstream request's headers, in Envoy's order: the client's headers
         # in place (host first), then what the connection manager adds (x-forwarded-proto, a
         # generated x-request-id, the decorator); the filters and the router add theirs after.
@@ -225,6 +223,19 @@ class ActiveStream:
         self.up_headers = up
         self.filter_index = 0
         self.continue_decoding()
+
+    def route_request(self, headers: Headers) -> CompiledRoute | None:
+        """Choose the route for host, path and `headers` (again when a filter changed them:
+        Envoy's clearRouteCache)."""
+        conn = self.conn
+        self.vhost, route, self.tls_redirect = resolve_route(
+            conn.cfg.table, self.host, self.path, headers, self.noted.get(b"x-forwarded-proto") or conn.scheme
+        )
+        self.route = route
+        if route is not None:
+            self.info.route_name = route.route.name or None
+            self.response_ops = route.response_ops
+        return route
 
     def continue_decoding(self) -> None:
         """Run the decoder filters from `filter_index` until one stops the chain (the router
@@ -253,6 +264,11 @@ class ActiveStream:
             return
         self.body_parts.append(data)
         self.body_bytes += n
+        if self.body_waiter is not None and self.body_bytes > self.conn.buffer_limit:
+            # A filter buffering the whole body past the limit: Envoy's 413.
+            self.body_waiter = None
+            self.send_local_reply(lr.PAYLOAD_TOO_LARGE)
+            return
         if self.body_bytes > self.conn.buffer_limit and not self.paused_for_body:
             self.retain = False
             self.paused_for_body = True
@@ -273,6 +289,10 @@ class ActiveStream:
             return  # ends once (HTTP/2: END_STREAM after trailers)
         if state & RESPONSE_DONE:
             self.conn.stream_done(self)
+            return
+        if self.body_waiter is not None:
+            waiter, self.body_waiter = self.body_waiter, None
+            waiter()
             return
         router = self.router
         if router is not None:

@@ -65,6 +65,8 @@ REDIRECT_DETAILS = "direct_response"
 TLS_REDIRECT = LocalReply(301, b"", (), REDIRECT_DETAILS)
 ROUTE_TIMEOUT = LocalReply(504, UPSTREAM_TIMEOUT_BODY, (), "response_timeout")
 INTERNAL_ERROR = LocalReply(500, b"Internal Server Error", (), "internal_error")
+# A filter buffering a request body past the buffer limit (Envoy's decoder buffer overflow).
+PAYLOAD_TOO_LARGE = LocalReply(413, b"Payload Too Large", (), "request_payload_too_large")
 
 
 def cluster_not_found(status: int) -> LocalReply:
