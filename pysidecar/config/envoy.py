@@ -462,8 +462,10 @@ def admin(node: Node) -> Admin:
 
 def bootstrap(root: Node) -> Bootstrap:
     f = root.fields("static_resources", "admin", "node")
+    node_id = node_cluster = ""
     if (node_info := f.get("node")) is not None:
-        node_info.fields("id", "cluster", "metadata", "locality")
+        nf = node_info.fields("id", "cluster", "metadata", "locality")
+        node_id, node_cluster = nf.opt("id", Node.string, ""), nf.opt("cluster", Node.string, "")
     listeners: list[Listener] = []
     clusters: list[Cluster] = []
     if (static := f.get("static_resources")) is not None:
@@ -476,6 +478,8 @@ def bootstrap(root: Node) -> Bootstrap:
         clusters=tuple(clusters),
         admin=admin(adm) if adm is not None else None,
         sources=(root.file,),
+        node_id=node_id,
+        node_cluster=node_cluster,
     )
     check_references(result, root)
     for check in BOOTSTRAP_CHECKS:

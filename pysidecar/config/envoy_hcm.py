@@ -310,9 +310,12 @@ def route_action(node: Node) -> RouteAction:
                 f"total_weight {tw.value} is not the sum of the weights ({sum(w.weight for w in weights)})"
             )
     if (mgt := f.get("max_grpc_timeout")) is not None:
-        mgt.duration()
+        mgt.fail("max_grpc_timeout (deprecated) is not supported; use max_stream_duration.grpc_timeout_header_max")
+    stream_duration, grpc_max = 0.0, None
     if (msd := f.get("max_stream_duration")) is not None:
-        msd.fields("max_stream_duration", "grpc_timeout_header_max")
+        mf = msd.fields("max_stream_duration", "grpc_timeout_header_max")
+        stream_duration = mf.opt("max_stream_duration", Node.duration, 0.0)
+        grpc_max = mf.opt("grpc_timeout_header_max", Node.duration, None)
     rewrite: RegexRewrite | None = None
     if (rr := f.get("regex_rewrite")) is not None:
         rf = rr.fields("pattern", "substitution")
@@ -325,6 +328,8 @@ def route_action(node: Node) -> RouteAction:
         weighted_clusters=tuple(weights),
         timeout=f.opt("timeout", Node.duration, 15.0),
         idle_timeout=f.opt("idle_timeout", Node.duration, None),
+        max_stream_duration=stream_duration,
+        grpc_timeout_header_max=grpc_max,
         retry_policy=f.opt("retry_policy", retry_policy, None),
         prefix_rewrite=f.opt("prefix_rewrite", Node.header_value, None),
         regex_rewrite=rewrite,

@@ -205,6 +205,13 @@ def route(r: Route) -> dict[str, Any]:
             }
         if a.idle_timeout is not None:
             action["idle_timeout"] = duration(a.idle_timeout)
+        msd: dict[str, Any] = {}
+        if a.max_stream_duration:
+            msd["max_stream_duration"] = duration(a.max_stream_duration)
+        if a.grpc_timeout_header_max is not None:
+            msd["grpc_timeout_header_max"] = duration(a.grpc_timeout_header_max)
+        if msd:
+            action["max_stream_duration"] = msd
         if a.retry_policy is not None:
             action["retry_policy"] = retry_policy(a.retry_policy)
         if a.prefix_rewrite is not None:

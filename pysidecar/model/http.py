@@ -160,6 +160,10 @@ class RouteAction:
     host_rewrite_literal: str | None = None
     # Envoy's cluster_not_found_response_code: SERVICE_UNAVAILABLE (503) by default.
     cluster_not_found_response_code: int = 503
+    # max_stream_duration: max_stream_duration (0: none) and grpc_timeout_header_max (None:
+    # the grpc-timeout header is not used; 0: used uncapped; else its cap).
+    max_stream_duration: float = 0.0
+    grpc_timeout_header_max: float | None = None
 
     @property
     def cluster_names(self) -> tuple[str, ...]:

@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pysidecar.observe.stream_info import StreamInfo
+from pysidecar.proxy.http import grpc
 from pysidecar.proxy.http import local_reply as lr
 from pysidecar.proxy.http import stream_state as ss
 from pysidecar.proxy.http.edge import edge_request
@@ -53,6 +54,7 @@ from pysidecar.proxy.http.request_id import request_id
 from pysidecar.proxy.http.route_table import resolve_route
 from pysidecar.proxy.http.stream_state import RESPONSE_DONE, RESPONSE_STARTED, STARTED
 from pysidecar.proxy.http.xfcc import forward_client_cert
+from pysidecar.proxy.tracing.http_tracer import finish_request, trace_request
 
 if TYPE_CHECKING:
     import asyncio
@@ -62,6 +64,7 @@ if TYPE_CHECKING:
     from pysidecar.proxy.http.headers import HeaderOps
     from pysidecar.proxy.http.route_table import CompiledRoute
     from pysidecar.proxy.http.router_filter import Router
+    from pysidecar.proxy.tracing.zipkin import Span
 
 # Connection tokens that are about the connection itself, not names of headers to drop.
 _CONNECTION_OWN = frozenset({b"close", b"keep-alive", b"upgrade"})
@@ -97,6 +100,7 @@ class ActiveStream:
         "retain",
         "route",
         "router",
+        "span",
         "state",
         "target",
         "tls_redirect",
@@ -130,6 +134,7 @@ class ActiveStream:
         self.close_after = False
         self.response_ops: HeaderOps = ()
         self.route: CompiledRoute | None = None
+        self.span: Span | None = None  # the zipkin span of a traced request (proxy/tracing)
         self.router: Router | None = None
         # A filter that needs the whole request body (Lua's body()): called at its end.
         self.body_waiter: Callable[[], None] | None = None
@@ -162,6 +167,7 @@ class ActiveStream:
             host_b, target = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
         self.target = target
         self.noted = noted
+        info.grpc = grpc.is_grpc(get(headers, b"content-type"))
         path = self.path = target.decode("latin-1")
         host = self.host = host_b.decode("latin-1")
         if info.protocol is None:  # an HTTP/2 connection sets its own
@@ -220,6 +226,8 @@ class ActiveStream:
             set_in_place(
                 up, noted, b"x-envoy-decorator-operation", route.route.decorator.operation.encode()
             )
+        if cfg.config.tracing is not None:
+            up = trace_request(self, cfg.config.tracing, up, cfg.egress)
         self.up_headers = up
         self.filter_index = 0
         self.continue_decoding()
@@ -349,6 +357,8 @@ class ActiveStream:
         info.response_code = status
         info.response_code_details = "via_upstream"
         info.upstream_service_time_ms = service_time_ms
+        if info.grpc:  # a trailers-only response carries its grpc-status in the head
+            info.grpc_status = grpc.grpc_status(headers)
         # One pass strips the upstream's hop-by-hop headers, puts our server in its place and
         # notes content-length and date; operations that touch those names re-check them.
         out, seen = scan_response(headers, cfg.server_header)
@@ -402,6 +412,15 @@ class ActiveStream:
         self.conn.encode_end(self)
         self.finish()
 
+    def encode_trailers(self, trailers: Headers) -> None:
+        """The upstream's response trailers end the response (gRPC's grpc-status rides here)."""
+        if self.state & RESPONSE_DONE:
+            return
+        if self.info.grpc:
+            self.info.grpc_status = grpc.grpc_status(trailers)
+        self.conn.encode_trailers(self, trailers)
+        self.finish()
+
     def encode_tunnel_data(self, data: bytes) -> None:
         self.info.bytes_sent += len(data)
         self.conn.write(data)
@@ -420,20 +439,30 @@ class ActiveStream:
 
     # == endings ================================================================================
     def send_local_reply(self, reply: lr.LocalReply) -> None:
-        self.local_reply(reply.status, reply.body, reply.flags, reply.details)
+        self.local_reply(reply.status, reply.body, reply.flags, reply.details, reply.grpc_status)
 
-    def local_reply(self, status: int, body: bytes, flags: tuple[str, ...], details: str) -> None:
+    def local_reply(
+        self, status: int, body: bytes, flags: tuple[str, ...], details: str, grpc_status: int | None = None
+    ) -> None:
         """Answer the request ourselves (Envoy's sendLocalReply) and finish the stream."""
         info = self.info
         self.drop_upstream()
         if flags:
             info.response_flags += flags
-        info.response_code = status
         info.response_code_details = details
-        info.bytes_sent += 0 if self.head_request else len(body)
-        self.conn.encode_local_reply(
-            self, status, body, self.local_reply_headers(status, body, self.response_ops)
-        )
+        if info.grpc:
+            # Envoy answers a gRPC request with a trailers-only response: 200, grpc-status
+            # mapped from the status, the body as grpc-message (checked on 1.40).
+            info.response_code = 200
+            info.grpc_status = grpc.http_to_grpc_status(status) if grpc_status is None else grpc_status
+            head = grpc.local_reply_headers(info.grpc_status, body, http_date(), self.conn.cfg.server)
+            self.conn.encode_local_reply(self, 200, b"", head[1:])
+        else:
+            info.response_code = status
+            info.bytes_sent += 0 if self.head_request else len(body)
+            self.conn.encode_local_reply(
+                self, status, body, self.local_reply_headers(status, body, self.response_ops)
+            )
         self.state = ss.advance(self.state, ss.RESPONSE_START)
         self.finish()
 
@@ -481,6 +510,8 @@ class ActiveStream:
         if self.paused_for_body:
             self.paused_for_body = False
             self.conn.resume_stream(self)
+        if self.span is not None:
+            finish_request(self)
         self.conn.stream_done(self)
 
     @property
