@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lab": ("pysidecar.lab.cli", "lab pods to explore by hand: lab up | shell POD | list | down"),
     "native": ("pysidecar.native_build", "compile the data path with mypyc (build), or say if the build is fresh (check, status)"),
     "proxy-config": ("pysidecar.observe.proxy_config", "show a running proxy's listeners, routes, clusters, endpoints like istioctl"),
+    "explain": ("pysidecar.explain.cli", "the decision trace of one connection or request: iptables rule, listener, chain, route, cluster, endpoint"),
 }
 
 
