@@ -15,7 +15,7 @@ from typing import Protocol, cast
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("pysidecar.proxy.main", "run the sidecar proxy (Envoy or Istio YAML, or embedded defaults)"),
+    "run": ("pysidecar.proxy.supervisor", "run the sidecar proxy (Envoy or Istio YAML, or embedded defaults)"),
     "init": ("pysidecar.interception.cli", "install Istio's iptables interception rules (istio-iptables flags)"),
     "demo": ("pysidecar.demo", "watch the sidecar intercept real traffic in throw-away lab pods"),
     "inject": ("pysidecar.inject.cli", "add the sidecar and its init container to Kubernetes YAML (like istioctl kube-inject)"),

@@ -17,13 +17,13 @@ import subprocess
 import sys
 import urllib.request
 
+from pysidecar.common import workload
 from pysidecar.config.loader import load
 from pysidecar.config.node import ConfigError
 from pysidecar.config.sidecar import add_interception_mode_argument, resolve_interception_mode
 from pysidecar.explain.decisions import Question, explain
 from pysidecar.explain.iptables_trace import Packet, trace_nat
 from pysidecar.model import SocketAddress
-from pysidecar.observe import workload
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

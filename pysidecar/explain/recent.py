@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from pysidecar.common.stream_info import StreamInfo
 from pysidecar.explain.decisions import Question, explain
 from pysidecar.model import Bootstrap, SocketAddress
-from pysidecar.observe.stream_info import StreamInfo
 
 RECENT: Final = 64
 
