@@ -57,7 +57,7 @@ MODULES: Final = (
     "pysidecar.proxy.http.http1.client_codec",
     "pysidecar.proxy.http.http2.response_encoder",
     "pysidecar.proxy.http.http2.server_codec",
-    "pysidecar.observe.access_format",
+    "pysidecar.common.access_format",
 )
 GROUP: Final = "pysidecar_native"  # the shared library is `pysidecar_native__mypyc`
 STAMP: Final = "stamp.json"

@@ -30,6 +30,9 @@ import ssl
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pysidecar.common import workload
+from pysidecar.common.stream_info import StreamInfo
+from pysidecar.common.tls_context import contexts_for
 from pysidecar.model import (
     AccessLogConfig,
     Bootstrap,
@@ -41,12 +44,10 @@ from pysidecar.model import (
 )
 from pysidecar.model.http import HttpConnectionManager, ZipkinProvider
 from pysidecar.model.tls import DownstreamTlsContext
-from pysidecar.observe import workload
 from pysidecar.observe.access_log import AccessLog
 from pysidecar.observe.host_stats import HostSnapshot, HostStats
 from pysidecar.observe.istio_metrics import IstioRecorder
 from pysidecar.observe.stats import StatsStore
-from pysidecar.observe.stream_info import StreamInfo
 from pysidecar.proxy.cluster_manager import ClusterManager
 from pysidecar.proxy.connection import ActiveConnection
 from pysidecar.proxy.control import ControlProtocol, Message
@@ -55,7 +56,6 @@ from pysidecar.proxy.http.http2.server_codec import Http2Connection
 from pysidecar.proxy.lb import Host
 from pysidecar.proxy.listener_table import ListenerTable
 from pysidecar.proxy.loop_detect import own_sockets
-from pysidecar.proxy.tls_context import contexts_for
 from pysidecar.proxy.tracing.reporter import ZipkinReporter, local_ipv4
 
 log = logging.getLogger(__name__)
