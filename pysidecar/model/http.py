@@ -16,6 +16,7 @@ import enum
 from dataclasses import dataclass, field
 
 from pysidecar.model.access_log import AccessLogConfig
+from pysidecar.model.rbac import RbacFilter
 
 # Plain Envoy's route timeout when a route does not set one (Istio always sets 0s).
 DEFAULT_ROUTE_TIMEOUT = 15.0
@@ -160,6 +161,10 @@ class RouteAction:
     host_rewrite_literal: str | None = None
     # Envoy's cluster_not_found_response_code: SERVICE_UNAVAILABLE (503) by default.
     cluster_not_found_response_code: int = 503
+    # max_stream_duration: max_stream_duration (0: none) and grpc_timeout_header_max (None:
+    # the grpc-timeout header is not used; 0: used uncapped; else its cap).
+    max_stream_duration: float = 0.0
+    grpc_timeout_header_max: float | None = None
 
     @property
     def cluster_names(self) -> tuple[str, ...]:
@@ -277,6 +282,7 @@ class HttpFilter:
     name: str
     type_url: str
     lua: LuaConfig | None = None
+    rbac: RbacFilter | None = None  # envoy.filters.http.rbac's rules
 
 
 @dataclass(frozen=True, slots=True)

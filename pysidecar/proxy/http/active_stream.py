@@ -27,32 +27,27 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pysidecar.observe.stream_info import StreamInfo
+from pysidecar.common.stream_info import StreamInfo
+from pysidecar.proxy.http import grpc
 from pysidecar.proxy.http import local_reply as lr
 from pysidecar.proxy.http import stream_state as ss
 from pysidecar.proxy.http.edge import edge_request
 from pysidecar.proxy.http.header_validation import hcm_path_reply
 from pysidecar.proxy.http.headers import (
-    HAS_DATE,
-    HAS_LENGTH,
-    HAS_SERVER,
-    RESPONSE_NOTED,
     Headers,
-    apply_ops,
     get,
     http_date,
-    replace_header,
     scan_request,
-    scan_response,
     set_in_place,
     strip_hop_by_hop_rare,
     tokens,
-    touches,
 )
 from pysidecar.proxy.http.request_id import request_id
+from pysidecar.proxy.http.response_head import upstream_response_head
 from pysidecar.proxy.http.route_table import resolve_route
 from pysidecar.proxy.http.stream_state import RESPONSE_DONE, RESPONSE_STARTED, STARTED
 from pysidecar.proxy.http.xfcc import forward_client_cert
+from pysidecar.proxy.tracing.http_tracer import finish_request, trace_request
 
 if TYPE_CHECKING:
     import asyncio
@@ -62,6 +57,7 @@ if TYPE_CHECKING:
     from pysidecar.proxy.http.headers import HeaderOps
     from pysidecar.proxy.http.route_table import CompiledRoute
     from pysidecar.proxy.http.router_filter import Router
+    from pysidecar.proxy.tracing.zipkin import Span
 
 # Connection tokens that are about the connection itself, not names of headers to drop.
 _CONNECTION_OWN = frozenset({b"close", b"keep-alive", b"upgrade"})
@@ -97,6 +93,7 @@ class ActiveStream:
         "retain",
         "route",
         "router",
+        "span",
         "state",
         "target",
         "tls_redirect",
@@ -130,6 +127,7 @@ class ActiveStream:
         self.close_after = False
         self.response_ops: HeaderOps = ()
         self.route: CompiledRoute | None = None
+        self.span: Span | None = None  # the zipkin span of a traced request (proxy/tracing)
         self.router: Router | None = None
         # A filter that needs the whole request body (Lua's body()): called at its end.
         self.body_waiter: Callable[[], None] | None = None
@@ -162,6 +160,7 @@ class ActiveStream:
             host_b, target = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
         self.target = target
         self.noted = noted
+        info.grpc = grpc.is_grpc(get(headers, b"content-type"))
         path = self.path = target.decode("latin-1")
         host = self.host = host_b.decode("latin-1")
         if info.protocol is None:  # an HTTP/2 connection sets its own
@@ -220,6 +219,8 @@ class ActiveStream:
             set_in_place(
                 up, noted, b"x-envoy-decorator-operation", route.route.decorator.operation.encode()
             )
+        if cfg.config.tracing is not None:
+            up = trace_request(self, cfg.config.tracing, up, cfg.egress)
         self.up_headers = up
         self.filter_index = 0
         self.continue_decoding()
@@ -341,48 +342,21 @@ class ActiveStream:
             self.conn.encode_continue(self)
 
     def encode_headers(self, status: int, headers: Headers, service_time_ms: int) -> None:
-        """The upstream's response head, as the connection manager passes it on."""
+        """The upstream's response head, as the connection manager passes it on
+        (`response_head.upstream_response_head`), to the codec."""
         conn = self.conn
-        cfg = conn.cfg
         info = self.info
         self.state = ss.advance(self.state, ss.RESPONSE_START)
         info.response_code = status
         info.response_code_details = "via_upstream"
         info.upstream_service_time_ms = service_time_ms
-        # One pass strips the upstream's hop-by-hop headers, puts our server in its place and
-        # notes content-length and date; operations that touch those names re-check them.
-        out, seen = scan_response(headers, cfg.server_header)
-        if status != 101:  # Envoy 1.40 sends no service time on a 101
-            out.append((b"x-envoy-upstream-service-time", b"%d" % service_time_ms))
-        if cfg.decorate_response:
-            decorator = self.route.route.decorator if self.route is not None else None
-            if decorator is not None:
-                out.append((b"x-envoy-decorator-operation", decorator.operation.encode()))
-        ops = self.response_ops
-        encoders = cfg.encoders
-        if ops or encoders:
-            if ops:
-                out = apply_ops(out, ops)
-            for f in encoders:
-                out = f.encode_headers(self, out)
-            if touches(ops, RESPONSE_NOTED) or cfg.encoders_touch_noted:
-                seen = (HAS_LENGTH if get(out, b"content-length") is not None else 0) | (
-                    HAS_DATE if get(out, b"date") is not None else 0
-                )
-                out = replace_header(out, b"server", cfg.server)
-                seen |= HAS_SERVER
+        if info.grpc:  # a trailers-only response carries its grpc-status in the head
+            info.grpc_status = grpc.grpc_status(headers)
+        out, has_length = upstream_response_head(self, status, headers, service_time_ms)
         if status == 101:
-            out.append((b"connection", b"upgrade"))
-            up_value = get(headers, b"upgrade")
-            if up_value is not None:
-                out.append((b"upgrade", up_value))
             self.tunnel = True
-        if not seen & HAS_DATE:
-            out.append((b"date", http_date()))
-        if not seen & HAS_SERVER:
-            out.append(cfg.server_header)
         # The codec frames it (HTTP/1: connection, chunking, the head held for the body).
-        conn.encode_headers(self, status, out, seen & HAS_LENGTH != 0)
+        conn.encode_headers(self, status, out, has_length)
         if self.tunnel:
             self.cancel_route_timer()  # an upgraded stream has no response end to time
             conn.start_tunnel(self)
@@ -400,6 +374,15 @@ class ActiveStream:
         if self.state & RESPONSE_DONE:
             return
         self.conn.encode_end(self)
+        self.finish()
+
+    def encode_trailers(self, trailers: Headers) -> None:
+        """The upstream's response trailers end the response (gRPC's grpc-status rides here)."""
+        if self.state & RESPONSE_DONE:
+            return
+        if self.info.grpc:
+            self.info.grpc_status = grpc.grpc_status(trailers)
+        self.conn.encode_trailers(self, trailers)
         self.finish()
 
     def encode_tunnel_data(self, data: bytes) -> None:
@@ -420,20 +403,30 @@ class ActiveStream:
 
     # == endings ================================================================================
     def send_local_reply(self, reply: lr.LocalReply) -> None:
-        self.local_reply(reply.status, reply.body, reply.flags, reply.details)
+        self.local_reply(reply.status, reply.body, reply.flags, reply.details, reply.grpc_status)
 
-    def local_reply(self, status: int, body: bytes, flags: tuple[str, ...], details: str) -> None:
+    def local_reply(
+        self, status: int, body: bytes, flags: tuple[str, ...], details: str, grpc_status: int | None = None
+    ) -> None:
         """Answer the request ourselves (Envoy's sendLocalReply) and finish the stream."""
         info = self.info
         self.drop_upstream()
         if flags:
             info.response_flags += flags
-        info.response_code = status
         info.response_code_details = details
-        info.bytes_sent += 0 if self.head_request else len(body)
-        self.conn.encode_local_reply(
-            self, status, body, self.local_reply_headers(status, body, self.response_ops)
-        )
+        if info.grpc:
+            # Envoy answers a gRPC request with a trailers-only response: 200, grpc-status
+            # mapped from the status, the body as grpc-message (checked on 1.40).
+            info.response_code = 200
+            info.grpc_status = grpc.http_to_grpc_status(status) if grpc_status is None else grpc_status
+            head = grpc.local_reply_headers(info.grpc_status, body, http_date(), self.conn.cfg.server)
+            self.conn.encode_local_reply(self, 200, b"", head[1:])
+        else:
+            info.response_code = status
+            info.bytes_sent += 0 if self.head_request else len(body)
+            self.conn.encode_local_reply(
+                self, status, body, self.local_reply_headers(status, body, self.response_ops)
+            )
         self.state = ss.advance(self.state, ss.RESPONSE_START)
         self.finish()
 
@@ -481,6 +474,8 @@ class ActiveStream:
         if self.paused_for_body:
             self.paused_for_body = False
             self.conn.resume_stream(self)
+        if self.span is not None:
+            finish_request(self)
         self.conn.stream_done(self)
 
     @property

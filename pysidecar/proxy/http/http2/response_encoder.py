@@ -6,7 +6,8 @@ Promises:
   carries END_STREAM, as Envoy sends a bodiless response) or the end of the upstream's read
   (`encode_flush`).
 - DATA goes out within the client's windows; the rest waits per stream (`pending`) while that
-  stream's upstream stops being read, and goes out on WINDOW_UPDATE.
+  stream's upstream stops being read, and goes out on WINDOW_UPDATE. A full socket buffer stops
+  every stream's upstream from being read until it drains (`pause_writing`).
 - Frames of one loop iteration leave in one write (`_schedule_flush`); frames queued for a
   client that does not read are counted (h2_limits: Envoy's max_outbound_frames and
   max_outbound_control_frames): past the limit the connection is aborted, counted in
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from h2.connection import H2Connection
 
     from pysidecar.proxy.http.active_stream import ActiveStream
+    from pysidecar.proxy.http.codec import UpstreamCodec
     from pysidecar.proxy.http.headers import Headers
 
 log = logging.getLogger(__name__)
@@ -46,11 +48,12 @@ HELD = b"held"
 class Pending:
     """Response bytes the client's window does not take yet, and whether the end follows."""
 
-    __slots__ = ("data", "end")
+    __slots__ = ("data", "end", "trailers")
 
     def __init__(self) -> None:
         self.data: list[bytes] = []
         self.end = False
+        self.trailers: Headers | None = None  # sent as the end, after the data
 
 
 class Http2ResponseEncoder(Downstream):
@@ -64,10 +67,12 @@ class Http2ResponseEncoder(Downstream):
         "h2stats",
         "held",
         "ids",
+        "paused_upstreams",
         "pending",
         "streams",
         "write_blocked",
     )
+    paused_upstreams: list[tuple[int, UpstreamCodec]]  # read-disabled while the socket is full
     h2: H2Connection
     streams: dict[int, ActiveStream]
     ids: dict[ActiveStream, int]
@@ -137,6 +142,24 @@ class Http2ResponseEncoder(Downstream):
             self._send_head(st, sid, True)
         elif self._open(sid):
             self._send(sid, b"", True)
+
+    def encode_trailers(self, st: ActiveStream, trailers: Headers) -> None:
+        """Trailers end the stream: HEADERS with END_STREAM once the data before them is out."""
+        sid = self._sid(st)
+        if sid is None or (sid in self.held and not self._send_head(st, sid, False)) or not self._open(sid):
+            return
+        p = self.pending.get(sid)
+        if p is not None:
+            p.trailers, p.end = trailers, True
+            return
+        self.ended.add(sid)
+        try:
+            self.h2.send_headers(sid, trailers, end_stream=True)
+        except h2.exceptions.ProtocolError as e:
+            log.debug("http2: trailers refused: %r", e)
+            self.reset_stream(st)
+            return
+        self._schedule_flush()
 
     def encode_local_reply(
         self, st: ActiveStream, status: int, body: bytes, headers: Headers
@@ -225,7 +248,9 @@ class Http2ResponseEncoder(Downstream):
                 p.data.pop(0)
             if not p.data:
                 del self.pending[s]
-                if p.end:  # the stream is done on our side already: `ended` is not needed
+                if p.trailers is not None:
+                    self.h2.send_headers(s, p.trailers, end_stream=True)
+                elif p.end:  # the stream is done on our side already: `ended` is not needed
                     self.h2.end_stream(s)
                 self._resume_upstream(s)
 
@@ -242,6 +267,21 @@ class Http2ResponseEncoder(Downstream):
         up = st.upstream() if st is not None else None
         if up is not None:
             up.resume_reading()
+
+    def pause_writing(self) -> None:
+        self.write_blocked = True
+        for sid, st in self.streams.items():
+            up = st.upstream()
+            if up is not None:
+                up.pause_reading()
+                self.paused_upstreams.append((sid, up))
+
+    def resume_writing(self) -> None:
+        self.write_blocked = False
+        ups, self.paused_upstreams = self.paused_upstreams, []
+        for sid, up in ups:
+            if sid not in self.pending:
+                up.resume_reading()
 
     def _schedule_flush(self) -> None:
         if not self.flush_scheduled:
