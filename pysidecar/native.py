@@ -50,6 +50,7 @@ MODULES: Final = (
     "pysidecar.proxy.http.router_filter",
     "pysidecar.proxy.http.upstream_request",
     "pysidecar.proxy.http.route_table",
+    "pysidecar.proxy.http.response_head",
     "pysidecar.proxy.http.http1.wire",
     "pysidecar.proxy.http.http1.response_encoder",
     "pysidecar.proxy.http.http1.request_decoder",
@@ -57,7 +58,7 @@ MODULES: Final = (
     "pysidecar.proxy.http.http1.client_codec",
     "pysidecar.proxy.http.http2.response_encoder",
     "pysidecar.proxy.http.http2.server_codec",
-    "pysidecar.observe.access_format",
+    "pysidecar.common.access_format",
 )
 GROUP: Final = "pysidecar_native"  # the shared library is `pysidecar_native__mypyc`
 STAMP: Final = "stamp.json"

@@ -27,9 +27,14 @@ import random
 import signal
 import socket
 import ssl
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pysidecar.common import workload
+from pysidecar.common.stream_info import StreamInfo
+from pysidecar.common.tls_context import contexts_for
+from pysidecar.explain.recent import RECENT, record
 from pysidecar.model import (
     AccessLogConfig,
     Bootstrap,
@@ -41,12 +46,10 @@ from pysidecar.model import (
 )
 from pysidecar.model.http import HttpConnectionManager, ZipkinProvider
 from pysidecar.model.tls import DownstreamTlsContext
-from pysidecar.observe import workload
 from pysidecar.observe.access_log import AccessLog
 from pysidecar.observe.host_stats import HostSnapshot, HostStats
 from pysidecar.observe.istio_metrics import IstioRecorder
 from pysidecar.observe.stats import StatsStore
-from pysidecar.observe.stream_info import StreamInfo
 from pysidecar.proxy.cluster_manager import ClusterManager
 from pysidecar.proxy.connection import ActiveConnection
 from pysidecar.proxy.control import ControlProtocol, Message
@@ -55,7 +58,6 @@ from pysidecar.proxy.http.http2.server_codec import Http2Connection
 from pysidecar.proxy.lb import Host
 from pysidecar.proxy.listener_table import ListenerTable
 from pysidecar.proxy.loop_detect import own_sockets
-from pysidecar.proxy.tls_context import contexts_for
 from pysidecar.proxy.tracing.reporter import ZipkinReporter, local_ipv4
 
 log = logging.getLogger(__name__)
@@ -180,6 +182,8 @@ class Worker:
         self.node_id = bootstrap.node_id
         self.service_cluster = bootstrap.node_cluster or "pysidecar"
         self.local_ip = local_ipv4()
+        # The last finished streams, for the admin's /explain (a bounded deque: one append each).
+        self.recent: deque[StreamInfo] = deque(maxlen=RECENT)
 
     def zipkin(self, provider: ZipkinProvider) -> ZipkinReporter:
         found = self._zipkin.get(provider)
@@ -264,6 +268,7 @@ class Worker:
         """A TCP connection or HTTP request is finished: metrics, host counters, access log."""
         self.istio.record(info, info.listener_name in self.snapshot.inbound)
         self.hosts.record(info)
+        self.recent.append(info)
         log = self.access_log
         if log is not None:
             log.log(info)
@@ -299,6 +304,8 @@ class Worker:
 
             setup_logging(str(msg["level"]))
             return True
+        if op == "recent":
+            return [record(i) for i in list(self.recent)[-int(msg.get("n", RECENT)) :]]
         if op == "ping":
             return {"worker": self.index, "connections": len(self.connections)}
         raise ValueError(f"unknown control op {op!r}")

@@ -14,6 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from pysidecar.common.workload import resolve_labels
 from pysidecar.config.loader import load
 from pysidecar.inject.cli import mesh_hold_default
 from pysidecar.inject.containers import load_template
@@ -21,8 +22,7 @@ from pysidecar.inject.objects import inject_text
 from pysidecar.inject.pod import Settings
 from pysidecar.model import Bootstrap, ClusterType, SocketAddress
 from pysidecar.model.http import HttpConnectionManager
-from pysidecar.observe.workload import resolve_labels
-from pysidecar.proxy import main as run
+from pysidecar.proxy import supervisor as run
 from tests.tlscerts import SeedCerts, tls_secret
 
 ROOT = Path(__file__).resolve().parents[2]

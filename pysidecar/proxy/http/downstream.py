@@ -16,9 +16,9 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from pysidecar.common.stream_info import StreamInfo
 from pysidecar.model import SocketAddress
 from pysidecar.observe.stats import HttpConnManagerStats
-from pysidecar.observe.stream_info import StreamInfo
 from pysidecar.proxy.http.compiled import CompiledHcm
 from pysidecar.proxy.http.conn_pool import PoolManager
 from pysidecar.proxy.peer_tls import DownstreamTls
@@ -111,6 +111,14 @@ class Downstream(asyncio.Protocol):
         self.closing = True
         if self.transport is not None:
             self.transport.abort()
+
+    def describe(self, info: StreamInfo) -> None:
+        """What a new stream's record says about its connection, whatever the codec."""
+        info.listener_name = self.listener_name
+        info.downstream_local_address = self.local_address
+        info.downstream_remote_address = self.peer
+        info.requested_server_name = self.server_name
+        info.downstream_tls = self.tls
 
     def record(self, st: ActiveStream) -> None:
         record_stream(self.stats, st, self._record_cb)

@@ -26,11 +26,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pysidecar.config.istio.meta import DEFAULT_NAMESPACE
-
 log = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
+DEFAULT_NAMESPACE = "default"  # Kubernetes' (config/istio/meta.py names it for Istio's YAML)
 LABELS_FILE = "/etc/istio/pod/labels"
 METAJSON_LABELS = "ISTIO_METAJSON_LABELS"
 

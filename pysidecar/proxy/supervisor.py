@@ -1,4 +1,5 @@
-"""`pysidecar run`: the main process. Loads the config, starts the workers, serves admin.
+"""`pysidecar run`: the supervisor (the main process). Loads the config, starts the workers,
+serves admin.
 
 Promises:
 - A config error is reported with file, YAML path and what was expected, and the command exits
@@ -34,14 +35,15 @@ import time
 import uvloop
 
 from pysidecar import native
+from pysidecar.common import workload
+from pysidecar.common.access_format import FormatError, formatter
 from pysidecar.config.loader import load
 from pysidecar.config.node import ConfigError
 from pysidecar.config.sidecar import add_interception_mode_argument, resolve_interception_mode
 from pysidecar.config.watch import ConfigWatcher, ReloadState
 from pysidecar.model import Bootstrap
-from pysidecar.observe import http_server, workload
-from pysidecar.observe.access_format import FormatError
-from pysidecar.observe.access_log import formatter, from_flags
+from pysidecar.observe import http_server
+from pysidecar.observe.access_log import from_flags
 from pysidecar.observe.admin import admin_routes, readiness_routes, stats_routes
 from pysidecar.observe.host_stats import HostSnapshot, merge_hosts
 from pysidecar.observe.stats import SERVER_STATES, Kind, ServerStats, merge
@@ -137,6 +139,13 @@ class Supervisor:
             *(c.request("clusters") for c in self._clients.values()), return_exceptions=True
         )
         return merge_hosts(s for s in snaps if isinstance(s, dict))
+
+    async def recent(self, n: int) -> list[dict[str, object]]:
+        """The last `n` streams the workers finished, oldest first."""
+        answers = await asyncio.gather(*(c.request("recent", n=n) for c in self._clients.values()), return_exceptions=True)
+        records = [r for a in answers if isinstance(a, list) for r in a]
+        records.sort(key=lambda r: float(r.get("time") or 0))
+        return records[-n:]
 
     async def reset_counters(self) -> None:
         await asyncio.gather(*(c.request("reset_counters") for c in self._clients.values()))
