@@ -59,7 +59,7 @@ NAMESPACE = "pysidecar-demo"
 # renamed per workload by `for_podman`), removed by name.
 VOLUMES = (
     "pysidecar-config", "httpbin-pysidecar-tmp", "sleep-pysidecar-tmp", "istio-ingressgateway-tmp",
-    "istio-ingressgateway-config-projected",
+    "httpbin-istio-certs", "sleep-istio-certs", "istio-ingressgateway-config-projected",
 )  # fmt: skip
 DEBIAN_MIRRORS = (
     "deb http://deb.debian.org/debian bookworm main",
@@ -260,6 +260,9 @@ def for_podman(docs: list[dict[str, Any]], ip: str) -> list[dict[str, Any]]:
     - container `ports` are dropped: podman 4.3 publishes every containerPort on the host's
       same port (a kubelet publishes only a hostPort), which would open the pods to the host's
       network and collide between pods (both sidecars declare 15090);
+    - a `secret` volume: podman 4.3 looks for a podman secret of that name and fails without
+      one, `optional` or not; an absent optional Secret becomes the empty directory kubelet
+      mounts (`emptyDir`), a Secret in `docs` a ConfigMap of its decoded keys (as below);
     - an `emptyDir` volume, which podman makes as a named volume shared by every pod using the
       name (a kubelet gives each pod its own), is named `<workload>-<volume>`;
     - a `projected` volume (refused: only HostPath, ConfigMap, EmptyDir, PVC) becomes a
@@ -285,6 +288,9 @@ def for_podman(docs: list[dict[str, Any]], ip: str) -> list[dict[str, Any]]:
                         del env["valueFrom"]
                         env["value"] = value
             owner = doc["metadata"]["name"]
+            for volume in spec.get("volumes", []):
+                if "secret" in volume:
+                    _secret_volume(volume, owner, by_name, namespace, extra)
             renamed = {v["name"]: f"{owner}-{v['name']}" for v in spec.get("volumes", []) if "emptyDir" in v}
             for container in [*spec.get("initContainers", []), *spec.get("containers", [])]:
                 for mount in container.get("volumeMounts", []):
@@ -297,6 +303,23 @@ def for_podman(docs: list[dict[str, Any]], ip: str) -> list[dict[str, Any]]:
                     extra.append(cm)
                     volume["configMap"] = {"name": cm["metadata"]["name"]}
     return extra + out
+
+
+def _secret_volume(
+    volume: dict[str, Any], owner: str, by_name: dict[tuple[str, str], dict[str, Any]], namespace: str,
+    extra: list[dict[str, Any]],
+) -> None:
+    source = volume.pop("secret")
+    name = str(source.get("secretName", ""))
+    if ("Secret", name) in by_name:
+        cm = _flatten_projection(f"{owner}-{volume['name']}-secret", {"sources": [{"secret": {"name": name}}]},
+                                 by_name, namespace)  # fmt: skip
+        extra.append(cm)
+        volume["configMap"] = {"name": cm["metadata"]["name"]}
+    elif source.get("optional"):
+        volume["emptyDir"] = {}  # what kubelet mounts for an absent optional Secret
+    else:
+        raise PodsError(f"{owner}: volume {volume['name']}: Secret {name!r} is not in the manifests")
 
 
 def _flatten_projection(
