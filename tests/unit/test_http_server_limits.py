@@ -6,6 +6,7 @@ and admin's `/stats?filter=` matched with RE2 (a backtracking bomb returns at on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 import threading
@@ -47,10 +48,8 @@ def talk(port: int, data: bytes, wait: float = 2.0) -> tuple[bytes, bool]:
     """(everything read, whether the server closed) after sending `data`."""
     buf = b""
     with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
-        try:
+        with contextlib.suppress(OSError):
             s.sendall(data)
-        except OSError:
-            pass
         try:
             while d := s.recv(65536):
                 buf += d
