@@ -51,6 +51,7 @@ MODULES: Final = (
     "pysidecar.proxy.http.http1.request_decoder",
     "pysidecar.proxy.http.http1.server_codec",
     "pysidecar.proxy.http.http1.client_codec",
+    "pysidecar.proxy.http.hpack_encoder",
     "pysidecar.proxy.http.http2.response_encoder",
     "pysidecar.proxy.http.http2.server_codec",
     "pysidecar.observe.access_format",
