@@ -19,14 +19,15 @@ Promises:
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from pysidecar.config.istio.meta import DEFAULT_NAMESPACE
+if TYPE_CHECKING:  # workers import this module: neither argparse nor the config front ends
+    import argparse
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,8 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve_namespace(flag: str | None, environ: Mapping[str, str] = os.environ) -> str:
     """The flag's namespace when given, else Istio's POD_NAMESPACE, else `default`."""
+    from pysidecar.config.istio.meta import DEFAULT_NAMESPACE
+
     return flag or environ.get("POD_NAMESPACE") or DEFAULT_NAMESPACE
 
 

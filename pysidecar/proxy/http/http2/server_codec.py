@@ -52,6 +52,7 @@ from pysidecar.proxy.http.compiled import CompiledHcm
 from pysidecar.proxy.http.conn_pool import PoolManager
 from pysidecar.proxy.http.header_validation import h2_request_problem
 from pysidecar.proxy.http.headers import Headers
+from pysidecar.proxy.http.hpack_encoder import StaticEncoder
 from pysidecar.proxy.http.http2.response_encoder import Http2ResponseEncoder
 from pysidecar.proxy.http.stream_state import RESPONSE_DONE, RESPONSE_STARTED
 
@@ -93,9 +94,17 @@ class Http2Connection(Http2ResponseEncoder):
             # Request headers are checked by `h2_request_problem` (h2's own checks refuse a host that
             # differs from :authority, which Envoy takes, using :authority).
             h2.config.H2Configuration(
-                client_side=False, header_encoding=None, validate_inbound_headers=False
+                client_side=False,
+                header_encoding=None,
+                validate_inbound_headers=False,
+                # Response heads are lower-cased and stripped of connection-specific fields by
+                # StaticEncoder, which encodes them: h2's per-header normalising, validating and
+                # dynamic-table search were a fifth of this path's time (bench/README.md).
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
             )
         )
+        self.h2.encoder = StaticEncoder()  # type: ignore[assignment]
         self.streams = {}
         self.ids = {}
         self.pending = {}
