@@ -69,7 +69,11 @@ LAT_CLIENTS = 10
 LAT_RPS = 1000  # total, split over LAT_CLIENTS
 
 TCP_SCENARIOS = ("tcp_1k", "tcp_1m", "bulk", "lat_tcp")
-HTTP_SCENARIOS = ("http_1k", "http_1m", "http2_1k", "lat_http")
+HTTP_SCENARIOS = ("http_1k", "http_1m", "http2_1k", "h2h2_1k", "grpc_unary", "lat_http")
+# HTTP/2 on both sides (h2h2_1k: nginx h2c upstream) and gRPC unary (grpc_unary: the grpcio
+# server of tests/grpc_app.py, a 100-byte message per call): h2load through the H2_PORT listener.
+H2H2_SCENARIOS = ("h2h2_1k", "grpc_unary")
+GRPC_MESSAGE = 100
 
 
 @dataclass
@@ -169,7 +173,8 @@ def run(cmd: list[str], timeout: float, cpu: str = LOAD_CPU) -> str:
 
 
 class Upstreams:
-    """nginx (1 KiB and 1 MiB files) and an iperf3 server, on the load CPU."""
+    """nginx (1 KiB and 1 MiB files; also h2c-only), an iperf3 server and the gRPC server, on
+    the load CPU."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -202,11 +207,22 @@ class Upstreams:
             "iperf3",
         )
         wait_port(cfg.IPERF_PORT, 10, self.procs[-1])
+        # The gRPC server (grpcio, dev dependency) and one request body: a 5-byte gRPC prefix
+        # and GRPC_MESSAGE bytes.
+        (self.workdir / "grpc-unary.bin").write_bytes(
+            b"\x00" + GRPC_MESSAGE.to_bytes(4, "big") + b"x" * GRPC_MESSAGE
+        )
+        self._spawn(
+            ["taskset", "-c", LOAD_CPU, str(VENV_BIN / "python"), "-m", "tests.grpc_app", "serve",
+             "--port", str(cfg.GRPC_PORT), "--name", "bench"],
+            "grpc",
+        )  # fmt: skip
+        wait_port(cfg.GRPC_PORT, 20, self.procs[-1])
         return self
 
     def _spawn(self, cmd: list[str], name: str) -> None:
         log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
-        self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+        self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
 
     def __exit__(self, *exc: object) -> None:
         for p in self.procs:
@@ -318,6 +334,8 @@ def proxy(
             wait_port(port, 10, proc)
         if target.http_na is None:
             target.http_na = probe_http(cfg.HTTP_PORT)
+        if target.http_na is None:
+            wait_port(cfg.H2_PORT, 10, proc)
         yield target
     finally:
         stop(proc)
@@ -410,11 +428,11 @@ def wrk(target: Target, port: int, path: str, seconds: float) -> dict[str, Any]:
     return res
 
 
-def h2load(target: Target, port: int, path: str, seconds: float) -> dict[str, Any]:
+def h2load(target: Target, port: int, path: str, seconds: float, extra_args: tuple[str, ...] = ()) -> dict[str, Any]:
     """HTTP/2 with prior knowledge (h2c): H2_CONNECTIONS connections of H2_STREAMS streams."""
     cmd = [
         "h2load", "-t1", f"-c{H2_CONNECTIONS}", f"-m{H2_STREAMS}", f"-D{max(1, round(seconds))}",
-        f"http://127.0.0.1:{port}{path}",
+        *extra_args, f"http://127.0.0.1:{port}{path}",
     ]  # fmt: skip
     out, extra = measure_proxy(target, seconds, lambda: run(cmd, seconds + 30))
     w = parse_h2load(out)
@@ -470,7 +488,7 @@ def run_scenario(
         return {"na": "the upstream (nginx) serves no h2c"}
     if scenario.startswith(("http", "lat_http")) and target.name == "direct":
         return {"same_as": scenario.replace("http", "tcp")}
-    if scenario.startswith(("http", "lat_http")) and target.http_na:
+    if scenario.startswith(("http", "lat_http", *H2H2_SCENARIOS)) and target.http_na:
         return {"na": target.http_na}
     tag = f"{target.name}-{scenario}-{rep}"
     if scenario == "tcp_1k":
@@ -483,6 +501,12 @@ def run_scenario(
         return wrk(target, target.http_port(), "/1m", d)
     if scenario == "http2_1k":
         return h2load(target, target.http_port(), "/1k", d)
+    if scenario == "h2h2_1k":
+        return h2load(target, cfg.NGINX_H2C_PORT if target.name == "direct" else cfg.H2_PORT, "/1k", d)
+    if scenario == "grpc_unary":
+        grpc_args = ("-d", str(workdir / "grpc-unary.bin"), "-H", "content-type: application/grpc", "-H", "te: trailers")
+        port = cfg.GRPC_PORT if target.name == "direct" else cfg.H2_PORT
+        return h2load(target, port, "/lab.Echo/Unary", d, grpc_args)
     if scenario == "bulk":
         return bulk(target, d)
     if scenario == "lat_tcp":
@@ -501,6 +525,8 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("http_1k", "rps", "req/s"),
     ("http_1m", "rps", "req/s"),
     ("http2_1k", "rps", "req/s"),
+    ("h2h2_1k", "rps", "req/s"),
+    ("grpc_unary", "rps", "req/s"),
     ("bulk", "gbit_per_s", "Gbit/s"),
     ("lat_tcp", "p50_ms", "ms"),
     ("lat_tcp", "p99_ms", "ms"),
@@ -511,6 +537,8 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("tcp_1k", "cpu_s_per_1k_req", "cpu s"),
     ("http_1k", "cpu_s_per_1k_req", "cpu s"),
     ("http2_1k", "cpu_s_per_1k_req", "cpu s"),
+    ("h2h2_1k", "cpu_s_per_1k_req", "cpu s"),
+    ("grpc_unary", "cpu_s_per_1k_req", "cpu s"),
     ("bulk", "cpu_s_per_gb", "cpu s"),
     ("tcp_1k", "rss_mb", "MB"),
     ("tcp_1k", "pss_mb", "MB"),

@@ -10,12 +10,15 @@ Every answer carries initial metadata `x-served-by: <name>` and trailing metadat
 `x-trailer: done`, so trailers are seen to pass both ways.
 
 `channel(port)` and the `unary` / `server_stream` / `client_stream` / `bidi` helpers are the
-client side the tests use (grpcio's generic calls: serializers None mean raw bytes).
+client side the tests use (grpcio's generic calls: serializers None mean raw bytes);
+`python -m tests.grpc_app call --host H --port P [--authority A] [--method M] [--data D]`
+makes one call from a lab pod and prints its outcome as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -121,6 +124,26 @@ def bidi(ch: grpc.Channel, reqs: list[bytes], timeout: float = 20) -> list[bytes
     return list(ch.stream_stream(f"/{SERVICE}/Bidi")(iter(reqs), timeout=timeout))
 
 
+def call(host: str, port: int, authority: str | None, method: str, data: bytes, timeout: float) -> dict[str, object]:
+    """One call, as JSON-able facts: code, details, response sizes, metadata, trailers."""
+    ch = channel(port, host, authority)
+    try:
+        if method == "ServerStream":
+            got = server_stream(ch, data, timeout)
+            return {"code": "OK", "sizes": [len(m) for m in got]}
+        resp, c = unary(ch, data, timeout, method=method)
+        return {
+            "code": "OK",
+            "sizes": [len(resp)],
+            "initial": {m.key: m.value for m in c.initial_metadata() or ()},
+            "trailing": {m.key: m.value for m in c.trailing_metadata() or ()},
+        }
+    except grpc.RpcError as e:
+        return {"code": e.code().name, "details": e.details()}
+    finally:
+        ch.close()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m tests.grpc_app")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -128,7 +151,17 @@ def main() -> None:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--name", default="grpc")
+    c = sub.add_parser("call", help="one call; prints its outcome as JSON")
+    c.add_argument("--host", required=True)
+    c.add_argument("--port", type=int, required=True)
+    c.add_argument("--authority")
+    c.add_argument("--method", default="Unary")
+    c.add_argument("--data", default="hello")
+    c.add_argument("--timeout", type=float, default=10)
     a = p.parse_args()
+    if a.cmd == "call":
+        print(json.dumps(call(a.host, a.port, a.authority, a.method, a.data.encode(), a.timeout)))
+        return
     srv = server(a.host, a.port, a.name)
     srv.start()
     srv.wait_for_termination()

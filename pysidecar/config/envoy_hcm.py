@@ -4,8 +4,8 @@ Promises:
 - Registers `envoy.filters.network.http_connection_manager` in `config.envoy.NETWORK_FILTERS`
   (importing this module is enough; `config.envoy` imports it at its end).
 - Accepts the fields listed in each parser below (snake_case or camelCase); any other field,
-  an HTTP filter other than the router (and the small Lua subset, and the fault filter with
-  its faults given per route), a router that is missing or not last, or a regex that does not
+  an HTTP filter other than the router, Lua (any script LuaJIT compiles, config/envoy_lua.py)
+  and the fault filter with its faults given per route, a router that is missing or not last, or a regex that does not
   compile is a `ConfigError` naming the file and YAML path.
 - Routes may redirect (`redirect`), match query parameters (`query_parameters`) and inject
   faults (`typed_per_filter_config` for envoy.filters.http.fault, which then must be in the
@@ -16,10 +16,10 @@ Promises:
 
 from __future__ import annotations
 
-import re
-
 from pysidecar.config import envoy
 from pysidecar.config.access_log import access_logs
+from pysidecar.config.envoy_lua import lua_filter
+from pysidecar.config.envoy_tracing import tracing
 from pysidecar.config.envoy_upstream_http import http2_options
 from pysidecar.config.node import Fields, Node
 from pysidecar.model import Bootstrap
@@ -37,7 +37,6 @@ from pysidecar.model.http import (
     HeaderValueOption,
     HttpConnectionManager,
     HttpFilter,
-    LuaHeaderAdd,
     QueryParameterMatcher,
     RedirectAction,
     RegexRewrite,
@@ -311,9 +310,12 @@ def route_action(node: Node) -> RouteAction:
                 f"total_weight {tw.value} is not the sum of the weights ({sum(w.weight for w in weights)})"
             )
     if (mgt := f.get("max_grpc_timeout")) is not None:
-        mgt.duration()
+        mgt.fail("max_grpc_timeout (deprecated) is not supported; use max_stream_duration.grpc_timeout_header_max")
+    stream_duration, grpc_max = 0.0, None
     if (msd := f.get("max_stream_duration")) is not None:
-        msd.fields("max_stream_duration", "grpc_timeout_header_max")
+        mf = msd.fields("max_stream_duration", "grpc_timeout_header_max")
+        stream_duration = mf.opt("max_stream_duration", Node.duration, 0.0)
+        grpc_max = mf.opt("grpc_timeout_header_max", Node.duration, None)
     rewrite: RegexRewrite | None = None
     if (rr := f.get("regex_rewrite")) is not None:
         rf = rr.fields("pattern", "substitution")
@@ -326,6 +328,8 @@ def route_action(node: Node) -> RouteAction:
         weighted_clusters=tuple(weights),
         timeout=f.opt("timeout", Node.duration, 15.0),
         idle_timeout=f.opt("idle_timeout", Node.duration, None),
+        max_stream_duration=stream_duration,
+        grpc_timeout_header_max=grpc_max,
         retry_policy=f.opt("retry_policy", retry_policy, None),
         prefix_rewrite=f.opt("prefix_rewrite", Node.header_value, None),
         regex_rewrite=rewrite,
@@ -517,35 +521,6 @@ def route_configuration(node: Node) -> RouteConfiguration:
 
 # -- HTTP filters ----------------------------------------------------------------------------
 
-_LUA_FUNCTION = re.compile(
-    r"function\s+(envoy_on_request|envoy_on_response)\s*\(\s*(\w+)\s*\)(.*?)\bend\b", re.S
-)
-_LUA_ADD = re.compile(r"""^(\w+):headers\(\):add\(\s*(["'])(.*?)\2\s*,\s*(["'])(.*?)\4\s*\)$""")
-
-
-def lua_adds(node: Node, code: str) -> tuple[LuaHeaderAdd, ...]:
-    """The supported Lua subset: functions whose every statement is `h:headers():add("k","v")`."""
-    adds: list[LuaHeaderAdd] = []
-    rest = _LUA_FUNCTION.sub("", code)
-    if rest.strip() and not all(
-        line.strip().startswith("--") for line in rest.strip().splitlines()
-    ):
-        node.fail("only envoy_on_request / envoy_on_response functions are supported in Lua")
-    for fn, handle, body in _LUA_FUNCTION.findall(code):
-        for line in body.splitlines():
-            stmt = line.strip().rstrip(";")
-            if not stmt or stmt.startswith("--"):
-                continue
-            m = _LUA_ADD.match(stmt)
-            if m is None or m.group(1) != handle:
-                node.fail(
-                    f"unsupported Lua statement {stmt!r}: only "
-                    f'{handle}:headers():add("name", "value") is supported'
-                )
-            adds.append(LuaHeaderAdd(fn == "envoy_on_response", m.group(3).lower(), m.group(5)))
-    return tuple(adds)
-
-
 def http_filter(node: Node) -> HttpFilter:
     type_name, config = envoy._filter_type(node, HTTP_FILTER_NAMES)
     name = node.fields("name", "typed_config").require("name").nonempty()
@@ -555,19 +530,14 @@ def http_filter(node: Node) -> HttpFilter:
             rf.require("suppress_envoy_headers").fail("suppress_envoy_headers is not supported")
         return HttpFilter(name, type_name)
     if type_name == LUA_TYPE:
-        lf = config.fields("@type", "inline_code", "default_source_code")
-        code_node = lf.get("inline_code")
-        if code_node is None:
-            config.fail("only Lua filters with inline_code are supported")
-        return HttpFilter(name, type_name, lua_adds(code_node, code_node.string()))
+        return HttpFilter(name, type_name, lua=lua_filter(config))
     if type_name == FAULT_TYPE:
         # Faults for every route are not supported; per-route ones (typed_per_filter_config) are.
         if fault(config) != FaultInjection():
             config.fail("give faults per route (typed_per_filter_config), not on the filter")
         return HttpFilter(name, type_name)
     node.fail(
-        f"unsupported HTTP filter type {type_name!r}; supported: {ROUTER_TYPE}, {LUA_TYPE} "
-        f"(headers():add only), {FAULT_TYPE}"
+        f"unsupported HTTP filter type {type_name!r}; supported: {ROUTER_TYPE}, {LUA_TYPE}, {FAULT_TYPE}"
     )
 
 
@@ -633,11 +603,6 @@ def http_connection_manager(node: Node) -> HttpConnectionManager:
         uf = u.fields("upgrade_type", "enabled")
         if uf.opt("enabled", Node.boolean, True):
             upgrades.append(uf.require("upgrade_type").string().lower())
-    if (tr := f.get("tracing")) is not None:
-        tr.fields(
-            "client_sampling", "random_sampling", "overall_sampling", "custom_tags", "provider",
-            "max_path_tag_length", "verbose", "spawn_upstream_span",
-        )  # fmt: skip
     codec = f.opt(
         "codec_type", lambda n: CodecType(n.enum([c.value for c in CodecType])), CodecType.AUTO
     )
@@ -655,7 +620,7 @@ def http_connection_manager(node: Node) -> HttpConnectionManager:
         codec_type=codec,
         http_filters=filters,
         server_name=f.opt("server_name", Node.header_value, "envoy"),
-        tracing="tracing" in f,
+        tracing=tracing(f.require("tracing")) if "tracing" in f else None,
         request_headers_timeout=f.opt("request_headers_timeout", Node.duration, 10.0),
         stream_idle_timeout=f.opt("stream_idle_timeout", Node.duration, 300.0),
         idle_timeout=idle,
@@ -693,10 +658,14 @@ def check_route_clusters(b: Bootstrap, root: Node) -> None:
             chains.append(("default_filter_chain", lis.default_filter_chain))
         for where, chain in chains:
             for fi, nf in enumerate(chain.filters):
-                if (
-                    not isinstance(nf, HttpConnectionManager)
-                    or not nf.route_config.validate_clusters
-                ):
+                if not isinstance(nf, HttpConnectionManager):
+                    continue
+                zipkin = nf.tracing.provider if nf.tracing is not None else None
+                if zipkin is not None and zipkin.collector_cluster not in known:
+                    listeners.child(li, None).child(f"{where}.filters[{fi}].typed_config.tracing.provider", None).fail(
+                        f"unknown collector_cluster {zipkin.collector_cluster!r} (Envoy refuses it at load)"
+                    )
+                if not nf.route_config.validate_clusters:
                     continue
                 for vi, vh in enumerate(nf.route_config.virtual_hosts):
                     for ri, r in enumerate(vh.routes):

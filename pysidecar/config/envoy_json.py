@@ -19,12 +19,14 @@ from pysidecar.model import (
     DEFAULT_PANIC_THRESHOLD,
     DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT,
     AccessLogConfig,
+    Bootstrap,
     CircuitBreakers,
     Cluster,
     ClusterType,
     DnsLookupFamily,
     FilterChain,
     FilterChainMatch,
+    LbEndpoint,
     Listener,
     NetworkFilter,
     SocketAddress,
@@ -43,6 +45,7 @@ from pysidecar.model.http import (
     Route,
     RouteConfiguration,
     RouteMatch,
+    Tracing,
     VirtualHost,
 )
 from pysidecar.model.tls import (
@@ -202,6 +205,13 @@ def route(r: Route) -> dict[str, Any]:
             }
         if a.idle_timeout is not None:
             action["idle_timeout"] = duration(a.idle_timeout)
+        msd: dict[str, Any] = {}
+        if a.max_stream_duration:
+            msd["max_stream_duration"] = duration(a.max_stream_duration)
+        if a.grpc_timeout_header_max is not None:
+            msd["grpc_timeout_header_max"] = duration(a.grpc_timeout_header_max)
+        if msd:
+            action["max_stream_duration"] = msd
         if a.retry_policy is not None:
             action["retry_policy"] = retry_policy(a.retry_policy)
         if a.prefix_rewrite is not None:
@@ -269,16 +279,39 @@ def route_configuration(rc: RouteConfiguration) -> dict[str, Any]:
 
 
 def http_filter(f: HttpFilter) -> dict[str, Any]:
-    if f.type_url == LUA:
-        request = [a for a in f.lua_adds if not a.response]
-        response = [a for a in f.lua_adds if a.response]
-        code = "".join(
-            f"function envoy_on_{which}(h)\n" + "".join(f'  h:headers():add("{a.key}", "{a.value}")\n' for a in adds) + "end\n"
-            for which, adds in (("request", request), ("response", response))
-            if adds
-        )
-        return {"name": f.name, "typed_config": {"@type": T + LUA, "default_source_code": {"inline_string": code}}}
+    if f.type_url == LUA and f.lua is not None:
+        config: dict[str, Any] = {"@type": T + LUA}
+        if f.lua.code:
+            config["default_source_code"] = {"inline_string": f.lua.code}
+        if f.lua.source_codes:
+            config["source_codes"] = {name: {"inline_string": code} for name, code in f.lua.source_codes}
+        return {"name": f.name, "typed_config": config}
     return {"name": f.name, "typed_config": {"@type": T + f.type_url}}
+
+
+def tracing(t: Tracing) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in (("client_sampling", t.client_sampling), ("random_sampling", t.random_sampling),
+                        ("overall_sampling", t.overall_sampling)):  # fmt: skip
+        if value != 100.0:
+            out[name] = {"value": value}
+    if t.custom_tags:
+        out["custom_tags"] = [{"tag": k, "literal": {"value": v}} for k, v in t.custom_tags]
+    if t.max_path_tag_length != 256:
+        out["max_path_tag_length"] = t.max_path_tag_length
+    if (z := t.provider) is not None:
+        config: dict[str, Any] = {
+            "@type": T + "envoy.config.trace.v3.ZipkinConfig",
+            "collector_cluster": z.collector_cluster,
+            "collector_endpoint": z.collector_endpoint,
+            "collector_endpoint_version": "HTTP_JSON",
+            "trace_id_128bit": z.trace_id_128bit,
+            "shared_span_context": z.shared_span_context,
+        }
+        if z.collector_hostname:
+            config["collector_hostname"] = z.collector_hostname
+        out["provider"] = {"name": "envoy.tracers.zipkin", "typed_config": config}
+    return out
 
 
 def _http2_options(h: HttpConnectionManager) -> dict[str, Any]:
@@ -306,8 +339,8 @@ def http_connection_manager(h: HttpConnectionManager) -> dict[str, Any]:
         "delayed_close_timeout": duration(h.delayed_close_timeout),
         "proxy_100_continue": h.proxy_100_continue,
     }
-    if h.tracing:
-        out["tracing"] = {}
+    if h.tracing is not None:
+        out["tracing"] = tracing(h.tracing)
     if h.upgrade_types:
         out["upgrade_configs"] = [{"upgrade_type": u} for u in h.upgrade_types]
     if h.access_log:
@@ -518,3 +551,48 @@ def cluster(c: Cluster) -> dict[str, Any]:
     if (http := _http_protocol_options(c)) is not None:
         out["typed_extension_protocol_options"] = {HTTP_PROTOCOL_OPTIONS: http}
     return out
+
+
+# -- the sidecar's own ports, as Istio's bootstrap serves them -----------------------------------
+
+# Istio's bootstrap name for the admin-backed cluster behind :15090 (and here :15021 too).
+STATS_CLUSTER = "prometheus_stats"
+
+
+def _admin_listener(name: str, at: SocketAddress, prefix: str, rewrite: str | None) -> dict[str, Any]:
+    """A listener answering one path from Envoy's admin, as Istio's bootstrap does for :15090."""
+    action: dict[str, Any] = {"cluster": STATS_CLUSTER}
+    if rewrite is not None:
+        action["prefix_rewrite"] = rewrite
+    hcm = {
+        "@type": HCM,
+        "stat_prefix": name,
+        "codec_type": "AUTO",
+        "route_config": {
+            "virtual_hosts": [{"name": "backend", "domains": ["*"], "routes": [{"match": {"prefix": prefix}, "route": action}]}]
+        },
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+    }
+    return {
+        "name": name,
+        "address": socket_address(at),
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
+    }
+
+
+def admin_port_resources(b: Bootstrap) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The listeners for :15090 (/stats/prometheus) and :15021 (/healthz/ready, onto the
+    admin's /ready) and their admin cluster: what pysidecar's main process serves on those
+    ports, written as Istio's bootstrap gives them to Envoy (export) and as its dump shows them
+    (`istioctl proxy-config listeners`: `Inline Route: /healthz/ready*`)."""
+    if b.admin is None:
+        return [], []
+    listeners: list[dict[str, Any]] = []
+    if b.stats_address is not None:
+        listeners.append(_admin_listener("prometheus_stats_listener", b.stats_address, "/stats/prometheus", None))
+    if b.readiness_address is not None:
+        listeners.append(_admin_listener("readiness_listener", b.readiness_address, "/healthz/ready", "/ready"))
+    if not listeners:
+        return [], []
+    admin_cluster = Cluster(STATS_CLUSTER, ClusterType.STATIC, 0.25, endpoints=(LbEndpoint(b.admin.address),))
+    return listeners, [cluster(admin_cluster)]

@@ -23,37 +23,13 @@ from typing import Any
 
 import yaml
 
-from pysidecar.config.envoy_json import HCM, ROUTER, cluster, listener
+from pysidecar.config.envoy_json import admin_port_resources, cluster, listener
 from pysidecar.config.envoy_json import socket_address as address
 from pysidecar.config.loader import load
 from pysidecar.config.node import ConfigError
 from pysidecar.config.sidecar import add_interception_mode_argument, resolve_interception_mode
-from pysidecar.model import Bootstrap, Cluster, ClusterType, LbEndpoint, SocketAddress
+from pysidecar.model import Bootstrap
 from pysidecar.observe import workload
-
-# Istio's bootstrap names for the admin-backed clusters behind :15090 and :15021.
-STATS_CLUSTER = "prometheus_stats"
-
-
-def _admin_listener(name: str, at: SocketAddress, prefix: str, rewrite: str | None) -> dict[str, Any]:
-    """A listener answering one path from Envoy's admin, as Istio's bootstrap does for :15090."""
-    action: dict[str, Any] = {"cluster": STATS_CLUSTER}
-    if rewrite is not None:
-        action["prefix_rewrite"] = rewrite
-    hcm = {
-        "@type": HCM,
-        "stat_prefix": name,
-        "codec_type": "AUTO",
-        "route_config": {
-            "virtual_hosts": [{"name": "backend", "domains": ["*"], "routes": [{"match": {"prefix": prefix}, "route": action}]}]
-        },
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
-    }
-    return {
-        "name": name,
-        "address": address(at),
-        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
-    }
 
 
 def to_envoy(b: Bootstrap, proxy_type: str = "sidecar") -> dict[str, Any]:
@@ -63,13 +39,9 @@ def to_envoy(b: Bootstrap, proxy_type: str = "sidecar") -> dict[str, Any]:
     out: dict[str, Any] = {"node": {"id": f"{proxy_type}~127.0.0.1~pysidecar.default~default.svc.cluster.local", "cluster": "pysidecar"}}
     if b.admin is not None:
         out["admin"] = {"address": address(b.admin.address)}
-        if b.stats_address is not None:
-            listeners.append(_admin_listener("prometheus_stats_listener", b.stats_address, "/stats/prometheus", None))
-        if b.readiness_address is not None:
-            listeners.append(_admin_listener("readiness_listener", b.readiness_address, "/healthz/ready", "/ready"))
-        if b.stats_address is not None or b.readiness_address is not None:
-            admin_cluster = Cluster(STATS_CLUSTER, ClusterType.STATIC, 0.25, endpoints=(LbEndpoint(b.admin.address),))
-            clusters.append(cluster(admin_cluster))
+        own_listeners, own_clusters = admin_port_resources(b)
+        listeners += own_listeners
+        clusters += own_clusters
     out["static_resources"] = {"listeners": listeners, "clusters": clusters}
     return out
 

@@ -4,10 +4,16 @@ Promises:
 - `standard_sidecar(mesh)` returns what istiod always sends a sidecar, with istiod's names:
   listeners `virtualOutbound` (0.0.0.0:15001, use_original_dst, chains
   `virtualOutbound-blackhole` for destination port 15001 and `virtualOutbound-catchall-tcp`)
-  and `virtualInbound` (0.0.0.0:15006, chains by destination port, catch-all to
-  `InboundPassthroughCluster` from 127.0.0.6 / ::6); clusters `PassthroughCluster`,
-  `InboundPassthroughCluster`, `BlackHoleCluster`; admin 127.0.0.1:15000, stats :15090,
-  readiness :15021.
+  and `virtualInbound` (0.0.0.0:15006 and [::]:15006; chain `virtualInbound-blackhole` for
+  destination port 15006, then per IP family istiod's passthrough chains, matching
+  `0.0.0.0/0` / `::/0`: `virtualInbound-catchall-http` for what the HTTP inspector recognised
+  (raw_buffer, ALPN http/1.1 | h2c: an HTTP connection manager, server `istio-envoy`, its
+  inline route config named after the cluster, one route to it) and `virtualInbound` for the
+  rest (tcp_proxy)); clusters `PassthroughCluster`, `InboundPassthroughClusterIpv4` (from
+  127.0.0.6), `InboundPassthroughClusterIpv6` (from ::6), `BlackHoleCluster`; admin
+  127.0.0.1:15000, stats :15090, readiness :15021.
+- Plaintext chains only: istiod's shape under PeerAuthentication DISABLE (there is no mTLS
+  here; istiod's default PERMISSIVE adds `tls` chains with Istio's ALPNs).
 - The outbound catch-all follows `mesh.outbound_traffic_policy`: PassthroughCluster for
   ALLOW_ANY, BlackHoleCluster for REGISTRY_ONLY.
 - `with_resources` merges extra listeners and clusters (from Envoy YAML or compiled Istio
@@ -27,12 +33,14 @@ from dataclasses import replace
 
 from pysidecar.model import (
     BLACKHOLE_CLUSTER,
-    INBOUND_PASSTHROUGH_CLUSTER,
+    INBOUND_PASSTHROUGH_CLUSTER_IPV4,
+    INBOUND_PASSTHROUGH_CLUSTER_IPV6,
     PASSTHROUGH_CLUSTER,
     VIRTUAL_INBOUND,
     VIRTUAL_OUTBOUND,
     Admin,
     Bootstrap,
+    CidrRange,
     Cluster,
     ClusterType,
     FilterChain,
@@ -46,6 +54,18 @@ from pysidecar.model import (
     TcpProxy,
     TrafficDirection,
 )
+from pysidecar.model.http import (
+    CodecType,
+    HttpConnectionManager,
+    HttpFilter,
+    RetryPolicy,
+    Route,
+    RouteAction,
+    RouteConfiguration,
+    RouteMatch,
+    Tracing,
+    VirtualHost,
+)
 
 OUTBOUND_PORT = 15001
 INBOUND_PORT = 15006
@@ -55,6 +75,49 @@ READINESS_PORT = 15021
 # Source 127.0.0.6 (::6) is what ISTIO_OUTPUT's first rule exempts from capture: how the proxy
 # reaches the app on the pod's own IP without being captured again.
 INBOUND_PASSTHROUGH_BIND = ("127.0.0.6", "::6")
+ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
+# istiod's ProxyHeaders ServerName for every listener class but sidecar outbound ("envoy").
+INBOUND_SERVER_NAME = "istio-envoy"
+HTTP_ALPNS = ("http/1.1", "h2c")
+# istiod (1.24+, EnableInboundRetryPolicy) on the inbound default route: retry a request the
+# app reset before it was sent (an app restarting), never one it may have seen.
+INBOUND_RETRY = RetryPolicy(retry_on=("reset-before-request",), num_retries=2)
+# (cluster, the family's all-addresses range, its bind address)
+_PASSTHROUGH_FAMILIES = (
+    (INBOUND_PASSTHROUGH_CLUSTER_IPV4, CidrRange("0.0.0.0", 0), "127.0.0.6"),
+    (INBOUND_PASSTHROUGH_CLUSTER_IPV6, CidrRange("::", 0), "::6"),
+)
+
+
+def istio_connection_manager(stat_prefix: str, rc: RouteConfiguration, server_name: str = "envoy") -> HttpConnectionManager:
+    """The HCM shape istiod writes for a sidecar: tracing on (decorators), no stream idle
+    timeout, websocket upgrades, the router."""
+    return HttpConnectionManager(
+        stat_prefix=stat_prefix,
+        route_config=rc,
+        codec_type=CodecType.AUTO,
+        http_filters=(HttpFilter("envoy.filters.http.router", ROUTER_TYPE),),
+        server_name=server_name,
+        tracing=Tracing(),
+        stream_idle_timeout=0.0,
+        upgrade_types=("websocket",),
+    )
+
+
+def _inbound_passthrough_chains() -> tuple[FilterChain, ...]:
+    """istiod's buildInboundPassthroughChains (plaintext): per family, HTTP then TCP."""
+    chains: list[FilterChain] = []
+    for cluster, everything, _ in _PASSTHROUGH_FAMILIES:
+        action = RouteAction(cluster=cluster, timeout=0.0, retry_policy=INBOUND_RETRY)
+        route = Route(match=RouteMatch(prefix="/"), name="default", route=action)
+        vhost = VirtualHost(name="inbound|http|0", domains=("*",), routes=(route,))
+        rc = RouteConfiguration(name=cluster, virtual_hosts=(vhost,), validate_clusters=False)
+        http_match = FilterChainMatch(prefix_ranges=(everything,), transport_protocol="raw_buffer", application_protocols=HTTP_ALPNS)
+        hcm = istio_connection_manager("inbound_0.0.0.0_0", rc, INBOUND_SERVER_NAME)
+        chains.append(FilterChain(f"{VIRTUAL_INBOUND}-catchall-http", (hcm,), http_match))
+        tcp_match = FilterChainMatch(prefix_ranges=(everything,), transport_protocol="raw_buffer")
+        chains.append(FilterChain(VIRTUAL_INBOUND, (TcpProxy(stat_prefix=cluster, cluster=cluster),), tcp_match))
+    return tuple(chains)
 
 
 def _tcp_chain(name: str, cluster: str, port: int | None = None) -> FilterChain:
@@ -97,7 +160,7 @@ def standard_sidecar(mesh: MeshConfig | None = None) -> Bootstrap:
         continue_on_listener_filters_timeout=True,  # istiod's: sniffing gives up, never closes
         filter_chains=(
             _tcp_chain(f"{VIRTUAL_INBOUND}-blackhole", BLACKHOLE_CLUSTER, INBOUND_PORT),
-            _tcp_chain(INBOUND_PASSTHROUGH_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER),
+            *_inbound_passthrough_chains(),
         ),
     )
     clusters = (
@@ -107,12 +170,15 @@ def standard_sidecar(mesh: MeshConfig | None = None) -> Bootstrap:
             lb_policy=LbPolicy.CLUSTER_PROVIDED,
             connect_timeout=mesh.connect_timeout,
         ),
-        Cluster(
-            name=INBOUND_PASSTHROUGH_CLUSTER,
-            type=ClusterType.ORIGINAL_DST,
-            lb_policy=LbPolicy.CLUSTER_PROVIDED,
-            connect_timeout=mesh.connect_timeout,
-            upstream_bind_addresses=INBOUND_PASSTHROUGH_BIND,
+        *(
+            Cluster(
+                name=cluster,
+                type=ClusterType.ORIGINAL_DST,
+                lb_policy=LbPolicy.CLUSTER_PROVIDED,
+                connect_timeout=mesh.connect_timeout,
+                upstream_bind_addresses=(bind,),
+            )
+            for cluster, _, bind in _PASSTHROUGH_FAMILIES
         ),
         Cluster(name=BLACKHOLE_CLUSTER, type=ClusterType.STATIC, connect_timeout=mesh.connect_timeout),
     )

@@ -231,7 +231,7 @@ def split(w: World, out: Out) -> None:
 
 
 def inbound(w: World, out: Out) -> None:
-    out("a) the client pod's Istio sidecar (15006 → InboundPassthroughCluster):")
+    out("a) the client pod's Istio sidecar (15006 → InboundPassthroughClusterIpv4):")
     code, body = w.status(w.nettool, f"http://{w.client.ip}:8080/ip")
     _shell(f"curl http://{w.client.ip}:8080/ip   # from nettool", out, body)
     try:
@@ -498,7 +498,7 @@ STEPS: list[Step] = [
         "pod myapp.",
         inbound,
         counters=(
-            r"^cluster\.InboundPassthroughCluster\.upstream_cx_total$",
+            r"^cluster\.InboundPassthroughClusterIpv4\.upstream_cx_total$",
             r"^cluster\.myapp_local\.upstream_rq_total$",
         ),
         proxies=("client", "myapp"),

@@ -42,7 +42,9 @@ DEFAULT_LISTENER_FILTERS_TIMEOUT = 15.0
 
 PASSTHROUGH_CLUSTER = "PassthroughCluster"
 BLACKHOLE_CLUSTER = "BlackHoleCluster"
-INBOUND_PASSTHROUGH_CLUSTER = "InboundPassthroughCluster"
+# istiod's names since 1.8: one inbound passthrough cluster per IP family.
+INBOUND_PASSTHROUGH_CLUSTER_IPV4 = "InboundPassthroughClusterIpv4"
+INBOUND_PASSTHROUGH_CLUSTER_IPV6 = "InboundPassthroughClusterIpv6"
 
 VIRTUAL_OUTBOUND = "virtualOutbound"
 VIRTUAL_INBOUND = "virtualInbound"
@@ -173,8 +175,8 @@ class Cluster:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     lb_policy: LbPolicy = LbPolicy.ROUND_ROBIN
     endpoints: tuple[LbEndpoint, ...] = ()
-    # upstream_bind_config.source_address (+ extra_source_addresses): InboundPassthroughCluster
-    # binds to 127.0.0.6 for IPv4 upstreams and ::6 for IPv6; the one matching the family is used.
+    # upstream_bind_config.source_address (+ extra_source_addresses): inbound clusters bind to
+    # 127.0.0.6 for IPv4 upstreams and ::6 for IPv6; the one matching the family is used.
     upstream_bind_addresses: tuple[str, ...] = ()
     # DNS clusters re-resolve at this rate (Envoy's dns_refresh_rate, default 5s).
     dns_refresh_rate: float = 5.0
@@ -326,6 +328,13 @@ class MeshConfig:
     access_log_format: str = ""
     # defaultHttpRetryPolicy: the retries of routes whose VirtualService sets none (None: none).
     default_http_retry_policy: RetryPolicy | None = ISTIO_DEFAULT_RETRY
+    # enableTracing, defaultConfig.tracing.sampling (percent; istiod's default 1) and
+    # defaultConfig.tracing.zipkin.address. istiod's default address is zipkin.istio-system:9411;
+    # ours is none (no spans, no B3 headers) so that a config never makes the proxy resolve a
+    # name it was not given.
+    enable_tracing: bool = True
+    tracing_sampling: float = 1.0
+    zipkin_address: str = ""
     # h2UpgradePolicy: UPGRADE makes outbound clusters of HTTP ports speak HTTP/2 unless a
     # DestinationRule says DO_NOT_UPGRADE (istiod's shouldH2Upgrade); default DO_NOT_UPGRADE.
     h2_upgrade: bool = False

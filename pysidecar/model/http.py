@@ -160,6 +160,10 @@ class RouteAction:
     host_rewrite_literal: str | None = None
     # Envoy's cluster_not_found_response_code: SERVICE_UNAVAILABLE (503) by default.
     cluster_not_found_response_code: int = 503
+    # max_stream_duration: max_stream_duration (0: none) and grpc_timeout_header_max (None:
+    # the grpc-timeout header is not used; 0: used uncapped; else its cap).
+    max_stream_duration: float = 0.0
+    grpc_timeout_header_max: float | None = None
 
     @property
     def cluster_names(self) -> tuple[str, ...]:
@@ -262,22 +266,46 @@ class CodecType(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class LuaHeaderAdd:
-    """The one Lua shape supported: `<handle>:headers():add("k", "v")` in envoy_on_request /
-    envoy_on_response."""
+class LuaConfig:
+    """envoy.extensions.filters.http.lua.v3.Lua: the script every stream runs
+    (`default_source_code`, or the deprecated `inline_code`), and the named `source_codes`."""
 
-    response: bool
-    key: str
-    value: str
+    code: str
+    source_codes: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class HttpFilter:
-    """An HTTP filter of the chain. `router` is always last; `lua` keeps its header adds."""
+    """An HTTP filter of the chain. `router` is always last; `lua` holds a Lua filter's scripts."""
 
     name: str
     type_url: str
-    lua_adds: tuple[LuaHeaderAdd, ...] = ()
+    lua: LuaConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ZipkinProvider:
+    """envoy.tracers.zipkin (ZipkinConfig), HTTP_JSON only: Zipkin v2 spans POSTed to a cluster."""
+
+    collector_cluster: str
+    collector_endpoint: str = "/api/v2/spans"
+    trace_id_128bit: bool = False
+    # Envoy's default: the server span reuses the client's span id (Istio sets false).
+    shared_span_context: bool = True
+    collector_hostname: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Tracing:
+    """The HCM's `tracing`: sampling percentages (Envoy's defaults: 100 each), literal custom
+    tags, and the provider (None: decisions and x-request-id marks only, no spans)."""
+
+    client_sampling: float = 100.0
+    random_sampling: float = 100.0
+    overall_sampling: float = 100.0
+    custom_tags: tuple[tuple[str, str], ...] = ()
+    max_path_tag_length: int = 256
+    provider: ZipkinProvider | None = None
 
 
 # forward_client_cert_details and set_current_client_cert_details (Envoy's enum and fields).
@@ -294,8 +322,9 @@ class HttpConnectionManager:
     codec_type: CodecType = CodecType.AUTO
     http_filters: tuple[HttpFilter, ...] = ()
     server_name: str = "envoy"
-    # `tracing` present (even `{}`): enables x-envoy-decorator-operation on outbound listeners.
-    tracing: bool = False
+    # `tracing` present (even `{}`): enables x-envoy-decorator-operation on outbound listeners,
+    # the trace decision (x-request-id) and, with a provider, spans and B3 headers.
+    tracing: Tracing | None = None
     request_headers_timeout: float = DEFAULT_REQUEST_HEADERS_TIMEOUT
     stream_idle_timeout: float = 300.0
     idle_timeout: float = DEFAULT_HTTP_IDLE_TIMEOUT

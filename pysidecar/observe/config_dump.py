@@ -8,6 +8,8 @@ Promises:
   fields left out as proto3 JSON leaves them out.
 - Listeners and clusters are `static_listeners` / `static_clusters` (they come from a file, not
   xDS); inline route configurations of HTTP connection managers are `static_route_configs`.
+  The sidecar's own :15090 / :15021 ports appear as the listeners (and admin cluster) Istio's
+  bootstrap has for them, as `pysidecar envoy-config` exports them.
 - Every resource is rendered by config/envoy_json.py, the same code `pysidecar envoy-config`
   uses, so the dump shows exactly what real Envoy would be given.
 """
@@ -16,7 +18,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pysidecar.config.envoy_json import cluster, listener, route_configuration, socket_address
+from pysidecar.config.envoy_json import (
+    admin_port_resources,
+    cluster,
+    listener,
+    route_configuration,
+    socket_address,
+)
 from pysidecar.model import Bootstrap
 from pysidecar.observe.access_format import iso_time
 
@@ -40,12 +48,19 @@ def route_configs(b: Bootstrap) -> list[Json]:
     return list(seen.values())
 
 
+def _inline_routes(x: Json) -> Json:
+    """The unnamed inline route config of a :15090 / :15021 listener, as Envoy dumps it."""
+    rc = x["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+    return {"@type": ROUTE_TYPE, **rc}
+
+
 def config_dump(b: Bootstrap, last_updated: float, reload: Json | None = None) -> Json:
     """Envoy's dump of `b`; `reload` (config/watch.py's ReloadState.dump) is appended as a
     pysidecar entry: the reload counters and the last rejected config."""
     stamp = iso_time(last_updated)
-    listeners = [{"@type": LISTENER_TYPE, **listener(x, redact=True)} for x in b.listeners]
-    clusters = [{"@type": CLUSTER_TYPE, **cluster(c)} for c in b.clusters]
+    own_listeners, own_clusters = admin_port_resources(b)
+    listeners = [{"@type": LISTENER_TYPE, **x} for x in [*(listener(x, redact=True) for x in b.listeners), *own_listeners]]
+    clusters = [{"@type": CLUSTER_TYPE, **c} for c in [*(cluster(c) for c in b.clusters), *own_clusters]]
     static_resources: Json = {
         "listeners": [{k: v for k, v in x.items() if k != "@type"} for x in listeners],
         "clusters": [{k: v for k, v in c.items() if k != "@type"} for c in clusters],
@@ -69,7 +84,10 @@ def config_dump(b: Bootstrap, last_updated: float, reload: Json | None = None) -
             },
             {
                 "@type": ADMIN_TYPE + "RoutesConfigDump",
-                "static_route_configs": [{"route_config": r, "last_updated": stamp} for r in route_configs(b)],
+                "static_route_configs": [
+                    {"route_config": r, "last_updated": stamp}
+                    for r in [*route_configs(b), *(_inline_routes(x) for x in own_listeners)]
+                ],
             },
             *([reload] if reload is not None else []),
         ]

@@ -8,7 +8,8 @@ Promises:
   into labels, in Istio's order.
 - HTTP: istio_requests_total (counter), istio_request_duration_milliseconds,
   istio_request_bytes, istio_response_bytes (histograms, Envoy's buckets), with all 25 of
-  Istio's labels. TCP: istio_tcp_connections_opened_total / _closed_total,
+  Istio's labels (request_protocol `grpc` and grpc_response_status for gRPC requests). TCP:
+  istio_tcp_connections_opened_total / _closed_total,
   istio_tcp_received_bytes_total / _sent_bytes_total, with Istio's TCP label set (no
   response_code, no grpc_response_status). A TCP connection is counted when it closes: the
   data path reports a connection once, finished.
@@ -27,7 +28,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pysidecar.model import BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER
+from pysidecar.model import (
+    BLACKHOLE_CLUSTER,
+    INBOUND_PASSTHROUGH_CLUSTER_IPV4,
+    INBOUND_PASSTHROUGH_CLUSTER_IPV6,
+    PASSTHROUGH_CLUSTER,
+)
 from pysidecar.observe.stats import Counter, Histogram, StatsBlock, StatsStore
 from pysidecar.observe.stream_info import StreamInfo
 from pysidecar.observe.workload import UNKNOWN, WorkloadMetadata
@@ -65,7 +71,7 @@ TCP_LABELS: tuple[str, ...] = tuple(
 
 # Beyond this many label sets per worker, the Host header no longer makes a new one.
 MAX_LABEL_SETS = 10_000
-_CATCH_ALLS = (PASSTHROUGH_CLUSTER, BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER)
+_CATCH_ALLS = (PASSTHROUGH_CLUSTER, BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER_IPV4, INBOUND_PASSTHROUGH_CLUSTER_IPV6)
 
 
 class IstioHttpStats(StatsBlock):
@@ -143,9 +149,9 @@ def labels_for(
         "destination_service": service,
         "destination_service_name": service_name,
         "destination_service_namespace": service_ns,
-        "request_protocol": "tcp" if info.protocol is None else "http",
+        "request_protocol": "tcp" if info.protocol is None else "grpc" if info.grpc else "http",
         "response_code": str(info.response_code),
-        "grpc_response_status": "",
+        "grpc_response_status": "" if info.grpc_status is None else str(info.grpc_status),
         "response_flags": info.response_flags_text,
         **_principals(info, inbound, own),
     }
@@ -197,7 +203,10 @@ class IstioRecorder:
             tcp.istio_tcp_sent_bytes_total += info.bytes_sent
             return
         authority = info.authority if len(self._http) < MAX_LABEL_SETS else None
-        key = (inbound, info.upstream_cluster, authority, info.response_code, tuple(flags), *self._peers(info))
+        key = (
+            inbound, info.upstream_cluster, authority, info.response_code, tuple(flags),
+            info.grpc, info.grpc_status, *self._peers(info),
+        )  # fmt: skip
         http = self._http.get(key)
         if http is None:
             labels = labels_for(self.meta, inbound, info, HTTP_LABELS, self.own)

@@ -4,7 +4,9 @@ Promises:
 - `listener_rows(dump, port)`: one row per filter chain, columns ADDRESS PORT MATCH DESTINATION,
   with istioctl's wording: MATCH `ALL`, or `SNI: a,b; Trans: tls; App: http/1.1,h2c;
   Addr: 10.0.0.0/8:80` (`Addr: *:15001` for a port alone); DESTINATION `Route: <name>`,
-  `Inline Route: /*`, `Cluster: outbound|...`, a catch-all cluster by its bare name
+  `Inline Route: /*` (an unnamed inline route config; a named one reads as istiod's RDS
+  `Route: <name>` unless it is a catch-all to one cluster, which reads as that cluster, as
+  istioctl prints Istio's inline `inbound|8080||`), `Cluster: outbound|...`, a catch-all cluster by its bare name
   (`PassthroughCluster`), or `Non-HTTP/Non-TCP` (which is also what istioctl prints for a
   tcp_proxy to BlackHoleCluster); a listener's rows ordered by DESTINATION, descending.
 - `route_rows`, `cluster_rows`, `endpoint_rows`: istioctl's routes, clusters and endpoints
@@ -41,7 +43,7 @@ def _section(dump: Json, kind: str) -> Json:
 
 
 def resources(dump: Json, kind: str) -> list[Json]:
-    """The listeners / clusters / route configs of a dump, static ones first."""
+    """The listeners / clusters / route configs of a dump, dynamic ones first, as istioctl reads them."""
     key, static, dynamic = {
         "listeners": ("listener", "static_listeners", "dynamic_listeners"),
         "clusters": ("cluster", "static_clusters", "dynamic_active_clusters"),
@@ -50,7 +52,7 @@ def resources(dump: Json, kind: str) -> list[Json]:
     section = _section(dump, {"listeners": "ListenersConfigDump", "clusters": "ClustersConfigDump",
                               "routes": "RoutesConfigDump"}[kind])  # fmt: skip
     out: list[Json] = []
-    for entry in [*section.get(static, []), *section.get(dynamic, [])]:
+    for entry in [*section.get(dynamic, []), *section.get(static, [])]:
         holder = entry.get("active_state", entry)
         if key in holder:
             out.append(holder[key])
@@ -58,6 +60,15 @@ def resources(dump: Json, kind: str) -> list[Json]:
 
 
 # -- listeners --------------------------------------------------------------------------------
+
+
+# istioctl's names for the ALPN lists istiod uses (listener.go's protDescrs); others are listed.
+_APP_DESCRIPTIONS = {
+    ("http/1.0", "http/1.1", "h2c", "istio-http/1.0", "istio-http/1.1", "istio-h2"): "App: HTTP TLS",
+    ("istio", "istio-http/1.0", "istio-http/1.1", "istio-h2"): "App: Istio HTTP Plain",
+    ("istio-peer-exchange", "istio"): "App: TCP TLS",
+    ("http/1.0", "http/1.1", "h2c"): "App: HTTP",
+}
 
 
 def describe_match(match: Json | None) -> str:
@@ -69,7 +80,8 @@ def describe_match(match: Json | None) -> str:
     if match.get("transport_protocol"):
         conds.append("Trans: " + match["transport_protocol"])
     if match.get("application_protocols"):
-        conds.append("App: " + ",".join(match["application_protocols"]))
+        alpn = tuple(match["application_protocols"])
+        conds.append(_APP_DESCRIPTIONS.get(alpn) or "App: " + ",".join(alpn))
     port = f":{match['destination_port']}" if "destination_port" in match else ""
     ranges = [f"{r['address_prefix']}/{r.get('prefix_len', 0)}" for r in match.get("prefix_ranges", [])]
     if ranges:
@@ -100,7 +112,7 @@ def _inline_route(rc: Json) -> str:
     if len(vhosts) == 1 and vhosts[0].get("domains") == ["*"] and len(vhosts[0].get("routes", [])) == 1:
         route = vhosts[0]["routes"][0]
         cluster = (route.get("route") or {}).get("cluster")
-        if cluster and route.get("match", {}).get("prefix", "/") == "/":
+        if cluster and route.get("match", {}).get("prefix") == "/":  # istioctl: exactly prefix "/"
             return _cluster_name(cluster)
     parts = []
     for vh in vhosts:
@@ -119,7 +131,13 @@ def describe_destination(filters: Sequence[Json]) -> str:
             rc = cfg.get("route_config")
             if rc is None:
                 return "HTTP"
-            return f"Route: {rc['name']}" if rc.get("name") else _inline_route(rc)
+            # A catch-all to one cluster is that cluster (istioctl's getMatchAllCluster: Istio's
+            # inline `inbound|8080||`); other named route configs are what istiod sends by RDS
+            # (`Route: 80`, `Route: http.8080`), so they read as istioctl prints those.
+            inline = _inline_route(rc)
+            if rc.get("name") and inline.startswith("Inline Route: "):
+                return f"Route: {rc['name']}"
+            return inline
         if f.get("name") == "envoy.filters.network.tcp_proxy":
             if cfg.get("cluster") == "BlackHoleCluster":
                 continue  # istioctl skips a tcp_proxy to BlackHoleCluster: Non-HTTP/Non-TCP
@@ -131,8 +149,16 @@ def describe_destination(filters: Sequence[Json]) -> str:
     return "Non-HTTP/Non-TCP"
 
 
+def listener_type(x: Json) -> str:
+    """istioctl's TYPE: HTTP, TCP, HTTP+TCP or UNKNOWN (a tcp_proxy to BlackHoleCluster does not count)."""
+    chains = [*x.get("filter_chains", []), *([x["default_filter_chain"]] if "default_filter_chain" in x else [])]
+    names = [f.get("name") for c in chains for f in c.get("filters", []) if f.get("typed_config", {}).get("cluster") != "BlackHoleCluster"]
+    http, tcp = "envoy.filters.network.http_connection_manager" in names, "envoy.filters.network.tcp_proxy" in names
+    return "HTTP+TCP" if http and tcp else "HTTP" if http else "TCP" if tcp else "UNKNOWN"
+
+
 def listener_rows(dump: Json, port: int | None = None) -> list[Row]:
-    rows: list[tuple[int, str, int, Row]] = []
+    rows: list[tuple[int, str, str, int, Row]] = []
     for x in resources(dump, "listeners"):
         sa = x.get("address", {}).get("socket_address", {})
         address, lport = str(sa.get("address", "")), int(sa.get("port_value", 0))
@@ -147,7 +173,8 @@ def listener_rows(dump: Json, port: int | None = None) -> list[Row]:
         # istioctl orders a listener's chains by DESTINATION, descending (Route before
         # PassthroughCluster before Non-HTTP/Non-TCP before Cluster: ...); ties keep their order.
         mine.sort(key=lambda r: r[3], reverse=True)
-        rows.extend((lport, address, i, row) for i, row in enumerate(mine))
+        # istioctl sorts listeners by port, address, then type.
+        rows.extend((lport, address, listener_type(x), i, row) for i, row in enumerate(mine))
     return [r for *_key, r in sorted(rows)]
 
 
@@ -192,37 +219,55 @@ _ISTIO_CLUSTER = re.compile(r"^(inbound|outbound)\|(\d*)\|([^|]*)\|(.*)$")
 
 
 def cluster_rows(dump: Json, fqdn: str | None = None) -> list[Row]:
-    rows: list[Row] = []
+    """istioctl's order: by FQDN, subset, port, direction (names without `|` sort by name)."""
+    keyed: list[tuple[tuple[str, str, int, str], Row]] = []
     for c in resources(dump, "clusters"):
         name = str(c.get("name", ""))
         kind = str(c.get("type", "EDS"))
         m = _ISTIO_CLUSTER.match(name)
-        row = (m.group(4), m.group(2) or "-", m.group(3) or "-", m.group(1), kind, "") if m else (name, "-", "-", "-", kind, "")
-        if fqdn is None or row[0] == fqdn:
-            rows.append(row)
-    return rows
+        if m:
+            port = int(m.group(2) or 0)  # istioctl parses the port: an empty one prints 0
+            row = (m.group(4), str(port), m.group(3) or "-", m.group(1), kind, "")
+            key = (m.group(4), m.group(3), port, m.group(1))
+        else:
+            row, key = (name, "-", "-", "-", kind, ""), (name, "", 0, "")
+        if fqdn is None or fqdn in name:  # istioctl's --fqdn is a substring filter
+            keyed.append((key, row))
+    return [row for _, row in sorted(keyed, key=lambda kr: kr[0])]
 
 
 def endpoint_rows(clusters_json: Json, cluster: str | None = None) -> list[Row]:
     """From admin /clusters?format=json (endpoints live there, not in the config dump)."""
-    rows: list[Row] = []
+    keyed: list[tuple[tuple[str, int, str], Row]] = []
     for c in clusters_json.get("cluster_statuses", []):
-        if cluster is not None and c.get("name") != cluster:
+        name = str(c.get("name"))
+        if cluster is not None and name.lower() != cluster.lower():
             continue
         for h in c.get("host_statuses", []):
             sa = h.get("address", {}).get("socket_address", {})
-            host = f"{sa.get('address')}:{sa.get('port_value')}"
-            status = h.get("health_status", {}).get("eds_health_status", "HEALTHY")
-            rows.append((host, status, "OK", str(c.get("name"))))
-    return rows
+            address, port = str(sa.get("address", "")), int(sa.get("port_value", 0))
+            host = f"{address}:{port}" if port else address
+            health = h.get("health_status", {})
+            status = str(health.get("eds_health_status", "UNKNOWN"))  # the proto enum's zero value
+            outlier = "FAILED" if health.get("failed_outlier_check") else "OK"
+            keyed.append(((address, port, name), (host, status, outlier, name)))
+    return [row for _, row in sorted(keyed, key=lambda kr: kr[0])]
 
 
 # -- output -----------------------------------------------------------------------------------
 
 
+# istioctl's tabwriter padding: 1 for the listener table, 5 for routes, clusters, endpoints.
+PADDING = {LISTENER_HEADER: 1, ROUTE_HEADER: 5, CLUSTER_HEADER: 5, ENDPOINT_HEADER: 5}
+
+
 def table(header: Row, rows: Sequence[Row]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [" ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
+    """Go's tabwriter as istioctl sets it up: each cell but a line's last is padded to its
+    column's width plus the padding (so an empty last cell leaves the padding, as istioctl's
+    output does); the last cell is written as it is."""
+    pad = PADDING.get(header, 1)
+    widths = [max(len(r[i]) for r in [header, *rows]) + pad for i in range(len(header) - 1)]
+    lines = ["".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + row[-1] for row in [header, *rows]]
     return "\n".join(lines) + "\n"
 
 

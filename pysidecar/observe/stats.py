@@ -196,6 +196,7 @@ class HttpConnManagerStats(StatsBlock):
     downstream_rq_rx_reset: Counter
     downstream_rq_tx_reset: Counter
     downstream_rq_ws_on_non_ws_route: Counter
+    downstream_rq_too_many_premature_resets: Counter
     downstream_flow_control_paused_reading_total: Counter
     downstream_flow_control_resumed_reading_total: Counter
     no_route: Counter
@@ -209,6 +210,21 @@ class HttpConnManagerStats(StatsBlock):
     downstream_rq_active: Gauge
     downstream_rq_time: Histogram
     downstream_cx_length_ms: Histogram
+
+
+class Http2CodecStats(StatsBlock):
+    """`http2.`: Envoy's HTTP/2 codec stats for downstream connections (made on the first one,
+    as Envoy's appear): floods, resets both ways, header lists over the limits."""
+
+    header_overflow: Counter
+    inbound_empty_frames_flood: Counter
+    inbound_priority_frames_flood: Counter
+    inbound_window_update_frames_flood: Counter
+    outbound_control_flood: Counter
+    outbound_flood: Counter
+    rx_messaging_error: Counter
+    rx_reset: Counter
+    tx_reset: Counter
 
 
 class _OpenBlock:
@@ -327,6 +343,9 @@ class StatsStore:
 
     def cluster_http(self, name: str) -> ClusterHttpStats:
         return self.block(ClusterHttpStats, cluster_scope(name))
+
+    def http2(self) -> Http2CodecStats:
+        return self.block(Http2CodecStats, "http2.")
 
     def http_inspector(self) -> HttpInspectorStats:
         return self.block(HttpInspectorStats, "http_inspector.")

@@ -44,6 +44,11 @@ class StreamInfo:
     requested_server_name: str | None = None
     route_name: str | None = None
     listener_name: str | None = None
+    # A gRPC request (content-type application/grpc) and the grpc-status it ended with
+    # (response trailers, a trailers-only response, or a local reply's): Istio's
+    # request_protocol="grpc" and grpc_response_status.
+    grpc: bool = False
+    grpc_status: int | None = None
     # The downstream TLS session (proxy/peer_tls.DownstreamTls) and the upstream's URI SAN:
     # %DOWNSTREAM_PEER_URI_SAN%, %UPSTREAM_PEER_URI_SAN%, Istio's principals.
     downstream_tls: Any = None

@@ -3,7 +3,7 @@ istiod's inbound chain for the target port, on pysidecar and on real Envoy (`env
 
 A peer pod (no sidecar) calls app:8080 → 200 with `server: istio-envoy`, the app sees the
 request come from 127.0.0.6, the inbound HCM and `inbound|8080||` cluster count it; a port no
-Service names (8081) still goes through InboundPassthroughCluster.
+Service names (8081) goes through istiod's passthrough chains (HTTP here) to InboundPassthroughClusterIpv4.
 """
 
 from __future__ import annotations
@@ -96,12 +96,13 @@ def test_service_port_gets_istiods_inbound_chain(lab: Lab, config_dir: str, prox
     assert s["http.inbound_0.0.0.0_8080.downstream_rq_2xx"] >= 1
     assert s["cluster.inbound|8080||.upstream_cx_total"] >= 1
 
-    # 8081 is in no Service: the passthrough chain (plain TCP, the app's own headers).
-    before = s.get("cluster.InboundPassthroughCluster.upstream_cx_total", 0)
+    # 8081 is in no Service: istiod's HTTP passthrough chain (the HTTP inspector saw HTTP/1.1),
+    # whose connection manager says `server: istio-envoy` too, to InboundPassthroughClusterIpv4.
+    before = s.get("cluster.InboundPassthroughClusterIpv4.upstream_cx_total", 0)
     status, headers, body = _get(peer, f"http://{app.ip}:8081/ip")
-    assert status == "200" and headers["server"] == "pysidecar-lab"
+    assert status == "200" and headers["server"] == "istio-envoy" and headers["x-served-by"] == "other"
     assert json.loads(body)["origin"] == "127.0.0.6"
-    assert stats(app)["cluster.InboundPassthroughCluster.upstream_cx_total"] == before + 1
+    assert stats(app)["cluster.InboundPassthroughClusterIpv4.upstream_cx_total"] == before + 1
     assert "cluster.inbound|8081||.upstream_cx_total" not in stats(app)
 
 
@@ -111,9 +112,9 @@ def test_without_labels_inbound_stays_passthrough(lab: Lab, config_dir: str) -> 
     app.spawn_server("http", 8080, "--name", "web")
     start_sidecar(app, config_dir, extra=["--workload-labels", ""])
     status, headers, _ = _get(peer, f"http://{app.ip}:8080/ip")
-    assert status == "200" and headers["server"] == "pysidecar-lab"
+    assert status == "200" and headers["server"] == "istio-envoy"  # the passthrough HCM's
     s = stats(app)
-    assert s["cluster.InboundPassthroughCluster.upstream_cx_total"] >= 1
+    assert s["cluster.InboundPassthroughClusterIpv4.upstream_cx_total"] >= 1
     assert not [k for k in s if k.startswith("cluster.inbound|")]
 
 

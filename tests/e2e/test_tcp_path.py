@@ -204,10 +204,10 @@ def test_inbound_through_15006_reaches_app_from_127_0_0_6(lab: Lab) -> None:
     start_sidecar(app)
     r = client.run(["curl", "-sf", "http://app:8080/ip"], check=True)
     seen = json.loads(r.stdout)
-    assert seen["origin"] == "127.0.0.6"  # InboundPassthroughCluster's source address
+    assert seen["origin"] == "127.0.0.6"  # InboundPassthroughClusterIpv4's source address
     assert seen["local"] == [app.ip, 8080]
     st = stats(app)
-    assert st["cluster.InboundPassthroughCluster.upstream_cx_total"] == 1
+    assert st["cluster.InboundPassthroughClusterIpv4.upstream_cx_total"] == 1
     assert st["listener.0.0.0.0_15006.downstream_cx_total"] == 1
     # the app talking to itself over loopback is never captured
     r = app.run(["curl", "-sf", "http://127.0.0.1:8080/ip"], check=True)
@@ -313,11 +313,11 @@ def test_tproxy_inbound_through_15006_reaches_app_from_127_0_0_6(lab: Lab, how: 
         time.sleep(0.1)
     assert r.returncode == 0, r
     seen = json.loads(r.stdout)
-    assert seen["origin"] == "127.0.0.6"  # InboundPassthroughCluster's source address
+    assert seen["origin"] == "127.0.0.6"  # InboundPassthroughClusterIpv4's source address
     assert seen["local"] == [app.ip, 8080]  # the original destination: the socket's local one
     st = stats(app)
     assert st["listener.0.0.0.0_15006.downstream_cx_total"] >= 1
-    assert st["cluster.InboundPassthroughCluster.upstream_cx_total"] >= 1
+    assert st["cluster.InboundPassthroughClusterIpv4.upstream_cx_total"] >= 1
     assert st.get("cluster.BlackHoleCluster.upstream_cx_none_healthy", 0) == 0
     # Outbound is still nat REDIRECT to 15001, and works alongside.
     s = connect(app, "198.19.0.10", 9002)

@@ -243,10 +243,9 @@ static_resources:
     # The standard sidecar (pysidecar run with no -c): istiod's 10 s connect timeout everywhere.
     sidecar = load([])
     assert {c.name: c.connect_timeout for c in sidecar.clusters} == {
-        "PassthroughCluster": 10.0, "InboundPassthroughCluster": 10.0, "BlackHoleCluster": 10.0,
+        "PassthroughCluster": 10.0, "InboundPassthroughClusterIpv4": 10.0, "InboundPassthroughClusterIpv6": 10.0,
+        "BlackHoleCluster": 10.0,
     }
-    assert all(
-        isinstance(f, TcpProxy) and f.idle_timeout == 3600.0
-        for x in sidecar.listeners for c in x.filter_chains for f in c.filters
-    )
+    tcp_proxies = [f for x in sidecar.listeners for c in x.filter_chains for f in c.filters if isinstance(f, TcpProxy)]
+    assert tcp_proxies and all(f.idle_timeout == 3600.0 for f in tcp_proxies)
 

@@ -89,7 +89,7 @@ def test_structure_of_the_standard_sidecar() -> None:
     assert names[:2] == ["virtualOutbound", "virtualInbound"]
     clusters = {c["name"]: c for c in out["static_resources"]["clusters"]}
     assert clusters["PassthroughCluster"]["type"] == "ORIGINAL_DST"
-    assert clusters["InboundPassthroughCluster"]["upstream_bind_config"]["source_address"]["address"] == "127.0.0.6"
+    assert clusters["InboundPassthroughClusterIpv4"]["upstream_bind_config"]["source_address"]["address"] == "127.0.0.6"
 
 
 def _seed_dir(tmp: Path) -> Path:
@@ -102,7 +102,9 @@ def test_istio_config_exports_routes(tmp_path: Path) -> None:
     out = to_envoy(load([str(_seed_dir(tmp_path))]))
     lis = {x["name"]: x for x in out["static_resources"]["listeners"]}
     hcm = lis["0.0.0.0_80"]["filter_chains"][0]["filters"][0]["typed_config"]
-    assert hcm["tracing"] == {} and lis["0.0.0.0_80"]["traffic_direction"] == "OUTBOUND"
+    # istiod's sampling from MeshConfig (defaultConfig.tracing.sampling, default 1 %); no zipkin
+    # address in the mesh config: no provider.
+    assert hcm["tracing"] == {"random_sampling": {"value": 1.0}} and lis["0.0.0.0_80"]["traffic_direction"] == "OUTBOUND"
     assert [f["name"] for f in hcm["http_filters"]] == ["envoy.filters.http.fault", "envoy.filters.http.router"]
     vhosts = hcm["route_config"]["virtual_hosts"]
     assert [v["name"] for v in vhosts] == ["httpbin.org:80", "block_all"]

@@ -1,4 +1,4 @@
-"""The HTTP/2 upstream codec and pool (proxy/http/h2_upstream.py, h2_pool.py) against real
+"""The HTTP/2 upstream codec and pool (proxy/http/http2/client_codec.py, http2/conn_pool.py) against real
 HTTP/2 servers on loopback: a grpcio server (a real gRPC call with trailers, multiplexed) and a
 scriptable h2 server (SETTINGS_MAX_CONCURRENT_STREAMS, GOAWAY, RST_STREAM mid-response, a
 window that never opens, garbage frames), plus the circuit breakers and flow control."""
@@ -22,9 +22,9 @@ from pysidecar.model import CircuitBreakers, Cluster, ClusterType, LbEndpoint, S
 from pysidecar.model.http import Http2Options
 from pysidecar.observe.stats import StatsStore
 from pysidecar.proxy.cluster_manager import ClusterRuntime
-from pysidecar.proxy.http.h2_headers import request_block
-from pysidecar.proxy.http.h2_pool import Http2HostPool, PendingRequest
-from pysidecar.proxy.http.h2_upstream import REMOTE_REFUSED, REMOTE_RESET, H2UpstreamStream
+from pysidecar.proxy.http.http2.client_codec import REMOTE_REFUSED, REMOTE_RESET, H2UpstreamStream
+from pysidecar.proxy.http.http2.conn_pool import Http2HostPool, PendingRequest
+from pysidecar.proxy.http.http2.request_headers import request_block
 from pysidecar.proxy.http.retry import (
     CONNECT_FAILURE,
     CONNECTION_TERMINATION,
@@ -44,6 +44,7 @@ class Client:
         self.events: list[str] = []
         self.reset_reason: str | None = None
         self.up: H2UpstreamStream | None = None
+        self.connecting: Any = None  # the pool's PendingRequest while waiting
         self.done = loop.create_future()
 
     def _end(self, what: str) -> None:
@@ -70,6 +71,9 @@ class Client:
 
     def upstream_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
         self.trailers = trailers
+
+    def upstream_read_done(self) -> None:
+        self.events.append("read")
 
     def upstream_complete(self) -> None:
         self._end("complete")
@@ -99,9 +103,9 @@ def _pool(
 
 async def _start(pool: Http2HostPool, client: Client) -> None:
     got = pool.acquire(client)
-    if isinstance(got, H2UpstreamStream):
+    if got is not None:
         client.upstream_ready(got)
-    if got is None:
+    elif client.connecting is None:  # refused
         return
     for _ in range(200):
         if client.up is not None or client.done.done():
@@ -413,14 +417,12 @@ def test_connect_refused_fails_the_waiting_request_and_cancel_frees_its_slot() -
         await probe.wait_closed()
         pool, store = _pool(loop, port)
         a = Client(loop)
-        got = pool.acquire(a)
-        assert isinstance(got, PendingRequest)
+        assert pool.acquire(a) is None and isinstance(a.connecting, PendingRequest)
         assert await a.done == "failed" and a.events == [f"failed:{CONNECT_FAILURE}:delayed connect error: 111"]
         assert store.cluster("h2").upstream_cx_connect_fail == 1 and pool.breaker.pending == 0
         b = Client(loop)
-        ticket = pool.acquire(b)
-        assert isinstance(ticket, PendingRequest)
-        ticket.cancel()
+        assert pool.acquire(b) is None and isinstance(b.connecting, PendingRequest)
+        b.connecting.cancel()
         assert pool.breaker.pending == 0 and store.cluster_http("h2").upstream_rq_pending_active == 0
         await asyncio.sleep(0.05)
         assert b.events == []  # a cancelled request hears nothing

@@ -4,16 +4,15 @@ pool kinds a cluster's protocol selects (where an HTTP/2 upstream pool plugs in)
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
-from pysidecar.model import Cluster, ClusterType, LbEndpoint, SocketAddress
+from pysidecar.model import Cluster, ClusterType, LbEndpoint, SocketAddress, UpstreamHttpProtocol
 from pysidecar.model.http import (
     FaultInjection,
     HttpConnectionManager,
     HttpFilter,
-    LuaHeaderAdd,
+    LuaConfig,
     Route,
     RouteAction,
     RouteConfiguration,
@@ -28,6 +27,7 @@ from pysidecar.proxy.http.filter import build_chain
 from pysidecar.proxy.http.filters.fault import FaultFilter
 from pysidecar.proxy.http.filters.lua import LuaFilter
 from pysidecar.proxy.http.http1.conn_pool import HostPool
+from pysidecar.proxy.http.http2.conn_pool import Http2HostPool
 from pysidecar.proxy.http.router_filter import RouterFilter
 
 ROUTER = HttpFilter("envoy.filters.http.router", "envoy.extensions.filters.http.router.v3.Router")
@@ -92,7 +92,8 @@ def _hcm(filters: tuple[HttpFilter, ...], fault: bool = False) -> HttpConnection
 
 
 def test_the_chain_is_the_configured_filters_router_last() -> None:
-    lua = HttpFilter("envoy.filters.http.lua", LUA_TYPE, (LuaHeaderAdd(True, "x-a", "1"),))
+    code = 'function envoy_on_response(h) h:headers():add("x-a", "1") end'
+    lua = HttpFilter("envoy.filters.http.lua", LUA_TYPE, lua=LuaConfig(code))
     chain = build_chain(_hcm((lua, ROUTER)))
     assert [type(f) for f in chain] == [LuaFilter, RouterFilter]
     assert chain[0].encodes and not chain[1].encodes
@@ -103,27 +104,26 @@ def test_route_faults_get_a_fault_filter_even_when_unlisted() -> None:
     assert [type(f) for f in build_chain(_hcm(()))] == [RouterFilter]
 
 
-def test_the_pool_kind_follows_the_cluster_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where an HTTP/2 upstream plugs in: a pool kind named by upstream_protocol."""
-    made: list[tuple[str, int]] = []
-
-    class FakeH2Pool:
-        def __init__(self, loop: Any, cluster: Any, rq_stats: Any, host: tuple[str, int], limit: int) -> None:
-            self.host = host
-            made.append(host)
-
+def test_the_pool_kind_follows_the_cluster_protocol() -> None:
+    """The HTTP/2 upstream plugs in as a pool kind named by upstream_protocol: explicit HTTP/2,
+    and use_downstream_protocol_config for a request that came over HTTP/2; a reload (a new
+    ClusterRuntime) gets fresh pools, one per (cluster, host, protocol)."""
     loop = asyncio.new_event_loop()
     try:
         store = StatsStore()
-        cluster = Cluster("c", ClusterType.STATIC, endpoints=(LbEndpoint(SocketAddress("127.0.0.1", 9)),))
-        runtime = ClusterRuntime(cluster, store.cluster("c"), store)
-        manager = conn_pool.PoolManager(loop)
         host = ("127.0.0.1", 9)
-        assert isinstance(manager.pool(runtime, store.cluster_http("c"), host, 1 << 20), HostPool)
-        monkeypatch.setitem(conn_pool.POOL_KINDS, "http2", FakeH2Pool)
-        monkeypatch.setattr(conn_pool, "upstream_protocol", lambda c: "http2")
-        again = ClusterRuntime(cluster, store.cluster("c"), store)  # a reload: fresh pools
-        assert isinstance(manager.pool(again, store.cluster_http("c"), host, 1 << 20), FakeH2Pool)
-        assert made == [host]
+        manager = conn_pool.PoolManager(loop)
+
+        def pool(protocol: UpstreamHttpProtocol, downstream_http2: bool) -> object:
+            cluster = Cluster(
+                "c", ClusterType.STATIC, endpoints=(LbEndpoint(SocketAddress(*host)),), upstream_http_protocol=protocol
+            )
+            runtime = ClusterRuntime(cluster, store.cluster("c"), store)
+            return manager.pool(runtime, store.cluster_http("c"), host, 1 << 20, downstream_http2)
+
+        assert isinstance(pool(UpstreamHttpProtocol.HTTP1, True), HostPool)
+        assert isinstance(pool(UpstreamHttpProtocol.HTTP2, False), Http2HostPool)
+        assert isinstance(pool(UpstreamHttpProtocol.USE_DOWNSTREAM, False), HostPool)
+        assert isinstance(pool(UpstreamHttpProtocol.USE_DOWNSTREAM, True), Http2HostPool)
     finally:
         loop.close()

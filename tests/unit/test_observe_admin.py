@@ -192,9 +192,11 @@ def test_config_dump_is_envoy_shaped() -> None:
     clusters = {c["cluster"]["name"]: c["cluster"] for c in dump["configs"][1]["static_clusters"]}
     assert clusters["PassthroughCluster"]["type"] == "ORIGINAL_DST"
     assert clusters["PassthroughCluster"]["lb_policy"] == "CLUSTER_PROVIDED"
-    assert clusters["InboundPassthroughCluster"]["upstream_bind_config"] == {
+    assert clusters["InboundPassthroughClusterIpv4"]["upstream_bind_config"] == {
         "source_address": {"address": "127.0.0.6", "port_value": 0},
-        "extra_source_addresses": [{"address": {"address": "::6", "port_value": 0}}],
+    }
+    assert clusters["InboundPassthroughClusterIpv6"]["upstream_bind_config"] == {
+        "source_address": {"address": "::6", "port_value": 0},
     }
     svc = clusters["svc"]
     assert svc["connect_timeout"] == "0.250s" and svc["alt_stat_name"] == "outbound|80||svc.lab;"

@@ -66,15 +66,25 @@ def _dump() -> dict:
 
 def test_listener_table_reads_like_istioctl() -> None:
     assert t.table(t.LISTENER_HEADER, t.listener_rows(_dump())) == (
-        "ADDRESS    PORT  MATCH                                DESTINATION\n"
-        "10.96.0.10 53    ALL                                  Cluster: outbound|53||kube-dns.kube-system.svc.cluster.local\n"
-        "0.0.0.0    80    Trans: raw_buffer; App: http/1.1,h2c Route: 80\n"
-        "0.0.0.0    80    ALL                                  PassthroughCluster\n"
-        "0.0.0.0    15001 ALL                                  PassthroughCluster\n"
-        "0.0.0.0    15001 Addr: *:15001                        Non-HTTP/Non-TCP\n"
-        "0.0.0.0    15006 Addr: *:15006                        Non-HTTP/Non-TCP\n"
-        "0.0.0.0    15006 ALL                                  InboundPassthroughCluster\n"
+        "ADDRESS    PORT  MATCH                                                 DESTINATION\n"
+        "10.96.0.10 53    ALL                                                   Cluster: outbound|53||kube-dns.kube-system.svc.cluster.local\n"
+        "0.0.0.0    80    Trans: raw_buffer; App: http/1.1,h2c                  Route: 80\n"
+        "0.0.0.0    80    ALL                                                   PassthroughCluster\n"
+        "0.0.0.0    15001 ALL                                                   PassthroughCluster\n"
+        "0.0.0.0    15001 Addr: *:15001                                         Non-HTTP/Non-TCP\n"
+        "0.0.0.0    15006 Addr: *:15006                                         Non-HTTP/Non-TCP\n"
+        "0.0.0.0    15006 Trans: raw_buffer; App: http/1.1,h2c; Addr: ::/0      InboundPassthroughClusterIpv6\n"
+        "0.0.0.0    15006 Trans: raw_buffer; Addr: ::/0                         InboundPassthroughClusterIpv6\n"
+        "0.0.0.0    15006 Trans: raw_buffer; App: http/1.1,h2c; Addr: 0.0.0.0/0 InboundPassthroughClusterIpv4\n"
+        "0.0.0.0    15006 Trans: raw_buffer; Addr: 0.0.0.0/0                    InboundPassthroughClusterIpv4\n"
     )  # as the seed's istioctl table: tcp_proxy to BlackHoleCluster is Non-HTTP/Non-TCP
+
+
+def test_sidecar_ports_15021_and_15090_as_seed_002_lists_them() -> None:
+    rows = t.listener_rows(config_dump(standard_sidecar(), 0.0))
+    assert ("0.0.0.0", "15021", "ALL", "Inline Route: /healthz/ready*") in rows
+    assert ("0.0.0.0", "15090", "ALL", "Inline Route: /stats/prometheus*") in rows
+    assert [r[1] for r in rows] == sorted((r[1] for r in rows), key=int)
 
 
 def test_listener_port_filter() -> None:
@@ -92,19 +102,38 @@ def test_match_descriptions() -> None:
     }
     assert t.describe_match(inbound_tls) == "Trans: tls; App: istio-http/1.0,istio-h2; Addr: 0.0.0.0/0"
     assert t.describe_match({"server_names": ["a.com", "b.com"]}) == "SNI: a.com,b.com"
+    # istioctl's names for the ALPN lists istiod uses; seed 002's `Trans: tls; App: TCP TLS`.
+    assert t.describe_match({"transport_protocol": "tls", "application_protocols": ["istio-peer-exchange", "istio"]}) == "Trans: tls; App: TCP TLS"
+    assert t.describe_match({"application_protocols": ["http/1.0", "http/1.1", "h2c"]}) == "App: HTTP"
 
 
 def test_destinations() -> None:
     hcm = "envoy.filters.network.http_connection_manager"
     inline = {"virtual_hosts": [{"domains": ["*"], "routes": [{"match": {"prefix": "/stats/prometheus"}}]}]}
     assert t.describe_destination([{"name": hcm, "typed_config": {"route_config": inline}}]) == "Inline Route: /stats/prometheus*"
+    # A named route config reads as istiod's RDS ones do; a catch-all to one cluster (Istio's
+    # inline `inbound|8080||`) reads as that cluster, as istioctl prints it.
     assert t.describe_destination([{"name": hcm, "typed_config": {"route_config": {"name": "local_route"}}}]) == "Route: local_route"
+    inbound = {"name": "inbound|8080||", "virtual_hosts": [{"name": "inbound|http|8080", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/"}, "route": {"cluster": "inbound|8080||"}}]}]}  # fmt: skip
+    assert t.describe_destination([{"name": hcm, "typed_config": {"route_config": inbound}}]) == "Cluster: inbound|8080||"
+    passthrough = {"name": "InboundPassthroughClusterIpv4", "virtual_hosts": [{"domains": ["*"], "routes": [
+        {"match": {"prefix": "/"}, "route": {"cluster": "InboundPassthroughClusterIpv4"}}]}]}  # fmt: skip
+    assert t.describe_destination([{"name": hcm, "typed_config": {"route_config": passthrough}}]) == "InboundPassthroughClusterIpv4"
+    exact = {"virtual_hosts": [{"domains": ["*"], "routes": [{"match": {"path": "/"}, "route": {"cluster": "c"}}]}]}
+    assert t.describe_destination([{"name": hcm, "typed_config": {"route_config": exact}}]) == "Inline Route: /"
+    assert t.describe_destination([{"name": hcm, "typed_config": {"rds": {"route_config_name": "80"}}}]) == "Route: 80"
     assert t.describe_destination([]) == "Non-HTTP/Non-TCP"
 
 
 def test_route_cluster_endpoint_tables() -> None:
     dump = _dump()
-    assert t.route_rows(dump) == [("80", "httpbin.org:80", "httpbin.org", "/*", ""), ("80", "block_all", "*", "/*", "")]
+    # Inline route configs are in Envoy's dump too: istioctl lists them (Istio's inbound passthrough).
+    assert t.route_rows(dump) == [
+        ("80", "httpbin.org:80", "httpbin.org", "/*", ""), ("80", "block_all", "*", "/*", ""),
+        ("InboundPassthroughClusterIpv4", "inbound|http|0", "*", "/*", ""),
+        ("InboundPassthroughClusterIpv6", "inbound|http|0", "*", "/*", ""),
+    ]  # fmt: skip
     rows = t.cluster_rows(dump)
     assert ("BlackHoleCluster", "-", "-", "-", "STATIC", "") in rows
     assert ("PassthroughCluster", "-", "-", "-", "ORIGINAL_DST", "") in rows
@@ -112,7 +141,8 @@ def test_route_cluster_endpoint_tables() -> None:
     clusters = {"cluster_statuses": [{"name": "svc", "host_statuses": [
         {"address": {"socket_address": {"address": "198.19.0.10", "port_value": 80}}, "health_status": {"eds_health_status": "HEALTHY"}}]}]}  # fmt: skip
     assert t.table(t.ENDPOINT_HEADER, t.endpoint_rows(clusters)) == (
-        "ENDPOINT       STATUS  OUTLIER CHECK CLUSTER\n198.19.0.10:80 HEALTHY OK            svc\n"
+        # istioctl's tabwriter for endpoints pads with 5 spaces.
+        "ENDPOINT           STATUS      OUTLIER CHECK     CLUSTER\n198.19.0.10:80     HEALTHY     OK                svc\n"
     )
 
 

@@ -40,6 +40,7 @@ from pysidecar.config.istio.meta import DEFAULT_NAMESPACE
 from pysidecar.config.istio.peer_authentication import effective
 from pysidecar.config.istio.registry import Protocol, Service, ServicePort, outbound_cluster_name
 from pysidecar.config.istio.sidecar_scope import Sidecar, host_matches
+from pysidecar.config.istio.tracing import with_mesh_tracing
 from pysidecar.config.istio.virtual_service import (
     MESH_GATEWAY,
     L4Route,
@@ -459,6 +460,8 @@ def compile_config(
         )  # fmt: skip
     inbound = build_inbound(inbound_ports(cfg.services, workload_labels or {}, cfg.pods), mesh, modes, identity)
     base = with_inbound(base, inbound)
-    out = replace(with_resources(base, listeners, clusters), sources=cfg.files or base.sources, identity=identity)
+    out = with_mesh_tracing(
+        replace(with_resources(base, listeners, clusters), sources=cfg.files or base.sources, identity=identity)
+    )
     access_log = mesh_access_log(mesh) if mesh_access_log_on else None
     return with_access_log(out, access_log) if access_log is not None else out

@@ -54,6 +54,7 @@ from pysidecar.config.istio.gateway import Gateway, Server
 from pysidecar.config.istio.registry import Protocol, Service, ServicePort
 from pysidecar.config.istio.secrets import Credential, CredentialError, Pem, credential
 from pysidecar.config.istio.sidecar_scope import host_matches
+from pysidecar.config.istio.tracing import with_mesh_tracing
 from pysidecar.config.istio.virtual_service import VirtualService
 from pysidecar.config.node import ConfigError
 from pysidecar.config.sidecar import standard_sidecar
@@ -366,6 +367,6 @@ def compile_gateway(
     resolved = {s.hostname: dr for s in services if (dr := rule_for(s.hostname, rules)) is not None}
     base = router_skeleton(mesh)
     clusters = base.clusters + tuple(c for c in build_clusters(services, resolved, mesh) if c.name != BLACKHOLE_CLUSTER)
-    out = replace(base, listeners=tuple(listeners), clusters=clusters, sources=cfg.files or base.sources)
+    out = with_mesh_tracing(replace(base, listeners=tuple(listeners), clusters=clusters, sources=cfg.files or base.sources))
     access_log = mesh_access_log(mesh) if mesh_access_log_on else None
     return with_access_log(out, access_log) if access_log is not None else out

@@ -19,7 +19,7 @@ Promises:
   - any other port: a TCP chain `0.0.0.0_P`, tcp_proxy stat_prefix and cluster `inbound|P||`;
   - cluster `inbound|P||`: ORIGINAL_DST (CLUSTER_PROVIDED) from 127.0.0.6 / ::6, as istiod's
     default inboundTrafficPolicy PASSTHROUGH builds it (the app sees 127.0.0.6 on its pod IP,
-    like InboundPassthroughCluster), mesh connect timeout, istiod's unlimited circuit breakers.
+    like InboundPassthroughClusterIpv4), mesh connect timeout, istiod's unlimited circuit breakers.
 - `with_inbound(bootstrap, inbound)` appends the chains to the virtualInbound listener, after
   its blackhole and passthrough chains (as istiod orders them), and adds the clusters.
 - Per port, the PeerAuthentication mode (`MtlsModes`) picks istiod's chains: DISABLE, or no
@@ -42,7 +42,12 @@ from pysidecar.config.istio.clusters import ISTIO_CIRCUIT_BREAKERS, upstream_pro
 from pysidecar.config.istio.kube import PodPorts
 from pysidecar.config.istio.peer_authentication import MtlsModes
 from pysidecar.config.istio.registry import Protocol, Service, ServicePort
-from pysidecar.config.sidecar import INBOUND_PASSTHROUGH_BIND
+from pysidecar.config.sidecar import (
+    HTTP_ALPNS,
+    INBOUND_PASSTHROUGH_BIND,
+    INBOUND_RETRY,
+    INBOUND_SERVER_NAME,
+)
 from pysidecar.model import (
     VIRTUAL_INBOUND,
     Bootstrap,
@@ -57,7 +62,6 @@ from pysidecar.model import (
 from pysidecar.model.http import (
     Decorator,
     HttpConnectionManager,
-    RetryPolicy,
     Route,
     RouteAction,
     RouteConfiguration,
@@ -68,15 +72,9 @@ from pysidecar.model.tls import WorkloadIdentity
 
 log = logging.getLogger(__name__)
 
-# istiod's ProxyHeaders ServerName for every listener class but sidecar outbound ("envoy").
-INBOUND_SERVER_NAME = "istio-envoy"
 # The virtual listener's wildcard: it names inbound chains and their stat prefixes.
 WILDCARD = "0.0.0.0"
 PLAINTEXT = "raw_buffer"
-HTTP_ALPNS = ("http/1.1", "h2c")
-# istiod (1.24+, EnableInboundRetryPolicy) on the inbound default route: retry a request the
-# app reset before it was sent (an app restarting), never one it may have seen.
-INBOUND_RETRY = RetryPolicy(retry_on=("reset-before-request",), num_retries=2)
 
 
 @dataclass(frozen=True, slots=True)

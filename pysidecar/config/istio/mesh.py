@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 # MeshConfig fields we accept without acting on them: they steer istiod, not the data plane.
 IGNORED_FIELDS = (
-    "enable_tracing",
     "default_providers",
     "extension_providers",
     "trust_domain_aliases",
@@ -112,6 +111,7 @@ MESH_FIELDS = (
     "h2_upgrade_policy",
     "path_normalization",
     "default_http_retry_policy",
+    "enable_tracing",
     "trust_domain",
     "root_namespace",
     "enable_auto_mtls",
@@ -157,9 +157,13 @@ def mesh_config(node: Node) -> MeshConfig:
             OutboundTrafficPolicy.ALLOW_ANY,
         )
     hold = False
+    default = MeshConfig()
+    sampling, zipkin = default.tracing_sampling, default.zipkin_address
     if (dc := f.get("default_config")) is not None:
         df = dc.fields(*PROXY_CONFIG_FIELDS)
         hold = df.opt("hold_application_until_proxy_starts", Node.boolean, False)
+        if (tr := df.get("tracing")) is not None:
+            sampling, zipkin = _tracing(tr, sampling, zipkin)
         if (conc := df.get("concurrency")) is not None:
             conc.integer(0)
     encoding = f.opt("access_log_encoding", lambda n: n.enum(["TEXT", "JSON"]), "TEXT")
@@ -168,7 +172,6 @@ def mesh_config(node: Node) -> MeshConfig:
         formatter(AccessLogConfig("-", "JSON" if encoding == "JSON" else "TEXT", log_format or None))
     except FormatError as e:
         (f.get("access_log_format") or node).fail(str(e))
-    default = MeshConfig()
     retry = default.default_http_retry_policy
     if (n := f.get("default_http_retry_policy")) is not None:
         # Converted as istiod converts a VirtualService's retries (attempts 0: no retries).
@@ -184,9 +187,34 @@ def mesh_config(node: Node) -> MeshConfig:
         access_log_file=f.opt("access_log_file", Node.string, ""),
         access_log_encoding=encoding,
         access_log_format=log_format,
+        enable_tracing=f.opt("enable_tracing", Node.boolean, True),
+        tracing_sampling=sampling,
+        zipkin_address=zipkin,
         h2_upgrade=f.opt("h2_upgrade_policy", lambda n: n.enum(["DO_NOT_UPGRADE", "UPGRADE"]), "DO_NOT_UPGRADE")
         == "UPGRADE",
     )
+
+
+def _tracing(node: Node, sampling: float, zipkin: str) -> tuple[float, str]:
+    """defaultConfig.tracing: `sampling` (0..100) and the `zipkin` collector's `address`; other
+    tracers (lightstep, datadog, stackdriver, openCensusAgent) are refused."""
+    f = node.fields("sampling", "zipkin", "max_path_tag_length", "custom_tags", "tls",
+                    "lightstep", "datadog", "stackdriver", "open_census_agent", "tls_settings")  # fmt: skip
+    for other in ("lightstep", "datadog", "stackdriver", "open_census_agent"):
+        if other in f:
+            f.require(other).fail("only the zipkin tracer is supported")
+    if (s := f.get("sampling")) is not None:
+        v = s.value
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 100:
+            s.fail(f"expected a percentage 0..100, got {v!r}")
+        sampling = float(v)
+    if (z := f.get("zipkin")) is not None:
+        address = z.fields("address").require("address").nonempty()
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            z.fail(f"expected address host:port, got {address!r}")
+        zipkin = address
+    return sampling, zipkin
 
 
 def is_istio_configmap(value: Any) -> bool:

@@ -23,12 +23,12 @@ from dataclasses import dataclass, replace
 from pysidecar.config.istio import virtual_service as vs
 from pysidecar.config.istio.meta import DOMAIN_SUFFIX, ObjectMeta
 from pysidecar.config.istio.registry import Service, outbound_cluster_name
+from pysidecar.config.sidecar import istio_connection_manager
 from pysidecar.model import PASSTHROUGH_CLUSTER, OutboundTrafficPolicy
 from pysidecar.model.http import (
     ISTIO_DEFAULT_RETRY,
     ISTIO_DEFAULT_RETRY_ON,
     ClusterWeight,
-    CodecType,
     Decorator,
     DirectResponse,
     FaultInjection,
@@ -403,15 +403,7 @@ def connection_manager(stat_prefix: str, rc: RouteConfiguration, server_name: st
     """The outbound HCM istiod writes for a sidecar: tracing on (decorators), no stream idle
     timeout, websocket upgrades; the fault filter before the router when a route injects faults
     (istiod always has it; leaving it out otherwise keeps the chain to what is used)."""
-    faults = any(r.fault is not None for vh in rc.virtual_hosts for r in vh.routes)
-    fault_filter = (HttpFilter("envoy.filters.http.fault", FAULT_TYPE),) if faults else ()
-    return HttpConnectionManager(
-        stat_prefix=stat_prefix,
-        route_config=rc,
-        codec_type=CodecType.AUTO,
-        http_filters=(*fault_filter, HttpFilter("envoy.filters.http.router", ROUTER_TYPE)),
-        server_name=server_name,
-        tracing=True,
-        stream_idle_timeout=0.0,
-        upgrade_types=("websocket",),
-    )
+    hcm = istio_connection_manager(stat_prefix, rc, server_name)
+    if any(r.fault is not None for vh in rc.virtual_hosts for r in vh.routes):
+        hcm = replace(hcm, http_filters=(HttpFilter("envoy.filters.http.fault", FAULT_TYPE), *hcm.http_filters))
+    return hcm

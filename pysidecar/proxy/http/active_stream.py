@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pysidecar.observe.stream_info import StreamInfo
+from pysidecar.proxy.http import grpc
 from pysidecar.proxy.http import local_reply as lr
 from pysidecar.proxy.http import stream_state as ss
 from pysidecar.proxy.http.edge import edge_request
@@ -56,6 +57,7 @@ from pysidecar.proxy.http.xfcc import forward_client_cert
 
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Callable
 
     from pysidecar.proxy.http.codec import DownstreamCodec, UpstreamCodec
     from pysidecar.proxy.http.headers import HeaderOps
@@ -70,6 +72,7 @@ class ActiveStream:
     __slots__ = (
         "body_bytes",
         "body_parts",
+        "body_waiter",
         "chunked_in",
         "chunked_out",
         "close_after",
@@ -129,6 +132,8 @@ class ActiveStream:
         self.response_ops: HeaderOps = ()
         self.route: CompiledRoute | None = None
         self.router: Router | None = None
+        # A filter that needs the whole request body (Lua's body()): called at its end.
+        self.body_waiter: Callable[[], None] | None = None
         self.filter_timer: asyncio.TimerHandle | None = (
             None  # a filter holding the request (fault delay): its timer
         )
@@ -158,6 +163,7 @@ class ActiveStream:
             host_b, target = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
         self.target = target
         self.noted = noted
+        info.grpc = grpc.is_grpc(get(headers, b"content-type"))
         path = self.path = target.decode("latin-1")
         host = self.host = host_b.decode("latin-1")
         if info.protocol is None:  # an HTTP/2 connection sets its own
@@ -199,13 +205,7 @@ class ActiveStream:
             self.close_after = self.close_after or refused[0] == 400
             self.local_reply(refused[0], b"", (), refused[1])
             return
-        self.vhost, route, self.tls_redirect = resolve_route(
-            cfg.table, host, path, headers, noted.get(b"x-forwarded-proto") or conn.scheme
-        )
-        self.route = route
-        if route is not None:
-            info.route_name = route.route.name or None
-            self.response_ops = route.response_ops
+        route = self.route_request(headers)
         # The base of the upstream request's headers, in Envoy's order: the client's headers
         # in place (host first), then what the connection manager adds (x-forwarded-proto, a
         # generated x-request-id, the decorator); the filters and the router add theirs after.
@@ -225,6 +225,19 @@ class ActiveStream:
         self.up_headers = up
         self.filter_index = 0
         self.continue_decoding()
+
+    def route_request(self, headers: Headers) -> CompiledRoute | None:
+        """Choose the route for host, path and `headers` (again when a filter changed them:
+        Envoy's clearRouteCache)."""
+        conn = self.conn
+        self.vhost, route, self.tls_redirect = resolve_route(
+            conn.cfg.table, self.host, self.path, headers, self.noted.get(b"x-forwarded-proto") or conn.scheme
+        )
+        self.route = route
+        if route is not None:
+            self.info.route_name = route.route.name or None
+            self.response_ops = route.response_ops
+        return route
 
     def continue_decoding(self) -> None:
         """Run the decoder filters from `filter_index` until one stops the chain (the router
@@ -253,6 +266,11 @@ class ActiveStream:
             return
         self.body_parts.append(data)
         self.body_bytes += n
+        if self.body_waiter is not None and self.body_bytes > self.conn.buffer_limit:
+            # A filter buffering the whole body past the limit: Envoy's 413.
+            self.body_waiter = None
+            self.send_local_reply(lr.PAYLOAD_TOO_LARGE)
+            return
         if self.body_bytes > self.conn.buffer_limit and not self.paused_for_body:
             self.retain = False
             self.paused_for_body = True
@@ -273,6 +291,10 @@ class ActiveStream:
             return  # ends once (HTTP/2: END_STREAM after trailers)
         if state & RESPONSE_DONE:
             self.conn.stream_done(self)
+            return
+        if self.body_waiter is not None:
+            waiter, self.body_waiter = self.body_waiter, None
+            waiter()
             return
         router = self.router
         if router is not None:
@@ -329,6 +351,8 @@ class ActiveStream:
         info.response_code = status
         info.response_code_details = "via_upstream"
         info.upstream_service_time_ms = service_time_ms
+        if info.grpc:  # a trailers-only response carries its grpc-status in the head
+            info.grpc_status = grpc.grpc_status(headers)
         # One pass strips the upstream's hop-by-hop headers, puts our server in its place and
         # notes content-length and date; operations that touch those names re-check them.
         out, seen = scan_response(headers, cfg.server_header)
@@ -382,6 +406,15 @@ class ActiveStream:
         self.conn.encode_end(self)
         self.finish()
 
+    def encode_trailers(self, trailers: Headers) -> None:
+        """The upstream's response trailers end the response (gRPC's grpc-status rides here)."""
+        if self.state & RESPONSE_DONE:
+            return
+        if self.info.grpc:
+            self.info.grpc_status = grpc.grpc_status(trailers)
+        self.conn.encode_trailers(self, trailers)
+        self.finish()
+
     def encode_tunnel_data(self, data: bytes) -> None:
         self.info.bytes_sent += len(data)
         self.conn.write(data)
@@ -400,20 +433,30 @@ class ActiveStream:
 
     # == endings ================================================================================
     def send_local_reply(self, reply: lr.LocalReply) -> None:
-        self.local_reply(reply.status, reply.body, reply.flags, reply.details)
+        self.local_reply(reply.status, reply.body, reply.flags, reply.details, reply.grpc_status)
 
-    def local_reply(self, status: int, body: bytes, flags: tuple[str, ...], details: str) -> None:
+    def local_reply(
+        self, status: int, body: bytes, flags: tuple[str, ...], details: str, grpc_status: int | None = None
+    ) -> None:
         """Answer the request ourselves (Envoy's sendLocalReply) and finish the stream."""
         info = self.info
         self.drop_upstream()
         if flags:
             info.response_flags += flags
-        info.response_code = status
         info.response_code_details = details
-        info.bytes_sent += 0 if self.head_request else len(body)
-        self.conn.encode_local_reply(
-            self, status, body, self.local_reply_headers(status, body, self.response_ops)
-        )
+        if info.grpc:
+            # Envoy answers a gRPC request with a trailers-only response: 200, grpc-status
+            # mapped from the status, the body as grpc-message (checked on 1.40).
+            info.response_code = 200
+            info.grpc_status = grpc.http_to_grpc_status(status) if grpc_status is None else grpc_status
+            head = grpc.local_reply_headers(info.grpc_status, body, http_date(), self.conn.cfg.server)
+            self.conn.encode_local_reply(self, 200, b"", head[1:])
+        else:
+            info.response_code = status
+            info.bytes_sent += 0 if self.head_request else len(body)
+            self.conn.encode_local_reply(
+                self, status, body, self.local_reply_headers(status, body, self.response_ops)
+            )
         self.state = ss.advance(self.state, ss.RESPONSE_START)
         self.finish()
 

@@ -72,6 +72,9 @@ class DownstreamCodec(Protocol):
 
     def encode_end(self, st: ActiveStream) -> None: ...
 
+    def encode_trailers(self, st: ActiveStream, trailers: Headers) -> None:
+        """The response's end with trailers (HTTP/2: a HEADERS frame with END_STREAM)."""
+
     def encode_local_reply(
         self, st: ActiveStream, status: int, body: bytes, headers: Headers
     ) -> None:
@@ -105,6 +108,9 @@ class ResponseDecoder(Protocol):
     def upstream_headers(self, status: int, headers: Headers) -> None: ...
 
     def upstream_body(self, data: bytes) -> None: ...
+
+    def upstream_trailers(self, trailers: Headers) -> None:
+        """Response trailers (HTTP/2): the end follows with upstream_complete."""
 
     def upstream_read_done(self) -> None:
         """The end of one read from the upstream: a held response head goes out now."""
@@ -140,8 +146,11 @@ class UpstreamAttempt(ResponseDecoder, PoolCallbacks, Protocol):
 class UpstreamCodec(Protocol):
     """One upstream connection (or HTTP/2 stream) carrying one attempt."""
 
-    closed: bool
-    local_address: str | None
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def local_address(self) -> str | None: ...
 
     def attach(self, stream: UpstreamAttempt) -> None: ...
 
@@ -161,6 +170,9 @@ class UpstreamCodec(Protocol):
 
     def encode_end(self) -> None:
         """The request is complete (HTTP/1 chunked: the last chunk)."""
+
+    def encode_trailers(self, trailers: Headers) -> None:
+        """The request is complete with trailers (HTTP/2; HTTP/1 drops them, as Envoy)."""
 
     def write(self, data: bytes) -> None:
         """Tunnel bytes after a 101."""

@@ -6,7 +6,7 @@ Promises (each checked against Envoy 1.40, tests/conformance/test_grpc.py):
 - `http_to_grpc_status(status)`: Envoy's Grpc::Utility::httpToGrpcStatus: 400 INTERNAL,
   401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 UNIMPLEMENTED, 429/502/503/504 UNAVAILABLE,
   anything else UNKNOWN.
-- `local_reply_headers(status, body, server)`: a local reply to a gRPC request is a
+- `local_reply_headers(grpc_status, body, date, server)`: a local reply to a gRPC request is a
   trailers-only response: `:status 200` (the caller sends the head with END_STREAM),
   `content-type: application/grpc`, `grpc-status`, `grpc-message` (the body, percent-encoded
   as gRPC wants; absent for an empty body), then `date` and `server`: Envoy's order.
@@ -59,11 +59,11 @@ def percent_encode(message: bytes) -> bytes:
     return b"".join(bytes([b]) if 0x20 <= b <= 0x7E and b != 0x25 else b"%%%02X" % b for b in message)
 
 
-def local_reply_headers(status: int, body: bytes, date: bytes, server: bytes) -> Headers:
+def local_reply_headers(grpc_status: int, body: bytes, date: bytes, server: bytes) -> Headers:
     out: Headers = [
         (b":status", b"200"),
         (b"content-type", b"application/grpc"),
-        (b"grpc-status", b"%d" % http_to_grpc_status(status)),
+        (b"grpc-status", b"%d" % grpc_status),
     ]
     if body:
         out.append((b"grpc-message", percent_encode(body)))
@@ -81,6 +81,18 @@ def grpc_status(headers: Headers) -> int | None:
 def retriable_grpc(retry_on: Collection[str], headers: Headers) -> bool:
     status = grpc_status(headers)
     return status is not None and any(RETRY_ON_GRPC.get(on) == status for on in retry_on)
+
+
+def stream_duration(max_stream_duration: float, header_max: float | None, timeout_header: bytes | None) -> float:
+    """The stream's duration limit (0: none), as Envoy's router derives it: the route's
+    max_stream_duration, replaced for a gRPC request by its grpc-timeout when the route sets
+    grpc_timeout_header_max (capped by it when it is above 0)."""
+    limit = max_stream_duration
+    if header_max is not None and timeout_header is not None:
+        t = grpc_timeout(timeout_header)
+        if t is not None and t > 0:
+            limit = min(t, header_max) if header_max > 0 else t
+    return limit
 
 
 def grpc_timeout(value: bytes) -> float | None:

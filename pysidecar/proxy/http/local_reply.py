@@ -53,6 +53,7 @@ class LocalReply:
     body: bytes = b""
     flags: tuple[str, ...] = ()
     details: str = ""
+    grpc_status: int | None = None  # to a gRPC request, instead of the status's mapping
 
 
 # The fixed cases.
@@ -64,7 +65,12 @@ NO_HEALTHY_UPSTREAM = LocalReply(503, NO_HEALTHY_UPSTREAM_BODY, (UH,), "no_healt
 REDIRECT_DETAILS = "direct_response"
 TLS_REDIRECT = LocalReply(301, b"", (), REDIRECT_DETAILS)
 ROUTE_TIMEOUT = LocalReply(504, UPSTREAM_TIMEOUT_BODY, (), "response_timeout")
+# The stream's max duration (route max_stream_duration, or grpc-timeout under
+# grpc_timeout_header_max): Envoy's 408 DT, DEADLINE_EXCEEDED to gRPC (checked on 1.40).
+DURATION_TIMEOUT = LocalReply(408, b"downstream duration timeout", ("DT",), "max_duration_timeout", 4)
 INTERNAL_ERROR = LocalReply(500, b"Internal Server Error", (), "internal_error")
+# A filter buffering a request body past the buffer limit (Envoy's decoder buffer overflow).
+PAYLOAD_TOO_LARGE = LocalReply(413, b"Payload Too Large", (), "request_payload_too_large")
 
 
 def cluster_not_found(status: int) -> LocalReply:

@@ -28,6 +28,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from pysidecar.observe.stats import ClusterHttpStats
+from pysidecar.proxy.http import grpc
 from pysidecar.proxy.http import local_reply as lr
 from pysidecar.proxy.http.filters.base import PassThroughFilter
 from pysidecar.proxy.http.headers import APPEND, apply_ops, get, replace_header, set_in_place
@@ -181,6 +182,7 @@ class Router:
     __slots__ = (
         "attempt",
         "cluster",
+        "duration_timer",
         "policy",
         "request",
         "retried",
@@ -219,6 +221,13 @@ class Router:
         self.timer: asyncio.TimerHandle | None = None
         self.retry_timer: asyncio.TimerHandle | None = None
         self.tried_hosts: tuple[tuple[str, int], ...] = ()  # grown on retries only
+        self.duration_timer: asyncio.TimerHandle | None = None
+        action = route.action
+        if action is not None and (action.max_stream_duration or action.grpc_timeout_header_max is not None):
+            header = get(stream.headers, b"grpc-timeout") if stream.info.grpc else None
+            limit = grpc.stream_duration(action.max_stream_duration, action.grpc_timeout_header_max, header)
+            if limit > 0:
+                self.duration_timer = stream.conn.loop.call_later(limit, self._on_max_duration)
 
     # == attempts ================================================================================
     def start_attempt(self) -> None:
@@ -246,7 +255,9 @@ class Router:
             stream.local_reply(LOOP_STATUS, message.encode(), (), LOOP_DETAILS)
             return
         self.attempt += 1
-        pool = conn.pools.pool(cluster, self.rq_stats, host, conn.buffer_limit)
+        pool = conn.pools.pool(
+            cluster, self.rq_stats, host, conn.buffer_limit, self.stream.info.protocol == "HTTP/2"
+        )
         self.request = req = UpstreamRequest(self, pool, picked)
         req.start()
 
@@ -318,6 +329,15 @@ class Router:
             return
         stream.send_local_reply(lr.ROUTE_TIMEOUT)
 
+    def _on_max_duration(self) -> None:
+        self.duration_timer = None
+        stream = self.stream
+        stream.drop_upstream()
+        if stream.state & RESPONSE_STARTED:
+            stream.reset("DT")
+            return
+        stream.send_local_reply(lr.DURATION_TIMEOUT)
+
     def on_per_try_timeout(self, req: UpstreamRequest) -> None:
         self.rq_stats.upstream_rq_per_try_timeout += 1
         req.abandon()
@@ -363,17 +383,23 @@ class Router:
 
     def on_headers(self, req: UpstreamRequest, status: int, headers: Headers) -> None:
         stats = self.rq_stats
-        stats.count_code(status)
-        _count_class(stats, status)
         req.cancel_per_try_timer()
         policy = self.policy
         stream = self.stream
-        if policy is not None and status != 101 and retriable_status(policy, status):
+        if (
+            policy is not None
+            and status != 101
+            and (retriable_status(policy, status) or grpc.retriable_grpc(policy.retry_on, headers))
+        ):
             if self._retry():
+                # Envoy charges a retried response to retry.upstream_rq_<code>, not to the
+                # cluster's upstream_rq_<code> (checked on 1.40 with a gRPC retry).
                 req.abandon()
                 return
             if self.retried:
                 stream.info.response_flags.append(lr.URX)
+        stats.count_code(status)
+        _count_class(stats, status)
         if self.retried and status < 500:
             stats.upstream_rq_retry_success += 1
         elapsed = int((stream.conn.loop.time() - req.attempt_started) * 1000)
@@ -383,7 +409,10 @@ class Router:
         stats = self.rq_stats
         stats.upstream_rq_completed += 1
         stats.upstream_rq_time.record((self.stream.conn.loop.time() - req.attempt_started) * 1000)
-        self.stream.encode_end()
+        if req.trailers is not None:
+            self.stream.encode_trailers(req.trailers)
+        else:
+            self.stream.encode_end()
 
     def _retry(self) -> bool:
         """Schedule another attempt when the policy, the count and the body allow it."""
@@ -436,10 +465,10 @@ class Router:
             req.cancel_per_try_timer()
 
     def _stop_timers(self) -> None:
-        for t in (self.timer, self.retry_timer):
+        for t in (self.timer, self.retry_timer, self.duration_timer):
             if t is not None:
                 t.cancel()
-        self.timer = self.retry_timer = None
+        self.timer = self.retry_timer = self.duration_timer = None
 
 
 def _count_class(stats: ClusterHttpStats, status: int) -> None:

@@ -41,6 +41,7 @@ class UpstreamRequest:
         "per_try_timer",
         "pool",
         "router",
+        "trailers",
         "upstream",
     )
 
@@ -53,6 +54,7 @@ class UpstreamRequest:
         self.per_try_timer: asyncio.TimerHandle | None = None
         self.attempt_started = 0.0
         self.active = False
+        self.trailers: Headers | None = None  # the response's, passed on at its end
 
     def start(self) -> None:
         router = self.router
@@ -113,6 +115,9 @@ class UpstreamRequest:
 
     def upstream_body(self, data: bytes) -> None:
         self.router.stream.encode_data(data)
+
+    def upstream_trailers(self, trailers: Headers) -> None:
+        self.trailers = trailers
 
     def upstream_read_done(self) -> None:
         stream = self.router.stream

@@ -159,6 +159,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.write(CHUNK_END)
         self.request_done = True
 
+    def encode_trailers(self, trailers: Headers) -> None:
+        """Request trailers are not sent over HTTP/1 (Envoy's default, no enable_trailers)."""
+        self.encode_end()
+
     def sockname(self) -> str | None:
         """Our `ip:port` on this connection: a syscall, once per connection."""
         local = self.local_address

@@ -117,6 +117,11 @@ class Http1ResponseEncoder(Downstream):
             st.head_out = b""
             self.write(head)
 
+    def encode_trailers(self, st: ActiveStream, trailers: Headers) -> None:
+        """Envoy 1.40 sends no trailers to an HTTP/1 client unless its http_protocol_options
+        enable_trailers (not supported here): the response just ends."""
+        self.encode_end(st)
+
     def encode_local_reply(
         self, st: ActiveStream, status: int, body: bytes, headers: Headers
     ) -> None:

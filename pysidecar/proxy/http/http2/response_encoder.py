@@ -7,7 +7,12 @@ Promises:
   (`encode_flush`).
 - DATA goes out within the client's windows; the rest waits per stream (`pending`) while that
   stream's upstream stops being read, and goes out on WINDOW_UPDATE.
-- Frames of one loop iteration leave in one write (`_schedule_flush`).
+- Frames of one loop iteration leave in one write (`_schedule_flush`); frames queued for a
+  client that does not read are counted (h2_limits: Envoy's max_outbound_frames and
+  max_outbound_control_frames): past the limit the connection is aborted, counted in
+  http2.outbound_flood / outbound_control_flood.
+- Once the connection failed (`closing`), nothing more is encoded: a late upstream answer is
+  dropped quietly.
 - A response the stream cannot finish is reset (RST_STREAM INTERNAL_ERROR,
   downstream_rq_tx_reset); a 101 cannot be carried on HTTP/2 (no extended CONNECT): reset.
 """
@@ -21,7 +26,9 @@ from typing import TYPE_CHECKING
 import h2.errors
 import h2.exceptions
 
+from pysidecar.observe.stats import Http2CodecStats
 from pysidecar.proxy.http.downstream import Downstream
+from pysidecar.proxy.http.h2_limits import ProtocolConstraints
 
 if TYPE_CHECKING:
     from h2.connection import H2Connection
@@ -39,20 +46,23 @@ HELD = b"held"
 class Pending:
     """Response bytes the client's window does not take yet, and whether the end follows."""
 
-    __slots__ = ("data", "end")
+    __slots__ = ("data", "end", "trailers")
 
     def __init__(self) -> None:
         self.data: list[bytes] = []
         self.end = False
+        self.trailers: Headers | None = None  # sent as the end, after the data
 
 
 class Http2ResponseEncoder(Downstream):
     """The encode_* half of `codec.DownstreamCodec` for HTTP/2 (Http2Connection's base)."""
 
     __slots__ = (
+        "constraints",
         "ended",
         "flush_scheduled",
         "h2",
+        "h2stats",
         "held",
         "ids",
         "pending",
@@ -67,9 +77,12 @@ class Http2ResponseEncoder(Downstream):
     ended: set[int]  # streams whose END_STREAM went out
     write_blocked: bool  # the socket's buffer is full: every stream's upstream is paused
     flush_scheduled: bool
+    constraints: ProtocolConstraints  # Envoy's flood limits (h2_limits)
+    h2stats: Http2CodecStats
 
     def _sid(self, st: ActiveStream) -> int | None:
-        return self.ids.get(st)
+        # None once the connection failed: a late upstream answer is dropped quietly.
+        return None if self.closing else self.ids.get(st)
 
     def encode_continue(self, st: ActiveStream) -> None:
         sid = self._sid(st)
@@ -126,6 +139,24 @@ class Http2ResponseEncoder(Downstream):
         elif self._open(sid):
             self._send(sid, b"", True)
 
+    def encode_trailers(self, st: ActiveStream, trailers: Headers) -> None:
+        """Trailers end the stream: HEADERS with END_STREAM once the data before them is out."""
+        sid = self._sid(st)
+        if sid is None or (sid in self.held and not self._send_head(st, sid, False)) or not self._open(sid):
+            return
+        p = self.pending.get(sid)
+        if p is not None:
+            p.trailers, p.end = trailers, True
+            return
+        self.ended.add(sid)
+        try:
+            self.h2.send_headers(sid, trailers, end_stream=True)
+        except h2.exceptions.ProtocolError as e:
+            log.debug("http2: trailers refused: %r", e)
+            self.reset_stream(st)
+            return
+        self._schedule_flush()
+
     def encode_local_reply(
         self, st: ActiveStream, status: int, body: bytes, headers: Headers
     ) -> None:
@@ -152,6 +183,7 @@ class Http2ResponseEncoder(Downstream):
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.h2.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
         self.stats.downstream_rq_tx_reset += 1
+        self.h2stats.tx_reset += 1
         self._schedule_flush()
 
     def start_tunnel(self, st: ActiveStream) -> None:
@@ -212,7 +244,9 @@ class Http2ResponseEncoder(Downstream):
                 p.data.pop(0)
             if not p.data:
                 del self.pending[s]
-                if p.end:  # the stream is done on our side already: `ended` is not needed
+                if p.trailers is not None:
+                    self.h2.send_headers(s, p.trailers, end_stream=True)
+                elif p.end:  # the stream is done on our side already: `ended` is not needed
                     self.h2.end_stream(s)
                 self._resume_upstream(s)
 
@@ -237,8 +271,22 @@ class Http2ResponseEncoder(Downstream):
 
     def _flush(self) -> None:
         self.flush_scheduled = False
-        data = self.h2.data_to_send()
+        self._write(self.h2.data_to_send())
+
+    def _write(self, data: bytes) -> None:
         t = self.transport
         if data and t is not None and not t.is_closing():
+            if not self.closing:
+                flood = self.constraints.outbound(data, t.get_write_buffer_size() > 0)
+                if flood is not None:  # the client does not read what it makes us send
+                    self.count_flood(flood)
+                    self.abort()
+                    return
             self.stats.downstream_cx_tx_bytes_total += len(data)
             t.write(data)
+
+    def count_flood(self, stat: str) -> None:
+        """One of Envoy's http2.* flood counters (h2_limits names it)."""
+        log.debug("http2 flood: %s", stat)
+        h = self.h2stats
+        setattr(h, stat, getattr(h, stat) + 1)

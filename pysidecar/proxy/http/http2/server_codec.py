@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -44,12 +45,20 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack
 
 from pysidecar.model import SocketAddress
 from pysidecar.proxy.http import local_reply as lr
 from pysidecar.proxy.http.active_stream import ActiveStream
 from pysidecar.proxy.http.compiled import CompiledHcm
 from pysidecar.proxy.http.conn_pool import PoolManager
+from pysidecar.proxy.http.h2_limits import (
+    COMPRESSION_ERROR,
+    ProtocolConstraints,
+    is_premature,
+    too_many_premature_resets,
+    with_goaway_code,
+)
 from pysidecar.proxy.http.header_validation import h2_request_problem
 from pysidecar.proxy.http.headers import Headers
 from pysidecar.proxy.http.hpack_encoder import StaticEncoder
@@ -73,10 +82,13 @@ _H2_DEFAULT_WINDOW = 65535  # the connection window every HTTP/2 connection star
 
 class Http2Connection(Http2ResponseEncoder):
     __slots__ = (
+        "batch_resets",
+        "closed_streams",
         "idle_marks",
         "max_streams",
         "paused",
         "paused_upstreams",
+        "premature_resets",
         "unacked",
     )
 
@@ -117,6 +129,12 @@ class Http2Connection(Http2ResponseEncoder):
         self.write_blocked = False
         self.flush_scheduled = False
         self.max_streams = DEFAULT_MAX_CONCURRENT_STREAMS
+        # Envoy's flood limits and premature-reset accounting (h2_limits).
+        self.constraints = ProtocolConstraints()
+        self.h2stats = worker.stats.http2()
+        self.closed_streams = 0
+        self.premature_resets = 0
+        self.batch_resets: set[int] = set()  # streams the read being handled also resets
 
     # == lifecycle ============================================================================
     def start(self, transport: asyncio.Transport, initial: bytes) -> None:
@@ -157,7 +175,7 @@ class Http2Connection(Http2ResponseEncoder):
         streams = list(self.streams.values())
         self.streams.clear()
         for st in streams:
-            st.downstream_reset()
+            self._drop(st)
         s = self.stats
         s.downstream_cx_active -= 1
         s.downstream_cx_http2_active -= 1
@@ -199,6 +217,10 @@ class Http2Connection(Http2ResponseEncoder):
         self.stats.downstream_cx_rx_bytes_total += len(data)
         if self.closing:
             return
+        flood = self.constraints.inbound(data)
+        if flood is not None:
+            self._flood(flood)
+            return
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as e:
@@ -208,6 +230,9 @@ class Http2Connection(Http2ResponseEncoder):
         self._schedule_flush()
 
     def _events(self, events: list[h2.events.Event]) -> None:
+        # A stream the same read opens and resets (rapid reset) is never started: nothing of it
+        # reaches an upstream.
+        self.batch_resets = {e.stream_id or 0 for e in events if isinstance(e, h2.events.StreamReset)}
         for ev in events:
             if self.closing:  # a protocol error ended the connection: the rest is moot
                 return
@@ -315,6 +340,8 @@ class Http2Connection(Http2ResponseEncoder):
             self.idle_timer = None
         if self.stream_idle_timer is None and self.cfg.config.stream_idle_timeout > 0:
             self._arm_stream_idle_tick(self.cfg.config.stream_idle_timeout)
+        if sid in self.batch_resets:
+            return  # its StreamReset follows in this read
         try:
             st.start()
         except Exception as e:
@@ -341,6 +368,7 @@ class Http2Connection(Http2ResponseEncoder):
             self.h2.acknowledge_received_data(n, sid)
 
     def _reset_by_client(self, sid: int) -> None:
+        self.h2stats.rx_reset += 1
         self.pending.pop(sid, None)
         self.held.pop(sid, None)
         self.unacked.pop(sid, None)
@@ -348,8 +376,21 @@ class Http2Connection(Http2ResponseEncoder):
         st = self.streams.pop(sid, None)
         if st is not None:
             self.ids.pop(st, None)
-            st.downstream_reset()
+            self._drop(st)
+            self._stream_closed(st)
             self._maybe_idle()
+
+    def _drop(self, st: ActiveStream) -> None:
+        """The client reset a stream (or its connection failed): a stream never started (the
+        same read opened and reset it) ends here, accounted as a downstream reset."""
+        if st.started:
+            st.downstream_reset()
+            return
+        st.info.response_flags.append(lr.DC)
+        self.stats.downstream_rq_rx_reset += 1
+        st.abandon()
+        if st.info.end_time is None:
+            self.record(st)
 
     # == streams ==============================================================================
     def stream_done(self, st: ActiveStream) -> None:
@@ -370,6 +411,7 @@ class Http2Connection(Http2ResponseEncoder):
         if held:
             self._ack(sid, held)
         self._schedule_flush()
+        self._stream_closed(st)
         self._maybe_idle()
 
     def _maybe_idle(self) -> None:
@@ -467,15 +509,57 @@ class Http2Connection(Http2ResponseEncoder):
             self._arm_stream_idle_tick(shortest)
 
     def _protocol_error(self, e: Exception) -> None:
+        """A connection error: GOAWAY (h2 queued one with the error's own code, e.g.
+        COMPRESSION_ERROR for HPACK, when it raised; else PROTOCOL_ERROR), then close."""
         log.debug("http2 protocol error: %r", e)
         self.stats.downstream_cx_protocol_error += 1
+        if str(e) == _TOO_MANY_CONTINUATIONS:  # h2 holds a header block to 64 frames
+            self.h2stats.header_overflow += 1
+        if isinstance(e.__cause__, hpack.HPACKError):  # a header block that cannot be decoded
+            self._write(with_goaway_code(self.h2.data_to_send(), COMPRESSION_ERROR))
         self._goaway(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        self._close_failed()
+
+    def _flood(self, stat: str) -> None:
+        """An inbound flood (h2_limits): GOAWAY ENHANCE_YOUR_CALM, counted, then close."""
+        self.count_flood(stat)
+        self._goaway(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+        self._close_failed()
+
+    def _close_failed(self) -> None:
+        """Close after a connection error: the open streams are reset now (their upstreams
+        dropped, so no late answer arrives); what is queued gets a second to leave, as
+        Envoy's delayed close, then the connection is aborted (a client that does not read
+        cannot hold it open)."""
+        self._flush()  # the GOAWAY
         self.closing = True
-        if self.transport is not None:
-            self.transport.close()
+        streams = list(self.streams.values())
+        self.streams.clear()
+        self.ids.clear()
+        for st in streams:
+            self._drop(st)
+        t = self.transport
+        if t is not None:
+            t.close()
+            self.loop.call_later(_ABORT_AFTER_S, t.abort)
+
+    def _stream_closed(self, st: ActiveStream) -> None:
+        """Envoy's premature-reset accounting (CVE-2023-44487): every ended stream counts;
+        too many ended early without a response close the connection."""
+        self.closed_streams += 1
+        info = st.info
+        if is_premature(time.time() - info.start_time, info.response_code):
+            self.premature_resets += 1
+            if too_many_premature_resets(self.closed_streams, self.premature_resets) and not self.closing:
+                self.stats.downstream_rq_too_many_premature_resets += 1
+                self.stats.downstream_cx_protocol_error += 1
+                self._goaway(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+                self._close_failed()
 
 
 _IDLE_TICKS = 8
+_ABORT_AFTER_S = 1.0  # Envoy's delayed_close_timeout default
+_TOO_MANY_CONTINUATIONS = "Too many continuation frames received."
 
 
 def _settings(streams: int, window: int, header_list: int) -> h2.settings.Settings:

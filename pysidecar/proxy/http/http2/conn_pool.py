@@ -1,10 +1,10 @@
 """HTTP/2 connection pool for one host of one cluster: streams multiplexed over few connections.
 
 Promises:
-- `acquire(client)` returns a stream on a connection with capacity at once, or a
-  `PendingRequest` (the client hears `upstream_ready(stream)` or
-  `upstream_connect_failed(reason, failure)` later; `PendingRequest.cancel()` withdraws it),
-  or None when a circuit breaker refused it (the client was told, `overflow`).
+- `acquire(client)` (codec.ConnPool) returns a stream on a connection with capacity at once,
+  or None: either the request waits (`client.connecting` is its `PendingRequest`; the client
+  hears `upstream_ready(stream)` or `upstream_connect_failed(reason, failure)` later, and
+  `cancel()` withdraws it) or a circuit breaker refused it (the client was told, `overflow`).
 - A new connection is opened only when no open or connecting connection can take the
   waiting requests: connections fill up to their capacity (peer SETTINGS_MAX_CONCURRENT_STREAMS,
   the cluster's max_concurrent_streams and max_requests_per_connection) before another opens.
@@ -24,19 +24,22 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from pysidecar.model.http import Http2Options
 from pysidecar.observe.stats import ClusterHttpStats, ClusterStats
 from pysidecar.proxy.cluster_manager import ClusterRuntime
-from pysidecar.proxy.http.h2_upstream import H2UpstreamStream, Http2UpstreamConnection
 from pysidecar.proxy.http.http1.conn_pool import transport_failure
+from pysidecar.proxy.http.http2.client_codec import Http2UpstreamConnection
+from pysidecar.proxy.http.http2.client_stream import H2UpstreamStream
 from pysidecar.proxy.http.retry import CONNECT_FAILURE, CONNECT_TIMEOUT, OVERFLOW
 from pysidecar.proxy.http.upstream_callbacks import UpstreamStreamCallbacks
 from pysidecar.proxy.upstream_tls import open_connection
 
 
 class PoolClient(UpstreamStreamCallbacks, Protocol):
+    connecting: Any  # the PendingRequest while it waits (codec.PoolCallbacks)
+
     def upstream_ready(self, up: H2UpstreamStream) -> None: ...
     def upstream_connect_failed(self, reason: str, failure: str | None) -> None: ...
 
@@ -95,23 +98,23 @@ class Http2HostPool:
         self.serve_scheduled = False
 
     # -- the router's side ------------------------------------------------------------------
-    def acquire(self, client: PoolClient) -> H2UpstreamStream | PendingRequest | None:
+    def acquire(self, stream: PoolClient) -> H2UpstreamStream | None:
         conn = self._with_capacity()
         if conn is not None and not self.waiting:
             if not self.breaker.can_request():
-                self._overflow(client)
+                self._overflow(stream)
                 return None
-            return self._attach(conn, client)
+            return self._attach(conn, stream)
         if not self.breaker.can_queue():
-            self._overflow(client)
+            self._overflow(stream)
             return None
-        ticket = PendingRequest(self, client)
+        ticket = stream.connecting = PendingRequest(self, stream)
         self.waiting.append(ticket)
         self.breaker.pending += 1
         self.rq_stats.upstream_rq_pending_total += 1
         self.rq_stats.upstream_rq_pending_active += 1
         self._maybe_connect()
-        return ticket
+        return None
 
     def unpend(self, ticket: PendingRequest) -> None:
         """A waiting request leaves the queue (served, cancelled or failed)."""

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import h2.config
@@ -39,9 +38,8 @@ import h2.exceptions
 import h2.settings
 
 from pysidecar.model.http import Http2Options
-from pysidecar.proxy.http.h2_headers import (
-    Headers,
-    request_problem,
+from pysidecar.proxy.http.http2.client_stream import H2UpstreamStream
+from pysidecar.proxy.http.http2.request_headers import (
     response_status,
     strip_pseudo,
     trailer_block,
@@ -50,7 +48,7 @@ from pysidecar.proxy.http.retry import CONNECTION_TERMINATION, PROTOCOL_ERROR
 from pysidecar.proxy.http.upstream_callbacks import UpstreamStreamCallbacks
 
 if TYPE_CHECKING:
-    from pysidecar.proxy.http.h2_pool import Http2HostPool
+    from pysidecar.proxy.http.http2.conn_pool import Http2HostPool
 
 log = logging.getLogger(__name__)
 
@@ -75,100 +73,6 @@ class _ClientConnection(h2.connection.H2Connection):
         result = super()._receive_goaway_frame(frame)
         self.state_machine.state = state
         return result
-
-
-class H2UpstreamStream:
-    """One request/response exchange on an Http2UpstreamConnection."""
-
-    __slots__ = (
-        "cb",
-        "conn",
-        "end_pending",
-        "local_done",
-        "outbox",
-        "outbox_bytes",
-        "read_paused",
-        "response_started",
-        "sid",
-        "trailers_pending",
-        "unacked",
-        "write_paused",
-    )
-
-    def __init__(self, conn: Http2UpstreamConnection, sid: int, cb: UpstreamStreamCallbacks) -> None:
-        self.conn = conn
-        self.sid = sid
-        self.cb: UpstreamStreamCallbacks | None = cb
-        self.outbox: deque[bytes] = deque()  # request data waiting for send window
-        self.outbox_bytes = 0
-        self.end_pending = False  # END_STREAM to send once the outbox is empty
-        self.trailers_pending: Headers | None = None
-        self.local_done = False  # our side ended (END_STREAM sent)
-        self.unacked = 0  # response bytes received while the downstream was paused
-        self.read_paused = False
-        self.write_paused = False
-        self.response_started = False
-
-    @property
-    def local_address(self) -> str | None:
-        return self.conn.local_address
-
-    # -- the router's side ------------------------------------------------------------------
-    def send_headers(self, block: Headers, end_stream: bool) -> None:
-        conn = self.conn
-        if (problem := request_problem(block)) is not None:  # what downstream would refuse
-            log.debug("http2 upstream: request headers not sent: %s", problem)
-            conn.fail_stream(self, PROTOCOL_ERROR)
-            return
-        try:
-            conn.h2.send_headers(self.sid, block, end_stream=end_stream)
-        except h2.exceptions.ProtocolError as e:  # a header block h2 refuses: never sent
-            log.debug("http2 upstream: request headers refused: %r", e)
-            conn.fail_stream(self, PROTOCOL_ERROR)
-            return
-        self.local_done = end_stream
-        conn.flush()
-
-    def send_data(self, data: bytes, end_stream: bool = False) -> None:
-        if self.local_done or self.cb is None:
-            return
-        if data:
-            self.outbox.append(data)
-            self.outbox_bytes += len(data)
-        self.end_pending = self.end_pending or end_stream
-        self.conn.drain_stream(self)
-        if not self.write_paused and self.outbox_bytes > self.conn.buffer_limit and self.cb is not None:
-            self.write_paused = True
-            self.cb.upstream_pause_writing()
-
-    def send_trailers(self, trailers: Headers) -> None:
-        """Request trailers end the stream (after any data still waiting for window)."""
-        if self.local_done or self.cb is None:
-            return
-        self.trailers_pending = trailer_block(trailers)
-        self.end_pending = True
-        self.conn.drain_stream(self)
-
-    def end(self) -> None:
-        self.send_data(b"", True)
-
-    def reset(self) -> None:
-        """The router gives up on the stream (timeout, downstream gone): RST_STREAM CANCEL."""
-        if self.cb is None:
-            return
-        self.cb = None
-        self.conn.cancel_stream(self)
-
-    detach_and_close = reset  # the HTTP/1 pool's name for it
-
-    def pause_reading(self) -> None:
-        self.read_paused = True
-
-    def resume_reading(self) -> None:
-        self.read_paused = False
-        if self.unacked:
-            n, self.unacked = self.unacked, 0
-            self.conn.ack(self.sid, n)
 
 
 class Http2UpstreamConnection(asyncio.Protocol):
@@ -267,11 +171,16 @@ class Http2UpstreamConnection(asyncio.Protocol):
             log.debug("http2 upstream: protocol error: %r", e)
             self._connection_error()
             return
+        touched = {sid for ev in events if (sid := getattr(ev, "stream_id", 0))}
         for ev in events:
             self._event(ev)
             if self.closed:
                 return
         self.flush()
+        for sid in touched:  # the end of this read: heads held for their body go out
+            st = self.streams.get(sid)
+            if st is not None and st.cb is not None:
+                st.cb.upstream_read_done()
 
     def pause_writing(self) -> None:
         for st in list(self.streams.values()):
