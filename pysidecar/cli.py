@@ -15,7 +15,7 @@ from typing import Protocol, cast
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("pysidecar.proxy.main", "run the sidecar proxy (Envoy or Istio YAML, or embedded defaults)"),
+    "run": ("pysidecar.proxy.supervisor", "run the sidecar proxy (Envoy or Istio YAML, or embedded defaults)"),
     "init": ("pysidecar.interception.cli", "install Istio's iptables interception rules (istio-iptables flags)"),
     "demo": ("pysidecar.demo", "watch the sidecar intercept real traffic in throw-away lab pods"),
     "inject": ("pysidecar.inject.cli", "add the sidecar and its init container to Kubernetes YAML (like istioctl kube-inject)"),
@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lab": ("pysidecar.lab.cli", "lab pods to explore by hand: lab up | shell POD | list | down"),
     "native": ("pysidecar.native_build", "compile the data path with mypyc (build), or say if the build is fresh (check, status)"),
     "proxy-config": ("pysidecar.observe.proxy_config", "show a running proxy's listeners, routes, clusters, endpoints like istioctl"),
+    "explain": ("pysidecar.explain.cli", "the decision trace of one connection or request: iptables rule, listener, chain, route, cluster, endpoint"),
 }
 
 

@@ -54,7 +54,7 @@ MODULES: Final = (
     "pysidecar.proxy.http.hpack_encoder",
     "pysidecar.proxy.http.http2.response_encoder",
     "pysidecar.proxy.http.http2.server_codec",
-    "pysidecar.observe.access_format",
+    "pysidecar.common.access_format",
 )
 GROUP: Final = "pysidecar_native"  # the shared library is `pysidecar_native__mypyc`
 STAMP: Final = "stamp.json"

@@ -8,7 +8,8 @@ venv="$here/.venv"
 need_apt=()
 for pair in iptables:iptables ip:iproute2 nginx:nginx-light wrk:wrk curl:curl \
             h2load:nghttp2-client iperf3:iperf3 setpriv:util-linux pkill:procps \
-            taskset:util-linux promtool:prometheus nc:netcat-openbsd openssl:openssl; do
+            taskset:util-linux promtool:prometheus nc:netcat-openbsd openssl:openssl \
+            podman:podman runc:runc catatonit:catatonit mmdebstrap:mmdebstrap; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
@@ -16,6 +17,11 @@ done
 # (an interpreter under /root, as pyenv installs it, is not readable by that uid).
 py=/usr/bin/python3
 [ -x "$py" ] || need_apt+=(python3)
+# The real-pods run (scripts/pods.sh, tests/e2e/test_pods.py): podman with its netavark network
+# backend (the pods' internal network), runc (crun refuses a hybrid cgroup layout), catatonit
+# (podman builds its pod infra image from it: nothing is pulled) and mmdebstrap (the Debian base
+# image where no registry answers).
+[ -x /usr/lib/podman/netavark ] || need_apt+=(netavark)
 "$py" -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 # The compiled data path (mypyc): a C compiler and the interpreter's headers.
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 
+from pysidecar.common.access_format import FormatError, formatter
 from pysidecar.config.node import Node
 from pysidecar.model import AccessLogConfig
-from pysidecar.observe.access_format import FormatError
-from pysidecar.observe.access_log import formatter
 
 FILE = "envoy.extensions.access_loggers.file.v3.FileAccessLog"
 STDOUT = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"

@@ -5,7 +5,8 @@ Promises:
   each parser below, in snake_case or camelCase. Any other field is a `ConfigError` naming the
   file and the YAML path: a field we would not act on is never silently dropped.
 - Network filters are looked up by their `typed_config` `@type` (or, without one, by name) in
-  `NETWORK_FILTERS`, so each filter's parser lives beside the filter's other code.
+  `envoy_filters.NETWORK_FILTERS`, an explicit table: each filter's parser lives beside the
+  filter's other code (`envoy_tcp_proxy`, `envoy_hcm`).
 - Cross references are checked at load: listener and cluster names are unique, and no two
   listeners bind the same address.
 """
@@ -13,9 +14,8 @@ Promises:
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
 
-from pysidecar.config.access_log import access_logs
+from pysidecar.config.envoy_filters import BOOTSTRAP_CHECKS, network_filter
 from pysidecar.config.envoy_tls import transport_socket
 from pysidecar.config.envoy_upstream_http import cluster_http_options
 from pysidecar.config.node import ConfigError, Node, load_documents
@@ -23,7 +23,6 @@ from pysidecar.model import (
     DEFAULT_BUFFER_LIMIT,
     DEFAULT_LISTENER_FILTERS_TIMEOUT,
     DEFAULT_PANIC_THRESHOLD,
-    DEFAULT_TCP_IDLE_TIMEOUT,
     Admin,
     Bootstrap,
     CidrRange,
@@ -37,12 +36,9 @@ from pysidecar.model import (
     LbPolicy,
     Listener,
     ListenerFilter,
-    NetworkFilter,
     OutlierDetection,
     SocketAddress,
-    TcpProxy,
     TrafficDirection,
-    WeightedCluster,
 )
 
 TCP_PROXY_TYPE = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
@@ -71,69 +67,6 @@ def socket_address(node: Node) -> SocketAddress:
     host = f.require("address").nonempty()
     port = f.get("port_value")
     return SocketAddress(host, port.port() if port is not None else 0)
-
-
-def _filter_type(f_node: Node, known_names: dict[str, str]) -> tuple[str, Node]:
-    """A filter's type URL: from its typed_config, else from a well-known filter name."""
-    f = f_node.fields("name", "typed_config")
-    name = f.require("name").nonempty()
-    tc = f.get("typed_config")
-    if tc is not None:
-        return tc.type_url(), tc
-    if name in known_names:
-        return known_names[name], f_node.child("typed_config", {})
-    f_node.fail(f"filter {name!r} has no typed_config and its name is not a known filter")
-
-
-# -- network filters -------------------------------------------------------------------------
-
-
-def tcp_proxy(node: Node) -> TcpProxy:
-    f = node.fields(
-        "@type", "stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts",
-        "access_log",
-    )
-    if (attempts := f.get("max_connect_attempts")) is not None:
-        attempts.integer(1, 1)  # we make one connect attempt, as Envoy's default does
-    stat_prefix = f.require("stat_prefix").nonempty()
-    cluster = f.get("cluster")
-    weighted = f.get("weighted_clusters")
-    if (cluster is None) == (weighted is None):
-        node.fail("expected exactly one of 'cluster' or 'weighted_clusters'")
-    weights: list[WeightedCluster] = []
-    if weighted is not None:
-        for c in weighted.fields("clusters").require("clusters").items():
-            cf = c.fields("name", "weight")
-            weights.append(WeightedCluster(cf.require("name").nonempty(), cf.require("weight").integer(1)))
-        if not weights or sum(w.weight for w in weights) == 0:
-            weighted.fail("expected at least one cluster with a weight above 0")
-    idle = f.get("idle_timeout")
-    return TcpProxy(
-        stat_prefix=stat_prefix,
-        cluster=cluster.string() if cluster is not None else None,
-        weighted_clusters=tuple(weights),
-        idle_timeout=idle.duration() if idle is not None else DEFAULT_TCP_IDLE_TIMEOUT,
-        access_log=access_logs(f.get("access_log")),
-    )
-
-
-# @type → parser. Other filters (the HTTP connection manager) register themselves here.
-NETWORK_FILTERS: dict[str, Callable[[Node], NetworkFilter]] = {TCP_PROXY_TYPE: tcp_proxy}
-NETWORK_FILTER_NAMES: dict[str, str] = {
-    "envoy.filters.network.tcp_proxy": TCP_PROXY_TYPE,
-    "envoy.tcp_proxy": TCP_PROXY_TYPE,
-}
-
-
-def network_filter(node: Node) -> NetworkFilter:
-    type_name, config = _filter_type(node, NETWORK_FILTER_NAMES)
-    parser = NETWORK_FILTERS.get(type_name)
-    if parser is None:
-        node.fail(
-            f"unsupported network filter type {type_name!r}; supported: "
-            + ", ".join(sorted(NETWORK_FILTERS))
-        )
-    return parser(config)
 
 
 # -- listeners -------------------------------------------------------------------------------
@@ -462,8 +395,10 @@ def admin(node: Node) -> Admin:
 
 def bootstrap(root: Node) -> Bootstrap:
     f = root.fields("static_resources", "admin", "node")
+    node_id = node_cluster = ""
     if (node_info := f.get("node")) is not None:
-        node_info.fields("id", "cluster", "metadata", "locality")
+        nf = node_info.fields("id", "cluster", "metadata", "locality")
+        node_id, node_cluster = nf.opt("id", Node.string, ""), nf.opt("cluster", Node.string, "")
     listeners: list[Listener] = []
     clusters: list[Cluster] = []
     if (static := f.get("static_resources")) is not None:
@@ -476,6 +411,8 @@ def bootstrap(root: Node) -> Bootstrap:
         clusters=tuple(clusters),
         admin=admin(adm) if adm is not None else None,
         sources=(root.file,),
+        node_id=node_id,
+        node_cluster=node_cluster,
     )
     check_references(result, root)
     for check in BOOTSTRAP_CHECKS:
@@ -510,7 +447,6 @@ def check_references(b: Bootstrap, root: Node) -> None:
 
 # Checks other modules add (the HTTP connection manager's validate_clusters), run after
 # check_references on every loaded bootstrap.
-BOOTSTRAP_CHECKS: list[Callable[[Bootstrap, Node], None]] = []
 
 
 def load_file(path: str) -> Bootstrap:
@@ -519,6 +455,3 @@ def load_file(path: str) -> Bootstrap:
         raise ConfigError(path, "", f"expected one YAML document (an Envoy bootstrap), got {len(docs)}")
     return bootstrap(docs[0])
 
-
-# The HTTP connection manager registers itself in NETWORK_FILTERS on import.
-from pysidecar.config import envoy_hcm  # noqa: E402,F401

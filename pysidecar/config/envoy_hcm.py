@@ -1,8 +1,8 @@
 """Envoy YAML → `HttpConnectionManager`: the HTTP connection manager's parser and checks.
 
 Promises:
-- Registers `envoy.filters.network.http_connection_manager` in `config.envoy.NETWORK_FILTERS`
-  (importing this module is enough; `config.envoy` imports it at its end).
+- `http_connection_manager` is envoy.filters.network.http_connection_manager's parser, named in
+  `envoy_filters.NETWORK_FILTERS`; `check_route_clusters` one of its BOOTSTRAP_CHECKS.
 - Accepts the fields listed in each parser below (snake_case or camelCase); any other field,
   an HTTP filter other than the router, Lua (any script LuaJIT compiles, config/envoy_lua.py)
   and the fault filter with its faults given per route, a router that is missing or not last, or a regex that does not
@@ -16,12 +16,12 @@ Promises:
 
 from __future__ import annotations
 
-from pysidecar.config import envoy
 from pysidecar.config.access_log import access_logs
 from pysidecar.config.envoy_lua import lua_filter
 from pysidecar.config.envoy_tracing import tracing
 from pysidecar.config.envoy_upstream_http import http2_options
 from pysidecar.config.node import Fields, Node
+from pysidecar.config.typed_config import filter_type
 from pysidecar.model import Bootstrap
 from pysidecar.model.http import (
     XFCC_DETAILS,
@@ -522,7 +522,7 @@ def route_configuration(node: Node) -> RouteConfiguration:
 # -- HTTP filters ----------------------------------------------------------------------------
 
 def http_filter(node: Node) -> HttpFilter:
-    type_name, config = envoy._filter_type(node, HTTP_FILTER_NAMES)
+    type_name, config = filter_type(node, HTTP_FILTER_NAMES)
     name = node.fields("name", "typed_config").require("name").nonempty()
     if type_name == ROUTER_TYPE:
         rf = config.fields("@type", "suppress_envoy_headers", "start_child_span", "dynamic_stats")
@@ -677,8 +677,3 @@ def check_route_clusters(b: Bootstrap, root: Node) -> None:
                                     None,
                                 ).fail(f"unknown cluster {name!r} (validate_clusters)")
 
-
-envoy.NETWORK_FILTERS[HCM_TYPE] = http_connection_manager
-envoy.NETWORK_FILTER_NAMES["envoy.filters.network.http_connection_manager"] = HCM_TYPE
-envoy.NETWORK_FILTER_NAMES["envoy.http_connection_manager"] = HCM_TYPE
-envoy.BOOTSTRAP_CHECKS.append(check_route_clusters)

@@ -5,13 +5,14 @@ Promises:
   `certificate_chain` / `private_key` as `filename` or `inline_string`,
   `validation_context.trusted_ca`, `alpn_protocols`) and `require_client_certificate`. Any
   other field is a ConfigError naming the file and YAML path.
-- The context is built once at load (`proxy/tls_context.server_context`): a certificate or key
+- The context is built once at load (`common/tls_context.server_context`): a certificate or key
   that is missing, unreadable, not PEM or not matching is an error naming the YAML path and the
   certificate file, before anything is bound.
 """
 
 from __future__ import annotations
 
+from pysidecar.common.tls_context import TlsContextError, server_context
 from pysidecar.config.node import Node
 from pysidecar.model.tls import (
     DOWNSTREAM_TLS_CONTEXT,
@@ -20,7 +21,6 @@ from pysidecar.model.tls import (
     DownstreamTlsContext,
     TlsCertificate,
 )
-from pysidecar.proxy.tls_context import TlsContextError, server_context
 
 
 def data_source(node: Node) -> DataSource:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pysidecar.config.envoy_json import HTTP_PROTOCOL_OPTIONS
+from pysidecar.common.envoy_json import HTTP_PROTOCOL_OPTIONS
 from pysidecar.config.node import Node
 from pysidecar.model import DEFAULT_UPSTREAM_HTTP_IDLE_TIMEOUT, UpstreamHttpProtocol
 from pysidecar.model.http import Http2Options

@@ -7,7 +7,7 @@ Promises:
   fault filter config per route, and the sidecar's own ports (:15090 Prometheus stats,
   :15021 readiness) as listeners onto the admin, the way Istio's bootstrap serves them.
 - Only the model is read, so Envoy YAML, Istio YAML and the embedded sidecar export alike; the
-  renderers (config/envoy_json.py) are the ones the admin's /config_dump uses.
+  renderers (common/envoy_json.py) are the ones the admin's /config_dump uses.
 - `pysidecar envoy-config -c PATH... [-o FILE] [--workload-labels K=V,...] [--namespace NS]
   [--interception-mode M] [--mode router]` prints (or writes) the YAML, inbound chains included
   for the Services selecting the labels (taken as `pysidecar run` takes them), or a gateway's
@@ -23,13 +23,13 @@ from typing import Any
 
 import yaml
 
-from pysidecar.config.envoy_json import admin_port_resources, cluster, listener
-from pysidecar.config.envoy_json import socket_address as address
+from pysidecar.common import workload
+from pysidecar.common.envoy_json import admin_port_resources, cluster, listener
+from pysidecar.common.envoy_json import socket_address as address
 from pysidecar.config.loader import load
 from pysidecar.config.node import ConfigError
 from pysidecar.config.sidecar import add_interception_mode_argument, resolve_interception_mode
 from pysidecar.model import Bootstrap
-from pysidecar.observe import workload
 
 
 def to_envoy(b: Bootstrap, proxy_type: str = "sidecar") -> dict[str, Any]:

@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from pysidecar.config import envoy
+from pysidecar.config.envoy_filters import BOOTSTRAP_CHECKS
 from pysidecar.config.identity import DEFAULT_CERT_DIR, load_identity
 from pysidecar.config.istio.compile import compile_config
 from pysidecar.config.istio.documents import collect
@@ -173,7 +174,7 @@ def envoy_bootstrap(doc: Node) -> Bootstrap:
         sources.append(path)
     result = replace(b, listeners=tuple(listeners), clusters=tuple(clusters), sources=tuple(sources))
     envoy.check_references(result, doc)
-    for check in envoy.BOOTSTRAP_CHECKS:
+    for check in BOOTSTRAP_CHECKS:
         check(result, doc)
     return result
 

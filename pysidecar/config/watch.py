@@ -23,12 +23,15 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pysidecar.config.loader import load, watched_files
 from pysidecar.config.node import ConfigError
 from pysidecar.model import Bootstrap
-from pysidecar.observe.access_format import iso_time
-from pysidecar.observe.stats import Kind
+
+if TYPE_CHECKING:  # a type only: config never imports observe at run time
+    from pysidecar.observe.stats import Kind
+from pysidecar.common.access_format import iso_time
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,13 @@ data:
     outboundTrafficPolicy:
       mode: {mode}
 """
+# The demo profile's tracing: 100 % sampling (seed 000's `X-B3-Sampled: 1`) to a zipkin collector.
+MESH_TRACING = """\
+    defaultConfig:
+      tracing:
+        sampling: 100
+        zipkin: {address: "{zipkin}"}
+"""
 
 # The seed deploys samples/sleep: its Service (port 80, `http`) is what gives every sidecar in
 # the mesh an HTTP listener 0.0.0.0_80, and with it the `block_all` 502 under REGISTRY_ONLY
@@ -391,9 +398,12 @@ subsets: [{addresses: [{ip: __HELLO__}], ports: [{name: http, port: 5000}]}]
 HELLO = "Hello version: v1, instance: helloworld-v1-5dfcf5d5cd-2l44c\n"
 
 
-def mesh(mode: str, access_log_file: str | None = None) -> str:
-    """The mesh ConfigMap; `access_log_file`: Istio's access log (its default TEXT format)."""
+def mesh(mode: str, access_log_file: str | None = None, zipkin: str | None = None) -> str:
+    """The mesh ConfigMap; `access_log_file`: Istio's access log (its default TEXT format);
+    `zipkin` (host:port): the demo profile's tracing reporting there."""
     text = MESH.replace("{mode}", mode)
+    if zipkin is not None:
+        text += MESH_TRACING.replace("{zipkin}", zipkin)
     return f"{text}    accessLogFile: {access_log_file}\n" if access_log_file else text
 
 

@@ -136,7 +136,7 @@ def allow_any(w: World, out: Out) -> None:
 
 
 def registry_only(w: World, out: Out) -> None:
-    _apply(w, out, "mesh.yaml", configs.mesh("REGISTRY_ONLY"))
+    _apply(w, out, "mesh.yaml", configs.mesh("REGISTRY_ONLY", zipkin=w.zipkin))
     status, headers = _settle(
         lambda: _head(w, "client", "http://httpbin.org/"), lambda r: "502" in r[0]
     )
@@ -171,6 +171,13 @@ def service_entry(w: World, out: Out) -> None:
     expect(code == "200", f"200 from httpbin.org now, got {code} {body[:200]!r}")
     op = headers.get("X-Envoy-Decorator-Operation")
     expect(op == "httpbin.org:80/*", f"X-Envoy-Decorator-Operation: httpbin.org:80/*, got {op!r}")
+    # Seed 000's tracing headers: the sidecar's root span, 128-bit trace id whose low half is the
+    # span id, sampled (the demo mesh samples 100 %).
+    trace, span = headers.get("X-B3-Traceid", ""), headers.get("X-B3-Spanid", "")
+    expect(
+        headers.get("X-B3-Sampled") == "1" and len(trace) == 32 and trace[16:] == span,
+        f"X-B3-Traceid (32 hex digits, ending in X-B3-Spanid) and X-B3-Sampled: 1, got {trace!r} {span!r}",
+    )
     status, _ = _head(w, "client", "http://edition.cnn.com/")
     _shell("curl -I http://edition.cnn.com/   # not registered", out, status)
     expect(status == "HTTP/1.1 502 Bad Gateway", f"edition.cnn.com still 502, got {status!r}")

@@ -116,6 +116,11 @@ class World:
     def config_dir(self) -> str:
         return self.config_dirs["client"]
 
+    @property
+    def zipkin(self) -> str:
+        """The mesh's zipkin address: nettool's collector (an address, so nothing is resolved)."""
+        return f"{self.nettool.ip}:9411"
+
     def close(self) -> None:
         """Remove the config and scratch directories (the lab removes everything else)."""
         for d in [*self.config_dirs.values(), *self.scratch]:
@@ -325,11 +330,14 @@ def build(lab: Lab, say: Callable[[str], None]) -> World:
         world.helloworld.spawn_server("http", 5000, "--body", configs.HELLO)
         world.client.spawn_server("http", 8080, "--name", "client-app")
         world.myapp.spawn_server("http", 80, "--name", "myapp")
+        # The sidecars' zipkin collector (Istio's zipkin.istio-system:9411), in nettool: spans
+        # are POSTed there (a lab http server; what it answers does not matter to the sender).
+        world.nettool.spawn_server("http", 9411, "--name", "zipkin")
 
         # What the cluster has before the tutorials start: the mesh config, sleep's Service,
         # the gateways' Services (istio-system) and seed 001's backends.
         egress_service = configs.egress_gateway_service(world.egress.ip)
-        world.write("mesh.yaml", configs.mesh("ALLOW_ANY"))
+        world.write("mesh.yaml", configs.mesh("ALLOW_ANY", zipkin=world.zipkin))
         world.write("sleep-service.yaml", configs.SLEEP_SERVICE)
         world.write("istio-egressgateway.yaml", egress_service)
         world.write("istio-egressgateway.yaml", egress_service, "egress")

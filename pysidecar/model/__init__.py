@@ -359,6 +359,10 @@ class Bootstrap:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     # Where this config came from (files), for error messages and /config_dump.
     sources: tuple[str, ...] = ()
+    # The bootstrap's node: id and cluster (Envoy's --service-cluster; a zipkin span's
+    # localEndpoint.serviceName, tag node_id).
+    node_id: str = ""
+    node_cluster: str = ""
     # The workload certificate (Istio's file-mounted SVID) the TLS contexts name, when loaded.
     identity: WorkloadIdentity | None = None
 

@@ -4,7 +4,8 @@ Promises:
 - Settings are the model's `AccessLogConfig`, from Istio's MeshConfig (accessLogFile,
   accessLogEncoding, accessLogFormat), from `pysidecar run --access-log PATH
   --access-log-format F` (`from_flags`), or from an Envoy filter's `access_log` list.
-  `formatter(config)` checks and compiles the format, so a bad one fails at config load.
+  `common.access_format.formatter(config)` checks and compiles the format, so a bad one
+  fails at config load.
 - `AccessLog` writes whole lines to a file opened with O_APPEND, so several workers can share
   one file (or /dev/stdout) without tearing lines. `/dev/stdout` and `/dev/stderr` are the
   process's own descriptors (dup'ed, as Envoy's stdout/stderr destinations), not reopened: a
@@ -16,19 +17,11 @@ Promises:
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 
+from pysidecar.common.access_format import formatter
+from pysidecar.common.stream_info import StreamInfo
 from pysidecar.model import AccessLogConfig
-from pysidecar.observe.access_format import (
-    ISTIO_JSON_FIELDS,
-    ISTIO_TEXT_FORMAT,
-    FormatError,
-    Formatter,
-    compile_json,
-    compile_text,
-)
-from pysidecar.observe.stream_info import StreamInfo
 
 FLUSH_INTERVAL = 1.0  # Envoy's access log file_flush_interval default
 FLUSH_BYTES = 64 * 1024
@@ -41,21 +34,6 @@ def from_flags(path: str | None, fmt: str | None) -> AccessLogConfig:
     if fmt.lower() == "json":
         return AccessLogConfig(path, "JSON")
     return AccessLogConfig(path, "JSON" if fmt.lstrip().startswith("{") else "TEXT", fmt)
-
-
-def formatter(config: AccessLogConfig) -> Formatter:
-    """The compiled line formatter; raises FormatError for a bad format (checked at load)."""
-    if config.encoding == "TEXT":
-        return compile_text(config.format or ISTIO_TEXT_FORMAT)
-    if config.format is None:
-        return compile_json(ISTIO_JSON_FIELDS)
-    try:
-        fields = json.loads(config.format)
-    except json.JSONDecodeError as e:
-        raise FormatError(f"JSON access log format is not a JSON object: {e}") from e
-    if not isinstance(fields, dict) or not all(isinstance(v, str) for v in fields.values()):
-        raise FormatError("JSON access log format must map keys to format strings")
-    return compile_json(fields)
 
 
 # Paths that name the process's own output streams, which every worker inherits.

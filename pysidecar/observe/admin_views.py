@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
-from pysidecar.config.envoy_json import socket_address
+from pysidecar.common.envoy_json import socket_address
 from pysidecar.model import Bootstrap, SocketAddress
 from pysidecar.observe.host_stats import HostSnapshot
 from pysidecar.observe.stats import HistogramState, Kind

@@ -10,7 +10,7 @@ Promises:
   xDS); inline route configurations of HTTP connection managers are `static_route_configs`.
   The sidecar's own :15090 / :15021 ports appear as the listeners (and admin cluster) Istio's
   bootstrap has for them, as `pysidecar envoy-config` exports them.
-- Every resource is rendered by config/envoy_json.py, the same code `pysidecar envoy-config`
+- Every resource is rendered by common/envoy_json.py, the same code `pysidecar envoy-config`
   uses, so the dump shows exactly what real Envoy would be given.
 """
 
@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pysidecar.config.envoy_json import (
+from pysidecar.common.access_format import iso_time
+from pysidecar.common.envoy_json import (
     admin_port_resources,
     cluster,
     listener,
@@ -26,7 +27,6 @@ from pysidecar.config.envoy_json import (
     socket_address,
 )
 from pysidecar.model import Bootstrap
-from pysidecar.observe.access_format import iso_time
 
 Json = dict[str, Any]
 ADMIN_TYPE = "type.googleapis.com/envoy.admin.v3."

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from pysidecar.observe.stream_info import StreamInfo
+from pysidecar.common.stream_info import StreamInfo
 
 # Envoy's host stats, in the order its /clusters prints them. rq_active is the live count the
 # worker passes in; cx_active and rq_pending_active stay 0 (a finished stream is all we see).

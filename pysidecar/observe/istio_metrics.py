@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pysidecar.common.stream_info import StreamInfo
+from pysidecar.common.workload import UNKNOWN, WorkloadMetadata
 from pysidecar.model import (
     BLACKHOLE_CLUSTER,
     INBOUND_PASSTHROUGH_CLUSTER_IPV4,
@@ -35,8 +37,6 @@ from pysidecar.model import (
     PASSTHROUGH_CLUSTER,
 )
 from pysidecar.observe.stats import Counter, Histogram, StatsBlock, StatsStore
-from pysidecar.observe.stream_info import StreamInfo
-from pysidecar.observe.workload import UNKNOWN, WorkloadMetadata
 
 HTTP_LABELS: tuple[str, ...] = (
     "reporter",

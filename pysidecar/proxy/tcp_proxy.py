@@ -36,9 +36,9 @@ import socket
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
+from pysidecar.common.stream_info import StreamInfo
 from pysidecar.model import SocketAddress, TcpProxy, WeightedCluster
 from pysidecar.observe.stats import ClusterStats, TcpProxyStats
-from pysidecar.observe.stream_info import StreamInfo
 from pysidecar.proxy.circuit_breaker import CircuitBreaker
 from pysidecar.proxy.cluster_manager import ClusterManager, ClusterRuntime
 from pysidecar.proxy.lb import Host

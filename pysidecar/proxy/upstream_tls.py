@@ -26,8 +26,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from pysidecar.common.tls_context import (
+    MINIMUM_VERSION,
+    NO_FILES,
+    load_certificate,
+    load_trusted_ca,
+)
 from pysidecar.model.tls import UpstreamTlsContext
-from pysidecar.proxy.tls_context import MINIMUM_VERSION, NO_FILES, load_certificate, load_trusted_ca
 
 # How long an upstream may take over the handshake (the cluster's connect timeout covers the
 # TCP connect and this together: the caller cancels the whole opening).

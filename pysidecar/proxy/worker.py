@@ -30,6 +30,9 @@ import ssl
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pysidecar.common import workload
+from pysidecar.common.stream_info import StreamInfo
+from pysidecar.common.tls_context import contexts_for
 from pysidecar.model import (
     AccessLogConfig,
     Bootstrap,
@@ -39,14 +42,12 @@ from pysidecar.model import (
     TcpProxy,
     TrafficDirection,
 )
-from pysidecar.model.http import HttpConnectionManager
+from pysidecar.model.http import HttpConnectionManager, ZipkinProvider
 from pysidecar.model.tls import DownstreamTlsContext
-from pysidecar.observe import workload
 from pysidecar.observe.access_log import AccessLog
 from pysidecar.observe.host_stats import HostSnapshot, HostStats
 from pysidecar.observe.istio_metrics import IstioRecorder
 from pysidecar.observe.stats import StatsStore
-from pysidecar.observe.stream_info import StreamInfo
 from pysidecar.proxy.cluster_manager import ClusterManager
 from pysidecar.proxy.connection import ActiveConnection
 from pysidecar.proxy.control import ControlProtocol, Message
@@ -55,7 +56,7 @@ from pysidecar.proxy.http.http2.server_codec import Http2Connection
 from pysidecar.proxy.lb import Host
 from pysidecar.proxy.listener_table import ListenerTable
 from pysidecar.proxy.loop_detect import own_sockets
-from pysidecar.proxy.tls_context import contexts_for
+from pysidecar.proxy.tracing.reporter import ZipkinReporter, local_ipv4
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,17 @@ class Worker:
         self._stopping = asyncio.Event()
         self.control: ControlProtocol | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Tracing: the reporters by provider, and what a span says about this proxy.
+        self._zipkin: dict[ZipkinProvider, ZipkinReporter] = {}
+        self.node_id = bootstrap.node_id
+        self.service_cluster = bootstrap.node_cluster or "pysidecar"
+        self.local_ip = local_ipv4()
+
+    def zipkin(self, provider: ZipkinProvider) -> ZipkinReporter:
+        found = self._zipkin.get(provider)
+        if found is None:
+            found = self._zipkin[provider] = ZipkinReporter(self.loop, provider, self.clusters.get)
+        return found
 
     # -- config ------------------------------------------------------------------------------
     async def apply(self, bootstrap: Bootstrap) -> None:
@@ -181,6 +193,8 @@ class Worker:
         self.istio.set_identity(bootstrap.identity.spiffe_id if bootstrap.identity else None)
         await self.clusters.warm()
         self.snapshot = Snapshot.of(bootstrap)
+        self.node_id = bootstrap.node_id
+        self.service_cluster = bootstrap.node_cluster or "pysidecar"
         declare_stats(self.stats, bootstrap)
         self._open_filter_logs(bootstrap)
         wanted: dict[tuple[str, int], tuple[Listener, bool]] = {}
@@ -308,6 +322,8 @@ class Worker:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.close()
+        for reporter in self._zipkin.values():
+            await reporter.drain()
         self.clusters.stop()
         if self.access_log is not None:
             self.access_log.close()

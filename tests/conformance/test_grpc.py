@@ -155,11 +155,12 @@ def test_deadline_exceeded_by_the_client(stack: Stack, kind: str, channel: grpc.
     e = _error(lambda: app.unary(channel, b"sleep:2", timeout=0.5))
     assert e.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     # The client's RST_STREAM reaches the proxy a moment after the client gave up.
+    # (At least one: a stream of an earlier case on the same proxy may be counted late.)
     for _ in range(100):
-        if stats(stack, kind).get("http.grpc.downstream_rq_rx_reset", 0) - before == 1:
+        if stats(stack, kind).get("http.grpc.downstream_rq_rx_reset", 0) - before >= 1:
             break
         time.sleep(0.05)
-    assert stats(stack, kind).get("http.grpc.downstream_rq_rx_reset", 0) - before == 1
+    assert stats(stack, kind).get("http.grpc.downstream_rq_rx_reset", 0) - before >= 1
 
 
 def test_route_timeout_is_unavailable_upstream_request_timeout(stack: Stack, kind: str, channel: grpc.Channel) -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from pysidecar.common.workload import parse_label_flag
 from pysidecar.lab import Lab, Pod
-from pysidecar.observe.workload import parse_label_flag
 from tests.e2e.sidecar import start_sidecar
 from tests.e2e.test_istio_egress import ENVOY, start_envoy
 

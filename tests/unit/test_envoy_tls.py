@@ -13,14 +13,14 @@ import pytest
 import uvloop
 import yaml
 
-from pysidecar.config.envoy_json import listener as render_listener
+from pysidecar.common.envoy_json import listener as render_listener
+from pysidecar.common.tls_context import server_context
 from pysidecar.config.export import to_envoy
 from pysidecar.config.loader import load
 from pysidecar.config.node import ConfigError
 from pysidecar.model.tls import DataSource, DownstreamTlsContext, TlsCertificate
 from pysidecar.observe.config_dump import config_dump
 from pysidecar.proxy.inspect import TlsHello, inspect_tls
-from pysidecar.proxy.tls_context import server_context
 from pysidecar.proxy.tls_terminate import HandshakeFailed, terminate
 from tests.tlscerts import SeedCerts
 from tests.unit.test_export import _validate, needs_envoy

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pysidecar.common.envoy_json import duration
 from pysidecar.config.envoy import load_file
-from pysidecar.config.envoy_json import duration
 from pysidecar.config.export import to_envoy
 from pysidecar.config.loader import load
 from pysidecar.config.sidecar import (

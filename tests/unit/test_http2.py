@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pysidecar.config.envoy_json import http_connection_manager as export_hcm
+from pysidecar.common.envoy_json import http_connection_manager as export_hcm
 from pysidecar.model.http import CodecType, Http2Options
 from pysidecar.proxy.http.header_validation import h2_request_problem as malformed
 from tests.unit.test_http_config import error, load, render

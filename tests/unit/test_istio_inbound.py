@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pysidecar.common.workload import parse_label_flag, parse_metajson_labels, pod_labels
 from pysidecar.config.loader import load
 from pysidecar.config.sidecar import standard_sidecar
 from pysidecar.model import (
@@ -26,7 +27,6 @@ from pysidecar.model import (
     TrafficDirection,
 )
 from pysidecar.model.http import HttpConnectionManager
-from pysidecar.observe.workload import parse_label_flag, parse_metajson_labels, pod_labels
 from tests.unit.test_export import assert_envoy_accepts, needs_envoy
 
 WEB = """

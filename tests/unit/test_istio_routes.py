@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pysidecar.common.workload import resolve_namespace
 from pysidecar.config.istio.routes import short_names
 from pysidecar.config.loader import load
 from pysidecar.config.node import ConfigError
 from pysidecar.model import Bootstrap, LbPolicy, TcpProxy
 from pysidecar.model.http import HeaderAppendAction, HttpConnectionManager, RouteConfiguration
-from pysidecar.observe.workload import resolve_namespace
 from tests.unit.test_export import assert_envoy_accepts, needs_envoy
 
 SE = """

@@ -1,5 +1,5 @@
 """deploy/ and init/: the manifests validate, say what the issue asks, and match the injector;
-the Containerfiles (which cannot be built here: no container engine) have the right shape."""
+the Containerfiles have the right shape (tests/e2e/test_pods.py builds and runs them)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from pysidecar.common.workload import resolve_labels
 from pysidecar.config.loader import load
 from pysidecar.inject.cli import mesh_hold_default
 from pysidecar.inject.containers import load_template
@@ -21,8 +22,7 @@ from pysidecar.inject.objects import inject_text
 from pysidecar.inject.pod import Settings
 from pysidecar.model import Bootstrap, ClusterType, SocketAddress
 from pysidecar.model.http import HttpConnectionManager
-from pysidecar.observe.workload import resolve_labels
-from pysidecar.proxy import main as run
+from pysidecar.proxy import supervisor as run
 from tests.tlscerts import SeedCerts, tls_secret
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -375,7 +375,7 @@ def last(instrs: list[tuple[str, str]], name: str) -> str:
 def test_init_containerfile() -> None:
     path = ROOT / "init" / "Containerfile"
     instrs = instructions(path)
-    assert instrs[0] == ("FROM", "python:3.11-slim")
+    assert instrs[0] == ("FROM", "debian:bookworm-slim AS python")
     assert any(k == "RUN" and "apt-get install" in v and "iptables" in v for k, v in instrs)
     assert any(k == "RUN" and "pip install" in v for k, v in instrs)
     assert json.loads(last(instrs, "ENTRYPOINT")) == ["pysidecar", "init"]
@@ -386,13 +386,34 @@ def test_init_containerfile() -> None:
 def test_sidecar_containerfile() -> None:
     path = DEPLOY / "Containerfile"
     instrs = instructions(path)
-    assert instrs[0] == ("FROM", "python:3.11-slim")
+    assert instrs[0] == ("FROM", "debian:bookworm-slim AS python")
     user_setup = " ".join(v for k, v in instrs if k == "RUN")
     assert "--gid 1337" in user_setup and "--uid 1337" in user_setup
     assert last(instrs, "USER") == "1337:1337"
     assert json.loads(last(instrs, "ENTRYPOINT")) == ["pysidecar", "run"]
     assert json.loads(last(instrs, "CMD")) == ["-c", "/etc/pysidecar/"]
     assert f"-t {load_template().sidecar['image']} " in path.read_text()
+
+
+def test_containerfiles_share_python_and_venv_stages() -> None:
+    # The same instructions up to the final stage: the second build reuses the first's layers
+    # (Debian's python3, and the venv with the package and its wheels).
+    def stages(path: Path) -> list[tuple[str, str]]:
+        instrs = instructions(path)
+        last_from = max(i for i, (k, _) in enumerate(instrs) if k == "FROM")
+        assert instrs[last_from] == ("FROM", "python"), path
+        return instrs[:last_from]
+
+    shared = stages(DEPLOY / "Containerfile")
+    assert shared == stages(ROOT / "init" / "Containerfile")
+    assert ("RUN", "apt-get update  && apt-get install -y --no-install-recommends python3  && rm -rf /var/lib/apt/lists/*") in shared
+    assert any(k == "RUN" and "python3 -m venv /opt/pysidecar" in v and "pip install" in v for k, v in shared)
+    assert any(k == "COPY" and v.startswith("--from=venv /opt/pysidecar") for k, v in instructions(DEPLOY / "Containerfile"))
+
+
+def test_build_context_is_only_the_package() -> None:
+    ignore = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
+    assert ignore[0] == "*" and {"!pyproject.toml", "!README.md", "!pysidecar"} <= set(ignore)
 
 
 def test_template_is_shipped_as_package_data() -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from pysidecar.common.access_format import FormatError, compile_json, compile_text, iso_time
+from pysidecar.common.stream_info import StreamInfo
 from pysidecar.model import AccessLogConfig
-from pysidecar.observe.access_format import FormatError, compile_json, compile_text, iso_time
 from pysidecar.observe.access_log import AccessLog, formatter, from_flags
-from pysidecar.observe.stream_info import StreamInfo
 
 START = 1606339578.409  # 2020-11-25T21:26:18.409Z
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from pysidecar.config.envoy_json import duration
+from pysidecar.common.envoy_json import duration
+from pysidecar.common.stream_info import StreamInfo
 from pysidecar.config.sidecar import standard_sidecar
 from pysidecar.model import Bootstrap, Cluster, LbEndpoint, SocketAddress
 from pysidecar.observe.admin import admin_routes, readiness_routes, stats_routes
@@ -17,8 +18,7 @@ from pysidecar.observe.config_dump import config_dump
 from pysidecar.observe.host_stats import COUNTERS, HostSnapshot, HostStats, merge_hosts
 from pysidecar.observe.http_server import Request, Response
 from pysidecar.observe.stats import Kind, StatsStore
-from pysidecar.observe.stream_info import StreamInfo
-from pysidecar.proxy.main import Supervisor
+from pysidecar.proxy.supervisor import Supervisor
 from pysidecar.proxy.worker import declare_stats
 
 

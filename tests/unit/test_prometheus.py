@@ -9,11 +9,11 @@ import subprocess
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pysidecar.common.stream_info import StreamInfo
+from pysidecar.common.workload import WorkloadMetadata
 from pysidecar.observe.istio_metrics import IstioRecorder
 from pysidecar.observe.prometheus import render
 from pysidecar.observe.stats import StatsStore, merge
-from pysidecar.observe.stream_info import StreamInfo
-from pysidecar.observe.workload import WorkloadMetadata
 
 
 def _worker(n_tcp: int, rq_200: int) -> StatsStore:

@@ -37,6 +37,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from pysidecar.common.tls_context import TlsContextError, server_context
 from pysidecar.config.istio import routes as rt
 from pysidecar.config.istio.clusters import ISTIO_CIRCUIT_BREAKERS, build_clusters
 from pysidecar.config.istio.compile import (
@@ -78,7 +79,6 @@ from pysidecar.model.http import (
     VirtualHost,
 )
 from pysidecar.model.tls import DataSource, DownstreamTlsContext, TlsCertificate
-from pysidecar.proxy.tls_context import TlsContextError, server_context
 
 log = logging.getLogger(__name__)
 

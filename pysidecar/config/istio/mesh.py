@@ -21,13 +21,12 @@ from typing import Any
 
 import yaml
 
+from pysidecar.common.access_format import FormatError, formatter
 from pysidecar.config.istio.meta import envelope
 from pysidecar.config.istio.routes import retry_policy
 from pysidecar.config.istio.virtual_service import retries
 from pysidecar.config.node import ConfigError, Fields, Node, camel_case
 from pysidecar.model import AccessLogConfig, MeshConfig, OutboundTrafficPolicy
-from pysidecar.observe.access_format import FormatError
-from pysidecar.observe.access_log import formatter
 
 log = logging.getLogger(__name__)
 

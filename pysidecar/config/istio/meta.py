@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from pysidecar.common.workload import DEFAULT_NAMESPACE as DEFAULT_NAMESPACE
 from pysidecar.config.node import ConfigError, Fields, Node
 
-DEFAULT_NAMESPACE = "default"
 DOMAIN_SUFFIX = "cluster.local"
 
 METADATA_FIELDS = (

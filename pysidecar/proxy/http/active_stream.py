@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pysidecar.observe.stream_info import StreamInfo
+from pysidecar.common.stream_info import StreamInfo
 from pysidecar.proxy.http import grpc
 from pysidecar.proxy.http import local_reply as lr
 from pysidecar.proxy.http import stream_state as ss
@@ -54,6 +54,7 @@ from pysidecar.proxy.http.request_id import request_id
 from pysidecar.proxy.http.route_table import resolve_route
 from pysidecar.proxy.http.stream_state import RESPONSE_DONE, RESPONSE_STARTED, STARTED
 from pysidecar.proxy.http.xfcc import forward_client_cert
+from pysidecar.proxy.tracing.http_tracer import finish_request, trace_request
 
 if TYPE_CHECKING:
     import asyncio
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
     from pysidecar.proxy.http.headers import HeaderOps
     from pysidecar.proxy.http.route_table import CompiledRoute
     from pysidecar.proxy.http.router_filter import Router
+    from pysidecar.proxy.tracing.zipkin import Span
 
 # Connection tokens that are about the connection itself, not names of headers to drop.
 _CONNECTION_OWN = frozenset({b"close", b"keep-alive", b"upgrade"})
@@ -98,6 +100,7 @@ class ActiveStream:
         "retain",
         "route",
         "router",
+        "span",
         "state",
         "target",
         "tls_redirect",
@@ -131,6 +134,7 @@ class ActiveStream:
         self.close_after = False
         self.response_ops: HeaderOps = ()
         self.route: CompiledRoute | None = None
+        self.span: Span | None = None  # the zipkin span of a traced request (proxy/tracing)
         self.router: Router | None = None
         # A filter that needs the whole request body (Lua's body()): called at its end.
         self.body_waiter: Callable[[], None] | None = None
@@ -222,6 +226,8 @@ class ActiveStream:
             set_in_place(
                 up, noted, b"x-envoy-decorator-operation", route.route.decorator.operation.encode()
             )
+        if cfg.config.tracing is not None:
+            up = trace_request(self, cfg.config.tracing, up, cfg.egress)
         self.up_headers = up
         self.filter_index = 0
         self.continue_decoding()
@@ -504,6 +510,8 @@ class ActiveStream:
         if self.paused_for_body:
             self.paused_for_body = False
             self.conn.resume_stream(self)
+        if self.span is not None:
+            finish_request(self)
         self.conn.stream_done(self)
 
     @property

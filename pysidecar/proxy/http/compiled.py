@@ -26,6 +26,7 @@ class CompiledHcm:
         "decorate",
         "decorate_response",
         "edge",
+        "egress",
         "encoders",
         "encoders_touch_noted",
         "filters",
@@ -49,6 +50,8 @@ class CompiledHcm:
         self.decorate = config.tracing and direction is TrafficDirection.OUTBOUND
         # ...and on an inbound listener Envoy returns the operation to the caller instead.
         self.decorate_response = config.tracing and direction is TrafficDirection.INBOUND
+        # Envoy's tracing operation: EGRESS on outbound listeners (CLIENT spans), else INGRESS.
+        self.egress = direction is TrafficDirection.OUTBOUND
         self.header_limit = config.max_request_headers_kb * 1024
         self.edge = config.use_remote_address
         self.xfcc_mode = config.forward_client_cert_details

@@ -16,9 +16,9 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from pysidecar.common.stream_info import StreamInfo
 from pysidecar.model import SocketAddress
 from pysidecar.observe.stats import HttpConnManagerStats
-from pysidecar.observe.stream_info import StreamInfo
 from pysidecar.proxy.http.compiled import CompiledHcm
 from pysidecar.proxy.http.conn_pool import PoolManager
 from pysidecar.proxy.peer_tls import DownstreamTls

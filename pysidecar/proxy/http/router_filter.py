@@ -44,6 +44,7 @@ from pysidecar.proxy.http.route_table import HTTPS_REDIRECT, redirect_location
 from pysidecar.proxy.http.stream_state import REQUEST_DONE, RESPONSE_DONE, RESPONSE_STARTED
 from pysidecar.proxy.http.upstream_request import UpstreamRequest
 from pysidecar.proxy.loop_detect import LOOP_DETAILS, LOOP_STATUS, forwarding_loop, loop_message
+from pysidecar.proxy.tracing.http_tracer import inject_trace
 
 if TYPE_CHECKING:
     import asyncio
@@ -168,6 +169,8 @@ class RouterFilter(PassThroughFilter):
             # Envoy's HTTP/1 upstream codec says so for a bodiless request of a method that
             # usually has a body (POST, PUT, OPTIONS, ...; checked on 1.40, HTTP/1 and HTTP/2).
             up.append((b"content-length", b"0"))
+        if stream.span is not None:
+            up = inject_trace(stream, up)
         stream.up_headers = up
         router = stream.router = Router(stream, route, cluster, policy, target)
         router.start_attempt()

@@ -2,7 +2,7 @@
 
 Promises:
 - The reason lives in the UUID's version character (index 14), as Envoy's UUID request-id
-  extension keeps it: `4` not traced, `b` sampled, `a` client (x-client-trace-id), `9` forced
+  extension keeps it: `4` not traced, `9` sampled, `b` client (x-client-trace-id), `a` forced
   (x-envoy-force-trace). `trace_reason(rid)` reads it; `with_reason(rid, reason)` writes it.
 - `decide(rid, tracing, client_trace_id, force_trace, rand)` is Envoy 1.40's order: a request
   already carrying a reason keeps it (the previous hop decided); otherwise client sampling when
@@ -21,9 +21,9 @@ from typing import Final
 from pysidecar.model.http import Tracing
 
 NOT_TRACED: Final = "4"
-SAMPLED: Final = "b"
-CLIENT: Final = "a"
-FORCED: Final = "9"
+SAMPLED: Final = "9"
+CLIENT: Final = "b"
+FORCED: Final = "a"
 _REASONS = frozenset((NOT_TRACED, SAMPLED, CLIENT, FORCED))
 
 

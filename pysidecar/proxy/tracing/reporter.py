@@ -9,14 +9,17 @@ Promises:
   `host: <collector_hostname or cluster name>` to a host the collector cluster chooses, on a
   connection of its own that is closed afterwards. A failure (no host, refused, timeout) drops
   that batch with a debug log: tracing never disturbs the data path.
-- `close()` cancels the timer; a drain flushes once (`flush()`).
+- `drain()` sends what is buffered and waits for it (bounded): a stopping worker loses none.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
+import socket
+import struct
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -25,6 +28,7 @@ from pysidecar.proxy.cluster_manager import ClusterRuntime
 
 log = logging.getLogger(__name__)
 
+SIOCGIFADDR: Final = 0x8915  # linux/sockios.h: an interface's IPv4 address
 MIN_FLUSH_SPANS: Final = 5
 FLUSH_INTERVAL: Final = 5.0
 MAX_BUFFERED: Final = 1000
@@ -93,7 +97,24 @@ class ZipkinReporter:
             return
         self.sent += len(batch)
 
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    async def drain(self) -> None:
+        """Send what is buffered and wait (bounded) for the sends in flight: a stopping worker's
+        last spans are not lost."""
+        self.flush()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=SEND_TIMEOUT)
+
+
+def local_ipv4() -> str:
+    """Envoy's local_info address: the first non-loopback IPv4 address of this host (network
+    namespace), else 127.0.0.1; a span's localEndpoint.ipv4."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            try:
+                packed = fcntl.ioctl(s.fileno(), SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
+            except OSError:  # no IPv4 address on this interface
+                continue
+            address = socket.inet_ntoa(packed[20:24])
+            if not address.startswith("127."):
+                return address
+    return "127.0.0.1"

@@ -14,7 +14,8 @@ Promises:
 - `inject(span)` are the headers the router sends upstream: x-b3-traceid, x-b3-spanid,
   x-b3-parentspanid (when the span has a parent), x-b3-sampled `1` / `0`.
 - `to_json(span, tags)` is Envoy's HTTP_JSON (v2) serialisation of one finished span:
-  traceId, parentId, id, kind, name, timestamp and duration (µs), localEndpoint, tags;
+  traceId, parentId, id, kind, name, timestamp and duration (µs), the closing annotation
+  (`cr` / `ss`), localEndpoint (serviceName, ipv4, port 0), tags;
   `"shared": true` on a SERVER span sharing its client's id.
 - Pure over the random source given: no I/O.
 """
@@ -153,9 +154,12 @@ def to_json(span: Span, service_name: str, ipv4: str) -> dict[str, Any]:
     out["name"] = span.name
     out["timestamp"] = span.start_us
     out["duration"] = span.duration_us
+    # Envoy keeps the span's closing annotation (cr / ss) at its end.
+    out["annotations"] = [{"timestamp": span.start_us + span.duration_us, "value": "cr" if span.kind == "CLIENT" else "ss"}]
     endpoint: dict[str, Any] = {"serviceName": service_name}
     if ipv4:
         endpoint["ipv4"] = ipv4
+    endpoint["port"] = 0
     out["localEndpoint"] = endpoint
     if span.shared:
         out["shared"] = True

@@ -98,7 +98,15 @@ class Http2UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self.buffer_limit = buffer_limit
         self.h2 = _ClientConnection(
-            h2.config.H2Configuration(client_side=True, header_encoding=None, validate_inbound_headers=False)
+            # Blocks are checked by request_problem before they are sent, and responses are
+            # relayed as received: h2's own per-header checks would only cost time.
+            h2.config.H2Configuration(
+                client_side=True,
+                header_encoding=None,
+                validate_inbound_headers=False,
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
         )
         # Remote settings start at h2's defaults until the peer's SETTINGS arrive; our own
         # limit on concurrent streams is the cluster's.

@@ -27,7 +27,8 @@ from collections.abc import Callable, Mapping
 from operator import attrgetter
 from typing import cast
 
-from pysidecar.observe.stream_info import StreamInfo
+from pysidecar.common.stream_info import StreamInfo
+from pysidecar.model.access_log import AccessLogConfig
 
 Value = str | int | None
 Getter = Callable[[StreamInfo], Value]
@@ -303,3 +304,18 @@ def compile_json(fields: Mapping[str, str]) -> Formatter:
         return dumps({key: get(info) for key, get in items}) + "\n"
 
     return format_line
+
+
+def formatter(config: AccessLogConfig) -> Formatter:
+    """The compiled line formatter; raises FormatError for a bad format (checked at load)."""
+    if config.encoding == "TEXT":
+        return compile_text(config.format or ISTIO_TEXT_FORMAT)
+    if config.format is None:
+        return compile_json(ISTIO_JSON_FIELDS)
+    try:
+        fields = json.loads(config.format)
+    except json.JSONDecodeError as e:
+        raise FormatError(f"JSON access log format is not a JSON object: {e}") from e
+    if not isinstance(fields, dict) or not all(isinstance(v, str) for v in fields.values()):
+        raise FormatError("JSON access log format must map keys to format strings")
+    return compile_json(fields)

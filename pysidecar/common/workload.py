@@ -26,12 +26,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # workers import this module: neither argparse nor the config front ends
+if TYPE_CHECKING:  # workers import this module: not argparse
     import argparse
 
 log = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
+DEFAULT_NAMESPACE = "default"  # Kubernetes' (config/istio/meta.py names it for Istio's YAML)
 LABELS_FILE = "/etc/istio/pod/labels"
 METAJSON_LABELS = "ISTIO_METAJSON_LABELS"
 
@@ -151,8 +152,6 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve_namespace(flag: str | None, environ: Mapping[str, str] = os.environ) -> str:
     """The flag's namespace when given, else Istio's POD_NAMESPACE, else `default`."""
-    from pysidecar.config.istio.meta import DEFAULT_NAMESPACE
-
     return flag or environ.get("POD_NAMESPACE") or DEFAULT_NAMESPACE
 
 

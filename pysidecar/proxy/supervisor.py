@@ -1,4 +1,5 @@
-"""`pysidecar run`: the main process. Loads the config, starts the workers, serves admin.
+"""`pysidecar run`: the supervisor (the main process). Loads the config, starts the workers,
+serves admin.
 
 Promises:
 - A config error is reported with file, YAML path and what was expected, and the command exits
@@ -34,14 +35,15 @@ import time
 import uvloop
 
 from pysidecar import native
+from pysidecar.common import workload
+from pysidecar.common.access_format import FormatError, formatter
 from pysidecar.config.loader import load
 from pysidecar.config.node import ConfigError
 from pysidecar.config.sidecar import add_interception_mode_argument, resolve_interception_mode
 from pysidecar.config.watch import ConfigWatcher, ReloadState
 from pysidecar.model import Bootstrap
-from pysidecar.observe import http_server, workload
-from pysidecar.observe.access_format import FormatError
-from pysidecar.observe.access_log import formatter, from_flags
+from pysidecar.observe import http_server
+from pysidecar.observe.access_log import from_flags
 from pysidecar.observe.admin import admin_routes, readiness_routes, stats_routes
 from pysidecar.observe.host_stats import HostSnapshot, merge_hosts
 from pysidecar.observe.stats import SERVER_STATES, Kind, ServerStats, merge

@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pysidecar.config.envoy_json_tls import cluster_tls, endpoint_metadata
+from pysidecar.common.access_format import ISTIO_JSON_FIELDS, ISTIO_TEXT_FORMAT
+from pysidecar.common.envoy_json_tls import cluster_tls, endpoint_metadata
 from pysidecar.model import (
     DEFAULT_LISTENER_FILTERS_TIMEOUT,
     DEFAULT_PANIC_THRESHOLD,
@@ -54,7 +55,6 @@ from pysidecar.model.tls import (
     DataSource,
     DownstreamTlsContext,
 )
-from pysidecar.observe.access_format import ISTIO_JSON_FIELDS, ISTIO_TEXT_FORMAT
 
 T = "type.googleapis.com/"
 TCP_PROXY = T + "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
