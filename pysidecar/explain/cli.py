@@ -4,15 +4,18 @@ loads it), from the pod's iptables rules to the endpoint or the local reply.
 
 Promises: prints one line per step (`what: decision and why`); exit 0, or 2 for a config error
 (file, YAML path) or a bad argument. `--iptables live` reads `iptables-save -t nat` of the
-current network namespace (run it in the pod's: `ip netns exec POD pysidecar explain ...`).
+current network namespace (run it in the pod's: `ip netns exec POD pysidecar explain ...`). `--live N` prints the last N
+requests of a running proxy with their traces, from its admin's /explain.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
+import urllib.request
 
 from pysidecar.common import workload
 from pysidecar.config.loader import load
@@ -24,7 +27,9 @@ from pysidecar.model import SocketAddress
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("destination", help="IP:PORT the connection goes to (the original destination)")
+    parser.add_argument("destination", nargs="?", help="IP:PORT the connection goes to (the original destination)")
+    parser.add_argument("--live", type=int, metavar="N", help="instead: the last N requests of a running proxy, from its admin")
+    parser.add_argument("--admin", default="127.0.0.1:15000", help="--live: the proxy's admin address (host:port)")
     parser.add_argument(
         "-c", "--config-path", "--config", dest="config", action="append", default=[], metavar="PATH",
         help="files or directories of Envoy or Istio YAML (default: the embedded standard sidecar)",
@@ -58,7 +63,30 @@ def _rules(source: str) -> str:
         return f.read()
 
 
+def _live(admin: str, n: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://{admin}/explain?n={n}", timeout=10) as resp:
+            traces = json.loads(resp.read())
+    except (OSError, ValueError) as e:
+        print(f"pysidecar explain: cannot read http://{admin}/explain: {e}", file=sys.stderr)
+        return 1
+    for t in traces:
+        o = t["observed"]
+        what = f"{o['method']} {o['host']}{o['path']}" if o.get("method") else "TCP"
+        print(f"== {what} to {o['destination']} from {o['downstream']}: {o['response_code']} {o['response_flags']}"
+              f" {o['details'] or ''} via {o['listener']} route {o['route'] or '-'} cluster {o['cluster'] or '-'}"
+              f" host {o['upstream_host'] or '-'}")  # fmt: skip
+        for step, text in t["steps"]:
+            print(f"   {step}: {text}")
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
+    if args.live is not None:
+        return _live(args.admin, args.live)
+    if args.destination is None:
+        print("pysidecar explain: give IP:PORT (or --live N)", file=sys.stderr)
+        return 2
     try:
         dest = _destination(args.destination)
         headers = tuple((k.strip(), v.strip()) for k, _, v in (h.partition(":") for h in args.header))

@@ -7,7 +7,8 @@ Promises:
   or while stopping; POST /drain_listeners leaves it LIVE, as Envoy 1.40), `/server_info`,
   `/config_dump` (Envoy's envoy.admin.v3 dump of the loaded model, then the reload counters and
   the last rejected reload: file, YAML path, details, time), `/listeners` and `/clusters` (Envoy's text, or
-  `?format=json`). POST-only `/quitquitquit`, `/logging?level=`, `/reset_counters`,
+  `?format=json`), `/explain?n=N` (pysidecar's: the last N requests / connections, what was
+  observed and the decision trace `pysidecar explain` gives for them, JSON). POST-only `/quitquitquit`, `/logging?level=`, `/reset_counters`,
   `/drain_listeners`, `/healthcheck/fail`, `/healthcheck/ok`: any other method answers 400.
 - Stats and host counters shown are the sum over all workers at the moment of the request.
 - `:15090` serves `/stats/prometheus` only; `:15021/healthz/ready` answers 200 when the config
@@ -23,7 +24,8 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from pysidecar import __version__
-from pysidecar.model import Bootstrap
+from pysidecar.explain.recent import RECENT, live_trace
+from pysidecar.model import Bootstrap, TrafficDirection
 from pysidecar.observe import admin_views, prometheus
 from pysidecar.observe.config_dump import config_dump
 from pysidecar.observe.host_stats import HostSnapshot
@@ -53,6 +55,8 @@ class ProxyState(Protocol):
     async def host_stats(self) -> HostSnapshot: ...
 
     async def reset_counters(self) -> None: ...
+
+    async def recent(self, n: int) -> list[dict[str, object]]: ...
 
     async def drain_listeners(self) -> None: ...
 
@@ -137,6 +141,15 @@ def admin_routes(state: ProxyState) -> dict[str, Handler]:
             return _json(admin_views.clusters_json(state.bootstrap, hosts))
         return Response(200, admin_views.clusters_text(state.bootstrap, hosts))
 
+    async def explain_(req: Request) -> Response:
+        """The last N requests / connections with their decision traces (`pysidecar explain --live`)."""
+        n_text = req.arg("n") or "10"
+        if not n_text.isdigit() or not 1 <= int(n_text) <= RECENT:
+            return Response(400, f"usage: /explain?n=<1..{RECENT}>\n")
+        inbound = frozenset(x.name for x in state.bootstrap.listeners if x.traffic_direction is TrafficDirection.INBOUND)
+        records = await state.recent(int(n_text))
+        return _json([live_trace(state.bootstrap, r, inbound) for r in records])
+
     async def quit_(req: Request) -> Response:
         state.quit()
         return Response(200, "OK\n")
@@ -172,6 +185,7 @@ def admin_routes(state: ProxyState) -> dict[str, Handler]:
         "/config_dump": dump,
         "/listeners": listeners,
         "/clusters": clusters,
+        "/explain": explain_,
         "/quitquitquit": _post_only(quit_),
         "/logging": _post_only(logging_),
         "/reset_counters": _post_only(reset),

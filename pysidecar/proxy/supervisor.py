@@ -140,6 +140,13 @@ class Supervisor:
         )
         return merge_hosts(s for s in snaps if isinstance(s, dict))
 
+    async def recent(self, n: int) -> list[dict[str, object]]:
+        """The last `n` streams the workers finished, oldest first."""
+        answers = await asyncio.gather(*(c.request("recent", n=n) for c in self._clients.values()), return_exceptions=True)
+        records = [r for a in answers if isinstance(a, list) for r in a]
+        records.sort(key=lambda r: float(r.get("time") or 0))
+        return records[-n:]
+
     async def reset_counters(self) -> None:
         await asyncio.gather(*(c.request("reset_counters") for c in self._clients.values()))
 

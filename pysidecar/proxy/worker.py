@@ -27,12 +27,14 @@ import random
 import signal
 import socket
 import ssl
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pysidecar.common import workload
 from pysidecar.common.stream_info import StreamInfo
 from pysidecar.common.tls_context import contexts_for
+from pysidecar.explain.recent import RECENT, record
 from pysidecar.model import (
     AccessLogConfig,
     Bootstrap,
@@ -180,6 +182,8 @@ class Worker:
         self.node_id = bootstrap.node_id
         self.service_cluster = bootstrap.node_cluster or "pysidecar"
         self.local_ip = local_ipv4()
+        # The last finished streams, for the admin's /explain (a bounded deque: one append each).
+        self.recent: deque[StreamInfo] = deque(maxlen=RECENT)
 
     def zipkin(self, provider: ZipkinProvider) -> ZipkinReporter:
         found = self._zipkin.get(provider)
@@ -264,6 +268,7 @@ class Worker:
         """A TCP connection or HTTP request is finished: metrics, host counters, access log."""
         self.istio.record(info, info.listener_name in self.snapshot.inbound)
         self.hosts.record(info)
+        self.recent.append(info)
         log = self.access_log
         if log is not None:
             log.log(info)
@@ -299,6 +304,8 @@ class Worker:
 
             setup_logging(str(msg["level"]))
             return True
+        if op == "recent":
+            return [record(i) for i in list(self.recent)[-int(msg.get("n", RECENT)) :]]
         if op == "ping":
             return {"worker": self.index, "connections": len(self.connections)}
         raise ValueError(f"unknown control op {op!r}")
