@@ -96,20 +96,12 @@ class Http2Connection(Http2ResponseEncoder):
         on_close: Callable[[Http2Connection], None],
     ) -> None:
         super().__init__(worker, pools, cfg, destination, buffer_limit, on_close)
-        self.h2 = h2.connection.H2Connection(
-            # Request headers are checked by `h2_request_problem` (h2's own checks refuse a host that
-            # differs from :authority, which Envoy takes, using :authority).
-            h2.config.H2Configuration(
-                client_side=False,
-                header_encoding=None,
-                validate_inbound_headers=False,
-                # Response heads are lower-cased and stripped of connection-specific fields by
-                # StaticEncoder, which encodes them: h2's per-header normalising, validating and
-                # dynamic-table search were a fifth of this path's time (bench/README.md).
-                validate_outbound_headers=False,
-                normalize_outbound_headers=False,
-            )
-        )
+        # Request headers: `h2_request_problem` (h2's own checks refuse a host that differs from
+        # :authority, which Envoy takes). Response heads: StaticEncoder (hpack_encoder.py).
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_inbound_headers=False,
+            validate_outbound_headers=False, normalize_outbound_headers=False,
+        ))  # fmt: skip
         self.h2.encoder = StaticEncoder()  # type: ignore[assignment]
         self.streams = {}
         self.ids = {}
