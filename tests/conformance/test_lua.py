@@ -139,13 +139,13 @@ def test_state_is_per_request_and_a_runaway_script_is_bounded(tmp_path: Path) ->
     )
     a = HeaderMap({}, [(b"x-id", b"a")])
     b = HeaderMap({}, [(b"x-id", b"b")])
-    call_a, call_b = script.call(False, a, StreamInfoView()), script.call(False, b, StreamInfoView())
+    call_a, call_b = script.call(False, a, StreamInfoView), script.call(False, b, StreamInfoView)
     assert call_a is not None and call_b is not None
     assert call_a.start().kind == "body" and call_b.start().kind == "body"  # both suspended
     assert call_b.resume_body(None).kind == "done" and call_a.resume_body(None).kind == "done"
     assert a.headers[-1] == (b"x-echo", b"a") and b.headers[-1] == (b"x-echo", b"b")
     spin = HeaderMap({}, [(b"x-id", b"spin")])
-    call = script.call(False, spin, StreamInfoView())
+    call = script.call(False, spin, StreamInfoView)
     assert call is not None and call.start().kind == "body"
     started = time.monotonic()
     outcome = call.resume_body(None)
@@ -160,3 +160,31 @@ def test_pipelined_requests_keep_their_own_results(stack: Stack) -> None:
         first, second = read_response(s), read_response(s)
     assert first is not None and first.status == 403
     assert second is not None and second.body == b"direct answer"
+
+
+def test_stream_info_is_made_only_when_asked() -> None:
+    from pysidecar.proxy.lua.script import LuaScript
+    from pysidecar.proxy.lua.wrappers import HeaderMap, StreamInfoView
+
+    made: list[int] = []
+
+    def info() -> StreamInfoView:
+        made.append(1)
+        return StreamInfoView(protocol="HTTP/2", downstream_local_address="10.0.0.1:80")
+
+    script = LuaScript(
+        "function envoy_on_response(h)\n"
+        "  if h:headers():get(':status') == '200' then\n"
+        "    local si = h:streamInfo()\n"
+        "    h:headers():add('x-proto', si:protocol())\n"
+        "    h:headers():add('x-local', si:downstreamLocalAddress())\n"
+        "  end\n"
+        "end\n"
+    )
+    quiet = HeaderMap({b":status": b"404"}, [])
+    call = script.call(True, quiet, info)
+    assert call is not None and call.start().kind == "done" and not made
+    m = HeaderMap({b":status": b"200"}, [])
+    call = script.call(True, m, info)
+    assert call is not None and call.start().kind == "done"
+    assert m.headers == [(b"x-proto", b"HTTP/2"), (b"x-local", b"10.0.0.1:80")]

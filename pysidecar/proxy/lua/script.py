@@ -109,7 +109,14 @@ function Info:dynamicMetadata() alive(self) return self._md end
 local Handle = {}
 Handle.__index = Handle
 function Handle:headers() alive(self) return self._headers end
-function Handle:streamInfo() alive(self) return self._info end
+function Handle:streamInfo()
+  alive(self)
+  if self._info == nil then  -- made on first use: most scripts never ask
+    self._info = setmetatable({_v = self._src, _alive = self._alive,
+                               _md = setmetatable({_t = {}, _alive = self._alive}, Metadata)}, Info)
+  end
+  return self._info
+end
 function Handle:trailers() alive(self) return nil end
 function Handle:metadata() alive(self) return setmetatable({_t = {}, _alive = self._alive}, Metadata) end
 function Handle:connection()
@@ -164,13 +171,28 @@ local function step(call, ...)
   return a
 end
 
-local function begin(fn, map, info, response)
-  local alive = {true}
-  local h = setmetatable({_alive = alive, _response = response, _map = map}, Handle)
+local function handle(map, src, response, alive)
+  local h = setmetatable({_alive = alive, _response = response, _map = map, _src = src}, Handle)
   h._headers = setmetatable({_m = map, _alive = alive}, Headers)
-  h._info = setmetatable({_v = info, _alive = alive, _md = setmetatable({_t = {}, _alive = alive}, Metadata)}, Info)
+  return h
+end
+
+local function begin(fn, map, src, response)
+  local alive = {true}
   local call = {co = coroutine.create(fn), alive = alive}
-  return call, step(call, h)
+  return call, step(call, handle(map, src, response, alive))
+end
+
+-- envoy_on_response cannot yield (no body(), no respond()): one protected call, no coroutine.
+local function once(fn, map, src)
+  local alive = {true}
+  local h = handle(map, src, true, alive)
+  debug.sethook(function() error("script exceeded its CPU budget of " .. limit .. " instructions", 2) end, "", limit)
+  local ok, e = pcall(fn, h)
+  debug.sethook()
+  alive[1] = false
+  if not ok then return "error", tostring(e) end
+  return "done"
 end
 
 local function load(code)
@@ -183,7 +205,7 @@ local function load(code)
   return envoy_on_request, envoy_on_response
 end
 
-return begin, step, load
+return begin, step, load, once
 """
 
 _LEVELS = {1: 5, 2: logging.DEBUG, 3: logging.INFO, 4: logging.WARNING, 5: logging.ERROR, 6: logging.CRITICAL}
@@ -211,8 +233,8 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., tuple[bool, Any]]:
     return call
 
 
-def _info(view: StreamInfoView, name: bytes) -> bytes | None:
-    value = getattr(view, _INFO[name])
+def _info(source: Callable[[], StreamInfoView], name: bytes) -> bytes | None:
+    value = getattr(source(), _INFO[name])
     return value.encode("latin-1") if value else None
 
 
@@ -230,7 +252,7 @@ def _runtime() -> Any:
 
 
 class LuaScript:
-    __slots__ = ("_begin", "_step", "on_request", "on_response", "runtime")
+    __slots__ = ("_begin", "_once", "_step", "on_request", "on_response", "runtime")
 
     def __init__(self, code: str, limit: int = INSTRUCTION_LIMIT) -> None:
         rt = self.runtime = _runtime()
@@ -243,14 +265,15 @@ class LuaScript:
             b"blen": _guard(Body.length), b"bget": _guard(lambda b, i, n: b.get_bytes(int(i), int(n))),
             b"bset": _guard(Body.set_bytes), b"info": _guard(_info), b"log": _log,
         })  # fmt: skip
-        self._begin, self._step, load = rt.execute(_PRELUDE, helpers, limit)
+        self._begin, self._step, load, self._once = rt.execute(_PRELUDE, helpers, limit)
         on_request, on_response = load(code.encode("utf-8"))
         if on_request is None and isinstance(on_response, bytes):
             raise LuaLoadError(on_response.decode("utf-8", "replace"))
         self.on_request = on_request
         self.on_response = on_response
 
-    def call(self, response: bool, headers: HeaderMap, info: StreamInfoView) -> LuaCall | None:
+    def call(self, response: bool, headers: HeaderMap, info: Callable[[], StreamInfoView]) -> LuaCall | None:
+        """`info` makes the streamInfo() view, called only if the script asks for it."""
         fn = self.on_response if response else self.on_request
         return LuaCall(self, fn, headers, info, response) if fn is not None else None
 
@@ -260,7 +283,9 @@ class LuaCall:
 
     __slots__ = ("_call", "_fn", "headers", "info", "response", "script")
 
-    def __init__(self, script: LuaScript, fn: Any, headers: HeaderMap, info: StreamInfoView, response: bool) -> None:
+    def __init__(
+        self, script: LuaScript, fn: Any, headers: HeaderMap, info: Callable[[], StreamInfoView], response: bool
+    ) -> None:
         self.script = script
         self._fn = fn
         self.headers = headers
@@ -269,6 +294,8 @@ class LuaCall:
         self._call: Any = None
 
     def start(self) -> Outcome:
+        if self.response:  # cannot yield: one protected call (cheaper than a coroutine)
+            return self._outcome(list(_as_tuple(self.script._once(self._fn, self.headers, self.info))))
         call, *rest = self.script._begin(self._fn, self.headers, self.info, self.response)
         self._call = call
         return self._outcome(rest)

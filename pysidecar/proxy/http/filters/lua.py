@@ -66,7 +66,7 @@ class LuaFilter(PassThroughFilter):
             b":method": stream.method, b":scheme": stream.conn.scheme, b":authority": host, b":path": stream.target,
         }  # fmt: skip
         headers = HeaderMap(pseudo, rest)
-        call = script.call(False, headers, _info(stream))
+        call = script.call(False, headers, lambda: _info(stream))
         assert call is not None
         return self._request_outcome(stream, call, call.start())
 
@@ -119,7 +119,7 @@ class LuaFilter(PassThroughFilter):
             return headers
         status = stream.info.response_code or 0
         m = HeaderMap({b":status": b"%d" % status}, list(headers))
-        call = script.call(True, m, _info(stream))
+        call = script.call(True, m, lambda: _info(stream))
         assert call is not None
         call.start()  # done or failed (logged): either way the headers as the script left them
         return m.headers

@@ -175,6 +175,13 @@ class Http2UpstreamConnection(asyncio.Protocol):
         self.pool.cx_stats.upstream_cx_rx_bytes_total += len(data)
         try:
             events = self.h2.receive_data(data)
+        except h2.exceptions.DenialOfServiceError as e:
+            # A header block past the decoder's limit (64 KiB; Envoy's 60 KiB): Envoy's codec
+            # resets that stream and reports a remote reset (503 UR, checked on 1.40). h2's
+            # HPACK state is lost with it, so this connection ends: its streams all get that.
+            log.debug("http2 upstream: oversized headers: %r", e)
+            self._connection_error(REMOTE_RESET)
+            return
         except h2.exceptions.ProtocolError as e:
             log.debug("http2 upstream: protocol error: %r", e)
             self._connection_error()
@@ -280,13 +287,13 @@ class Http2UpstreamConnection(asyncio.Protocol):
             self.close()
         self.pool.capacity_changed(self)
 
-    def _connection_error(self) -> None:
+    def _connection_error(self, reason: str = PROTOCOL_ERROR) -> None:
         self.pool.rq_stats.upstream_cx_protocol_error += 1
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.h2.close_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
         self.flush()
         for st in list(self.streams.values()):
-            self._end_stream(st, PROTOCOL_ERROR)
+            self._end_stream(st, reason)
         self.close()
 
     # -- streams ----------------------------------------------------------------------------
