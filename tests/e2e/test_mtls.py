@@ -468,5 +468,11 @@ def test_a_new_policy_reaches_kept_alive_connections(lab: Lab, workdir: str) -> 
     deadline = time.monotonic() + 10
     while stats(web).get("listener_manager.lds.update_success", 0) == before and time.monotonic() < deadline:
         time.sleep(0.1)
+    # The workers take the reload a moment after the supervisor counts it: poll. Without the
+    # drain, the pooled connection would answer 200 forever.
+    deadline = time.monotonic() + 5
     code, body = _curl(sleep, f"http://{VIP}/headers")
+    while code == "200" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        code, body = _curl(sleep, f"http://{VIP}/headers")
     assert (code, body) == ("403", "RBAC: access denied")
