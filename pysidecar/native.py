@@ -50,6 +50,7 @@ MODULES: Final = (
     "pysidecar.proxy.http.router_filter",
     "pysidecar.proxy.http.upstream_request",
     "pysidecar.proxy.http.route_table",
+    "pysidecar.proxy.http.response_head",
     "pysidecar.proxy.http.http1.wire",
     "pysidecar.proxy.http.http1.response_encoder",
     "pysidecar.proxy.http.http1.request_decoder",

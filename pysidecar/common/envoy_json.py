@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from pysidecar.common.access_format import ISTIO_JSON_FIELDS, ISTIO_TEXT_FORMAT
+from pysidecar.common.envoy_json_rbac import http_rbac, network_rbac
 from pysidecar.common.envoy_json_tls import cluster_tls, endpoint_metadata
 from pysidecar.model import (
     DEFAULT_LISTENER_FILTERS_TIMEOUT,
@@ -279,6 +280,8 @@ def route_configuration(rc: RouteConfiguration) -> dict[str, Any]:
 
 
 def http_filter(f: HttpFilter) -> dict[str, Any]:
+    if f.rbac is not None:
+        return {"name": f.name, "typed_config": http_rbac(f.rbac)}
     if f.type_url == LUA and f.lua is not None:
         config: dict[str, Any] = {"@type": T + LUA}
         if f.lua.code:
@@ -417,7 +420,7 @@ def transport_socket(t: DownstreamTlsContext, redact: bool) -> dict[str, Any]:
 
 
 def filter_chain(c: FilterChain, redact: bool = False) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": c.name, "filters": [network_filter(f) for f in c.filters]}
+    out: dict[str, Any] = {"name": c.name, "filters": [*map(network_rbac, c.rbac), *(network_filter(f) for f in c.filters)]}
     if match := filter_chain_match(c.filter_chain_match):
         out["filter_chain_match"] = match
     if c.transport_socket is not None:

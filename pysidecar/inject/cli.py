@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-image", help="image of the istio-init container (default: template's)")
     parser.add_argument("--proxy-image", help="image of the istio-proxy container (default: template's)")
     parser.add_argument("--config-map", help="ConfigMap with the sidecar's config (default: pysidecar-config)")
+    parser.add_argument("--cert-secret", metavar="NAME",
+                        help="Secret with the workload certificate (cert-chain.pem, key.pem, root-cert.pem) "
+                             "mounted at /etc/certs (default: istio.<service account>, optional)")
     parser.add_argument("--native-sidecar", action="store_true",
                         help="inject the proxy as a Kubernetes native sidecar (init container with "
                              "restartPolicy: Always); a pod's sidecar.istio.io/nativeSidecar wins")
@@ -96,6 +99,7 @@ def main(args: argparse.Namespace) -> int:
             native_sidecar=args.native_sidecar,
             hold_application=mesh_hold_default(args.meshconfig) if args.meshconfig else False,
             config_map=args.config_map,
+            cert_secret=args.cert_secret,
         )
         text = inject_text(_read(args.filename), settings, source, warnings)
     except InjectError as exc:

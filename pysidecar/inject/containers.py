@@ -67,12 +67,13 @@ class Template:
     def volume_names(self) -> list[str]:
         return [cast(str, v["name"]) for v in self.volumes]
 
-    def build_volumes(self, config_map: str | None) -> list[Obj]:
+    def build_volumes(self, config_map: str | None, cert_secret: str = "") -> list[Obj]:
         out = copy.deepcopy(self.volumes)
-        if config_map:
-            for volume in out:
-                if "configMap" in volume:
-                    volume["configMap"]["name"] = config_map
+        for volume in out:
+            if config_map and "configMap" in volume:
+                volume["configMap"]["name"] = config_map
+            if "secret" in volume:
+                volume["secret"]["secretName"] = cert_secret
         return out
 
 

@@ -35,6 +35,7 @@ from pysidecar.inject.containers import (
     load_template,
     sidecar_container,
 )
+from pysidecar.model.tls import TLS_MODE_ISTIO, TLS_MODE_LABEL
 
 INJECT = "sidecar.istio.io/inject"
 STATUS = "sidecar.istio.io/status"
@@ -59,6 +60,8 @@ class Settings:
     native_sidecar: bool = False  # default for pods without sidecar.istio.io/nativeSidecar
     hold_application: bool = False  # MeshConfig defaultConfig.holdApplicationUntilProxyStarts
     config_map: str | None = None  # ConfigMap holding the sidecar's config (template default)
+    # Secret with the workload certificate (default: istio.<service account>, Istio's name).
+    cert_secret: str | None = None
 
 
 def wanted(metadata: Obj, spec: Obj) -> bool:
@@ -144,7 +147,8 @@ def inject_pod(metadata: Obj, spec: Obj, settings: Settings) -> bool:
     injected_init: list[Obj] = []
     if mode != "NONE":  # NONE: no interception at all, so no init container (Istio)
         injected_init.append(init_container(template, ann.init_args(annotations), settings.init_image))
-    volumes = template.build_volumes(settings.config_map)
+    account = str(spec.get("serviceAccountName") or spec.get("serviceAccount") or "default")
+    volumes = template.build_volumes(settings.config_map, settings.cert_secret or f"istio.{account}")
 
     app_containers: list[Obj] = spec["containers"]
     app_init: list[Obj] = spec.get("initContainers") or []
@@ -168,4 +172,6 @@ def inject_pod(metadata: Obj, spec: Obj, settings: Settings) -> bool:
         new.update(template.pod_annotations)
     new[STATUS] = _status(injected_init, injected_containers, volumes)
     metadata["annotations"] = new
+    # Istio's injector marks a pod with a sidecar: peers' auto mTLS picks endpoints by it.
+    metadata["labels"] = {**(metadata.get("labels") or {}), TLS_MODE_LABEL: TLS_MODE_ISTIO}
     return True

@@ -21,6 +21,7 @@ from pysidecar.model.http import (
     HttpConnectionManager,
     RetryPolicy,
 )
+from pysidecar.model.rbac import RbacFilter
 from pysidecar.model.tls import (
     DownstreamTlsContext,
     TransportSocketMatch,
@@ -273,6 +274,9 @@ class FilterChain:
     filter_chain_match: FilterChainMatch = field(default_factory=FilterChainMatch)
     # transport_socket envoy.transport_sockets.tls: TLS is terminated before the filters run.
     transport_socket: DownstreamTlsContext | None = None
+    # envoy.filters.network.rbac filters, in order, before `filters` (Istio's authorization
+    # on inbound chains): a connection they deny is closed before the network filter runs.
+    rbac: tuple[RbacFilter, ...] = ()
 
     @property
     def terminal_filter(self) -> NetworkFilter:

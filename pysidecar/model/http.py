@@ -16,6 +16,7 @@ import enum
 from dataclasses import dataclass, field
 
 from pysidecar.model.access_log import AccessLogConfig
+from pysidecar.model.rbac import RbacFilter
 
 # Plain Envoy's route timeout when a route does not set one (Istio always sets 0s).
 DEFAULT_ROUTE_TIMEOUT = 15.0
@@ -281,6 +282,7 @@ class HttpFilter:
     name: str
     type_url: str
     lua: LuaConfig | None = None
+    rbac: RbacFilter | None = None  # envoy.filters.http.rbac's rules
 
 
 @dataclass(frozen=True, slots=True)

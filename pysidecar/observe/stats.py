@@ -398,6 +398,16 @@ class OutlierDetectionStats(StatsBlock):
     ejections_active: Gauge
 
 
+class RbacStats(StatsBlock):
+    """`http.<stat_prefix>.rbac.` (HTTP filter) or `<stat_prefix>rbac.` (network filter, Istio's
+    `tcp.`): envoy.filters.http.rbac / envoy.filters.network.rbac."""
+
+    allowed: Counter
+    denied: Counter
+    logged: Counter
+    not_logged: Counter
+
+
 class FaultStats(StatsBlock):
     """`http.<stat_prefix>.fault.`: envoy.filters.http.fault."""
 

@@ -57,6 +57,7 @@ from pysidecar.proxy.http.http1.server_codec import HttpConnection
 from pysidecar.proxy.http.http2.server_codec import PREFACE, Http2Connection
 from pysidecar.proxy.inspect import MAX_CLIENT_HELLO, TOO_LARGE, Inspection, TlsHello, decide
 from pysidecar.proxy.listener_table import ConnectionInfo, select_filter_chain
+from pysidecar.proxy.network_rbac import authorized
 from pysidecar.proxy.original_dst import original_dst
 from pysidecar.proxy.peer_tls import DownstreamTls
 from pysidecar.proxy.tcp_proxy import TcpProxySession
@@ -221,6 +222,9 @@ class ActiveConnection(asyncio.Protocol):
             self.worker.connections.add(self)
             self.handshake = self.worker.loop.create_task(self._terminate(snapshot, context, chain, info, initial))
             return
+        if not authorized(self.worker, chain, transport, info.destination, info.server_name, None):
+            transport.close()  # connection_lost does the accounting
+            return
         self._attach(chain.terminal_filter, info, transport, initial, secure=False)
 
     async def _terminate(self, snapshot: Snapshot, context: ssl.SSLContext, chain: FilterChain, info: ConnectionInfo, initial: bytes) -> None:
@@ -250,6 +254,10 @@ class ActiveConnection(asyncio.Protocol):
         )
         self.peer_tls = DownstreamTls.of(tls, identity.spiffe_id if own and identity else None)
         if held.lost:
+            self.closed(None)
+            return
+        if not authorized(self.worker, chain, tls, info.destination, info.server_name, self.peer_tls):
+            tls.close()
             self.closed(None)
             return
         proto = self._attach(chain.terminal_filter, info, tls, b"".join(held.data), secure=True)

@@ -138,3 +138,9 @@ HTTP_PATH = sorted(m for m in _modules() if m.startswith(("pysidecar.proxy.http"
 def test_imports_alone_in_a_fresh_interpreter(module: str) -> None:
     r = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_proxy_files_stay_under_500_lines() -> None:
+    """The house rule (one job per file): a file of pysidecar/proxy past 500 lines is split."""
+    long = {str(p.relative_to(ROOT)): n for p in (ROOT / "proxy").rglob("*.py") if (n := len(p.read_text().splitlines())) > 500}
+    assert long == {}

@@ -155,8 +155,24 @@ def test_other_objects_and_everything_else_are_preserved() -> None:
     assert pod["spec"]["containers"][0] == POD_SPEC["containers"][0]
     # istio-init last: the app's own init containers still have an uncaptured network.
     assert names(pod["spec"]["initContainers"]) == ["migrate", "istio-init"]
-    assert names(pod["spec"]["volumes"]) == ["data", "pysidecar-config", "pysidecar-tmp"]
+    assert names(pod["spec"]["volumes"]) == ["data", "pysidecar-config", "pysidecar-tmp", "istio-certs"]
     assert_valid([out_service, out_dep])
+
+
+def test_workload_certificate_secret_is_mounted_and_the_pod_marked_for_mtls() -> None:
+    dep = workload("Deployment")
+    dep["spec"]["template"]["spec"]["serviceAccountName"] = "sleep"
+    (out,) = inject([dep])
+    pod = pod_of(out)
+    certs = next(v for v in pod["spec"]["volumes"] if v["name"] == "istio-certs")
+    assert certs["secret"] == {"secretName": "istio.sleep", "optional": True}  # Istio's file-mounted name
+    mount = next(m for m in pod["spec"]["containers"][-1]["volumeMounts"] if m["name"] == "istio-certs")
+    assert mount == {"name": "istio-certs", "mountPath": "/etc/certs", "readOnly": True}
+    assert pod["metadata"]["labels"]["security.istio.io/tlsMode"] == "istio"
+    (out,) = inject([workload("Pod")], Settings(cert_secret="my-svid"))
+    certs = next(v for v in pod_of(out)["spec"]["volumes"] if v["name"] == "istio-certs")
+    assert certs["secret"]["secretName"] == "my-svid"
+    assert_valid([out])
 
 
 def test_kind_list_items_are_injected() -> None:

@@ -265,7 +265,7 @@ def test_unknown_kinds_are_skipped_with_a_warning(tmp_path: Path, caplog: pytest
     assert b.listener("198.18.5.5_3306") is not None
 
 
-@pytest.mark.parametrize("kind", ["AuthorizationPolicy", "RequestAuthentication"])
+@pytest.mark.parametrize("kind", ["RequestAuthentication"])
 def test_unenforced_security_kinds_are_refused(tmp_path: Path, kind: str) -> None:
     doc = f"apiVersion: security.istio.io/v1\nkind: {kind}\nmetadata: {{name: p}}\nspec: {{}}\n"
     f = write(tmp_path, "sec.yaml", SE_TCP + "---\n" + doc)

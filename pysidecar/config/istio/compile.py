@@ -32,10 +32,18 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from pysidecar.config.istio import routes as rt
+from pysidecar.config.istio.authorization_policy import build as authz_build
+from pysidecar.config.istio.authorization_policy import policies_for
 from pysidecar.config.istio.clusters import ISTIO_CIRCUIT_BREAKERS, build_clusters
 from pysidecar.config.istio.destination_rule import DestinationRule
 from pysidecar.config.istio.documents import IstioConfig
-from pysidecar.config.istio.inbound import build_inbound, inbound_ports, with_inbound
+from pysidecar.config.istio.inbound import (
+    build_inbound,
+    inbound_ports,
+    with_authorization,
+    with_inbound,
+    with_passthrough_mtls,
+)
 from pysidecar.config.istio.meta import DEFAULT_NAMESPACE
 from pysidecar.config.istio.peer_authentication import effective
 from pysidecar.config.istio.registry import Protocol, Service, ServicePort, outbound_cluster_name
@@ -460,6 +468,9 @@ def compile_config(
         )  # fmt: skip
     inbound = build_inbound(inbound_ports(cfg.services, workload_labels or {}, cfg.pods), mesh, modes, identity)
     base = with_inbound(base, inbound)
+    base = with_passthrough_mtls(base, modes.default, identity)
+    authz = policies_for(cfg.authorization_policies, namespace, workload_labels or {}, mesh.root_namespace)
+    base = with_authorization(base, authz_build(authz, for_tcp=True), authz_build(authz, for_tcp=False))
     out = with_mesh_tracing(
         replace(with_resources(base, listeners, clusters), sources=cfg.files or base.sources, identity=identity)
     )

@@ -9,8 +9,9 @@ Promises:
   a sidecar ignores them.
 - Kinds neither has a use for (Deployment, ConfigMap, ...) are skipped with a warning naming
   file and resource; a wrong apiVersion for a known kind is an error.
-- PeerAuthentication (security.istio.io v1 / v1beta1) is kept for the inbound chains.
-- Security kinds not enforced (AuthorizationPolicy, RequestAuthentication) are REFUSED: skipping a DENY policy would run a
+- PeerAuthentication and AuthorizationPolicy (security.istio.io v1 / v1beta1) are kept for
+  the inbound chains.
+- Security kinds not enforced (RequestAuthentication) are REFUSED: skipping a DENY policy would run a
   proxy that looks protected and is not. The error names file, YAML path and why.
 - Two mesh configs are an error naming both files.
 """
@@ -21,6 +22,7 @@ import logging
 from dataclasses import dataclass, field
 
 from pysidecar.config.istio import kube
+from pysidecar.config.istio.authorization_policy import AuthorizationPolicy, authorization_policy
 from pysidecar.config.istio.destination_rule import DestinationRule, destination_rule
 from pysidecar.config.istio.gateway import Gateway, gateway
 from pysidecar.config.istio.ingress import Ingress, ingress, ingress_class, to_istio
@@ -45,7 +47,7 @@ NETWORKING_VERSIONS = ("v1alpha3", "v1beta1", "v1")
 INGRESS_APIS = ("networking.k8s.io/v1", "networking.k8s.io/v1beta1", "extensions/v1beta1")
 NETWORKING_KINDS = ("ServiceEntry", "VirtualService", "DestinationRule", "Sidecar", "Gateway")
 # security.istio.io kinds not enforced (yet): refused at load, never skipped.
-UNENFORCED_SECURITY_KINDS = ("AuthorizationPolicy", "RequestAuthentication")
+UNENFORCED_SECURITY_KINDS = ("RequestAuthentication",)
 SECURITY_VERSIONS = ("v1", "v1beta1")
 
 
@@ -62,6 +64,7 @@ class IstioConfig:
     # Pod documents' labels and named container ports (named targetPorts, inbound).
     pods: tuple[kube.PodPorts, ...] = ()
     peer_authentications: tuple[PeerAuthentication, ...] = ()
+    authorization_policies: tuple[AuthorizationPolicy, ...] = ()
 
 
 @dataclass
@@ -73,6 +76,7 @@ class _Collector:
     pods: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
     pod_accounts: dict[str, str] = field(default_factory=dict)
     peer_authentications: list[PeerAuthentication] = field(default_factory=list)
+    authorization_policies: list[AuthorizationPolicy] = field(default_factory=list)
     pod_ports: list[kube.PodPorts] = field(default_factory=list)
     virtual_services: list[VirtualService] = field(default_factory=list)
     destination_rules: list[DestinationRule] = field(default_factory=list)
@@ -107,11 +111,14 @@ class _Collector:
                 doc.child("apiVersion", api).fail(
                     f"{kind} needs apiVersion networking.istio.io/{{{','.join(NETWORKING_VERSIONS)}}}, got {api!r}"
                 )
-        if kind == "PeerAuthentication":
+        if kind in ("PeerAuthentication", "AuthorizationPolicy"):
             group, _, version = api.partition("/")
             if group != "security.istio.io" or version not in SECURITY_VERSIONS:
-                doc.child("apiVersion", api).fail(f"PeerAuthentication needs apiVersion security.istio.io/{{v1,v1beta1}}, got {api!r}")
-            self.peer_authentications.append(peer_authentication(doc))
+                doc.child("apiVersion", api).fail(f"{kind} needs apiVersion security.istio.io/{{v1,v1beta1}}, got {api!r}")
+            if kind == "PeerAuthentication":
+                self.peer_authentications.append(peer_authentication(doc))
+            else:
+                self.authorization_policies.append(authorization_policy(doc))
             return
         if kind in UNENFORCED_SECURITY_KINDS or api.startswith("security.istio.io/"):
             doc.child("kind", kind).fail(
@@ -169,6 +176,7 @@ class _Collector:
             files=files,
             pods=tuple(self.pod_ports),
             peer_authentications=tuple(self.peer_authentications),
+            authorization_policies=tuple(self.authorization_policies),
         )
 
 

@@ -62,12 +62,14 @@ from pysidecar.model import (
 from pysidecar.model.http import (
     Decorator,
     HttpConnectionManager,
+    HttpFilter,
     Route,
     RouteAction,
     RouteConfiguration,
     RouteMatch,
     VirtualHost,
 )
+from pysidecar.model.rbac import RBAC_HTTP_FILTER, RBAC_HTTP_TYPE, RbacFilter
 from pysidecar.model.tls import WorkloadIdentity
 
 log = logging.getLogger(__name__)
@@ -257,6 +259,63 @@ def build_inbound(
         chains=tuple(c for p in ports for c in filter_chains(p, modes.for_port(p.target_port), identity)),
         clusters=tuple(cluster(p, mesh) for p in ports),
     )
+
+
+PASSTHROUGH_CHAINS = (VIRTUAL_INBOUND, f"{VIRTUAL_INBOUND}-catchall-http")
+
+
+def passthrough_mtls(chain: FilterChain, mode: str, identity: WorkloadIdentity | None) -> tuple[FilterChain, ...]:
+    """A plaintext passthrough chain (HTTP or TCP, per address family) under the workload's
+    mode, as istiod's buildInboundPassthroughChains: PERMISSIVE adds its mTLS twin (Istio's
+    HTTP / TCP ALPNs, terminated with the workload certificate), STRICT keeps only a TLS one
+    (so plaintext to a port no Service names is refused too)."""
+    if identity is None or mode == "DISABLE":
+        return (chain,)
+    http = isinstance(chain.terminal_filter, HttpConnectionManager)
+    alpns: tuple[str, ...]
+    if http:
+        alpns = mtls.MTLS_HTTP_ALPNS
+    else:
+        alpns = () if mode == "STRICT" else mtls.MTLS_TCP_WITH_MXC_ALPNS
+    tls = replace(
+        chain,
+        filter_chain_match=replace(chain.filter_chain_match, transport_protocol=mtls.TLS_TRANSPORT, application_protocols=alpns),
+        transport_socket=mtls.downstream_context(identity, http),
+    )
+    return (tls,) if mode == "STRICT" else (tls, chain)
+
+
+def with_passthrough_mtls(b: Bootstrap, mode: str, identity: WorkloadIdentity | None) -> Bootstrap:
+    listeners = tuple(
+        replace(x, filter_chains=tuple(
+            c for ch in x.filter_chains
+            for c in (passthrough_mtls(ch, mode, identity) if ch.name in PASSTHROUGH_CHAINS else (ch,))
+        )) if x.name == VIRTUAL_INBOUND else x
+        for x in b.listeners
+    )  # fmt: skip
+    return replace(b, listeners=listeners)
+
+
+def with_authorization(b: Bootstrap, tcp: tuple[RbacFilter, ...], http: tuple[RbacFilter, ...]) -> Bootstrap:
+    """Istio's authorization on every virtualInbound chain but the blackhole: network RBAC
+    filters before tcp_proxy, HTTP RBAC filters before the router."""
+
+    def chain(c: FilterChain) -> FilterChain:
+        if c.name.endswith("-blackhole"):
+            return c
+        term = c.terminal_filter
+        if isinstance(term, TcpProxy):
+            return replace(c, rbac=tcp)
+        filters = tuple(HttpFilter(RBAC_HTTP_FILTER, RBAC_HTTP_TYPE, rbac=f) for f in http)
+        return replace(c, filters=(*c.filters[:-1], replace(term, http_filters=filters + term.http_filters)))
+
+    if not tcp and not http:
+        return b
+    listeners = tuple(
+        replace(x, filter_chains=tuple(chain(c) for c in x.filter_chains)) if x.name == VIRTUAL_INBOUND else x
+        for x in b.listeners
+    )
+    return replace(b, listeners=listeners)
 
 
 def with_inbound(b: Bootstrap, inbound: Inbound) -> Bootstrap:

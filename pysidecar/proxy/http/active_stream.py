@@ -34,23 +34,16 @@ from pysidecar.proxy.http import stream_state as ss
 from pysidecar.proxy.http.edge import edge_request
 from pysidecar.proxy.http.header_validation import hcm_path_reply
 from pysidecar.proxy.http.headers import (
-    HAS_DATE,
-    HAS_LENGTH,
-    HAS_SERVER,
-    RESPONSE_NOTED,
     Headers,
-    apply_ops,
     get,
     http_date,
-    replace_header,
     scan_request,
-    scan_response,
     set_in_place,
     strip_hop_by_hop_rare,
     tokens,
-    touches,
 )
 from pysidecar.proxy.http.request_id import request_id
+from pysidecar.proxy.http.response_head import upstream_response_head
 from pysidecar.proxy.http.route_table import resolve_route
 from pysidecar.proxy.http.stream_state import RESPONSE_DONE, RESPONSE_STARTED, STARTED
 from pysidecar.proxy.http.xfcc import forward_client_cert
@@ -96,6 +89,7 @@ class ActiveStream:
         "noted",
         "path",
         "paused_for_body",
+        "request_trailers",
         "response_ops",
         "retain",
         "route",
@@ -127,6 +121,7 @@ class ActiveStream:
         self.body_bytes = 0
         self.retain = True  # the body so far is kept (for a retry)
         self.paused_for_body = False
+        self.request_trailers: Headers | None = None  # HTTP/2 request trailers, for the upstream
         self.chunked_in = False
         self.has_body = False  # a body follows the head (content-length > 0 or chunked)
         self.chunked_out = False  # codec state: the response is framed as chunked
@@ -349,9 +344,9 @@ class ActiveStream:
             self.conn.encode_continue(self)
 
     def encode_headers(self, status: int, headers: Headers, service_time_ms: int) -> None:
-        """The upstream's response head, as the connection manager passes it on."""
+        """The upstream's response head, as the connection manager passes it on
+        (`response_head.upstream_response_head`), to the codec."""
         conn = self.conn
-        cfg = conn.cfg
         info = self.info
         self.state = ss.advance(self.state, ss.RESPONSE_START)
         info.response_code = status
@@ -359,40 +354,11 @@ class ActiveStream:
         info.upstream_service_time_ms = service_time_ms
         if info.grpc:  # a trailers-only response carries its grpc-status in the head
             info.grpc_status = grpc.grpc_status(headers)
-        # One pass strips the upstream's hop-by-hop headers, puts our server in its place and
-        # notes content-length and date; operations that touch those names re-check them.
-        out, seen = scan_response(headers, cfg.server_header)
-        if status != 101:  # Envoy 1.40 sends no service time on a 101
-            out.append((b"x-envoy-upstream-service-time", b"%d" % service_time_ms))
-        if cfg.decorate_response:
-            decorator = self.route.route.decorator if self.route is not None else None
-            if decorator is not None:
-                out.append((b"x-envoy-decorator-operation", decorator.operation.encode()))
-        ops = self.response_ops
-        encoders = cfg.encoders
-        if ops or encoders:
-            if ops:
-                out = apply_ops(out, ops)
-            for f in encoders:
-                out = f.encode_headers(self, out)
-            if touches(ops, RESPONSE_NOTED) or cfg.encoders_touch_noted:
-                seen = (HAS_LENGTH if get(out, b"content-length") is not None else 0) | (
-                    HAS_DATE if get(out, b"date") is not None else 0
-                )
-                out = replace_header(out, b"server", cfg.server)
-                seen |= HAS_SERVER
+        out, has_length = upstream_response_head(self, status, headers, service_time_ms)
         if status == 101:
-            out.append((b"connection", b"upgrade"))
-            up_value = get(headers, b"upgrade")
-            if up_value is not None:
-                out.append((b"upgrade", up_value))
             self.tunnel = True
-        if not seen & HAS_DATE:
-            out.append((b"date", http_date()))
-        if not seen & HAS_SERVER:
-            out.append(cfg.server_header)
         # The codec frames it (HTTP/1: connection, chunking, the head held for the body).
-        conn.encode_headers(self, status, out, seen & HAS_LENGTH != 0)
+        conn.encode_headers(self, status, out, has_length)
         if self.tunnel:
             self.cancel_route_timer()  # an upgraded stream has no response end to time
             conn.start_tunnel(self)

@@ -112,6 +112,14 @@ class Downstream(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def describe(self, info: StreamInfo) -> None:
+        """What a new stream's record says about its connection, whatever the codec."""
+        info.listener_name = self.listener_name
+        info.downstream_local_address = self.local_address
+        info.downstream_remote_address = self.peer
+        info.requested_server_name = self.server_name
+        info.downstream_tls = self.tls
+
     def record(self, st: ActiveStream) -> None:
         record_stream(self.stats, st, self._record_cb)
 

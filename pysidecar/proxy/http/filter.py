@@ -25,8 +25,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from pysidecar.model.http import HttpConnectionManager, HttpFilter
+from pysidecar.model.rbac import RBAC_HTTP_TYPE
 from pysidecar.proxy.http.filters.fault import FaultFilter
 from pysidecar.proxy.http.filters.lua import LuaFilter
+from pysidecar.proxy.http.filters.rbac import RbacFilter
 from pysidecar.proxy.http.router_filter import RouterFilter
 
 if TYPE_CHECKING:
@@ -50,6 +52,7 @@ FILTER_TYPES: dict[str, Callable[[HttpFilter], StreamFilter]] = {
     "envoy.extensions.filters.http.fault.v3.HTTPFault": FaultFilter,
     "envoy.extensions.filters.http.lua.v3.Lua": LuaFilter,
     "envoy.extensions.filters.http.router.v3.Router": RouterFilter,
+    RBAC_HTTP_TYPE: RbacFilter,
 }
 
 

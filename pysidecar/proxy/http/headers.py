@@ -174,7 +174,7 @@ _REQUEST_SCAN.update(
         b"content-length": _NOTE,
         b"host": _NOTE_DROP,
         # Kept and noted: the connection manager drops expect (unless proxied) and keeps only
-        # `te: trailers` (stream._clean_rare).
+        # `te: trailers` (strip_hop_by_hop_rare).
         b"expect": _NOTE,
         b"te": _NOTE,
         b"connection": _NOTE_DROP,

@@ -359,10 +359,12 @@ class Router:
         """The attempt failed: a connect failure, a refusal or a reset by the upstream."""
         stream = self.stream
         if stream.state & RESPONSE_STARTED:
-            # Mid-body: nothing more can be said to the client; close it (Envoy's UC).
+            # Mid-body: nothing more can be said to the client; close it (Envoy's UC, UR for
+            # an HTTP/2 stream the upstream reset).
             self.rq_stats.upstream_rq_rx_reset += 1
             stream.close_after = True
-            stream.reset(lr.UC)
+            stream.info.response_code_details = lr.after_start_details(reason)
+            stream.reset(lr.reset_flag(reason))
             return
         if stream.state & RESPONSE_DONE:
             return

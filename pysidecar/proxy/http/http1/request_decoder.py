@@ -84,12 +84,7 @@ class Http1RequestDecoder(Http1ResponseEncoder):
 
     def on_message_begin(self) -> None:
         st = self.new_stream()
-        info = st.info
-        info.listener_name = self.listener_name
-        info.downstream_local_address = self.local_address
-        info.downstream_remote_address = self.peer
-        info.requested_server_name = self.server_name
-        info.downstream_tls = self.tls
+        self.describe(st.info)
         self.parsing = st
         self.head_size = 0
         self.in_head = True

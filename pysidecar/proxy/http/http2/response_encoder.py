@@ -6,7 +6,8 @@ Promises:
   carries END_STREAM, as Envoy sends a bodiless response) or the end of the upstream's read
   (`encode_flush`).
 - DATA goes out within the client's windows; the rest waits per stream (`pending`) while that
-  stream's upstream stops being read, and goes out on WINDOW_UPDATE.
+  stream's upstream stops being read, and goes out on WINDOW_UPDATE. A full socket buffer stops
+  every stream's upstream from being read until it drains (`pause_writing`).
 - Frames of one loop iteration leave in one write (`_schedule_flush`); frames queued for a
   client that does not read are counted (h2_limits: Envoy's max_outbound_frames and
   max_outbound_control_frames): past the limit the connection is aborted, counted in
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from h2.connection import H2Connection
 
     from pysidecar.proxy.http.active_stream import ActiveStream
+    from pysidecar.proxy.http.codec import UpstreamCodec
     from pysidecar.proxy.http.headers import Headers
 
 log = logging.getLogger(__name__)
@@ -65,10 +67,12 @@ class Http2ResponseEncoder(Downstream):
         "h2stats",
         "held",
         "ids",
+        "paused_upstreams",
         "pending",
         "streams",
         "write_blocked",
     )
+    paused_upstreams: list[tuple[int, UpstreamCodec]]  # read-disabled while the socket is full
     h2: H2Connection
     streams: dict[int, ActiveStream]
     ids: dict[ActiveStream, int]
@@ -263,6 +267,21 @@ class Http2ResponseEncoder(Downstream):
         up = st.upstream() if st is not None else None
         if up is not None:
             up.resume_reading()
+
+    def pause_writing(self) -> None:
+        self.write_blocked = True
+        for sid, st in self.streams.items():
+            up = st.upstream()
+            if up is not None:
+                up.pause_reading()
+                self.paused_upstreams.append((sid, up))
+
+    def resume_writing(self) -> None:
+        self.write_blocked = False
+        ups, self.paused_upstreams = self.paused_upstreams, []
+        for sid, up in ups:
+            if sid not in self.pending:
+                up.resume_reading()
 
     def _schedule_flush(self) -> None:
         if not self.flush_scheduled:

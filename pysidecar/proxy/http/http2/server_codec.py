@@ -7,10 +7,8 @@ same upstream pools; this module turns h2 events into stream calls, and
 `response_encoder.Http2ResponseEncoder` the stream's encode_* calls into frames.
 
 Promises:
-- A stream's headers become the HTTP/1-shaped request ActiveStream knows: `:method`, `:path`
-  (the URL), `:authority` as the first header, `host` (a `host` header the client also sent is
-  dropped, as Envoy keeps one authority). A request body without content-length goes upstream
-  chunked, as Envoy's HTTP/1 upstream codec sends it.
+- A stream's header block becomes the request ActiveStream knows (`request_decoder`: limits,
+  `:authority` as host, a body without content-length chunked).
 - Malformed frames or headers (header_validation: missing or repeated pseudo-headers, names
   that are not lower-case tokens, CR / LF / NUL / controls in values, an invalid :method,
   :path, :authority or host, connection-specific headers) end the whole connection with GOAWAY PROTOCOL_ERROR, as
@@ -19,10 +17,7 @@ Promises:
 - Flow control both ways, never unbounded: request DATA is acknowledged (WINDOW_UPDATE) only
   once handed to the stream, and not while the stream is paused (its upstream cannot take
   more, or its body waits for a connect beyond the buffer limit): the client's windows bound
-  what is held. Response bytes beyond the client's window wait per stream while that stream's
-  upstream stops being read; they go out on WINDOW_UPDATE. A full socket buffer pauses every
-  stream's upstream.
-- Frames of one loop iteration leave in one write.
+  what is held. The response side is `response_encoder`'s.
 - A mid-response failure resets that stream only (RST_STREAM INTERNAL_ERROR); a drain sends
   GOAWAY (NO_ERROR) and closes once the open streams are done; the idle timeout closes a
   connection without streams the same way.
@@ -60,23 +55,24 @@ from pysidecar.proxy.http.h2_limits import (
     with_goaway_code,
 )
 from pysidecar.proxy.http.header_validation import h2_request_problem
-from pysidecar.proxy.http.headers import Headers
+from pysidecar.proxy.http.http2.request_decoder import over_limits, request_head
+from pysidecar.proxy.http.http2.request_headers import trailer_block
 from pysidecar.proxy.http.http2.response_encoder import Http2ResponseEncoder
+from pysidecar.proxy.http.http2.settings import (
+    DEFAULT_CONNECTION_WINDOW,
+    DEFAULT_MAX_CONCURRENT_STREAMS,
+    DEFAULT_STREAM_WINDOW,
+    H2_DEFAULT_WINDOW,
+    server_settings,
+)
 from pysidecar.proxy.http.stream_state import RESPONSE_DONE, RESPONSE_STARTED
 
 if TYPE_CHECKING:
-    from pysidecar.proxy.http.codec import UpstreamCodec
     from pysidecar.proxy.worker import Worker
 
 log = logging.getLogger(__name__)
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-# pysidecar's windows when http2_protocol_options does not say (Envoy's are 256 MiB: what a
-# client may send unasked, and so what a slow upstream would make us hold).
-DEFAULT_STREAM_WINDOW = 1 << 20
-DEFAULT_CONNECTION_WINDOW = 4 << 20
-DEFAULT_MAX_CONCURRENT_STREAMS = 2**31 - 1  # Envoy's
-_H2_DEFAULT_WINDOW = 65535  # the connection window every HTTP/2 connection starts with
 
 
 class Http2Connection(Http2ResponseEncoder):
@@ -86,7 +82,6 @@ class Http2Connection(Http2ResponseEncoder):
         "idle_marks",
         "max_streams",
         "paused",
-        "paused_upstreams",
         "premature_resets",
         "unacked",
     )
@@ -116,7 +111,7 @@ class Http2Connection(Http2ResponseEncoder):
         self.idle_marks: dict[ActiveStream, tuple[tuple[int, int, bool], float]] = {}
         self.unacked: dict[int, int] = {}  # stream id → DATA bytes held back while paused
         self.paused: dict[int, int] = {}  # stream id → pause count
-        self.paused_upstreams: list[tuple[int, UpstreamCodec]] = []
+        self.paused_upstreams = []
         self.write_blocked = False
         self.flush_scheduled = False
         self.max_streams = DEFAULT_MAX_CONCURRENT_STREAMS
@@ -138,7 +133,7 @@ class Http2Connection(Http2ResponseEncoder):
         cx_window = (o and o.initial_connection_window_size) or DEFAULT_CONNECTION_WINDOW
         streams = (o and o.max_concurrent_streams) or DEFAULT_MAX_CONCURRENT_STREAMS
         self.max_streams = streams
-        self.h2.local_settings = _settings(streams, window, self.cfg.header_limit)
+        self.h2.local_settings = server_settings(streams, window, self.cfg.header_limit)
         # h2's header decoder would end the connection past its 64 KiB; the limits above are
         # checked per stream in _request, as Envoy does (bounded still, at 4 times).
         self.h2.decoder.max_header_list_size = 4 * self.cfg.header_limit
@@ -146,11 +141,11 @@ class Http2Connection(Http2ResponseEncoder):
         # The SETTINGS frame is written: from here h2 enforces nothing on stream counts (past
         # its limit it raises mid-read, losing the other frames' events); _request refuses the
         # excess streams one by one, as Envoy does.
-        self.h2.local_settings = _settings(
+        self.h2.local_settings = server_settings(
             DEFAULT_MAX_CONCURRENT_STREAMS, window, self.cfg.header_limit
         )
-        if cx_window > _H2_DEFAULT_WINDOW:
-            self.h2.increment_flow_control_window(cx_window - _H2_DEFAULT_WINDOW)
+        if cx_window > H2_DEFAULT_WINDOW:
+            self.h2.increment_flow_control_window(cx_window - H2_DEFAULT_WINDOW)
         self._flush()
         self._arm_idle()
         if self.draining:
@@ -253,19 +248,12 @@ class Http2Connection(Http2ResponseEncoder):
             self.draining = True
             if not self.streams:
                 self.close_when_flushed()
-        # Request trailers (TrailersReceived) are dropped: StreamEnded follows them, and the
-        # HTTP/1 upstream gets the body's end.
+        elif isinstance(ev, h2.events.TrailersReceived) and (st := self.streams.get(ev.stream_id or 0)):
+            st.request_trailers = trailer_block(list(ev.headers or []))  # sent at the end (h2 only)
 
     def _request(self, sid: int, raw: list[tuple[bytes, bytes]], ended: bool) -> None:
         cfg = self.cfg
-        if (
-            len(raw) > cfg.header_count_limit
-            or sum(len(n) + len(v) for n, v in raw) > cfg.header_limit
-            or (cfg.underscores == 1 and any(b"_" in n for n, _ in raw))
-        ):
-            # Envoy 1.40 (checked): over max_headers_count (pseudo-headers count), over
-            # max_request_headers_kb (names and values), an underscore under REJECT_REQUEST:
-            # this stream is reset, the connection goes on; counted as a request, reset.
+        if over_limits(raw, cfg):  # this stream is reset, the connection goes on (Envoy 1.40)
             s = self.stats
             s.downstream_rq_total += 1
             s.downstream_rq_http2_total += 1
@@ -288,38 +276,10 @@ class Http2Connection(Http2ResponseEncoder):
             self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         st = ActiveStream(self)
-        info = st.info
-        info.protocol = "HTTP/2"
-        info.listener_name = self.listener_name
-        info.downstream_local_address = self.local_address
-        info.downstream_remote_address = self.peer
-        info.requested_server_name = self.server_name
-        info.downstream_tls = self.tls
-        authority = b""
-        headers: Headers = []
-        host: bytes | None = None
-        length = False
-        for n, v in raw:
-            if n[:1] == b":":
-                if n == b":method":
-                    st.method = v
-                elif n == b":path":
-                    st.url = v
-                elif n == b":authority":
-                    authority = v
-            elif n == b"host":
-                host = v
-            else:
-                if n == b"content-length":
-                    length = True
-                headers.append((n, v))
-        authority = authority or host or b""
-        if authority:
-            headers.insert(0, (b"host", authority))
-        st.headers = headers
+        self.describe(st.info)
+        st.info.protocol = "HTTP/2"
+        st.method, st.url, st.headers = request_head(raw, ended)
         st.head_request = st.method == b"HEAD"
-        if not ended and not length:
-            headers.append((b"transfer-encoding", b"chunked"))  # a body without a length
         self.streams[sid] = st
         self.ids[st] = sid
         s = self.stats
@@ -439,21 +399,6 @@ class Http2Connection(Http2ResponseEncoder):
             self._ack(sid, held)
             self._schedule_flush()
 
-    def pause_writing(self) -> None:
-        self.write_blocked = True
-        for sid, st in self.streams.items():
-            up = st.upstream()
-            if up is not None:
-                up.pause_reading()
-                self.paused_upstreams.append((sid, up))
-
-    def resume_writing(self) -> None:
-        self.write_blocked = False
-        ups, self.paused_upstreams = self.paused_upstreams, []
-        for sid, up in ups:
-            if sid not in self.pending:
-                up.resume_reading()
-
     # == timers and errors ======================================================================
     def _arm_idle(self) -> None:
         timeout = self.cfg.config.idle_timeout
@@ -552,13 +497,3 @@ _IDLE_TICKS = 8
 _ABORT_AFTER_S = 1.0  # Envoy's delayed_close_timeout default
 _TOO_MANY_CONTINUATIONS = "Too many continuation frames received."
 
-
-def _settings(streams: int, window: int, header_list: int) -> h2.settings.Settings:
-    return h2.settings.Settings(
-        client=False,
-        initial_values={
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: streams,
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window,
-            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: header_list,
-        },
-    )
