@@ -7,7 +7,7 @@ Promises:
   1000, `\\Z`) is refused, as Envoy and istiod refuse it.
 - `Regex(pattern).fullmatch(text)` is RE2's full match of the text (what Envoy's safe_regex
   matchers ask); `sub` replaces every match (RE2 GlobalReplace, `\\1` for groups), for
-  regex_rewrite.
+  regex_rewrite; `search` is RE2's unanchored match (admin's /stats?filter=).
 - RE2's own error log is off: a refused pattern is reported once, by the config error.
 """
 
@@ -20,6 +20,7 @@ import re2  # type: ignore[import-untyped]
 _OPTIONS: Any = re2.Options()
 _OPTIONS.log_errors = False
 _ANCHOR_BOTH: Any = re2._re2.RE2.Anchor.ANCHOR_BOTH
+_UNANCHORED: Any = re2._re2.RE2.Anchor.UNANCHORED
 _NO_MATCH = (-1, -1)
 
 
@@ -45,6 +46,11 @@ class Regex:
     def fullmatch(self, text: str) -> bool:
         b = text.encode()
         return bool(self._raw.Match(_ANCHOR_BOTH, b, 0, len(b))[0] != _NO_MATCH)
+
+    def search(self, text: str) -> bool:
+        """Whether RE2 finds the pattern anywhere in `text` (linear time, whatever the pattern)."""
+        b = text.encode()
+        return bool(self._raw.Match(_UNANCHORED, b, 0, len(b))[0] != _NO_MATCH)
 
     def sub(self, replacement: str, text: str) -> str:
         return str(self._compiled.sub(replacement, text))

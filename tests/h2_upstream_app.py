@@ -8,8 +8,10 @@
   closed before the response ends.
 - `/big-headers`: a response header block of about 100 KiB (beyond Envoy's 60 KiB default).
 - `/no-window`: takes the first 64 KiB of a request body (the initial window) and never
-  opens the window further (no WINDOW_UPDATE on any stream), never answers.
+  opens that stream's window further (the connection's it does), never answers.
 - `/garbage`: a HEADERS frame whose HPACK block does not decode.
+- `/echo-trailers`: at the request's end, 200 with `x-got-trailers` listing the request's
+  trailers (`name=value,...`, empty when none came) and the body's length.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class BadUpstream(asyncio.Protocol):
     def __init__(self) -> None:
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
         self.paths: dict[int, bytes] = {}
+        self.trailers: dict[int, list[tuple[bytes, bytes]]] = {}
+        self.lengths: dict[int, int] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.t: asyncio.Transport = transport  # type: ignore[assignment]
@@ -45,8 +49,23 @@ class BadUpstream(asyncio.Protocol):
             if isinstance(ev, h2.events.RequestReceived):
                 path = dict(ev.headers)[b":path"]
                 self.paths[ev.stream_id] = path
-                if path != b"/no-window":
+                if path not in (b"/no-window", b"/echo-trailers"):
                     self._answer(ev.stream_id, path)
+            elif isinstance(ev, h2.events.TrailersReceived):
+                self.trailers[ev.stream_id] = list(ev.headers or [])
+            elif isinstance(ev, h2.events.DataReceived) and self.paths.get(ev.stream_id) == b"/no-window":
+                # The stream's window stays shut; the connection's reopens for other streams.
+                if ev.flow_controlled_length:
+                    self.h2.increment_flow_control_window(ev.flow_controlled_length)
+            elif isinstance(ev, h2.events.DataReceived) and self.paths.get(ev.stream_id) == b"/echo-trailers":
+                self.lengths[ev.stream_id] = self.lengths.get(ev.stream_id, 0) + len(ev.data or b"")
+                self.h2.acknowledge_received_data(ev.flow_controlled_length or 0, ev.stream_id)
+            elif isinstance(ev, h2.events.StreamEnded) and self.paths.get(ev.stream_id) == b"/echo-trailers":
+                got = b",".join(n + b"=" + v for n, v in self.trailers.get(ev.stream_id, []))
+                length = b"%d" % self.lengths.get(ev.stream_id, 0)
+                self.h2.send_headers(
+                    ev.stream_id, [(b":status", b"200"), (b"x-got-trailers", got), (b"x-got-length", length)], end_stream=True
+                )
         if not self.t.is_closing():
             self.t.write(self.h2.data_to_send())
 

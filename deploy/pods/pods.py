@@ -15,6 +15,8 @@ Promises:
   the node (kubelet's probes, Prometheus' scrape, an ingress client outside the gateway pod).
 - `down` removes, by name, every pod, container, volume and network `up` creates, whether or
   not `up` finished; it is run before `up` and after `all`, pass or fail. Images stay.
+- The names are fixed, so one run at a time per machine: `exclusive()` (an flock on
+  /run/lock/pysidecar-pods.lock) waits for another run (the script's, the test's) to finish.
 - What `podman kube play` (4.3, Debian bookworm) cannot take from the injected manifests is
   filled in by `for_podman` the way a kubelet would, each change listed there.
 """
@@ -23,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import copy
+import fcntl
 import json
 import os
 import resource
@@ -32,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,7 +59,7 @@ NAMESPACE = "pysidecar-demo"
 # renamed per workload by `for_podman`), removed by name.
 VOLUMES = (
     "pysidecar-config", "httpbin-pysidecar-tmp", "sleep-pysidecar-tmp", "istio-ingressgateway-tmp",
-    "istio-ingressgateway-config-projected",
+    "httpbin-istio-certs", "sleep-istio-certs", "istio-ingressgateway-config-projected",
 )  # fmt: skip
 DEBIAN_MIRRORS = (
     "deb http://deb.debian.org/debian bookworm main",
@@ -90,6 +94,18 @@ class PodsError(RuntimeError):
 
 def log(msg: str) -> None:
     print(f"pods: {msg}", file=sys.stderr, flush=True)
+
+
+LOCK = Path("/run/lock/pysidecar-pods.lock")
+
+
+@contextlib.contextmanager
+def exclusive() -> Iterator[None]:
+    """Held for a whole run: the pods' names and addresses are fixed."""
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with LOCK.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 # --- podman ------------------------------------------------------------------------------------
@@ -244,6 +260,9 @@ def for_podman(docs: list[dict[str, Any]], ip: str) -> list[dict[str, Any]]:
     - container `ports` are dropped: podman 4.3 publishes every containerPort on the host's
       same port (a kubelet publishes only a hostPort), which would open the pods to the host's
       network and collide between pods (both sidecars declare 15090);
+    - a `secret` volume: podman 4.3 looks for a podman secret of that name and fails without
+      one, `optional` or not; an absent optional Secret becomes the empty directory kubelet
+      mounts (`emptyDir`), a Secret in `docs` a ConfigMap of its decoded keys (as below);
     - an `emptyDir` volume, which podman makes as a named volume shared by every pod using the
       name (a kubelet gives each pod its own), is named `<workload>-<volume>`;
     - a `projected` volume (refused: only HostPath, ConfigMap, EmptyDir, PVC) becomes a
@@ -269,6 +288,9 @@ def for_podman(docs: list[dict[str, Any]], ip: str) -> list[dict[str, Any]]:
                         del env["valueFrom"]
                         env["value"] = value
             owner = doc["metadata"]["name"]
+            for volume in spec.get("volumes", []):
+                if "secret" in volume:
+                    _secret_volume(volume, owner, by_name, namespace, extra)
             renamed = {v["name"]: f"{owner}-{v['name']}" for v in spec.get("volumes", []) if "emptyDir" in v}
             for container in [*spec.get("initContainers", []), *spec.get("containers", [])]:
                 for mount in container.get("volumeMounts", []):
@@ -281,6 +303,23 @@ def for_podman(docs: list[dict[str, Any]], ip: str) -> list[dict[str, Any]]:
                     extra.append(cm)
                     volume["configMap"] = {"name": cm["metadata"]["name"]}
     return extra + out
+
+
+def _secret_volume(
+    volume: dict[str, Any], owner: str, by_name: dict[tuple[str, str], dict[str, Any]], namespace: str,
+    extra: list[dict[str, Any]],
+) -> None:
+    source = volume.pop("secret")
+    name = str(source.get("secretName", ""))
+    if ("Secret", name) in by_name:
+        cm = _flatten_projection(f"{owner}-{volume['name']}-secret", {"sources": [{"secret": {"name": name}}]},
+                                 by_name, namespace)  # fmt: skip
+        extra.append(cm)
+        volume["configMap"] = {"name": cm["metadata"]["name"]}
+    elif source.get("optional"):
+        volume["emptyDir"] = {}  # what kubelet mounts for an absent optional Secret
+    else:
+        raise PodsError(f"{owner}: volume {volume['name']}: Secret {name!r} is not in the manifests")
 
 
 def _flatten_projection(
@@ -561,29 +600,35 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="where the generated manifests and certificates go")  # fmt: skip
     args = parser.parse_args(argv)
     args.state.mkdir(parents=True, exist_ok=True)
-    podman = Podman(args.state)
+    with exclusive():
+        return _run(args.action, Podman(args.state))
+
+
+def _run(action: str, podman: Podman) -> int:
     started = time.monotonic()
     since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 2))
+    status = 0
     try:
-        if args.action in ("all", "images"):
+        if action in ("all", "images"):
             log(f"debian:bookworm-slim: {ensure_base(podman)}")
             print("image sizes:\n" + sizes_table(build_images(podman)), flush=True)
-        if args.action in ("all", "up"):
+        if action in ("all", "up"):
             down(podman)
-            (args.state / "since").write_text(since)
+            (podman.state / "since").write_text(since)
             up(podman)
-        if args.action in ("all", "check"):
-            check(podman, (args.state / "since").read_text().strip())
+        if action in ("all", "check"):
+            check(podman, (podman.state / "since").read_text().strip())
     except (PodsError, subprocess.SubprocessError, ValueError, KeyError) as e:
         print(f"pods: {e}", file=sys.stderr)
-        return 1
+        status = 1
     finally:
-        if args.action in ("all", "down"):
+        if action in ("all", "down"):
             left = down(podman)
             if left:
                 print(f"pods: left behind: {', '.join(left)}", file=sys.stderr)
-    log(f"{args.action} done in {time.monotonic() - started:.0f} s")
-    return 0
+                status = 1
+    log(f"{action} {'done' if status == 0 else 'FAILED'} in {time.monotonic() - started:.0f} s")
+    return status
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ Promises:
   the last rejected reload: file, YAML path, details, time), `/listeners` and `/clusters` (Envoy's text, or
   `?format=json`), `/explain?n=N` (pysidecar's: the last N requests / connections, what was
   observed and the decision trace `pysidecar explain` gives for them, JSON). POST-only `/quitquitquit`, `/logging?level=`, `/reset_counters`,
-  `/drain_listeners`, `/healthcheck/fail`, `/healthcheck/ok`: any other method answers 400.
+  `/drain_listeners`, `/healthcheck/fail`, `/healthcheck/ok`: any other method answers 405, as
+  Envoy 1.40. `?filter=` is RE2 (linear time: a crafted pattern cannot stall admin).
 - Stats and host counters shown are the sum over all workers at the moment of the request.
 - `:15090` serves `/stats/prometheus` only; `:15021/healthz/ready` answers 200 when the config
   is loaded and every worker's listeners are up, else 503.
@@ -18,7 +19,6 @@ Promises:
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -31,6 +31,7 @@ from pysidecar.observe.config_dump import config_dump
 from pysidecar.observe.host_stats import HostSnapshot
 from pysidecar.observe.http_server import Handler, Request, Response
 from pysidecar.observe.stats import Kind
+from pysidecar.regex import Regex, re2_error
 
 JSON = "application/json"
 LOG_LEVELS = ("trace", "debug", "info", "warning", "warn", "error", "critical", "off")
@@ -69,8 +70,8 @@ class ProxyState(Protocol):
 
 def _post_only(action: Callable[[Request], Awaitable[Response]]) -> Handler:
     async def handler(req: Request) -> Response:
-        if req.method != "POST":
-            return Response(400, "This endpoint requires POST\n")
+        if req.method != "POST":  # Envoy 1.40's answer (checked)
+            return Response(405, f"Method {req.method} not allowed, POST required.")
         return await action(req)
 
     return handler
@@ -102,10 +103,12 @@ def admin_routes(state: ProxyState) -> dict[str, Handler]:
         names = sorted(merged)
         pattern = req.arg("filter")
         if pattern:
-            try:
-                rx = re.compile(pattern)
-            except re.error as e:
-                return Response(400, f"Invalid re2 regex: {e}\n")
+            # RE2, as Envoy: linear time in the names whatever the pattern, so a crafted
+            # regex cannot stall admin, readiness and stats (Python's re can backtrack forever).
+            problem = re2_error(pattern)
+            if problem is not None:
+                return Response(400, f"Invalid re2 regex: {problem}")
+            rx = Regex(pattern)
             names = [n for n in names if rx.search(n)]
         if req.arg("format") == "json":
             return _json({"stats": [{"name": n, "value": admin_views.stat_value(*merged[n])} for n in names]})

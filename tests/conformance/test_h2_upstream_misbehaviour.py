@@ -113,3 +113,38 @@ def test_nothing_left_active(stack: Stack, kind: str) -> None:
         time.sleep(0.1)
     assert {k: v for k, v in stats.items() if v < 0} == {}
     assert stats.get("cluster.bad.upstream_rq_active", 0) == 0 and stats.get("http.h2bad.downstream_rq_active", 0) == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_request_trailers_reach_an_http2_upstream(stack: Stack, kind: str) -> None:
+    """A client's request trailers (HTTP/2: HEADERS with END_STREAM after the body) go on to
+    an HTTP/2 upstream, after the whole body, as from Envoy."""
+    import socket
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    if kind not in stack.proxies:
+        pytest.skip(f"{kind} not running")
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    with socket.create_connection(("127.0.0.1", stack.proxies[kind]), timeout=10) as s:
+        c.initiate_connection()
+        c.send_headers(1, [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"bad.test"),
+                           (b":path", b"/echo-trailers"), (b"te", b"trailers")])  # fmt: skip
+        c.send_data(1, b"y" * 3000)
+        c.send_headers(1, [(b"x-checksum", b"abc"), (b"x-more", b"1")], end_stream=True)
+        s.sendall(c.data_to_send())
+        headers: dict[bytes, bytes] = {}
+        done = False
+        while not done:
+            data = s.recv(65536)
+            assert data, "connection closed before the response"
+            for ev in c.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    headers = dict(ev.headers or [])
+                if isinstance(ev, h2.events.StreamEnded | h2.events.StreamReset):
+                    done = True
+            s.sendall(c.data_to_send())
+    assert headers[b":status"] == b"200" and headers[b"x-got-length"] == b"3000"
+    assert headers[b"x-got-trailers"] == b"x-checksum=abc,x-more=1"

@@ -479,3 +479,34 @@ def test_a_real_grpc_call_through_the_codec() -> None:
         run(main)
     finally:
         server.stop(0)
+
+
+def test_streams_opened_in_one_turn_get_ids_in_the_order_their_heads_go_out() -> None:
+    """Many requests in one loop turn (an HTTP/2 client's burst): each stream's id is taken when
+    its HEADERS go out, so heads sent in any order never collide or go backwards (h2 refuses a
+    lower id after a higher one)."""
+
+    async def main() -> None:
+        srv, port = await _serve({})
+        loop = asyncio.get_running_loop()
+        pool, _ = _pool(loop, port)
+        warm = Client(loop)
+        await _start(pool, warm)  # the connection is up
+        clients = [Client(loop) for _ in range(20)]
+        for c in clients:
+            got = pool.acquire(c)
+            assert got is not None
+            c.upstream_ready(got)
+            assert c.up is not None
+            c.up.encode_headers(b"POST", b"/echo", [(b"host", b"x")], [b"body-%d" % id(c)], False)
+        for c in reversed(clients):  # the last opened finishes first
+            assert c.up is not None
+            c.up.encode_end()
+        for c in clients:
+            assert await c.done == "complete" and bytes(c.body) == b"body-%d" % id(c)
+        assert pool.breaker.rq == 1  # only `warm` left open
+        assert warm.up is not None
+        warm.up.reset()
+        srv.close()
+
+    run(main)

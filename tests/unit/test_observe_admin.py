@@ -84,10 +84,12 @@ def text(resp: Response) -> str:
     return resp.body.decode() if isinstance(resp.body, bytes) else resp.body
 
 
-def test_post_only_endpoints_refuse_get_with_400() -> None:
+def test_post_only_endpoints_refuse_get_with_405() -> None:
+    """Envoy 1.40's answer (tests/conformance/test_hardening_admin.py compares them)."""
     proxy = FakeProxy(_bootstrap())
     for path in ("/quitquitquit", "/logging", "/reset_counters", "/drain_listeners", "/healthcheck/fail"):
-        assert call(proxy, path).status == 400
+        resp = call(proxy, path)
+        assert (resp.status, text(resp)) == (405, "Method GET not allowed, POST required.")
     assert proxy.calls == []
     assert call(proxy, "/reset_counters", "POST").status == 200
     assert call(proxy, "/logging", "POST", {"level": ["debug"]}).status == 200

@@ -89,6 +89,7 @@ class ActiveStream:
         "noted",
         "path",
         "paused_for_body",
+        "request_trailers",
         "response_ops",
         "retain",
         "route",
@@ -120,6 +121,7 @@ class ActiveStream:
         self.body_bytes = 0
         self.retain = True  # the body so far is kept (for a retry)
         self.paused_for_body = False
+        self.request_trailers: Headers | None = None  # HTTP/2 request trailers, for the upstream
         self.chunked_in = False
         self.has_body = False  # a body follows the head (content-length > 0 or chunked)
         self.chunked_out = False  # codec state: the response is framed as chunked

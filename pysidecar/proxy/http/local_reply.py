@@ -116,8 +116,11 @@ def reset_reply(reason: str, failure: str | None, retriable: bool, retried: bool
 
 
 def reset_flag(reason: str) -> str:
-    """UR for a stream the upstream reset (HTTP/2 RST_STREAM, REFUSED_STREAM), UC for a
-    connection that ended (Envoy 1.40's UpstreamRemoteReset / UpstreamConnectionTermination)."""
+    """UR for a stream the upstream reset (HTTP/2 RST_STREAM, REFUSED_STREAM), UPE for a
+    protocol error (a short body, a bad chunk size: checked on 1.40), UC for a connection that
+    ended (Envoy 1.40's UpstreamRemoteReset / UpstreamProtocolError / UpstreamConnectionTermination)."""
+    if reason == _PROTOCOL_ERROR:
+        return UPE
     return UR if reason in _REMOTE_RESETS else UC
 
 

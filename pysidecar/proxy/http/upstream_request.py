@@ -91,7 +91,11 @@ class UpstreamRequest:
         """The whole request is on its way: the per-try timeout starts."""
         up = self.upstream
         assert up is not None
-        up.encode_end()
+        trailers = self.router.stream.request_trailers
+        if trailers:
+            up.encode_trailers(trailers)
+        else:
+            up.encode_end()
         policy = self.router.policy
         if policy is not None and policy.per_try_timeout > 0:
             loop = self.router.stream.conn.loop

@@ -7,7 +7,11 @@ Promises:
   that could frame a second request (`header_validation.upstream_head_problem`: refused),
   `encode_data` / `encode_end` the rest; read-disable is `pause_reading` / `resume_reading`.
 - It parses responses with httptools and reports each event to the one attempt attached to it
-  (`codec.ResponseDecoder`); it never buffers a body. A response to HEAD ends with its head;
+  (`codec.ResponseDecoder`); it never buffers a body. A response Envoy's codec refuses is a
+  protocol error (502 UPE before the response, a reset flagged UPE after): garbage, a bad
+  status line, content-length or chunk size, CL with TE, a transfer-encoding other than
+  chunked, headers over 80 KiB or 100 (Envoy 1.40's limits, an endless header included), a
+  close inside a head or before a framed body's end. A response to HEAD ends with its head;
   a 101 turns the connection into a byte tunnel; a response without length or chunking ends
   at the upstream's close.
 - It goes back to its pool only after a complete response that allowed keep-alive to a
@@ -37,6 +41,17 @@ class _HeadDone(Exception):
     """Raised from on_headers_complete to stop the parser after a response to HEAD."""
 
 
+class _Malformed(Exception):
+    """Raised from a parser callback: a response head Envoy's codec refuses (over its size or
+    count limits, a transfer-encoding other than chunked): a protocol error."""
+
+
+# Envoy 1.40's limits on an upstream response head (measured: 79 KiB of headers pass, 81 KiB
+# are 502 UPE; 100 headers pass, 101 do not).
+MAX_RESPONSE_HEADERS_BYTES = 80 * 1024
+MAX_RESPONSE_HEADERS_COUNT = 100
+
+
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "born",
@@ -45,10 +60,13 @@ class UpstreamConnection(asyncio.Protocol):
         "counted",
         "cx_open",
         "head_keep_alive",
+        "head_raw",
         "head_request",
+        "head_size",
         "headers",
         "idle_since",
         "idle_timer",
+        "in_head",
         "informational",
         "local_address",
         "parser",
@@ -85,6 +103,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.requests = 0  # streams it has carried (the cluster's max_requests_per_connection)
         self.chunked = False  # the request in progress is chunk-framed
         self.head_request = False  # ... and is a HEAD: its response ends with its head
+        self.in_head = False  # a response head has begun and is not complete
+        self.head_size = 0  # its names and values so far
+        self.head_raw = 0  # bytes read while it is unfinished (httptools holds partial lines)
 
     # -- the pool's side -----------------------------------------------------------------
     def attach(self, stream: UpstreamAttempt) -> None:
@@ -212,16 +233,26 @@ class UpstreamConnection(asyncio.Protocol):
             if stream is not None and rest:
                 stream.upstream_tunnel_data(rest)
         except httptools.HttpParserCallbackError as e:
+            if isinstance(e.__context__, _Malformed):
+                self._protocol_error()
+                return
             if not isinstance(e.__context__, _HeadDone):
                 raise
             # A response to HEAD ends with its head; a fresh parser reads the next one.
             self.parser = httptools.HttpResponseParser(self)
             self._message_complete(self.head_keep_alive)
         except httptools.HttpParserError:
-            # Not HTTP/1.1 (an HTTP/2 server's SETTINGS, garbage): Envoy's 502 protocol error.
-            self.pool.rq_stats.upstream_cx_protocol_error += 1
-            self._reset(PROTOCOL_ERROR)
+            # Not HTTP/1.1 (an HTTP/2 server's SETTINGS, garbage, a bad chunk size): Envoy's
+            # protocol error (502 UPE before the response, a reset flagged UPE after).
+            self._protocol_error()
             return
+        if self.in_head:
+            # httptools keeps an unfinished header line to itself: an endless header is
+            # counted by the reads that end inside the head (bounded by one read's overcount).
+            self.head_raw += len(data)
+            if self.head_raw > MAX_RESPONSE_HEADERS_BYTES:
+                self._protocol_error()
+                return
         # A response head held for its body (one write for both) goes out by the end of the
         # read that brought it.
         if stream is not None:
@@ -256,17 +287,31 @@ class UpstreamConnection(asyncio.Protocol):
         elif self.response_started and not self._framed():
             # A response without Content-Length or chunking ends at the upstream's close.
             self._message_complete(False)
+        elif self.in_head or self.response_started:
+            # Closed inside a head, or before a framed body's end: Envoy's protocol error.
+            self.pool.rq_stats.upstream_cx_protocol_error += 1
+            self._reset(PROTOCOL_ERROR)
         else:
             self._reset(CONNECTION_TERMINATION)
 
     # -- httptools callbacks -------------------------------------------------------------
     def on_message_begin(self) -> None:
         self.headers = []
+        self.in_head = True
+        self.head_size = 0
+        self.head_raw = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        name = name.lower()
+        self.headers.append((name, value))
+        self.head_size += len(name) + len(value)
+        if self.head_size > MAX_RESPONSE_HEADERS_BYTES or len(self.headers) > MAX_RESPONSE_HEADERS_COUNT:
+            raise _Malformed()
+        if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
+            raise _Malformed()  # Envoy implements no other transfer coding
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
         status = self.parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             # 100 Continue & co: passed on only under proxy_100_continue (the client has
@@ -320,6 +365,15 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
         if stream is not None:
             stream.upstream_complete()
+
+    def _protocol_error(self) -> None:
+        """The upstream's bytes broke the codec. A response head already handed over (held for
+        its body) goes out first, as Envoy's went; then the attempt is reset."""
+        self.pool.rq_stats.upstream_cx_protocol_error += 1
+        stream = self.stream
+        if stream is not None and self.response_started:
+            stream.upstream_read_done()
+        self._reset(PROTOCOL_ERROR)
 
     def _reset(self, reason: str) -> None:
         stream = self.stream

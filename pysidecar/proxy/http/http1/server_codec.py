@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 
 class HttpConnection(Http1RequestDecoder):
     __slots__ = (
+        "deferred",
         "idle_mark",
         "idle_moved",
         "paused",
@@ -82,6 +83,10 @@ class HttpConnection(Http1RequestDecoder):
         self.parsing = None
         self.active = None
         self.queue = deque()
+        # A codec error after complete requests: (status, details), answered once their
+        # responses are out (Envoy answers what it read before the bad bytes). Nothing more
+        # is read meanwhile.
+        self.deferred: tuple[int, str] | None = None
         self.tunnel: ActiveStream | None = None
         self.upgrade_rest = b""
         self.paused = 0
@@ -169,7 +174,7 @@ class HttpConnection(Http1RequestDecoder):
         if tunnel is not None:
             tunnel.downstream_tunnel_data(data)
             return
-        if self.closing:
+        if self.closing or self.deferred is not None:
             return
         if self.upgrade_rest:  # bytes after an upgrade request, before the upstream's 101
             self.upgrade_rest += data
@@ -202,6 +207,11 @@ class HttpConnection(Http1RequestDecoder):
                 self._protocol_error(501, "http1.invalid_transfer_encoding")
             elif str(e) == _BAD_VERSION:  # HTTP/1.2, HTTP/3.0: Envoy's 426, as for HTTP/2.0
                 self._protocol_error(426, "low_version")
+            elif str(e) == _DATA_AFTER_CLOSE:
+                # Bytes after a `Connection: close` request: that request is answered, then
+                # the connection closes (its close_after); the rest is dropped, as Envoy does.
+                self.deferred = (0, "")
+                self.pause_reading(PAUSE_PIPELINE)
             else:
                 self._protocol_error(400, _codec_details(e))
         except Exception as e:  # a bug must cost this connection only, never the worker
@@ -237,6 +247,15 @@ class HttpConnection(Http1RequestDecoder):
             nxt = queue.popleft()
             self.active = nxt
             self._start(nxt)
+        if self.deferred is not None:
+            if self.active is None and not queue:
+                status, details = self.deferred
+                if status:  # the codec error, now that what came before it is answered
+                    self.deferred = None
+                    self._protocol_error(status, details)
+                else:
+                    self.close_when_flushed()  # after a Connection: close request
+            return
         if not queue and self.paused:
             self.pause_clear(PAUSE_PIPELINE)
         if self.active is None and self.idle_timer is None:
@@ -360,6 +379,14 @@ class HttpConnection(Http1RequestDecoder):
             self.abort()
 
     def _protocol_error(self, status: int, details: str) -> None:
+        bad = self.parsing
+        waiting = self.active is not None or bool(self.queue)
+        if waiting and (bad is None or (bad is not self.active and bad not in self.queue)):
+            # Complete requests came before the bad bytes: they are answered first, then the
+            # error (Envoy 1.40, checked); nothing more is read meanwhile.
+            self.deferred = (status, details)
+            self.pause_reading(PAUSE_PIPELINE)
+            return
         self.stats.downstream_cx_protocol_error += 1
         if self.active is not None and self.active.state & RESPONSE_STARTED:
             self.abort()  # a reply cannot be put in the middle of another response
@@ -413,6 +440,7 @@ def _progress(st: ActiveStream) -> tuple[object, ...]:
 
 _TE_AFTER_CHUNKED = "Invalid `Transfer-Encoding` header value"  # llhttp's words
 _BAD_VERSION = "Invalid HTTP version"
+_DATA_AFTER_CLOSE = "Data after `Connection: close`"
 
 
 def _codec_details(e: Exception) -> str:

@@ -92,6 +92,7 @@ class Http2UpstreamConnection(asyncio.Protocol):
         "streams",
         "streams_total",
         "transport",
+        "unsent",
     )
 
     def __init__(self, pool: Http2HostPool, options: Http2Options, buffer_limit: int) -> None:
@@ -117,7 +118,8 @@ class Http2UpstreamConnection(asyncio.Protocol):
         }
         self._connection_window = options.initial_connection_window_size or DEFAULT_CONNECTION_WINDOW
         self.transport: asyncio.Transport | None = None
-        self.streams: dict[int, H2UpstreamStream] = {}
+        self.streams: dict[int, H2UpstreamStream] = {}  # by id: HEADERS sent
+        self.unsent: set[H2UpstreamStream] = set()  # opened, HEADERS not sent yet
         self.streams_total = 0
         self.ready = False
         self.closed = False
@@ -132,16 +134,17 @@ class Http2UpstreamConnection(asyncio.Protocol):
         if not self.ready or self.draining or self.closed:
             return 0
         limit = min(self.max_streams, self.h2.remote_settings.max_concurrent_streams)
-        left = limit - len(self.streams)
+        left = limit - len(self.streams) - len(self.unsent)
         per_connection = self.pool.cluster.config.max_requests_per_connection
         if per_connection:
             left = min(left, per_connection - self.streams_total)
         return max(0, left)
 
     def open_stream(self, cb: UpstreamStreamCallbacks) -> H2UpstreamStream:
-        sid = self.h2.get_next_available_stream_id()
-        st = H2UpstreamStream(self, sid, cb)
-        self.streams[sid] = st
+        """A stream whose id comes with its HEADERS (`assign`): ids must go out in increasing
+        order, and heads are sent in the order requests finish, not in the order they opened."""
+        st = H2UpstreamStream(self, 0, cb)
+        self.unsent.add(st)
         self.streams_total += 1
         if self.idle_timer is not None:
             self.idle_timer.cancel()
@@ -217,7 +220,7 @@ class Http2UpstreamConnection(asyncio.Protocol):
             stats = self.pool.cx_stats
             stats.upstream_cx_active -= 1
             stats.upstream_cx_destroy += 1
-        for st in list(self.streams.values()):
+        for st in [*self.streams.values(), *self.unsent]:
             self._end_stream(st, CONNECTION_TERMINATION)
         self.pool.connection_closed(self)
 
@@ -280,8 +283,8 @@ class Http2UpstreamConnection(asyncio.Protocol):
     def _goaway(self, last_stream_id: int) -> None:
         """Drain: streams the upstream never saw are refused (retriable), the rest finish."""
         self.draining = True
-        for sid, st in list(self.streams.items()):
-            if sid > last_stream_id:
+        for st in [*self.streams.values(), *self.unsent]:  # unsent: never seen either
+            if st.sid > last_stream_id or st.sid == 0:
                 self._end_stream(st, REMOTE_REFUSED)
         if not self.streams:
             self.close()
@@ -292,7 +295,7 @@ class Http2UpstreamConnection(asyncio.Protocol):
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.h2.close_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
         self.flush()
-        for st in list(self.streams.values()):
+        for st in [*self.streams.values(), *self.unsent]:
             self._end_stream(st, reason)
         self.close()
 
@@ -336,15 +339,28 @@ class Http2UpstreamConnection(asyncio.Protocol):
             self.h2.acknowledge_received_data(n, sid)
         self.flush()
 
+    def assign(self, st: H2UpstreamStream) -> None:
+        """The stream's id, as its HEADERS go out."""
+        self.unsent.discard(st)
+        st.sid = self.h2.get_next_available_stream_id()
+        self.streams[st.sid] = st
+
     def _forget(self, st: H2UpstreamStream) -> bool:
         """The stream leaves the connection (once): its circuit-breaker request slot too."""
-        if self.streams.pop(st.sid, None) is None:
+        if st.sid == 0:
+            if st not in self.unsent:
+                return False
+            self.unsent.discard(st)
+        elif self.streams.pop(st.sid, None) is None:
             return False
         self.pool.stream_released()
         return True
 
     def cancel_stream(self, st: H2UpstreamStream) -> None:
         if not self._forget(st):
+            return
+        if st.sid == 0:  # never on the wire
+            self._stream_gone()
             return
         self.pool.rq_stats.upstream_rq_tx_reset += 1
         with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
@@ -383,7 +399,7 @@ class Http2UpstreamConnection(asyncio.Protocol):
         self._stream_gone()
 
     def _stream_gone(self) -> None:
-        if self.streams:
+        if self.streams or self.unsent:
             self.pool.capacity_changed(self)
             return
         if self.draining:
@@ -396,7 +412,7 @@ class Http2UpstreamConnection(asyncio.Protocol):
 
     def _idle_timeout(self) -> None:
         self.idle_timer = None
-        if not self.streams and not self.closed:
+        if not self.streams and not self.unsent and not self.closed:
             self.pool.rq_stats.upstream_cx_idle_timeout += 1
             self.close()
 

@@ -78,6 +78,8 @@ class H2UpstreamStream:
     # -- the router's side ------------------------------------------------------------------
     def send_headers(self, block: Headers, end_stream: bool) -> None:
         conn = self.conn
+        if self.sid == 0:
+            conn.assign(self)
         try:
             conn.h2.send_headers(self.sid, block, end_stream=end_stream)
         except h2.exceptions.ProtocolError as e:  # a header block h2 refuses: never sent

@@ -57,6 +57,7 @@ from pysidecar.proxy.http.h2_limits import (
 from pysidecar.proxy.http.header_validation import h2_request_problem
 from pysidecar.proxy.http.hpack_encoder import StaticEncoder
 from pysidecar.proxy.http.http2.request_decoder import over_limits, request_head
+from pysidecar.proxy.http.http2.request_headers import trailer_block
 from pysidecar.proxy.http.http2.response_encoder import Http2ResponseEncoder
 from pysidecar.proxy.http.http2.settings import (
     DEFAULT_CONNECTION_WINDOW,
@@ -248,8 +249,8 @@ class Http2Connection(Http2ResponseEncoder):
             self.draining = True
             if not self.streams:
                 self.close_when_flushed()
-        # Request trailers (TrailersReceived) are dropped: StreamEnded follows them, and the
-        # HTTP/1 upstream gets the body's end.
+        elif isinstance(ev, h2.events.TrailersReceived) and (st := self.streams.get(ev.stream_id or 0)):
+            st.request_trailers = trailer_block(list(ev.headers or []))  # sent at the end (h2 only)
 
     def _request(self, sid: int, raw: list[tuple[bytes, bytes]], ended: bool) -> None:
         cfg = self.cfg
