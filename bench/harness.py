@@ -44,7 +44,9 @@ from bench.parse import (
     parse_h2load_log,
     parse_iperf3,
     parse_proc_stat,
+    parse_pss_kb,
     parse_rss_kb,
+    parse_strace_c,
     parse_wrk,
     ratio,
     top_frames,
@@ -84,6 +86,8 @@ class Settings:
     out: Path
     stamp: str
     profile: bool = False
+    syscalls: bool = False
+    concurrency: int = 1
     log: list[str] = field(default_factory=list)
 
 
@@ -117,6 +121,16 @@ def cpu_seconds(pids: list[int]) -> float:
         with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
             total += parse_proc_stat(f.read())
     return total / CLK_TCK
+
+
+def pss_kb(pids: list[int]) -> int:
+    """Sum of Pss over the processes (/proc/<pid>/smaps_rollup): pages shared between them (the
+    interpreter, libraries) counted once in all, where a sum of RSS counts them per process."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps_rollup") as f:
+            total += parse_pss_kb(f.read())
+    return total
 
 
 def rss_kb(pids: list[int]) -> list[int]:
@@ -261,11 +275,12 @@ class Target:
         return cfg.IPERF_PORT if self.name == "direct" else cfg.BULK_PORT
 
 
-def proxy_command(name: str, config: Path) -> tuple[list[str], dict[str, str]]:
+def proxy_command(name: str, config: Path, concurrency: int = 1) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
+    workers = str(concurrency)
     if name == "envoy":
         return [
-            str(VENV_BIN / "envoy"), "-c", str(config), "--concurrency", "1",
+            str(VENV_BIN / "envoy"), "-c", str(config), "--concurrency", workers,
             "--disable-hot-restart", "--log-level", "warn", "--drain-time-s", "1",
         ], env  # fmt: skip
     if name == "pysidecar-before":
@@ -274,24 +289,28 @@ def proxy_command(name: str, config: Path) -> tuple[list[str], dict[str, str]]:
         env["PYTHONPATH"] = os.environ["PYSIDECAR_BEFORE"]
         return [
             str(VENV_BIN / "python"), "-c", "import sys; from pysidecar.cli import main; sys.exit(main())",
-            "run", "-c", str(config), "--concurrency", "1", "--log-level", "warning", "--drain-time-s", "1",
+            "run", "-c", str(config), "--concurrency", workers, "--log-level", "warning", "--drain-time-s", "1",
         ], env  # fmt: skip
     if name.startswith("pysidecar"):
         if name == "pysidecar-nosplice":
             env["PYSIDECAR_SPLICE"] = "0"
+        # pysidecar-pure: the same sources as plain Python (the compiled data path switched off).
+        env["PYSIDECAR_PURE"] = "1" if name == "pysidecar-pure" else "0"
         return [
-            str(VENV_BIN / "pysidecar"), "run", "-c", str(config), "--concurrency", "1",
+            str(VENV_BIN / "pysidecar"), "run", "-c", str(config), "--concurrency", workers,
             "--log-level", "warning", "--drain-time-s", "1",
         ], env  # fmt: skip
     raise ValueError(f"unknown target {name}")
 
 
 @contextlib.contextmanager
-def proxy(name: str, config: Path, workdir: Path, http_na: str | None) -> Iterator[Target]:
+def proxy(
+    name: str, config: Path, workdir: Path, http_na: str | None, concurrency: int = 1
+) -> Iterator[Target]:
     if name == "direct":
         yield Target("direct")
         return
-    cmd, env = proxy_command(name, config)
+    cmd, env = proxy_command(name, config, concurrency)
     log = open(workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         ["taskset", "-c", PROXY_CPU, *cmd], stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -370,6 +389,7 @@ def measure_proxy(
         time.sleep(seconds / 2)
         samples.append(rss_kb(target.pids()))
         samples.append(rss_kb(target.worker_pids()))
+        samples.append([pss_kb(target.pids())])
 
     t = threading.Thread(target=sample, daemon=True)
     t.start()
@@ -381,6 +401,8 @@ def measure_proxy(
         # The process that relays (Envoy: its only one; pysidecar: the worker, not the supervisor).
         if samples[1]:
             extra["rss_worker_mb"] = max(samples[1]) / 1024.0
+        if samples[2][0]:
+            extra["pss_mb"] = samples[2][0] / 1024.0
     return out, extra
 
 
@@ -519,7 +541,10 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("grpc_unary", "cpu_s_per_1k_req", "cpu s"),
     ("bulk", "cpu_s_per_gb", "cpu s"),
     ("tcp_1k", "rss_mb", "MB"),
+    ("tcp_1k", "pss_mb", "MB"),
     ("tcp_1k", "rss_worker_mb", "MB"),
+    ("http_1k", "rss_mb", "MB"),
+    ("http_1k", "pss_mb", "MB"),
 )
 LATENCY = {"p50_ms", "p99_ms", "p999_ms"}
 
@@ -581,17 +606,13 @@ def summarize(runs: list[dict[str, Any]], targets: tuple[str, ...]) -> dict[str,
     return {"medians": summary, "ratios": ratios, "value": None}
 
 
-def goals(summary: dict[str, Any]) -> list[dict[str, Any]]:
+def goals(summary: dict[str, Any], concurrency: int = 1) -> list[dict[str, Any]]:
     r = summary["ratios"]
     m = summary["medians"]
 
     def get(key: str, field_: str) -> float | None:
         v = r.get(key, {}).get(field_)
         return float(v) if isinstance(v, int | float) else None
-
-    def rss_per_worker(target: str) -> float | None:
-        v = m.get("tcp_1k", {}).get(target, {}).get("rss_mb")
-        return float(v) if isinstance(v, int | float) else None  # concurrency 1: one worker
 
     def rps(scenario: str, target: str) -> float | None:
         v = m.get(scenario, {}).get(target, {}).get("rps")
@@ -615,48 +636,19 @@ def goals(summary: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
 
-    goal(
-        "TCP passthrough req/s vs Envoy",
-        get("tcp_1k.rps", "pysidecar_vs_envoy"),
-        ">=",
-        1.2,
-        "tcp_1k",
-    )
-    goal(
-        "TCP passthrough req/s vs direct",
-        get("tcp_1k.rps", "pysidecar_vs_direct"),
-        ">=",
-        0.55,
-        "tcp_1k",
-    )
-    goal(
-        "HTTP/1.1 req/s vs Envoy (1 KiB)",
-        get("http_1k.rps", "pysidecar_vs_envoy"),
-        ">=",
-        2.0,
-        "http_1k",
-    )
-    goal(
-        "bulk TCP throughput vs Envoy",
-        get("bulk.gbit_per_s", "pysidecar_vs_envoy"),
-        ">=",
-        1.5,
-        "bulk",
-    )
-    goal(
-        "p99 added at 1000 req/s vs Envoy's (TCP)",
-        get("lat_tcp.p99_ms", "pysidecar_vs_envoy_added"),
-        "<=",
-        1.0,
-        "lat_tcp",
-    )
-    goal(
-        "p99 added at 1000 req/s vs Envoy's (HTTP)",
-        get("lat_http.p99_ms", "pysidecar_vs_envoy_added"),
-        "<=",
-        1.0,
-        "lat_http",
-    )
+    # Issue 16's goals (ratios to Envoy on the same YAML, one run).
+    goal("HTTP/1.1 req/s vs Envoy (1 KiB, stats + access log)",
+         get("http_1k.rps", "pysidecar_vs_envoy"), ">=", 1.25, "http_1k")  # fmt: skip
+    goal("HTTP/1.1 proxy CPU per request vs Envoy",
+         get("http_1k.cpu_s_per_1k_req", "pysidecar_vs_envoy"), "<=", 0.8, "http_1k")  # fmt: skip
+    goal("TCP proxy CPU per request vs Envoy",
+         get("tcp_1k.cpu_s_per_1k_req", "pysidecar_vs_envoy"), "<=", 0.7, "tcp_1k")  # fmt: skip
+    goal("bulk proxy CPU per GB vs Envoy",
+         get("bulk.cpu_s_per_gb", "pysidecar_vs_envoy"), "<=", 0.5, "bulk")  # fmt: skip
+    goal("HTTP/2 req/s vs Envoy (h2c, 1 KiB)",
+         get("http2_1k.rps", "pysidecar_vs_envoy"), ">=", 0.6, "http2_1k")  # fmt: skip
+    goal("p99.9 added at 1000 req/s vs Envoy's (HTTP)",
+         get("lat_http.p999_ms", "pysidecar_vs_envoy_added"), "<=", 1.0, "lat_http")  # fmt: skip
     if "pysidecar-nolog" in m.get("http_1k", {}):
         goal(
             "HTTP/1.1 req/s with access log vs stats only (pysidecar)",
@@ -665,13 +657,8 @@ def goals(summary: dict[str, Any]) -> list[dict[str, Any]]:
             0.9,
             "http_1k",
         )
-    goal(
-        "RSS per worker vs Envoy",
-        ratio(rss_per_worker("pysidecar"), rss_per_worker("envoy")),
-        "<=",
-        0.5,
-        "tcp_1k",
-    )
+    goal(f"RSS of all processes vs Envoy (--concurrency {concurrency})",
+         get("tcp_1k.rss_mb", "pysidecar_vs_envoy"), "<=", 0.6, "tcp_1k")  # fmt: skip
     return out
 
 
@@ -804,7 +791,7 @@ def profile(s: Settings, config: Path, workdir: Path, http_na: str | None) -> No
         print("py-spy is not installed in .venv (bench/run.sh installs it)")
         return
     for name in (t for t in s.targets if t.startswith("pysidecar")):
-        with proxy(name, config, workdir, http_na) as target:
+        with proxy(name, config, workdir, http_na, s.concurrency) as target:
             worker = target.worker_pids()[0]
             for scenario in s.scenarios:
                 if scenario.startswith(("http", "lat_http")) and target.http_na:
@@ -838,6 +825,41 @@ def profile(s: Settings, config: Path, workdir: Path, http_na: str | None) -> No
                 print()
 
 
+# -- syscall floor ------------------------------------------------------------------------------
+
+SYSCALL_REQUESTS = 4000
+
+
+def syscalls(s: Settings, configs: dict[str, Path], workdir: Path, http_na: str | None) -> None:
+    """`strace -c` on every thread of every proxy process over a fixed number of requests: the
+    system calls each proxy makes per request, the floor no user-space work can go under."""
+    n = SYSCALL_REQUESTS
+    loads = {
+        "tcp_1k": lambda port: ["h2load", "--h1", "-n", str(n), "-c", "10", f"http://127.0.0.1:{port}/1k"],
+        "http_1k": lambda port: ["h2load", "--h1", "-n", str(n), "-c", "10", f"http://127.0.0.1:{port}/1k"],
+        "http2_1k": lambda port: ["h2load", "-n", str(n), "-c", "4", "-m", "10", f"http://127.0.0.1:{port}/1k"],
+    }  # fmt: skip
+    for name in (t for t in s.targets if t != "direct"):
+        na = http_na if name.startswith("pysidecar") else None
+        with proxy(name, configs.get(name, configs["pysidecar"]), workdir, na, s.concurrency) as target:
+            for scenario in (x for x in s.scenarios if x in loads):
+                port = target.tcp_port() if scenario.startswith("tcp") else target.http_port()
+                tids = [int(t) for p in target.pids() for t in os.listdir(f"/proc/{p}/task")]
+                out = workdir / f"strace-{name}-{scenario}.txt"
+                tracer = subprocess.Popen(
+                    ["strace", "-c", "-f", "-o", str(out), *(a for t in tids for a in ("-p", str(t)))],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                time.sleep(1.0)  # attached to every thread
+                run(loads[scenario](port), 120)
+                tracer.send_signal(signal.SIGINT)
+                tracer.wait(30)
+                calls = parse_strace_c(out.read_text())
+                total = calls.pop("total", 0)
+                top = ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(calls.items(), key=lambda kv: -kv[1])[:6])
+                print(f"{name:>16} {scenario:<9} {total / n:6.2f} syscalls/request ({top})", flush=True)
+
+
 # -- main ---------------------------------------------------------------------------------------
 
 
@@ -849,12 +871,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, help="seconds per measurement (default 5; quick 2)")
     ap.add_argument("--reps", type=int, help="alternating repetitions (default 3; quick 1)")
     ap.add_argument("--targets", default="direct,envoy,pysidecar",
-                    help="comma list of direct, envoy, pysidecar, pysidecar-nosplice, pysidecar-nolog, "
+                    help="comma list of direct, envoy, pysidecar, pysidecar-pure (compiled data path off), "
+                    "pysidecar-nosplice, pysidecar-nolog, "
                     "pysidecar-before (the tree in $PYSIDECAR_BEFORE, for before/after runs)")  # fmt: skip
     ap.add_argument("--scenarios", default=",".join(TCP_SCENARIOS + HTTP_SCENARIOS))
     ap.add_argument(
         "--profile", action="store_true", help="py-spy the pysidecar worker per scenario instead"
     )
+    ap.add_argument(
+        "--syscalls", action="store_true",
+        help=f"strace -c every proxy thread over {SYSCALL_REQUESTS} requests per scenario instead",
+    )  # fmt: skip
+    ap.add_argument("--concurrency", type=int, default=1, help="workers of each proxy (default 1)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     a = ap.parse_args(argv)
     if os.cpu_count() is None or (os.cpu_count() or 1) < 2:
@@ -870,6 +898,8 @@ def main(argv: list[str] | None = None) -> int:
         out=Path(a.out),
         stamp=stamp,
         profile=a.profile,
+        syscalls=a.syscalls,
+        concurrency=a.concurrency,
     )
     workdir = s.out / stamp
     workdir.mkdir(parents=True, exist_ok=True)
@@ -895,7 +925,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pysidecar refuses even the TCP config: {why}", file=sys.stderr)
             return 1
     print(f"placement: {PLACEMENT}")
-    print(f"config: {full} (one Envoy YAML for both proxies, --concurrency 1 each)")
+    print(f"config: {full} (one Envoy YAML for both proxies, --concurrency {s.concurrency} each)")
     if http_na:
         print(f"HTTP scenarios for pysidecar: n/a: {http_na}")
         print(
@@ -906,13 +936,16 @@ def main(argv: list[str] | None = None) -> int:
         if s.profile:
             profile(s, configs["pysidecar"], workdir, http_na)
             return 0
+        if s.syscalls:
+            syscalls(s, configs, workdir, http_na)
+            return 0
         runs: list[dict[str, Any]] = []
         started = time.monotonic()
         for rep in range(s.reps):
             for tname in s.targets:
                 cfg_path = configs.get(tname, configs["pysidecar"])
                 na = http_na if tname.startswith("pysidecar") else None
-                with proxy(tname, cfg_path, workdir, na) as target:
+                with proxy(tname, cfg_path, workdir, na, s.concurrency) as target:
                     # Warm-up: first connections, first code paths (not measured).
                     with contextlib.suppress(Exception):
                         run(
@@ -946,7 +979,7 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = summarize(runs, s.targets)
     summary.pop("value", None)
-    checks = goals(summary)
+    checks = goals(summary, s.concurrency)
     png = s.out / f"{stamp}.png"
     plot_err = plot(runs, workdir, png)
     doc = {
@@ -958,7 +991,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
         },
         "placement": PLACEMENT,
-        "concurrency": 1,
+        "concurrency": s.concurrency,
         "configs": {k: str(v.relative_to(s.out)) for k, v in configs.items()},
         "http_na": http_na,
         "duration_s": s.duration,

@@ -144,6 +144,23 @@ def parse_rss_kb(status_text: str) -> int:
     return int(m.group(1)) if m else 0
 
 
+def parse_pss_kb(smaps_rollup_text: str) -> int:
+    """Pss in kB from the text of /proc/<pid>/smaps_rollup (0 when absent)."""
+    m = re.search(r"^Pss:\s+(\d+) kB", smaps_rollup_text, re.MULTILINE)
+    return int(m.group(1)) if m else 0
+
+
+def parse_strace_c(text: str) -> dict[str, int]:
+    """`strace -c` summary → {syscall: calls}, with "total"."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        # % time, seconds, usecs/call, calls, [errors,] name
+        if len(parts) >= 5 and parts[0].replace(".", "", 1).isdigit() and parts[3].isdigit():
+            out[parts[-1]] = int(parts[3])
+    return out
+
+
 def median(values: Iterable[float | None]) -> float | None:
     """Median of the values that are numbers (None and NaN are skipped); None if none are."""
     xs = sorted(v for v in values if v is not None and not math.isnan(v))

@@ -7,7 +7,7 @@ system prefers an extension module to a .py of the same name, so a stale .so bes
 would silently run the old code.
 
 Promises:
-- `install()` (run by `import pysidecar`) puts a finder in front of the import system. The first
+- `install()` (run by `import pysidecar`) puts a finder (a meta path finder: `find_spec`) in front of the import system. The first
   time a listed module is imported, the finder checks the build's stamp once per process: the
   sha256 of every pysidecar source file the build was typed against (the listed modules and the
   pysidecar modules they import, transitively), the Python version and mypy's version. Only when
@@ -20,11 +20,7 @@ Promises:
 
 from __future__ import annotations
 
-import hashlib
-import importlib.abc
 import importlib.machinery
-import importlib.util
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -56,6 +52,9 @@ MODULES: Final = (
     "pysidecar.proxy.http.http1.request_decoder",
     "pysidecar.proxy.http.http1.server_codec",
     "pysidecar.proxy.http.http1.client_codec",
+    "pysidecar.proxy.http.hpack_encoder",
+    "pysidecar.proxy.http.h2_limits",
+    "pysidecar.proxy.http.http2.request_decoder",
     "pysidecar.proxy.http.http2.response_encoder",
     "pysidecar.proxy.http.http2.server_codec",
     "pysidecar.common.access_format",
@@ -71,11 +70,15 @@ def build_dir() -> Path:
 
 
 def sha256(path: Path) -> str:
+    import hashlib  # here, not at the top: every pysidecar process imports this module
+
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def stale_reason(directory: Path) -> str | None:
     """None when the build in `directory` matches the sources; else why it does not."""
+    import json
+
     try:
         stamp = json.loads((directory / STAMP).read_text())
     except (OSError, ValueError):
@@ -106,7 +109,7 @@ def _extension(directory: Path, name: str) -> Path | None:
     return None
 
 
-class _Finder(importlib.abc.MetaPathFinder):
+class _Finder:
     """Answers for the listed modules (and their shared library) while the build is fresh."""
 
     def __init__(self, directory: Path) -> None:
@@ -130,7 +133,9 @@ class _Finder(importlib.abc.MetaPathFinder):
         if file is None:
             return None
         loader = importlib.machinery.ExtensionFileLoader(fullname, str(file))
-        return importlib.util.spec_from_file_location(fullname, file, loader=loader)
+        spec = importlib.machinery.ModuleSpec(fullname, loader, origin=str(file))
+        spec.has_location = True  # sets __file__
+        return spec
 
 
 _finder: _Finder | None = None

@@ -48,8 +48,13 @@ fi
 # a stale build is never loaded (pysidecar/native.py), so this only restores the speed.
 if ! "$venv/bin/pysidecar" native check >/dev/null 2>&1; then
   echo "bootstrap: compiling the data path (pysidecar native build)" >&2
-  "$venv/bin/pysidecar" native build >"$venv/native-build.log" 2>&1 \
-    || { tail -40 "$venv/native-build.log" >&2; exit 1; }
-  tail -1 "$venv/native-build.log" >&2
+  # A failed build leaves the data path as plain Python, which works: warn, do not stop here
+  # (scripts/test.sh then fails its compiled pass, tests/unit/test_native.py).
+  if "$venv/bin/pysidecar" native build >"$venv/native-build.log" 2>&1; then
+    tail -1 "$venv/native-build.log" >&2
+  else
+    tail -20 "$venv/native-build.log" >&2
+    echo "bootstrap: WARNING: the compiled build failed; the data path runs as plain Python" >&2
+  fi
 fi
 chmod -R o+rX "$here" 2>/dev/null || true

@@ -19,12 +19,15 @@ Promises:
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # workers import this module: not argparse
+    import argparse
 
 log = logging.getLogger(__name__)
 

@@ -18,14 +18,15 @@ from __future__ import annotations
 import datetime
 import itertools
 import os
-
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from typing import TYPE_CHECKING
 
 from pysidecar.config.node import ConfigError
 from pysidecar.model.tls import WorkloadIdentity
+
+# cryptography (~10 MB resident: its OpenSSL bindings) is imported by the functions that read
+# certificates, so a proxy without a workload identity never loads it.
+if TYPE_CHECKING:
+    from cryptography import x509
 
 # Istio's file-mounted certificate directory and names (pilot-agent's OUTPUT_CERTS layout,
 # security.DefaultCertChainFilePath & co).
@@ -56,6 +57,8 @@ def _read(path: str) -> str:
 
 
 def _certificates(path: str, text: str) -> list[x509.Certificate]:
+    from cryptography import x509
+
     try:
         certs = x509.load_pem_x509_certificates(text.encode())
     except ValueError as e:
@@ -66,6 +69,9 @@ def _certificates(path: str, text: str) -> list[x509.Certificate]:
 
 
 def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
     if cert.issuer != issuer.subject:
         return False
     key = issuer.public_key()
@@ -91,6 +97,8 @@ def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 
 def spiffe_ids(cert: x509.Certificate) -> list[str]:
+    from cryptography import x509
+
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -124,6 +132,8 @@ def load_identity(
         raise ConfigError(
             chain_file, "", "the certificate has no URI SAN spiffe://<trust domain>/ns/<ns>/sa/<sa>"
         )
+    from cryptography.hazmat.primitives import serialization
+
     try:
         key = serialization.load_pem_private_key(key_pem.encode(), password=None)
     except (ValueError, TypeError) as e:

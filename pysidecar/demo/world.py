@@ -284,6 +284,16 @@ def _spawn_proxy(pod: Pod, args: Sequence[str], port: int, ready_url: str) -> No
     _wait_ready(pod, ready_url, lambda: proc.poll() is None)
 
 
+def start_mesh_sidecar(w: World, pod: Pod, labels: str, conf: str, cert_dir: str, log_format: str) -> None:
+    """Istio's rules and `pysidecar run` with a workload identity (--cert-dir), its access log on."""
+    log = _access_log(w.lab, f"{pod.name}-access.log")
+    pod.install_interception()
+    args = ["run", "--concurrency", "1", "-c", conf, "--workload-labels", labels, "--cert-dir", cert_dir,
+            "--access-log", log, "--access-log-format", log_format]  # fmt: skip
+    _spawn_proxy(pod, args, 15021, "http://127.0.0.1:15021/healthz/ready")
+    w.logs[pod.name] = AccessLog(f"{pod.name} sidecar", log)
+
+
 def _config_dir(lab: Lab, pod: str) -> str:
     d = tempfile.mkdtemp(prefix=f"{lab.prefix}-{pod}-istio-")
     os.chmod(d, 0o755)  # the proxy runs as uid 1337

@@ -197,6 +197,7 @@ class Worker:
         self.istio.set_identity(bootstrap.identity.spiffe_id if bootstrap.identity else None)
         await self.clusters.warm()
         self.snapshot = Snapshot.of(bootstrap)
+        self._drain_changed(bootstrap)
         self.node_id = bootstrap.node_id
         self.service_cluster = bootstrap.node_cluster or "pysidecar"
         declare_stats(self.stats, bootstrap)
@@ -315,6 +316,32 @@ class Worker:
         for server in self._servers.values():
             server.close()
         self._servers.clear()
+
+    def _drain_changed(self, bootstrap: Bootstrap) -> None:
+        """HTTP connections whose connection manager is not in the new config (a new
+        AuthorizationPolicy, routes, ...) are drained, so the change reaches every request
+        soon, never only new connections: HTTP/1 closes an idle keep-alive connection now and
+        a busy one after its response (`connection: close`), HTTP/2 sends GOAWAY. Envoy drains
+        a changed filter chain's connections gradually over its drain time; this is faster
+        because a security policy should not wait for a client to reconnect. TCP sessions
+        keep their config until they close."""
+        live = [
+            f for lis in bootstrap.listeners
+            for c in (*lis.filter_chains, *((lis.default_filter_chain,) if lis.default_filter_chain else ()))
+            for f in c.filters if isinstance(f, HttpConnectionManager)
+        ]  # fmt: skip
+        kept: dict[int, bool] = {}
+        for conn in list(self.connections):
+            if not isinstance(conn, (HttpConnection, Http2Connection)):
+                continue
+            old = conn.cfg.config
+            if id(old) not in kept:
+                kept[id(old)] = any(old is h or old == h for h in live)
+            if kept[id(old)]:
+                continue
+            conn.start_drain()
+            if isinstance(conn, HttpConnection) and conn.active is None and conn.parsing is None and conn.tunnel is None:
+                conn.close()
 
     async def drain(self) -> None:
         """Stop accepting (new connects are refused at once), let open connections finish for

@@ -454,3 +454,25 @@ def test_certificate_rotation_while_traffic_flows(lab: Lab, workdir: str) -> Non
     )  # fmt: skip
     served = r.stdout[r.stdout.index("-----BEGIN CERTIFICATE-----") : r.stdout.index("-----END CERTIFICATE-----") + 25]
     assert served.strip() == _cert(web_certs).cert_chain.strip()
+
+
+def test_a_new_policy_reaches_kept_alive_connections(lab: Lab, workdir: str) -> None:
+    """sleep's sidecar keeps its connection to web alive; a DENY policy added later must apply
+    to the next request anyway (web drains the connections of the replaced chain)."""
+    sleep, web, _, _, _ = _mesh(lab, workdir)
+    code, _ = _curl(sleep, f"http://{VIP}/headers")
+    assert code == "200"
+    before = stats(web).get("listener_manager.lds.update_success", 0)
+    deny = AUTHZ.split("---")[0].format(peer="198.18.0.1")
+    _write(os.path.join(workdir, "conf"), "deny.yaml", deny)
+    deadline = time.monotonic() + 10
+    while stats(web).get("listener_manager.lds.update_success", 0) == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # The workers take the reload a moment after the supervisor counts it: poll. Without the
+    # drain, the pooled connection would answer 200 forever.
+    deadline = time.monotonic() + 5
+    code, body = _curl(sleep, f"http://{VIP}/headers")
+    while code == "200" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        code, body = _curl(sleep, f"http://{VIP}/headers")
+    assert (code, body) == ("403", "RBAC: access denied")

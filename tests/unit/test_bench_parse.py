@@ -13,7 +13,9 @@ from bench.parse import (
     parse_h2load_log,
     parse_iperf3,
     parse_proc_stat,
+    parse_pss_kb,
     parse_rss_kb,
+    parse_strace_c,
     parse_wrk,
     percentile,
     ratio,
@@ -112,3 +114,21 @@ def test_top_frames_from_collapsed_stacks() -> None:
     top = top_frames(raw, 2)
     assert top[0] == ("readable (splice.py)", 60.0, 90.0)
     assert top[1] == ("flush (splice.py)", 30.0, 30.0)
+
+
+def test_pss_from_smaps_rollup() -> None:
+    text = "55d0-7ffd ---p 00000000 00:00 0  [rollup]\nRss:   36228 kB\nPss:   22533 kB\nPss_Dirty:  21132 kB\n"
+    assert parse_pss_kb(text) == 22533
+    assert parse_pss_kb("") == 0
+
+
+def test_strace_summary_calls_per_syscall() -> None:
+    text = """% time     seconds  usecs/call     calls    errors syscall
+------ ----------- ----------- --------- --------- ----------------
+ 61.20    0.412000          51      8000           writev
+ 30.10    0.202000          25      8000      4000 read
+  0.00    0.000000           0         7           epoll_wait
+------ ----------- ----------- --------- --------- ----------------
+100.00    0.614000          38     16007      4000 total
+"""
+    assert parse_strace_c(text) == {"writev": 8000, "read": 8000, "epoll_wait": 7, "total": 16007}

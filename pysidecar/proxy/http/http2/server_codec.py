@@ -55,6 +55,7 @@ from pysidecar.proxy.http.h2_limits import (
     with_goaway_code,
 )
 from pysidecar.proxy.http.header_validation import h2_request_problem
+from pysidecar.proxy.http.hpack_encoder import StaticEncoder
 from pysidecar.proxy.http.http2.request_decoder import over_limits, request_head
 from pysidecar.proxy.http.http2.request_headers import trailer_block
 from pysidecar.proxy.http.http2.response_encoder import Http2ResponseEncoder
@@ -96,13 +97,13 @@ class Http2Connection(Http2ResponseEncoder):
         on_close: Callable[[Http2Connection], None],
     ) -> None:
         super().__init__(worker, pools, cfg, destination, buffer_limit, on_close)
-        self.h2 = h2.connection.H2Connection(
-            # Request headers are checked by `h2_request_problem` (h2's own checks refuse a host that
-            # differs from :authority, which Envoy takes, using :authority).
-            h2.config.H2Configuration(
-                client_side=False, header_encoding=None, validate_inbound_headers=False
-            )
-        )
+        # Request headers: `h2_request_problem` (h2's own checks refuse a host that differs from
+        # :authority, which Envoy takes). Response heads: StaticEncoder (hpack_encoder.py).
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_inbound_headers=False,
+            validate_outbound_headers=False, normalize_outbound_headers=False,
+        ))  # fmt: skip
+        self.h2.encoder = StaticEncoder()  # type: ignore[assignment]
         self.streams = {}
         self.ids = {}
         self.pending = {}
