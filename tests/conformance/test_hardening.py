@@ -218,3 +218,18 @@ def test_h1_request_answered_before_the_bad_bytes_after_it(stack: tuple[Stack, U
     assert seen["ours"] == expected
     if "envoy" in seen:
         assert seen["envoy"] == expected
+
+
+def test_h1_pipelining_flood_answered_in_order_with_a_bounded_queue(stack: tuple[Stack, UpstreamSpy]) -> None:
+    """3000 pipelined requests in one send (~90 KB, several slices of a read): each answered,
+    in order, by both proxies (pysidecar parses no further than 32 waiting requests ahead)."""
+    s, _ = stack
+    n = 3000
+    raw = b"".join(b"GET /pipe/%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(n))
+    for kind, port in s.proxies.items():
+        got = []
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            c.sendall(raw + b"GET /pipe/last HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            while (r := read_response(c)) is not None:
+                got.append(r.header("x-echo-path"))
+        assert got == [f"/pipe/{i}" for i in range(n)] + ["/pipe/last"], (kind, len(got))

@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 
 class HttpConnection(Http1RequestDecoder):
     __slots__ = (
+        "backlog",
         "deferred",
         "idle_mark",
         "idle_moved",
@@ -87,6 +88,8 @@ class HttpConnection(Http1RequestDecoder):
         # responses are out (Envoy answers what it read before the bad bytes). Nothing more
         # is read meanwhile.
         self.deferred: tuple[int, str] | None = None
+        # Bytes of a read not parsed yet because _PIPELINE_DEPTH requests wait already.
+        self.backlog = b""
         self.tunnel: ActiveStream | None = None
         self.upgrade_rest = b""
         self.paused = 0
@@ -182,6 +185,35 @@ class HttpConnection(Http1RequestDecoder):
         self._parse(data)
 
     def _parse(self, data: bytes) -> None:
+        """Feed the parser. A read that may hold many pipelined requests (not inside a body)
+        is fed a slice at a time, and what follows once _PIPELINE_DEPTH requests wait is kept
+        (`backlog`, reading paused) until they are answered: a pipelining flood costs a
+        bounded queue, as Envoy holds about a read per connection."""
+        st = self.parsing
+        if len(data) <= _SLICE or (st is not None and not self.in_head and st is self.active):
+            self._feed(data)
+            return
+        for i in range(0, len(data), _SLICE):
+            if len(self.queue) >= _PIPELINE_DEPTH:
+                self.backlog = data[i:]
+                self.pause_reading(PAUSE_PIPELINE)
+                return
+            self._feed(data[i : i + _SLICE])
+            if self.closing or self.deferred is not None or self.tunnel is not None:
+                return
+            last = self.queue[-1] if self.queue else self.active
+            if last is not None and last.upgrade:  # the parser stopped at an upgrade request
+                self.upgrade_rest += data[i + _SLICE :]
+                return
+
+    def _feed_backlog(self) -> None:
+        data, self.backlog = self.backlog, b""
+        if data and not self.closing:
+            self._parse(data)
+        if not self.backlog and not self.queue and self.paused:
+            self.pause_clear(PAUSE_PIPELINE)
+
+    def _feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
             if self.in_head:
@@ -256,7 +288,10 @@ class HttpConnection(Http1RequestDecoder):
                 else:
                     self.close_when_flushed()  # after a Connection: close request
             return
-        if not queue and self.paused:
+        if self.backlog and len(queue) < _PIPELINE_DEPTH:
+            self.loop.call_soon(self._feed_backlog)  # not from inside this stream's callbacks
+            return
+        if not queue and self.paused and not self.backlog:
             self.pause_clear(PAUSE_PIPELINE)
         if self.active is None and self.idle_timer is None:
             self._arm_idle()
@@ -441,6 +476,8 @@ def _progress(st: ActiveStream) -> tuple[object, ...]:
 _TE_AFTER_CHUNKED = "Invalid `Transfer-Encoding` header value"  # llhttp's words
 _BAD_VERSION = "Invalid HTTP version"
 _DATA_AFTER_CLOSE = "Data after `Connection: close`"
+_SLICE = 16384  # bytes parsed at a time from a read that may hold pipelined requests
+_PIPELINE_DEPTH = 32  # requests waiting behind the one in progress, at most
 
 
 def _codec_details(e: Exception) -> str:
