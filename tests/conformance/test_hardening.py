@@ -233,3 +233,55 @@ def test_h1_pipelining_flood_answered_in_order_with_a_bounded_queue(stack: tuple
             while (r := read_response(c)) is not None:
                 got.append(r.header("x-echo-path"))
         assert got == [f"/pipe/{i}" for i in range(n)] + ["/pipe/last"], (kind, len(got))
+
+
+def _mutants(seed: int, n: int) -> list[bytes]:
+    """Seeded mutations of pipelined requests: bytes flipped, cut, duplicated, CR/LF/NUL put in."""
+    import random
+
+    rnd = random.Random(seed)
+    base = [
+        b"GET /f HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"POST /f HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+        b"POST /f HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"GET /f HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    ]
+    out = []
+    for _ in range(n):
+        data = bytearray(b"".join(rnd.choice(base) for _ in range(rnd.randint(1, 4))))
+        for _ in range(rnd.randint(1, 4)):
+            i = rnd.randrange(len(data))
+            op = rnd.randrange(4)
+            if op == 0:
+                data[i] = rnd.randrange(256)
+            elif op == 1:
+                data[i:i] = rnd.choice([b"\r\n", b"\n", b"\x00", b" ", b":", b"\r"])
+            elif op == 2:
+                del data[i : i + rnd.randint(1, 8)]
+            else:
+                data[i:i] = data[i : i + rnd.randint(1, 30)]
+        out.append(bytes(data))
+    return out
+
+
+def test_h1_seeded_fuzz_never_breaks_a_worker(stack: tuple[Stack, UpstreamSpy]) -> None:
+    """400 seeded mutants of pipelined requests, each on its own connection, half of them
+    closed by the client mid-answer: pysidecar answers or closes, never logs a traceback
+    (`write() after write_eof()` included), and serves a plain request afterwards."""
+    s, spy = stack
+    port = s.proxies["ours"]
+    for i, raw in enumerate(_mutants(12, 400)):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+            c.sendall(raw)
+            if i % 2:
+                c.shutdown(socket.SHUT_WR)
+            c.settimeout(0.3)
+            try:
+                while c.recv(65536):
+                    pass
+            except (TimeoutError, ConnectionResetError):
+                pass
+    next_request_gets_its_own_answer(port, spy, "after-fuzz")
+    time.sleep(1.2)
+    text = (Path(s.dir) / "ours.log").read_text(errors="replace")
+    assert "Traceback" not in text and "write_eof" not in text, text[-3000:]

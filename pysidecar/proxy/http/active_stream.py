@@ -302,11 +302,14 @@ class ActiveStream:
             router.decode_complete(self.has_body)
 
     def downstream_reset(self) -> None:
-        """The client went away before the stream finished."""
+        """The client went away before the stream finished (or before it started: queued)."""
         if self.state & RESPONSE_DONE:
             return
         self.info.response_flags.append(lr.DC)
         self.conn.stats.downstream_rq_rx_reset += 1
+        if not self.state & STARTED:  # nothing to stop: ended and accounted here
+            self.abandon()
+            return self.conn.stream_done(self)
         self.drop_upstream()
         self.finish()
 

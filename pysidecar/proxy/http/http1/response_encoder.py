@@ -48,14 +48,21 @@ def local_reply_bytes(
 class Http1ResponseEncoder(Downstream):
     """The encode_* half of `codec.DownstreamCodec` for HTTP/1 (HttpConnection's base)."""
 
-    __slots__ = ()
+    __slots__ = ("eof_sent",)
+    eof_sent: bool  # our FIN went out (a delayed close): nothing more can be written
 
     def write(self, data: bytes) -> None:
+        # After the FIN, a late write (an upstream's bytes, a second reply) is dropped: the
+        # transport would raise "write() after write_eof()".
+        if self.eof_sent:
+            return
         self.stats.downstream_cx_tx_bytes_total += len(data)
         assert self.transport is not None
         self.transport.write(data)
 
     def writelines(self, parts: list[bytes]) -> None:
+        if self.eof_sent:
+            return
         self.stats.downstream_cx_tx_bytes_total += sum(map(len, parts))
         assert self.transport is not None
         self.transport.writelines(parts)

@@ -90,6 +90,7 @@ class HttpConnection(Http1RequestDecoder):
         self.deferred: tuple[int, str] | None = None
         # Bytes of a read not parsed yet because _PIPELINE_DEPTH requests wait already.
         self.backlog = b""
+        self.eof_sent = False
         self.tunnel: ActiveStream | None = None
         self.upgrade_rest = b""
         self.paused = 0
@@ -164,6 +165,7 @@ class HttpConnection(Http1RequestDecoder):
         if delay <= 0 or not t.can_write_eof():
             t.close()  # asyncio writes what is buffered, then closes
             return
+        self.eof_sent = True
         t.write_eof()
         if self.paused:
             self.paused = 0

@@ -162,7 +162,7 @@ class Http2Connection(Http2ResponseEncoder):
         streams = list(self.streams.values())
         self.streams.clear()
         for st in streams:
-            self._drop(st)
+            st.downstream_reset()
         s = self.stats
         s.downstream_cx_active -= 1
         s.downstream_cx_http2_active -= 1
@@ -328,21 +328,11 @@ class Http2Connection(Http2ResponseEncoder):
         st = self.streams.pop(sid, None)
         if st is not None:
             self.ids.pop(st, None)
-            self._drop(st)
+            st.downstream_reset()
             self._stream_closed(st)
             self._maybe_idle()
 
-    def _drop(self, st: ActiveStream) -> None:
-        """The client reset a stream (or its connection failed): a stream never started (the
-        same read opened and reset it) ends here, accounted as a downstream reset."""
-        if st.started:
-            st.downstream_reset()
-            return
-        st.info.response_flags.append(lr.DC)
-        self.stats.downstream_rq_rx_reset += 1
-        st.abandon()
-        if st.info.end_time is None:
-            self.record(st)
+
 
     # == streams ==============================================================================
     def stream_done(self, st: ActiveStream) -> None:
@@ -474,7 +464,7 @@ class Http2Connection(Http2ResponseEncoder):
         self.streams.clear()
         self.ids.clear()
         for st in streams:
-            self._drop(st)
+            st.downstream_reset()
         t = self.transport
         if t is not None:
             t.close()
