@@ -35,9 +35,10 @@ PROXIES = ["pysidecar", pytest.param("envoy", marks=pytest.mark.envoy)]
 GATEWAY_LABELS = "istio=egressgateway"
 TO_GATEWAY = "outbound|80|httpbin|istio-egressgateway.istio-system.svc.cluster.local"
 TO_HTTPBIN = "outbound|80||httpbin.org"
-# Istio's default text access log line, as the seed's gateway log shows it.
+# Istio's default text access log line, as the seed's gateway log shows it: the sidecar's hop
+# to the gateway is HTTP/2 (the gateway Service's port is named http2, so istiod upgrades it).
 LOG_LINE = re.compile(
-    r'^\[(?P<start>[-0-9T:.]+Z)\] "GET (?P<path>\S+) HTTP/1\.1" 200 - via_upstream - "-" \d+ \d+ \d+ \d+ '
+    r'^\[(?P<start>[-0-9T:.]+Z)\] "GET (?P<path>\S+) HTTP/2" 200 - via_upstream - "-" \d+ \d+ \d+ \d+ '
     r'"(?P<xff>[^"]*)" "curl/[^"]*" "(?P<id>[-0-9a-f]+)" "httpbin\.org" "(?P<upstream>[^"]+)" '
     r"outbound\|80\|\|httpbin\.org (?P<local>\S+) (?P<downstream_local>\S+) (?P<remote>\S+) - -$"
 )
