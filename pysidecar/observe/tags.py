@@ -8,7 +8,8 @@ Promises:
   `response_code`, `response_code_class`, `http_conn_manager_prefix`, `listener_address`) with
   the `;` delimiter Istio's alt_stat_name adds; a name without the delimiter falls back to
   Envoy's default extractor for that family (`source/common/config/well_known_names.cc`), so
-  `cluster.PassthroughCluster.upstream_cx_total` still gets `cluster_name="PassthroughCluster"`.
+  `cluster.PassthroughCluster.upstream_cx_total` still gets `cluster_name="PassthroughCluster"`,
+  except for clusters, where Istio's bootstrap regex keeps a `.svc.cluster.local` host whole.
 - Istio's own metrics carry their labels in the name, `key=.=value;.;` pairs before the metric
   (`reporter=.=source;.;...;.;istio_requests_total`); they come out as labels in that order.
 - Application order is Envoy's: extractors without a name prefix (response code, Istio pairs)
@@ -57,7 +58,9 @@ _ANY_NAME: tuple[TagRule, ...] = (
 # Per family; for each tag the `;`-delimited form (Istio) is tried before Envoy's default.
 _BY_FAMILY: tuple[TagRule, ...] = (
     _rule("cluster_name", r"^cluster\.((.+?);\.)", "cluster"),
-    _rule("cluster_name", r"^cluster\.(([^.]+)\.)", "cluster"),
+    # Istio's bootstrap regex, not Envoy's: a Kubernetes host (`...svc.cluster.local`) stays
+    # whole in the label, so `outbound|80||web.ns.svc.cluster.local` is one cluster_name.
+    _rule("cluster_name", r"^cluster\.((.+?(\..+?\.svc\.cluster\.local)?)\.)", "cluster"),
     _rule("tcp_prefix", r"^tcp\.((.+?);\.)", "tcp"),
     _rule("tcp_prefix", r"^tcp\.((.*?)\.)\w+?$", "tcp"),
     _rule("http_conn_manager_listener_prefix", r"^listener(?=\.).*?\.http\.((.+?);\.)", "listener"),

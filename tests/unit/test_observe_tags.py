@@ -67,6 +67,12 @@ from pysidecar.observe.tags import extract
             "envoy_cluster_upstream_cx_connect_ms",
             (("cluster_name", "InboundPassthroughCluster"),),
         ),
+        # Istio's bootstrap regex keeps a Kubernetes host whole (no alt_stat_name delimiter)
+        (
+            "cluster.outbound|8000||httpbin.demo.svc.cluster.local.upstream_rq_200",
+            "envoy_cluster_upstream_rq",
+            (("response_code", "200"), ("cluster_name", "outbound|8000||httpbin.demo.svc.cluster.local")),
+        ),
         ("server.live", "envoy_server_live", ()),
         (
             "listener.0.0.0.0_80.http.outbound_0.0.0.0_80;.downstream_rq_4xx",
