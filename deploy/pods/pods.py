@@ -479,10 +479,10 @@ def scrape(podman: Podman, pod: Pod) -> dict[str, float]:
 
 
 def upstream_rq_200(stats: dict[str, float], cluster_prefix: str) -> float:
-    """Requests answered 200 on the clusters whose name starts with `cluster_prefix` (the
-    series' name differs with the tag extraction of names holding dots; the labels do not)."""
+    """Requests answered 200 on the clusters whose name starts with `cluster_prefix`
+    (`outbound|8000||httpbin` matches the label `outbound|8000||httpbin.<ns>.svc.cluster.local`)."""
     return sum(v for s, v in stats.items()
-               if s.split("{")[0].endswith("_upstream_rq") and 'response_code="200"' in s
+               if s.split("{")[0] == "envoy_cluster_upstream_rq" and 'response_code="200"' in s
                and f'cluster_name="{cluster_prefix}' in s)  # fmt: skip
 
 
