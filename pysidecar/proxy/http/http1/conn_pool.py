@@ -27,17 +27,14 @@ Promises:
 from __future__ import annotations
 
 import asyncio
-import errno
-import os
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pysidecar.observe.stats import ClusterHttpStats, ClusterStats
 from pysidecar.proxy.cluster_manager import ClusterRuntime
 from pysidecar.proxy.http.http1.client_codec import UpstreamConnection
-from pysidecar.proxy.http.retry import CONNECT_FAILURE, CONNECT_TIMEOUT, OVERFLOW
-from pysidecar.proxy.upstream_tls import open_connection
+from pysidecar.proxy.http.retry import OVERFLOW
+from pysidecar.proxy.http.upstream_connect import Settled, connect
 
 if TYPE_CHECKING:
     from pysidecar.proxy.http.codec import UpstreamAttempt
@@ -229,36 +226,19 @@ class HostPool:
             self._connect(ticket)
 
     def _connect(self, conn: UpstreamConnection) -> None:
-        stats = self.cx_stats
-        stats.upstream_cx_total += 1
+        self.cx_stats.upstream_cx_total += 1
         self.rq_stats.upstream_cx_http1_total += 1
         conn.cx_open = True
         self.open += 1
         self.breaker.cx += 1
-        bind = self.cluster.bind_address_for(self.host[0])
-        started = self.loop.time()
-        fut = asyncio.ensure_future(
-            open_connection(self.loop, lambda: conn, self.host, bind, self.cluster.upstream_tls(self.host), http="1.1")
-        )
-        timer = self.loop.call_later(self.cluster.config.connect_timeout, fut.cancel)
-        fut.add_done_callback(self._settled(conn, timer, started))
+        connect(self.loop, self.cluster, self.cx_stats, self.host, conn, "1.1", self._settled(conn))
 
-    def _settled(
-        self, conn: UpstreamConnection, timer: asyncio.TimerHandle, started: float
-    ) -> Callable[[asyncio.Future[tuple[asyncio.Transport, UpstreamConnection]]], None]:
-        def done(fut: asyncio.Future[tuple[asyncio.Transport, UpstreamConnection]]) -> None:
-            timer.cancel()
+    def _settled(self, conn: UpstreamConnection) -> Settled:
+        def done(reason: str | None, failure: str | None) -> None:
             stream = conn.stream
             wanted = stream is not None and stream.connecting is conn
             self._unpend(conn)
-            failure: str | None = None
-            if fut.cancelled():
-                self.cx_stats.upstream_cx_connect_timeout += 1
-                reason = CONNECT_TIMEOUT
-            elif (exc := fut.exception()) is not None:
-                reason, failure = CONNECT_FAILURE, transport_failure(exc)
-            else:
-                self.cx_stats.upstream_cx_connect_ms.record((self.loop.time() - started) * 1000.0)
+            if reason is None:
                 if wanted and self.breaker.can_request():
                     assert stream is not None
                     stream.upstream_ready(conn)
@@ -270,24 +250,9 @@ class HostPool:
                         assert stream is not None
                         self._overflow(stream)
                 return
-            self.cx_stats.upstream_cx_connect_fail += 1
             self.cx_closed(conn)  # never connected: connection_lost will not come (idempotent)
-            if self.outlier is not None:
-                self.outlier.put_result(self.host, 503)
             if wanted:
                 assert stream is not None
                 stream.upstream_connect_failed(reason, failure)
 
         return done
-
-
-def transport_failure(exc: BaseException) -> str | None:
-    """Envoy's transport failure reason for a failed connect: `delayed connect error: 111`."""
-    if isinstance(exc, OSError) and exc.errno is not None:
-        return f"delayed connect error: {exc.errno}"
-    if isinstance(exc, OSError):
-        # uvloop reports some failures without errno; the message still names the cause.
-        for code in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
-            if os.strerror(code).lower() in str(exc).lower():
-                return f"delayed connect error: {code}"
-    return None

@@ -23,18 +23,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from pysidecar.model.http import Http2Options
 from pysidecar.observe.stats import ClusterHttpStats, ClusterStats
 from pysidecar.proxy.cluster_manager import ClusterRuntime
-from pysidecar.proxy.http.http1.conn_pool import transport_failure
 from pysidecar.proxy.http.http2.client_codec import Http2UpstreamConnection
 from pysidecar.proxy.http.http2.client_stream import H2UpstreamStream
-from pysidecar.proxy.http.retry import CONNECT_FAILURE, CONNECT_TIMEOUT, OVERFLOW
+from pysidecar.proxy.http.retry import OVERFLOW
 from pysidecar.proxy.http.upstream_callbacks import UpstreamStreamCallbacks
-from pysidecar.proxy.upstream_tls import open_connection
+from pysidecar.proxy.http.upstream_connect import Settled, connect
 
 
 class PoolClient(UpstreamStreamCallbacks, Protocol):
@@ -201,36 +199,17 @@ class Http2HostPool:
         self.breaker.cx += 1
         self.cx_stats.upstream_cx_total += 1
         self.rq_stats.upstream_cx_http2_total += 1
-        bind = self.cluster.bind_address_for(self.host[0])
-        started = self.loop.time()
-        fut = asyncio.ensure_future(
-            open_connection(self.loop, lambda: conn, self.host, bind, self.cluster.upstream_tls(self.host), http="2")
-        )
-        timer = self.loop.call_later(self.cluster.config.connect_timeout, fut.cancel)
-        fut.add_done_callback(self._settled(conn, timer, started))
+        connect(self.loop, self.cluster, self.cx_stats, self.host, conn, "2", self._settled(conn))
 
-    def _settled(
-        self, conn: Http2UpstreamConnection, timer: asyncio.TimerHandle, started: float
-    ) -> Callable[[asyncio.Future[tuple[asyncio.Transport, Http2UpstreamConnection]]], None]:
-        def done(fut: asyncio.Future[tuple[asyncio.Transport, Http2UpstreamConnection]]) -> None:
-            timer.cancel()
-            failure: str | None = None
-            if fut.cancelled():
-                self.cx_stats.upstream_cx_connect_timeout += 1
-                reason = CONNECT_TIMEOUT
-            elif (exc := fut.exception()) is not None:
-                reason, failure = CONNECT_FAILURE, transport_failure(exc)
-            else:
-                self.cx_stats.upstream_cx_connect_ms.record((self.loop.time() - started) * 1000.0)
+    def _settled(self, conn: Http2UpstreamConnection) -> Settled:
+        def done(reason: str | None, failure: str | None) -> None:
+            if reason is None:
                 self._serve()
                 return
-            self.cx_stats.upstream_cx_connect_fail += 1
             conn.closed = True
             if conn in self.conns:
                 self.conns.remove(conn)
                 self.breaker.cx -= 1
-            if self.outlier is not None:
-                self.outlier.put_result(self.host, 503)
             if any(not c.closed for c in self.conns):
                 return  # another connection will serve them
             while self.waiting:
