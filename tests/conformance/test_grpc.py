@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,9 +168,16 @@ def test_route_timeout_is_unavailable_upstream_request_timeout(stack: Stack, kin
 
 def test_grpc_timeout_under_grpc_timeout_header_max(stack: Stack, kind: str, channel: grpc.Channel) -> None:
     """max_stream_duration.grpc_timeout_header_max 0.3 s: the client's 10 s deadline (grpc-timeout)
-    is capped to 0.3 s; Envoy 1.40 answers DEADLINE_EXCEEDED `downstream duration timeout`."""
+    is capped to 0.3 s; Envoy 1.40 answers DEADLINE_EXCEEDED `downstream duration timeout`.
+    Through Envoy, grpc-core reports the same DEADLINE_EXCEEDED with its own text `Deadline
+    Exceeded` in about half the runs (seen 3 of 6, under a second each, so not the client's
+    10 s deadline): that text is accepted from Envoy only, and the cap is what both must show
+    (the upstream would answer at 4 s)."""
+    started = time.monotonic()
     e = _error(lambda: app.unary(channel, b"sleep:4", timeout=10, method="Capped"))
-    assert (e.code(), e.details()) == (grpc.StatusCode.DEADLINE_EXCEEDED, "downstream duration timeout")
+    assert time.monotonic() - started < 3.5, "the 0.3 s cap did not apply"
+    texts = {"downstream duration timeout"} | ({"Deadline Exceeded"} if kind == "envoy" else set())
+    assert e.code() is grpc.StatusCode.DEADLINE_EXCEEDED and e.details() in texts, e.details()
 
 
 def test_upstream_down_is_unavailable(stack: Stack, kind: str, channel: grpc.Channel) -> None:
