@@ -162,6 +162,21 @@ def _curl(pod: Pod, url: str, *args: str) -> tuple[str, str]:
     return code, body
 
 
+
+def _echo(pod: Pod, payload: bytes) -> bytes:
+    """Send `payload` from `pod` to the echo server behind VIP:9000 and read as many bytes back."""
+    s = connect(pod, VIP, 9000)
+    try:
+        s.sendall(payload)
+        got = b""
+        while len(got) < len(payload):
+            chunk = s.recv(100)
+            assert chunk, got
+            got += chunk
+        return got
+    finally:
+        s.close()
+
 def test_sidecars_talk_mutual_tls_http_and_tcp(lab: Lab, workdir: str) -> None:
     sleep, web, peer, _, _ = _mesh(lab, workdir)
     code, body = _curl(sleep, f"http://{VIP}/headers", "-H", "x-forwarded-client-cert: By=spoofed")
@@ -186,15 +201,7 @@ def test_sidecars_talk_mutual_tls_http_and_tcp(lab: Lab, workdir: str) -> None:
     assert s_web["http.inbound_0.0.0.0_8080.downstream_rq_2xx"] >= 1
     assert s_sleep["cluster.outbound|80||web.default.svc.cluster.local.upstream_cx_total"] >= 1
     # TCP through the mTLS chain: the bytes come back unchanged.
-    s = connect(sleep, VIP, 9000)
-    s.sendall(b"hello over mtls\n")
-    got = b""
-    while len(got) < 16:
-        chunk = s.recv(100)
-        assert chunk, got
-        got += chunk
-    assert got == b"hello over mtls\n"
-    s.close()
+    assert _echo(sleep, b"hello over mtls\n") == b"hello over mtls\n"
     assert stats(web)["listener.0.0.0.0_15006.ssl.handshake"] >= 2
     # PERMISSIVE: a plaintext client without a sidecar is served too; what it sends in XFCC is
     # forwarded as it is (APPEND_FORWARD without mTLS), and the metrics say "none".
@@ -289,15 +296,7 @@ def test_interop_with_real_envoy_istio_mutual(lab: Lab, workdir: str, envoy_side
     assert code == "200", body
     # The same XFCC from either inbound proxy (Envoy's is the oracle for the format).
     assert _xfcc(body) == _expected_xfcc(_cert(web_certs), _cert(sleep_certs))
-    s = connect(sleep, VIP, 9000)
-    s.sendall(b"interop\n")
-    got = b""
-    while len(got) < 8:
-        chunk = s.recv(100)
-        assert chunk, got
-        got += chunk
-    assert got == b"interop\n"
-    s.close()
+    assert _echo(sleep, b"interop\n") == b"interop\n"
     st = stats(web)
     assert st["listener.0.0.0.0_15006.ssl.handshake"] >= 2
 
