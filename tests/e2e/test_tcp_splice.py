@@ -84,10 +84,8 @@ class Proxy:
             with contextlib.suppress(OSError), open(f"/proc/{entry}/stat") as f:
                 text = f.read()
                 ppid = int(text[text.rindex(")") + 2 :].split()[1])
-                if (
-                    ppid == self.proc.pid
-                    and b"pysidecar.proxy.worker_main"
-                    in Path(f"/proc/{entry}/cmdline").read_bytes()
+                if ppid == self.proc.pid and Path(f"/proc/{entry}/comm").read_bytes().startswith(
+                    b"wrk:worker_"
                 ):
                     return int(entry)
         raise LookupError("no worker process")
