@@ -69,6 +69,7 @@ MODULES: Final = (
     "pysidecar.proxy.loop_detect",
     "pysidecar.proxy.cluster_manager",
     "pysidecar.proxy.http.conn_pool",
+    "pysidecar.proxy.http.http1.conn_pool",
     "pysidecar.proxy.splice",
 )
 GROUP: Final = "pysidecar_native"  # the shared library is `pysidecar_native__mypyc`
