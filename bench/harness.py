@@ -626,7 +626,7 @@ def goals(summary: dict[str, Any], concurrency: int = 1) -> list[dict[str, Any]]
 
     out = []
 
-    def goal(name: str, value: float | None, op: str, bound: float, scenario: str) -> None:
+    def goal(name: str, value: float | None, op: str, bound: float, scenario: str, na: str | None = None) -> None:
         met = None if value is None else (value >= bound if op == ">=" else value <= bound)
         out.append(
             {
@@ -634,7 +634,7 @@ def goals(summary: dict[str, Any], concurrency: int = 1) -> list[dict[str, Any]]
                 "value": value,
                 "bound": f"{op} {bound}",
                 "met": met,
-                "na": na_reason(scenario) if value is None else None,
+                "na": (na or na_reason(scenario)) if value is None else None,
             }
         )
 
@@ -659,8 +659,15 @@ def goals(summary: dict[str, Any], concurrency: int = 1) -> list[dict[str, Any]]
             0.9,
             "http_1k",
         )
-    goal(f"RSS of all processes vs Envoy (--concurrency {concurrency})",
-         get("tcp_1k.rss_mb", "pysidecar_vs_envoy"), "<=", 0.6, "tcp_1k")  # fmt: skip
+    # Memory is judged at --concurrency 2, as the issue states it (Istio's default). A sum of
+    # RSS counts every shared page once per process (pysidecar's forked workers share the main
+    # process's); PSS counts it once in all, as the pod's memory cgroup is charged: both shown.
+    memory = concurrency == 2
+    why = None if memory else f"memory goals are judged at --concurrency 2 (this run: {concurrency})"
+    goal("RSS of all processes vs Envoy (--concurrency 2; shared pages once per process)",
+         get("tcp_1k.rss_mb", "pysidecar_vs_envoy") if memory else None, "<=", 0.6, "tcp_1k", why)  # fmt: skip
+    goal("PSS of all processes vs Envoy (--concurrency 2; shared pages once in all)",
+         get("tcp_1k.pss_mb", "pysidecar_vs_envoy") if memory else None, "<=", 0.6, "tcp_1k", why)  # fmt: skip
     return out
 
 
