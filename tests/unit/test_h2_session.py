@@ -179,3 +179,14 @@ def test_continuation_flood_is_overflow(kind: str) -> None:
     with pytest.raises(SessionError) as e:
         s.receive_data(data)
     assert e.value.overflow
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cookie_fields_are_joined(kind: str) -> None:
+    s, c = pair(kind)
+    c.send_headers(1, [*REQ, (b"cookie", b"a=1"), (b"x-b", b"c"), (b"cookie", b"b=2")], end_stream=True)
+    events, _ = exchange(s, c)
+    req = next(e for e in events if isinstance(e, h2.events.RequestReceived))
+    block = list(req.headers)
+    assert [v for n, v in block if n == b"cookie"] == [b"a=1; b=2"]
+    assert (b"x-b", b"c") in block

@@ -12,6 +12,7 @@ Promises (beyond session.py's):
   undecodable header block gets nghttp2's GOAWAY COMPRESSION_ERROR; more unanswered PING /
   SETTINGS than nghttp2's 1000 ACKs queued is `outbound_control_flood`; a header block in
   too many CONTINUATION frames is a `SessionError` with `overflow`.
+- Request blocks: cookie fields joined into one (RFC 9113 §8.2.3), as h2 and Envoy do.
 - Response heads: names lower-cased, connection-specific fields (and `te` other than
   trailers) never sent, as hpack_encoder does for h2. A response's DATA waits in `out` per
   stream until nghttp2 frames it (its data source, read in ps_send); trailers queued behind
@@ -120,10 +121,11 @@ class NgHttp2Session:
                 ffi.string(lib.nghttp2_strerror(rv)).decode(),
                 overflow=rv == lib.NGHTTP2_ERR_TOO_MANY_CONTINUATIONS,
                 flood="outbound_control_flood" if rv == lib.NGHTTP2_ERR_FLOODED else None,
+                events=events,
             )
-        if c.goaway and not self.goaway_sent:  # nghttp2 ended the connection itself (HPACK)
-            self.goaway_sent = True
-            raise SessionError(f"nghttp2 sent GOAWAY {c.goaway_code}")
+        if c.goaway and not self.goaway_sent:  # nghttp2 ended the connection itself
+            self.goaway_sent = True  # (HPACK, its RST_STREAM rate limit): code in its GOAWAY
+            raise SessionError(f"nghttp2 sent GOAWAY {c.goaway_code}", events=events)
         return events
 
     def _block(self) -> Headers:
@@ -133,11 +135,14 @@ class NgHttp2Session:
         ends = ffi.unpack(c.hoff, 2 * n)
         block: Headers = []
         start = 0
+        cookies = 0
         for i in range(0, 2 * n, 2):
             name_end, end = ends[i], ends[i + 1]
-            block.append((raw[start:name_end], raw[name_end:end]))
+            name = raw[start:name_end]
+            block.append((name, raw[name_end:end]))
+            cookies += name == b"cookie"
             start = end
-        return block
+        return _join_cookies(block) if cookies > 1 else block
 
     def on_frame(self, ftype: int, flags: int, sid: int, cat: int, code: int) -> None:
         events = self.events
@@ -176,8 +181,9 @@ class NgHttp2Session:
         n = lib.ps_send(c)
         if n <= 0:
             return b""
+        out: bytes = ffi.buffer(c.obuf, n)[:]
         c.olen = 0
-        return ffi.buffer(c.obuf, n)[:]
+        return out
 
     def send_headers(self, sid: int, headers: Headers, end_stream: bool = False) -> None:
         if self.c == ffi.NULL:
@@ -290,6 +296,16 @@ class NgHttp2Session:
             lib.ps_conn_del(self.c)
             self.c = ffi.NULL
             self.out.clear()
+
+
+def _join_cookies(block: Headers) -> Headers:
+    """HTTP/2's split cookie fields joined with "; " where the first was (RFC 9113 §8.2.3), as
+    h2 does for the h2 session and Envoy before the request goes on."""
+    first = next(i for i, (n, _) in enumerate(block) if n == b"cookie")
+    joined = b"; ".join(v for n, v in block if n == b"cookie")
+    rest = [h for h in block if h[0] != b"cookie"]
+    rest.insert(first, (b"cookie", joined))
+    return rest
 
 
 def _on_error(exc: type[BaseException], value: BaseException, tb: Any) -> None:

@@ -181,6 +181,10 @@ class Http2Connection(Http2ResponseEncoder):
         try:
             events = self.session.receive_data(data)
         except SessionError as e:
+            # The frames before the error count first (a rapid reset meets Envoy's premature
+            # reset accounting before nghttp2's own RST_STREAM rate limit).
+            if not self._events(e.events):
+                return
             if e.flood is not None:  # the library's own flood limit (nghttp2's queued ACKs)
                 self.count_flood(e.flood)
                 self.abort()
@@ -190,20 +194,22 @@ class Http2Connection(Http2ResponseEncoder):
         self._events(events)
         self._schedule_flush()
 
-    def _events(self, events: list[h2.events.Event]) -> None:
+    def _events(self, events: list[h2.events.Event]) -> bool:
+        """Whether the connection goes on after them."""
         # A stream the same read opens and resets (rapid reset) is never started: nothing of it
         # reaches an upstream.
         self.batch_resets = {e.stream_id or 0 for e in events if isinstance(e, h2.events.StreamReset)}
         for ev in events:
             if self.closing:  # a protocol error ended the connection: the rest is moot
-                return
+                return False
             try:
                 self._event(ev)
             except Exception as e:  # a bug must cost this connection only, never the worker
                 log.error("http2 connection error: %r", e, exc_info=e)
                 self._goaway(h2.errors.ErrorCodes.INTERNAL_ERROR)
                 self.abort()
-                return
+                return False
+        return not self.closing
 
     def _event(self, ev: h2.events.Event) -> None:
         if isinstance(ev, h2.events.DataReceived):

@@ -9,7 +9,7 @@ Promises of a session (both):
 - `receive_data(bytes)` returns h2's event classes (h2.events: RequestReceived with the raw
   header block and `stream_ended`, DataReceived with its flow-controlled length, StreamEnded,
   TrailersReceived, StreamReset, WindowUpdated, ConnectionTerminated), in wire order; a
-  connection error raises `SessionError`, after the session queued its GOAWAY when the library
+  connection error raises `SessionError` (with the events before it, when known), after the session queued its GOAWAY when the library
   chose one (COMPRESSION_ERROR for an undecodable header block, RFC 9113 §4.3).
 - Nothing is written by the session: `data_to_send()` returns every frame queued since the last
   call, as one bytes (the codec writes once per loop turn).
@@ -31,12 +31,20 @@ if TYPE_CHECKING:
 
 class SessionError(Exception):
     """A connection error from the library; `overflow`: a header block in too many CONTINUATION
-    frames (http2.header_overflow); `flood`: the http2.* flood stat the library tripped."""
+    frames (http2.header_overflow); `flood`: the http2.* flood stat the library tripped;
+    `events`: what the same read brought before the error (nghttp2 reports them, h2 cannot)."""
 
-    def __init__(self, message: str, overflow: bool = False, flood: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        overflow: bool = False,
+        flood: str | None = None,
+        events: list[h2.events.Event] | None = None,
+    ) -> None:
         super().__init__(message)
         self.overflow = overflow
         self.flood = flood
+        self.events = events or []
 
 
 class ServerSession(Protocol):
