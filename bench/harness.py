@@ -253,15 +253,15 @@ class Target:
         return _children(self.proc.pid) if self.proc is not None else []
 
     def worker_pids(self) -> list[int]:
-        """The processes that relay: Envoy's only one; pysidecar's spawned workers."""
+        """The processes that relay: Envoy's only one; pysidecar's workers (named wrk:worker_N)."""
         if self.proc is None:
             return []
         if self.name == "envoy":
             return [self.proc.pid]
         out = []
         for pid in self.pids():
-            with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"pysidecar.proxy.worker_main" in f.read():
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/comm", "rb") as f:
+                if f.read().startswith(b"wrk:worker_"):
                     out.append(pid)
         return out
 

@@ -58,6 +58,7 @@ MODULES: Final = (
     "pysidecar.proxy.http.http2.response_encoder",
     "pysidecar.proxy.http.http2.server_codec",
     "pysidecar.common.access_format",
+    "pysidecar.proxy.splice",
 )
 GROUP: Final = "pysidecar_native"  # the shared library is `pysidecar_native__mypyc`
 STAMP: Final = "stamp.json"

@@ -2,8 +2,9 @@
 
 Promises:
 - A message is a dict, pickled, behind a 4-byte big-endian length. Both ends are this project's
-  own processes (the main process spawns its workers), so pickle carries frozen model objects
-  (a whole `Bootstrap` on reload) without a schema of its own.
+  own processes (the main process forks its workers), so pickle carries frozen model objects
+  (a whole `Bootstrap` on reload) without a schema of its own. A new worker needs no start
+  message: it is forked with its config (proxy/worker_main.py).
 - Requests carry an "id"; the worker answers with the same id. Unsolicited worker messages
   ("ready") have no id.
 - Worker side: `ControlProtocol`, an asyncio Protocol that calls a handler per request.

@@ -5,9 +5,10 @@ Promises:
 - A config error is reported with file, YAML path and what was expected, and the command exits
   with status 2 before anything is bound.
 - `--concurrency N` worker processes (default 2, like Istio's sidecar) each bind every listener
-  with SO_REUSEPORT. They are plain subprocesses (`python -m pysidecar.proxy.worker_main`) that
-  import only the data path. A worker that cannot bind stops the start-up (exit 1); a worker that
-  dies later is replaced.
+  with SO_REUSEPORT. The main process imports the data path and loads the config, then forks
+  them (proxy/worker_main.py: pages shared copy-on-write, collector frozen) before its own loop
+  exists. A worker that cannot bind stops the start-up (exit 1); a worker that dies later is
+  replaced by a new fork between two runs of the main loop (`serve`), with the current config.
 - `--mode router` compiles Istio YAML for a gateway (the Gateways selecting
   `--workload-labels`) instead of the sidecar (config/istio/gateway_compile.py).
 - The main process serves admin (127.0.0.1:15000 by default), Prometheus stats (:15090) and
@@ -23,14 +24,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import uvloop
 
@@ -47,8 +49,9 @@ from pysidecar.observe.access_log import from_flags
 from pysidecar.observe.admin import admin_routes, readiness_routes, stats_routes
 from pysidecar.observe.host_stats import HostSnapshot, merge_hosts
 from pysidecar.observe.stats import SERVER_STATES, Kind, ServerStats, merge
-from pysidecar.proxy.control import ControlClient, Message, encode
+from pysidecar.proxy.control import ControlClient, Message
 from pysidecar.proxy.logs import setup_logging
+from pysidecar.proxy.worker_main import WorkerProcess, WorkerStart, fork_worker
 
 log = logging.getLogger("pysidecar")
 
@@ -93,13 +96,17 @@ class Supervisor:
         self.started = time.time()
         self.healthy = True
         self.server_stats = ServerStats("server.")
-        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._procs: dict[int, WorkerProcess] = {}
         self._clients: dict[int, ControlClient] = {}
         self._ready: set[int] = set()
         self._ever_ready: set[int] = set()
         self._stopping = False
+        self._exit_code = 0
         self._done: asyncio.Future[int] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Worker indexes to fork once the loop has stopped (`serve`): all at start, then the dead.
+        self._to_fork: list[int] = []
+        self._executor: ThreadPoolExecutor | None = None
         # Hot reload of the -c files: counters and the last rejection, for stats and the admin.
         self.reload = ReloadState()
 
@@ -177,30 +184,69 @@ class Supervisor:
         )
 
     # -- workers -----------------------------------------------------------------------------
-    async def _start_worker(self, index: int) -> None:
-        loop = asyncio.get_running_loop()
-        ours, theirs = socket.socketpair()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pysidecar.proxy.worker_main", str(theirs.fileno())],
-            pass_fds=(theirs.fileno(),),
-            stdin=subprocess.DEVNULL,
-        )
-        theirs.close()
-        start = {
-            "bootstrap": self.bootstrap,
-            "index": index,
-            "drain_time": self.args.drain_time,
-            "log_level": self.args.log_level,
-            "access_log": getattr(self.args, "access_log_config", None),
-        }
-        # Before the socket joins the loop: a blocking send of one frame the worker reads first.
-        ours.sendall(encode(start))
-        self._procs[index] = proc
-        reader, writer = await asyncio.open_connection(sock=ours)
+    def serve(self) -> int:
+        """Bind admin, stats and readiness, fork the workers, run the main loop until the drain
+        is over. Workers are forked only while the loop is stopped (first after the admin is
+        bound, as Envoy binds it first: /ready says 503 until every worker is up; later to
+        replace one that died): a fork from inside a running loop would hand the child a loop
+        in the middle of its run."""
+        loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._done = loop.create_future()
+        self._new_executor(loop)
+        loop.add_signal_handler(signal.SIGTERM, self.shutdown)
+        loop.add_signal_handler(signal.SIGINT, self.shutdown)
+        try:
+            servers = loop.run_until_complete(self._listen())
+            self._to_fork = list(range(self.concurrency))
+            main = loop.create_task(self.run(servers))
+            main.add_done_callback(lambda _: loop.stop())
+            while True:
+                self._fork_replacements(loop)
+                loop.run_forever()
+                if main.done():
+                    return main.result()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+            loop.close()
+
+    def _fork(self, index: int) -> tuple[WorkerProcess, socket.socket]:
+        """Fork worker `index` on the current config (never while the loop runs)."""
+        start = WorkerStart(
+            self.bootstrap, index, self.args.drain_time, self.args.log_level,
+            getattr(self.args, "access_log_config", None),
+        )  # fmt: skip
+        proc, sock = fork_worker(start)
+        self._procs[index] = proc  # from now on a shutdown signals it
+        return proc, sock
+
+    def _fork_replacements(self, loop: asyncio.AbstractEventLoop) -> None:
+        wanted, self._to_fork = self._to_fork, []
+        if self._stopping or not wanted:
+            return
+        # The config reloads' thread is joined first: a fork would copy its locks held.
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        for index in wanted:
+            self._attach_soon(loop, index, *self._fork(index))
+        self._new_executor(loop)
+
+    def _new_executor(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="config")
+        loop.set_default_executor(self._executor)
+
+    def _attach_soon(self, loop: asyncio.AbstractEventLoop, index: int, proc: WorkerProcess, sock: socket.socket) -> None:
+        """The worker's control channel and exit watch, once the loop runs."""
+        self._tasks.add(task := loop.create_task(self._attach(index, proc, sock)))
+        task.add_done_callback(self._tasks.discard)
+
+    async def _attach(self, index: int, proc: WorkerProcess, sock: socket.socket) -> None:
+        reader, writer = await asyncio.open_connection(sock=sock)
         self._clients[index] = ControlClient(reader, writer, self._on_event)
-        # A pidfd turns readable when the process exits: exit notice without SIGCHLD handling.
+        # A pidfd turns readable when the process exits (a zombie's too, until it is reaped).
         pidfd = os.pidfd_open(proc.pid)
-        loop.add_reader(pidfd, self._on_exit, index, proc, pidfd)
+        asyncio.get_running_loop().add_reader(pidfd, self._on_exit, index, proc, pidfd)
 
     def _on_event(self, msg: Message) -> None:
         if msg.get("op") == "ready":
@@ -209,11 +255,11 @@ class Supervisor:
             if len(self._ready) == self.concurrency:
                 log.info("all %d workers ready", self.concurrency)
 
-    def _on_exit(self, index: int, proc: subprocess.Popen[bytes], pidfd: int) -> None:
+    def _on_exit(self, index: int, proc: WorkerProcess, pidfd: int) -> None:
         loop = asyncio.get_running_loop()
         loop.remove_reader(pidfd)
         os.close(pidfd)
-        proc.wait()
+        proc.poll()  # reaps it: the pidfd said it has exited
         self._ready.discard(index)
         client = self._clients.pop(index, None)
         if client is not None:
@@ -229,8 +275,8 @@ class Supervisor:
             self.shutdown(exit_code=1)
             return
         log.error("worker %d exited with status %s; starting a new one", index, proc.returncode)
-        self._tasks.add(task := loop.create_task(self._start_worker(index)))
-        task.add_done_callback(self._tasks.discard)
+        self._to_fork.append(index)
+        loop.stop()  # serve() forks the new one once the loop is out of its run
 
     def shutdown(self, exit_code: int = 0) -> None:
         if self._stopping:
@@ -239,29 +285,17 @@ class Supervisor:
         self._exit_code = exit_code
         log.info("shutting down: draining for up to %.1fs", self.args.drain_time)
         for proc in self._procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)
         if not self._procs and self._done is not None and not self._done.done():
             self._done.set_result(0)
 
-    async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        self._done = loop.create_future()
-        self._exit_code = 0
-        loop.add_signal_handler(signal.SIGTERM, self.shutdown)
-        loop.add_signal_handler(signal.SIGINT, self.shutdown)
+    async def _listen(self) -> list[asyncio.AbstractServer]:
         servers: list[asyncio.AbstractServer] = []
+        b = self.bootstrap
         try:
-            for i in range(self.concurrency):
-                await self._start_worker(i)
-            if self.args.config:
-                watcher = ConfigWatcher(
-                    self.args.config, self.bootstrap, self.apply_config, self.reload, loader=getattr(self.args, "loader", load)
-                )
-                self._tasks.add(loop.create_task(watcher.run()))
-            b = self.bootstrap
             if b.admin is not None:
-                servers.append(await http_server.serve(b.admin.address.address, b.admin.address.port, admin_routes(self)))
+                a = b.admin.address
+                servers.append(await http_server.serve(a.address, a.port, admin_routes(self)))
             if b.stats_address is not None:
                 a = b.stats_address
                 servers.append(await http_server.serve(a.address, a.port, stats_routes(self)))
@@ -271,8 +305,17 @@ class Supervisor:
         except OSError as e:
             log.error("cannot start: %s", e)
             self.shutdown(exit_code=1)
+        return servers
+
+    async def run(self, servers: list[asyncio.AbstractServer]) -> int:
+        assert self._done is not None, "run() is started by serve()"
+        if self.args.config and not self._stopping:
+            watcher = ConfigWatcher(
+                self.args.config, self.bootstrap, self.apply_config, self.reload, loader=getattr(self.args, "loader", load)
+            )
+            self._tasks.add(asyncio.get_running_loop().create_task(watcher.run()))
         try:
-            await asyncio.wait_for(asyncio.shield(self._done), timeout=None)
+            await asyncio.shield(self._done)
         finally:
             for s in servers:
                 s.close()
@@ -285,8 +328,9 @@ class Supervisor:
             while proc.poll() is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             if proc.poll() is None:
-                proc.kill()
-                proc.wait(1)
+                proc.send_signal(signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(proc.pid, 0)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -332,7 +376,4 @@ def main(args: argparse.Namespace) -> int:
         len(bootstrap.listeners), len(bootstrap.clusters), ", ".join(bootstrap.sources), args.concurrency,
         native.status(),
     )  # fmt: skip
-    result: int = uvloop.run(Supervisor(bootstrap, args).run())
-    return result
-
-
+    return Supervisor(bootstrap, args).serve()

@@ -183,7 +183,7 @@ def test_a_killed_worker_is_replaced(lab: Lab) -> None:
 
 
 def _descendants(pid: int) -> list[int]:
-    """Worker processes: descendants of `pid` running `pysidecar.proxy.worker_main`."""
+    """Worker processes: descendants of `pid` named `wrk:worker_N` (Envoy's worker thread name)."""
     out: list[int] = []
     todo = [pid]
     while todo:
@@ -195,10 +195,10 @@ def _descendants(pid: int) -> list[int]:
         for k in map(int, kids):
             todo.append(k)
             try:
-                cmd = Path(f"/proc/{k}/cmdline").read_bytes()
+                name = Path(f"/proc/{k}/comm").read_bytes()
             except OSError:
                 continue
-            if b"pysidecar.proxy.worker_main" in cmd:
+            if name.startswith(b"wrk:worker_"):
                 out.append(k)
     return sorted(out)
 

@@ -10,6 +10,7 @@ that the fallback is (it holds none).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -34,7 +35,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def config(front: int, admin: int, up: int, idle: str = "3600s") -> str:
+def config(front: int, admin: int, up: int, idle: str = "3600s", limit: int = 65536) -> str:
     return f"""
 admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
@@ -42,7 +43,7 @@ static_resources:
   listeners:
   - name: front
     address: {{socket_address: {{address: 127.0.0.1, port_value: {front}}}}}
-    per_connection_buffer_limit_bytes: 65536
+    per_connection_buffer_limit_bytes: {limit}
     filter_chains:
     - filters:
       - name: envoy.filters.network.tcp_proxy
@@ -83,9 +84,8 @@ class Proxy:
             with contextlib.suppress(OSError), open(f"/proc/{entry}/stat") as f:
                 text = f.read()
                 ppid = int(text[text.rindex(")") + 2 :].split()[1])
-                if (
-                    ppid == self.proc.pid
-                    and b"pysidecar.proxy.worker_main" in Path(f"/proc/{entry}/cmdline").read_bytes()
+                if ppid == self.proc.pid and Path(f"/proc/{entry}/comm").read_bytes().startswith(
+                    b"wrk:worker_"
                 ):
                     return int(entry)
         raise LookupError("no worker process")
@@ -98,27 +98,45 @@ class Proxy:
                 n += os.readlink(f"{fd_dir}/{fd}").startswith("pipe:")
         return n
 
+    def pipe_sizes(self) -> list[int]:
+        """The capacity of every pipe the worker holds (each once, though it has two fds)."""
+        fd_dir = f"/proc/{self.worker_pid()}/fd"
+        sizes: dict[str, int] = {}
+        for fd in os.listdir(fd_dir):
+            with contextlib.suppress(OSError):
+                link = os.readlink(f"{fd_dir}/{fd}")
+                if link.startswith("pipe:") and link not in sizes:
+                    # A new open of the same pipe (O_NONBLOCK: no wait for a writer).
+                    probe = os.open(f"{fd_dir}/{fd}", os.O_RDONLY | os.O_NONBLOCK)
+                    try:
+                        sizes[link] = fcntl.fcntl(probe, fcntl.F_GETPIPE_SZ)
+                    finally:
+                        os.close(probe)
+        return list(sizes.values())
+
     def connect(self) -> socket.socket:
         s = socket.create_connection(("127.0.0.1", self.front), timeout=10)
         return s
 
 
-def start_proxy(tmp_path: Path, up: int, splice: bool, idle: str = "3600s") -> Proxy:
+def start_proxy(
+    tmp_path: Path, up: int, splice: bool, idle: str = "3600s", limit: int = 65536
+) -> Proxy:
     # free_port() can race with other processes on the machine: a few tries with new ports.
     for _ in range(2):
         with contextlib.suppress(PortTaken):
-            return _start_proxy(tmp_path, up, splice, idle)
-    return _start_proxy(tmp_path, up, splice, idle)
+            return _start_proxy(tmp_path, up, splice, idle, limit)
+    return _start_proxy(tmp_path, up, splice, idle, limit)
 
 
 class PortTaken(Exception):
     pass
 
 
-def _start_proxy(tmp_path: Path, up: int, splice: bool, idle: str) -> Proxy:
+def _start_proxy(tmp_path: Path, up: int, splice: bool, idle: str, limit: int) -> Proxy:
     front, admin = free_port(), free_port()
     cfg = tmp_path / "envoy.yaml"
-    cfg.write_text(config(front, admin, up, idle))
+    cfg.write_text(config(front, admin, up, idle, limit))
     env = dict(os.environ, PYSIDECAR_SPLICE="1" if splice else "0")
     log = tmp_path / "pysidecar.log"
     with open(log, "wb") as out:
@@ -154,7 +172,9 @@ def pattern(size: int) -> Iterator[bytes]:
 
 
 @contextlib.contextmanager
-def upstream(handler: str, record: list[object] | None = None) -> Iterator[tuple[int, socket.socket]]:
+def upstream(
+    handler: str, record: list[object] | None = None
+) -> Iterator[tuple[int, socket.socket]]:
     """A loopback server thread: "echo" (echoes, then half-closes after the client's FIN),
     "stuck" (accepts, never reads), "reset" (reads a little, then resets), "flood" (sends
     FLOOD bytes of `pattern`, appending its progress in bytes to `record` as it goes, then
@@ -235,7 +255,8 @@ def _stop(p: Proxy) -> None:
 def test_exact_bytes_both_ways_half_close_and_stats(tmp_path: Path, splice: bool) -> None:
     size = 24 * MiB + 12345  # not a multiple of any pipe or buffer size
     with upstream("echo") as (port, _):
-        p = start_proxy(tmp_path, port, splice)
+        # Envoy's default buffer limit (1 MiB): the fast path's pipes grow to it on the way.
+        p = start_proxy(tmp_path, port, splice, limit=MiB)
         try:
             s = p.connect()
             block = hashlib.sha256(b"pattern").digest() * 4096  # 128 KiB
@@ -292,6 +313,37 @@ def test_the_fast_path_is_taken_only_when_enabled(tmp_path: Path, splice: bool) 
             assert during - before == (4 if splice else 0)
         finally:
             _stop(p)
+
+
+@pytest.mark.parametrize("limit", [MiB, 256 * 1024, 65536])
+def test_a_bulk_stream_grows_its_pipe_up_to_the_buffer_limit(tmp_path: Path, limit: int) -> None:
+    """A read that fills the pipe marks a bulk stream: its pipe grows to the listener's buffer
+    limit (at most Linux's unprivileged 1 MiB), which still bounds what is buffered; a grown
+    pipe is closed with its session, never pooled for the next one."""
+    with upstream("stuck") as (port, _):
+        p = start_proxy(tmp_path, port, True, limit=limit)
+        try:
+            s = p.connect()
+            s.settimeout(1.0)
+            sent = 0
+            with contextlib.suppress(TimeoutError):
+                while sent < 256 * MiB:
+                    sent += s.send(b"x" * 65536)
+            sizes = p.pipe_sizes()
+            assert sorted(sizes)[-2:] == [65536, limit], sizes  # one direction streamed
+            assert sent < 32 * MiB, f"the proxy kept reading: {sent} bytes accepted"
+            s.close()
+        except BaseException:
+            _stop(p)
+            raise
+    try:
+        # The upstream is gone (reset): the session closes and its pipes go.
+        deadline = time.monotonic() + 5
+        while max(p.pipe_sizes(), default=0) > 65536 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert max(p.pipe_sizes(), default=0) <= 65536
+    finally:
+        _stop(p)
 
 
 def test_backpressure_bounds_buffering(tmp_path: Path, splice: bool) -> None:
@@ -386,7 +438,9 @@ def test_backpressure_towards_a_client_that_does_not_read(tmp_path: Path, splice
             _stop(p)
 
 
-def test_upstream_half_closes_first_and_the_client_keeps_sending(tmp_path: Path, splice: bool) -> None:
+def test_upstream_half_closes_first_and_the_client_keeps_sending(
+    tmp_path: Path, splice: bool
+) -> None:
     received: list[object] = []
     with upstream("eof-first", received) as (port, _):
         p = start_proxy(tmp_path, port, splice)

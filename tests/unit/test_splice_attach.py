@@ -1,7 +1,9 @@
-"""SpliceRelay.attach: it takes a connection over completely, or leaves it exactly as it was."""
+"""SpliceRelay.attach: it takes a connection over completely, or leaves it exactly as it was.
+A bulk direction's pipe grows within the listener's buffer limit and the worker's budget."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 from typing import Any
@@ -38,6 +40,7 @@ class FakeSession:
     loop = None
     rx_bytes = 0
     stats = FakeStats()
+    limit = 1 << 20  # the listener's per_connection_buffer_limit_bytes (Envoy's default)
 
 
 @pytest.fixture
@@ -120,3 +123,33 @@ def test_fallback_changes_nothing(tcp_pair: Any, monkeypatch: pytest.MonkeyPatch
     assert len(os.listdir("/proc/self/fd")) <= fds_before + 2 * len(pool)
     if why == "unix-socket":
         sock.close()
+
+
+def test_grown_size_is_the_largest_power_of_two_within_the_limit() -> None:
+    assert splice.grown_size(65536, 1 << 20) == min(1 << 20, splice.GROWN_PIPE)
+    assert splice.grown_size(65536, 300_000) == 262144
+    assert splice.grown_size(65536, 65536) == 65536  # no growth
+    assert splice.grown_size(65536, 32768) == 65536  # never shrinks
+
+
+def test_a_pipe_grows_within_the_worker_budget_and_is_never_pooled(
+    tcp_pair: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(splice, "_pool", pool)
+    monkeypatch.setattr(splice, "grown_pipes", splice.MAX_GROWN)
+    relay = attach(FakeTransport(tcp_pair[1]))
+    flow = relay.to_up
+    flow.grow()  # the budget is spent: the pipe stays as it was
+    assert flow.cap == 65536 == fcntl.fcntl(flow.w, fcntl.F_GETPIPE_SZ)
+    monkeypatch.setattr(splice, "grown_pipes", 0)
+    flow.grow()
+    assert flow.cap == splice.GROWN_PIPE == fcntl.fcntl(flow.w, fcntl.F_GETPIPE_SZ)
+    assert splice.grown_pipes == 1
+    relay.close()
+    assert splice.grown_pipes == 0
+    assert [p[2] for p in pool] == [65536]  # the other direction's pipe only
+    for r, w, _ in pool:
+        assert fcntl.fcntl(w, fcntl.F_GETPIPE_SZ) == 65536
+        os.close(r)
+        os.close(w)
