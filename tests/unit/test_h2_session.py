@@ -79,12 +79,18 @@ def test_request_events_in_wire_order(kind: str) -> None:
     assert sum(e.flow_controlled_length for e in events if isinstance(e, h2.events.DataReceived)) == 11
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_response_within_windows_then_trailers(kind: str) -> None:
+def get_with_window(kind: str, window: int) -> tuple[ServerSession, h2.connection.H2Connection]:
+    """A session with GET on stream 1 received, the client's stream window `window`."""
     s, c = pair(kind)
-    c.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1000})
+    c.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
     c.send_headers(1, [(b":method", b"GET"), *REQ[1:]], end_stream=True)
     exchange(s, c)
+    return s, c
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_response_within_windows_then_trailers(kind: str) -> None:
+    s, c = get_with_window(kind, 1000)
     s.send_headers(1, [(b":status", b"200"), (b"Connection", b"close"), (b"X-A", b"b")])
     sent = b""
     body = b"x" * 5000
@@ -108,10 +114,7 @@ def test_response_within_windows_then_trailers(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_data_waits_for_window_update(kind: str) -> None:
-    s, c = pair(kind)
-    c.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 100})
-    c.send_headers(1, [(b":method", b"GET"), *REQ[1:]], end_stream=True)
-    exchange(s, c)
+    s, c = get_with_window(kind, 100)
     s.send_headers(1, [(b":status", b"200")])
     s.send_data(1, b"y" * s.send_window(1))
     _, events = exchange(s, c)

@@ -26,8 +26,8 @@ from pathlib import Path
 
 MODULE = "_pysidecar_nghttp2"
 
-CDEF = """
-typedef struct nghttp2_session nghttp2_session;
+# One connection's C state, declared to cffi and compiled alike.
+_PS_CONN = """
 typedef struct {
     nghttp2_session *session;
     void *handle;
@@ -37,7 +37,11 @@ typedef struct {
     uint8_t *obuf; size_t olen; size_t ocap;
     int goaway; uint32_t goaway_code;
 } ps_conn;
+"""
 
+CDEF = """
+typedef struct nghttp2_session nghttp2_session;
+""" + _PS_CONN + """
 extern "Python" int ps_on_frame(void *, int, int, int32_t, int, uint32_t);
 extern "Python" int ps_on_data(void *, int32_t, const uint8_t *, size_t);
 extern "Python" int ps_on_close(void *, int32_t, uint32_t);
@@ -75,17 +79,7 @@ SOURCE = r"""
 #include <stdlib.h>
 #include <string.h>
 #include <nghttp2/nghttp2.h>
-
-typedef struct {
-    nghttp2_session *session;
-    void *handle;
-    uint8_t *hbuf; size_t hlen; size_t hcap;
-    size_t *hoff; size_t hn; size_t hcapn;
-    size_t hbytes; size_t size_limit; size_t count_limit;
-    uint8_t *obuf; size_t olen; size_t ocap;
-    int goaway; uint32_t goaway_code;
-} ps_conn;
-
+""" + _PS_CONN + r"""
 static int ps_on_frame(void *, int, int, int32_t, int, uint32_t);
 static int ps_on_data(void *, int32_t, const uint8_t *, size_t);
 static int ps_on_close(void *, int32_t, uint32_t);
