@@ -13,7 +13,9 @@ Promises:
 - Results: a table on stdout, bench/results/<timestamp>.json (every run plus the summary),
   bench/results/<timestamp>.png (latency distributions), logs under bench/results/<timestamp>/.
 - `--profile` instead samples the pysidecar worker with py-spy during each scenario and writes
-  flame graphs plus a top-frames text summary next to the results.
+  flame graphs plus a top-frames text summary next to the results (`--native` for the compiled
+  target: its mypyc frames and the C below them are invisible to py-spy otherwise; py-spy then
+  pauses the worker per sample, so read shares, not the req/s of that run).
 """
 
 from __future__ import annotations
@@ -801,7 +803,8 @@ def profile(s: Settings, config: Path, workdir: Path, http_na: str | None) -> No
                 secs = max(2, round(s.duration))
                 spy = subprocess.Popen(
                     [str(pyspy), "record", "--pid", str(worker), "--duration", str(secs), "--rate", "250",
-                     "--format", "raw", "--output", f"{base}.txt", "--nonblocking"],
+                     "--format", "raw", "--output", f"{base}.txt",
+                     *(("--native",) if name == "pysidecar" else ("--nonblocking",))],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
                 time.sleep(0.3)

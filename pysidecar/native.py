@@ -58,6 +58,17 @@ MODULES: Final = (
     "pysidecar.proxy.http.http2.response_encoder",
     "pysidecar.proxy.http.http2.server_codec",
     "pysidecar.common.access_format",
+    "pysidecar.common.stream_info",
+    "pysidecar.observe.access_log",
+    "pysidecar.observe.histogram",
+    "pysidecar.observe.istio_metrics",
+    "pysidecar.observe.host_stats",
+    "pysidecar.proxy.http.stream_state",
+    "pysidecar.proxy.http.xfcc",
+    "pysidecar.proxy.lb",
+    "pysidecar.proxy.loop_detect",
+    "pysidecar.proxy.cluster_manager",
+    "pysidecar.proxy.http.conn_pool",
     "pysidecar.proxy.splice",
 )
 GROUP: Final = "pysidecar_native"  # the shared library is `pysidecar_native__mypyc`

@@ -211,9 +211,7 @@ class Router:
         self.stream = stream
         self.route = route
         self.cluster = cluster
-        self.rq_stats: ClusterHttpStats = stream.conn.worker.stats.cluster_http(
-            cluster.config.stat_name
-        )
+        self.rq_stats: ClusterHttpStats = cluster.http_stats(stream.conn.worker.stats)
         self.policy = policy
         self.retries_left = policy.num_retries if policy is not None else 0
         self.target = target
