@@ -162,6 +162,15 @@ def install() -> None:
     sys.meta_path.insert(0, _finder)
 
 
+def fresh_build() -> Path | None:
+    """The build directory when this process runs the compiled build (not PYSIDECAR_PURE, the
+    stamp matches), else None: other compiled artefacts of the build (the libnghttp2 binding,
+    proxy/http/http2/nghttp2_lib.py) are used on the same terms."""
+    if _finder is None or not _finder.fresh():
+        return None
+    return _finder.directory
+
+
 def status() -> str:
     """'compiled', or 'pure: <why>': what the listed modules run as in this process."""
     if _finder is None:
