@@ -289,6 +289,9 @@ def proxy_command(name: str, config: Path, concurrency: int = 1) -> tuple[list[s
         # Another tree's pysidecar (PYSIDECAR_BEFORE: a checkout of the commit to compare
         # against) on this venv: PYTHONPATH puts it before the editable install, workers too.
         env["PYTHONPATH"] = os.environ["PYSIDECAR_BEFORE"]
+        # Not the current directory first (`-c` and `-m` put it there): run from this tree,
+        # that would be this tree's pysidecar, the "before" silently the same as "after".
+        env["PYTHONSAFEPATH"] = "1"
         return [
             str(VENV_BIN / "python"), "-c", "import sys; from pysidecar.cli import main; sys.exit(main())",
             "run", "-c", str(config), "--concurrency", workers, "--log-level", "warning", "--drain-time-s", "1",

@@ -57,6 +57,7 @@ MODULES: Final = (
     "pysidecar.proxy.http.http2.request_decoder",
     "pysidecar.proxy.http.http2.response_encoder",
     "pysidecar.proxy.http.http2.server_codec",
+    "pysidecar.proxy.http.http2.nghttp2_session",
     "pysidecar.common.access_format",
     "pysidecar.common.stream_info",
     "pysidecar.observe.access_log",

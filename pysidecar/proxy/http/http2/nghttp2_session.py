@@ -1,7 +1,8 @@
 """`session.ServerSession` on libnghttp2 (Envoy's HTTP/2 codec library), through the cffi binding
 built by `pysidecar native build` (nghttp2_ffi.py): framing, HPACK, stream states and flow
 control in C; this module turns nghttp2's callbacks into h2's event classes and the codec's
-send_* calls into nghttp2 submissions. Imported only when nghttp2_lib.load() found the binding.
+send_* calls into nghttp2 submissions. Used only when nghttp2_lib.load() found the binding;
+compiled with mypyc with the rest of the data path (native.MODULES).
 
 Promises (beyond session.py's):
 - nghttp2 runs without HTTP messaging checks: request blocks reach header_validation whole
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 from h2.events import (
@@ -45,18 +45,18 @@ from pysidecar.proxy.http.http2.session import SessionError
 
 log = logging.getLogger(__name__)
 
+# None without the binding: this module then imports (the compiled build lists it) but is not used.
 _module: Any = nghttp2_lib.load()
-if _module is None:
-    raise ImportError(nghttp2_lib.why())
-ffi: Any = _module.ffi
-lib: Any = _module.lib
+ffi: Any = _module.ffi if _module is not None else None
+lib: Any = _module.lib if _module is not None else None
 
 _DATA, _HEADERS, _RST_STREAM, _SETTINGS, _GOAWAY, _WINDOW_UPDATE = 0, 1, 3, 4, 7, 8
 _END_STREAM = 0x1
 _HCAT_REQUEST = 0
-_EOF: int = lib.NGHTTP2_DATA_FLAG_EOF
-_TRAILERS_FOLLOW: int = lib.NGHTTP2_DATA_FLAG_EOF | lib.NGHTTP2_DATA_FLAG_NO_END_STREAM
-_DEFERRED: int = lib.NGHTTP2_ERR_DEFERRED
+# nghttp2.h's values (its ABI): data source flags and error codes.
+_EOF, _NO_END_STREAM = 0x01, 0x02
+_TRAILERS_FOLLOW = _EOF | _NO_END_STREAM
+_DEFERRED, _CALLBACK_FAILURE, _FLOODED, _TOO_MANY_CONTINUATIONS = -508, -902, -904, -905
 
 
 class _Out:
@@ -93,6 +93,8 @@ class NgHttp2Session:
     __slots__ = ("c", "events", "goaway_sent", "handle", "highest", "out", "queued")
 
     def __init__(self, header_limit: int, count_limit: int) -> None:
+        if ffi is None:
+            raise RuntimeError(nghttp2_lib.why())
         self.handle = ffi.new_handle(self)
         self.c = lib.ps_conn_new(self.handle, header_limit, count_limit)
         if self.c == ffi.NULL:
@@ -119,8 +121,8 @@ class NgHttp2Session:
             self.goaway_sent = self.goaway_sent or bool(c.goaway)
             raise SessionError(
                 ffi.string(lib.nghttp2_strerror(rv)).decode(),
-                overflow=rv == lib.NGHTTP2_ERR_TOO_MANY_CONTINUATIONS,
-                flood="outbound_control_flood" if rv == lib.NGHTTP2_ERR_FLOODED else None,
+                overflow=rv == _TOO_MANY_CONTINUATIONS,
+                flood="outbound_control_flood" if rv == _FLOODED else None,
                 events=events,
             )
         if c.goaway and not self.goaway_sent:  # nghttp2 ended the connection itself
@@ -312,31 +314,26 @@ def _on_error(exc: type[BaseException], value: BaseException, tb: Any) -> None:
     log.error("nghttp2 callback failed: %r", value, exc_info=(exc, value, tb))
 
 
-def _extern(fn: Callable[..., int]) -> Callable[..., int]:
-    """The C glue's extern "Python" callback of that name; a raise fails the nghttp2 call."""
-    ffi.def_extern(onerror=_on_error, error=lib.NGHTTP2_ERR_CALLBACK_FAILURE)(fn)
-    return fn
-
-
-@_extern
 def ps_on_frame(handle: Any, ftype: int, flags: int, sid: int, cat: int, code: int) -> int:
     ffi.from_handle(handle).on_frame(ftype, flags, sid, cat, code)
     return 0
 
 
-@_extern
 def ps_on_data(handle: Any, sid: int, data: Any, length: int) -> int:
     ffi.from_handle(handle).on_data(sid, ffi.buffer(data, length)[:])
     return 0
 
 
-@_extern
 def ps_on_close(handle: Any, sid: int, code: int) -> int:
     ffi.from_handle(handle).on_close(sid)
     return 0
 
 
-@_extern
 def ps_on_read(handle: Any, sid: int, buf: Any, length: int, flags: Any) -> int:
     n: int = ffi.from_handle(handle).on_read(sid, buf, length, flags)
     return n
+
+
+if _module is not None:  # the C glue's extern "Python" callbacks; a raise fails the nghttp2 call
+    for _callback in (ps_on_frame, ps_on_data, ps_on_close, ps_on_read):
+        ffi.def_extern(onerror=_on_error, error=_CALLBACK_FAILURE)(_callback)
