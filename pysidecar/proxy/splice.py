@@ -1,40 +1,46 @@
-"""The splice(2) fast path of tcp_proxy: bytes move socket → pipe → socket inside the kernel.
+"""tcp_proxy's fast path: the relay owns both sockets; small messages are copied, streams spliced.
 
 Used for a tcp_proxy connection when nothing needs to see its bytes: both ends are plain TCP
 sockets and no filter reads the payload. Envoy cannot do this; HAProxy and Go's io.Copy do.
 
 Promises:
-- Exact bytes in order, both directions. Per direction, one pipe holds what was read from the
-  source and not yet written to the destination; nothing is read while the pipe holds bytes,
-  so at most one pipe's capacity (64 KiB by default, at most the listener's
-  per_connection_buffer_limit_bytes) is buffered per direction: Envoy's watermark bound, kept
-  by the kernel instead of a Python buffer. A blocked destination stops reading the source
-  (tcp downstream_flow_control_paused_reading_total / cluster
-  upstream_flow_control_paused_reading_total count it, as on the Protocol path) until the destination drains.
-- Half-close: EOF from one side, once the pipe is flushed, becomes shutdown(SHUT_WR) towards
-  the other; the session closes when both directions are done, or at once on an error (reset,
-  broken pipe) from either side.
+- Exact bytes in order, both directions. Per direction, what was read from the source and not
+  yet written to the destination is held in one place, nothing more is read while it holds
+  bytes, and it holds at most 64 KiB, or one grown pipe (at most the listener's
+  per_connection_buffer_limit_bytes): Envoy's watermark bound. A blocked destination stops
+  reading the source (tcp downstream_flow_control_paused_reading_total / cluster
+  upstream_flow_control_paused_reading_total count it, as on the Protocol path) until the
+  destination drains.
+- Two ways to move a direction's bytes, chosen by measurement on loopback (bench/README.md):
+  a direction starts by copying (recv_into a per-worker 64 KiB scratch buffer, send from it:
+  two syscalls per message, no pipe), which for request/response messages costs the kernel
+  ~12% less per request than splice(2)'s pipe round trip. The first read that fills the
+  scratch buffer marks a stream: once what it read is sent, the direction takes a pipe and
+  moves socket → pipe → socket with splice(2) from then on, the bytes never entering user
+  space; that pipe grows (F_SETPIPE_SZ) to GROWN_PIPE, never past the listener's buffer limit,
+  for at most MAX_GROWN pipes per worker: fewer, larger splices per GB (2 per MiB instead of
+  2 per 64 KiB). A pipe that cannot be had, or grown (the user's pipe budget spent: EPERM),
+  leaves the direction as it was. Bytes a blocked destination left in the scratch buffer are
+  copied out first (the buffer is the next read's).
+- Half-close: EOF from one side, once the held bytes are written, becomes shutdown(SHUT_WR)
+  towards the other; the session closes when both directions are done, or at once on an error
+  (reset, broken pipe) from either side.
 - Byte stats (tcp.*.downstream_cx_rx/tx_bytes_total, cluster upstream_cx_rx/tx_bytes_total) and
-  the session's rx/tx totals (StreamInfo bytes, idle timeout) are counted as bytes enter the
-  pipe (rx) and leave it (tx).
+  the session's rx/tx totals (StreamInfo bytes, idle timeout) are counted as bytes are read
+  (rx) and written (tx).
 - `SpliceRelay.attach` either takes the connection over completely or changes nothing (the
-  caller then uses the Protocol path): pipes are allocated before the downstream transport is
-  let go. The downstream socket is dup'ed and its transport closed (closing one of two fds of
-  a socket sends no FIN; libuv removes its own fd from epoll on close).
-- Bounded resources: at most MAX_SESSIONS spliced sessions per worker (a pipe costs pipe
-  pages that Linux limits per user: fs.pipe-user-pages-soft), the rest use the Protocol path;
-  empty pipes of closed sessions are kept in a small pool for the next connections.
-- A bulk stream gets a bigger pipe: the first time one read fills a direction's pipe, that
-  pipe grows (F_SETPIPE_SZ) to GROWN_PIPE, never past the listener's buffer limit, for at most
-  MAX_GROWN pipes per worker (a quarter of an unprivileged user's default pipe budget). Fewer,
-  larger splices move a GB (2 per MiB instead of 2 per 64 KiB). A refused growth (the user's
-  pipe budget spent: EPERM) leaves the pipe as it was; a grown pipe is closed, not pooled.
-- Steady state makes no syscall beyond the splices themselves: readers stay registered, a short
-  read returns without trying again (no EAGAIN), the pipe is drained before the next read.
+  caller then uses the Protocol path). The downstream socket is dup'ed and its transport closed
+  (closing one of two fds of a socket sends no FIN; libuv removes its own fd from epoll).
+- Bounded resources: at most MAX_SESSIONS relayed sessions per worker (each may take two pipes,
+  whose pages Linux limits per user: fs.pipe-user-pages-soft), the rest use the Protocol path;
+  empty default-sized pipes of closed sessions are kept in a small pool; a grown pipe is
+  closed, not pooled.
+- Steady state makes no syscall beyond the reads and writes themselves: readers stay
+  registered, a short read returns without trying again (no EAGAIN), held bytes are written
+  out before the next read.
 - `PYSIDECAR_SPLICE=0` in the environment turns the fast path off (the bench compares both).
-- Compiled by mypyc (pysidecar/native.py): _Flow and SpliceRelay are native classes, the
-  per-chunk code calls os.splice positionally and touches only its own attributes and the two
-  stats blocks it holds.
+- Compiled by mypyc (pysidecar/native.py): _Flow and SpliceRelay are native classes; the
+  per-message code touches only its own attributes and the two stats blocks it holds.
 """
 
 from __future__ import annotations
@@ -68,6 +74,12 @@ GROWN_PIPE: Final = int(os.environ.get("PYSIDECAR_SPLICE_PIPE_MAX", 1024 * 1024)
 MAX_GROWN: Final = 16  # grown pipes per worker: 16 x 256 pages = 4096 of the 16384-page budget
 
 _FLAGS: Final = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+
+# Copying directions read here and send from here at once (one event loop: no two at a time).
+COPY_SIZE: Final = 64 * 1024
+_SCRATCH: Final = bytearray(COPY_SIZE)
+_VIEW: Final = memoryview(_SCRATCH)
+_EMPTY: Final = memoryview(b"")
 
 _pool: list[tuple[int, int, int]] = []
 active_sessions = 0
@@ -135,9 +147,10 @@ _DETACHED = _Detached()
 
 
 class _Flow:
-    """One direction: src socket → pipe → dst socket."""
+    """One direction: src socket → (scratch buffer or pipe) → dst socket."""
 
     __slots__ = (
+        "buf",
         "cap",
         "cluster_stats",
         "done",
@@ -145,49 +158,54 @@ class _Flow:
         "dst_sock",
         "eof",
         "grown",
-        "inpipe",
+        "held",
         "loop",
-        "may_grow",
+        "may_splice",
         "pipe",
         "r",
         "reading",
         "relay",
         "session",
         "src",
+        "src_sock",
         "stats",
         "upward",
         "w",
         "waiting",
     )
 
-    def __init__(self, relay: SpliceRelay, pipe: tuple[int, int, int], upward: bool) -> None:
+    def __init__(self, relay: SpliceRelay, upward: bool) -> None:
         self.relay = relay
         self.session = relay.session
         self.loop = relay.loop
-        self.pipe = pipe
-        self.r, self.w, self.cap = pipe
         self.upward = upward  # downstream → upstream
+        self.pipe: tuple[int, int, int] | None = None  # None: copying
+        self.r = self.w = -1
+        self.cap = COPY_SIZE
+        self.buf = _EMPTY  # copying: the held bytes (a slice of _SCRATCH, or our own copy)
         self.src = -1
         self.dst = -1
+        self.src_sock: socket.socket | None = None
         self.dst_sock: socket.socket | None = None
-        # Held here, not looked up per chunk: the session's stats blocks (set by start()).
+        # Held here, not looked up per message: the session's stats blocks (set by start()).
         self.stats: TcpProxyStats | None = None
         self.cluster_stats: ClusterStats | None = None
-        self.inpipe = 0
+        self.held = 0  # bytes read from src and not yet written to dst
         self.eof = False
         self.done = False
         self.reading = False
         self.waiting = False
-        self.may_grow = True  # one try per direction, at its first full pipe
+        self.may_splice = True  # one try per direction, at its first full read
         self.grown = False
 
     def start(self, src: socket.socket, dst: socket.socket) -> None:
+        self.src_sock = src
+        self.dst_sock = dst
         self.src = src.fileno()
         self.dst = dst.fileno()
-        self.dst_sock = dst
         self.stats = self.session.stats
         self.cluster_stats = self.session.cluster_stats
-        if self.inpipe:
+        if self.held:
             self.flush()  # bytes sniffed before the upstream existed go first
         elif not self.relay.closed:
             self.loop.add_reader(self.src, self.readable)
@@ -197,7 +215,10 @@ class _Flow:
         relay = self.relay
         for _ in range(MAX_READS_PER_WAKEUP):
             try:
-                n = os.splice(self.src, self.w, self.cap - self.inpipe, None, None, _FLAGS)
+                if self.pipe is None:
+                    n = self.src_sock.recv_into(_SCRATCH)  # type: ignore[union-attr]
+                else:
+                    n = os.splice(self.src, self.w, self.cap - self.held, None, None, _FLAGS)
             except BlockingIOError:
                 return
             except OSError:
@@ -210,24 +231,32 @@ class _Flow:
                     self.reading = False
                 self.flush()
                 return
-            self.inpipe += n
+            if self.pipe is None:
+                self.buf = _VIEW[:n]
+            self.held += n
             if self.upward:
                 self.session.rx_bytes += n
                 self.stats.downstream_cx_rx_bytes_total += n  # type: ignore[union-attr]
             else:
                 self.cluster_stats.upstream_cx_rx_bytes_total += n  # type: ignore[union-attr]
-            full = self.inpipe == self.cap
-            if full and self.may_grow:
-                self.grow()
+            full = self.held == self.cap
             self.flush()
             # A short read emptied the socket's queue; a blocked destination stopped reading.
             if not full or not self.reading or relay.closed:
                 return
+            if self.may_splice:
+                self.take_pipe()
 
-    def grow(self) -> None:
-        """The source filled the pipe: a bulk stream. Give it a bigger pipe if the budget allows."""
+    def take_pipe(self) -> None:
+        """A read filled the buffer: a stream. Splice it from now on, through a grown pipe."""
         global grown_pipes
-        self.may_grow = False
+        self.may_splice = False
+        pipe = _open_pipe() if self.pipe is None and not self.held else None
+        if pipe is None:
+            return  # none to be had: the direction keeps copying
+        self.pipe = pipe
+        self.r, self.w, self.cap = pipe
+        self.buf = _EMPTY
         size = grown_size(self.cap, self.session.limit)
         if size <= self.cap or grown_pipes >= MAX_GROWN:
             return
@@ -239,12 +268,18 @@ class _Flow:
         grown_pipes += 1
 
     def flush(self) -> None:
-        """Write the pipe out; on a full destination wait for it and stop reading the source."""
+        """Write the held bytes out; on a full destination wait for it and stop reading the source."""
         relay = self.relay
-        while self.inpipe:
+        while self.held:
             try:
-                m = os.splice(self.r, self.dst, self.inpipe, None, None, _FLAGS)
+                if self.pipe is None:
+                    m = self.dst_sock.send(self.buf)  # type: ignore[union-attr]
+                    self.buf = self.buf[m:]
+                else:
+                    m = os.splice(self.r, self.dst, self.held, None, None, _FLAGS)
             except BlockingIOError:
+                if self.pipe is None and self.buf.obj is _SCRATCH:
+                    self.buf = memoryview(self.buf.tobytes())  # the next read reuses the scratch
                 if not self.waiting:
                     if self.reading:
                         self.loop.remove_reader(self.src)
@@ -259,7 +294,7 @@ class _Flow:
             except OSError:
                 relay.fail()
                 return
-            self.inpipe -= m
+            self.held -= m
             if self.upward:
                 self.cluster_stats.upstream_cx_tx_bytes_total += m  # type: ignore[union-attr]
             else:
@@ -291,13 +326,15 @@ class _Flow:
         if self.waiting:
             self.loop.remove_writer(self.dst)
             self.waiting = False
-        if self.grown:
-            grown_pipes -= 1  # the pool keeps default-sized pipes only
-        _release_pipe(self.pipe, empty=self.inpipe == 0 and not self.grown)
+        if self.pipe is not None:
+            if self.grown:
+                grown_pipes -= 1  # the pool keeps default-sized pipes only
+            _release_pipe(self.pipe, empty=self.held == 0 and not self.grown)
+            self.pipe = None
 
 
 class SpliceRelay:
-    """A tcp_proxy session's bytes, both directions, through two pipes."""
+    """A tcp_proxy session's bytes, both directions: a _Flow each."""
 
     __slots__ = ("closed", "down", "loop", "session", "to_down", "to_up", "up")
 
@@ -333,27 +370,17 @@ class SpliceRelay:
             or transport.get_write_buffer_size()
         ):
             return None
-        up_pipe = _open_pipe()
-        if up_pipe is None:
-            return None
-        down_pipe = _open_pipe()
-        if down_pipe is None or len(initial) > up_pipe[2]:
-            _release_pipe(up_pipe, empty=True)
-            if down_pipe is not None:
-                _release_pipe(down_pipe, empty=True)
-            return None
         try:
             down = socket.socket(fileno=os.dup(sock.fileno()))
         except OSError:
-            _release_pipe(up_pipe, empty=True)
-            _release_pipe(down_pipe, empty=True)
             return None
         relay = cls(session, down, None, None)
-        relay.to_up = _Flow(relay, up_pipe, upward=True)
-        relay.to_down = _Flow(relay, down_pipe, upward=False)
+        relay.to_up = _Flow(relay, upward=True)
+        relay.to_down = _Flow(relay, upward=False)
         if initial:
-            # Bytes the listener filters already read: they wait in the pipe for the upstream.
-            relay.to_up.inpipe = os.write(up_pipe[1], initial)
+            # Bytes the listener filters already read: they wait for the upstream.
+            relay.to_up.buf = memoryview(initial)
+            relay.to_up.held = len(initial)
             session.rx_bytes += len(initial)
             session.stats.downstream_cx_rx_bytes_total += len(initial)
         # The transport lets go of its fd; our dup keeps the connection open.

@@ -1,5 +1,6 @@
 """SpliceRelay.attach: it takes a connection over completely, or leaves it exactly as it was.
-A bulk direction's pipe grows within the listener's buffer limit and the worker's budget."""
+A direction copies until it streams; then it takes a pipe, grown within the listener's buffer
+limit and the worker's budget, or keeps copying when no pipe is to be had."""
 
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ def test_a_plain_tcp_connection_is_taken_over(tcp_pair: Any) -> None:
     relay = attach(t, b"sniffed")
     assert relay is not None
     assert t.calls == ["set_protocol", "close"]
-    assert relay.to_up.inpipe == len(b"sniffed")  # waits in the pipe for the upstream
+    assert relay.to_up.held == len(b"sniffed")  # waits for the upstream
+    assert relay.to_up.pipe is None and relay.to_down.pipe is None  # copying: no pipe yet
     assert splice.active_sessions == 1
     relay.close()
     assert splice.active_sessions == 0
@@ -84,9 +86,7 @@ def test_a_plain_tcp_connection_is_taken_over(tcp_pair: Any) -> None:
         "not-a-socket",
         "unix-socket",
         "buffered-writes",
-        "no-pipes",
         "hostname",
-        "too-much-initial",
     ],
 )
 def test_fallback_changes_nothing(tcp_pair: Any, monkeypatch: pytest.MonkeyPatch, why: str) -> None:
@@ -101,17 +101,8 @@ def test_fallback_changes_nothing(tcp_pair: Any, monkeypatch: pytest.MonkeyPatch
         other.close()
     elif why == "buffered-writes":
         buffered = 10
-    elif why == "no-pipes":
-        monkeypatch.setattr(splice, "_pool", [])
-
-        def no_pipe(flags: int) -> tuple[int, int]:
-            raise OSError(24, "Too many open files")
-
-        monkeypatch.setattr(os, "pipe2", no_pipe)
     elif why == "hostname":
         host = "upstream.example"
-    elif why == "too-much-initial":
-        initial = b"x" * (4 * 1024 * 1024)
     pool: list[tuple[int, int, int]] = []
     monkeypatch.setattr(splice, "_pool", pool)
     t = FakeTransport(sock, buffered)
@@ -132,24 +123,41 @@ def test_grown_size_is_the_largest_power_of_two_within_the_limit() -> None:
     assert splice.grown_size(65536, 32768) == 65536  # never shrinks
 
 
-def test_a_pipe_grows_within_the_worker_budget_and_is_never_pooled(
+def test_a_stream_takes_a_pipe_grown_within_the_worker_budget(
     tcp_pair: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pool: list[tuple[int, int, int]] = []
     monkeypatch.setattr(splice, "_pool", pool)
-    monkeypatch.setattr(splice, "grown_pipes", splice.MAX_GROWN)
     relay = attach(FakeTransport(tcp_pair[1]))
-    flow = relay.to_up
-    flow.grow()  # the budget is spent: the pipe stays as it was
-    assert flow.cap == 65536 == fcntl.fcntl(flow.w, fcntl.F_GETPIPE_SZ)
+    monkeypatch.setattr(splice, "grown_pipes", splice.MAX_GROWN)
+    relay.to_up.take_pipe()  # the grown-pipe budget is spent: a default pipe
+    assert relay.to_up.cap == 65536 == fcntl.fcntl(relay.to_up.w, fcntl.F_GETPIPE_SZ)
     monkeypatch.setattr(splice, "grown_pipes", 0)
-    flow.grow()
-    assert flow.cap == splice.GROWN_PIPE == fcntl.fcntl(flow.w, fcntl.F_GETPIPE_SZ)
+    relay.to_down.take_pipe()
+    assert (
+        relay.to_down.cap == splice.GROWN_PIPE == fcntl.fcntl(relay.to_down.w, fcntl.F_GETPIPE_SZ)
+    )
     assert splice.grown_pipes == 1
     relay.close()
     assert splice.grown_pipes == 0
-    assert [p[2] for p in pool] == [65536]  # the other direction's pipe only
+    assert [p[2] for p in pool] == [65536]  # the default pipe only: a grown one is closed
     for r, w, _ in pool:
         assert fcntl.fcntl(w, fcntl.F_GETPIPE_SZ) == 65536
         os.close(r)
         os.close(w)
+
+
+def test_a_stream_keeps_copying_when_no_pipe_is_to_be_had(
+    tcp_pair: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(splice, "_pool", [])
+
+    def no_pipe(flags: int) -> tuple[int, int]:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(os, "pipe2", no_pipe)
+    relay = attach(FakeTransport(tcp_pair[1]))
+    relay.to_up.take_pipe()
+    assert relay.to_up.pipe is None and relay.to_up.cap == splice.COPY_SIZE
+    assert not relay.to_up.may_splice  # asked once
+    relay.close()
