@@ -1,46 +1,46 @@
-"""tcp_proxy's fast path: the relay owns both sockets; small messages are copied, streams spliced.
+"""tcp_proxy's splice(2) path for streams: bytes move socket → pipe → socket inside the kernel.
 
-Used for a tcp_proxy connection when nothing needs to see its bytes: both ends are plain TCP
-sockets and no filter reads the payload. Envoy cannot do this; HAProxy and Go's io.Copy do.
+A tcp_proxy connection starts on the Protocol path (tcp_proxy.py: uvloop reads, the session
+writes). When one read brings a stream's worth (STREAM_CHUNK) and nothing needs to see the
+bytes (both ends plain TCP sockets, no TLS), the session hands both sockets to a SpliceRelay.
+Why not from the first byte: measured on loopback (bench/README.md, perf), a 1 KiB
+request/response costs the kernel ~12% more through splice's pipe round trip than through
+read/write, and uvloop's C read/write loop costs less user time than any per-message Python;
+a stream costs ~2x less CPU per GB spliced. Envoy cannot splice; HAProxy and Go's io.Copy do.
 
 Promises:
-- Exact bytes in order, both directions. Per direction, what was read from the source and not
-  yet written to the destination is held in one place, nothing more is read while it holds
-  bytes, and it holds at most 64 KiB, or one grown pipe (at most the listener's
-  per_connection_buffer_limit_bytes): Envoy's watermark bound. A blocked destination stops
-  reading the source (tcp downstream_flow_control_paused_reading_total / cluster
+- Exact bytes in order, both directions. Per direction, one pipe holds what was read from the
+  source and not yet written to the destination; nothing is read while the pipe holds bytes,
+  so at most one pipe's capacity (64 KiB, or a grown pipe: never past the listener's
+  per_connection_buffer_limit_bytes) is buffered per direction: Envoy's watermark bound, kept
+  by the kernel instead of a Python buffer. A blocked destination stops reading the source
+  (tcp downstream_flow_control_paused_reading_total / cluster
   upstream_flow_control_paused_reading_total count it, as on the Protocol path) until the
   destination drains.
-- Two ways to move a direction's bytes, chosen by measurement on loopback (bench/README.md):
-  a direction starts by copying (recv_into a per-worker 64 KiB scratch buffer, send from it:
-  two syscalls per message, no pipe), which for request/response messages costs the kernel
-  ~12% less per request than splice(2)'s pipe round trip. The first read that fills the
-  scratch buffer marks a stream: once what it read is sent, the direction takes a pipe and
-  moves socket → pipe → socket with splice(2) from then on, the bytes never entering user
-  space; that pipe grows (F_SETPIPE_SZ) to GROWN_PIPE, never past the listener's buffer limit,
-  for at most MAX_GROWN pipes per worker: fewer, larger splices per GB (2 per MiB instead of
-  2 per 64 KiB). A pipe that cannot be had, or grown (the user's pipe budget spent: EPERM),
-  leaves the direction as it was. Bytes a blocked destination left in the scratch buffer are
-  copied out first (the buffer is the next read's).
-- Half-close: EOF from one side, once the held bytes are written, becomes shutdown(SHUT_WR)
-  towards the other; the session closes when both directions are done, or at once on an error
-  (reset, broken pipe) from either side.
+- Half-close: EOF from one side, once the pipe is flushed, becomes shutdown(SHUT_WR) towards
+  the other; the session closes when both directions are done, or at once on an error (reset,
+  broken pipe) from either side.
 - Byte stats (tcp.*.downstream_cx_rx/tx_bytes_total, cluster upstream_cx_rx/tx_bytes_total) and
-  the session's rx/tx totals (StreamInfo bytes, idle timeout) are counted as bytes are read
-  (rx) and written (tx).
-- `SpliceRelay.attach` either takes the connection over completely or changes nothing (the
-  caller then uses the Protocol path). The downstream socket is dup'ed and its transport closed
-  (closing one of two fds of a socket sends no FIN; libuv removes its own fd from epoll).
-- Bounded resources: at most MAX_SESSIONS relayed sessions per worker (each may take two pipes,
-  whose pages Linux limits per user: fs.pipe-user-pages-soft), the rest use the Protocol path;
-  empty default-sized pipes of closed sessions are kept in a small pool; a grown pipe is
-  closed, not pooled.
-- Steady state makes no syscall beyond the reads and writes themselves: readers stay
-  registered, a short read returns without trying again (no EAGAIN), held bytes are written
-  out before the next read.
-- `PYSIDECAR_SPLICE=0` in the environment turns the fast path off (the bench compares both).
+  the session's rx/tx totals (StreamInfo bytes, idle timeout) are counted as bytes enter the
+  pipe (rx) and leave it (tx), continuing the Protocol path's counts.
+- `SpliceRelay.take_over` either takes both sockets over completely or changes nothing (the
+  session stays on the Protocol path): only with both write buffers empty and both pipes in
+  hand. Each socket is dup'ed and its transport closed (closing one of two fds of a socket
+  sends no FIN; libuv removes its own fd from epoll on close).
+- Bounded resources: at most MAX_SESSIONS spliced sessions per worker (a pipe costs pipe pages
+  that Linux limits per user: fs.pipe-user-pages-soft); empty default-sized pipes of closed
+  sessions are kept in a small pool for the next ones.
+- A direction whose source fills its pipe in one read grows the pipe (F_SETPIPE_SZ) to
+  GROWN_PIPE, never past the listener's buffer limit, for at most MAX_GROWN pipes per worker
+  (a quarter of an unprivileged user's default pipe budget): fewer, larger splices per GB (2 per
+  MiB instead of 2 per 64 KiB). A refused growth (the user's pipe budget spent: EPERM) leaves
+  the pipe as it was; a grown pipe is closed, not pooled.
+- Steady state makes no syscall beyond the splices themselves: readers stay registered, a short
+  read returns without trying again (no EAGAIN), the pipe is drained before the next read.
+- `PYSIDECAR_SPLICE=0` in the environment turns the splice path off (the bench compares both).
 - Compiled by mypyc (pysidecar/native.py): _Flow and SpliceRelay are native classes; the
-  per-message code touches only its own attributes and the two stats blocks it holds.
+  per-chunk code calls os.splice positionally and touches only its own attributes, the session's
+  byte totals and the two stats blocks it holds.
 """
 
 from __future__ import annotations
@@ -63,6 +63,9 @@ PIPE_SIZE: Final = int(os.environ.get("PYSIDECAR_SPLICE_PIPE", 64 * 1024))
 # Below this, a pipe (shrunk by the kernel after the user's pipe budget ran out) is not worth it.
 MIN_PIPE: Final = 64 * 1024
 MAX_SESSIONS: Final = 512  # per worker: 2 pipes each, 16 pages a pipe → at most 16384 pages
+# A read at least this big hands the session to the relay (uvloop reads up to 256 KiB at once;
+# request/response messages of a few KiB never get here).
+STREAM_CHUNK: Final = 64 * 1024
 POOL_MAX: Final = 64  # empty pipes kept for reuse (connect-heavy loads skip pipe2 + fcntl)
 # Reads per wake-up when the source keeps filling the pipe: fewer trips through the loop for
 # bulk transfers, still fair to other connections.
@@ -74,12 +77,6 @@ GROWN_PIPE: Final = int(os.environ.get("PYSIDECAR_SPLICE_PIPE_MAX", 1024 * 1024)
 MAX_GROWN: Final = 16  # grown pipes per worker: 16 x 256 pages = 4096 of the 16384-page budget
 
 _FLAGS: Final = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
-
-# Copying directions read here and send from here at once (one event loop: no two at a time).
-COPY_SIZE: Final = 64 * 1024
-_SCRATCH: Final = bytearray(COPY_SIZE)
-_VIEW: Final = memoryview(_SCRATCH)
-_EMPTY: Final = memoryview(b"")
 
 _pool: list[tuple[int, int, int]] = []
 active_sessions = 0
@@ -128,16 +125,8 @@ def grown_size(cap: int, limit: int) -> int:
     return size
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
-    except OSError:
-        return False
-    return True
-
-
 class _Detached(asyncio.Protocol):
-    """Given to the downstream transport we let go of: its events no longer matter."""
+    """Given to the transports we let go of: their events no longer matter."""
 
     def eof_received(self) -> bool:
         return False
@@ -147,10 +136,9 @@ _DETACHED = _Detached()
 
 
 class _Flow:
-    """One direction: src socket → (scratch buffer or pipe) → dst socket."""
+    """One direction: src socket → pipe → dst socket."""
 
     __slots__ = (
-        "buf",
         "cap",
         "cluster_stats",
         "done",
@@ -158,67 +146,56 @@ class _Flow:
         "dst_sock",
         "eof",
         "grown",
-        "held",
+        "inpipe",
         "loop",
-        "may_splice",
+        "may_grow",
         "pipe",
         "r",
         "reading",
         "relay",
         "session",
         "src",
-        "src_sock",
         "stats",
         "upward",
         "w",
         "waiting",
     )
 
-    def __init__(self, relay: SpliceRelay, upward: bool) -> None:
+    def __init__(self, relay: SpliceRelay, pipe: tuple[int, int, int], upward: bool) -> None:
         self.relay = relay
         self.session = relay.session
         self.loop = relay.loop
+        self.pipe = pipe
+        self.r, self.w, self.cap = pipe
         self.upward = upward  # downstream → upstream
-        self.pipe: tuple[int, int, int] | None = None  # None: copying
-        self.r = self.w = -1
-        self.cap = COPY_SIZE
-        self.buf = _EMPTY  # copying: the held bytes (a slice of _SCRATCH, or our own copy)
         self.src = -1
         self.dst = -1
-        self.src_sock: socket.socket | None = None
         self.dst_sock: socket.socket | None = None
-        # Held here, not looked up per message: the session's stats blocks (set by start()).
+        # Held here, not looked up per chunk: the session's stats blocks (set by start()).
         self.stats: TcpProxyStats | None = None
         self.cluster_stats: ClusterStats | None = None
-        self.held = 0  # bytes read from src and not yet written to dst
+        self.inpipe = 0
         self.eof = False
         self.done = False
         self.reading = False
         self.waiting = False
-        self.may_splice = True  # one try per direction, at its first full read
+        self.may_grow = True  # one try per direction, at its first full pipe
         self.grown = False
 
     def start(self, src: socket.socket, dst: socket.socket) -> None:
-        self.src_sock = src
-        self.dst_sock = dst
         self.src = src.fileno()
         self.dst = dst.fileno()
+        self.dst_sock = dst
         self.stats = self.session.stats
         self.cluster_stats = self.session.cluster_stats
-        if self.held:
-            self.flush()  # bytes sniffed before the upstream existed go first
-        elif not self.relay.closed:
-            self.loop.add_reader(self.src, self.readable)
-            self.reading = True
+        self.loop.add_reader(self.src, self.readable)
+        self.reading = True
 
     def readable(self) -> None:
         relay = self.relay
         for _ in range(MAX_READS_PER_WAKEUP):
             try:
-                if self.pipe is None:
-                    n = self.src_sock.recv_into(_SCRATCH)  # type: ignore[union-attr]
-                else:
-                    n = os.splice(self.src, self.w, self.cap - self.held, None, None, _FLAGS)
+                n = os.splice(self.src, self.w, self.cap - self.inpipe, None, None, _FLAGS)
             except BlockingIOError:
                 return
             except OSError:
@@ -231,32 +208,24 @@ class _Flow:
                     self.reading = False
                 self.flush()
                 return
-            if self.pipe is None:
-                self.buf = _VIEW[:n]
-            self.held += n
+            self.inpipe += n
             if self.upward:
                 self.session.rx_bytes += n
                 self.stats.downstream_cx_rx_bytes_total += n  # type: ignore[union-attr]
             else:
                 self.cluster_stats.upstream_cx_rx_bytes_total += n  # type: ignore[union-attr]
-            full = self.held == self.cap
+            full = self.inpipe == self.cap
+            if full and self.may_grow:
+                self.grow()
             self.flush()
             # A short read emptied the socket's queue; a blocked destination stopped reading.
             if not full or not self.reading or relay.closed:
                 return
-            if self.may_splice:
-                self.take_pipe()
 
-    def take_pipe(self) -> None:
-        """A read filled the buffer: a stream. Splice it from now on, through a grown pipe."""
+    def grow(self) -> None:
+        """The source filled the pipe: a bulk stream. Give it a bigger pipe if the budget allows."""
         global grown_pipes
-        self.may_splice = False
-        pipe = _open_pipe() if self.pipe is None and not self.held else None
-        if pipe is None:
-            return  # none to be had: the direction keeps copying
-        self.pipe = pipe
-        self.r, self.w, self.cap = pipe
-        self.buf = _EMPTY
+        self.may_grow = False
         size = grown_size(self.cap, self.session.limit)
         if size <= self.cap or grown_pipes >= MAX_GROWN:
             return
@@ -268,18 +237,12 @@ class _Flow:
         grown_pipes += 1
 
     def flush(self) -> None:
-        """Write the held bytes out; on a full destination wait for it and stop reading the source."""
+        """Write the pipe out; on a full destination wait for it and stop reading the source."""
         relay = self.relay
-        while self.held:
+        while self.inpipe:
             try:
-                if self.pipe is None:
-                    m = self.dst_sock.send(self.buf)  # type: ignore[union-attr]
-                    self.buf = self.buf[m:]
-                else:
-                    m = os.splice(self.r, self.dst, self.held, None, None, _FLAGS)
+                m = os.splice(self.r, self.dst, self.inpipe, None, None, _FLAGS)
             except BlockingIOError:
-                if self.pipe is None and self.buf.obj is _SCRATCH:
-                    self.buf = memoryview(self.buf.tobytes())  # the next read reuses the scratch
                 if not self.waiting:
                     if self.reading:
                         self.loop.remove_reader(self.src)
@@ -294,7 +257,7 @@ class _Flow:
             except OSError:
                 relay.fail()
                 return
-            self.held -= m
+            self.inpipe -= m
             if self.upward:
                 self.cluster_stats.upstream_cx_tx_bytes_total += m  # type: ignore[union-attr]
             else:
@@ -326,91 +289,77 @@ class _Flow:
         if self.waiting:
             self.loop.remove_writer(self.dst)
             self.waiting = False
-        if self.pipe is not None:
-            if self.grown:
-                grown_pipes -= 1  # the pool keeps default-sized pipes only
-            _release_pipe(self.pipe, empty=self.held == 0 and not self.grown)
-            self.pipe = None
+        if self.grown:
+            grown_pipes -= 1  # the pool keeps default-sized pipes only
+        _release_pipe(self.pipe, empty=self.inpipe == 0 and not self.grown)
 
 
 class SpliceRelay:
-    """A tcp_proxy session's bytes, both directions: a _Flow each."""
+    """A tcp_proxy session's bytes, both directions, through two pipes."""
 
     __slots__ = ("closed", "down", "loop", "session", "to_down", "to_up", "up")
 
-    def __init__(
-        self,
-        session: TcpProxySession,
-        down: socket.socket,
-        to_up: _Flow | None,
-        to_down: _Flow | None,
-    ) -> None:
+    def __init__(self, session: TcpProxySession, down: socket.socket, up: socket.socket) -> None:
         self.session = session
         self.loop = session.loop
         self.down = down
-        self.up: socket.socket | None = None
+        self.up = up
         self.closed = False
-        self.to_up = to_up
-        self.to_down = to_down
+        self.to_up: _Flow | None = None
+        self.to_down: _Flow | None = None
 
     @classmethod
-    def attach(
-        cls, session: TcpProxySession, transport: asyncio.Transport, initial: bytes, host: str
+    def take_over(
+        cls, session: TcpProxySession, down: asyncio.Transport, up: asyncio.Transport
     ) -> SpliceRelay | None:
-        """Take the downstream connection off its transport, or return None and change nothing."""
+        """Take both sockets off their transports and splice from now on, or return None and
+        change nothing."""
         global active_sessions
-        if not ENABLED or active_sessions >= MAX_SESSIONS or not _is_ip(host):
+        if not ENABLED or active_sessions >= MAX_SESSIONS:
             return None
-        sock: Any = transport.get_extra_info("socket")
-        if (
-            sock is None
-            or sock.family not in (socket.AF_INET, socket.AF_INET6)
-            or sock.type != socket.SOCK_STREAM
-            or transport.get_extra_info("sslcontext") is not None
-            or transport.get_write_buffer_size()
-        ):
+        socks: list[Any] = [down.get_extra_info("socket"), up.get_extra_info("socket")]
+        for transport, sock in zip((down, up), socks, strict=True):
+            if (
+                sock is None
+                or sock.family not in (socket.AF_INET, socket.AF_INET6)
+                or sock.type != socket.SOCK_STREAM
+                or transport.get_extra_info("sslcontext") is not None
+                or transport.get_write_buffer_size()
+            ):
+                return None
+        up_pipe = _open_pipe()
+        if up_pipe is None:
+            return None
+        down_pipe = _open_pipe()
+        if down_pipe is None:
+            _release_pipe(up_pipe, empty=True)
             return None
         try:
-            down = socket.socket(fileno=os.dup(sock.fileno()))
+            down_sock = socket.socket(fileno=os.dup(socks[0].fileno()))
         except OSError:
+            _release_pipe(up_pipe, empty=True)
+            _release_pipe(down_pipe, empty=True)
             return None
-        relay = cls(session, down, None, None)
-        relay.to_up = _Flow(relay, upward=True)
-        relay.to_down = _Flow(relay, upward=False)
-        if initial:
-            # Bytes the listener filters already read: they wait for the upstream.
-            relay.to_up.buf = memoryview(initial)
-            relay.to_up.held = len(initial)
-            session.rx_bytes += len(initial)
-            session.stats.downstream_cx_rx_bytes_total += len(initial)
-        # The transport lets go of its fd; our dup keeps the connection open.
-        transport.set_protocol(_DETACHED)
-        transport.close()
-        down.setblocking(False)
-        active_sessions += 1
-        return relay
-
-    async def connect(self, host: tuple[str, int], bind: str | None) -> socket.socket:
-        """Connect the upstream socket ourselves (non-blocking), no transport in between."""
-        family = socket.AF_INET6 if ":" in host[0] else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if bind:
-                sock.bind((bind, 0))
-            await self.loop.sock_connect(sock, host)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
-    def start(self, up: socket.socket) -> None:
-        """The upstream is connected: pump both directions."""
-        self.up = up
-        assert self.to_up is not None and self.to_down is not None
-        self.to_up.start(self.down, up)
-        self.to_down.start(up, self.down)
+            up_sock = socket.socket(fileno=os.dup(socks[1].fileno()))
+        except OSError:
+            down_sock.close()  # a dup: the connection stays open on the transport's fd
+            _release_pipe(up_pipe, empty=True)
+            _release_pipe(down_pipe, empty=True)
+            return None
+        # The transports let go of their fds; our dups keep the connections open.
+        for transport in (down, up):
+            transport.set_protocol(_DETACHED)
+            transport.close()
+        down_sock.setblocking(False)
+        up_sock.setblocking(False)
+        active_sessions += 1
+        relay = cls(session, down_sock, up_sock)
+        relay.to_up = _Flow(relay, up_pipe, upward=True)
+        relay.to_down = _Flow(relay, down_pipe, upward=False)
+        relay.to_up.start(down_sock, up_sock)
+        relay.to_down.start(up_sock, down_sock)
+        return relay
 
     def flow_done(self) -> None:
         if (
@@ -435,5 +384,4 @@ class SpliceRelay:
             if flow is not None:
                 flow.stop()
         self.down.close()
-        if self.up is not None:
-            self.up.close()
+        self.up.close()
