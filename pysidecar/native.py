@@ -59,6 +59,7 @@ MODULES: Final = (
     "pysidecar.proxy.http.http2.server_codec",
     "pysidecar.common.access_format",
     "pysidecar.proxy.splice",
+    "pysidecar.proxy.tcp_proxy",
 )
 GROUP: Final = "pysidecar_native"  # the shared library is `pysidecar_native__mypyc`
 STAMP: Final = "stamp.json"

@@ -50,11 +50,25 @@ import contextlib
 import fcntl
 import os
 import socket
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 if TYPE_CHECKING:
     from pysidecar.observe.stats import ClusterStats, TcpProxyStats
-    from pysidecar.proxy.tcp_proxy import TcpProxySession
+
+
+class RelaySession(Protocol):
+    """What the relay needs of its tcp_proxy session (TcpProxySession): its loop, limit, byte
+    totals and stats blocks, and close() for when both directions are done or one failed."""
+
+    loop: asyncio.AbstractEventLoop
+    limit: int
+    rx_bytes: int
+    tx_bytes: int
+    stats: TcpProxyStats
+    cluster_stats: ClusterStats | None
+
+    def close(self) -> None: ...
+
 
 ENABLED: bool = hasattr(os, "splice") and os.environ.get("PYSIDECAR_SPLICE", "1") != "0"
 # Linux's default pipe size. Larger pipes move more per wake-up, but count against the proxy
@@ -299,7 +313,7 @@ class SpliceRelay:
 
     __slots__ = ("closed", "down", "loop", "session", "to_down", "to_up", "up")
 
-    def __init__(self, session: TcpProxySession, down: socket.socket, up: socket.socket) -> None:
+    def __init__(self, session: RelaySession, down: socket.socket, up: socket.socket) -> None:
         self.session = session
         self.loop = session.loop
         self.down = down
@@ -310,7 +324,7 @@ class SpliceRelay:
 
     @classmethod
     def take_over(
-        cls, session: TcpProxySession, down: asyncio.Transport, up: asyncio.Transport
+        cls, session: RelaySession, down: asyncio.Transport, up: asyncio.Transport
     ) -> SpliceRelay | None:
         """Take both sockets off their transports and splice from now on, or return None and
         change nothing."""

@@ -35,7 +35,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 from pysidecar.common.stream_info import StreamInfo
 from pysidecar.model import SocketAddress, TcpProxy, WeightedCluster
@@ -57,7 +57,8 @@ NO_CLUSTER_FOUND = "NC"
 UPSTREAM_OVERFLOW = "UO"
 
 
-def _fmt(addr: tuple[str, int] | None) -> str | None:
+def _fmt(addr: tuple[Any, ...] | None) -> str | None:
+    # A socket name: (host, port), or IPv6's (host, port, flowinfo, scope_id).
     if not addr:
         return None
     host, port = addr[0], addr[1]
