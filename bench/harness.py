@@ -13,7 +13,9 @@ Promises:
 - Results: a table on stdout, bench/results/<timestamp>.json (every run plus the summary),
   bench/results/<timestamp>.png (latency distributions), logs under bench/results/<timestamp>/.
 - `--profile` instead samples the pysidecar worker with py-spy during each scenario and writes
-  flame graphs plus a top-frames text summary next to the results.
+  flame graphs plus a top-frames text summary next to the results (`--native` for the compiled
+  target: its mypyc frames and the C below them are invisible to py-spy otherwise; py-spy then
+  pauses the worker per sample, so read shares, not the req/s of that run).
 """
 
 from __future__ import annotations
@@ -287,6 +289,9 @@ def proxy_command(name: str, config: Path, concurrency: int = 1) -> tuple[list[s
         # Another tree's pysidecar (PYSIDECAR_BEFORE: a checkout of the commit to compare
         # against) on this venv: PYTHONPATH puts it before the editable install, workers too.
         env["PYTHONPATH"] = os.environ["PYSIDECAR_BEFORE"]
+        # Not the current directory first (`-c` and `-m` put it there): run from this tree,
+        # that would be this tree's pysidecar, the "before" silently the same as "after".
+        env["PYTHONSAFEPATH"] = "1"
         return [
             str(VENV_BIN / "python"), "-c", "import sys; from pysidecar.cli import main; sys.exit(main())",
             "run", "-c", str(config), "--concurrency", workers, "--log-level", "warning", "--drain-time-s", "1",
@@ -624,7 +629,7 @@ def goals(summary: dict[str, Any], concurrency: int = 1) -> list[dict[str, Any]]
 
     out = []
 
-    def goal(name: str, value: float | None, op: str, bound: float, scenario: str) -> None:
+    def goal(name: str, value: float | None, op: str, bound: float, scenario: str, na: str | None = None) -> None:
         met = None if value is None else (value >= bound if op == ">=" else value <= bound)
         out.append(
             {
@@ -632,7 +637,7 @@ def goals(summary: dict[str, Any], concurrency: int = 1) -> list[dict[str, Any]]
                 "value": value,
                 "bound": f"{op} {bound}",
                 "met": met,
-                "na": na_reason(scenario) if value is None else None,
+                "na": (na or na_reason(scenario)) if value is None else None,
             }
         )
 
@@ -657,8 +662,15 @@ def goals(summary: dict[str, Any], concurrency: int = 1) -> list[dict[str, Any]]
             0.9,
             "http_1k",
         )
-    goal(f"RSS of all processes vs Envoy (--concurrency {concurrency})",
-         get("tcp_1k.rss_mb", "pysidecar_vs_envoy"), "<=", 0.6, "tcp_1k")  # fmt: skip
+    # Memory is judged at --concurrency 2, as the issue states it (Istio's default). A sum of
+    # RSS counts every shared page once per process (pysidecar's forked workers share the main
+    # process's); PSS counts it once in all, as the pod's memory cgroup is charged: both shown.
+    memory = concurrency == 2
+    why = None if memory else f"memory goals are judged at --concurrency 2 (this run: {concurrency})"
+    goal("RSS of all processes vs Envoy (--concurrency 2; shared pages once per process)",
+         get("tcp_1k.rss_mb", "pysidecar_vs_envoy") if memory else None, "<=", 0.6, "tcp_1k", why)  # fmt: skip
+    goal("PSS of all processes vs Envoy (--concurrency 2; shared pages once in all)",
+         get("tcp_1k.pss_mb", "pysidecar_vs_envoy") if memory else None, "<=", 0.6, "tcp_1k", why)  # fmt: skip
     return out
 
 
@@ -801,7 +813,8 @@ def profile(s: Settings, config: Path, workdir: Path, http_na: str | None) -> No
                 secs = max(2, round(s.duration))
                 spy = subprocess.Popen(
                     [str(pyspy), "record", "--pid", str(worker), "--duration", str(secs), "--rate", "250",
-                     "--format", "raw", "--output", f"{base}.txt", "--nonblocking"],
+                     "--format", "raw", "--output", f"{base}.txt",
+                     *(("--native",) if name == "pysidecar" else ("--nonblocking",))],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
                 time.sleep(0.3)

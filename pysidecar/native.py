@@ -57,7 +57,20 @@ MODULES: Final = (
     "pysidecar.proxy.http.http2.request_decoder",
     "pysidecar.proxy.http.http2.response_encoder",
     "pysidecar.proxy.http.http2.server_codec",
+    "pysidecar.proxy.http.http2.nghttp2_session",
     "pysidecar.common.access_format",
+    "pysidecar.common.stream_info",
+    "pysidecar.observe.access_log",
+    "pysidecar.observe.histogram",
+    "pysidecar.observe.istio_metrics",
+    "pysidecar.observe.host_stats",
+    "pysidecar.proxy.http.stream_state",
+    "pysidecar.proxy.http.xfcc",
+    "pysidecar.proxy.lb",
+    "pysidecar.proxy.loop_detect",
+    "pysidecar.proxy.cluster_manager",
+    "pysidecar.proxy.http.conn_pool",
+    "pysidecar.proxy.http.http1.conn_pool",
     "pysidecar.proxy.splice",
     "pysidecar.proxy.tcp_proxy",
 )
@@ -149,6 +162,15 @@ def install() -> None:
         return
     _finder = _Finder(build_dir())
     sys.meta_path.insert(0, _finder)
+
+
+def fresh_build() -> Path | None:
+    """The build directory when this process runs the compiled build (not PYSIDECAR_PURE, the
+    stamp matches), else None: other compiled artefacts of the build (the libnghttp2 binding,
+    proxy/http/http2/nghttp2_lib.py) are used on the same terms."""
+    if _finder is None or not _finder.fresh():
+        return None
+    return _finder.directory
 
 
 def status() -> str:

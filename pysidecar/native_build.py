@@ -6,6 +6,10 @@ Promises:
   transitively; the Python version) and renames the result into place, so a running process never
   sees half a build. Needs a C compiler and Python's headers (scripts/bootstrap.sh installs gcc and
   python3-dev) and mypy (the dev extra).
+- `build` also compiles the libnghttp2 binding (proxy/http/http2/nghttp2_ffi.py, cffi API mode)
+  into the same directory, its spec among the stamped sources; without libnghttp2's headers
+  (libnghttp2-dev) it says so and the build goes on without it (the HTTP/2 downstream codec then
+  runs on h2).
 - `check` exits 0 when the build matches the sources, 1 (saying why) when it is stale or absent.
 - `status` prints what this interpreter runs the listed modules as: `compiled` or `pure: <why>`.
 """
@@ -44,7 +48,9 @@ def main(args: argparse.Namespace) -> int:
         return 0 if reason is None else 1
     for name in native.MODULES:
         __import__(name)
-    print(native.status())
+    from pysidecar.proxy.http.http2 import nghttp2_lib
+
+    print(f"{native.status()} (HTTP/2 downstream session: {nghttp2_lib.why()})")
     return 0
 
 
@@ -76,6 +82,22 @@ def closure(modules: Sequence[str]) -> list[Path]:
     return sorted(seen.values())
 
 
+# Sources of the build that no listed module imports: the cffi binding's spec.
+_EXTRA_STAMPED = ("pysidecar.proxy.http.http2.nghttp2_ffi",)
+
+
+def _build_nghttp2(lib: Path, work: Path) -> None:
+    """The libnghttp2 binding into `lib`; a missing compiler or header is reported, not fatal."""
+    from pysidecar.proxy.http.http2 import nghttp2_ffi
+
+    try:
+        built = nghttp2_ffi.build(lib, work / "cffi")
+    except Exception as e:  # cffi raises distutils' CompileError / LinkError, or VerificationError
+        print(f"pysidecar native: libnghttp2 binding not built ({e}); HTTP/2 downstream runs on h2")
+        return
+    print(f"pysidecar native: libnghttp2 binding {built.name}")
+
+
 def build(opt_level: str = "3") -> Path:
     """Compile native.MODULES with mypyc and install the result as the build directory."""
     from mypyc.build import mypycify
@@ -85,7 +107,9 @@ def build(opt_level: str = "3") -> Path:
     target = native.build_dir()
     target.parent.mkdir(parents=True, exist_ok=True)
     # Hashed before compiling: a file edited during the build leaves the build stale, not wrong.
-    sources = {str(p.relative_to(root)): native.sha256(p) for p in closure(native.MODULES)}
+    sources = {
+        str(p.relative_to(root)): native.sha256(p) for p in closure((*native.MODULES, *_EXTRA_STAMPED))
+    }
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix=".native-", dir=target.parent))
     cwd = os.getcwd()
@@ -104,6 +128,7 @@ def build(opt_level: str = "3") -> Path:
         cmd.parallel = os.cpu_count() or 1
         dist.run_command("build_ext")
         lib = work / "lib"
+        _build_nghttp2(lib, work)
         stamp = {
             "modules": list(native.MODULES),
             "python": sys.version,

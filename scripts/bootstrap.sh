@@ -27,6 +27,8 @@ py=/usr/bin/python3
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
 [ -f "/usr/include/python3.$("$py" -c 'import sys; print(sys.version_info[1])')/Python.h" ] \
   || need_apt+=(python3-dev)
+# The HTTP/2 downstream codec's libnghttp2 binding (cffi, built with the compiled data path).
+[ -f /usr/include/nghttp2/nghttp2.h ] || need_apt+=(libnghttp2-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "bootstrap: apt-get install ${need_apt[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -71,12 +71,15 @@ class AccessLog:
             self._timer = None
         if not self._lines:
             return
-        data = memoryview("".join(self._lines).encode())
+        data = "".join(self._lines).encode()
         self._lines.clear()
         self._size = 0
-        # One write per flush; the loop only continues after a short write (a full pipe).
-        while data:
-            data = data[os.write(self.fd, data) :]
+        # One write per flush; the loop only continues after a short write (a full pipe), whose
+        # rest is copied. No memoryview: mypyc takes a memoryview for bytes (mypy promotes it)
+        # and gets its truth and slices wrong.
+        sent = os.write(self.fd, data)
+        while sent < len(data):
+            sent += os.write(self.fd, data[sent:])
 
     def close(self) -> None:
         self.flush()

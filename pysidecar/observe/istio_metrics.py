@@ -36,7 +36,7 @@ from pysidecar.model import (
     INBOUND_PASSTHROUGH_CLUSTER_IPV6,
     PASSTHROUGH_CLUSTER,
 )
-from pysidecar.observe.stats import Counter, Histogram, StatsBlock, StatsStore
+from pysidecar.observe.stats import IstioHttpStats, IstioTcpStats, StatsStore
 
 HTTP_LABELS: tuple[str, ...] = (
     "reporter",
@@ -72,20 +72,6 @@ TCP_LABELS: tuple[str, ...] = tuple(
 # Beyond this many label sets per worker, the Host header no longer makes a new one.
 MAX_LABEL_SETS = 10_000
 _CATCH_ALLS = (PASSTHROUGH_CLUSTER, BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER_IPV4, INBOUND_PASSTHROUGH_CLUSTER_IPV6)
-
-
-class IstioHttpStats(StatsBlock):
-    istio_requests_total: Counter
-    istio_request_duration_milliseconds: Histogram
-    istio_request_bytes: Histogram
-    istio_response_bytes: Histogram
-
-
-class IstioTcpStats(StatsBlock):
-    istio_tcp_connections_opened_total: Counter
-    istio_tcp_connections_closed_total: Counter
-    istio_tcp_received_bytes_total: Counter
-    istio_tcp_sent_bytes_total: Counter
 
 
 def destination_service(cluster: str | None, authority: str | None) -> tuple[str, str, str]:

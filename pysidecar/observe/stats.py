@@ -10,44 +10,22 @@ Promises:
 - `StatsStore.snapshot()` is the worker's state as {full name: (kind, value)}; snapshots of
   several workers are merged by `merge` (counters and gauges add up, except gauges every
   worker keeps a copy of, declared SharedGauge, which merge by max).
-- Histograms keep Envoy's default bucket bounds and merge the same way.
+- Histograms (histogram.py, compiled with the data path) keep Envoy's default bucket bounds and
+  merge the same way.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterable, Iterator
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, cast
 
+# Re-exported (their home is histogram.py): the declaration tables below name Histogram.
+from pysidecar.observe.histogram import DEFAULT_BUCKETS as DEFAULT_BUCKETS
+from pysidecar.observe.histogram import Histogram as Histogram
+from pysidecar.observe.histogram import HistogramState as HistogramState
+
 Kind = Literal["counter", "gauge", "histogram"]
 B = TypeVar("B", bound="StatsBlock")
-# (bucket upper bounds, count per bucket plus the overflow bucket, sample count, sample sum)
-HistogramState = tuple[tuple[float, ...], list[int], int, float]
-
-# Envoy's default histogram buckets (ms), which Istio's request duration also uses.
-DEFAULT_BUCKETS: tuple[float, ...] = (
-    0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
-    300000, 600000, 1800000, 3600000,
-)  # fmt: skip
-
-
-class Histogram:
-    __slots__ = ("buckets", "count", "counts", "sum")
-
-    def __init__(self, buckets: tuple[float, ...] = DEFAULT_BUCKETS) -> None:
-        self.buckets = buckets
-        self.counts = [0] * (len(buckets) + 1)
-        self.count = 0
-        self.sum = 0.0
-
-    def record(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.count += 1
-        self.sum += value
-
-    def state(self) -> HistogramState:
-        return (self.buckets, list(self.counts), self.count, self.sum)
-
 
 # Markers for the declaration tables: the data path sees plain ints (and Histograms).
 Counter = Annotated[int, "counter"]
@@ -383,6 +361,24 @@ def merge(snapshots: Iterable[dict[str, tuple[Kind, object]]]) -> dict[str, tupl
             else:
                 out[name] = (kind, cast(int, prev[1]) + cast(int, value))
     return out
+
+
+class IstioHttpStats(StatsBlock):
+    """Istio's standard HTTP metrics, one block per label set (istio_metrics.py names the scope).
+    Declared here, not beside their recorder: a block made by the metaclass must be defined in
+    an interpreted module (mypyc builds a compiled module's classes without their annotations)."""
+
+    istio_requests_total: Counter
+    istio_request_duration_milliseconds: Histogram
+    istio_request_bytes: Histogram
+    istio_response_bytes: Histogram
+
+
+class IstioTcpStats(StatsBlock):
+    istio_tcp_connections_opened_total: Counter
+    istio_tcp_connections_closed_total: Counter
+    istio_tcp_received_bytes_total: Counter
+    istio_tcp_sent_bytes_total: Counter
 
 
 class OutlierDetectionStats(StatsBlock):

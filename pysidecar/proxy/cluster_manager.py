@@ -35,7 +35,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from pysidecar.model import Cluster, ClusterType, DnsLookupFamily, SocketAddress
 from pysidecar.model.tls import UpstreamTlsContext
-from pysidecar.observe.stats import ClusterStats, StatsStore, outlier_detection_stats
+from pysidecar.observe.stats import (
+    ClusterHttpStats,
+    ClusterStats,
+    StatsStore,
+    outlier_detection_stats,
+)
 from pysidecar.proxy.circuit_breaker import CircuitBreaker
 from pysidecar.proxy.lb import Host, LoadBalancer, load_balancer
 from pysidecar.proxy.outlier import OutlierDetector, lb_hosts
@@ -47,6 +52,7 @@ log = logging.getLogger(__name__)
 class ClusterRuntime:
     __slots__ = (
         "_dns_task",
+        "_http_stats",
         "_sweep",
         "balancer",
         "breaker",
@@ -78,6 +84,7 @@ class ClusterRuntime:
                 self._rebalance,
             )
         self._sweep: asyncio.TimerHandle | None = None
+        self._http_stats: tuple[StatsStore, ClusterHttpStats] | None = None
         self._dns_task: asyncio.Task[None] | None = None
         # Transport socket per endpoint address (STATIC), else the first endpoint's.
         self.tls_by_host: dict[tuple[str, int], UpstreamTlsContext | None] = {
@@ -99,6 +106,14 @@ class ClusterRuntime:
         if self.config.type is ClusterType.ORIGINAL_DST:
             return Host(original_dst.address, original_dst.port) if original_dst is not None else None
         return self.balancer.choose(self.lb_hosts)
+
+    def http_stats(self, store: StatsStore) -> ClusterHttpStats:
+        """The cluster's `upstream_rq_*` block in `store` (the worker's): looked up once, not
+        per request (the store keeps its blocks across reloads)."""
+        cached = self._http_stats
+        if cached is None or cached[0] is not store:
+            cached = self._http_stats = (store, store.cluster_http(self.config.stat_name))
+        return cached[1]
 
     def upstream_tls(self, host: tuple[str, int]) -> UpstreamTls | None:
         ctx = self.tls_by_host.get(host, self.tls_default)

@@ -47,8 +47,21 @@ def _is_loopback(host: str) -> bool:
         return False  # a DNS name: not one of our sockets as far as we can tell without I/O
 
 
+# The ports of the last `own` set seen (one per config): most upstreams share no port with a
+# listener, and are answered without building a SocketAddress per request.
+_ports_of: tuple[frozenset[SocketAddress], frozenset[int]] | None = None
+
+
+def _own_ports(own: frozenset[SocketAddress]) -> frozenset[int]:
+    global _ports_of
+    cached = _ports_of
+    if cached is None or cached[0] is not own:
+        cached = _ports_of = (own, frozenset(a.port for a in own))
+    return cached[1]
+
+
 def forwarding_loop(host: str, port: int, own: frozenset[SocketAddress], local_ip: str) -> SocketAddress | None:
-    if not own:
+    if not own or port not in _own_ports(own):
         return None
     exact = SocketAddress(host, port)
     if exact in own:

@@ -12,6 +12,9 @@ Promises:
   drain time, closes what is left and exits 0.
 - The main process talks to the worker over the control channel: "stats", "clusters" (per-host
   counters), "reset_counters", "config", "drain", "ping".
+- What start-up built (the snapshot, stats blocks, listeners) is frozen out of the collector
+  (gc.freeze) before the worker reports ready: it lives as long as the worker, and a full
+  collection then walks only what traffic made (the main process froze the rest before fork).
 - `stream_complete(info)` is called once per finished TCP connection / HTTP request: Istio's
   standard metrics and the per-host counters, then the access log line when the log is on
   (off, it costs one attribute test).
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import os
 import random
@@ -380,6 +384,9 @@ class Worker:
         except OSError as e:
             log.error("worker %d: %s", self.index, e)
             return 1
+        # What start-up built lives as long as the worker: out of the collector's walks.
+        gc.collect()
+        gc.freeze()
         if self.control is not None:
             self.control.send({"op": "ready", "worker": self.index, "pid": os.getpid()})
         log.info("worker %d ready (pid %d)", self.index, os.getpid())

@@ -82,19 +82,23 @@ def test_passthrough_counters_access_log_and_readiness(lab: Lab) -> None:
     app.install_interception()
     proxy = app.spawn_proxy(["run", "--concurrency", "2", "--access-log", log])
 
-    # While the workers start: readiness answers 503 (or nothing yet), then 200 for good.
-    seen: list[tuple[str, str]] = []
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        pair = (_code(app, "http://127.0.0.1:15021/healthz/ready"), _code(app, "http://127.0.0.1:15000/ready"))
-        seen.append(pair)
-        if pair == ("200", "200"):
-            break
-        assert proxy.poll() is None, lab.logs()
+    # While the workers start: readiness answers 503 (or nothing yet), then 200 for good. The
+    # workers are forked and ready within tens of ms of admin binding, often quicker than one
+    # curl: the 503 in between is not always seen (the gate itself: test_observe_admin's
+    # test_main_process_state_as_envoys); polled from inside the pod, as fast as curl goes.
+    probe = "curl -s -o /dev/null -m 2 -w '%{http_code}'"
+    script = (
+        f"for i in $(seq 3000); do a=$({probe} http://127.0.0.1:15021/healthz/ready);"
+        f" b=$({probe} http://127.0.0.1:15000/ready); echo $a $b;"
+        ' [ "$a $b" = "200 200" ] && break; done'
+    )
+    polled = app.run(["sh", "-c", script], timeout=60).stdout.splitlines()
+    seen = [(a, b) for a, b in (line.split() for line in polled)]
+    assert proxy.poll() is None, lab.logs()
     assert seen[-1] == ("200", "200"), seen
     for codes in zip(*seen, strict=True):
         # nothing listening, then 503 while the workers start (admin binds first), then 200
-        assert re.fullmatch("(000)*(503)+(200)+", "".join(codes)), seen
+        assert re.fullmatch("(000)*(503)*(200)+", "".join(codes)), seen
 
     # Scripted TCP traffic through 15001 → PassthroughCluster.
     sizes = [1000, 5000, 64 * 1024, 3, 250_000]

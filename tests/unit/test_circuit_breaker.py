@@ -63,28 +63,20 @@ class FakeStream:
 
 
 def _pool(limits: CircuitBreakers) -> tuple[HostPool, list[UpstreamConnection], asyncio.AbstractEventLoop]:
+    """A pool whose connects only count (no sockets): the breaker accounting under test."""
     loop = asyncio.new_event_loop()
     store = StatsStore()
     cluster = Cluster(
         "c", ClusterType.STATIC, endpoints=(LbEndpoint(SocketAddress("127.0.0.1", 9)),), circuit_breakers=limits
     )
     runtime = ClusterRuntime(cluster, store.cluster("c"), store)
-    pool = RecordingPool(loop, runtime, store.cluster_http("c"), ("127.0.0.1", 9), 1 << 20)
-    return pool, pool.connects, loop
+    connects: list[UpstreamConnection] = []
 
+    def record(*args: Any) -> None:
+        connects.append(args[4])  # (loop, cluster, cx_stats, host, conn, http, settled)
 
-class RecordingPool(HostPool):
-    """A pool whose connects only count (no sockets): the breaker accounting under test."""
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.connects: list[UpstreamConnection] = []
-
-    def _connect(self, conn: UpstreamConnection) -> None:
-        self.connects.append(conn)
-        conn.cx_open = True
-        self.open += 1
-        self.breaker.cx += 1
+    pool = HostPool(loop, runtime, store.cluster_http("c"), ("127.0.0.1", 9), 1 << 20, opener=record)
+    return pool, connects, loop
 
 
 def test_pending_overflow_and_the_queue_past_max_connections() -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 
 _UUID_BATCH = 256 * 16
-_V4_MASK = ~((0xC000 << 48) | (0xF000 << 64)) & ((1 << 128) - 1)
-_V4_BITS = (0x8000 << 48) | (4 << 76)  # RFC 4122 variant, version 4
 
 
 class _RandomBatch:
@@ -36,5 +34,8 @@ _random = _RandomBatch()
 
 def request_id() -> bytes:
     """A fresh x-request-id: a random (version 4) UUID in its text form."""
-    h = ((int.from_bytes(_random.take16()) & _V4_MASK) | _V4_BITS).to_bytes(16).hex()
+    b = bytearray(_random.take16())
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = b.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()

@@ -211,9 +211,7 @@ class Router:
         self.stream = stream
         self.route = route
         self.cluster = cluster
-        self.rq_stats: ClusterHttpStats = stream.conn.worker.stats.cluster_http(
-            cluster.config.stat_name
-        )
+        self.rq_stats: ClusterHttpStats = cluster.http_stats(stream.conn.worker.stats)
         self.policy = policy
         self.retries_left = policy.num_retries if policy is not None else 0
         self.target = target
@@ -461,13 +459,19 @@ class Router:
             req.drop()
 
     def release(self) -> None:
-        """The stream is over: the retry slot goes back, the timers stop."""
+        """The stream is over: the retry slot goes back, the timers stop, and the references
+        that make stream → router → attempt → router → stream cycles are dropped (Envoy's
+        onDestroy), so reference counting frees a finished request at once: left as cycles,
+        every request was garbage for the collector, a gen0 pass every ~50 requests."""
         if self.retried:
             self.cluster.breaker.retries -= 1
         self._stop_timers()
         req = self.request
         if req is not None:
             req.cancel_per_try_timer()
+        # An upstream still calling back reaches the stream through req.router.stream.
+        self.request = None
+        self.stream.router = None
 
     def _stop_timers(self) -> None:
         for t in (self.timer, self.retry_timer, self.duration_timer):

@@ -37,6 +37,9 @@ from __future__ import annotations
 
 from typing import Final
 
+# Its own module: mypyc compiles this one and cannot compile a RuntimeError subclass.
+from pysidecar.proxy.http.stream_state_error import StreamStateError
+
 # The bits a state is made of.
 STARTED: Final = 1
 REQUEST_DONE: Final = 2
@@ -101,10 +104,6 @@ TRANSITIONS: Final[dict[tuple[int, int], int]] = {
     **{(s, RESPONSE_END): s for s in _ENDED},
     **{(s, ABANDON): DONE_AFTER_RESPONSE for s in _ALL},
 }
-
-
-class StreamStateError(RuntimeError):
-    """An event the stream's state has no transition for: a bug in the caller."""
 
 
 def advance(state: int, event: int) -> int:

@@ -70,6 +70,8 @@ class UpstreamConnection(asyncio.Protocol):
         "informational",
         "local_address",
         "parser",
+        "peer_uri",
+        "peer_uri_of",
         "pending",
         "pool",
         "request_done",
@@ -94,6 +96,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.upgraded = False
         self.head_keep_alive = False
         self.local_address: str | None = None  # "ip:port", filled by the first stream
+        # The peer certificate's URI SAN and the transport it was read from: once per
+        # connection, not per request (get_extra_info is a Python-level call on uvloop).
+        self.peer_uri: str | None = None
+        self.peer_uri_of: asyncio.BaseTransport | None = None
         self.pending = False  # holds a pending-request slot of the circuit breaker
         self.counted = False  # holds a request slot of the circuit breaker
         self.cx_open = False  # holds a connection slot of the circuit breaker
@@ -195,7 +201,11 @@ class UpstreamConnection(asyncio.Protocol):
         return local
 
     def peer_uri_san(self) -> str | None:
-        return uri_san(self.transport)
+        t = self.transport
+        if t is not self.peer_uri_of:
+            self.peer_uri_of = t
+            self.peer_uri = uri_san(t)
+        return self.peer_uri
 
     def write_eof(self) -> None:
         t = self.transport

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pysidecar.observe.stats import ClusterHttpStats, ClusterStats
@@ -38,6 +39,12 @@ from pysidecar.proxy.http.upstream_connect import Settled, connect
 
 if TYPE_CHECKING:
     from pysidecar.proxy.http.codec import UpstreamAttempt
+
+# How a pool opens one connection (upstream_connect.connect's signature).
+Opener = Callable[
+    [asyncio.AbstractEventLoop, ClusterRuntime, ClusterStats, tuple[str, int], UpstreamConnection, str, Settled],
+    None,
+]
 
 
 class HostPool:
@@ -52,6 +59,7 @@ class HostPool:
         "idle",
         "loop",
         "open",
+        "opener",
         "outlier",
         "rq_stats",
         "waiting",
@@ -64,8 +72,10 @@ class HostPool:
         rq_stats: ClusterHttpStats,
         host: tuple[str, int],
         buffer_limit: int,
+        opener: Opener = connect,
     ) -> None:
         self.loop = loop
+        self.opener = opener  # upstream_connect.connect; a test's recorder opens no socket
         self.cluster = cluster
         self.cx_stats: ClusterStats = cluster.stats
         self.rq_stats = rq_stats
@@ -231,7 +241,7 @@ class HostPool:
         conn.cx_open = True
         self.open += 1
         self.breaker.cx += 1
-        connect(self.loop, self.cluster, self.cx_stats, self.host, conn, "1.1", self._settled(conn))
+        self.opener(self.loop, self.cluster, self.cx_stats, self.host, conn, "1.1", self._settled(conn))
 
     def _settled(self, conn: UpstreamConnection) -> Settled:
         def done(reason: str | None, failure: str | None) -> None:

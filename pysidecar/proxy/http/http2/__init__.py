@@ -1,2 +1,3 @@
-"""HTTP/2 codecs on h2: `server_codec` (downstream) with its `response_encoder` and
-`header_check`. An upstream (client) codec and its pool go here too (see `codec.py`)."""
+"""HTTP/2 codecs: `server_codec` (downstream) with its `response_encoder` over a `session`
+(libnghttp2 through `nghttp2_session`, or h2 through `h2_session`); the upstream (client) codec
+`client_codec` and its pool `conn_pool`, on h2 (see `codec.py`)."""

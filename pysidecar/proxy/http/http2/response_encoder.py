@@ -20,23 +20,21 @@ Promises:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import TYPE_CHECKING
 
 import h2.errors
-import h2.exceptions
 
 from pysidecar.observe.stats import Http2CodecStats
 from pysidecar.proxy.http.downstream import Downstream
 from pysidecar.proxy.http.h2_limits import ProtocolConstraints
+from pysidecar.proxy.http.http2.session import SessionError
 
 if TYPE_CHECKING:
-    from h2.connection import H2Connection
-
     from pysidecar.proxy.http.active_stream import ActiveStream
     from pysidecar.proxy.http.codec import UpstreamCodec
     from pysidecar.proxy.http.headers import Headers
+    from pysidecar.proxy.http.http2.session import ServerSession
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +61,17 @@ class Http2ResponseEncoder(Downstream):
         "constraints",
         "ended",
         "flush_scheduled",
-        "h2",
         "h2stats",
         "held",
         "ids",
         "paused_upstreams",
         "pending",
+        "session",
         "streams",
         "write_blocked",
     )
     paused_upstreams: list[tuple[int, UpstreamCodec]]  # read-disabled while the socket is full
-    h2: H2Connection
+    session: ServerSession  # nghttp2 or h2 (http2/session.py)
     streams: dict[int, ActiveStream]
     ids: dict[ActiveStream, int]
     pending: dict[int, Pending]  # response bytes past the client's window, per stream
@@ -91,7 +89,7 @@ class Http2ResponseEncoder(Downstream):
     def encode_continue(self, st: ActiveStream) -> None:
         sid = self._sid(st)
         if sid is not None:
-            self.h2.send_headers(sid, [(b":status", b"100")])
+            self.session.send_headers(sid, [(b":status", b"100")])
             self._schedule_flush()
 
     def encode_headers(
@@ -109,8 +107,8 @@ class Http2ResponseEncoder(Downstream):
         st.head_out = b""
         block = self.held.pop(sid)
         try:
-            self.h2.send_headers(sid, block, end_stream=end)
-        except h2.exceptions.ProtocolError as e:
+            self.session.send_headers(sid, block, end_stream=end)
+        except SessionError as e:
             log.debug("http2: response headers refused: %r", e)
             self.reset_stream(st)
             return False
@@ -154,8 +152,8 @@ class Http2ResponseEncoder(Downstream):
             return
         self.ended.add(sid)
         try:
-            self.h2.send_headers(sid, trailers, end_stream=True)
-        except h2.exceptions.ProtocolError as e:
+            self.session.send_trailers(sid, trailers)
+        except SessionError as e:
             log.debug("http2: trailers refused: %r", e)
             self.reset_stream(st)
             return
@@ -169,8 +167,8 @@ class Http2ResponseEncoder(Downstream):
             return
         end = st.head_request or not body
         try:
-            self.h2.send_headers(sid, [(b":status", b"%d" % status), *headers], end_stream=end)
-        except h2.exceptions.ProtocolError as e:
+            self.session.send_headers(sid, [(b":status", b"%d" % status), *headers], end_stream=end)
+        except SessionError as e:
             log.debug("http2: local reply refused: %r", e)
             self.reset_stream(st)
             return
@@ -184,8 +182,7 @@ class Http2ResponseEncoder(Downstream):
             return
         self.pending.pop(sid, None)
         self.held.pop(sid, None)
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            self.h2.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        self.session.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
         self.stats.downstream_rq_tx_reset += 1
         self.h2stats.tx_reset += 1
         self._schedule_flush()
@@ -199,10 +196,7 @@ class Http2ResponseEncoder(Downstream):
         """Tunnel bytes: never, on HTTP/2 (see start_tunnel)."""
 
     def _open(self, sid: int) -> bool:
-        if sid in self.ended:
-            return False
-        stream = self.h2.streams.get(sid)
-        return stream is not None and not stream.closed
+        return sid not in self.ended and self.session.stream_open(sid)
 
     def _send(self, sid: int, data: bytes, end: bool) -> None:
         """DATA within the client's windows; the rest waits in `pending` for WINDOW_UPDATE,
@@ -221,16 +215,16 @@ class Http2ResponseEncoder(Downstream):
             self._pause_upstream(sid)
         elif end:
             self.ended.add(sid)
-            self.h2.end_stream(sid)
+            self.session.end_stream(sid)
         self._schedule_flush()
 
     def _send_window(self, sid: int, data: bytes) -> bytes:
-        h = self.h2
+        session = self.session
         while data:
-            window = min(h.local_flow_control_window(sid), h.max_outbound_frame_size)
+            window = session.send_window(sid)
             if window <= 0:
                 return data
-            h.send_data(sid, data[:window])
+            session.send_data(sid, data[:window])
             data = data[window:]
         return b""
 
@@ -249,9 +243,9 @@ class Http2ResponseEncoder(Downstream):
             if not p.data:
                 del self.pending[s]
                 if p.trailers is not None:
-                    self.h2.send_headers(s, p.trailers, end_stream=True)
+                    self.session.send_trailers(s, p.trailers)
                 elif p.end:  # the stream is done on our side already: `ended` is not needed
-                    self.h2.end_stream(s)
+                    self.session.end_stream(s)
                 self._resume_upstream(s)
 
     def _pause_upstream(self, sid: int) -> None:
@@ -290,7 +284,7 @@ class Http2ResponseEncoder(Downstream):
 
     def _flush(self) -> None:
         self.flush_scheduled = False
-        self._write(self.h2.data_to_send())
+        self._write(self.session.data_to_send())
 
     def _write(self, data: bytes) -> None:
         t = self.transport

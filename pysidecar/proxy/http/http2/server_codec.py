@@ -1,9 +1,10 @@
 """The HTTP/2 downstream codec (Envoy's Http2::ServerConnectionImpl with the connection
 manager's connection): one client connection of an http_connection_manager.
 
-A thin asyncio.Protocol over h2's sans-I/O `H2Connection`: each request stream runs the same
-`ActiveStream` as HTTP/1 (routing, retries, timeouts, header operations, local replies) to the
-same upstream pools; this module turns h2 events into stream calls, and
+A thin asyncio.Protocol over a sans-I/O HTTP/2 session (session.py: libnghttp2 in the compiled
+build, else the h2 library): each request stream runs the same `ActiveStream` as HTTP/1
+(routing, retries, timeouts, header operations, local replies) to the same upstream pools; this
+module turns the session's events (h2's event classes) into stream calls, and
 `response_encoder.Http2ResponseEncoder` the stream's encode_* calls into frames.
 
 Promises:
@@ -28,19 +29,13 @@ Promises:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import h2.config
-import h2.connection
 import h2.errors
 import h2.events
-import h2.exceptions
-import h2.settings
-import hpack
 
 from pysidecar.model import SocketAddress
 from pysidecar.proxy.http import local_reply as lr
@@ -48,23 +43,19 @@ from pysidecar.proxy.http.active_stream import ActiveStream
 from pysidecar.proxy.http.compiled import CompiledHcm
 from pysidecar.proxy.http.conn_pool import PoolManager
 from pysidecar.proxy.http.h2_limits import (
-    COMPRESSION_ERROR,
     ProtocolConstraints,
     is_premature,
     too_many_premature_resets,
-    with_goaway_code,
 )
 from pysidecar.proxy.http.header_validation import h2_request_problem
-from pysidecar.proxy.http.hpack_encoder import StaticEncoder
 from pysidecar.proxy.http.http2.request_decoder import over_limits, request_head
 from pysidecar.proxy.http.http2.request_headers import trailer_block
 from pysidecar.proxy.http.http2.response_encoder import Http2ResponseEncoder
+from pysidecar.proxy.http.http2.session import SessionError, new_server_session
 from pysidecar.proxy.http.http2.settings import (
     DEFAULT_CONNECTION_WINDOW,
     DEFAULT_MAX_CONCURRENT_STREAMS,
     DEFAULT_STREAM_WINDOW,
-    H2_DEFAULT_WINDOW,
-    server_settings,
 )
 from pysidecar.proxy.http.stream_state import RESPONSE_DONE, RESPONSE_STARTED
 
@@ -97,13 +88,8 @@ class Http2Connection(Http2ResponseEncoder):
         on_close: Callable[[Http2Connection], None],
     ) -> None:
         super().__init__(worker, pools, cfg, destination, buffer_limit, on_close)
-        # Request headers: `h2_request_problem` (h2's own checks refuse a host that differs from
-        # :authority, which Envoy takes). Response heads: StaticEncoder (hpack_encoder.py).
-        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=False,
-            validate_outbound_headers=False, normalize_outbound_headers=False,
-        ))  # fmt: skip
-        self.h2.encoder = StaticEncoder()  # type: ignore[assignment]
+        # Request headers are judged by `h2_request_problem` (header_validation), on both sessions.
+        self.session = new_server_session(cfg.header_limit, cfg.header_count_limit)
         self.streams = {}
         self.ids = {}
         self.pending = {}
@@ -134,19 +120,7 @@ class Http2Connection(Http2ResponseEncoder):
         cx_window = (o and o.initial_connection_window_size) or DEFAULT_CONNECTION_WINDOW
         streams = (o and o.max_concurrent_streams) or DEFAULT_MAX_CONCURRENT_STREAMS
         self.max_streams = streams
-        self.h2.local_settings = server_settings(streams, window, self.cfg.header_limit)
-        # h2's header decoder would end the connection past its 64 KiB; the limits above are
-        # checked per stream in _request, as Envoy does (bounded still, at 4 times).
-        self.h2.decoder.max_header_list_size = 4 * self.cfg.header_limit
-        self.h2.initiate_connection()
-        # The SETTINGS frame is written: from here h2 enforces nothing on stream counts (past
-        # its limit it raises mid-read, losing the other frames' events); _request refuses the
-        # excess streams one by one, as Envoy does.
-        self.h2.local_settings = server_settings(
-            DEFAULT_MAX_CONCURRENT_STREAMS, window, self.cfg.header_limit
-        )
-        if cx_window > H2_DEFAULT_WINDOW:
-            self.h2.increment_flow_control_window(cx_window - H2_DEFAULT_WINDOW)
+        self.session.initiate(streams, window, cx_window, self.cfg.header_limit)
         self._flush()
         self._arm_idle()
         if self.draining:
@@ -163,6 +137,7 @@ class Http2Connection(Http2ResponseEncoder):
         self.streams.clear()
         for st in streams:
             st.downstream_reset()
+        self.session.close()
         s = self.stats
         s.downstream_cx_active -= 1
         s.downstream_cx_http2_active -= 1
@@ -191,12 +166,7 @@ class Http2Connection(Http2ResponseEncoder):
         self._goaway(h2.errors.ErrorCodes.NO_ERROR)
 
     def _goaway(self, code: h2.errors.ErrorCodes) -> None:
-        if self.h2.state_machine.state is h2.connection.ConnectionState.CLOSED:
-            return
-        try:
-            self.h2.close_connection(error_code=code)
-        except h2.exceptions.ProtocolError:
-            return  # a GOAWAY went out already
+        self.session.goaway(code)  # once per connection: later calls do nothing
         self._flush()
 
     # == bytes in =============================================================================
@@ -209,27 +179,37 @@ class Http2Connection(Http2ResponseEncoder):
             self._flood(flood)
             return
         try:
-            events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError as e:
+            events = self.session.receive_data(data)
+        except SessionError as e:
+            # The frames before the error count first (a rapid reset meets Envoy's premature
+            # reset accounting before nghttp2's own RST_STREAM rate limit).
+            if not self._events(e.events):
+                return
+            if e.flood is not None:  # the library's own flood limit (nghttp2's queued ACKs)
+                self.count_flood(e.flood)
+                self.abort()
+                return
             self._protocol_error(e)
             return
         self._events(events)
         self._schedule_flush()
 
-    def _events(self, events: list[h2.events.Event]) -> None:
+    def _events(self, events: list[h2.events.Event]) -> bool:
+        """Whether the connection goes on after them."""
         # A stream the same read opens and resets (rapid reset) is never started: nothing of it
         # reaches an upstream.
         self.batch_resets = {e.stream_id or 0 for e in events if isinstance(e, h2.events.StreamReset)}
         for ev in events:
             if self.closing:  # a protocol error ended the connection: the rest is moot
-                return
+                return False
             try:
                 self._event(ev)
             except Exception as e:  # a bug must cost this connection only, never the worker
                 log.error("http2 connection error: %r", e, exc_info=e)
                 self._goaway(h2.errors.ErrorCodes.INTERNAL_ERROR)
                 self.abort()
-                return
+                return False
+        return not self.closing
 
     def _event(self, ev: h2.events.Event) -> None:
         if isinstance(ev, h2.events.DataReceived):
@@ -259,13 +239,11 @@ class Http2Connection(Http2ResponseEncoder):
             s.downstream_rq_total += 1
             s.downstream_rq_http2_total += 1
             s.downstream_rq_rx_reset += 1
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self.h2.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            self.session.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
             return
         if len(self.streams) >= self.max_streams:  # this one would be one too many
             # Over the max_concurrent_streams we announced: REFUSED_STREAM (Envoy 1.40, checked).
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            self.session.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         if cfg.underscores == 2:  # DROP_HEADER
             raw = [h for h in raw if b"_" not in h[0]]
@@ -274,7 +252,7 @@ class Http2Connection(Http2ResponseEncoder):
             self._protocol_error(ValueError(problem))
             return
         if self.draining:
-            self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            self.session.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         st = ActiveStream(self)
         self.describe(st.info)
@@ -315,9 +293,7 @@ class Http2Connection(Http2ResponseEncoder):
         self._ack(sid, flow)
 
     def _ack(self, sid: int, n: int) -> None:
-        # For a stream gone meanwhile, h2 still opens the connection's window.
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            self.h2.acknowledge_received_data(n, sid)
+        self.session.acknowledge_received_data(n, sid)
 
     def _reset_by_client(self, sid: int) -> None:
         self.h2stats.rx_reset += 1
@@ -436,14 +412,12 @@ class Http2Connection(Http2ResponseEncoder):
             self._arm_stream_idle_tick(shortest)
 
     def _protocol_error(self, e: Exception) -> None:
-        """A connection error: GOAWAY (h2 queued one with the error's own code, e.g.
+        """A connection error: GOAWAY (the session queued one with the error's own code, e.g.
         COMPRESSION_ERROR for HPACK, when it raised; else PROTOCOL_ERROR), then close."""
         log.debug("http2 protocol error: %r", e)
         self.stats.downstream_cx_protocol_error += 1
-        if str(e) == _TOO_MANY_CONTINUATIONS:  # h2 holds a header block to 64 frames
+        if isinstance(e, SessionError) and e.overflow:  # too many CONTINUATION frames
             self.h2stats.header_overflow += 1
-        if isinstance(e.__cause__, hpack.HPACKError):  # a header block that cannot be decoded
-            self._write(with_goaway_code(self.h2.data_to_send(), COMPRESSION_ERROR))
         self._goaway(h2.errors.ErrorCodes.PROTOCOL_ERROR)
         self._close_failed()
 
@@ -486,5 +460,4 @@ class Http2Connection(Http2ResponseEncoder):
 
 _IDLE_TICKS = 8
 _ABORT_AFTER_S = 1.0  # Envoy's delayed_close_timeout default
-_TOO_MANY_CONTINUATIONS = "Too many continuation frames received."
 
