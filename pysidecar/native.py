@@ -72,6 +72,7 @@ MODULES: Final = (
     "pysidecar.proxy.http.conn_pool",
     "pysidecar.proxy.http.http1.conn_pool",
     "pysidecar.proxy.splice",
+    "pysidecar.proxy.tcp_proxy",
 )
 GROUP: Final = "pysidecar_native"  # the shared library is `pysidecar_native__mypyc`
 STAMP: Final = "stamp.json"

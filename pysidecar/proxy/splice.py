@@ -1,40 +1,46 @@
-"""The splice(2) fast path of tcp_proxy: bytes move socket → pipe → socket inside the kernel.
+"""tcp_proxy's splice(2) path for streams: bytes move socket → pipe → socket inside the kernel.
 
-Used for a tcp_proxy connection when nothing needs to see its bytes: both ends are plain TCP
-sockets and no filter reads the payload. Envoy cannot do this; HAProxy and Go's io.Copy do.
+A tcp_proxy connection starts on the Protocol path (tcp_proxy.py: uvloop reads, the session
+writes). When one read brings a stream's worth (STREAM_CHUNK) and nothing needs to see the
+bytes (both ends plain TCP sockets, no TLS), the session hands both sockets to a SpliceRelay.
+Why not from the first byte: measured on loopback (bench/README.md, perf), a 1 KiB
+request/response costs the kernel 2-13% more through splice's pipe round trip than through
+read/write, and uvloop's C read/write loop costs less user time than any per-message Python;
+a stream costs ~2x less CPU per GB spliced. Envoy cannot splice; HAProxy and Go's io.Copy do.
 
 Promises:
 - Exact bytes in order, both directions. Per direction, one pipe holds what was read from the
   source and not yet written to the destination; nothing is read while the pipe holds bytes,
-  so at most one pipe's capacity (64 KiB by default, at most the listener's
+  so at most one pipe's capacity (64 KiB, or a grown pipe: never past the listener's
   per_connection_buffer_limit_bytes) is buffered per direction: Envoy's watermark bound, kept
   by the kernel instead of a Python buffer. A blocked destination stops reading the source
   (tcp downstream_flow_control_paused_reading_total / cluster
-  upstream_flow_control_paused_reading_total count it, as on the Protocol path) until the destination drains.
+  upstream_flow_control_paused_reading_total count it, as on the Protocol path) until the
+  destination drains.
 - Half-close: EOF from one side, once the pipe is flushed, becomes shutdown(SHUT_WR) towards
   the other; the session closes when both directions are done, or at once on an error (reset,
   broken pipe) from either side.
 - Byte stats (tcp.*.downstream_cx_rx/tx_bytes_total, cluster upstream_cx_rx/tx_bytes_total) and
   the session's rx/tx totals (StreamInfo bytes, idle timeout) are counted as bytes enter the
-  pipe (rx) and leave it (tx).
-- `SpliceRelay.attach` either takes the connection over completely or changes nothing (the
-  caller then uses the Protocol path): pipes are allocated before the downstream transport is
-  let go. The downstream socket is dup'ed and its transport closed (closing one of two fds of
-  a socket sends no FIN; libuv removes its own fd from epoll on close).
-- Bounded resources: at most MAX_SESSIONS spliced sessions per worker (a pipe costs pipe
-  pages that Linux limits per user: fs.pipe-user-pages-soft), the rest use the Protocol path;
-  empty pipes of closed sessions are kept in a small pool for the next connections.
-- A bulk stream gets a bigger pipe: the first time one read fills a direction's pipe, that
-  pipe grows (F_SETPIPE_SZ) to GROWN_PIPE, never past the listener's buffer limit, for at most
-  MAX_GROWN pipes per worker (a quarter of an unprivileged user's default pipe budget). Fewer,
-  larger splices move a GB (2 per MiB instead of 2 per 64 KiB). A refused growth (the user's
-  pipe budget spent: EPERM) leaves the pipe as it was; a grown pipe is closed, not pooled.
+  pipe (rx) and leave it (tx), continuing the Protocol path's counts.
+- `SpliceRelay.take_over` either takes both sockets over completely or changes nothing (the
+  session stays on the Protocol path): only with both write buffers empty and both pipes in
+  hand. Each socket is dup'ed and its transport closed (closing one of two fds of a socket
+  sends no FIN; libuv removes its own fd from epoll on close).
+- Bounded resources: at most MAX_SESSIONS spliced sessions per worker (a pipe costs pipe pages
+  that Linux limits per user: fs.pipe-user-pages-soft); empty default-sized pipes of closed
+  sessions are kept in a small pool for the next ones.
+- A direction whose source fills its pipe in one read grows the pipe (F_SETPIPE_SZ) to
+  GROWN_PIPE, never past the listener's buffer limit, for at most MAX_GROWN pipes per worker
+  (a quarter of an unprivileged user's default pipe budget): fewer, larger splices per GB (2 per
+  MiB instead of 2 per 64 KiB). A refused growth (the user's pipe budget spent: EPERM) leaves
+  the pipe as it was; a grown pipe is closed, not pooled.
 - Steady state makes no syscall beyond the splices themselves: readers stay registered, a short
   read returns without trying again (no EAGAIN), the pipe is drained before the next read.
-- `PYSIDECAR_SPLICE=0` in the environment turns the fast path off (the bench compares both).
-- Compiled by mypyc (pysidecar/native.py): _Flow and SpliceRelay are native classes, the
-  per-chunk code calls os.splice positionally and touches only its own attributes and the two
-  stats blocks it holds.
+- `PYSIDECAR_SPLICE=0` in the environment turns the splice path off (the bench compares both).
+- Compiled by mypyc (pysidecar/native.py): _Flow and SpliceRelay are native classes; the
+  per-chunk code calls os.splice positionally and touches only its own attributes, the session's
+  byte totals and the two stats blocks it holds.
 """
 
 from __future__ import annotations
@@ -44,11 +50,25 @@ import contextlib
 import fcntl
 import os
 import socket
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 if TYPE_CHECKING:
     from pysidecar.observe.stats import ClusterStats, TcpProxyStats
-    from pysidecar.proxy.tcp_proxy import TcpProxySession
+
+
+class RelaySession(Protocol):
+    """What the relay needs of its tcp_proxy session (TcpProxySession): its loop, limit, byte
+    totals and stats blocks, and close() for when both directions are done or one failed."""
+
+    loop: asyncio.AbstractEventLoop
+    limit: int
+    rx_bytes: int
+    tx_bytes: int
+    stats: TcpProxyStats
+    cluster_stats: ClusterStats | None
+
+    def close(self) -> None: ...
+
 
 ENABLED: bool = hasattr(os, "splice") and os.environ.get("PYSIDECAR_SPLICE", "1") != "0"
 # Linux's default pipe size. Larger pipes move more per wake-up, but count against the proxy
@@ -57,6 +77,9 @@ PIPE_SIZE: Final = int(os.environ.get("PYSIDECAR_SPLICE_PIPE", 64 * 1024))
 # Below this, a pipe (shrunk by the kernel after the user's pipe budget ran out) is not worth it.
 MIN_PIPE: Final = 64 * 1024
 MAX_SESSIONS: Final = 512  # per worker: 2 pipes each, 16 pages a pipe → at most 16384 pages
+# A read at least this big hands the session to the relay (uvloop reads up to 256 KiB at once;
+# request/response messages of a few KiB never get here).
+STREAM_CHUNK: Final = 64 * 1024
 POOL_MAX: Final = 64  # empty pipes kept for reuse (connect-heavy loads skip pipe2 + fcntl)
 # Reads per wake-up when the source keeps filling the pipe: fewer trips through the loop for
 # bulk transfers, still fair to other connections.
@@ -116,16 +139,8 @@ def grown_size(cap: int, limit: int) -> int:
     return size
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
-    except OSError:
-        return False
-    return True
-
-
 class _Detached(asyncio.Protocol):
-    """Given to the downstream transport we let go of: its events no longer matter."""
+    """Given to the transports we let go of: their events no longer matter."""
 
     def eof_received(self) -> bool:
         return False
@@ -187,11 +202,8 @@ class _Flow:
         self.dst_sock = dst
         self.stats = self.session.stats
         self.cluster_stats = self.session.cluster_stats
-        if self.inpipe:
-            self.flush()  # bytes sniffed before the upstream existed go first
-        elif not self.relay.closed:
-            self.loop.add_reader(self.src, self.readable)
-            self.reading = True
+        self.loop.add_reader(self.src, self.readable)
+        self.reading = True
 
     def readable(self) -> None:
         relay = self.relay
@@ -301,89 +313,67 @@ class SpliceRelay:
 
     __slots__ = ("closed", "down", "loop", "session", "to_down", "to_up", "up")
 
-    def __init__(
-        self,
-        session: TcpProxySession,
-        down: socket.socket,
-        to_up: _Flow | None,
-        to_down: _Flow | None,
-    ) -> None:
+    def __init__(self, session: RelaySession, down: socket.socket, up: socket.socket) -> None:
         self.session = session
         self.loop = session.loop
         self.down = down
-        self.up: socket.socket | None = None
+        self.up = up
         self.closed = False
-        self.to_up = to_up
-        self.to_down = to_down
+        self.to_up: _Flow | None = None
+        self.to_down: _Flow | None = None
 
     @classmethod
-    def attach(
-        cls, session: TcpProxySession, transport: asyncio.Transport, initial: bytes, host: str
+    def take_over(
+        cls, session: RelaySession, down: asyncio.Transport, up: asyncio.Transport
     ) -> SpliceRelay | None:
-        """Take the downstream connection off its transport, or return None and change nothing."""
+        """Take both sockets off their transports and splice from now on, or return None and
+        change nothing."""
         global active_sessions
-        if not ENABLED or active_sessions >= MAX_SESSIONS or not _is_ip(host):
+        if not ENABLED or active_sessions >= MAX_SESSIONS:
             return None
-        sock: Any = transport.get_extra_info("socket")
-        if (
-            sock is None
-            or sock.family not in (socket.AF_INET, socket.AF_INET6)
-            or sock.type != socket.SOCK_STREAM
-            or transport.get_extra_info("sslcontext") is not None
-            or transport.get_write_buffer_size()
-        ):
-            return None
+        socks: list[Any] = [down.get_extra_info("socket"), up.get_extra_info("socket")]
+        for transport, sock in zip((down, up), socks, strict=True):
+            if (
+                sock is None
+                or sock.family not in (socket.AF_INET, socket.AF_INET6)
+                or sock.type != socket.SOCK_STREAM
+                or transport.get_extra_info("sslcontext") is not None
+                or transport.get_write_buffer_size()
+            ):
+                return None
         up_pipe = _open_pipe()
         if up_pipe is None:
             return None
         down_pipe = _open_pipe()
-        if down_pipe is None or len(initial) > up_pipe[2]:
+        if down_pipe is None:
             _release_pipe(up_pipe, empty=True)
-            if down_pipe is not None:
-                _release_pipe(down_pipe, empty=True)
             return None
         try:
-            down = socket.socket(fileno=os.dup(sock.fileno()))
+            down_sock = socket.socket(fileno=os.dup(socks[0].fileno()))
         except OSError:
             _release_pipe(up_pipe, empty=True)
             _release_pipe(down_pipe, empty=True)
             return None
-        relay = cls(session, down, None, None)
+        try:
+            up_sock = socket.socket(fileno=os.dup(socks[1].fileno()))
+        except OSError:
+            down_sock.close()  # a dup: the connection stays open on the transport's fd
+            _release_pipe(up_pipe, empty=True)
+            _release_pipe(down_pipe, empty=True)
+            return None
+        # The transports let go of their fds; our dups keep the connections open.
+        for transport in (down, up):
+            transport.set_protocol(_DETACHED)
+            transport.close()
+        down_sock.setblocking(False)
+        up_sock.setblocking(False)
+        active_sessions += 1
+        relay = cls(session, down_sock, up_sock)
         relay.to_up = _Flow(relay, up_pipe, upward=True)
         relay.to_down = _Flow(relay, down_pipe, upward=False)
-        if initial:
-            # Bytes the listener filters already read: they wait in the pipe for the upstream.
-            relay.to_up.inpipe = os.write(up_pipe[1], initial)
-            session.rx_bytes += len(initial)
-            session.stats.downstream_cx_rx_bytes_total += len(initial)
-        # The transport lets go of its fd; our dup keeps the connection open.
-        transport.set_protocol(_DETACHED)
-        transport.close()
-        down.setblocking(False)
-        active_sessions += 1
+        relay.to_up.start(down_sock, up_sock)
+        relay.to_down.start(up_sock, down_sock)
         return relay
-
-    async def connect(self, host: tuple[str, int], bind: str | None) -> socket.socket:
-        """Connect the upstream socket ourselves (non-blocking), no transport in between."""
-        family = socket.AF_INET6 if ":" in host[0] else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if bind:
-                sock.bind((bind, 0))
-            await self.loop.sock_connect(sock, host)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
-    def start(self, up: socket.socket) -> None:
-        """The upstream is connected: pump both directions."""
-        self.up = up
-        assert self.to_up is not None and self.to_down is not None
-        self.to_up.start(self.down, up)
-        self.to_down.start(up, self.down)
 
     def flow_done(self) -> None:
         if (
@@ -408,5 +398,4 @@ class SpliceRelay:
             if flow is not None:
                 flow.stop()
         self.down.close()
-        if self.up is not None:
-            self.up.close()
+        self.up.close()

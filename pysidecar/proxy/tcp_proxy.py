@@ -20,11 +20,13 @@ Promises:
   at the limit the downstream is closed at once (flag UO, upstream_cx_overflow), as Envoy's
   tcp_proxy does. Connect outcomes feed the cluster's outlier detector (failure as 503,
   success as 200: Envoy's local-origin mapping).
-- Plain TCP on both ends (no filter needs the bytes) takes the splice(2) fast path
-  (proxy/splice.py): the bytes never enter Python. Otherwise, or when the fast path cannot be
-  set up (pipes unavailable, too many spliced sessions), the hot path is two asyncio Protocols
-  writing straight into each other's transports: no tasks, no queues, no per-chunk allocation
-  beyond what the event loop hands us. Both paths keep the same promises and stats.
+- The hot path is two asyncio Protocols writing straight into each other's transports: no
+  tasks, no queues, no per-chunk allocation beyond what the event loop hands us. A stream
+  (one read of STREAM_CHUNK or more) between plain TCP ends (no filter needs the bytes, no
+  TLS) moves to the splice(2) path (proxy/splice.py: the bytes no longer enter user space)
+  once both write buffers are empty; when it cannot (pipes unavailable, too many spliced
+  sessions) it stays here and tries again at the next such read. Both paths keep the same
+  promises and stats.
 """
 
 from __future__ import annotations
@@ -32,8 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any, cast
 
 from pysidecar.common.stream_info import StreamInfo
@@ -44,7 +45,7 @@ from pysidecar.proxy.cluster_manager import ClusterManager, ClusterRuntime
 from pysidecar.proxy.lb import Host
 from pysidecar.proxy.loop_detect import forwarding_loop, loop_message
 from pysidecar.proxy.peer_tls import uri_san
-from pysidecar.proxy.splice import SpliceRelay
+from pysidecar.proxy.splice import STREAM_CHUNK, SpliceRelay
 from pysidecar.proxy.upstream_tls import open_connection
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,8 @@ NO_CLUSTER_FOUND = "NC"
 UPSTREAM_OVERFLOW = "UO"
 
 
-def _fmt(addr: tuple[str, int] | None) -> str | None:
+def _fmt(addr: tuple[Any, ...] | None) -> str | None:
+    # A socket name: (host, port), or IPv6's (host, port, flowinfo, scope_id).
     if not addr:
         return None
     host, port = addr[0], addr[1]
@@ -89,6 +91,7 @@ class TcpProxySession(asyncio.Protocol):
         "_idle_handle",
         "_idle_seen",
         "_lb_host",
+        "_may_splice",
         "_pending",
         "_pending_bytes",
         "_pending_eof",
@@ -142,7 +145,8 @@ class TcpProxySession(asyncio.Protocol):
         self._closed = False
         self._breaker: CircuitBreaker | None = None  # holds one of the cluster's connections
         self._lb_host: Host | None = None  # holds one of the host's active requests
-        self._splice: SpliceRelay | None = None  # set when the splice fast path carries the bytes
+        self._splice: SpliceRelay | None = None  # set once the splice path carries the bytes
+        self._may_splice = False  # plain TCP both ways: a stream may move to the splice path
         self._connect_task: asyncio.Task[None] | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
         self._idle_seen = -1
@@ -182,7 +186,9 @@ class TcpProxySession(asyncio.Protocol):
             return
         own_listener = forwarding_loop(picked.address, picked.port, own, self.destination.address)
         if own_listener is not None:
-            log.warning("%s", loop_message(cluster.config.name, picked.address, picked.port, own_listener))
+            log.warning(
+                "%s", loop_message(cluster.config.name, picked.address, picked.port, own_listener)
+            )
             self.close()
             return
         picked.active += 1
@@ -199,15 +205,10 @@ class TcpProxySession(asyncio.Protocol):
         breaker.cx += 1
         self._breaker = breaker
         # splice(2) would move clear text past an upstream TLS session.
-        splice = splice and cluster.upstream_tls(host) is None
-        relay = SpliceRelay.attach(self, transport, initial, host[0]) if splice else None
-        if relay is not None:
-            self._splice = relay
-            self.downstream = None  # the relay owns the downstream socket now
-        else:
-            transport.set_write_buffer_limits(high=self.limit)
-            if initial:
-                self.data_received(initial)
+        self._may_splice = splice and cluster.upstream_tls(host) is None
+        transport.set_write_buffer_limits(high=self.limit)
+        if initial:
+            self.data_received(initial)
         self._connect_task = self.loop.create_task(self._connect(cluster, host))
 
     async def _connect(self, cluster: ClusterRuntime, host: tuple[str, int]) -> None:
@@ -215,16 +216,13 @@ class TcpProxySession(asyncio.Protocol):
         stats.upstream_cx_total += 1
         bind = cluster.bind_address_for(host[0])
         started = self.loop.time()
-        relay = self._splice
-        opening: Coroutine[Any, Any, object]
-        if relay is not None:
-            opening = relay.connect(host, bind)
-        else:
-            opening = open_connection(self.loop, lambda: _Upstream(self), host, bind, cluster.upstream_tls(host))
+        opening = open_connection(
+            self.loop, lambda: _Upstream(self), host, bind, cluster.upstream_tls(host)
+        )
         connecting = self.loop.create_task(opening)
         timer = self.loop.call_later(cluster.config.connect_timeout, connecting.cancel)
         try:
-            opened = await connecting
+            await connecting
         except asyncio.CancelledError:
             if self._closed:
                 return
@@ -244,21 +242,18 @@ class TcpProxySession(asyncio.Protocol):
             timer.cancel()
         _report(cluster, host, 200)
         stats.upstream_cx_connect_ms.record((self.loop.time() - started) * 1000.0)
-        if relay is not None:
-            assert isinstance(opened, socket.socket)
-            self._splice_connected(relay, opened)
 
-    def _splice_connected(self, relay: SpliceRelay, sock: socket.socket) -> None:
-        if self._closed:
-            sock.close()
+    def _to_splice(self) -> None:
+        """A stream between plain TCP ends: let the splice relay carry it, if it takes both
+        sockets now (it changes nothing when it does not)."""
+        down, up = self.downstream, self.upstream
+        if down is None or up is None or self.downstream_eof or self.upstream_eof or self._closed:
             return
-        stats = self.cluster_stats
-        assert stats is not None
-        stats.upstream_cx_active += 1
-        self.info.upstream_local_address = _fmt(sock.getsockname())
-        relay.start(sock)
-        if self.config.idle_timeout > 0 and not self._closed:
-            self._idle_handle = self.loop.call_later(self.config.idle_timeout, self._idle_check)
+        relay = SpliceRelay.take_over(self, down, up)
+        if relay is not None:
+            self._splice = relay
+            self._may_splice = False
+            self.downstream = self.upstream = None  # the relay owns both sockets now
 
     def upstream_connected(self, transport: asyncio.Transport) -> None:
         """Called from the upstream's connection_made, before any of its data can arrive."""
@@ -297,6 +292,8 @@ class TcpProxySession(asyncio.Protocol):
         if up is not None:
             up.write(data)
             self.cluster_stats.upstream_cx_tx_bytes_total += n  # type: ignore[union-attr]
+            if n >= STREAM_CHUNK and self._may_splice:
+                self._to_splice()
             return
         self._pending.append(data)
         self._pending_bytes += n
@@ -336,6 +333,8 @@ class TcpProxySession(asyncio.Protocol):
         self.stats.downstream_cx_tx_bytes_total += n
         self.cluster_stats.upstream_cx_rx_bytes_total += n  # type: ignore[union-attr]
         self.downstream.write(data)  # type: ignore[union-attr]
+        if n >= STREAM_CHUNK and self._may_splice:
+            self._to_splice()
 
     def upstream_eof_received(self) -> None:
         self.upstream_eof = True
@@ -395,7 +394,7 @@ class TcpProxySession(asyncio.Protocol):
             self._idle_handle.cancel()
         relay = self._splice
         if relay is not None:
-            if relay.up is not None and self.cluster_stats is not None:
+            if self.cluster_stats is not None:
                 self.cluster_stats.upstream_cx_active -= 1
                 self.cluster_stats.upstream_cx_destroy += 1
             relay.close()

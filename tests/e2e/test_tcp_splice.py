@@ -1,10 +1,11 @@
-"""tcp_proxy's splice(2) fast path and its Protocol fallback, on loopback (no root needed).
+"""tcp_proxy's splice(2) path for streams and its Protocol path, on loopback (no root needed).
 
-Every behaviour test runs twice: with the fast path (the default) and with PYSIDECAR_SPLICE=0
-(the Protocol path), so both keep the same promises: exact bytes both ways, half-close in both
-directions, bounded buffering under backpressure, idle timeout, byte stats. One test checks
-that the fast path is really taken (the worker holds pipes while a connection is open) and
-that the fallback is (it holds none).
+Every behaviour test runs twice: with the splice path (the default: a connection moves to it
+when a stream starts) and with PYSIDECAR_SPLICE=0 (the Protocol path throughout), so both keep
+the same promises: exact bytes both ways, half-close in both directions, bounded buffering
+under backpressure, idle timeout, byte stats. One test checks that a stream really moves to
+the splice path (the worker holds pipes while it is open), that a message does not, and that
+with the path off nothing does.
 """
 
 from __future__ import annotations
@@ -255,9 +256,10 @@ def _stop(p: Proxy) -> None:
 def test_exact_bytes_both_ways_half_close_and_stats(tmp_path: Path, splice: bool) -> None:
     size = 24 * MiB + 12345  # not a multiple of any pipe or buffer size
     with upstream("echo") as (port, _):
-        # Envoy's default buffer limit (1 MiB): the fast path's pipes grow to it on the way.
+        # Envoy's default buffer limit (1 MiB): the splice path's pipes grow to it on the way.
         p = start_proxy(tmp_path, port, splice, limit=MiB)
         try:
+            pipes_before = p.pipes()
             s = p.connect()
             block = hashlib.sha256(b"pattern").digest() * 4096  # 128 KiB
             sent = hashlib.sha256()
@@ -273,11 +275,17 @@ def test_exact_bytes_both_ways_half_close_and_stats(tmp_path: Path, splice: bool
             t = threading.Thread(target=reader)
             t.start()
             left = size
+            mid = -1
             while left:
                 piece = block[: min(left, len(block))]
                 s.sendall(piece)
                 sent.update(piece)
                 left -= len(piece)
+                if mid < 0 and left < size // 2:
+                    mid = p.pipes() - pipes_before
+            # Half-way the stream had moved to the splice path (its two pipes held): the
+            # half-close and the rest below go through it.
+            assert mid == (4 if splice else 0)
             s.shutdown(socket.SHUT_WR)  # half-close: the upstream still answers after our FIN
             t.join(60)
             s.close()
@@ -306,11 +314,18 @@ def test_the_fast_path_is_taken_only_when_enabled(tmp_path: Path, splice: bool) 
             before = p.pipes()
             s = p.connect()
             s.sendall(b"hello")
-            time.sleep(0.5)
-            during = p.pipes()
+            time.sleep(0.3)
+            small = p.pipes()
+            s.settimeout(1.0)
+            with contextlib.suppress(TimeoutError):
+                for _ in range(64):
+                    s.sendall(b"x" * MiB)
+            streaming = p.pipes()
             s.close()
-            # Two pipes (four fds) per spliced connection; none on the Protocol path.
-            assert during - before == (4 if splice else 0)
+            # A message stays on the Protocol path (no pipe); a stream moves to the splice
+            # path, a pipe (two fds) per direction. With the splice path off, no pipe ever.
+            assert small - before == 0
+            assert streaming - before == (4 if splice else 0)
         finally:
             _stop(p)
 
@@ -323,14 +338,15 @@ def test_a_bulk_stream_grows_its_pipe_up_to_the_buffer_limit(tmp_path: Path, lim
     with upstream("stuck") as (port, _):
         p = start_proxy(tmp_path, port, True, limit=limit)
         try:
+            before = p.pipe_sizes()
             s = p.connect()
             s.settimeout(1.0)
             sent = 0
             with contextlib.suppress(TimeoutError):
                 while sent < 256 * MiB:
                     sent += s.send(b"x" * 65536)
-            sizes = p.pipe_sizes()
-            assert sorted(sizes)[-2:] == [65536, limit], sizes  # one direction streamed
+            # Spliced: two pipes more than the worker's own; the streaming direction's grew.
+            assert sorted(p.pipe_sizes()) == sorted([*before, 65536, limit])
             assert sent < 32 * MiB, f"the proxy kept reading: {sent} bytes accepted"
             s.close()
         except BaseException:

@@ -6,15 +6,18 @@ bounded past the HCM's limits."""
 
 from __future__ import annotations
 
+import os
+
 import h2.config
 import h2.connection
 import h2.events
 import hpack
 import pytest
 
+from pysidecar import native
 from pysidecar.proxy.http.http2 import nghttp2_lib
 from pysidecar.proxy.http.http2.h2_session import H2Session
-from pysidecar.proxy.http.http2.session import ServerSession, SessionError
+from pysidecar.proxy.http.http2.session import ServerSession, SessionError, new_server_session
 
 KINDS = ["h2", "nghttp2"]
 REQ = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/x"), (b":authority", b"a.test")]
@@ -193,3 +196,14 @@ def test_cookie_fields_are_joined(kind: str) -> None:
     block = list(req.headers)
     assert [v for n, v in block if n == b"cookie"] == [b"a=1; b=2"]
     assert (b"x-b", b"c") in block
+
+
+def test_the_session_follows_the_build() -> None:
+    """libnghttp2 exactly when the process runs the compiled build and it holds the binding;
+    h2 under PYSIDECAR_PURE=1 (the plain-Python pass of scripts/test.sh covers h2 this way)."""
+    chosen = type(new_server_session(60 * 1024, 100)).__name__
+    if os.environ.get("PYSIDECAR_PURE", "") not in ("", "0") or native.fresh_build() is None:
+        assert chosen == "H2Session" and nghttp2_lib.why().startswith("h2: ")
+    else:
+        assert chosen == ("NgHttp2Session" if nghttp2_lib.load() is not None else "H2Session")
+        assert (chosen == "NgHttp2Session") == (nghttp2_lib.why() == "nghttp2")

@@ -1,11 +1,14 @@
-"""SpliceRelay.attach: it takes a connection over completely, or leaves it exactly as it was.
-A bulk direction's pipe grows within the listener's buffer limit and the worker's budget."""
+"""SpliceRelay.take_over: it takes both sockets over completely, or leaves both transports
+exactly as they were. A streaming direction's pipe grows within the listener's buffer limit
+and the worker's budget."""
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,13 +17,14 @@ from pysidecar.proxy import splice
 
 
 class FakeTransport:
-    def __init__(self, sock: Any, buffered: int = 0) -> None:
+    def __init__(self, sock: Any, buffered: int = 0, tls: bool = False) -> None:
         self.sock = sock
         self.buffered = buffered
+        self.tls = tls
         self.calls: list[str] = []
 
     def get_extra_info(self, name: str) -> Any:
-        return {"socket": self.sock}.get(name)
+        return {"socket": self.sock, "sslcontext": object() if self.tls else None}.get(name)
 
     def get_write_buffer_size(self) -> int:
         return self.buffered
@@ -34,24 +38,49 @@ class FakeTransport:
 
 class FakeStats:
     downstream_cx_rx_bytes_total = 0
+    downstream_cx_tx_bytes_total = 0
+    upstream_cx_rx_bytes_total = 0
+    upstream_cx_tx_bytes_total = 0
 
 
 class FakeSession:
-    loop = None
-    rx_bytes = 0
-    stats = FakeStats()
-    limit = 1 << 20  # the listener's per_connection_buffer_limit_bytes (Envoy's default)
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.rx_bytes = 0
+        self.tx_bytes = 0
+        self.stats = FakeStats()
+        self.cluster_stats = FakeStats()
+        self.limit = 1 << 20  # the listener's per_connection_buffer_limit_bytes (Envoy's default)
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
 
 
-@pytest.fixture
-def tcp_pair() -> Any:
+def _pair() -> tuple[socket.socket, socket.socket]:
     srv = socket.create_server(("127.0.0.1", 0))
     a = socket.create_connection(srv.getsockname())
     b, _ = srv.accept()
     srv.close()
-    yield a, b
-    a.close()
-    b.close()
+    return a, b
+
+
+@pytest.fixture
+def pairs() -> Iterator[
+    tuple[tuple[socket.socket, socket.socket], tuple[socket.socket, socket.socket]]
+]:
+    """(client, proxy's downstream socket), (proxy's upstream socket, server)."""
+    down, up = _pair(), _pair()
+    yield down, up
+    for s in (*down, *up):
+        s.close()
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
 
 
 @pytest.fixture(autouse=True)
@@ -62,45 +91,50 @@ def _enabled(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(splice, "active_sessions", 0)
 
 
-def attach(transport: FakeTransport, initial: bytes = b"", host: str = "127.0.0.1") -> Any:
-    return splice.SpliceRelay.attach(FakeSession(), transport, initial, host)  # type: ignore[arg-type]
+def take_over(loop: asyncio.AbstractEventLoop, down: FakeTransport, up: FakeTransport) -> Any:
+    return splice.SpliceRelay.take_over(FakeSession(loop), down, up)  # type: ignore[arg-type]
 
 
-def test_a_plain_tcp_connection_is_taken_over(tcp_pair: Any) -> None:
-    t = FakeTransport(tcp_pair[1])
-    relay = attach(t, b"sniffed")
+def test_two_plain_tcp_sockets_are_taken_over_and_spliced(pairs: Any, loop: Any) -> None:
+    (client, down_sock), (up_sock, server) = pairs
+    down, up = FakeTransport(down_sock), FakeTransport(up_sock)
+    relay = take_over(loop, down, up)
     assert relay is not None
-    assert t.calls == ["set_protocol", "close"]
-    assert relay.to_up.inpipe == len(b"sniffed")  # waits in the pipe for the upstream
+    assert down.calls == up.calls == ["set_protocol", "close"]
     assert splice.active_sessions == 1
+    client.sendall(b"ping")
+    server.sendall(b"pong")
+    loop.run_until_complete(asyncio.sleep(0.1))  # the relay's readers run
+    server.settimeout(2)
+    client.settimeout(2)
+    assert server.recv(10) == b"ping"
+    assert client.recv(10) == b"pong"
+    assert relay.session.rx_bytes == 4 and relay.session.tx_bytes == 4
     relay.close()
     assert splice.active_sessions == 0
 
 
 @pytest.mark.parametrize(
     "why",
-    [
-        "disabled",
-        "not-a-socket",
-        "unix-socket",
-        "buffered-writes",
-        "no-pipes",
-        "hostname",
-        "too-much-initial",
-    ],
+    ["disabled", "not-a-socket", "unix-socket", "buffered-writes", "tls", "no-pipes"],
 )
-def test_fallback_changes_nothing(tcp_pair: Any, monkeypatch: pytest.MonkeyPatch, why: str) -> None:
-    sock: Any = tcp_pair[1]
-    initial, host, buffered = b"", "127.0.0.1", 0
+def test_fallback_changes_nothing(
+    pairs: Any, loop: Any, monkeypatch: pytest.MonkeyPatch, why: str
+) -> None:
+    (_, down_sock), (up_sock, _) = pairs
+    down_sock_any: Any = down_sock
+    buffered, tls = 0, False
+    other = None
     if why == "disabled":
         monkeypatch.setattr(splice, "ENABLED", False)
     elif why == "not-a-socket":
-        sock = None
+        down_sock_any = None
     elif why == "unix-socket":
-        sock, other = socket.socketpair()
-        other.close()
+        down_sock_any, other = socket.socketpair()
     elif why == "buffered-writes":
         buffered = 10
+    elif why == "tls":
+        tls = True
     elif why == "no-pipes":
         monkeypatch.setattr(splice, "_pool", [])
 
@@ -108,21 +142,18 @@ def test_fallback_changes_nothing(tcp_pair: Any, monkeypatch: pytest.MonkeyPatch
             raise OSError(24, "Too many open files")
 
         monkeypatch.setattr(os, "pipe2", no_pipe)
-    elif why == "hostname":
-        host = "upstream.example"
-    elif why == "too-much-initial":
-        initial = b"x" * (4 * 1024 * 1024)
     pool: list[tuple[int, int, int]] = []
     monkeypatch.setattr(splice, "_pool", pool)
-    t = FakeTransport(sock, buffered)
+    down, up = FakeTransport(down_sock_any), FakeTransport(up_sock, buffered, tls)
     fds_before = len(os.listdir("/proc/self/fd"))
-    assert attach(t, initial, host) is None
-    assert t.calls == []  # the transport still owns the connection
+    assert take_over(loop, down, up) is None
+    assert down.calls == up.calls == []  # the transports still own the connections
     assert splice.active_sessions == 0
-    # No dup or pipe left behind, except empty pipes kept in the pool for the next connection.
+    # No dup or pipe left behind, except empty pipes kept in the pool for the next session.
     assert len(os.listdir("/proc/self/fd")) <= fds_before + 2 * len(pool)
-    if why == "unix-socket":
-        sock.close()
+    if other is not None:
+        down_sock_any.close()
+        other.close()
 
 
 def test_grown_size_is_the_largest_power_of_two_within_the_limit() -> None:
@@ -133,12 +164,13 @@ def test_grown_size_is_the_largest_power_of_two_within_the_limit() -> None:
 
 
 def test_a_pipe_grows_within_the_worker_budget_and_is_never_pooled(
-    tcp_pair: Any, monkeypatch: pytest.MonkeyPatch
+    pairs: Any, loop: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    (_, down_sock), (up_sock, _) = pairs
     pool: list[tuple[int, int, int]] = []
     monkeypatch.setattr(splice, "_pool", pool)
     monkeypatch.setattr(splice, "grown_pipes", splice.MAX_GROWN)
-    relay = attach(FakeTransport(tcp_pair[1]))
+    relay = take_over(loop, FakeTransport(down_sock), FakeTransport(up_sock))
     flow = relay.to_up
     flow.grow()  # the budget is spent: the pipe stays as it was
     assert flow.cap == 65536 == fcntl.fcntl(flow.w, fcntl.F_GETPIPE_SZ)
