@@ -4,7 +4,7 @@ A tcp_proxy connection starts on the Protocol path (tcp_proxy.py: uvloop reads, 
 writes). When one read brings a stream's worth (STREAM_CHUNK) and nothing needs to see the
 bytes (both ends plain TCP sockets, no TLS), the session hands both sockets to a SpliceRelay.
 Why not from the first byte: measured on loopback (bench/README.md, perf), a 1 KiB
-request/response costs the kernel ~12% more through splice's pipe round trip than through
+request/response costs the kernel 2-13% more through splice's pipe round trip than through
 read/write, and uvloop's C read/write loop costs less user time than any per-message Python;
 a stream costs ~2x less CPU per GB spliced. Envoy cannot splice; HAProxy and Go's io.Copy do.
 
