@@ -18,6 +18,7 @@ import pytest
 import pysidecar
 from pysidecar import native
 from pysidecar.native_build import closure
+from pysidecar.proxy.http.http2 import nghttp2_lib
 
 PROBE = (
     "import pysidecar.proxy.http.headers as h, pysidecar.proxy.http.active_stream as s;"
@@ -50,6 +51,10 @@ def test_the_build_running_is_the_one_asked_for() -> None:
         assert expect != "pure"
         assert native.status() == "compiled"
         assert all(f.endswith(".so") and "/_native/" in f for f in files)
+        if expect == "compiled":
+            # scripts/bootstrap.sh installs libnghttp2-dev, so the test command's compiled pass
+            # must run the HTTP/2 downstream on libnghttp2, not quietly on the h2 fallback.
+            assert nghttp2_lib.why() == "nghttp2"
     else:
         assert expect != "compiled", native.status()
         assert all(f.endswith(".py") for f in files)
